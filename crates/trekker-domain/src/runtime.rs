@@ -1,0 +1,64 @@
+//! What a bot is doing right now on its hosting node.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::UnknownVariant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RuntimeStatus {
+    /// Not running (not approved yet, stopped, or its node is down).
+    Offline,
+    /// Asked to (re)start, e.g. after approval or new credentials.
+    Loading,
+    /// Connected to WhatsApp.
+    Online,
+    /// Stopped for a reason a person must fix (e.g. logged out).
+    Error,
+    /// Crashed too often; waits for new credentials or an admin.
+    Failed,
+}
+
+impl RuntimeStatus {
+    pub const ALL: [RuntimeStatus; 5] = [Self::Offline, Self::Loading, Self::Online, Self::Error, Self::Failed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Offline => "offline",
+            Self::Loading => "loading",
+            Self::Online => "online",
+            Self::Error => "error",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for RuntimeStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RuntimeStatus {
+    type Err = UnknownVariant;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| UnknownVariant { kind: "runtime status", value: s.to_owned() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_round_trip() {
+        for status in RuntimeStatus::ALL {
+            assert_eq!(status.as_str().parse::<RuntimeStatus>(), Ok(status));
+        }
+        assert!("running".parse::<RuntimeStatus>().is_err());
+    }
+}

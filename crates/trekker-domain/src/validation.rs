@@ -1,0 +1,75 @@
+//! The validation result of `POST /api/validate-credentials` (a wire type).
+
+use serde::Serialize;
+
+use crate::ids::{BotId, ServerName};
+use crate::messages;
+use crate::phone::PhoneNumber;
+
+/// What a guest learns before registering: is the session usable, and what
+/// registering it would do. Field names are the seed's (camelCase on the wire).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ValidationResult {
+    pub is_valid: bool,
+    pub message: String,
+    pub phone_number: Option<String>,
+    pub already_registered: bool,
+    pub cross_server_update: bool,
+    pub target_server: Option<String>,
+    pub bot_id: Option<String>,
+}
+
+impl ValidationResult {
+    /// The credentials could not be used; `message` says why.
+    pub fn invalid(message: impl Into<String>, phone: Option<&PhoneNumber>) -> Self {
+        Self {
+            is_valid: false,
+            message: message.into(),
+            phone_number: phone.map(|p| p.as_str().to_owned()),
+            already_registered: false,
+            cross_server_update: false,
+            target_server: None,
+            bot_id: None,
+        }
+    }
+
+    /// A phone that no server hosts yet.
+    pub fn available(phone: &PhoneNumber) -> Self {
+        Self {
+            is_valid: true,
+            message: messages::credentials_valid_new(),
+            phone_number: Some(phone.as_str().to_owned()),
+            already_registered: false,
+            cross_server_update: false,
+            target_server: None,
+            bot_id: None,
+        }
+    }
+
+    /// A phone hosted on this node: registering updates its credentials.
+    pub fn registered_here(phone: &PhoneNumber, server: &ServerName, bot: &BotId) -> Self {
+        Self {
+            is_valid: true,
+            message: messages::credentials_valid_update(server),
+            phone_number: Some(phone.as_str().to_owned()),
+            already_registered: true,
+            cross_server_update: false,
+            target_server: Some(server.as_str().to_owned()),
+            bot_id: Some(bot.as_str().to_owned()),
+        }
+    }
+
+    /// A phone hosted on another node: registering forwards the credentials.
+    pub fn registered_elsewhere(phone: &PhoneNumber, host: &ServerName, bot: &BotId) -> Self {
+        Self {
+            is_valid: true,
+            message: messages::credentials_valid_cross_server(host),
+            phone_number: Some(phone.as_str().to_owned()),
+            already_registered: true,
+            cross_server_update: true,
+            target_server: Some(host.as_str().to_owned()),
+            bot_id: Some(bot.as_str().to_owned()),
+        }
+    }
+}

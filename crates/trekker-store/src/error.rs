@@ -1,0 +1,66 @@
+//! The store layer's one error type.
+//!
+//! The variants above `Database` are outcomes a caller acts on (full,
+//! taken, stale...). `Database` keeps the sqlx error as its source for the
+//! logs; its Display never repeats it, so nothing internal reaches a client.
+
+use trekker_domain::{ApprovalTransitionError, BotId, ServerName, ServerStatus};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("server {0} is not registered")]
+    UnknownServer(ServerName),
+    #[error("server {0} has no free slot")]
+    ServerFull(ServerName),
+    #[error("server {server} is {status} and takes no new bots")]
+    ServerNotAccepting { server: ServerName, status: ServerStatus },
+    #[error("the phone number is already registered on {server}")]
+    PhoneTaken { server: ServerName, bot_id: BotId },
+    #[error("bot not found")]
+    BotNotFound,
+    #[error("pairing request not found")]
+    PairingNotFound,
+    #[error("a newer credentials version ({current}) is already stored")]
+    StaleVersion { current: i64 },
+    #[error(transparent)]
+    Transition(#[from] ApprovalTransitionError),
+    #[error("invalid value: {0}")]
+    InvalidInput(String),
+    #[error("stored data is not valid: {0}")]
+    Corrupt(String),
+    #[error("stored credentials could not be decrypted")]
+    Decrypt,
+    #[error("store configuration: {0}")]
+    Config(String),
+    #[error("database migration failed")]
+    Migration(#[source] sqlx::migrate::MigrateError),
+    #[error("database error")]
+    Database(#[source] sqlx::Error),
+}
+
+impl StoreError {
+    /// Whether the same call may succeed when tried again (a busy or lost
+    /// connection), as opposed to an answer that will not change.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Database(err) => matches!(
+                err,
+                sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed
+            ) || is_busy(err),
+            _ => false,
+        }
+    }
+}
+
+fn is_busy(err: &sqlx::Error) -> bool {
+    err.as_database_error()
+        .and_then(|db| db.code())
+        // SQLite busy/locked, PostgreSQL serialization failure / deadlock.
+        .is_some_and(|code| matches!(code.as_ref(), "5" | "6" | "40001" | "40P01"))
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        Self::Database(err)
+    }
+}

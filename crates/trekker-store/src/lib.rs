@@ -1,0 +1,143 @@
+//! Trekker's storage: the [`Store`] trait and its two implementations.
+//!
+//! - PostgreSQL ([`SqlStore<Postgres>`](SqlStore)) is the cluster backend:
+//!   every node of a fleet points at one database.
+//! - SQLite ([`SqlStore<Sqlite>`](SqlStore)) is the embedded default, in WAL
+//!   mode so several node processes on one machine can share one file.
+//!
+//! Both run the same SQL (written once in `sql.rs`); the few places where
+//! the dialects differ are named in [`Backend`]. Every operation that changes
+//! more than one row does so in one transaction, and state changes write
+//! their audit activity and guest notification in that same transaction.
+//! Credentials are sealed with [`CredentialCipher`] before they reach a row.
+
+mod cipher;
+mod error;
+mod model;
+mod sql;
+
+use async_trait::async_trait;
+use trekker_domain::{BotId, Credentials, PhoneNumber, ServerName};
+
+pub use cipher::{CredentialCipher, KEY_LEN, Sealed};
+pub use error::StoreError;
+pub use model::*;
+pub use sql::{Backend, SqlStore, connect};
+pub use sqlx::{Postgres, Sqlite};
+
+/// Everything Trekker keeps in its database.
+///
+/// Times are passed in (`now`, epoch milliseconds) rather than read inside,
+/// so tests can drive expiry and liveness without sleeping.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Checks that the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    // --- servers -----------------------------------------------------------
+
+    /// Inserts or updates this node's registry row (capacity, base URL) and
+    /// records a heartbeat. The admin-set status of an existing row is kept.
+    async fn upsert_server(&self, server: &ServerRegistration, now: Millis) -> Result<ServerSnapshot, StoreError>;
+
+    /// Records a heartbeat; `UnknownServer` if the row is gone.
+    async fn heartbeat(&self, server: &ServerName, now: Millis) -> Result<(), StoreError>;
+
+    /// Every server, ordered by name.
+    async fn list_servers(&self) -> Result<Vec<ServerSnapshot>, StoreError>;
+
+    async fn get_server(&self, server: &ServerName) -> Result<Option<ServerSnapshot>, StoreError>;
+
+    /// Applies an admin's change to capacity and/or status.
+    async fn update_server(&self, server: &ServerName, patch: &ServerPatch, now: Millis) -> Result<ServerSnapshot, StoreError>;
+
+    // --- registry and bots -------------------------------------------------
+
+    /// Which server hosts `phone`, per `god_register`.
+    async fn find_registration(&self, phone: &PhoneNumber) -> Result<Option<RegistryEntry>, StoreError>;
+
+    async fn get_bot(&self, id: &BotId) -> Result<Option<BotRecord>, StoreError>;
+
+    /// The slot-occupying bot of `phone` on `server`, if that server hosts it.
+    async fn find_bot_on_server(&self, phone: &PhoneNumber, server: &ServerName) -> Result<Option<BotRecord>, StoreError>;
+
+    /// Bots matching `filter`, newest first.
+    async fn list_bots(&self, filter: &BotFilter) -> Result<Vec<BotRecord>, StoreError>;
+
+    /// Reserves a slot on `bot.server` and inserts the registry row, the bot
+    /// row and `effects`, all in ONE transaction (invariants 1-3). Refuses
+    /// with `ServerFull`, `ServerNotAccepting`, `UnknownServer` or
+    /// `PhoneTaken`, writing nothing.
+    async fn register_bot(&self, bot: &NewBot, effects: &SideEffects, now: Millis) -> Result<Registered, StoreError>;
+
+    /// Replaces a bot's credentials under `rule`; an approved bot goes to
+    /// `loading` so its runtime restarts it. `StaleVersion` if the stored
+    /// version is not older than `Exactly(v)`.
+    async fn update_credentials(
+        &self,
+        id: &BotId,
+        credentials: &Credentials,
+        rule: VersionRule,
+        effects: &SideEffects,
+        now: Millis,
+    ) -> Result<BotRecord, StoreError>;
+
+    /// A bot's decrypted credentials and their version. Only the hosting
+    /// node calls this, to start the bot.
+    async fn load_credentials(&self, id: &BotId) -> Result<Option<(Credentials, i64)>, StoreError>;
+
+    /// Approves a bot until `expires_at` (pending, expired, or renewal).
+    async fn approve_bot(&self, id: &BotId, expires_at: Millis, effects: &SideEffects, now: Millis) -> Result<BotRecord, StoreError>;
+
+    /// Rejects a bot and frees its phone and slot in the same transaction.
+    async fn reject_bot(&self, id: &BotId, effects: &SideEffects, now: Millis) -> Result<BotRecord, StoreError>;
+
+    /// Deletes a bot; frees its phone and slot if it still held them.
+    async fn delete_bot(&self, id: &BotId, effects: &SideEffects, now: Millis) -> Result<BotRecord, StoreError>;
+
+    /// Moves approved bots whose approval ran out to `expired`; frees
+    /// nothing. Returns the bots it expired.
+    async fn expire_due_bots(&self, now: Millis) -> Result<Vec<BotRecord>, StoreError>;
+
+    // --- audit -------------------------------------------------------------
+
+    async fn append_activity(&self, activity: &NewActivity, now: Millis) -> Result<(), StoreError>;
+
+    /// The latest activities (of one bot, if given), newest first.
+    async fn list_activities(&self, bot: Option<BotId>, limit: i64) -> Result<Vec<Activity>, StoreError>;
+
+    // --- consistency -------------------------------------------------------
+
+    async fn find_inconsistencies(&self) -> Result<Vec<Inconsistency>, StoreError>;
+
+    /// Repairs one inconsistency (each kind has one safe fix); returns
+    /// whether anything changed (it may have been fixed meanwhile).
+    async fn repair_inconsistency(&self, issue: &Inconsistency, effects: &SideEffects, now: Millis) -> Result<bool, StoreError>;
+
+    // --- pairing -----------------------------------------------------------
+
+    async fn create_pairing(&self, pairing: &NewPairing) -> Result<(), StoreError>;
+
+    /// The pairing request; a pending one past its expiry reads as expired.
+    async fn get_pairing(&self, id: &str, now: Millis) -> Result<Option<PairingRecord>, StoreError>;
+
+    /// Stores the credentials of a pending request (sealed) and marks it paired.
+    async fn complete_pairing(&self, id: &str, credentials: &Credentials, now: Millis) -> Result<(), StoreError>;
+
+    /// Marks a pending request failed with a message for the guest.
+    async fn fail_pairing(&self, id: &str, message: &str, now: Millis) -> Result<(), StoreError>;
+
+    // --- notification outbox -----------------------------------------------
+
+    /// Claims up to `limit` due notifications for `worker` until
+    /// `now + lease_ms`; no two workers hold the same one at once.
+    async fn claim_notifications(&self, worker: &str, now: Millis, lease_ms: i64, limit: i64) -> Result<Vec<Notification>, StoreError>;
+
+    /// Records how an attempt ended. Ignored (false) if `worker` no longer
+    /// holds the claim.
+    async fn finish_notification(&self, id: i64, worker: &str, outcome: NotificationOutcome, now: Millis) -> Result<bool, StoreError>;
+
+    /// Notifications still waiting to be sent (for metrics and tests).
+    async fn pending_notifications(&self) -> Result<i64, StoreError>;
+}

@@ -1,0 +1,284 @@
+//! The records the store reads and writes. No credentials in any of them:
+//! those go in as [`Credentials`] and are sealed before they touch a row.
+
+use trekker_domain::{ApprovalStatus, BotId, PhoneNumber, RuntimeStatus, ServerName, ServerStatus};
+
+/// Epoch milliseconds, the one time unit of the store (same SQL on both backends).
+pub type Millis = i64;
+
+/// What a node writes about itself at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerRegistration {
+    pub name: ServerName,
+    pub max_bot_count: i64,
+    pub base_url: Option<String>,
+    pub description: Option<String>,
+}
+
+/// A server's row in `server_registry`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSnapshot {
+    pub name: ServerName,
+    pub max_bot_count: i64,
+    /// Slot-occupying bots on it (all approval states but rejected).
+    pub current_bot_count: i64,
+    pub status: ServerStatus,
+    pub base_url: Option<String>,
+    pub last_heartbeat: Option<Millis>,
+    pub description: Option<String>,
+}
+
+impl ServerSnapshot {
+    /// Slots left; never negative, even if an admin lowered the capacity
+    /// below the bots already there.
+    pub fn free_slots(&self) -> i64 {
+        (self.max_bot_count - self.current_bot_count).max(0)
+    }
+}
+
+/// An admin's change to a server.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerPatch {
+    pub max_bot_count: Option<i64>,
+    pub status: Option<ServerStatus>,
+}
+
+/// A row of `god_register`: which server hosts a phone's bot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryEntry {
+    pub phone: PhoneNumber,
+    pub server: ServerName,
+    pub bot_id: BotId,
+    pub registered_at: Millis,
+}
+
+/// A bot as admins and use cases see it: everything but the credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BotRecord {
+    pub id: BotId,
+    pub name: String,
+    pub phone: PhoneNumber,
+    pub server: ServerName,
+    pub approval: ApprovalStatus,
+    pub status: RuntimeStatus,
+    pub credentials_version: i64,
+    pub credentials_updated_at: Millis,
+    pub approval_date: Option<Millis>,
+    pub expires_at: Option<Millis>,
+    pub invalid_reason: Option<String>,
+    pub restarts: i64,
+    pub last_error: Option<String>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+/// A new bot to place on `server`.
+#[derive(Debug, Clone)]
+pub struct NewBot {
+    pub id: BotId,
+    pub name: String,
+    pub phone: PhoneNumber,
+    pub server: ServerName,
+    pub credentials: trekker_domain::Credentials,
+}
+
+/// A successful registration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    pub bot: BotRecord,
+    /// Free slots on the bot's server right after this registration.
+    pub free_slots_after: i64,
+}
+
+/// Which credentials version an update writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionRule {
+    /// The stored version + 1 (a local update).
+    Next,
+    /// Exactly this version, and only if it is newer than the stored one
+    /// (a forwarded update: an older version never overwrites a newer one).
+    Exactly(i64),
+}
+
+/// Filters of the admin bot list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BotFilter {
+    pub server: Option<ServerName>,
+    pub approval: Option<ApprovalStatus>,
+}
+
+/// An audit record to append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewActivity {
+    /// The node that did it.
+    pub server: ServerName,
+    pub bot_id: Option<BotId>,
+    pub phone: Option<PhoneNumber>,
+    /// A short stable verb, e.g. `registered`, `auto_assigned`, `approved`.
+    pub action: String,
+    /// Free text for people; never a credential.
+    pub details: String,
+    /// The other node, for cross-server work.
+    pub remote_tenancy: Option<ServerName>,
+    pub remote_bot_id: Option<String>,
+}
+
+impl NewActivity {
+    pub fn new(server: &ServerName, action: &str, details: impl Into<String>) -> Self {
+        Self {
+            server: server.clone(),
+            bot_id: None,
+            phone: None,
+            action: action.to_owned(),
+            details: details.into(),
+            remote_tenancy: None,
+            remote_bot_id: None,
+        }
+    }
+
+    pub fn for_bot(mut self, bot_id: &BotId, phone: &PhoneNumber) -> Self {
+        self.bot_id = Some(bot_id.clone());
+        self.phone = Some(phone.clone());
+        self
+    }
+
+    pub fn with_remote(mut self, tenancy: &ServerName, bot_id: Option<&BotId>) -> Self {
+        self.remote_tenancy = Some(tenancy.clone());
+        self.remote_bot_id = bot_id.map(|id| id.as_str().to_owned());
+        self
+    }
+}
+
+/// A stored activity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Activity {
+    pub id: i64,
+    pub occurred_at: Millis,
+    pub server: String,
+    pub bot_id: Option<String>,
+    pub phone: Option<String>,
+    pub action: String,
+    pub details: String,
+    pub remote_tenancy: Option<String>,
+    pub remote_bot_id: Option<String>,
+}
+
+/// A message to a guest, queued with the change that caused it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewNotification {
+    pub phone: PhoneNumber,
+    pub text: String,
+}
+
+/// What a state change writes beside itself, in the same transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SideEffects {
+    pub activity: NewActivity,
+    pub notification: Option<NewNotification>,
+}
+
+impl SideEffects {
+    pub fn activity(activity: NewActivity) -> Self {
+        Self { activity, notification: None }
+    }
+
+    pub fn notify(mut self, phone: &PhoneNumber, text: impl Into<String>) -> Self {
+        self.notification = Some(NewNotification { phone: phone.clone(), text: text.into() });
+        self
+    }
+}
+
+/// A notification claimed by a dispatcher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notification {
+    pub id: i64,
+    pub phone: String,
+    pub text: String,
+    /// Attempts including the current one.
+    pub attempts: i64,
+    pub created_at: Millis,
+}
+
+/// How a notification attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotificationOutcome {
+    Sent,
+    /// Try again at `retry_at`.
+    Retry { retry_at: Millis, error: String },
+    /// Give up for good.
+    Failed { error: String },
+}
+
+/// The state of a pairing request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PairingStatus {
+    Pending,
+    Paired,
+    Expired,
+    Failed,
+}
+
+impl PairingStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Paired => "paired",
+            Self::Expired => "expired",
+            Self::Failed => "failed",
+        }
+    }
+
+    pub(crate) fn parse(text: &str) -> Option<Self> {
+        [Self::Pending, Self::Paired, Self::Expired, Self::Failed]
+            .into_iter()
+            .find(|status| status.as_str() == text)
+    }
+}
+
+/// A new pairing request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewPairing {
+    pub id: String,
+    pub phone: PhoneNumber,
+    pub code: String,
+    pub created_at: Millis,
+    pub expires_at: Millis,
+}
+
+/// A stored pairing request. `credentials` is set once paired.
+#[derive(Debug, Clone)]
+pub struct PairingRecord {
+    pub id: String,
+    pub phone: PhoneNumber,
+    pub code: String,
+    pub status: PairingStatus,
+    pub credentials: Option<trekker_domain::Credentials>,
+    pub message: Option<String>,
+    pub created_at: Millis,
+    pub expires_at: Millis,
+}
+
+/// A disagreement between `god_register`, `bot_instances` and the counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inconsistency {
+    /// A registry row whose bot row is missing (the phone is locked out).
+    RegistryWithoutBot { phone: String, server: String, bot_id: String },
+    /// A slot-occupying bot row with no registry row.
+    BotWithoutRegistry { bot_id: String, phone: String, server: String },
+    /// Registry and bot row name different servers.
+    ServerMismatch { phone: String, bot_id: String, registry_server: String, bot_server: String },
+    /// `current_bot_count` differs from the bots actually there.
+    CountDrift { server: String, recorded: i64, actual: i64 },
+}
+
+impl Inconsistency {
+    /// A stable name for the kind, used in the API and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::RegistryWithoutBot { .. } => "registry_without_bot",
+            Self::BotWithoutRegistry { .. } => "bot_without_registry",
+            Self::ServerMismatch { .. } => "server_mismatch",
+            Self::CountDrift { .. } => "count_drift",
+        }
+    }
+}

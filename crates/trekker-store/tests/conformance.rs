@@ -1,0 +1,554 @@
+//! The store's behavioural conformance suite, written once and run against
+//! both backends (SQLite and PostgreSQL), concurrency cases included.
+//!
+//! Each case is an `async fn(Fixture)`; `conformance_cases!` instantiates
+//! every case once per backend. PostgreSQL cases start (once per process) a
+//! throwaway server, see `trekker_testkit::postgres`.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use futures::future::join_all;
+use trekker_domain::{ApprovalStatus, BotId, PhoneNumber, RuntimeStatus, ServerName, ServerStatus};
+use trekker_store::*;
+use trekker_testkit::creds;
+
+/// A store under test plus raw SQL access for setting up broken states.
+struct Fixture {
+    store: Arc<dyn Store>,
+    raw: Arc<dyn RawSql>,
+    _guard: Option<trekker_testkit::SqliteDatabase>,
+}
+
+#[async_trait::async_trait]
+trait RawSql: Send + Sync {
+    async fn exec(&self, sql: &'static str);
+}
+
+#[async_trait::async_trait]
+impl RawSql for SqlStore<Sqlite> {
+    async fn exec(&self, sql: &'static str) {
+        sqlx::query(sql).execute(self.pool()).await.expect("raw sql");
+    }
+}
+
+#[async_trait::async_trait]
+impl RawSql for SqlStore<Postgres> {
+    async fn exec(&self, sql: &'static str) {
+        sqlx::query(sql).execute(self.pool()).await.expect("raw sql");
+    }
+}
+
+async fn sqlite_fixture() -> Option<Fixture> {
+    let (store, guard) = trekker_testkit::sqlite_store().await;
+    Some(Fixture { store: store.clone(), raw: store, _guard: Some(guard) })
+}
+
+async fn postgres_fixture() -> Option<Fixture> {
+    let store = trekker_testkit::postgres_store().await?;
+    Some(Fixture { store: store.clone(), raw: store, _guard: None })
+}
+
+macro_rules! conformance_cases {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    if let Some(fixture) = super::sqlite_fixture().await {
+                        super::$case(fixture).await;
+                    }
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    if let Some(fixture) = super::postgres_fixture().await {
+                        super::$case(fixture).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+conformance_cases!(
+    servers_upsert_heartbeat_and_patch,
+    register_writes_registry_and_bot_together,
+    credentials_are_encrypted_and_round_trip,
+    full_server_refuses_and_writes_nothing,
+    unknown_and_draining_servers_refuse,
+    taken_phone_refuses_and_names_the_host,
+    credential_versions_never_go_back,
+    reject_frees_phone_and_slot_then_reregister_works,
+    delete_frees_phone_and_slot,
+    approval_transitions_follow_the_state_machine,
+    expiry_moves_approved_bots_only,
+    inconsistencies_are_found_and_repaired,
+    pairing_lifecycle,
+    notifications_are_claimed_once,
+    concurrent_reservations_never_overfill,
+    concurrent_same_phone_registers_once,
+    concurrent_churn_keeps_counts_true,
+);
+
+const NOW: Millis = 1_700_000_000_000;
+
+fn server(name: &str) -> ServerName {
+    ServerName::parse(name).unwrap()
+}
+
+fn effects(action: &str) -> SideEffects {
+    SideEffects::activity(NewActivity::new(&server("SERVER0"), action, "test"))
+}
+
+async fn add_server(store: &dyn Store, name: &str, capacity: i64) -> ServerSnapshot {
+    let registration = ServerRegistration {
+        name: server(name),
+        max_bot_count: capacity,
+        base_url: Some(format!("http://{name}.test")),
+        description: None,
+    };
+    store.upsert_server(&registration, NOW).await.unwrap()
+}
+
+fn new_bot(phone: &str, server_name: &str, n: u128) -> NewBot {
+    NewBot {
+        id: BotId::from_random_bits(n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (phone.len() as u128)),
+        name: format!("bot-{phone}"),
+        phone: PhoneNumber::parse(phone).unwrap(),
+        server: server(server_name),
+        credentials: creds::credentials(phone, 1),
+    }
+}
+
+fn unique_bot(phone: &str, server_name: &str) -> NewBot {
+    let bits: u128 = phone.parse::<u128>().unwrap() << 20 | server_name.len() as u128;
+    new_bot(phone, server_name, bits)
+}
+
+async fn register(store: &dyn Store, phone: &str, server_name: &str) -> Result<Registered, StoreError> {
+    let bot = unique_bot(phone, server_name);
+    let effects = effects("registered").notify(&bot.phone, "welcome");
+    store.register_bot(&bot, &effects, NOW).await
+}
+
+async fn assert_consistent(store: &dyn Store) {
+    let issues = store.find_inconsistencies().await.unwrap();
+    assert!(issues.is_empty(), "inconsistencies: {issues:?}");
+}
+
+// --- cases ----------------------------------------------------------------
+
+async fn servers_upsert_heartbeat_and_patch(f: Fixture) {
+    let s = &*f.store;
+    let created = add_server(s, "server1", 10).await;
+    assert_eq!(created.name.as_str(), "SERVER1");
+    assert_eq!(created.status, ServerStatus::Active);
+    assert_eq!(created.last_heartbeat, Some(NOW));
+
+    s.heartbeat(&server("SERVER1"), NOW + 5).await.unwrap();
+    assert_eq!(s.get_server(&server("SERVER1")).await.unwrap().unwrap().last_heartbeat, Some(NOW + 5));
+    assert!(matches!(s.heartbeat(&server("NOPE"), NOW).await, Err(StoreError::UnknownServer(_))));
+
+    let patched = s
+        .update_server(&server("SERVER1"), &ServerPatch { max_bot_count: Some(3), status: Some(ServerStatus::Draining) }, NOW)
+        .await
+        .unwrap();
+    assert_eq!((patched.max_bot_count, patched.status), (3, ServerStatus::Draining));
+    // A node restart rewrites capacity and URL but keeps the admin's status.
+    let again = add_server(s, "SERVER1", 7).await;
+    assert_eq!((again.max_bot_count, again.status), (7, ServerStatus::Draining));
+    assert!(matches!(
+        s.update_server(&server("SERVER1"), &ServerPatch { max_bot_count: Some(-1), status: None }, NOW).await,
+        Err(StoreError::InvalidInput(_))
+    ));
+    add_server(s, "SERVER0", 1).await;
+    let names: Vec<_> = s.list_servers().await.unwrap().into_iter().map(|x| x.name.to_string()).collect();
+    assert_eq!(names, ["SERVER0", "SERVER1"]);
+}
+
+async fn register_writes_registry_and_bot_together(f: Fixture) {
+    let s = &*f.store;
+    add_server(s, "SERVER0", 2).await;
+    let done = register(s, "254700000001", "SERVER0").await.unwrap();
+    assert_eq!(done.free_slots_after, 1);
+    assert_eq!(done.bot.approval, ApprovalStatus::Pending);
+    assert_eq!(done.bot.status, RuntimeStatus::Offline);
+    assert_eq!(done.bot.credentials_version, 1);
+    let entry = s.find_registration(&done.bot.phone).await.unwrap().unwrap();
+    assert_eq!((entry.server.as_str(), &entry.bot_id), ("SERVER0", &done.bot.id));
+    assert_eq!(s.get_bot(&done.bot.id).await.unwrap().unwrap(), done.bot);
+    assert_eq!(s.find_bot_on_server(&done.bot.phone, &server("SERVER0")).await.unwrap().unwrap().id, done.bot.id);
+    assert!(s.find_bot_on_server(&done.bot.phone, &server("SERVER1")).await.unwrap().is_none());
+    assert_eq!(s.get_server(&server("SERVER0")).await.unwrap().unwrap().current_bot_count, 1);
+    // The side effects were written in the same transaction.
+    let activities = s.list_activities(Some(done.bot.id.clone()), 10).await.unwrap();
+    assert_eq!(activities.len(), 0, "the activity is recorded for SERVER0 without a bot id");
+    assert_eq!(s.list_activities(None, 10).await.unwrap()[0].action, "registered");
+    assert_eq!(s.pending_notifications().await.unwrap(), 1);
+    let listed = s.list_bots(&BotFilter { server: Some(server("SERVER0")), approval: Some(ApprovalStatus::Pending) }).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(s.list_bots(&BotFilter { server: None, approval: Some(ApprovalStatus::Approved) }).await.unwrap().is_empty());
+    assert_consistent(s).await;
+}
+
+async fn credentials_are_encrypted_and_round_trip(f: Fixture) {
+    let s = &*f.store;
+    add_server(s, "SERVER0", 2).await;
+    let done = register(s, "254700000002", "SERVER0").await.unwrap();
+    let (loaded, version) = s.load_credentials(&done.bot.id).await.unwrap().unwrap();
+    assert_eq!(version, 1);
+    assert_eq!(loaded, creds::credentials("254700000002", 1));
+    // No column holds a credential in clear.
+    f.raw.exec("UPDATE bot_instances SET name = name").await;
+    assert!(s.load_credentials(&BotId::parse("missing").unwrap()).await.unwrap().is_none());
+    // Ciphertext moved onto another row does not decrypt (bot id is the AAD).
+    register(s, "254700000003", "SERVER0").await.unwrap();
+    f.raw
+        .exec(
+            "UPDATE bot_instances SET credentials_ciphertext = (SELECT credentials_ciphertext FROM bot_instances \
+             WHERE phone_number = '254700000002'), credentials_nonce = (SELECT credentials_nonce FROM bot_instances \
+             WHERE phone_number = '254700000002') WHERE phone_number = '254700000003'",
+        )
+        .await;
+    let other = s.find_registration(&PhoneNumber::parse("254700000003").unwrap()).await.unwrap().unwrap();
+    assert!(matches!(s.load_credentials(&other.bot_id).await, Err(StoreError::Decrypt)));
+}
+
+async fn full_server_refuses_and_writes_nothing(f: Fixture) {
+    let s = &*f.store;
+    add_server(s, "SERVER0", 1).await;
+    register(s, "254700000010", "SERVER0").await.unwrap();
+    let refused = register(s, "254700000011", "SERVER0").await;
+    assert!(matches!(refused, Err(StoreError::ServerFull(ref name)) if name.as_str() == "SERVER0"), "{refused:?}");
+    assert!(s.find_registration(&PhoneNumber::parse("254700000011").unwrap()).await.unwrap().is_none());
+    assert_eq!(s.get_server(&server("SERVER0")).await.unwrap().unwrap().current_bot_count, 1);
+    assert_eq!(s.list_bots(&BotFilter::default()).await.unwrap().len(), 1);
+    assert_eq!(s.pending_notifications().await.unwrap(), 1);
+    assert_consistent(s).await;
+}
+
+async fn unknown_and_draining_servers_refuse(f: Fixture) {
+    let s = &*f.store;
+    assert!(matches!(register(s, "254700000020", "GHOST").await, Err(StoreError::UnknownServer(_))));
+    add_server(s, "SERVER0", 5).await;
+    s.update_server(&server("SERVER0"), &ServerPatch { max_bot_count: None, status: Some(ServerStatus::Draining) }, NOW)
+        .await
+        .unwrap();
+    assert!(matches!(
+        register(s, "254700000020", "SERVER0").await,
+        Err(StoreError::ServerNotAccepting { status: ServerStatus::Draining, .. })
+    ));
+    assert!(s.list_bots(&BotFilter::default()).await.unwrap().is_empty());
+}
+
+async fn taken_phone_refuses_and_names_the_host(f: Fixture) {
+    let s = &*f.store;
+    add_server(s, "SERVER0", 5).await;
+    add_server(s, "SERVER1", 5).await;
+    let first = register(s, "254700000030", "SERVER0").await.unwrap();
+    let again = register(s, "254700000030", "SERVER1").await;
+    match again {
+        Err(StoreError::PhoneTaken { server: host, bot_id }) => {
+            assert_eq!(host.as_str(), "SERVER0");
+            assert_eq!(bot_id, first.bot.id);
+        }
+        other => panic!("expected PhoneTaken, got {other:?}"),
+    }
+    assert_eq!(s.get_server(&server("SERVER1")).await.unwrap().unwrap().current_bot_count, 0);
+    assert_consistent(s).await;
+}
+
+async fn credential_versions_never_go_back(f: Fixture) {
+    let s = &*f.store;
+    add_server(s, "SERVER0", 5).await;
+    let bot = register(s, "254700000040", "SERVER0").await.unwrap().bot;
+    let v2 = creds::credentials("254700000040", 2);
+    let updated = s.update_credentials(&bot.id, &v2, VersionRule::Next, &effects("updated"), NOW + 1).await.unwrap();
+    assert_eq!(updated.credentials_version, 2);
+    assert_eq!(updated.status, RuntimeStatus::Offline, "a pending bot is not restarted");
+    let v5 = creds::credentials("254700000040", 5);
+    assert_eq!(
+        s.update_credentials(&bot.id, &v5, VersionRule::Exactly(5), &effects("updated"), NOW + 2).await.unwrap().credentials_version,
+        5
+    );
+    let old = creds::credentials("254700000040", 3);
+    let stale = s.update_credentials(&bot.id, &old, VersionRule::Exactly(3), &effects("updated"), NOW + 3).await;
+    assert!(matches!(stale, Err(StoreError::StaleVersion { current: 5 })), "{stale:?}");
+    let same = s.update_credentials(&bot.id, &old, VersionRule::Exactly(5), &effects("updated"), NOW + 3).await;
+    assert!(matches!(same, Err(StoreError::StaleVersion { current: 5 })));
+    assert_eq!(s.load_credentials(&bot.id).await.unwrap().unwrap(), (v5, 5));
+
+    s.approve_bot(&bot.id, NOW + 1000, &effects("approved"), NOW).await.unwrap();
+    f.raw.exec("UPDATE bot_instances SET status = 'online'").await;
+    let restarted = s.update_credentials(&bot.id, &v2, VersionRule::Next, &effects("updated"), NOW + 4).await.unwrap();
+    assert_eq!((restarted.credentials_version, restarted.status), (6, RuntimeStatus::Loading));
+    let missing = BotId::parse("nope").unwrap();
+    assert!(matches!(
+        s.update_credentials(&missing, &v2, VersionRule::Next, &effects("updated"), NOW).await,
+        Err(StoreError::BotNotFound)
+    ));
+}
+
+async fn reject_frees_phone_and_slot_then_reregister_works(f: Fixture) {
+    let s = &*f.store;
+    add_server(s, "SERVER0", 1).await;
+    let bot = register(s, "254700000050", "SERVER0").await.unwrap().bot;
+    let rejected = s.reject_bot(&bot.id, &effects("rejected"), NOW).await.unwrap();
+    assert_eq!(rejected.approval, ApprovalStatus::Rejected);
+    assert!(s.find_registration(&bot.phone).await.unwrap().is_none());
+    assert_eq!(s.get_server(&server("SERVER0")).await.unwrap().unwrap().current_bot_count, 0);
+    assert!(matches!(s.reject_bot(&bot.id, &effects("rejected"), NOW).await, Err(StoreError::Transition(_))));
+    assert_consistent(s).await;
+    // Same phone, new registration: works, and the old row stays listed.
+    let mut again = new_bot("254700000050", "SERVER0", 99);
+    again.name = "second".into();
+    let second = s.register_bot(&again, &effects("registered"), NOW).await.unwrap();
+    assert_ne!(second.bot.id, bot.id);
+    assert_eq!(s.list_bots(&BotFilter::default()).await.unwrap().len(), 2);
+    assert_consistent(s).await;
+}
+
+async fn delete_frees_phone_and_slot(f: Fixture) {
+    let s = &*f.store;
+    add_server(s, "SERVER0", 1).await;
+    let bot = register(s, "254700000060", "SERVER0").await.unwrap().bot;
+    let deleted = s.delete_bot(&bot.id, &effects("deleted"), NOW).await.unwrap();
+    assert_eq!(deleted.id, bot.id);
+    assert!(s.get_bot(&bot.id).await.unwrap().is_none());
+    assert!(s.find_registration(&bot.phone).await.unwrap().is_none());
+    assert_eq!(s.get_server(&server("SERVER0")).await.unwrap().unwrap().current_bot_count, 0);
+    assert!(matches!(s.delete_bot(&bot.id, &effects("deleted"), NOW).await, Err(StoreError::BotNotFound)));
+    // Deleting a rejected bot does not free its slot twice.
+    let other = register(s, "254700000061", "SERVER0").await.unwrap().bot;
+    s.reject_bot(&other.id, &effects("rejected"), NOW).await.unwrap();
+    s.delete_bot(&other.id, &effects("deleted"), NOW).await.unwrap();
+    assert_eq!(s.get_server(&server("SERVER0")).await.unwrap().unwrap().current_bot_count, 0);
+    assert_consistent(s).await;
+}
+
+async fn approval_transitions_follow_the_state_machine(f: Fixture) {
+    let s = &*f.store;
+    add_server(s, "SERVER0", 3).await;
+    let bot = register(s, "254700000070", "SERVER0").await.unwrap().bot;
+    let approved = s.approve_bot(&bot.id, NOW + 10, &effects("approved"), NOW).await.unwrap();
+    assert_eq!(approved.approval, ApprovalStatus::Approved);
+    assert_eq!(approved.approval_date, Some(NOW));
+    assert_eq!(approved.expires_at, Some(NOW + 10));
+    assert_eq!(approved.status, RuntimeStatus::Loading);
+    let renewed = s.approve_bot(&bot.id, NOW + 20, &effects("approved"), NOW + 1).await.unwrap();
+    assert_eq!(renewed.expires_at, Some(NOW + 20));
+    s.reject_bot(&bot.id, &effects("rejected"), NOW).await.unwrap();
+    assert!(matches!(
+        s.approve_bot(&bot.id, NOW + 10, &effects("approved"), NOW).await,
+        Err(StoreError::Transition(_))
+    ));
+    assert!(matches!(
+        s.approve_bot(&BotId::parse("nope").unwrap(), NOW, &effects("approved"), NOW).await,
+        Err(StoreError::BotNotFound)
+    ));
+}
+
+async fn expiry_moves_approved_bots_only(f: Fixture) {
+    let s = &*f.store;
+    add_server(s, "SERVER0", 3).await;
+    let due = register(s, "254700000080", "SERVER0").await.unwrap().bot;
+    let later = register(s, "254700000081", "SERVER0").await.unwrap().bot;
+    let pending = register(s, "254700000082", "SERVER0").await.unwrap().bot;
+    s.approve_bot(&due.id, NOW + 10, &effects("approved"), NOW).await.unwrap();
+    s.approve_bot(&later.id, NOW + 1000, &effects("approved"), NOW).await.unwrap();
+    let expired = s.expire_due_bots(NOW + 10).await.unwrap();
+    assert_eq!(expired.iter().map(|b| b.id.clone()).collect::<Vec<_>>(), vec![due.id.clone()]);
+    assert_eq!(expired[0].approval, ApprovalStatus::Expired);
+    assert_eq!(s.get_bot(&pending.id).await.unwrap().unwrap().approval, ApprovalStatus::Pending);
+    assert!(s.expire_due_bots(NOW + 11).await.unwrap().is_empty());
+    // Expiry frees nothing: the phone and slot stay held.
+    assert!(s.find_registration(&due.phone).await.unwrap().is_some());
+    assert_eq!(s.get_server(&server("SERVER0")).await.unwrap().unwrap().current_bot_count, 3);
+    // An expired bot can be approved again.
+    let back = s.approve_bot(&due.id, NOW + 5000, &effects("approved"), NOW + 20).await.unwrap();
+    assert_eq!(back.approval, ApprovalStatus::Approved);
+}
+
+async fn inconsistencies_are_found_and_repaired(f: Fixture) {
+    let s = &*f.store;
+    add_server(s, "SERVER0", 5).await;
+    add_server(s, "SERVER1", 5).await;
+    register(s, "254700000090", "SERVER0").await.unwrap();
+    register(s, "254700000091", "SERVER0").await.unwrap();
+    register(s, "254700000092", "SERVER0").await.unwrap();
+    // Break things the ways the seed's data was found broken.
+    f.raw.exec("DELETE FROM bot_instances WHERE phone_number = '254700000090'").await;
+    f.raw.exec("DELETE FROM god_register WHERE phone_number = '254700000091'").await;
+    f.raw.exec("UPDATE god_register SET tenancy_name = 'SERVER1' WHERE phone_number = '254700000092'").await;
+    let found = s.find_inconsistencies().await.unwrap();
+    let kinds: HashSet<_> = found.iter().map(Inconsistency::kind).collect();
+    assert_eq!(kinds, HashSet::from(["registry_without_bot", "bot_without_registry", "server_mismatch", "count_drift"]), "{found:?}");
+    for issue in &found {
+        assert!(s.repair_inconsistency(issue, &effects("repaired"), NOW).await.unwrap(), "{issue:?}");
+        // Repairing twice changes nothing.
+        assert!(!s.repair_inconsistency(issue, &effects("repaired"), NOW).await.unwrap());
+    }
+    assert_consistent(s).await;
+    // The locked-out phone registers again.
+    register(s, "254700000090", "SERVER0").await.unwrap();
+    assert_eq!(s.get_server(&server("SERVER0")).await.unwrap().unwrap().current_bot_count, 3);
+}
+
+async fn pairing_lifecycle(f: Fixture) {
+    let s = &*f.store;
+    let phone = PhoneNumber::parse("254700000100").unwrap();
+    let pairing = NewPairing { id: "pair-1".into(), phone: phone.clone(), code: "ABCD-EFGH".into(), created_at: NOW, expires_at: NOW + 60_000 };
+    s.create_pairing(&pairing).await.unwrap();
+    let pending = s.get_pairing("pair-1", NOW + 1).await.unwrap().unwrap();
+    assert_eq!((pending.status, pending.code.as_str()), (PairingStatus::Pending, "ABCD-EFGH"));
+    assert!(pending.credentials.is_none());
+    let credentials = creds::credentials(phone.as_str(), 1);
+    s.complete_pairing("pair-1", &credentials, NOW + 2).await.unwrap();
+    let paired = s.get_pairing("pair-1", NOW + 3).await.unwrap().unwrap();
+    assert_eq!(paired.status, PairingStatus::Paired);
+    assert_eq!(paired.credentials, Some(credentials.clone()));
+    assert!(matches!(s.complete_pairing("pair-1", &credentials, NOW).await, Err(StoreError::PairingNotFound)));
+    assert!(s.get_pairing("missing", NOW).await.unwrap().is_none());
+    // A pending request past its expiry reads expired and can't complete.
+    let old = NewPairing { id: "pair-2".into(), expires_at: NOW + 10, ..pairing.clone() };
+    s.create_pairing(&old).await.unwrap();
+    assert_eq!(s.get_pairing("pair-2", NOW + 10).await.unwrap().unwrap().status, PairingStatus::Expired);
+    assert!(s.complete_pairing("pair-2", &credentials, NOW + 11).await.is_err());
+    let failing = NewPairing { id: "pair-3".into(), ..pairing };
+    s.create_pairing(&failing).await.unwrap();
+    s.fail_pairing("pair-3", "phone refused", NOW).await.unwrap();
+    let failed = s.get_pairing("pair-3", NOW).await.unwrap().unwrap();
+    assert_eq!((failed.status, failed.message.as_deref()), (PairingStatus::Failed, Some("phone refused")));
+}
+
+async fn notifications_are_claimed_once(f: Fixture) {
+    let s = f.store.clone();
+    add_server(&*s, "SERVER0", 50).await;
+    for n in 0..20 {
+        register(&*s, &creds::phone(11, n), "SERVER0").await.unwrap();
+    }
+    // Four workers claim at once: every message goes to exactly one.
+    let claims = join_all((0..4).map(|w| {
+        let s = s.clone();
+        async move { s.claim_notifications(&format!("w{w}"), NOW, 30_000, 8).await.unwrap() }
+    }))
+    .await;
+    let mut seen = HashSet::new();
+    for claim in &claims {
+        for n in claim {
+            assert!(seen.insert(n.id), "notification {} claimed twice", n.id);
+            assert_eq!(n.attempts, 1);
+        }
+    }
+    assert_eq!(seen.len(), 20);
+    assert!(s.claim_notifications("w9", NOW + 1, 30_000, 100).await.unwrap().is_empty(), "leased ones are not reclaimed");
+    let first = &claims.iter().find(|c| !c.is_empty()).unwrap()[0];
+    let owner = claims.iter().position(|c| c.iter().any(|n| n.id == first.id)).unwrap();
+    assert!(!s.finish_notification(first.id, "intruder", NotificationOutcome::Sent, NOW).await.unwrap());
+    assert!(s.finish_notification(first.id, &format!("w{owner}"), NotificationOutcome::Sent, NOW).await.unwrap());
+    assert_eq!(s.pending_notifications().await.unwrap(), 19);
+    // After the lease runs out, unfinished ones are claimed again.
+    let again = s.claim_notifications("w9", NOW + 30_000, 30_000, 100).await.unwrap();
+    assert_eq!(again.len(), 19);
+    assert!(again.iter().all(|n| n.attempts == 2));
+    let retry = NotificationOutcome::Retry { retry_at: NOW + 90_000, error: "gateway down".into() };
+    assert!(s.finish_notification(again[0].id, "w9", retry, NOW + 30_001).await.unwrap());
+    let failed = NotificationOutcome::Failed { error: "gave up".into() };
+    assert!(s.finish_notification(again[1].id, "w9", failed, NOW + 30_001).await.unwrap());
+    assert_eq!(s.pending_notifications().await.unwrap(), 18);
+    let later = s.claim_notifications("w8", NOW + 60_000, 30_000, 100).await.unwrap();
+    assert_eq!(later.len(), 17, "the retried one waits for its time");
+    assert!(later.iter().all(|n| n.id != again[0].id));
+}
+
+/// Invariant 2 under load: 200 concurrent reservations on 5 servers of 10.
+async fn concurrent_reservations_never_overfill(f: Fixture) {
+    let s = f.store.clone();
+    for n in 0..5 {
+        add_server(&*s, &format!("SERVER{n}"), 10).await;
+    }
+    let results = join_all((0..200u32).map(|n| {
+        let s = s.clone();
+        tokio::spawn(async move {
+            let server = format!("SERVER{}", n % 5);
+            register(&*s, &creds::phone(12, n), &server).await
+        })
+    }))
+    .await;
+    let mut won = 0;
+    for result in results {
+        match result.unwrap() {
+            Ok(_) => won += 1,
+            Err(StoreError::ServerFull(_)) => {}
+            Err(other) => panic!("a loser must be told the server is full, got {other:?}"),
+        }
+    }
+    assert_eq!(won, 50);
+    for snapshot in s.list_servers().await.unwrap() {
+        assert_eq!(snapshot.current_bot_count, 10, "{snapshot:?}");
+        let bots = s.list_bots(&BotFilter { server: Some(snapshot.name.clone()), approval: None }).await.unwrap();
+        assert_eq!(bots.len(), 10);
+    }
+    assert_consistent(&*s).await;
+}
+
+/// Invariant 1 under load: one phone, many servers at once, one winner.
+async fn concurrent_same_phone_registers_once(f: Fixture) {
+    let s = f.store.clone();
+    for n in 0..4 {
+        add_server(&*s, &format!("SERVER{n}"), 10).await;
+    }
+    let results = join_all((0..40u32).map(|n| {
+        let s = s.clone();
+        tokio::spawn(async move {
+            let bot = new_bot("254799999999", &format!("SERVER{}", n % 4), u128::from(n) + 1);
+            s.register_bot(&bot, &effects("registered"), NOW).await
+        })
+    }))
+    .await;
+    let mut winners = Vec::new();
+    for result in results {
+        match result.unwrap() {
+            Ok(done) => winners.push(done.bot),
+            Err(StoreError::PhoneTaken { .. }) => {}
+            Err(other) => panic!("expected PhoneTaken, got {other:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1);
+    let entry = s.find_registration(&winners[0].phone).await.unwrap().unwrap();
+    assert_eq!(entry.bot_id, winners[0].id);
+    let total: i64 = s.list_servers().await.unwrap().iter().map(|x| x.current_bot_count).sum();
+    assert_eq!(total, 1);
+    assert_consistent(&*s).await;
+}
+
+/// Registrations, rejects and deletes racing on a small server keep the
+/// count equal to the bots there, and never exceed capacity.
+async fn concurrent_churn_keeps_counts_true(f: Fixture) {
+    let s = f.store.clone();
+    add_server(&*s, "SERVER0", 5).await;
+    let tasks = (0..60u32).map(|n| {
+        let s = s.clone();
+        tokio::spawn(async move {
+            let phone = creds::phone(13, n % 12);
+            if let Ok(done) = register(&*s, &phone, "SERVER0").await {
+                let snapshot = s.get_server(&server("SERVER0")).await.unwrap().unwrap();
+                assert!(snapshot.current_bot_count <= snapshot.max_bot_count, "{snapshot:?}");
+                if n % 2 == 0 {
+                    s.reject_bot(&done.bot.id, &effects("rejected"), NOW).await.unwrap();
+                } else {
+                    s.delete_bot(&done.bot.id, &effects("deleted"), NOW).await.unwrap();
+                }
+            }
+        })
+    });
+    for task in join_all(tasks).await {
+        task.unwrap();
+    }
+    assert_eq!(s.get_server(&server("SERVER0")).await.unwrap().unwrap().current_bot_count, 0);
+    assert_consistent(&*s).await;
+}

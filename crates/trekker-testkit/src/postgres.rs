@@ -1,0 +1,224 @@
+//! A throwaway PostgreSQL server for tests.
+//!
+//! The first test of a process that asks for a database starts a server:
+//! `initdb` + `pg_ctl` in a temporary folder, on a free loopback port, as
+//! the `postgres` user when running as root (PostgreSQL refuses root). The
+//! schema is migrated once into a template database; each test gets a fresh
+//! database cloned from it. A watchdog process stops the server and removes
+//! its folder when the test process exits, however it exits.
+//!
+//! `DATABASE_URL=postgres://...` points the tests at an existing server
+//! instead. Without PostgreSQL binaries the tests are skipped with a loud
+//! message, unless `TREKKER_REQUIRE_POSTGRES=1` (CI), where they fail.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use sqlx::Connection as _;
+use trekker_store::{Postgres, SqlStore};
+
+/// A fresh, migrated database for one test.
+#[derive(Debug, Clone)]
+pub struct TestDatabase {
+    pub url: String,
+}
+
+struct Server {
+    /// URL of the maintenance database, for CREATE DATABASE.
+    admin_url: String,
+    /// URL without a database name: `postgres://user@host:port`.
+    base_url: String,
+    template: String,
+}
+
+static SERVER: OnceLock<Result<Option<Server>, String>> = OnceLock::new();
+static NEXT_DATABASE: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh database cloned from the migrated template, or `None` when the
+/// PostgreSQL tests are skipped on this machine.
+pub async fn database() -> Option<TestDatabase> {
+    let server = match SERVER.get_or_init(start_or_find_server) {
+        Ok(Some(server)) => server,
+        Ok(None) => return None,
+        Err(message) => panic!("PostgreSQL test server: {message}"),
+    };
+    let name = format!("trekker_t{}_{}", std::process::id(), NEXT_DATABASE.fetch_add(1, Ordering::Relaxed));
+    let mut admin = sqlx::PgConnection::connect(&server.admin_url).await.expect("connect to the test server");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name} TEMPLATE {}", server.template)))
+        .execute(&mut admin)
+        .await
+        .expect("clone the template database");
+    admin.close().await.ok();
+    Some(TestDatabase { url: format!("{}/{name}", server.base_url) })
+}
+
+/// Whether a skipped PostgreSQL test must fail instead (CI sets this).
+pub fn postgres_required() -> bool {
+    std::env::var("TREKKER_REQUIRE_POSTGRES").is_ok_and(|v| v == "1")
+}
+
+fn start_or_find_server() -> Result<Option<Server>, String> {
+    let (base_url, admin_url) = match std::env::var("DATABASE_URL") {
+        Ok(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            let base = url.rsplit_once('/').map(|(base, _)| base.to_owned()).unwrap_or(url.clone());
+            (base, url)
+        }
+        _ => match start_server()? {
+            Some(base) => (base.clone(), format!("{base}/postgres")),
+            None => return Ok(None),
+        },
+    };
+    let template = format!("trekker_template_{}", std::process::id());
+    let server = Server { admin_url, base_url, template };
+    migrate_template(&server)?;
+    Ok(Some(server))
+}
+
+fn migrate_template(server: &Server) -> Result<(), String> {
+    let admin_url = server.admin_url.clone();
+    let template = server.template.clone();
+    let template_url = format!("{}/{template}", server.base_url);
+    // Runs on its own thread and runtime: the caller may be inside a test's
+    // runtime, where blocking on another one is not allowed.
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+        runtime.block_on(async move {
+            let mut admin = sqlx::PgConnection::connect(&admin_url).await.map_err(|e| format!("connect: {e}"))?;
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {template}")))
+                .execute(&mut admin)
+                .await
+                .map_err(|e| format!("create template: {e}"))?;
+            admin.close().await.ok();
+            let store = SqlStore::<Postgres>::connect(&template_url, crate::test_cipher(), 1)
+                .await
+                .map_err(|e| format!("migrate template: {e:?}"))?;
+            // No connection may stay on a template while it is cloned.
+            store.pool().close().await;
+            Ok(())
+        })
+    })
+    .join()
+    .map_err(|_| "template migration panicked".to_owned())?
+}
+
+/// Starts a server and returns its base URL, or `None` (skip) when no
+/// PostgreSQL binaries exist and they are not required.
+fn start_server() -> Result<Option<String>, String> {
+    let Some(bin_dir) = find_postgres_bin() else {
+        let message = "PostgreSQL binaries (initdb, pg_ctl) not found: PostgreSQL tests are SKIPPED. \
+                       Install PostgreSQL or set DATABASE_URL=postgres://... to run them.";
+        if postgres_required() {
+            return Err(format!("{message} (TREKKER_REQUIRE_POSTGRES=1 makes this a failure)"));
+        }
+        eprintln!("\n!!!!!!!!!! {message} !!!!!!!!!!\n");
+        return Ok(None);
+    };
+    let as_root = is_root();
+    let dir = tempfile::Builder::new()
+        .prefix("trekker-pg-")
+        .tempdir()
+        .map_err(|e| format!("temp dir: {e}"))?
+        .keep();
+    if as_root {
+        run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir))?;
+    }
+    let data = dir.join("data");
+    run(pg_command(as_root, &bin_dir, "initdb")
+        .arg("-D")
+        .arg(&data)
+        .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "--no-instructions"]))?;
+    let port = free_port()?;
+    let options = format!(
+        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
+         -c full_page_writes=off -c max_connections=400",
+        dir.display()
+    );
+    run(pg_command(as_root, &bin_dir, "pg_ctl")
+        .arg("-w")
+        .arg("-D")
+        .arg(&data)
+        .arg("-l")
+        .arg(dir.join("server.log"))
+        .arg("-o")
+        .arg(options)
+        .arg("start"))?;
+    spawn_watchdog(as_root, &bin_dir, &dir, &data)?;
+    Ok(Some(format!("postgres://postgres@127.0.0.1:{port}")))
+}
+
+/// Stops the server and removes its folder once this process is gone.
+fn spawn_watchdog(as_root: bool, bin_dir: &Path, dir: &Path, data: &Path) -> Result<(), String> {
+    let pg_ctl = bin_dir.join("pg_ctl");
+    let stop = if as_root {
+        format!("runuser -u postgres -- '{}' stop -D '{}' -m immediate", pg_ctl.display(), data.display())
+    } else {
+        format!("'{}' stop -D '{}' -m immediate", pg_ctl.display(), data.display())
+    };
+    let script = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {stop} >/dev/null 2>&1; rm -rf '{dir}'",
+        pid = std::process::id(),
+        dir = dir.display()
+    );
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(|_| ())
+        .map_err(|e| format!("watchdog: {e}"))
+}
+
+fn pg_command(as_root: bool, bin_dir: &Path, program: &str) -> Command {
+    let path = bin_dir.join(program);
+    if as_root {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).arg(path);
+        command
+    } else {
+        Command::new(path)
+    }
+}
+
+fn run(command: &mut Command) -> Result<(), String> {
+    let output = command.output().map_err(|e| format!("{command:?}: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{command:?} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+fn find_postgres_bin() -> Option<PathBuf> {
+    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect())
+        .unwrap_or_default();
+    if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
+        let mut versions: Vec<PathBuf> = entries.flatten().map(|e| e.path().join("bin")).collect();
+        versions.sort();
+        candidates.extend(versions.into_iter().rev());
+    }
+    candidates
+        .into_iter()
+        .find(|dir| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+}
+
+fn free_port() -> Result<u16, String> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("free port: {e}"))?;
+    listener.local_addr().map(|a| a.port()).map_err(|e| format!("free port: {e}"))
+}
