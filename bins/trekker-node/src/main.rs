@@ -1,1 +1,77 @@
-fn main() {}
+//! The `trekker-node` binary: parse the configuration, then serve, migrate
+//! or check. SIGTERM/SIGINT stop a serving node gracefully (exit 0).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use trekker_node::{Application, Cli, Command, Config, connect_store, install_crypto_provider};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn")))
+        .init();
+    install_crypto_provider();
+    let config = match Config::from_settings(cli.settings) {
+        Ok(config) => config,
+        Err(err) => {
+            tracing::error!("invalid configuration: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(config).await,
+        Command::Migrate => {
+            connect_store(&config).await.map(|_| tracing::info!("migrations applied")).map_err(|e| e.to_string())
+        }
+        Command::Check => check(&config).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            tracing::error!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<(), String> {
+    let app = Application::build(config).await.map_err(|e| format!("cannot start: {e}"))?;
+    let shutdown = app.shutdown_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested; finishing in-flight requests");
+        shutdown.cancel();
+    });
+    app.run().await.map_err(|e| format!("server error: {e}"))
+}
+
+async fn check(config: &Config) -> Result<(), String> {
+    let store = connect_store(config).await.map_err(|e| format!("database: {e}"))?;
+    store.ping().await.map_err(|e| format!("database: {e}"))?;
+    tracing::info!(server = %config.server_name, "configuration and database OK");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

@@ -27,10 +27,7 @@ impl ServerName {
         if trimmed.len() > 64 {
             return Err(ServerNameError::TooLong);
         }
-        if !trimmed
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
+        if !trimmed.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
             return Err(ServerNameError::InvalidCharacter);
         }
         Ok(Self(trimmed.to_ascii_uppercase()))
@@ -67,9 +64,7 @@ impl BotId {
     pub fn parse(input: &str) -> Result<Self, BotIdError> {
         let ok = !input.is_empty()
             && input.len() <= 64
-            && input
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            && input.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if ok { Ok(Self(input.to_owned())) } else { Err(BotIdError) }
     }
 
@@ -79,14 +74,7 @@ impl BotId {
         let bits = (bits & !(0xF << 76)) | (0x4 << 76);
         let bits = (bits & !(0x3 << 62)) | (0x2 << 62);
         let hex = format!("{bits:032x}");
-        Self(format!(
-            "{}-{}-{}-{}-{}",
-            &hex[0..8],
-            &hex[8..12],
-            &hex[12..16],
-            &hex[16..20],
-            &hex[20..32]
-        ))
+        Self(format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32]))
     }
 
     pub fn as_str(&self) -> &str {

@@ -10,17 +10,19 @@ pub fn credentials_valid_new() -> String {
 }
 
 pub fn credentials_valid_update(server: &ServerName) -> String {
-    format!("Credentials are valid. This phone number is already registered on {server}; registering again updates its credentials.")
+    format!(
+        "Credentials are valid. This phone number is already registered on {server}; registering again updates its credentials."
+    )
 }
 
 pub fn credentials_valid_cross_server(host: &ServerName) -> String {
-    format!("Credentials are valid. This phone number is registered on {host}; registering again forwards the new credentials to {host}.")
+    format!(
+        "Credentials are valid. This phone number is registered on {host}; registering again forwards the new credentials to {host}."
+    )
 }
 
 pub fn phone_mismatch(in_session: &PhoneNumber, given: &PhoneNumber) -> String {
-    format!(
-        "Credentials phone number mismatch. The session belongs to +{in_session} but you provided +{given}."
-    )
+    format!("Credentials phone number mismatch. The session belongs to +{in_session} but you provided +{given}.")
 }
 
 pub fn registry_inconsistent(server: &ServerName) -> String {
@@ -49,12 +51,16 @@ pub fn remote_update_failed(host: &ServerName, reason: &str) -> String {
 
 /// Sent to the guest when a new bot waits for an admin.
 pub fn registered_pending_approval(bot_name: &str, server: &ServerName) -> String {
-    format!("Your bot \"{bot_name}\" is registered on {server} and is waiting for admin approval. You will be notified once it is approved.")
+    format!(
+        "Your bot \"{bot_name}\" is registered on {server} and is waiting for admin approval. You will be notified once it is approved."
+    )
 }
 
 /// Sent to the guest when the bot was placed on another server.
 pub fn auto_assigned(bot_name: &str, from: &ServerName, to: &ServerName, slots_left: i64) -> String {
-    format!("{from} is full, so your bot \"{bot_name}\" was registered on {to} ({slots_left} slots left there). It is waiting for admin approval.")
+    format!(
+        "{from} is full, so your bot \"{bot_name}\" was registered on {to} ({slots_left} slots left there). It is waiting for admin approval."
+    )
 }
 
 /// Sent to the guest when the bot's credentials were replaced.
@@ -62,13 +68,17 @@ pub fn credentials_updated(bot_name: &str, server: &ServerName, restarting: bool
     if restarting {
         format!("The credentials of your bot \"{bot_name}\" were updated on {server}. The bot is restarting with them.")
     } else {
-        format!("The credentials of your bot \"{bot_name}\" were updated on {server}. They take effect once the bot is approved.")
+        format!(
+            "The credentials of your bot \"{bot_name}\" were updated on {server}. They take effect once the bot is approved."
+        )
     }
 }
 
 /// Sent to the guest when the credentials came in through another server.
 pub fn credentials_updated_cross_server(bot_name: &str, host: &ServerName, via: &ServerName) -> String {
-    format!("The credentials of your bot \"{bot_name}\" were updated on {host} (received via {via}). The bot is restarting with them.")
+    format!(
+        "The credentials of your bot \"{bot_name}\" were updated on {host} (received via {via}). The bot is restarting with them."
+    )
 }
 
 /// Sent to the guest when an admin approves the bot.

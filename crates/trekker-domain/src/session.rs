@@ -27,12 +27,7 @@ pub const SESSION_PREFIX: &str = "TREKKER~";
 pub const MAX_CREDENTIALS_BYTES: usize = 5 * 1024 * 1024;
 
 /// The fields a Baileys `creds.json` must have for a bot to log in.
-pub const REQUIRED_FIELDS: [&str; 4] = [
-    "noiseKey",
-    "signedIdentityKey",
-    "signedPreKey",
-    "registrationId",
-];
+pub const REQUIRED_FIELDS: [&str; 4] = ["noiseKey", "signedIdentityKey", "signedPreKey", "registrationId"];
 
 const DECODE_CONFIG: GeneralPurposeConfig =
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
@@ -154,10 +149,7 @@ impl Credentials {
 
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credentials")
-            .field("phone", &self.phone)
-            .field("document", &"<redacted>")
-            .finish()
+        f.debug_struct("Credentials").field("phone", &self.phone).field("document", &"<redacted>").finish()
     }
 }
 
@@ -185,11 +177,7 @@ fn decode_session_bytes(session_id: &str) -> Result<Vec<u8>, SessionError> {
     if payload.len() > MAX_CREDENTIALS_BYTES / 3 * 4 + 8 {
         return Err(SessionError::TooLarge);
     }
-    let engine = if payload.contains(['-', '_']) {
-        &URL_SAFE_ANY_PADDING
-    } else {
-        &STANDARD_ANY_PADDING
-    };
+    let engine = if payload.contains(['-', '_']) { &URL_SAFE_ANY_PADDING } else { &STANDARD_ANY_PADDING };
     let bytes = engine.decode(payload).map_err(|_| SessionError::NotBase64)?;
     if bytes.len() > MAX_CREDENTIALS_BYTES {
         return Err(SessionError::TooLarge);
@@ -215,10 +203,7 @@ fn check_creds(creds: &Map<String, Value>) -> Result<PhoneNumber, CredentialsErr
             Some(_) => {}
         }
     }
-    let me_id = creds
-        .get("me")
-        .and_then(|me| me.get("id"))
-        .ok_or(CredentialsError::MissingMeId)?;
+    let me_id = creds.get("me").and_then(|me| me.get("id")).ok_or(CredentialsError::MissingMeId)?;
     let me_id = me_id.as_str().ok_or(CredentialsError::BadMeId)?;
     phone_from_me_id(me_id)
 }
@@ -272,15 +257,10 @@ mod tests {
         assert_eq!(decode("  ").unwrap_err(), Session(SessionError::Empty));
         assert_eq!(decode("TREKKER~").unwrap_err(), Session(SessionError::Empty));
         assert_eq!(decode("TREKKER~!!!").unwrap_err(), Session(SessionError::NotBase64));
-        assert_eq!(
-            decode(&encode_session_id("not json")).unwrap_err(),
-            Session(SessionError::NotJson)
-        );
-        assert_eq!(
-            decode(&encode_session_id("[1]")).unwrap_err(),
-            Session(SessionError::NotObject)
-        );
-        let invalid_utf8 = format!("{SESSION_PREFIX}{}", base64::engine::general_purpose::STANDARD.encode([0xff, 0xfe]));
+        assert_eq!(decode(&encode_session_id("not json")).unwrap_err(), Session(SessionError::NotJson));
+        assert_eq!(decode(&encode_session_id("[1]")).unwrap_err(), Session(SessionError::NotObject));
+        let invalid_utf8 =
+            format!("{SESSION_PREFIX}{}", base64::engine::general_purpose::STANDARD.encode([0xff, 0xfe]));
         assert_eq!(decode(&invalid_utf8).unwrap_err(), Session(SessionError::NotUtf8));
         let mut doc = creds("254712345678@s.whatsapp.net");
         doc.as_object_mut().unwrap().remove("signedPreKey");
@@ -289,24 +269,15 @@ mod tests {
             Creds(CredentialsError::MissingField("signedPreKey"))
         );
         let doc = creds("abc@s.whatsapp.net").to_string();
-        assert_eq!(
-            decode(&encode_session_id(&doc)).unwrap_err(),
-            Creds(CredentialsError::BadMeId)
-        );
+        assert_eq!(decode(&encode_session_id(&doc)).unwrap_err(), Creds(CredentialsError::BadMeId));
         let wrapped = json!({"creds": 5}).to_string();
-        assert_eq!(
-            decode(&encode_session_id(&wrapped)).unwrap_err(),
-            Creds(CredentialsError::CredsNotObject)
-        );
+        assert_eq!(decode(&encode_session_id(&wrapped)).unwrap_err(), Creds(CredentialsError::CredsNotObject));
     }
 
     #[test]
     fn refuses_oversized_input_before_decoding() {
         let huge = "A".repeat(MAX_CREDENTIALS_BYTES * 2);
-        assert_eq!(
-            Credentials::from_session_id(&huge).unwrap_err(),
-            SessionIdError::Session(SessionError::TooLarge)
-        );
+        assert_eq!(Credentials::from_session_id(&huge).unwrap_err(), SessionIdError::Session(SessionError::TooLarge));
     }
 
     #[test]

@@ -59,9 +59,9 @@ impl CredentialCipher {
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(text.trim())
             .map_err(|_| StoreError::Config("CREDENTIALS_KEY is not valid base64".into()))?;
-        let key: [u8; KEY_LEN] = bytes.try_into().map_err(|_| {
-            StoreError::Config("CREDENTIALS_KEY must decode to exactly 32 bytes".into())
-        })?;
+        let key: [u8; KEY_LEN] = bytes
+            .try_into()
+            .map_err(|_| StoreError::Config("CREDENTIALS_KEY must decode to exactly 32 bytes".into()))?;
         Ok(Self::new(&key))
     }
 
@@ -74,9 +74,7 @@ impl CredentialCipher {
             }),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                 let mut key = [0u8; KEY_LEN];
-                SystemRandom::new()
-                    .fill(&mut key)
-                    .map_err(|_| StoreError::Config("no system randomness".into()))?;
+                SystemRandom::new().fill(&mut key).map_err(|_| StoreError::Config("no system randomness".into()))?;
                 write_new_secret_file(path, &base64::engine::general_purpose::STANDARD.encode(key))?;
                 tracing::info!(path = %path.display(), "generated a new credentials key file");
                 Ok(Self::new(&key))

@@ -43,10 +43,9 @@ impl StoreError {
     /// connection), as opposed to an answer that will not change.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Database(err) => matches!(
-                err,
-                sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed
-            ) || is_busy(err),
+            Self::Database(err) => {
+                matches!(err, sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed) || is_busy(err)
+            }
             _ => false,
         }
     }

@@ -50,7 +50,12 @@ pub trait Store: Send + Sync + 'static {
     async fn get_server(&self, server: &ServerName) -> Result<Option<ServerSnapshot>, StoreError>;
 
     /// Applies an admin's change to capacity and/or status.
-    async fn update_server(&self, server: &ServerName, patch: &ServerPatch, now: Millis) -> Result<ServerSnapshot, StoreError>;
+    async fn update_server(
+        &self,
+        server: &ServerName,
+        patch: &ServerPatch,
+        now: Millis,
+    ) -> Result<ServerSnapshot, StoreError>;
 
     // --- registry and bots -------------------------------------------------
 
@@ -60,7 +65,11 @@ pub trait Store: Send + Sync + 'static {
     async fn get_bot(&self, id: &BotId) -> Result<Option<BotRecord>, StoreError>;
 
     /// The slot-occupying bot of `phone` on `server`, if that server hosts it.
-    async fn find_bot_on_server(&self, phone: &PhoneNumber, server: &ServerName) -> Result<Option<BotRecord>, StoreError>;
+    async fn find_bot_on_server(
+        &self,
+        phone: &PhoneNumber,
+        server: &ServerName,
+    ) -> Result<Option<BotRecord>, StoreError>;
 
     /// Bots matching `filter`, newest first.
     async fn list_bots(&self, filter: &BotFilter) -> Result<Vec<BotRecord>, StoreError>;
@@ -88,7 +97,13 @@ pub trait Store: Send + Sync + 'static {
     async fn load_credentials(&self, id: &BotId) -> Result<Option<(Credentials, i64)>, StoreError>;
 
     /// Approves a bot until `expires_at` (pending, expired, or renewal).
-    async fn approve_bot(&self, id: &BotId, expires_at: Millis, effects: &SideEffects, now: Millis) -> Result<BotRecord, StoreError>;
+    async fn approve_bot(
+        &self,
+        id: &BotId,
+        expires_at: Millis,
+        effects: &SideEffects,
+        now: Millis,
+    ) -> Result<BotRecord, StoreError>;
 
     /// Rejects a bot and frees its phone and slot in the same transaction.
     async fn reject_bot(&self, id: &BotId, effects: &SideEffects, now: Millis) -> Result<BotRecord, StoreError>;
@@ -113,7 +128,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Repairs one inconsistency (each kind has one safe fix); returns
     /// whether anything changed (it may have been fixed meanwhile).
-    async fn repair_inconsistency(&self, issue: &Inconsistency, effects: &SideEffects, now: Millis) -> Result<bool, StoreError>;
+    async fn repair_inconsistency(
+        &self,
+        issue: &Inconsistency,
+        effects: &SideEffects,
+        now: Millis,
+    ) -> Result<bool, StoreError>;
 
     // --- pairing -----------------------------------------------------------
 
@@ -132,11 +152,23 @@ pub trait Store: Send + Sync + 'static {
 
     /// Claims up to `limit` due notifications for `worker` until
     /// `now + lease_ms`; no two workers hold the same one at once.
-    async fn claim_notifications(&self, worker: &str, now: Millis, lease_ms: i64, limit: i64) -> Result<Vec<Notification>, StoreError>;
+    async fn claim_notifications(
+        &self,
+        worker: &str,
+        now: Millis,
+        lease_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<Notification>, StoreError>;
 
     /// Records how an attempt ended. Ignored (false) if `worker` no longer
     /// holds the claim.
-    async fn finish_notification(&self, id: i64, worker: &str, outcome: NotificationOutcome, now: Millis) -> Result<bool, StoreError>;
+    async fn finish_notification(
+        &self,
+        id: i64,
+        worker: &str,
+        outcome: NotificationOutcome,
+        now: Millis,
+    ) -> Result<bool, StoreError>;
 
     /// Notifications still waiting to be sent (for metrics and tests).
     async fn pending_notifications(&self) -> Result<i64, StoreError>;

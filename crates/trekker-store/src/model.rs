@@ -204,9 +204,14 @@ pub struct Notification {
 pub enum NotificationOutcome {
     Sent,
     /// Try again at `retry_at`.
-    Retry { retry_at: Millis, error: String },
+    Retry {
+        retry_at: Millis,
+        error: String,
+    },
     /// Give up for good.
-    Failed { error: String },
+    Failed {
+        error: String,
+    },
 }
 
 /// The state of a pairing request.
@@ -229,9 +234,7 @@ impl PairingStatus {
     }
 
     pub(crate) fn parse(text: &str) -> Option<Self> {
-        [Self::Pending, Self::Paired, Self::Expired, Self::Failed]
-            .into_iter()
-            .find(|status| status.as_str() == text)
+        [Self::Pending, Self::Paired, Self::Expired, Self::Failed].into_iter().find(|status| status.as_str() == text)
     }
 }
 

@@ -17,14 +17,12 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Pool, Postgres, Sqlite};
-use trekker_domain::{
-    ApprovalStatus, BotId, Credentials, PhoneNumber, RuntimeStatus, ServerName, ServerStatus,
-};
+use trekker_domain::{ApprovalStatus, BotId, Credentials, PhoneNumber, RuntimeStatus, ServerName, ServerStatus};
 
+use crate::Store;
 use crate::cipher::{CredentialCipher, Sealed};
 use crate::error::StoreError;
 use crate::model::*;
-use crate::Store;
 
 /// Which database a URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,9 +39,7 @@ impl Backend {
         } else if url.starts_with("sqlite:") {
             Ok(Self::Sqlite)
         } else {
-            Err(StoreError::Config(
-                "DATABASE_URL must start with postgres://, postgresql:// or sqlite://".into(),
-            ))
+            Err(StoreError::Config("DATABASE_URL must start with postgres://, postgresql:// or sqlite://".into()))
         }
     }
 }
@@ -1074,19 +1070,9 @@ macro_rules! impl_store {
     };
 }
 
-impl_store!(
-    Postgres,
-    begin_write = "BEGIN",
-    lock_row = "FOR UPDATE",
-    claim_lock = "FOR UPDATE SKIP LOCKED",
-);
+impl_store!(Postgres, begin_write = "BEGIN", lock_row = "FOR UPDATE", claim_lock = "FOR UPDATE SKIP LOCKED",);
 
 // SQLite has one writer at a time: `BEGIN IMMEDIATE` takes the write lock up
 // front, so a transaction that reads before it writes never fails with
 // SQLITE_BUSY halfway; rows need no lock of their own.
-impl_store!(
-    Sqlite,
-    begin_write = "BEGIN IMMEDIATE",
-    lock_row = "",
-    claim_lock = "",
-);
+impl_store!(Sqlite, begin_write = "BEGIN IMMEDIATE", lock_row = "", claim_lock = "",);

@@ -5,6 +5,8 @@
 //! every case once per backend. PostgreSQL cases start (once per process) a
 //! throwaway server, see `trekker_testkit::postgres`.
 
+#![allow(clippy::unwrap_used)] // Tests fail loudly by design.
+
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -154,7 +156,11 @@ async fn servers_upsert_heartbeat_and_patch(f: Fixture) {
     assert!(matches!(s.heartbeat(&server("NOPE"), NOW).await, Err(StoreError::UnknownServer(_))));
 
     let patched = s
-        .update_server(&server("SERVER1"), &ServerPatch { max_bot_count: Some(3), status: Some(ServerStatus::Draining) }, NOW)
+        .update_server(
+            &server("SERVER1"),
+            &ServerPatch { max_bot_count: Some(3), status: Some(ServerStatus::Draining) },
+            NOW,
+        )
         .await
         .unwrap();
     assert_eq!((patched.max_bot_count, patched.status), (3, ServerStatus::Draining));
@@ -189,9 +195,14 @@ async fn register_writes_registry_and_bot_together(f: Fixture) {
     assert_eq!(activities.len(), 0, "the activity is recorded for SERVER0 without a bot id");
     assert_eq!(s.list_activities(None, 10).await.unwrap()[0].action, "registered");
     assert_eq!(s.pending_notifications().await.unwrap(), 1);
-    let listed = s.list_bots(&BotFilter { server: Some(server("SERVER0")), approval: Some(ApprovalStatus::Pending) }).await.unwrap();
+    let listed = s
+        .list_bots(&BotFilter { server: Some(server("SERVER0")), approval: Some(ApprovalStatus::Pending) })
+        .await
+        .unwrap();
     assert_eq!(listed.len(), 1);
-    assert!(s.list_bots(&BotFilter { server: None, approval: Some(ApprovalStatus::Approved) }).await.unwrap().is_empty());
+    assert!(
+        s.list_bots(&BotFilter { server: None, approval: Some(ApprovalStatus::Approved) }).await.unwrap().is_empty()
+    );
     assert_consistent(s).await;
 }
 
@@ -235,9 +246,13 @@ async fn unknown_and_draining_servers_refuse(f: Fixture) {
     let s = &*f.store;
     assert!(matches!(register(s, "254700000020", "GHOST").await, Err(StoreError::UnknownServer(_))));
     add_server(s, "SERVER0", 5).await;
-    s.update_server(&server("SERVER0"), &ServerPatch { max_bot_count: None, status: Some(ServerStatus::Draining) }, NOW)
-        .await
-        .unwrap();
+    s.update_server(
+        &server("SERVER0"),
+        &ServerPatch { max_bot_count: None, status: Some(ServerStatus::Draining) },
+        NOW,
+    )
+    .await
+    .unwrap();
     assert!(matches!(
         register(s, "254700000020", "SERVER0").await,
         Err(StoreError::ServerNotAccepting { status: ServerStatus::Draining, .. })
@@ -272,7 +287,10 @@ async fn credential_versions_never_go_back(f: Fixture) {
     assert_eq!(updated.status, RuntimeStatus::Offline, "a pending bot is not restarted");
     let v5 = creds::credentials("254700000040", 5);
     assert_eq!(
-        s.update_credentials(&bot.id, &v5, VersionRule::Exactly(5), &effects("updated"), NOW + 2).await.unwrap().credentials_version,
+        s.update_credentials(&bot.id, &v5, VersionRule::Exactly(5), &effects("updated"), NOW + 2)
+            .await
+            .unwrap()
+            .credentials_version,
         5
     );
     let old = creds::credentials("254700000040", 3);
@@ -386,7 +404,11 @@ async fn inconsistencies_are_found_and_repaired(f: Fixture) {
     f.raw.exec("UPDATE god_register SET tenancy_name = 'SERVER1' WHERE phone_number = '254700000092'").await;
     let found = s.find_inconsistencies().await.unwrap();
     let kinds: HashSet<_> = found.iter().map(Inconsistency::kind).collect();
-    assert_eq!(kinds, HashSet::from(["registry_without_bot", "bot_without_registry", "server_mismatch", "count_drift"]), "{found:?}");
+    assert_eq!(
+        kinds,
+        HashSet::from(["registry_without_bot", "bot_without_registry", "server_mismatch", "count_drift"]),
+        "{found:?}"
+    );
     for issue in &found {
         assert!(s.repair_inconsistency(issue, &effects("repaired"), NOW).await.unwrap(), "{issue:?}");
         // Repairing twice changes nothing.
@@ -401,7 +423,13 @@ async fn inconsistencies_are_found_and_repaired(f: Fixture) {
 async fn pairing_lifecycle(f: Fixture) {
     let s = &*f.store;
     let phone = PhoneNumber::parse("254700000100").unwrap();
-    let pairing = NewPairing { id: "pair-1".into(), phone: phone.clone(), code: "ABCD-EFGH".into(), created_at: NOW, expires_at: NOW + 60_000 };
+    let pairing = NewPairing {
+        id: "pair-1".into(),
+        phone: phone.clone(),
+        code: "ABCD-EFGH".into(),
+        created_at: NOW,
+        expires_at: NOW + 60_000,
+    };
     s.create_pairing(&pairing).await.unwrap();
     let pending = s.get_pairing("pair-1", NOW + 1).await.unwrap().unwrap();
     assert_eq!((pending.status, pending.code.as_str()), (PairingStatus::Pending, "ABCD-EFGH"));
@@ -445,7 +473,10 @@ async fn notifications_are_claimed_once(f: Fixture) {
         }
     }
     assert_eq!(seen.len(), 20);
-    assert!(s.claim_notifications("w9", NOW + 1, 30_000, 100).await.unwrap().is_empty(), "leased ones are not reclaimed");
+    assert!(
+        s.claim_notifications("w9", NOW + 1, 30_000, 100).await.unwrap().is_empty(),
+        "leased ones are not reclaimed"
+    );
     let first = &claims.iter().find(|c| !c.is_empty()).unwrap()[0];
     let owner = claims.iter().position(|c| c.iter().any(|n| n.id == first.id)).unwrap();
     assert!(!s.finish_notification(first.id, "intruder", NotificationOutcome::Sent, NOW).await.unwrap());

@@ -117,19 +117,21 @@ fn start_server() -> Result<Option<String>, String> {
         return Ok(None);
     };
     let as_root = is_root();
-    let dir = tempfile::Builder::new()
-        .prefix("trekker-pg-")
-        .tempdir()
-        .map_err(|e| format!("temp dir: {e}"))?
-        .keep();
+    let dir = tempfile::Builder::new().prefix("trekker-pg-").tempdir().map_err(|e| format!("temp dir: {e}"))?.keep();
     if as_root {
         run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir))?;
     }
     let data = dir.join("data");
-    run(pg_command(as_root, &bin_dir, "initdb")
-        .arg("-D")
-        .arg(&data)
-        .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "--no-instructions"]))?;
+    run(pg_command(as_root, &bin_dir, "initdb").arg("-D").arg(&data).args([
+        "-A",
+        "trust",
+        "-U",
+        "postgres",
+        "--no-sync",
+        "-E",
+        "UTF8",
+        "--no-instructions",
+    ]))?;
     let port = free_port()?;
     let options = format!(
         "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
@@ -198,24 +200,18 @@ fn run(command: &mut Command) -> Result<(), String> {
 }
 
 fn find_postgres_bin() -> Option<PathBuf> {
-    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).collect())
-        .unwrap_or_default();
+    let mut candidates: Vec<PathBuf> =
+        std::env::var_os("PATH").map(|path| std::env::split_paths(&path).collect()).unwrap_or_default();
     if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
         let mut versions: Vec<PathBuf> = entries.flatten().map(|e| e.path().join("bin")).collect();
         versions.sort();
         candidates.extend(versions.into_iter().rev());
     }
-    candidates
-        .into_iter()
-        .find(|dir| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file())
+    candidates.into_iter().find(|dir| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file())
 }
 
 fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+    Command::new("id").arg("-u").output().is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
 }
 
 fn free_port() -> Result<u16, String> {

@@ -1,0 +1,354 @@
+//! Node configuration: every setting is a flag and an environment variable
+//! (API.md, "Running a node"), checked once at start with clear errors.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use trekker_domain::ServerName;
+use trekker_store::{Backend, CredentialCipher};
+
+/// The command line of `trekker-node`.
+#[derive(Debug, Parser)]
+#[command(name = "trekker-node", version, about = "A Trekker node: hosts WhatsApp bots and serves the Trekker API.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum Command {
+    /// Serve the API and run this node's bots (the default).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Check the configuration and the database connection, then exit.
+    Check,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BotDriverKind {
+    /// In-process stand-in that reports online; for demos and tests.
+    Simulated,
+    /// Runs BOT_COMMAND once per bot.
+    Process,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PairingProviderKind {
+    /// Generates Baileys-shaped credentials itself; pairs no real phone.
+    Simulated,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NotifierKind {
+    /// Writes each message to the log.
+    Log,
+    /// POSTs `{phone, text}` to NOTIFY_WEBHOOK_URL.
+    Webhook,
+}
+
+/// The raw settings, as clap reads them from flags and the environment.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// `sqlite://trekker.db` (created if missing) or `postgres://...` for a cluster.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://trekker.db", hide_env_values = true)]
+    pub database_url: String,
+    /// This node's name, stored upper-case.
+    #[arg(long, env = "SERVER_NAME", default_value = "SERVER0")]
+    pub server_name: String,
+    /// This node's capacity, written to server_registry at start.
+    #[arg(long, env = "MAX_BOT_COUNT", default_value_t = 10)]
+    pub max_bot_count: u32,
+    /// Listen address; port 0 picks a free port.
+    #[arg(long, env = "BIND_ADDR", default_value = "127.0.0.1:8080")]
+    pub bind_addr: SocketAddr,
+    /// How other nodes reach this one (default `http://<BIND_ADDR>`).
+    #[arg(long, env = "BASE_URL")]
+    pub base_url: Option<String>,
+    /// Signs and verifies node-to-node calls (at least 32 bytes).
+    #[arg(long, env = "CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+    /// Also accepted when verifying, during a rotation.
+    #[arg(long, env = "CLUSTER_SECRET_PREVIOUS", hide_env_values = true)]
+    pub cluster_secret_previous: Option<String>,
+    /// Bearer token for /api/admin/*; unset, the admin API answers 403.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// 32 bytes, base64; encrypts stored credentials. Required with PostgreSQL.
+    #[arg(long, env = "CREDENTIALS_KEY", hide_env_values = true)]
+    pub credentials_key: Option<String>,
+    /// Seconds between heartbeats; a server is offline after 3 missed beats.
+    #[arg(long, env = "HEARTBEAT_INTERVAL_SECS", default_value_t = 10)]
+    pub heartbeat_interval_secs: u64,
+    /// Budget in milliseconds for one synchronous cross-server update.
+    #[arg(long, env = "CROSS_SERVER_TIMEOUT_MS", default_value_t = 5000)]
+    pub cross_server_timeout_ms: u64,
+    #[arg(long, env = "BOT_DRIVER", value_enum, default_value_t = BotDriverKind::Simulated)]
+    pub bot_driver: BotDriverKind,
+    /// The command the `process` driver runs per bot.
+    #[arg(long, env = "BOT_COMMAND")]
+    pub bot_command: Option<String>,
+    #[arg(long, env = "PAIRING_PROVIDER", value_enum, default_value_t = PairingProviderKind::Simulated)]
+    pub pairing_provider: PairingProviderKind,
+    #[arg(long, env = "NOTIFIER", value_enum, default_value_t = NotifierKind::Log)]
+    pub notifier: NotifierKind,
+    /// Where the `webhook` notifier posts.
+    #[arg(long, env = "NOTIFY_WEBHOOK_URL")]
+    pub notify_webhook_url: Option<String>,
+    /// Requests per minute per client address to /api/pair and
+    /// /api/guest/register-bot; 0 turns the limit off.
+    #[arg(long, env = "RATE_LIMIT_PER_MIN", default_value_t = 30)]
+    pub rate_limit_per_min: u32,
+}
+
+/// A secret setting: never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Where the credentials key comes from.
+#[derive(Debug, Clone)]
+pub enum CredentialsKeySource {
+    Configured(Secret),
+    /// Generated into (or read from) a file beside the SQLite database.
+    KeyFile(PathBuf),
+    /// An in-memory SQLite database: a key that lives as long as the process.
+    Ephemeral,
+}
+
+/// The checked configuration of a node.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: Secret,
+    pub backend: Backend,
+    pub server_name: ServerName,
+    pub max_bot_count: i64,
+    pub bind_addr: SocketAddr,
+    pub base_url: Option<String>,
+    pub cluster_secret: Option<Secret>,
+    pub cluster_secret_previous: Option<Secret>,
+    pub admin_token: Option<Secret>,
+    pub credentials_key: CredentialsKeySource,
+    pub heartbeat_interval: Duration,
+    pub cross_server_timeout: Duration,
+    pub bot_driver: BotDriverKind,
+    pub bot_command: Option<String>,
+    pub pairing_provider: PairingProviderKind,
+    pub notifier: NotifierKind,
+    pub notify_webhook_url: Option<String>,
+    pub rate_limit_per_min: u32,
+}
+
+/// A setting that cannot be used, and why (never its value if secret).
+#[derive(Debug, thiserror::Error)]
+#[error("{setting}: {reason}")]
+pub struct ConfigError {
+    pub setting: &'static str,
+    pub reason: String,
+}
+
+fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError { setting, reason: reason.into() }
+}
+
+/// The smallest cluster secret accepted, in bytes (DESIGN.md).
+pub const MIN_CLUSTER_SECRET_BYTES: usize = 32;
+
+impl Config {
+    pub fn from_settings(settings: Settings) -> Result<Self, ConfigError> {
+        let backend = Backend::from_url(&settings.database_url)
+            .map_err(|_| invalid("DATABASE_URL", "must start with sqlite:// or postgres://"))?;
+        let server_name =
+            ServerName::parse(&settings.server_name).map_err(|e| invalid("SERVER_NAME", e.to_string()))?;
+        if settings.heartbeat_interval_secs == 0 {
+            return Err(invalid("HEARTBEAT_INTERVAL_SECS", "must be at least 1"));
+        }
+        if settings.cross_server_timeout_ms == 0 {
+            return Err(invalid("CROSS_SERVER_TIMEOUT_MS", "must be at least 1"));
+        }
+        for (setting, secret) in [
+            ("CLUSTER_SECRET", &settings.cluster_secret),
+            ("CLUSTER_SECRET_PREVIOUS", &settings.cluster_secret_previous),
+        ] {
+            if secret.as_ref().is_some_and(|s| s.len() < MIN_CLUSTER_SECRET_BYTES) {
+                return Err(invalid(setting, format!("must be at least {MIN_CLUSTER_SECRET_BYTES} bytes")));
+            }
+        }
+        if settings.admin_token.as_ref().is_some_and(|t| t.trim().is_empty()) {
+            return Err(invalid("ADMIN_TOKEN", "must not be blank"));
+        }
+        if let Some(url) = &settings.base_url {
+            check_http_url("BASE_URL", url)?;
+        }
+        let credentials_key = match (&settings.credentials_key, backend) {
+            (Some(key), _) => {
+                CredentialCipher::from_base64(key).map_err(|e| invalid("CREDENTIALS_KEY", e.to_string()))?;
+                CredentialsKeySource::Configured(Secret::new(key.clone()))
+            }
+            (None, Backend::Postgres) => {
+                return Err(invalid(
+                    "CREDENTIALS_KEY",
+                    "is required with PostgreSQL (32 bytes, base64; e.g. `openssl rand -base64 32`), \
+                     and must be the same on every node",
+                ));
+            }
+            (None, Backend::Sqlite) => match sqlite_path(&settings.database_url) {
+                Some(path) => CredentialsKeySource::KeyFile(PathBuf::from(format!("{path}.key"))),
+                None => CredentialsKeySource::Ephemeral,
+            },
+        };
+        if settings.bot_driver == BotDriverKind::Process
+            && settings.bot_command.as_deref().is_none_or(|c| c.trim().is_empty())
+        {
+            return Err(invalid("BOT_COMMAND", "is required with BOT_DRIVER=process"));
+        }
+        if settings.notifier == NotifierKind::Webhook {
+            match &settings.notify_webhook_url {
+                Some(url) => check_http_url("NOTIFY_WEBHOOK_URL", url)?,
+                None => return Err(invalid("NOTIFY_WEBHOOK_URL", "is required with NOTIFIER=webhook")),
+            }
+        }
+        Ok(Self {
+            database_url: Secret::new(settings.database_url),
+            backend,
+            server_name,
+            max_bot_count: i64::from(settings.max_bot_count),
+            bind_addr: settings.bind_addr,
+            base_url: settings.base_url.map(|u| u.trim_end_matches('/').to_owned()),
+            cluster_secret: settings.cluster_secret.map(Secret::new),
+            cluster_secret_previous: settings.cluster_secret_previous.map(Secret::new),
+            admin_token: settings.admin_token.map(Secret::new),
+            credentials_key,
+            heartbeat_interval: Duration::from_secs(settings.heartbeat_interval_secs),
+            cross_server_timeout: Duration::from_millis(settings.cross_server_timeout_ms),
+            bot_driver: settings.bot_driver,
+            bot_command: settings.bot_command,
+            pairing_provider: settings.pairing_provider,
+            notifier: settings.notifier,
+            notify_webhook_url: settings.notify_webhook_url,
+            rate_limit_per_min: settings.rate_limit_per_min,
+        })
+    }
+
+    /// Settings with every default, for tests and embedding.
+    pub fn defaults() -> Settings {
+        Cli::parse_from(["trekker-node"]).settings
+    }
+
+    /// Builds the credentials cipher (creating the key file if needed).
+    pub fn credentials_cipher(&self) -> Result<CredentialCipher, trekker_store::StoreError> {
+        match &self.credentials_key {
+            CredentialsKeySource::Configured(key) => CredentialCipher::from_base64(key.expose()),
+            CredentialsKeySource::KeyFile(path) => CredentialCipher::load_or_create_key_file(path),
+            CredentialsKeySource::Ephemeral => {
+                use ring::rand::SecureRandom as _;
+                let mut key = [0u8; trekker_store::KEY_LEN];
+                ring::rand::SystemRandom::new()
+                    .fill(&mut key)
+                    .map_err(|_| trekker_store::StoreError::Config("no system randomness".into()))?;
+                Ok(CredentialCipher::new(&key))
+            }
+        }
+    }
+}
+
+/// The file path of a SQLite URL, or `None` for an in-memory database.
+fn sqlite_path(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    if path.is_empty() || path == ":memory:" { None } else { Some(path.to_owned()) }
+}
+
+fn check_http_url(setting: &'static str, url: &str) -> Result<(), ConfigError> {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        Ok(())
+    } else {
+        Err(invalid(setting, "must start with http:// or https://"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(args: &[&str]) -> Settings {
+        let mut all = vec!["trekker-node"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).unwrap().settings
+    }
+
+    #[test]
+    fn defaults_run_on_sqlite_with_a_key_file() {
+        let config = Config::from_settings(settings(&["--database-url", "sqlite://trekker.db"])).unwrap();
+        assert_eq!(config.backend, Backend::Sqlite);
+        assert_eq!(config.server_name.as_str(), "SERVER0");
+        assert_eq!(config.max_bot_count, 10);
+        assert_eq!(config.bind_addr.to_string(), "127.0.0.1:8080");
+        assert!(
+            matches!(config.credentials_key, CredentialsKeySource::KeyFile(ref p) if p.to_str() == Some("trekker.db.key"))
+        );
+        assert_eq!(config.heartbeat_interval, Duration::from_secs(10));
+        assert_eq!(config.rate_limit_per_min, 30);
+    }
+
+    #[test]
+    fn refuses_bad_settings_with_the_setting_named() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--database-url", "mysql://x"], "DATABASE_URL"),
+            (&["--database-url", "sqlite://x.db", "--server-name", "bad name"], "SERVER_NAME"),
+            (&["--database-url", "postgres://localhost/db"], "CREDENTIALS_KEY"),
+            (&["--database-url", "sqlite://x.db", "--credentials-key", "short"], "CREDENTIALS_KEY"),
+            (&["--database-url", "sqlite://x.db", "--cluster-secret", "too-short"], "CLUSTER_SECRET"),
+            (&["--database-url", "sqlite://x.db", "--bot-driver", "process"], "BOT_COMMAND"),
+            (&["--database-url", "sqlite://x.db", "--notifier", "webhook"], "NOTIFY_WEBHOOK_URL"),
+            (&["--database-url", "sqlite://x.db", "--base-url", "ftp://x"], "BASE_URL"),
+            (&["--database-url", "sqlite://x.db", "--heartbeat-interval-secs", "0"], "HEARTBEAT_INTERVAL_SECS"),
+        ];
+        for (args, setting) in cases {
+            let err = Config::from_settings(settings(args)).unwrap_err();
+            assert_eq!(err.setting, *setting, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn postgres_with_key_is_accepted_and_secrets_stay_hidden() {
+        let key = "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=";
+        let config = Config::from_settings(settings(&[
+            "--database-url",
+            "postgres://user:hunter2@db/trekker",
+            "--credentials-key",
+            key,
+            "--admin-token",
+            "admin-secret",
+        ]))
+        .unwrap();
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hunter2") && !shown.contains("admin-secret") && !shown.contains(key));
+    }
+
+    #[test]
+    fn in_memory_sqlite_uses_an_ephemeral_key() {
+        let config = Config::from_settings(settings(&["--database-url", "sqlite::memory:"])).unwrap();
+        assert!(matches!(config.credentials_key, CredentialsKeySource::Ephemeral));
+    }
+}

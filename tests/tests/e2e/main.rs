@@ -1,0 +1,8 @@
+//! Multi-node end-to-end tests: several in-process nodes on real ports,
+//! one shared database (PostgreSQL, started by the test harness, or SQLite).
+//! All cases compile into this one binary (faster linking).
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly by design.
+
+mod node;
+mod support;
