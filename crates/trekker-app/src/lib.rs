@@ -1,1 +1,114 @@
-//! placeholder
+//! Trekker's use cases: validate credentials, register bots (with capacity
+//! placement), approve/reject/delete, pair phones, and deliver guest
+//! notifications. Everything here works over the [`Store`],
+//! [`PlacementPolicy`], [`PairingProvider`] and [`Notifier`] traits, so it is
+//! unit-tested with mocks; the HTTP layer only translates.
+
+pub mod admin;
+mod error;
+pub mod notify;
+pub mod pairing;
+pub mod register;
+pub mod sweeper;
+pub mod telemetry;
+pub mod validate;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ring::rand::{SecureRandom, SystemRandom};
+use trekker_domain::{BotId, ServerName};
+use trekker_placement::PlacementPolicy;
+use trekker_store::Store;
+
+pub use error::AppError;
+
+/// A source of the current time (epoch milliseconds); tests fix it.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    fn now_ms(&self) -> i64;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0)
+    }
+}
+
+/// The use cases of one node, and what they need.
+pub struct Trekker {
+    pub store: Arc<dyn Store>,
+    /// The node this runs on.
+    pub node: ServerName,
+    pub placement: Arc<dyn PlacementPolicy>,
+    pub clock: Arc<dyn Clock>,
+    /// The cluster's heartbeat interval, for the liveness rule.
+    pub heartbeat_interval_ms: i64,
+    /// Wakes this node's notification dispatcher when a message is queued.
+    pub notifications_queued: Arc<tokio::sync::Notify>,
+}
+
+impl std::fmt::Debug for Trekker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trekker").field("node", &self.node).field("placement", &self.placement).finish_non_exhaustive()
+    }
+}
+
+impl Trekker {
+    pub fn new(store: Arc<dyn Store>, node: ServerName, heartbeat_interval_ms: i64) -> Self {
+        Self {
+            store,
+            node,
+            placement: Arc::new(trekker_placement::MostFreeSlots),
+            clock: Arc::new(SystemClock),
+            heartbeat_interval_ms,
+            notifications_queued: Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
+    pub fn now(&self) -> i64 {
+        self.clock.now_ms()
+    }
+}
+
+/// 128 random bits from the system's secure generator.
+pub(crate) fn random_u128() -> u128 {
+    let mut bytes = [0u8; 16];
+    // SystemRandom only fails when the OS has no randomness at all, where
+    // nothing secure can go on.
+    SystemRandom::new().fill(&mut bytes).expect("system randomness");
+    u128::from_le_bytes(bytes)
+}
+
+pub(crate) fn new_bot_id() -> BotId {
+    BotId::from_random_bits(random_u128())
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+    use trekker_store::MockStore;
+
+    #[derive(Debug)]
+    pub struct FixedClock(pub i64);
+
+    impl Clock for FixedClock {
+        fn now_ms(&self) -> i64 {
+            self.0
+        }
+    }
+
+    pub const NOW: i64 = 1_700_000_000_000;
+
+    pub fn trekker(store: MockStore) -> Trekker {
+        let mut trekker = Trekker::new(Arc::new(store), ServerName::parse("SERVER0").unwrap(), 10_000);
+        trekker.clock = Arc::new(FixedClock(NOW));
+        trekker
+    }
+}

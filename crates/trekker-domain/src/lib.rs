@@ -12,6 +12,7 @@ pub mod phone;
 pub mod runtime;
 pub mod server;
 pub mod session;
+pub mod time;
 pub mod validation;
 
 pub use approval::{ApprovalStatus, ApprovalTransitionError};

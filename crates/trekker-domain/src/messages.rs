@@ -57,7 +57,7 @@ pub fn registered_pending_approval(bot_name: &str, server: &ServerName) -> Strin
 }
 
 /// Sent to the guest when the bot was placed on another server.
-pub fn auto_assigned(bot_name: &str, from: &ServerName, to: &ServerName, slots_left: i64) -> String {
+pub fn auto_assigned(bot_name: &str, from: &ServerName, to: &ServerName, slots_left: impl std::fmt::Display) -> String {
     format!(
         "{from} is full, so your bot \"{bot_name}\" was registered on {to} ({slots_left} slots left there). It is waiting for admin approval."
     )

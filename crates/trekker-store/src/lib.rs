@@ -75,7 +75,8 @@ pub trait Store: Send + Sync + 'static {
     async fn list_bots(&self, filter: &BotFilter) -> Result<Vec<BotRecord>, StoreError>;
 
     /// Reserves a slot on `bot.server` and inserts the registry row, the bot
-    /// row and `effects`, all in ONE transaction (invariants 1-3). Refuses
+    /// row and `effects`, all in ONE transaction (invariants 1-3); the
+    /// notification's [`SLOTS_LEFT`] becomes the free slots left. Refuses
     /// with `ServerFull`, `ServerNotAccepting`, `UnknownServer` or
     /// `PhoneTaken`, writing nothing.
     async fn register_bot(&self, bot: &NewBot, effects: &SideEffects, now: Millis) -> Result<Registered, StoreError>;

@@ -170,6 +170,11 @@ pub struct NewNotification {
     pub text: String,
 }
 
+/// In a registration's notification text, replaced by the free slots left
+/// on the server right after the registration (known only inside the
+/// transaction that takes the slot).
+pub const SLOTS_LEFT: &str = "{slots_left}";
+
 /// What a state change writes beside itself, in the same transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SideEffects {

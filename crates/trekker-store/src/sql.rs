@@ -637,10 +637,15 @@ macro_rules! impl_store {
                         None => Err(err.into()),
                     };
                 }
-                Self::insert_effects_in(&mut tx, effects, now).await?;
+                let free_after = free_after.max(0);
+                let mut effects = effects.clone();
+                if let Some(notification) = &mut effects.notification {
+                    notification.text = notification.text.replace(SLOTS_LEFT, &free_after.to_string());
+                }
+                Self::insert_effects_in(&mut tx, &effects, now).await?;
                 let record = Self::fetch_bot_in(&mut tx, bot.id.as_str()).await?;
                 tx.commit().await?;
-                Ok(Registered { bot: record, free_slots_after: free_after.max(0) })
+                Ok(Registered { bot: record, free_slots_after: free_after })
             }
 
             async fn update_credentials(

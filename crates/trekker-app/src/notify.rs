@@ -1,0 +1,173 @@
+//! Guest notifications: the outbox dispatcher and the [`Notifier`]s.
+//!
+//! Messages are written to the outbox in the same transaction as the change
+//! they announce. Every node runs a dispatcher; a message is claimed by one
+//! dispatcher at a time (a lease), sent, and marked sent. If a node dies
+//! between sending and marking, the lease runs out and the message is sent
+//! again: delivery is at least once, duplicates need a crash at that moment.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+use trekker_store::{Notification, NotificationOutcome};
+
+use crate::{Trekker, random_u128, telemetry};
+
+/// Attempts before a message is marked failed.
+pub const MAX_ATTEMPTS: i64 = 8;
+/// How long a claim holds.
+const LEASE_MS: i64 = 60_000;
+/// How long one send may take.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Idle poll, for messages queued by other nodes.
+const POLL_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NotifyError(pub String);
+
+/// Sends one message to a guest's phone.
+#[async_trait]
+pub trait Notifier: Send + Sync + std::fmt::Debug {
+    fn name(&self) -> &'static str;
+    async fn send(&self, phone: &str, text: &str) -> Result<(), NotifyError>;
+}
+
+/// Writes each message to the log (the default; sends nothing).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogNotifier;
+
+#[async_trait]
+impl Notifier for LogNotifier {
+    fn name(&self) -> &'static str {
+        "log"
+    }
+
+    async fn send(&self, phone: &str, text: &str) -> Result<(), NotifyError> {
+        tracing::info!(%phone, "📨 {text}");
+        Ok(())
+    }
+}
+
+/// POSTs `{"phone", "text"}` to a WhatsApp gateway; 2xx means sent.
+#[derive(Debug, Clone)]
+pub struct WebhookNotifier {
+    client: reqwest::Client,
+    url: String,
+}
+
+impl WebhookNotifier {
+    pub fn new(url: impl Into<String>) -> Result<Self, NotifyError> {
+        let client = reqwest::Client::builder()
+            .timeout(SEND_TIMEOUT)
+            .build()
+            .map_err(|e| NotifyError(format!("webhook client: {e}")))?;
+        Ok(Self { client, url: url.into() })
+    }
+}
+
+#[async_trait]
+impl Notifier for WebhookNotifier {
+    fn name(&self) -> &'static str {
+        "webhook"
+    }
+
+    async fn send(&self, phone: &str, text: &str) -> Result<(), NotifyError> {
+        let response = self
+            .client
+            .post(&self.url)
+            .json(&serde_json::json!({"phone": phone, "text": text}))
+            .send()
+            .await
+            .map_err(|e| NotifyError(format!("webhook unreachable: {}", e.without_url())))?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(NotifyError(format!("webhook answered {}", response.status())))
+        }
+    }
+}
+
+/// The delay before attempt `attempts + 1`: 2^attempts seconds, capped at
+/// five minutes, with full jitter so many messages don't retry in step.
+pub fn retry_delay_ms(attempts: i64) -> i64 {
+    let cap = 300_000i64;
+    let base = 1000i64.saturating_mul(1i64 << attempts.clamp(0, 20)).min(cap);
+    let jitter = (random_u128() % (base as u128 / 2 + 1)) as i64;
+    base / 2 + jitter
+}
+
+/// Delivers due notifications until `shutdown`.
+pub async fn run_dispatcher(trekker: Arc<Trekker>, notifier: Arc<dyn Notifier>, shutdown: CancellationToken) {
+    let worker = format!("{}-{:08x}", trekker.node, random_u128() as u32);
+    tracing::info!(notifier = notifier.name(), %worker, "notification dispatcher started");
+    loop {
+        let batch = match trekker.store.claim_notifications(&worker, trekker.now(), LEASE_MS, 32).await {
+            Ok(batch) => batch,
+            Err(err) => {
+                tracing::warn!(error = ?err, "claiming notifications failed; will retry");
+                Vec::new()
+            }
+        };
+        let idle = batch.is_empty();
+        for notification in batch {
+            deliver(&trekker, &*notifier, &worker, notification).await;
+        }
+        if idle {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = trekker.notifications_queued.notified() => {}
+                () = tokio::time::sleep(POLL_EVERY) => {}
+            }
+        } else if shutdown.is_cancelled() {
+            break;
+        }
+    }
+}
+
+async fn deliver(trekker: &Trekker, notifier: &dyn Notifier, worker: &str, notification: Notification) {
+    let sent = tokio::time::timeout(SEND_TIMEOUT, notifier.send(&notification.phone, &notification.text)).await;
+    let outcome = match sent {
+        Ok(Ok(())) => NotificationOutcome::Sent,
+        Ok(Err(err)) if notification.attempts >= MAX_ATTEMPTS => NotificationOutcome::Failed { error: err.0 },
+        Ok(Err(err)) => {
+            NotificationOutcome::Retry { retry_at: trekker.now() + retry_delay_ms(notification.attempts), error: err.0 }
+        }
+        Err(_) if notification.attempts >= MAX_ATTEMPTS => NotificationOutcome::Failed { error: "timed out".into() },
+        Err(_) => NotificationOutcome::Retry {
+            retry_at: trekker.now() + retry_delay_ms(notification.attempts),
+            error: "timed out".into(),
+        },
+    };
+    let result = match &outcome {
+        NotificationOutcome::Sent => "sent",
+        NotificationOutcome::Retry { error, .. } => {
+            tracing::warn!(id = notification.id, attempts = notification.attempts, %error, "notification not sent; will retry");
+            "retried"
+        }
+        NotificationOutcome::Failed { error } => {
+            tracing::error!(id = notification.id, %error, "notification failed for good");
+            "failed"
+        }
+    };
+    metrics::counter!(telemetry::NOTIFICATIONS, "result" => result).increment(1);
+    if let Err(err) = trekker.store.finish_notification(notification.id, worker, outcome, trekker.now()).await {
+        tracing::warn!(id = notification.id, error = ?err, "could not record the notification result");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delay_grows_and_is_capped() {
+        for attempts in 0..30 {
+            let delay = retry_delay_ms(attempts);
+            let base = (1000i64 << attempts.min(20)).min(300_000);
+            assert!(delay >= base / 2 && delay <= base, "attempt {attempts}: {delay}");
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! Pairing a phone: a pairing code now, a session ID later.
+//!
+//! A [`PairingProvider`] talks to WhatsApp (or pretends to: the default
+//! [`SimulatedPairing`] pairs no real phone). Requests are stored, so any
+//! node answers a status poll and a restart loses nothing already paired.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use ring::rand::{SecureRandom, SystemRandom};
+use serde_json::json;
+use trekker_domain::{Credentials, PhoneNumber};
+use trekker_store::{NewPairing, PairingStatus};
+
+use crate::{AppError, Trekker, random_u128};
+
+/// How long a pairing code stays usable.
+pub const PAIRING_TTL_SECS: i64 = 60;
+
+/// A started pairing: the code to type on the phone, and the future that
+/// resolves once the phone confirmed (credentials) or the attempt failed.
+pub struct PairingSession {
+    pub code: String,
+    pub outcome: Pin<Box<dyn Future<Output = Result<Credentials, String>> + Send>>,
+}
+
+impl fmt::Debug for PairingSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PairingSession").field("code", &self.code).finish_non_exhaustive()
+    }
+}
+
+/// Pairs a phone number with WhatsApp by pairing code.
+#[async_trait]
+pub trait PairingProvider: Send + Sync + fmt::Debug {
+    /// A name for logs, e.g. `simulated`.
+    fn name(&self) -> &'static str;
+    async fn start(&self, phone: &PhoneNumber) -> Result<PairingSession, String>;
+}
+
+/// SIMULATED pairing for demos and tests: returns a code at once and, after
+/// `delay`, Baileys-shaped credentials it generates itself for the number.
+/// It contacts no phone and the credentials log in nowhere.
+#[derive(Debug, Clone)]
+pub struct SimulatedPairing {
+    pub delay: Duration,
+}
+
+impl Default for SimulatedPairing {
+    fn default() -> Self {
+        Self { delay: Duration::from_millis(800) }
+    }
+}
+
+#[async_trait]
+impl PairingProvider for SimulatedPairing {
+    fn name(&self) -> &'static str {
+        "simulated"
+    }
+
+    async fn start(&self, phone: &PhoneNumber) -> Result<PairingSession, String> {
+        let code = pairing_code();
+        let phone = phone.clone();
+        let delay = self.delay;
+        let outcome = Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            simulated_credentials(&phone)
+        });
+        Ok(PairingSession { code, outcome })
+    }
+}
+
+/// Eight characters from an alphabet without look-alikes, as `ABCD-EFGH`.
+fn pairing_code() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let bits = random_u128();
+    let chars: String = (0..8).map(|i| ALPHABET[((bits >> (i * 5)) & 31) as usize] as char).collect();
+    format!("{}-{}", &chars[..4], &chars[4..])
+}
+
+fn random_key() -> Result<String, String> {
+    let mut bytes = [0u8; 32];
+    SystemRandom::new().fill(&mut bytes).map_err(|_| "no system randomness".to_owned())?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+fn simulated_credentials(phone: &PhoneNumber) -> Result<Credentials, String> {
+    let pair =
+        || -> Result<serde_json::Value, String> { Ok(json!({"private": random_key()?, "public": random_key()?})) };
+    let creds = json!({
+        "noiseKey": pair()?,
+        "pairingEphemeralKeyPair": pair()?,
+        "signedIdentityKey": pair()?,
+        "signedPreKey": {"keyPair": pair()?, "signature": random_key()?, "keyId": 1},
+        "registrationId": (random_u128() % 16_380) + 1,
+        "advSecretKey": random_key()?,
+        "me": {"id": format!("{phone}:1@s.whatsapp.net"), "name": "Trekker (simulated)"},
+        "platform": "simulated",
+        "registered": true,
+    });
+    Credentials::from_json_value(&creds).map_err(|e| e.to_string())
+}
+
+/// The answer to a pairing request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairingTicket {
+    pub code: String,
+    pub request_id: String,
+    pub number: String,
+    pub expires_in: i64,
+}
+
+/// Where a pairing request stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PairingState {
+    Pending,
+    /// Secret: the guest's own session ID, shown only to the poller.
+    Paired {
+        session_id: String,
+    },
+    Expired {
+        message: String,
+    },
+    Failed {
+        message: String,
+    },
+}
+
+impl Trekker {
+    /// Starts pairing `number`; the session ID arrives later (poll
+    /// [`pairing_state`](Self::pairing_state)).
+    pub async fn request_pairing(
+        &self,
+        provider: &Arc<dyn PairingProvider>,
+        number: &str,
+    ) -> Result<PairingTicket, AppError> {
+        if number.trim().is_empty() {
+            return Err(AppError::InvalidInput("number is required.".into()));
+        }
+        let phone = PhoneNumber::parse(number).map_err(|e| AppError::InvalidInput(format!("number: {e}.")))?;
+        let session = provider.start(&phone).await.map_err(|reason| {
+            tracing::warn!(provider = provider.name(), %reason, "pairing could not start");
+            AppError::Conflict("Pairing could not start. Please try again.".into())
+        })?;
+        let now = self.now();
+        let request_id = format!("{:032x}", random_u128());
+        let pairing = NewPairing {
+            id: request_id.clone(),
+            phone: phone.clone(),
+            code: session.code.clone(),
+            created_at: now,
+            expires_at: now + PAIRING_TTL_SECS * 1000,
+        };
+        self.store.create_pairing(&pairing).await?;
+        tracing::info!(provider = provider.name(), %phone, request = %request_id, "📱 Pairing requested");
+        let store = self.store.clone();
+        let clock = self.clock.clone();
+        let id = request_id.clone();
+        tokio::spawn(async move {
+            let ttl = Duration::from_secs(PAIRING_TTL_SECS as u64);
+            let result = match tokio::time::timeout(ttl, session.outcome).await {
+                Ok(Ok(credentials)) => store.complete_pairing(&id, &credentials, clock.now_ms()).await,
+                Ok(Err(reason)) => store.fail_pairing(&id, &format!("Pairing failed: {reason}"), clock.now_ms()).await,
+                // Past the TTL the request reads as expired by itself.
+                Err(_) => Ok(()),
+            };
+            match result {
+                Ok(()) => tracing::info!(request = %id, "📱 Pairing finished"),
+                Err(err) => tracing::warn!(request = %id, error = ?err, "pairing result not stored"),
+            }
+        });
+        Ok(PairingTicket { code: session.code, request_id, number: phone.to_string(), expires_in: PAIRING_TTL_SECS })
+    }
+
+    pub async fn pairing_state(&self, request_id: &str) -> Result<PairingState, AppError> {
+        let unknown = || AppError::NotFound("Pairing request not found.".into());
+        if request_id.is_empty() || request_id.len() > 64 || !request_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(unknown());
+        }
+        let record = self.store.get_pairing(request_id, self.now()).await?.ok_or_else(unknown)?;
+        Ok(match record.status {
+            PairingStatus::Pending => PairingState::Pending,
+            PairingStatus::Paired => match record.credentials {
+                Some(credentials) => PairingState::Paired { session_id: credentials.to_session_id() },
+                None => PairingState::Failed { message: "Pairing result is missing. Please pair again.".into() },
+            },
+            PairingStatus::Expired => {
+                PairingState::Expired { message: "The pairing code expired. Please request a new one.".into() }
+            }
+            PairingStatus::Failed => PairingState::Failed {
+                message: record.message.unwrap_or_else(|| "Pairing failed. Please try again.".into()),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn simulated_pairing_yields_valid_credentials_for_the_number() {
+        let phone = PhoneNumber::parse("254712345678").unwrap();
+        let session = SimulatedPairing { delay: Duration::from_millis(1) }.start(&phone).await.unwrap();
+        assert_eq!(session.code.len(), 9);
+        assert_eq!(&session.code[4..5], "-");
+        let credentials = session.outcome.await.unwrap();
+        assert_eq!(credentials.phone(), &phone);
+        let again = Credentials::from_session_id(&credentials.to_session_id()).unwrap();
+        assert_eq!(again, credentials);
+    }
+}

@@ -1,0 +1,594 @@
+//! `register_bot`: the seed's registration flow, every branch.
+//!
+//! input checks -> decode and check credentials -> the phone in the
+//! credentials must equal the given phone -> look the phone up:
+//! - hosted on this node: replace the credentials (new version);
+//! - hosted on another node: the cross-server update;
+//! - new: `selectedServer`, else this node, else the placement policy's
+//!   ranking, each tried with the store's atomic reservation.
+
+use trekker_domain::{ApprovalStatus, BotId, Credentials, PhoneNumber, ServerName, messages};
+use trekker_placement::{Candidate, Liveness};
+use trekker_store::{BotRecord, NewActivity, NewBot, SLOTS_LEFT, SideEffects, StoreError, VersionRule};
+
+use crate::{AppError, Trekker, new_bot_id, telemetry};
+
+/// The longest bot name accepted, in characters.
+pub const MAX_BOT_NAME_CHARS: usize = 100;
+
+/// How the guest handed over the credentials.
+#[derive(Debug, Clone)]
+pub enum CredentialInput {
+    /// `credentialType` `session` or `base64`: a session ID.
+    SessionId(String),
+    /// `credentialType` `file`: the creds.json object (JSON body).
+    FileJson(serde_json::Value),
+    /// `credentialType` `file`: the creds.json file's text (multipart).
+    FileText(String),
+}
+
+/// A guest's registration request, as received.
+#[derive(Debug, Clone)]
+pub struct RegisterRequest {
+    pub bot_name: String,
+    pub phone_number: String,
+    pub credentials: CredentialInput,
+    pub selected_server: Option<String>,
+}
+
+/// What a successful registration did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegisterOutcome {
+    /// A new bot on this node or on the selected server, pending approval.
+    Registered { bot: BotRecord },
+    /// This node was full; the bot went to `bot.server`.
+    AutoAssigned { bot: BotRecord, from: ServerName, available_slots: i64 },
+    /// The phone's bot is hosted here; its credentials were replaced.
+    CredentialsUpdated { bot: BotRecord, restarting: bool },
+}
+
+impl RegisterOutcome {
+    /// The `type` of the API answer.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Registered { .. } => "registered",
+            Self::AutoAssigned { .. } => "auto_assigned",
+            Self::CredentialsUpdated { .. } => "credentials_updated",
+        }
+    }
+
+    pub fn bot(&self) -> &BotRecord {
+        match self {
+            Self::Registered { bot } | Self::AutoAssigned { bot, .. } | Self::CredentialsUpdated { bot, .. } => bot,
+        }
+    }
+
+    /// The text shown to the guest (the same one they are notified with).
+    pub fn message(&self) -> String {
+        match self {
+            Self::Registered { bot } => messages::registered_pending_approval(&bot.name, &bot.server),
+            Self::AutoAssigned { bot, from, available_slots } => {
+                messages::auto_assigned(&bot.name, from, &bot.server, available_slots)
+            }
+            Self::CredentialsUpdated { bot, restarting } => {
+                messages::credentials_updated(&bot.name, &bot.server, *restarting)
+            }
+        }
+    }
+}
+
+/// One placement try: done, or the phone was taken meanwhile (look again).
+enum Placed {
+    Done(RegisterOutcome),
+    PhoneTaken,
+}
+
+/// Checked input of a registration.
+struct Checked {
+    name: String,
+    phone: PhoneNumber,
+    credentials: Credentials,
+    selected: Option<ServerName>,
+}
+
+impl Trekker {
+    pub async fn register_bot(&self, request: RegisterRequest) -> Result<RegisterOutcome, AppError> {
+        let result = self.register(request).await;
+        let label = match &result {
+            Ok(outcome) => outcome.kind(),
+            Err(AppError::AllServersFull) => "all_servers_full",
+            Err(AppError::ServerFull(_)) => "server_full",
+            Err(_) => "refused",
+        };
+        metrics::counter!(telemetry::REGISTRATIONS, "type" => label).increment(1);
+        if result.is_ok() {
+            self.notifications_queued.notify_one();
+        }
+        result
+    }
+
+    async fn register(&self, request: RegisterRequest) -> Result<RegisterOutcome, AppError> {
+        let input = self.check_registration(request).await?;
+        // A phone can be registered by another request between our look-up
+        // and our insert; the store then refuses and we look again.
+        for _ in 0..3 {
+            match self.store.find_registration(&input.phone).await? {
+                Some(entry) => {
+                    if let Some(requested) = &input.selected
+                        && requested != &entry.server
+                    {
+                        return Err(AppError::ServerMismatch { hosted_on: entry.server, requested: requested.clone() });
+                    }
+                    let bot = self.hosted_bot(&entry).await?;
+                    if entry.server == self.node {
+                        return self.update_local_credentials(bot, &input.credentials).await;
+                    }
+                    return Err(self.cross_server_update_unavailable(&entry.server));
+                }
+                None => {
+                    let placed = match &input.selected {
+                        Some(server) => self.place_on_selected(&input, server).await?,
+                        None => self.place_new(&input).await?,
+                    };
+                    if let Placed::Done(outcome) = placed {
+                        return Ok(outcome);
+                    }
+                }
+            }
+        }
+        Err(AppError::Conflict("This phone number is being registered by another request. Please try again.".into()))
+    }
+
+    async fn check_registration(&self, request: RegisterRequest) -> Result<Checked, AppError> {
+        let name = request.bot_name.trim();
+        if name.is_empty() {
+            return Err(AppError::InvalidInput("botName is required.".into()));
+        }
+        if name.chars().count() > MAX_BOT_NAME_CHARS || name.chars().any(char::is_control) {
+            return Err(AppError::InvalidInput(format!(
+                "botName must be at most {MAX_BOT_NAME_CHARS} characters, without control characters."
+            )));
+        }
+        if request.phone_number.trim().is_empty() {
+            return Err(AppError::InvalidInput("phoneNumber is required.".into()));
+        }
+        let phone = PhoneNumber::parse(&request.phone_number)
+            .map_err(|e| AppError::InvalidInput(format!("phoneNumber: {e}.")))?;
+        let credentials = match request.credentials {
+            CredentialInput::SessionId(session) if session.trim().is_empty() => {
+                return Err(AppError::InvalidInput("sessionId is required.".into()));
+            }
+            CredentialInput::SessionId(session) => Credentials::from_session_id(&session)?,
+            CredentialInput::FileJson(value) => {
+                Credentials::from_json_value(&value).map_err(AppError::InvalidCredentials)?
+            }
+            CredentialInput::FileText(text) => {
+                Credentials::from_json_text(&text).map_err(AppError::InvalidCredentials)?
+            }
+        };
+        if credentials.phone() != &phone {
+            return Err(AppError::PhoneMismatch { in_session: credentials.phone().clone(), given: phone });
+        }
+        let selected = match request.selected_server.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+            Some(raw) => {
+                let name = ServerName::parse(raw).map_err(|_| AppError::UnknownServer(raw.to_owned()))?;
+                if self.store.get_server(&name).await?.is_none() {
+                    return Err(AppError::UnknownServer(name.to_string()));
+                }
+                Some(name)
+            }
+            None => None,
+        };
+        Ok(Checked { name: name.to_owned(), phone, credentials, selected })
+    }
+
+    async fn update_local_credentials(
+        &self,
+        bot: BotRecord,
+        credentials: &Credentials,
+    ) -> Result<RegisterOutcome, AppError> {
+        let restarting = bot.approval == ApprovalStatus::Approved;
+        let activity = NewActivity::new(&self.node, "credentials_updated", "credentials replaced by the guest")
+            .for_bot(&bot.id, &bot.phone);
+        let effects = SideEffects::activity(activity)
+            .notify(&bot.phone, messages::credentials_updated(&bot.name, &self.node, restarting));
+        let updated =
+            self.store.update_credentials(&bot.id, credentials, VersionRule::Next, &effects, self.now()).await?;
+        tracing::info!(bot = %updated.id, version = updated.credentials_version, "🔄 Credentials updated on {}", self.node);
+        Ok(RegisterOutcome::CredentialsUpdated { bot: updated, restarting })
+    }
+
+    /// Until the cross-server protocol is enabled, a phone hosted on another
+    /// node is refused clearly rather than pretending to update it.
+    fn cross_server_update_unavailable(&self, host: &ServerName) -> AppError {
+        tracing::warn!(%host, "cross-server credential update requested but not available on {}", self.node);
+        AppError::RemoteUpdateFailed {
+            host: host.clone(),
+            reason: format!("cross-server credential updates are not enabled on {}", self.node),
+        }
+    }
+
+    async fn place_on_selected(&self, input: &Checked, server: &ServerName) -> Result<Placed, AppError> {
+        let id = new_bot_id();
+        let effects = self.new_bot_effects(input, &id, server, "registered", None);
+        match self.reserve(input, &id, server, &effects).await {
+            Ok(registered) => Ok(Placed::Done(RegisterOutcome::Registered { bot: registered.bot })),
+            Err(StoreError::ServerFull(_) | StoreError::ServerNotAccepting { .. }) => {
+                Err(AppError::ServerFull(server.clone()))
+            }
+            Err(StoreError::PhoneTaken { .. }) => Ok(Placed::PhoneTaken),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    async fn place_new(&self, input: &Checked) -> Result<Placed, AppError> {
+        let id = new_bot_id();
+        let effects = self.new_bot_effects(input, &id, &self.node, "registered", None);
+        match self.reserve(input, &id, &self.node, &effects).await {
+            Ok(registered) => return Ok(Placed::Done(RegisterOutcome::Registered { bot: registered.bot })),
+            Err(StoreError::ServerFull(_) | StoreError::ServerNotAccepting { .. } | StoreError::UnknownServer(_)) => {
+                tracing::info!("🚫 Current server {} is at capacity", self.node);
+            }
+            Err(StoreError::PhoneTaken { .. }) => return Ok(Placed::PhoneTaken),
+            Err(err) => return Err(err.into()),
+        }
+        let liveness = Liveness { now_ms: self.now(), heartbeat_interval_ms: self.heartbeat_interval_ms };
+        let candidates: Vec<Candidate> = self
+            .store
+            .list_servers()
+            .await?
+            .into_iter()
+            .filter(|s| s.name != self.node)
+            .map(|s| Candidate {
+                name: s.name,
+                max_bot_count: s.max_bot_count,
+                current_bot_count: s.current_bot_count,
+                status: s.status,
+                last_heartbeat: s.last_heartbeat,
+            })
+            .collect();
+        for target in self.placement.rank(&candidates, liveness) {
+            tracing::info!("🌐 Auto-selecting target server: {target}");
+            let id = new_bot_id();
+            let effects = self.new_bot_effects(input, &id, &target, "auto_assigned", Some(&target));
+            match self.reserve(input, &id, &target, &effects).await {
+                Ok(registered) => {
+                    tracing::info!(bot = %registered.bot.id, "✅ Bot successfully auto-assigned to {target}");
+                    metrics::counter!(telemetry::AUTO_ASSIGNMENTS, "from" => self.node.to_string(), "to" => target.to_string())
+                        .increment(1);
+                    return Ok(Placed::Done(RegisterOutcome::AutoAssigned {
+                        bot: registered.bot,
+                        from: self.node.clone(),
+                        available_slots: registered.free_slots_after,
+                    }));
+                }
+                // Filled up (or left) since the snapshot: try the next one.
+                Err(
+                    StoreError::ServerFull(_) | StoreError::ServerNotAccepting { .. } | StoreError::UnknownServer(_),
+                ) => {
+                    tracing::debug!(%target, "candidate filled up meanwhile; trying the next");
+                }
+                Err(StoreError::PhoneTaken { .. }) => return Ok(Placed::PhoneTaken),
+                Err(err) => return Err(err.into()),
+            }
+        }
+        tracing::warn!(phone = %input.phone, "All servers are at capacity");
+        let mut refusal = NewActivity::new(&self.node, "registration_refused", "all servers are at capacity");
+        refusal.phone = Some(input.phone.clone());
+        if let Err(err) = self.store.append_activity(&refusal, self.now()).await {
+            tracing::warn!(error = ?err, "could not record the refused registration");
+        }
+        Err(AppError::AllServersFull)
+    }
+
+    async fn reserve(
+        &self,
+        input: &Checked,
+        id: &BotId,
+        server: &ServerName,
+        effects: &SideEffects,
+    ) -> Result<trekker_store::Registered, StoreError> {
+        let bot = NewBot {
+            id: id.clone(),
+            name: input.name.clone(),
+            phone: input.phone.clone(),
+            server: server.clone(),
+            credentials: input.credentials.clone(),
+        };
+        self.store.register_bot(&bot, effects, self.now()).await
+    }
+
+    /// The activity and guest notification of a new bot on `server`.
+    fn new_bot_effects(
+        &self,
+        input: &Checked,
+        id: &BotId,
+        server: &ServerName,
+        action: &str,
+        remote: Option<&ServerName>,
+    ) -> SideEffects {
+        let mut activity = NewActivity::new(&self.node, action, format!("bot \"{}\" placed on {server}", input.name))
+            .for_bot(id, &input.phone);
+        if let Some(remote) = remote {
+            activity = activity.with_remote(remote, None);
+        }
+        let text = match remote {
+            Some(target) => messages::auto_assigned(&input.name, &self.node, target, SLOTS_LEFT),
+            None => messages::registered_pending_approval(&input.name, server),
+        };
+        SideEffects::activity(activity).notify(&input.phone, text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mockall::predicate::always;
+    use trekker_domain::{RuntimeStatus, ServerStatus};
+    use trekker_store::{MockStore, Registered, RegistryEntry, ServerSnapshot};
+    use trekker_testkit::creds;
+
+    use super::*;
+    use crate::test_support::*;
+
+    const PHONE: &str = "254712345678";
+
+    fn request(selected: Option<&str>) -> RegisterRequest {
+        RegisterRequest {
+            bot_name: "My bot".into(),
+            phone_number: "+254 712 345 678".into(),
+            credentials: CredentialInput::SessionId(creds::session_id(PHONE, 1)),
+            selected_server: selected.map(str::to_owned),
+        }
+    }
+
+    fn name(s: &str) -> ServerName {
+        ServerName::parse(s).unwrap()
+    }
+
+    fn record(server: &str, approval: ApprovalStatus) -> BotRecord {
+        BotRecord {
+            id: BotId::parse("bot-1").unwrap(),
+            name: "My bot".into(),
+            phone: PhoneNumber::parse(PHONE).unwrap(),
+            server: name(server),
+            approval,
+            status: RuntimeStatus::Offline,
+            credentials_version: 1,
+            credentials_updated_at: NOW,
+            approval_date: None,
+            expires_at: None,
+            invalid_reason: None,
+            restarts: 0,
+            last_error: None,
+            created_at: NOW,
+            updated_at: NOW,
+        }
+    }
+
+    fn entry(server: &str) -> RegistryEntry {
+        RegistryEntry {
+            phone: PhoneNumber::parse(PHONE).unwrap(),
+            server: name(server),
+            bot_id: BotId::parse("bot-1").unwrap(),
+            registered_at: NOW,
+        }
+    }
+
+    fn snapshot(server: &str, max: i64, used: i64) -> ServerSnapshot {
+        ServerSnapshot {
+            name: name(server),
+            max_bot_count: max,
+            current_bot_count: used,
+            status: ServerStatus::Active,
+            base_url: None,
+            last_heartbeat: Some(NOW),
+            description: None,
+        }
+    }
+
+    fn registered(bot: &NewBot, free: i64) -> Registered {
+        let mut record = record(bot.server.as_str(), ApprovalStatus::Pending);
+        record.id = bot.id.clone();
+        Registered { bot: record, free_slots_after: free }
+    }
+
+    async fn refused(store: MockStore, request: RegisterRequest) -> AppError {
+        trekker(store).register_bot(request).await.unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn bad_input_is_refused_before_touching_the_store() {
+        // A MockStore without expectations panics on any call.
+        let cases = [
+            (RegisterRequest { bot_name: "  ".into(), ..request(None) }, "botName is required."),
+            (RegisterRequest { bot_name: "x".repeat(101), ..request(None) }, "botName must be"),
+            (RegisterRequest { phone_number: "".into(), ..request(None) }, "phoneNumber is required."),
+            (RegisterRequest { phone_number: "12ab".into(), ..request(None) }, "phoneNumber:"),
+            (
+                RegisterRequest { credentials: CredentialInput::SessionId(" ".into()), ..request(None) },
+                "sessionId is required.",
+            ),
+        ];
+        for (request, message) in cases {
+            match refused(MockStore::new(), request).await {
+                AppError::InvalidInput(text) => assert!(text.starts_with(message), "{text}"),
+                other => panic!("expected InvalidInput, got {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_credentials_and_mismatch() {
+        let undecodable =
+            RegisterRequest { credentials: CredentialInput::SessionId("TREKKER~***".into()), ..request(None) };
+        assert!(matches!(refused(MockStore::new(), undecodable).await, AppError::InvalidSession(_)));
+        let not_baileys = RegisterRequest {
+            credentials: CredentialInput::FileJson(serde_json::json!({"me": {"id": "254712345678@s.whatsapp.net"}})),
+            ..request(None)
+        };
+        assert!(matches!(refused(MockStore::new(), not_baileys).await, AppError::InvalidCredentials(_)));
+        let mismatch = RegisterRequest { phone_number: "254700000000".into(), ..request(None) };
+        let err = refused(MockStore::new(), mismatch).await;
+        assert_eq!(
+            err.to_string(),
+            "Credentials phone number mismatch. The session belongs to +254712345678 but you provided +254700000000."
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_selected_server() {
+        let mut store = MockStore::new();
+        store.expect_get_server().returning(|_| Ok(None));
+        assert!(matches!(refused(store, request(Some("nowhere"))).await, AppError::UnknownServer(s) if s == "NOWHERE"));
+        assert!(matches!(refused(MockStore::new(), request(Some("bad name!"))).await, AppError::UnknownServer(_)));
+    }
+
+    #[tokio::test]
+    async fn new_bot_goes_to_this_node_when_it_has_room() {
+        let mut store = MockStore::new();
+        store.expect_find_registration().returning(|_| Ok(None));
+        store
+            .expect_register_bot()
+            .withf(|bot, effects, _| {
+                bot.server.as_str() == "SERVER0"
+                    && bot.name == "My bot"
+                    && effects.activity.action == "registered"
+                    && effects.notification.as_ref().is_some_and(|n| n.text.contains("waiting for admin approval"))
+            })
+            .times(1)
+            .returning(|bot, _, _| Ok(registered(bot, 4)));
+        let outcome = trekker(store).register_bot(request(None)).await.unwrap();
+        assert_eq!(outcome.kind(), "registered");
+        assert_eq!(outcome.bot().server.as_str(), "SERVER0");
+    }
+
+    #[tokio::test]
+    async fn full_node_auto_assigns_to_most_free_and_skips_one_that_filled_meanwhile() {
+        let mut store = MockStore::new();
+        store.expect_find_registration().returning(|_| Ok(None));
+        store.expect_list_servers().returning(|| {
+            Ok(vec![
+                snapshot("SERVER0", 2, 2),
+                snapshot("SERVER1", 10, 9),
+                snapshot("SERVER2", 10, 2),
+                snapshot("SERVER3", 10, 5),
+            ])
+        });
+        let mut seq = mockall::Sequence::new();
+        for (server, answer) in [("SERVER0", Some("full")), ("SERVER2", Some("full")), ("SERVER3", None)] {
+            store
+                .expect_register_bot()
+                .withf(move |bot, _, _| bot.server.as_str() == server)
+                .times(1)
+                .in_sequence(&mut seq)
+                .returning(move |bot, effects, _| match answer {
+                    Some(_) => Err(StoreError::ServerFull(bot.server.clone())),
+                    None => {
+                        assert_eq!(effects.activity.action, "auto_assigned");
+                        assert!(effects.notification.as_ref().unwrap().text.contains(SLOTS_LEFT));
+                        Ok(registered(bot, 4))
+                    }
+                });
+        }
+        let outcome = trekker(store).register_bot(request(None)).await.unwrap();
+        match outcome {
+            RegisterOutcome::AutoAssigned { bot, from, available_slots } => {
+                assert_eq!((bot.server.as_str(), from.as_str(), available_slots), ("SERVER3", "SERVER0", 4));
+            }
+            other => panic!("expected AutoAssigned, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn everything_full_is_all_servers_full() {
+        let mut store = MockStore::new();
+        store.expect_find_registration().returning(|_| Ok(None));
+        store.expect_list_servers().returning(|| Ok(vec![snapshot("SERVER0", 1, 1), snapshot("SERVER1", 1, 1)]));
+        store.expect_register_bot().times(1).returning(|bot, _, _| Err(StoreError::ServerFull(bot.server.clone())));
+        store
+            .expect_append_activity()
+            .withf(|a, _| a.action == "registration_refused")
+            .times(1)
+            .returning(|_, _| Ok(()));
+        let err = refused(store, request(None)).await;
+        assert!(matches!(err, AppError::AllServersFull));
+        assert_eq!(err.to_string(), "All servers are at capacity. Please try again later or contact support.");
+    }
+
+    #[tokio::test]
+    async fn selected_server_full_or_taken_elsewhere() {
+        let mut store = MockStore::new();
+        store.expect_get_server().returning(|n| Ok(Some(snapshot(n.as_str(), 1, 1))));
+        store.expect_find_registration().returning(|_| Ok(None));
+        store.expect_register_bot().returning(|bot, _, _| Err(StoreError::ServerFull(bot.server.clone())));
+        assert!(
+            matches!(refused(store, request(Some("server1"))).await, AppError::ServerFull(s) if s.as_str() == "SERVER1")
+        );
+
+        let mut store = MockStore::new();
+        store.expect_get_server().returning(|n| Ok(Some(snapshot(n.as_str(), 5, 1))));
+        store.expect_find_registration().returning(|_| Ok(Some(entry("SERVER0"))));
+        let err = refused(store, request(Some("SERVER1"))).await;
+        assert_eq!(err.to_string(), "This phone number is registered on SERVER0. Cannot move to SERVER1.");
+    }
+
+    #[tokio::test]
+    async fn hosted_here_updates_credentials_and_restarts_approved_bots() {
+        for (approval, restarting) in [(ApprovalStatus::Approved, true), (ApprovalStatus::Pending, false)] {
+            let mut store = MockStore::new();
+            store.expect_find_registration().returning(|_| Ok(Some(entry("SERVER0"))));
+            store.expect_find_bot_on_server().returning(move |_, _| Ok(Some(record("SERVER0", approval))));
+            store
+                .expect_update_credentials()
+                .with(always(), always(), mockall::predicate::eq(VersionRule::Next), always(), always())
+                .times(1)
+                .returning(move |_, _, _, effects, _| {
+                    assert_eq!(effects.activity.action, "credentials_updated");
+                    let mut bot = record("SERVER0", approval);
+                    bot.credentials_version = 2;
+                    Ok(bot)
+                });
+            let outcome = trekker(store).register_bot(request(None)).await.unwrap();
+            assert_eq!(outcome, RegisterOutcome::CredentialsUpdated { bot: outcome.bot().clone(), restarting });
+            assert_eq!(outcome.kind(), "credentials_updated");
+            assert_eq!(outcome.bot().credentials_version, 2);
+        }
+    }
+
+    #[tokio::test]
+    async fn hosted_elsewhere_is_refused_clearly_until_cross_server_updates_exist() {
+        let mut store = MockStore::new();
+        store.expect_find_registration().returning(|_| Ok(Some(entry("SERVER1"))));
+        store.expect_find_bot_on_server().returning(|_, _| Ok(Some(record("SERVER1", ApprovalStatus::Approved))));
+        let err = refused(store, request(None)).await;
+        assert!(err.to_string().starts_with("Failed to update credentials on SERVER1: "), "{err}");
+    }
+
+    #[tokio::test]
+    async fn registry_row_without_bot_is_inconsistent() {
+        let mut store = MockStore::new();
+        store.expect_find_registration().returning(|_| Ok(Some(entry("SERVER1"))));
+        store.expect_find_bot_on_server().returning(|_, _| Ok(None));
+        assert!(
+            matches!(refused(store, request(None)).await, AppError::RegistryInconsistent(s) if s.as_str() == "SERVER1")
+        );
+    }
+
+    #[tokio::test]
+    async fn phone_taken_meanwhile_is_looked_up_again() {
+        let mut store = MockStore::new();
+        let mut seq = mockall::Sequence::new();
+        store.expect_find_registration().times(1).in_sequence(&mut seq).returning(|_| Ok(None));
+        store.expect_register_bot().times(1).in_sequence(&mut seq).returning(|_, _, _| {
+            Err(StoreError::PhoneTaken { server: name("SERVER0"), bot_id: BotId::parse("bot-1").unwrap() })
+        });
+        store.expect_find_registration().times(1).in_sequence(&mut seq).returning(|_| Ok(Some(entry("SERVER0"))));
+        store.expect_find_bot_on_server().returning(|_, _| Ok(Some(record("SERVER0", ApprovalStatus::Pending))));
+        store
+            .expect_update_credentials()
+            .times(1)
+            .returning(|_, _, _, _, _| Ok(record("SERVER0", ApprovalStatus::Pending)));
+        let outcome = trekker(store).register_bot(request(None)).await.unwrap();
+        assert_eq!(outcome.kind(), "credentials_updated");
+    }
+}
