@@ -10,10 +10,20 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use trekker_app::Trekker;
+use trekker_app::notify::{LogNotifier, Notifier, WebhookNotifier};
+use trekker_app::pairing::{PairingProvider, SimulatedPairing};
 use trekker_store::{ServerRegistration, Store, StoreError};
+
+use crate::config::{NotifierKind, PairingProviderKind};
+use crate::http::ratelimit::GuestRateLimiter;
+
+/// How often each node looks for approvals that ran out.
+const EXPIRY_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub use config::{Cli, Command, Config, ConfigError};
 
@@ -44,6 +54,13 @@ pub fn install_crypto_provider() {
 pub struct AppState {
     pub config: Arc<Config>,
     pub store: Arc<dyn Store>,
+    /// The use cases of this node.
+    pub trekker: Arc<Trekker>,
+    pub pairing: Arc<dyn PairingProvider>,
+    pub notifier: Arc<dyn Notifier>,
+    /// `None` when RATE_LIMIT_PER_MIN is 0.
+    pub rate_limiter: Option<Arc<GuestRateLimiter>>,
+    pub metrics: PrometheusHandle,
     /// How other nodes reach this one (BASE_URL, or the bound address).
     pub base_url: String,
 }
@@ -85,7 +102,31 @@ impl Application {
             description: None,
         };
         store.upsert_server(&registration, now_millis()).await?;
-        let state = AppState { config: Arc::new(config), store, base_url };
+        let heartbeat_ms = i64::try_from(config.heartbeat_interval.as_millis()).unwrap_or(i64::MAX);
+        let trekker = Arc::new(Trekker::new(store.clone(), config.server_name.clone(), heartbeat_ms));
+        let pairing: Arc<dyn PairingProvider> = match config.pairing_provider {
+            PairingProviderKind::Simulated => {
+                tracing::warn!("PAIRING_PROVIDER=simulated: pairing codes pair no real phone (demo and test use)");
+                Arc::new(SimulatedPairing::default())
+            }
+        };
+        let notifier: Arc<dyn Notifier> = match (&config.notifier, &config.notify_webhook_url) {
+            (NotifierKind::Webhook, Some(url)) => Arc::new(
+                WebhookNotifier::new(url.clone())
+                    .map_err(|e| StartupError::Config(ConfigError { setting: "NOTIFY_WEBHOOK_URL", reason: e.0 }))?,
+            ),
+            _ => Arc::new(LogNotifier),
+        };
+        let state = AppState {
+            rate_limiter: GuestRateLimiter::new(config.rate_limit_per_min),
+            metrics: http::metrics_handle(),
+            config: Arc::new(config),
+            store,
+            trekker,
+            pairing,
+            notifier,
+            base_url,
+        };
         Ok(Self { listener, addr, state, shutdown: CancellationToken::new() })
     }
 
@@ -108,6 +149,12 @@ impl Application {
     pub async fn run(self) -> std::io::Result<()> {
         let tasks = TaskTracker::new();
         liveness::spawn(&tasks, self.state.clone(), self.shutdown.clone());
+        tasks.spawn(trekker_app::notify::run_dispatcher(
+            self.state.trekker.clone(),
+            self.state.notifier.clone(),
+            self.shutdown.clone(),
+        ));
+        tasks.spawn(trekker_app::sweeper::run(self.state.trekker.clone(), EXPIRY_SWEEP_EVERY, self.shutdown.clone()));
         tracing::info!(server = %self.state.config.server_name, "listening on {}", self.addr);
         let router = http::router(self.state.clone());
         let shutdown = self.shutdown.clone();

@@ -7,6 +7,13 @@ pub fn iso_date(epoch_ms: i64) -> String {
     format!("{year:04}-{month:02}-{day:02}")
 }
 
+/// `epoch_ms` as an RFC 3339 UTC timestamp, e.g. `2026-11-26T08:30:00.000Z`.
+pub fn iso_datetime(epoch_ms: i64) -> String {
+    let ms_of_day = epoch_ms.rem_euclid(86_400_000);
+    let (h, m, s, ms) = (ms_of_day / 3_600_000, ms_of_day / 60_000 % 60, ms_of_day / 1000 % 60, ms_of_day % 1000);
+    format!("{}T{h:02}:{m:02}:{s:02}.{ms:03}Z", iso_date(epoch_ms))
+}
+
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
 /// (Howard Hinnant's `civil_from_days`).
 fn civil_from_days(days: i64) -> (i64, u32, u32) {
@@ -33,5 +40,7 @@ mod tests {
         assert_eq!(iso_date(1795651200_000), "2026-11-26");
         assert_eq!(iso_date(1795651200_000 - 1), "2026-11-25");
         assert_eq!(iso_date(-1), "1969-12-31");
+        assert_eq!(iso_datetime(1_795_681_800_123), "2026-11-26T08:30:00.123Z");
+        assert_eq!(iso_datetime(-1), "1969-12-31T23:59:59.999Z");
     }
 }

@@ -8,7 +8,11 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use trekker_app::AppError;
 use trekker_store::StoreError;
+
+/// Seconds a guest is asked to wait when every server is full.
+pub const ALL_FULL_RETRY_AFTER_SECS: u64 = 60;
 
 /// An error answer: status, stable code, and a message for a person.
 #[derive(Debug, Clone)]
@@ -20,11 +24,15 @@ pub struct ApiError {
     pub retry_after: Option<u64>,
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    success: bool,
-    code: &'a str,
-    message: &'a str,
+/// The error body, also used in the OpenAPI document.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// Always false.
+    pub success: bool,
+    /// A stable code from API.md's table, e.g. `INVALID_INPUT`.
+    pub code: String,
+    /// Text for a person.
+    pub message: String,
 }
 
 impl ApiError {
@@ -45,6 +53,10 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "NOT_FOUND", message)
     }
 
+    pub fn payload_too_large() -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", "The request body is larger than 5 MiB.")
+    }
+
     pub fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -53,7 +65,7 @@ impl ApiError {
         )
     }
 
-    /// A database error that is not the caller's: logged in full, answered generically.
+    /// A store error that is not the caller's: logged in full, answered generically.
     pub fn from_store(err: StoreError) -> Self {
         if err.is_retryable() {
             tracing::warn!(error = ?err, "database busy or unreachable");
@@ -69,9 +81,32 @@ impl ApiError {
     }
 }
 
+impl From<AppError> for ApiError {
+    fn from(err: AppError) -> Self {
+        use StatusCode as S;
+        let message = err.to_string();
+        match err {
+            AppError::InvalidInput(_) => Self::new(S::BAD_REQUEST, "INVALID_INPUT", message),
+            AppError::InvalidSession(_) => Self::new(S::BAD_REQUEST, "INVALID_SESSION", message),
+            AppError::InvalidCredentials(_) => Self::new(S::BAD_REQUEST, "INVALID_CREDENTIALS", message),
+            AppError::PhoneMismatch { .. } => Self::new(S::BAD_REQUEST, "PHONE_MISMATCH", message),
+            AppError::UnknownServer(_) => Self::new(S::NOT_FOUND, "UNKNOWN_SERVER", message),
+            AppError::RegistryInconsistent(_) => Self::new(S::NOT_FOUND, "REGISTRY_INCONSISTENT", message),
+            AppError::ServerMismatch { .. } => Self::new(S::CONFLICT, "SERVER_MISMATCH", message),
+            AppError::ServerFull(_) => Self::new(S::CONFLICT, "SERVER_FULL", message),
+            AppError::AllServersFull => Self::new(S::SERVICE_UNAVAILABLE, "ALL_SERVERS_FULL", message)
+                .with_retry_after(ALL_FULL_RETRY_AFTER_SECS),
+            AppError::RemoteUpdateFailed { .. } => Self::new(S::BAD_GATEWAY, "REMOTE_UPDATE_FAILED", message),
+            AppError::NotFound(_) => Self::new(S::NOT_FOUND, "NOT_FOUND", message),
+            AppError::Conflict(_) => Self::new(S::CONFLICT, "CONFLICT", message),
+            AppError::Store(err) => Self::from_store(err),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { success: false, code: self.code, message: &self.message };
+        let body = ErrorBody { success: false, code: self.code.to_owned(), message: self.message };
         let mut response = (self.status, Json(body)).into_response();
         if let Some(seconds) = self.retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
@@ -82,4 +117,8 @@ impl IntoResponse for ApiError {
 
 pub(crate) async fn not_found() -> ApiError {
     ApiError::not_found("No such endpoint.")
+}
+
+pub(crate) async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "NOT_FOUND", "This endpoint does not take that method.")
 }

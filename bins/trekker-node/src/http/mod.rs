@@ -1,14 +1,48 @@
-//! The HTTP surface: one router, merged from per-area routers.
+//! The HTTP surface: one router, merged from per-area routers, with the
+//! body limit, the guest rate limit and request tracing as layers.
 
+mod admin;
+mod dashboard;
+pub mod docs;
 mod error;
+mod extract;
+mod guest;
 mod ops;
+mod pairing;
+pub mod ratelimit;
+mod views;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
+use tower_http::trace::TraceLayer;
 
-pub use error::ApiError;
+pub use error::{ApiError, ErrorBody};
+pub use ops::metrics_handle;
 
 use crate::AppState;
 
+/// The largest request body accepted (API.md: PAYLOAD_TOO_LARGE).
+pub const MAX_BODY_BYTES: usize = 5 * 1024 * 1024;
+
 pub fn router(state: AppState) -> Router {
-    Router::new().merge(ops::router()).fallback(error::not_found).with_state(state)
+    let limited = Router::new()
+        .merge(guest::limited_router())
+        .merge(pairing::limited_router())
+        .route_layer(middleware::from_fn_with_state(state.clone(), ratelimit::limit));
+    Router::new()
+        .merge(limited)
+        .merge(guest::router())
+        .merge(pairing::router())
+        .merge(admin::router())
+        .merge(ops::router())
+        .merge(docs::router())
+        .merge(dashboard::router())
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        // Bodies are read up to the limit plus slack for multipart framing;
+        // what is over answers 413.
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES + 64 * 1024))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
 }

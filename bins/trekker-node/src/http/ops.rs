@@ -1,24 +1,47 @@
-//! Operations endpoints: liveness and readiness.
+//! Operations endpoints: liveness, readiness, Prometheus metrics.
+
+use std::sync::OnceLock;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::{Value, json};
+use trekker_app::telemetry;
 
 use crate::AppState;
 
 pub(crate) fn router() -> Router<AppState> {
-    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz))
+    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).route("/metrics", get(metrics))
+}
+
+/// The process-wide Prometheus recorder (installed once; several nodes in
+/// one test process share it, their series told apart by labels).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
+            }
+            handle
+        })
+        .clone()
 }
 
 /// The process is up.
-async fn healthz() -> Json<Value> {
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "up")))]
+pub(crate) async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
 /// The database answers; a load balancer stops sending traffic otherwise.
-async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, description = "ready"), (status = 503, description = "database unreachable")))]
+pub(crate) async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     match state.store.ping().await {
         Ok(()) => (StatusCode::OK, Json(json!({"status": "ready", "serverName": state.config.server_name.as_str()}))),
         Err(err) => {
@@ -26,4 +49,25 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
             (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable", "message": "database unreachable"})))
         }
     }
+}
+
+/// Prometheus text. Server capacity gauges are refreshed at each scrape.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format")))]
+pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    match state.trekker.servers().await {
+        Ok(servers) => {
+            for view in servers {
+                let name = view.server.name.to_string();
+                metrics::gauge!(telemetry::SERVER_BOTS_USED, "server" => name.clone())
+                    .set(view.server.current_bot_count as f64);
+                metrics::gauge!(telemetry::SERVER_CAPACITY, "server" => name).set(view.server.max_bot_count as f64);
+            }
+        }
+        Err(err) => tracing::warn!(error = ?err, "metrics: server gauges not refreshed"),
+    }
+    match state.store.pending_notifications().await {
+        Ok(pending) => metrics::gauge!("trekker_notification_outbox_depth").set(pending as f64),
+        Err(err) => tracing::warn!(error = ?err, "metrics: outbox depth not refreshed"),
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
 }

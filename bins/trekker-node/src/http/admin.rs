@@ -1,0 +1,219 @@
+//! Admin endpoints (`Authorization: Bearer <ADMIN_TOKEN>`).
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::routing::{get, patch, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use trekker_store::Inconsistency;
+use utoipa::ToSchema;
+
+use super::extract::{Admin, ApiJson};
+use super::views::{BotDetail, ServerAdmin};
+use super::{ApiError, ErrorBody};
+use crate::AppState;
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/admin/servers", get(list_servers))
+        .route("/api/admin/servers/{name}", patch(update_server))
+        .route("/api/admin/bots", get(list_bots))
+        .route("/api/admin/bots/{id}", get(get_bot).delete(delete_bot))
+        .route("/api/admin/bots/{id}/approve", post(approve_bot))
+        .route("/api/admin/bots/{id}/reject", post(reject_bot))
+        .route("/api/admin/registry/inconsistencies", get(inconsistencies))
+        .route("/api/admin/registry/repair", post(repair))
+}
+
+/// An optional JSON body: empty means all defaults.
+fn optional_body<T: DeserializeOwned + Default>(bytes: &Bytes) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|_| ApiError::invalid_input("The request body is not valid JSON for this endpoint."))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AdminServerList {
+    servers: Vec<ServerAdmin>,
+    count: usize,
+}
+
+/// Every server with heartbeat and base URL.
+#[utoipa::path(get, path = "/api/admin/servers", tag = "admin", security(("admin" = [])),
+    responses((status = 200, body = AdminServerList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub(crate) async fn list_servers(_: Admin, State(state): State<AppState>) -> Result<Json<AdminServerList>, ApiError> {
+    let servers: Vec<ServerAdmin> = state.trekker.servers().await?.iter().map(ServerAdmin::from).collect();
+    Ok(Json(AdminServerList { count: servers.len(), servers }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerPatchBody {
+    max_bot_count: Option<i64>,
+    /// active | draining | inactive
+    status: Option<String>,
+}
+
+/// Changes a server's capacity and/or status.
+#[utoipa::path(patch, path = "/api/admin/servers/{name}", tag = "admin", security(("admin" = [])), request_body = ServerPatchBody,
+    responses((status = 200, description = "the server"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(crate) async fn update_server(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<ServerPatchBody>,
+) -> Result<Json<Value>, ApiError> {
+    state.trekker.update_server(&name, body.max_bot_count, body.status.as_deref()).await?;
+    let view = state
+        .trekker
+        .servers()
+        .await?
+        .into_iter()
+        .find(|v| v.server.name.as_str() == name.trim().to_ascii_uppercase())
+        .ok_or_else(|| ApiError::not_found("Server not found."))?;
+    Ok(Json(json!({"success": true, "server": ServerAdmin::from(&view)})))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct BotQuery {
+    server: Option<String>,
+    approval: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AdminBotList {
+    bots: Vec<BotDetail>,
+    count: usize,
+}
+
+/// Bots, filtered by server and approval status; never credentials.
+#[utoipa::path(get, path = "/api/admin/bots", tag = "admin", security(("admin" = [])),
+    params(("server" = Option<String>, Query), ("approval" = Option<String>, Query)),
+    responses((status = 200, body = AdminBotList), (status = 400, body = ErrorBody)))]
+pub(crate) async fn list_bots(
+    _: Admin,
+    State(state): State<AppState>,
+    Query(query): Query<BotQuery>,
+) -> Result<Json<AdminBotList>, ApiError> {
+    let bots: Vec<BotDetail> = state
+        .trekker
+        .bots(query.server.as_deref(), query.approval.as_deref())
+        .await?
+        .iter()
+        .map(BotDetail::from)
+        .collect();
+    Ok(Json(AdminBotList { count: bots.len(), bots }))
+}
+
+/// One bot.
+#[utoipa::path(get, path = "/api/admin/bots/{id}", tag = "admin", security(("admin" = [])),
+    responses((status = 200, body = BotDetail), (status = 404, body = ErrorBody)))]
+pub(crate) async fn get_bot(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<BotDetail>, ApiError> {
+    Ok(Json(BotDetail::from(&state.trekker.bot(&id).await?)))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApproveBody {
+    /// Default 3; 1 to 120 (a month is 30 days).
+    expiration_months: Option<u32>,
+}
+
+fn bot_answer(message: &str, bot: &trekker_store::BotRecord) -> Json<Value> {
+    Json(json!({"success": true, "message": message, "bot": BotDetail::from(bot)}))
+}
+
+/// Approves a bot; its hosting node starts it.
+#[utoipa::path(post, path = "/api/admin/bots/{id}/approve", tag = "admin", security(("admin" = [])), request_body = ApproveBody,
+    responses((status = 200, description = "approved"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(crate) async fn approve_bot(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let body: ApproveBody = optional_body(&body)?;
+    let bot = state.trekker.approve_bot(&id, body.expiration_months).await?;
+    Ok(bot_answer("Bot approved.", &bot))
+}
+
+/// Rejects a bot, freeing its phone number and slot.
+#[utoipa::path(post, path = "/api/admin/bots/{id}/reject", tag = "admin", security(("admin" = [])),
+    responses((status = 200, description = "rejected"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(crate) async fn reject_bot(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let bot = state.trekker.reject_bot(&id).await?;
+    Ok(bot_answer("Bot rejected; its phone number and slot are free.", &bot))
+}
+
+/// Deletes a bot, freeing its phone number and slot.
+#[utoipa::path(delete, path = "/api/admin/bots/{id}", tag = "admin", security(("admin" = [])),
+    responses((status = 200, description = "deleted"), (status = 404, body = ErrorBody)))]
+pub(crate) async fn delete_bot(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let bot = state.trekker.delete_bot(&id).await?;
+    Ok(bot_answer("Bot deleted; its phone number and slot are free.", &bot))
+}
+
+fn inconsistency_json(issue: &Inconsistency) -> Value {
+    let mut value = match issue {
+        Inconsistency::RegistryWithoutBot { phone, server, bot_id } => {
+            json!({"phoneNumber": phone, "server": server, "botId": bot_id})
+        }
+        Inconsistency::BotWithoutRegistry { bot_id, phone, server } => {
+            json!({"phoneNumber": phone, "server": server, "botId": bot_id})
+        }
+        Inconsistency::ServerMismatch { phone, bot_id, registry_server, bot_server } => {
+            json!({"phoneNumber": phone, "botId": bot_id, "registryServer": registry_server, "botServer": bot_server})
+        }
+        Inconsistency::CountDrift { server, recorded, actual } => {
+            json!({"server": server, "recorded": recorded, "actual": actual})
+        }
+    };
+    value["kind"] = json!(issue.kind());
+    value
+}
+
+/// Registry rows and bot rows that disagree, and slot counts that drifted.
+#[utoipa::path(get, path = "/api/admin/registry/inconsistencies", tag = "admin", security(("admin" = [])),
+    responses((status = 200, description = "{inconsistencies, count}")))]
+pub(crate) async fn inconsistencies(_: Admin, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let found = state.trekker.inconsistencies().await?;
+    Ok(Json(json!({"inconsistencies": found.iter().map(inconsistency_json).collect::<Vec<_>>(), "count": found.len()})))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RepairBody {
+    /// Only report what would be repaired.
+    dry_run: Option<bool>,
+}
+
+/// Repairs every inconsistency (or, with `dryRun`, lists them).
+#[utoipa::path(post, path = "/api/admin/registry/repair", tag = "admin", security(("admin" = [])), request_body = RepairBody,
+    responses((status = 200, description = "{success, dryRun, found, repaired, inconsistencies}")))]
+pub(crate) async fn repair(_: Admin, State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let body: RepairBody = optional_body(&body)?;
+    let report = state.trekker.repair_registry(body.dry_run.unwrap_or(false)).await?;
+    Ok(Json(json!({
+        "success": true,
+        "dryRun": report.dry_run,
+        "found": report.found.len(),
+        "repaired": report.repaired,
+        "inconsistencies": report.found.iter().map(inconsistency_json).collect::<Vec<_>>(),
+    })))
+}

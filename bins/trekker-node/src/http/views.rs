@@ -1,0 +1,127 @@
+//! The JSON shapes of API answers (camelCase, API.md). Never a credential.
+
+use serde::Serialize;
+use trekker_app::admin::ServerView;
+use trekker_domain::time::iso_datetime;
+use trekker_store::BotRecord;
+use utoipa::ToSchema;
+
+/// A bot as guests see it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BotSummary {
+    pub id: String,
+    pub name: String,
+    pub phone_number: String,
+    pub server: String,
+    /// pending | approved | rejected | expired
+    pub approval_status: &'static str,
+    /// offline | loading | online | error | failed
+    pub status: &'static str,
+}
+
+impl From<&BotRecord> for BotSummary {
+    fn from(bot: &BotRecord) -> Self {
+        Self {
+            id: bot.id.to_string(),
+            name: bot.name.clone(),
+            phone_number: bot.phone.to_string(),
+            server: bot.server.to_string(),
+            approval_status: bot.approval.as_str(),
+            status: bot.status.as_str(),
+        }
+    }
+}
+
+/// A bot as admins see it. Times are RFC 3339 UTC.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BotDetail {
+    pub id: String,
+    pub name: String,
+    pub phone_number: String,
+    pub server: String,
+    pub approval_status: &'static str,
+    pub status: &'static str,
+    pub credentials_version: i64,
+    pub credentials_updated_at: String,
+    pub restarts: i64,
+    pub expires_at: Option<String>,
+    pub approval_date: Option<String>,
+    pub invalid_reason: Option<String>,
+    pub last_error: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<&BotRecord> for BotDetail {
+    fn from(bot: &BotRecord) -> Self {
+        Self {
+            id: bot.id.to_string(),
+            name: bot.name.clone(),
+            phone_number: bot.phone.to_string(),
+            server: bot.server.to_string(),
+            approval_status: bot.approval.as_str(),
+            status: bot.status.as_str(),
+            credentials_version: bot.credentials_version,
+            credentials_updated_at: iso_datetime(bot.credentials_updated_at),
+            restarts: bot.restarts,
+            expires_at: bot.expires_at.map(iso_datetime),
+            approval_date: bot.approval_date.map(iso_datetime),
+            invalid_reason: bot.invalid_reason.clone(),
+            last_error: bot.last_error.clone(),
+            created_at: iso_datetime(bot.created_at),
+            updated_at: iso_datetime(bot.updated_at),
+        }
+    }
+}
+
+/// A server in `/api/servers/available`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerPublic {
+    pub name: String,
+    pub current_bots: i64,
+    pub max_bots: i64,
+    pub available_slots: i64,
+    /// active | draining | inactive
+    pub status: &'static str,
+    /// Heartbeat fresh (at most 3 intervals old) and not inactive.
+    pub online: bool,
+}
+
+impl From<&ServerView> for ServerPublic {
+    fn from(view: &ServerView) -> Self {
+        let s = &view.server;
+        Self {
+            name: s.name.to_string(),
+            current_bots: s.current_bot_count,
+            max_bots: s.max_bot_count,
+            available_slots: s.free_slots(),
+            status: s.status.as_str(),
+            online: view.online,
+        }
+    }
+}
+
+/// A server in `/api/admin/servers`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerAdmin {
+    #[serde(flatten)]
+    pub public: ServerPublic,
+    pub last_heartbeat: Option<String>,
+    pub base_url: Option<String>,
+    pub description: Option<String>,
+}
+
+impl From<&ServerView> for ServerAdmin {
+    fn from(view: &ServerView) -> Self {
+        Self {
+            public: view.into(),
+            last_heartbeat: view.server.last_heartbeat.map(iso_datetime),
+            base_url: view.server.base_url.clone(),
+            description: view.server.description.clone(),
+        }
+    }
+}
