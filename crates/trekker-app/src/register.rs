@@ -79,7 +79,7 @@ impl RegisterOutcome {
 
 /// One placement try: done, or the phone was taken meanwhile (look again).
 enum Placed {
-    Done(RegisterOutcome),
+    Done(Box<RegisterOutcome>),
     PhoneTaken,
 }
 
@@ -131,7 +131,7 @@ impl Trekker {
                         None => self.place_new(&input).await?,
                     };
                     if let Placed::Done(outcome) = placed {
-                        return Ok(outcome);
+                        return Ok(*outcome);
                     }
                 }
             }
@@ -212,7 +212,7 @@ impl Trekker {
         let id = new_bot_id();
         let effects = self.new_bot_effects(input, &id, server, "registered", None);
         match self.reserve(input, &id, server, &effects).await {
-            Ok(registered) => Ok(Placed::Done(RegisterOutcome::Registered { bot: registered.bot })),
+            Ok(registered) => Ok(Placed::Done(Box::new(RegisterOutcome::Registered { bot: registered.bot }))),
             Err(StoreError::ServerFull(_) | StoreError::ServerNotAccepting { .. }) => {
                 Err(AppError::ServerFull(server.clone()))
             }
@@ -225,7 +225,7 @@ impl Trekker {
         let id = new_bot_id();
         let effects = self.new_bot_effects(input, &id, &self.node, "registered", None);
         match self.reserve(input, &id, &self.node, &effects).await {
-            Ok(registered) => return Ok(Placed::Done(RegisterOutcome::Registered { bot: registered.bot })),
+            Ok(registered) => return Ok(Placed::Done(Box::new(RegisterOutcome::Registered { bot: registered.bot }))),
             Err(StoreError::ServerFull(_) | StoreError::ServerNotAccepting { .. } | StoreError::UnknownServer(_)) => {
                 tracing::info!("🚫 Current server {} is at capacity", self.node);
             }
@@ -256,11 +256,11 @@ impl Trekker {
                     tracing::info!(bot = %registered.bot.id, "✅ Bot successfully auto-assigned to {target}");
                     metrics::counter!(telemetry::AUTO_ASSIGNMENTS, "from" => self.node.to_string(), "to" => target.to_string())
                         .increment(1);
-                    return Ok(Placed::Done(RegisterOutcome::AutoAssigned {
+                    return Ok(Placed::Done(Box::new(RegisterOutcome::AutoAssigned {
                         bot: registered.bot,
                         from: self.node.clone(),
                         available_slots: registered.free_slots_after,
-                    }));
+                    })));
                 }
                 // Filled up (or left) since the snapshot: try the next one.
                 Err(

@@ -37,8 +37,8 @@ mod tests {
     fn known_dates() {
         assert_eq!(iso_date(0), "1970-01-01");
         assert_eq!(iso_date(951_782_400_000), "2000-02-29");
-        assert_eq!(iso_date(1795651200_000), "2026-11-26");
-        assert_eq!(iso_date(1795651200_000 - 1), "2026-11-25");
+        assert_eq!(iso_date(1_795_651_200_000), "2026-11-26");
+        assert_eq!(iso_date(1_795_651_200_000 - 1), "2026-11-25");
         assert_eq!(iso_date(-1), "1969-12-31");
         assert_eq!(iso_datetime(1_795_681_800_123), "2026-11-26T08:30:00.123Z");
         assert_eq!(iso_datetime(-1), "1969-12-31T23:59:59.999Z");
