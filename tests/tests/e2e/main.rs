@@ -5,4 +5,5 @@
 #![allow(clippy::unwrap_used)] // Tests fail loudly by design.
 
 mod node;
+mod registration;
 mod support;

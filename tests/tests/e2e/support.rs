@@ -79,3 +79,84 @@ pub async fn spawn_node(settings: Settings) -> TestNode {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
     TestNode { addr, state, client, shutdown, handle: Some(handle) }
 }
+
+/// A JSON answer: status, `Retry-After` if any, and body.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub retry_after: Option<String>,
+    pub body: serde_json::Value,
+}
+
+impl Answer {
+    pub async fn from(response: reqwest::Response) -> Self {
+        let status = response.status().as_u16();
+        let retry_after = response.headers().get("retry-after").map(|v| v.to_str().unwrap_or_default().to_owned());
+        let body = response.json().await.unwrap_or(serde_json::Value::Null);
+        Self { status, retry_after, body }
+    }
+
+    /// The error code of an error answer.
+    pub fn code(&self) -> &str {
+        self.body["code"].as_str().unwrap_or_default()
+    }
+}
+
+impl TestNode {
+    pub async fn get(&self, path: &str) -> Answer {
+        Answer::from(self.client.get(self.url(path)).send().await.expect("request")).await
+    }
+
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> Answer {
+        Answer::from(self.client.post(self.url(path)).json(body).send().await.expect("request")).await
+    }
+
+    /// An admin call with the test admin token.
+    pub async fn admin(&self, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> Answer {
+        let mut request = self.client.request(method, self.url(path)).bearer_auth(ADMIN_TOKEN);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        Answer::from(request.send().await.expect("request")).await
+    }
+
+    /// Registers `phone` with test credentials `variant`.
+    pub async fn register(&self, name: &str, phone: &str, variant: u32, selected: Option<&str>) -> Answer {
+        let mut body = serde_json::json!({
+            "botName": name,
+            "phoneNumber": phone,
+            "credentialType": "session",
+            "sessionId": trekker_testkit::creds::session_id(phone, variant),
+        });
+        if let Some(server) = selected {
+            body["selectedServer"] = serde_json::json!(server);
+        }
+        self.post_json("/api/guest/register-bot", &body).await
+    }
+
+    pub async fn approve(&self, bot_id: &str) -> Answer {
+        self.admin(reqwest::Method::POST, &format!("/api/admin/bots/{bot_id}/approve"), None).await
+    }
+}
+
+/// Runs raw SQL on a test database (to break things on purpose).
+pub async fn raw_sql(database_url: &str, sql: &'static str) {
+    use sqlx::Connection as _;
+    if database_url.starts_with("postgres") {
+        let mut conn = sqlx::PgConnection::connect(database_url).await.expect("connect");
+        sqlx::query(sql).execute(&mut conn).await.expect("raw sql");
+    } else {
+        let mut conn = sqlx::SqliteConnection::connect(database_url).await.expect("connect");
+        sqlx::query(sql).execute(&mut conn).await.expect("raw sql");
+    }
+}
+
+/// One test database URL per backend that is available here.
+pub async fn databases() -> Vec<(String, Option<trekker_testkit::SqliteDatabase>)> {
+    let sqlite = trekker_testkit::sqlite_database();
+    let mut all = vec![(sqlite.url.clone(), Some(sqlite))];
+    if let Some(url) = postgres_url().await {
+        all.push((url, None));
+    }
+    all
+}
