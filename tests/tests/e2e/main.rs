@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly by design.
 
+mod admin_api;
+mod guest_api;
 mod node;
 mod registration;
 mod support;

@@ -1,0 +1,185 @@
+//! Admin API: auth, approve/reject/delete with their side effects, and the
+//! guest notifications they queue, delivered once with several dispatchers.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use trekker_testkit::creds;
+
+use crate::support::{Answer, postgres_url, settings, spawn_node};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_auth() {
+    let database = trekker_testkit::sqlite_database();
+    let node = spawn_node(settings(&database.url, "SERVER0", 5)).await;
+    let none = Answer::from(node.client.get(node.url("/api/admin/servers")).send().await.unwrap()).await;
+    assert_eq!((none.status, none.code()), (401, "UNAUTHORIZED"));
+    let wrong =
+        Answer::from(node.client.get(node.url("/api/admin/servers")).bearer_auth("nope").send().await.unwrap()).await;
+    assert_eq!((wrong.status, wrong.code()), (401, "UNAUTHORIZED"));
+    let ok = node.admin(reqwest::Method::GET, "/api/admin/servers", None).await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.body["servers"][0]["baseUrl"], format!("http://{}", node.addr));
+    assert!(ok.body["servers"][0]["lastHeartbeat"].as_str().unwrap().ends_with('Z'));
+    node.stop().await;
+
+    let mut disabled = settings(&database.url, "SERVER0", 5);
+    disabled.admin_token = None;
+    let node = spawn_node(disabled).await;
+    let forbidden = node.admin(reqwest::Method::GET, "/api/admin/bots", None).await;
+    assert_eq!((forbidden.status, forbidden.code()), (403, "FORBIDDEN"));
+    assert!(forbidden.body["message"].as_str().unwrap().contains("ADMIN_TOKEN"));
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approve_reject_delete_and_reregister() {
+    let Some(url) = postgres_url().await else { return };
+    let node = spawn_node(settings(&url, "SERVER0", 1)).await;
+    let phone = creds::phone(40, 1);
+    let created = node.register("Approve me", &phone, 1, None).await;
+    let id = created.body["bot"]["id"].as_str().unwrap().to_owned();
+
+    let approved = node
+        .admin(reqwest::Method::POST, &format!("/api/admin/bots/{id}/approve"), Some(json!({"expirationMonths": 6})))
+        .await;
+    assert_eq!(approved.status, 200, "{:?}", approved.body);
+    assert_eq!(approved.body["bot"]["approvalStatus"], "approved");
+    let bad_months = node
+        .admin(reqwest::Method::POST, &format!("/api/admin/bots/{id}/approve"), Some(json!({"expirationMonths": 0})))
+        .await;
+    assert_eq!((bad_months.status, bad_months.code()), (400, "INVALID_INPUT"));
+    let detail = node.admin(reqwest::Method::GET, &format!("/api/admin/bots/{id}"), None).await;
+    for field in [
+        "id",
+        "name",
+        "phoneNumber",
+        "server",
+        "approvalStatus",
+        "status",
+        "credentialsVersion",
+        "credentialsUpdatedAt",
+        "restarts",
+        "expiresAt",
+    ] {
+        assert!(detail.body.get(field).is_some(), "missing {field}");
+    }
+    let filtered = node.admin(reqwest::Method::GET, "/api/admin/bots?server=SERVER0&approval=approved", None).await;
+    assert_eq!(filtered.body["count"], 1);
+    let bad_filter = node.admin(reqwest::Method::GET, "/api/admin/bots?approval=maybe", None).await;
+    assert_eq!(bad_filter.code(), "INVALID_INPUT");
+
+    // Reject frees the phone and the slot (the seed left the phone locked).
+    let rejected = node.admin(reqwest::Method::POST, &format!("/api/admin/bots/{id}/reject"), None).await;
+    assert_eq!(rejected.body["bot"]["approvalStatus"], "rejected");
+    let twice = node.admin(reqwest::Method::POST, &format!("/api/admin/bots/{id}/reject"), None).await;
+    assert_eq!((twice.status, twice.code()), (409, "CONFLICT"));
+    let again = node.register("Approve me", &phone, 2, None).await;
+    assert_eq!((again.status, again.body["type"].as_str()), (201, Some("registered")), "{:?}", again.body);
+
+    // Delete frees them too.
+    let second = again.body["bot"]["id"].as_str().unwrap().to_owned();
+    let deleted = node.admin(reqwest::Method::DELETE, &format!("/api/admin/bots/{second}"), None).await;
+    assert_eq!(deleted.status, 200);
+    let gone = node.admin(reqwest::Method::GET, &format!("/api/admin/bots/{second}"), None).await;
+    assert_eq!(gone.status, 404);
+    assert_eq!(node.register("Third", &phone, 3, None).await.status, 201);
+    node.stop().await;
+}
+
+/// A fake WhatsApp gateway that records what it was asked to send.
+async fn fake_gateway() -> (String, Arc<Mutex<Vec<Value>>>) {
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let sink = received.clone();
+    let app = Router::new().route(
+        "/send",
+        post(move |Json(body): Json<Value>| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push(body);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/send", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, received)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_message_reaches_the_webhook_once_with_two_dispatchers() {
+    let Some(url) = postgres_url().await else { return };
+    let (webhook, received) = fake_gateway().await;
+    let webhook_settings = |name: &str| {
+        let mut s = settings(&url, name, 20);
+        s.notifier = trekker_node::config::NotifierKind::Webhook;
+        s.notify_webhook_url = Some(webhook.clone());
+        s
+    };
+    let a = spawn_node(webhook_settings("SERVER0")).await;
+    let b = spawn_node(webhook_settings("SERVER1")).await;
+    let mut ids = Vec::new();
+    for n in 0..10 {
+        let node = if n % 2 == 0 { &a } else { &b };
+        let answer = node.register("Notify", &creds::phone(41, n), 1, None).await;
+        ids.push(answer.body["bot"]["id"].as_str().unwrap().to_owned());
+    }
+    for id in &ids {
+        assert_eq!(a.approve(id).await.status, 200);
+    }
+    // 10 registrations + 10 approvals.
+    for _ in 0..100 {
+        if received.lock().unwrap().len() >= 20 && a.state.store.pending_notifications().await.unwrap() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let messages = received.lock().unwrap().clone();
+    assert_eq!(messages.len(), 20, "each message exactly once: {messages:#?}");
+    let approvals = messages.iter().filter(|m| m["text"].as_str().unwrap().contains("was approved")).count();
+    assert_eq!(approvals, 10);
+    assert!(messages.iter().all(|m| m["phone"].as_str().unwrap().starts_with("25474")));
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_webhook_is_retried_until_it_answers() {
+    let database = trekker_testkit::sqlite_database();
+    let attempts = Arc::new(Mutex::new(0u32));
+    let counter = attempts.clone();
+    let app = Router::new().route(
+        "/send",
+        post(move || {
+            let counter = counter.clone();
+            async move {
+                let mut n = counter.lock().unwrap();
+                *n += 1;
+                if *n < 2 { axum::http::StatusCode::BAD_GATEWAY } else { axum::http::StatusCode::OK }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let webhook = format!("http://{}/send", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let mut s = settings(&database.url, "SERVER0", 5);
+    s.notifier = trekker_node::config::NotifierKind::Webhook;
+    s.notify_webhook_url = Some(webhook);
+    let node = spawn_node(s).await;
+    node.register("Retry", &creds::phone(42, 1), 1, None).await;
+    // First attempt fails; the retry comes 0.5-1 s later (backoff with jitter).
+    for _ in 0..60 {
+        if node.state.store.pending_notifications().await.unwrap() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(node.state.store.pending_notifications().await.unwrap(), 0);
+    assert_eq!(*attempts.lock().unwrap(), 2);
+    node.stop().await;
+}
