@@ -173,4 +173,74 @@ pub trait Store: Send + Sync + 'static {
 
     /// Notifications still waiting to be sent (for metrics and tests).
     async fn pending_notifications(&self) -> Result<i64, StoreError>;
+
+    // --- cross-server credential outbox ------------------------------------
+
+    /// Queues an update with the next credentials version for its bot (one
+    /// above both the stored version and any queued or delivered one), and
+    /// supersedes older pending updates of that bot, with `effects`, in one
+    /// transaction.
+    async fn enqueue_credential_update(
+        &self,
+        update: &NewCredentialUpdate,
+        effects: &SideEffects,
+        now: Millis,
+    ) -> Result<CredentialUpdate, StoreError>;
+
+    /// Claims up to `limit` due pending updates for `worker` until `now + lease_ms`.
+    async fn claim_credential_updates(
+        &self,
+        worker: &str,
+        now: Millis,
+        lease_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<ClaimedUpdate>, StoreError>;
+
+    /// Claims one pending update (due or not), if no one else holds it.
+    async fn claim_credential_update(
+        &self,
+        id: &str,
+        worker: &str,
+        now: Millis,
+        lease_ms: i64,
+    ) -> Result<Option<ClaimedUpdate>, StoreError>;
+
+    /// Records how an attempt ended; false if `worker` no longer holds it.
+    async fn finish_credential_update(
+        &self,
+        id: &str,
+        worker: &str,
+        outcome: DeliveryOutcome,
+        now: Millis,
+    ) -> Result<bool, StoreError>;
+
+    async fn get_credential_update(&self, id: &str) -> Result<Option<CredentialUpdate>, StoreError>;
+
+    /// Updates still pending delivery.
+    async fn credential_outbox_depth(&self) -> Result<i64, StoreError>;
+
+    // --- node-to-node replay guard and idempotency -------------------------
+
+    /// Records a token id; false if `(issuer, jti)` was seen before.
+    async fn remember_jti(&self, issuer: &str, jti: &str, expires_at: Millis) -> Result<bool, StoreError>;
+
+    /// Starts a command under `key`. An in-progress holder older than
+    /// `stale_after_ms` is presumed dead and taken over.
+    async fn begin_idempotent(
+        &self,
+        key: &str,
+        fingerprint: &str,
+        now: Millis,
+        stale_after_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<IdempotencyBegin, StoreError>;
+
+    /// Stores the answer of a finished command.
+    async fn finish_idempotent(&self, key: &str, status: u16, body: &str) -> Result<(), StoreError>;
+
+    /// Forgets an in-progress key after a failure that may be retried.
+    async fn abandon_idempotent(&self, key: &str) -> Result<(), StoreError>;
+
+    /// Deletes replay and idempotency records past their expiry.
+    async fn purge_expired(&self, now: Millis) -> Result<u64, StoreError>;
 }

@@ -290,3 +290,98 @@ impl Inconsistency {
         }
     }
 }
+
+/// A cross-server credential update to queue for delivery to `target`.
+#[derive(Debug, Clone)]
+pub struct NewCredentialUpdate {
+    pub id: String,
+    pub bot_id: BotId,
+    pub phone: PhoneNumber,
+    /// The node the guest used.
+    pub source: ServerName,
+    /// The node hosting the bot.
+    pub target: ServerName,
+    pub credentials: trekker_domain::Credentials,
+}
+
+/// Where a queued credential update stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboxStatus {
+    Pending,
+    Delivered,
+    Failed,
+    Expired,
+    /// A newer update for the same bot replaced it before delivery.
+    Superseded,
+}
+
+impl OutboxStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Delivered => "delivered",
+            Self::Failed => "failed",
+            Self::Expired => "expired",
+            Self::Superseded => "superseded",
+        }
+    }
+
+    pub(crate) fn parse(text: &str) -> Option<Self> {
+        [Self::Pending, Self::Delivered, Self::Failed, Self::Expired, Self::Superseded]
+            .into_iter()
+            .find(|status| status.as_str() == text)
+    }
+}
+
+/// A queued credential update (without its credentials).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialUpdate {
+    pub id: String,
+    pub bot_id: BotId,
+    pub phone: PhoneNumber,
+    pub source: ServerName,
+    pub target: ServerName,
+    /// The version the host stores these credentials under.
+    pub version: i64,
+    pub status: OutboxStatus,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub created_at: Millis,
+    pub delivered_at: Option<Millis>,
+}
+
+/// A claimed update, with its decrypted credentials, ready to send.
+#[derive(Debug, Clone)]
+pub struct ClaimedUpdate {
+    pub update: CredentialUpdate,
+    pub credentials: trekker_domain::Credentials,
+}
+
+/// How a delivery attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    Delivered,
+    Retry {
+        retry_at: Millis,
+        error: String,
+    },
+    /// The host refused for good.
+    Failed {
+        error: String,
+    },
+    /// Too old to deliver.
+    Expired,
+}
+
+/// The state of an idempotency key when a command arrives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyBegin {
+    /// First time (or taken over from a holder that died): run the command.
+    Started,
+    /// Another attempt of the same command is running.
+    InProgress,
+    /// The key was used with another body.
+    Mismatch,
+    /// Already done: answer what was answered then.
+    Done { status: u16, body: String },
+}

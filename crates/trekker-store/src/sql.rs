@@ -62,6 +62,23 @@ impl<DB: sqlx::Database> SqlStore<DB> {
         &self.pool
     }
 
+    fn open_claimed(&self, rows: Vec<ClaimedRow>) -> Result<Vec<ClaimedUpdate>, StoreError> {
+        let mut claimed = rows
+            .into_iter()
+            .map(|row| {
+                let sealed = Sealed {
+                    ciphertext: row.credentials_ciphertext,
+                    nonce: row.credentials_nonce,
+                    key_id: row.credentials_key_id,
+                };
+                let credentials = self.open(&row.outbox.id, &sealed)?;
+                Ok(ClaimedUpdate { update: row.outbox.try_into()?, credentials })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        claimed.sort_by_key(|c| c.update.created_at);
+        Ok(claimed)
+    }
+
     fn seal(&self, row_id: &str, credentials: &Credentials) -> Result<Sealed, StoreError> {
         self.cipher.seal(row_id, credentials.document().as_bytes())
     }
@@ -282,6 +299,66 @@ struct NotificationRow {
     message: String,
     attempts: i64,
     created_at: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct OutboxRow {
+    id: String,
+    bot_id: String,
+    phone_number: String,
+    source_server: String,
+    target_server: String,
+    credentials_version: Option<i64>,
+    status: String,
+    attempts: i64,
+    last_error: Option<String>,
+    created_at: i64,
+    delivered_at: Option<i64>,
+}
+
+impl TryFrom<OutboxRow> for CredentialUpdate {
+    type Error = StoreError;
+
+    fn try_from(row: OutboxRow) -> Result<Self, StoreError> {
+        Ok(Self {
+            bot_id: BotId::parse(&row.bot_id).map_err(|_| corrupt("bot id", &row.bot_id))?,
+            phone: PhoneNumber::parse(&row.phone_number).map_err(|_| corrupt("phone", &row.phone_number))?,
+            source: ServerName::parse(&row.source_server).map_err(|_| corrupt("server", &row.source_server))?,
+            target: ServerName::parse(&row.target_server).map_err(|_| corrupt("server", &row.target_server))?,
+            version: row.credentials_version.unwrap_or(0),
+            status: OutboxStatus::parse(&row.status).ok_or_else(|| corrupt("outbox status", &row.status))?,
+            id: row.id,
+            attempts: row.attempts,
+            last_error: row.last_error,
+            created_at: row.created_at,
+            delivered_at: row.delivered_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct ClaimedRow {
+    #[sqlx(flatten)]
+    outbox: OutboxRow,
+    credentials_ciphertext: Vec<u8>,
+    credentials_nonce: Vec<u8>,
+    credentials_key_id: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct IdempotencyRow {
+    fingerprint: String,
+    state: String,
+    response_status: Option<i32>,
+    response_body: Option<String>,
+    created_at: i64,
+}
+
+macro_rules! outbox_columns {
+    () => {
+        "id, bot_id, phone_number, source_server, target_server, credentials_version, status, attempts, \
+         last_error, created_at, delivered_at"
+    };
 }
 
 #[derive(sqlx::FromRow)]
@@ -1070,6 +1147,223 @@ macro_rules! impl_store {
                     .fetch_one(&self.pool)
                     .await?;
                 Ok(count)
+            }
+
+            async fn enqueue_credential_update(&self, update: &NewCredentialUpdate, effects: &SideEffects, now: Millis) -> Result<CredentialUpdate, StoreError> {
+                let sealed = self.seal(&update.id, &update.credentials)?;
+                let mut tx = self.pool.begin_with($begin_write).await?;
+                // Locking the bot row serializes version numbers per bot.
+                let stored: Option<i64> = sqlx::query_scalar(concat!(
+                    "SELECT credentials_version FROM bot_instances WHERE id = $1 AND approval_status <> 'rejected' ",
+                    $lock_row
+                ))
+                .bind(update.bot_id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+                let stored = stored.ok_or(StoreError::BotNotFound)?;
+                let queued: Option<i64> = sqlx::query_scalar(
+                    "SELECT MAX(credentials_version) FROM credential_update_outbox \
+                     WHERE bot_id = $1 AND status IN ('pending', 'delivered')",
+                )
+                .bind(update.bot_id.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+                let version = stored.max(queued.unwrap_or(0)) + 1;
+                sqlx::query(
+                    "UPDATE credential_update_outbox SET status = 'superseded', claimed_by = NULL, claimed_until = NULL, \
+                     last_error = 'superseded by a newer update' WHERE bot_id = $1 AND status = 'pending'",
+                )
+                .bind(update.bot_id.as_str())
+                .execute(&mut *tx)
+                .await?;
+                let row: OutboxRow = sqlx::query_as(concat!(
+                    "INSERT INTO credential_update_outbox (id, bot_id, phone_number, source_server, target_server, \
+                     credentials_ciphertext, credentials_nonce, credentials_key_id, credentials_version, status, attempts, \
+                     next_attempt_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', 0, $10, $10) \
+                     RETURNING ",
+                    outbox_columns!()
+                ))
+                .bind(&update.id)
+                .bind(update.bot_id.as_str())
+                .bind(update.phone.as_str())
+                .bind(update.source.as_str())
+                .bind(update.target.as_str())
+                .bind(&sealed.ciphertext)
+                .bind(&sealed.nonce)
+                .bind(&sealed.key_id)
+                .bind(version)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+                Self::insert_effects_in(&mut tx, effects, now).await?;
+                tx.commit().await?;
+                row.try_into()
+            }
+
+            async fn claim_credential_updates(&self, worker: &str, now: Millis, lease_ms: i64, limit: i64) -> Result<Vec<ClaimedUpdate>, StoreError> {
+                let mut tx = self.pool.begin_with($begin_write).await?;
+                let rows: Vec<ClaimedRow> = sqlx::query_as(concat!(
+                    "UPDATE credential_update_outbox SET claimed_by = $1, claimed_until = $2 + $3, attempts = attempts + 1 \
+                     WHERE id IN (SELECT id FROM credential_update_outbox WHERE status = 'pending' AND next_attempt_at <= $2 \
+                     AND (claimed_until IS NULL OR claimed_until <= $2) ORDER BY next_attempt_at LIMIT $4 ",
+                    $claim_lock,
+                    ") RETURNING ",
+                    outbox_columns!(),
+                    ", credentials_ciphertext, credentials_nonce, credentials_key_id"
+                ))
+                .bind(worker)
+                .bind(now)
+                .bind(lease_ms)
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                self.open_claimed(rows)
+            }
+
+            async fn claim_credential_update(&self, id: &str, worker: &str, now: Millis, lease_ms: i64) -> Result<Option<ClaimedUpdate>, StoreError> {
+                let rows: Vec<ClaimedRow> = sqlx::query_as(concat!(
+                    "UPDATE credential_update_outbox SET claimed_by = $2, claimed_until = $3 + $4, attempts = attempts + 1 \
+                     WHERE id = $1 AND status = 'pending' AND (claimed_until IS NULL OR claimed_until <= $3) RETURNING ",
+                    outbox_columns!(),
+                    ", credentials_ciphertext, credentials_nonce, credentials_key_id"
+                ))
+                .bind(id)
+                .bind(worker)
+                .bind(now)
+                .bind(lease_ms)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(self.open_claimed(rows)?.pop())
+            }
+
+            async fn finish_credential_update(&self, id: &str, worker: &str, outcome: DeliveryOutcome, now: Millis) -> Result<bool, StoreError> {
+                let (status, next_attempt, error, delivered_at) = match &outcome {
+                    DeliveryOutcome::Delivered => ("delivered", None, None, Some(now)),
+                    DeliveryOutcome::Retry { retry_at, error } => ("pending", Some(*retry_at), Some(error.as_str()), None),
+                    DeliveryOutcome::Failed { error } => ("failed", None, Some(error.as_str()), None),
+                    DeliveryOutcome::Expired => ("expired", None, Some("not delivered within 24 hours"), None),
+                };
+                let done = sqlx::query(
+                    "UPDATE credential_update_outbox SET status = $3, claimed_by = NULL, claimed_until = NULL, \
+                     next_attempt_at = COALESCE(CAST($4 AS BIGINT), next_attempt_at), \
+                     last_error = COALESCE(CAST($5 AS TEXT), last_error), \
+                     delivered_at = COALESCE(CAST($6 AS BIGINT), delivered_at) \
+                     WHERE id = $1 AND claimed_by = $2 AND status = 'pending'",
+                )
+                .bind(id)
+                .bind(worker)
+                .bind(status)
+                .bind(next_attempt)
+                .bind(error)
+                .bind(delivered_at)
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn get_credential_update(&self, id: &str) -> Result<Option<CredentialUpdate>, StoreError> {
+                let row: Option<OutboxRow> =
+                    sqlx::query_as(concat!("SELECT ", outbox_columns!(), " FROM credential_update_outbox WHERE id = $1"))
+                        .bind(id)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                row.map(CredentialUpdate::try_from).transpose()
+            }
+
+            async fn credential_outbox_depth(&self) -> Result<i64, StoreError> {
+                let count: i64 =
+                    sqlx::query_scalar("SELECT COUNT(*) FROM credential_update_outbox WHERE status = 'pending'")
+                        .fetch_one(&self.pool)
+                        .await?;
+                Ok(count)
+            }
+
+            async fn remember_jti(&self, issuer: &str, jti: &str, expires_at: Millis) -> Result<bool, StoreError> {
+                let done = sqlx::query(
+                    "INSERT INTO replay_guard (issuer, jti, expires_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (issuer, jti) DO NOTHING",
+                )
+                .bind(issuer)
+                .bind(jti)
+                .bind(expires_at)
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn begin_idempotent(&self, key: &str, fingerprint: &str, now: Millis, stale_after_ms: i64, ttl_ms: i64) -> Result<IdempotencyBegin, StoreError> {
+                let inserted = sqlx::query(
+                    "INSERT INTO idempotency_keys (idempotency_key, fingerprint, state, created_at, expires_at) \
+                     VALUES ($1, $2, 'in_progress', $3, $4) ON CONFLICT (idempotency_key) DO NOTHING",
+                )
+                .bind(key)
+                .bind(fingerprint)
+                .bind(now)
+                .bind(now + ttl_ms)
+                .execute(&self.pool)
+                .await?;
+                if inserted.rows_affected() == 1 {
+                    return Ok(IdempotencyBegin::Started);
+                }
+                let row: Option<IdempotencyRow> = sqlx::query_as(
+                    "SELECT fingerprint, state, response_status, response_body, created_at FROM idempotency_keys \
+                     WHERE idempotency_key = $1",
+                )
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?;
+                // Purged between the two statements: the caller may retry.
+                let Some(row) = row else { return Ok(IdempotencyBegin::InProgress) };
+                if row.fingerprint != fingerprint {
+                    return Ok(IdempotencyBegin::Mismatch);
+                }
+                if row.state == "done" {
+                    let status = row.response_status.and_then(|s| u16::try_from(s).ok()).unwrap_or(500);
+                    return Ok(IdempotencyBegin::Done { status, body: row.response_body.unwrap_or_default() });
+                }
+                if row.created_at <= now - stale_after_ms {
+                    let taken = sqlx::query(
+                        "UPDATE idempotency_keys SET created_at = $2 WHERE idempotency_key = $1 \
+                         AND state = 'in_progress' AND created_at = $3",
+                    )
+                    .bind(key)
+                    .bind(now)
+                    .bind(row.created_at)
+                    .execute(&self.pool)
+                    .await?;
+                    if taken.rows_affected() == 1 {
+                        return Ok(IdempotencyBegin::Started);
+                    }
+                }
+                Ok(IdempotencyBegin::InProgress)
+            }
+
+            async fn finish_idempotent(&self, key: &str, status: u16, body: &str) -> Result<(), StoreError> {
+                sqlx::query(
+                    "UPDATE idempotency_keys SET state = 'done', response_status = $2, response_body = $3 \
+                     WHERE idempotency_key = $1",
+                )
+                .bind(key)
+                .bind(i32::from(status))
+                .bind(body)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn abandon_idempotent(&self, key: &str) -> Result<(), StoreError> {
+                sqlx::query("DELETE FROM idempotency_keys WHERE idempotency_key = $1 AND state = 'in_progress'")
+                    .bind(key)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn purge_expired(&self, now: Millis) -> Result<u64, StoreError> {
+                let replay = sqlx::query("DELETE FROM replay_guard WHERE expires_at < $1").bind(now).execute(&self.pool).await?;
+                let keys = sqlx::query("DELETE FROM idempotency_keys WHERE expires_at < $1").bind(now).execute(&self.pool).await?;
+                Ok(replay.rows_affected() + keys.rows_affected())
             }
         }
     };

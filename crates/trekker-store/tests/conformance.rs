@@ -94,6 +94,8 @@ conformance_cases!(
     concurrent_reservations_never_overfill,
     concurrent_same_phone_registers_once,
     concurrent_churn_keeps_counts_true,
+    outbox_versions_supersede_and_claims,
+    idempotency_and_replay_guard,
 );
 
 const NOW: Millis = 1_700_000_000_000;
@@ -582,4 +584,95 @@ async fn concurrent_churn_keeps_counts_true(f: Fixture) {
     }
     assert_eq!(s.get_server(&server("SERVER0")).await.unwrap().unwrap().current_bot_count, 0);
     assert_consistent(&*s).await;
+}
+
+fn outbox_update(id: &str, bot: &BotRecord, variant: u32) -> NewCredentialUpdate {
+    NewCredentialUpdate {
+        id: id.to_owned(),
+        bot_id: bot.id.clone(),
+        phone: bot.phone.clone(),
+        source: server("SERVER1"),
+        target: bot.server.clone(),
+        credentials: creds::credentials(bot.phone.as_str(), variant),
+    }
+}
+
+async fn outbox_versions_supersede_and_claims(f: Fixture) {
+    let s = f.store.clone();
+    add_server(&*s, "SERVER0", 5).await;
+    let bot = register(&*s, "254700000200", "SERVER0").await.unwrap().bot;
+    let first = s.enqueue_credential_update(&outbox_update("u1", &bot, 2), &effects("queued"), NOW).await.unwrap();
+    assert_eq!((first.version, first.status), (2, OutboxStatus::Pending));
+    let second = s.enqueue_credential_update(&outbox_update("u2", &bot, 3), &effects("queued"), NOW + 1).await.unwrap();
+    assert_eq!(second.version, 3, "versions climb above queued ones");
+    assert_eq!(s.get_credential_update("u1").await.unwrap().unwrap().status, OutboxStatus::Superseded);
+    assert_eq!(s.credential_outbox_depth().await.unwrap(), 1);
+
+    // Claims are exclusive; the payload decrypts.
+    let claims = join_all((0..4).map(|w| {
+        let s = s.clone();
+        async move { s.claim_credential_updates(&format!("w{w}"), NOW + 2, 10_000, 10).await.unwrap() }
+    }))
+    .await;
+    let claimed: Vec<_> = claims.iter().flatten().collect();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].update.id, "u2");
+    assert_eq!(claimed[0].credentials, creds::credentials(bot.phone.as_str(), 3));
+    assert!(s.claim_credential_update("u2", "other", NOW + 3, 10_000).await.unwrap().is_none(), "held by a lease");
+    let owner = claims.iter().position(|c| !c.is_empty()).unwrap();
+    let retry = DeliveryOutcome::Retry { retry_at: NOW + 5_000, error: "host down".into() };
+    assert!(!s.finish_credential_update("u2", "intruder", retry.clone(), NOW).await.unwrap());
+    assert!(s.finish_credential_update("u2", &format!("w{owner}"), retry, NOW + 3).await.unwrap());
+    assert!(s.claim_credential_updates("w9", NOW + 4, 10_000, 10).await.unwrap().is_empty(), "not due yet");
+    let again = s.claim_credential_update("u2", "w9", NOW + 4, 10_000).await.unwrap().unwrap();
+    assert_eq!(again.update.attempts, 2);
+    assert!(s.finish_credential_update("u2", "w9", DeliveryOutcome::Delivered, NOW + 6).await.unwrap());
+    let delivered = s.get_credential_update("u2").await.unwrap().unwrap();
+    assert_eq!((delivered.status, delivered.delivered_at), (OutboxStatus::Delivered, Some(NOW + 6)));
+    assert_eq!(delivered.last_error.as_deref(), Some("host down"));
+    // A delivered version still counts: the next update goes above it.
+    let third = s.enqueue_credential_update(&outbox_update("u3", &bot, 4), &effects("queued"), NOW + 7).await.unwrap();
+    assert_eq!(third.version, 4);
+    assert!(s.get_credential_update("nope").await.unwrap().is_none());
+    let missing = NewCredentialUpdate { bot_id: BotId::parse("ghost").unwrap(), ..outbox_update("u4", &bot, 5) };
+    assert!(matches!(
+        s.enqueue_credential_update(&missing, &effects("queued"), NOW).await,
+        Err(StoreError::BotNotFound)
+    ));
+}
+
+async fn idempotency_and_replay_guard(f: Fixture) {
+    let s = &*f.store;
+    assert_eq!(s.begin_idempotent("k1", "fp", NOW, 60_000, 86_400_000).await.unwrap(), IdempotencyBegin::Started);
+    assert_eq!(
+        s.begin_idempotent("k1", "fp", NOW + 1, 60_000, 86_400_000).await.unwrap(),
+        IdempotencyBegin::InProgress
+    );
+    assert_eq!(
+        s.begin_idempotent("k1", "other", NOW + 1, 60_000, 86_400_000).await.unwrap(),
+        IdempotencyBegin::Mismatch
+    );
+    s.finish_idempotent("k1", 200, "{\"ok\":true}").await.unwrap();
+    assert_eq!(
+        s.begin_idempotent("k1", "fp", NOW + 2, 60_000, 86_400_000).await.unwrap(),
+        IdempotencyBegin::Done { status: 200, body: "{\"ok\":true}".into() }
+    );
+    // A holder that died is taken over after `stale_after`, by one caller.
+    assert_eq!(s.begin_idempotent("k2", "fp", NOW, 60_000, 86_400_000).await.unwrap(), IdempotencyBegin::Started);
+    assert_eq!(
+        s.begin_idempotent("k2", "fp", NOW + 60_000, 60_000, 86_400_000).await.unwrap(),
+        IdempotencyBegin::Started
+    );
+    assert_eq!(
+        s.begin_idempotent("k2", "fp", NOW + 60_001, 60_000, 86_400_000).await.unwrap(),
+        IdempotencyBegin::InProgress
+    );
+    s.abandon_idempotent("k2").await.unwrap();
+    assert_eq!(s.begin_idempotent("k2", "fp", NOW, 60_000, 86_400_000).await.unwrap(), IdempotencyBegin::Started);
+
+    assert!(s.remember_jti("SERVER1", "abc", NOW + 60_000).await.unwrap());
+    assert!(!s.remember_jti("SERVER1", "abc", NOW + 60_000).await.unwrap());
+    assert!(s.remember_jti("SERVER2", "abc", NOW + 60_000).await.unwrap(), "jti is per issuer");
+    assert_eq!(s.purge_expired(NOW + 86_400_001).await.unwrap(), 2 + 2);
+    assert!(s.remember_jti("SERVER1", "abc", NOW + 60_000).await.unwrap());
 }
