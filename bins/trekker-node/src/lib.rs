@@ -19,7 +19,9 @@ use trekker_app::notify::{LogNotifier, Notifier, WebhookNotifier};
 use trekker_app::pairing::{PairingProvider, SimulatedPairing};
 use trekker_store::{ServerRegistration, Store, StoreError};
 
-use crate::config::{NotifierKind, PairingProviderKind};
+use trekker_tenancy::{ClusterKeys, CrossTenancyClient, RequestVerifier};
+
+use crate::config::{NotifierKind, PairingProviderKind, Secret};
 use crate::http::ratelimit::GuestRateLimiter;
 
 /// How often each node looks for approvals that ran out.
@@ -61,6 +63,8 @@ pub struct AppState {
     /// `None` when RATE_LIMIT_PER_MIN is 0.
     pub rate_limiter: Option<Arc<GuestRateLimiter>>,
     pub metrics: PrometheusHandle,
+    /// Verifies node-to-node calls.
+    pub verifier: Arc<RequestVerifier>,
     /// How other nodes reach this one (BASE_URL, or the bound address).
     pub base_url: String,
 }
@@ -103,7 +107,21 @@ impl Application {
         };
         store.upsert_server(&registration, now_millis()).await?;
         let heartbeat_ms = i64::try_from(config.heartbeat_interval.as_millis()).unwrap_or(i64::MAX);
-        let trekker = Arc::new(Trekker::new(store.clone(), config.server_name.clone(), heartbeat_ms));
+        let keys = config.cluster_secret.as_ref().map(|secret| {
+            ClusterKeys::new(secret.expose(), config.cluster_secret_previous.as_ref().map(Secret::expose))
+        });
+        if keys.is_none() {
+            tracing::warn!(
+                "CLUSTER_SECRET is not set: cross-server credential updates to and from this node will fail"
+            );
+        }
+        let client = CrossTenancyClient::new(keys.clone(), config.server_name.clone(), config.cross_server_timeout)
+            .map_err(|e| StartupError::Config(ConfigError { setting: "CLUSTER_SECRET", reason: e.to_string() }))?;
+        let verifier = Arc::new(RequestVerifier::new(keys, config.server_name.clone(), store.clone()));
+        let mut trekker = Trekker::new(store.clone(), config.server_name.clone(), heartbeat_ms);
+        trekker.remote = Arc::new(client);
+        trekker.cross_server_budget = config.cross_server_timeout;
+        let trekker = Arc::new(trekker);
         let pairing: Arc<dyn PairingProvider> = match config.pairing_provider {
             PairingProviderKind::Simulated => {
                 tracing::warn!("PAIRING_PROVIDER=simulated: pairing codes pair no real phone (demo and test use)");
@@ -120,6 +138,7 @@ impl Application {
         let state = AppState {
             rate_limiter: GuestRateLimiter::new(config.rate_limit_per_min),
             metrics: http::metrics_handle(),
+            verifier,
             config: Arc::new(config),
             store,
             trekker,
@@ -154,6 +173,7 @@ impl Application {
             self.state.notifier.clone(),
             self.shutdown.clone(),
         ));
+        tasks.spawn(trekker_app::crossserver::run_outbox(self.state.trekker.clone(), self.shutdown.clone()));
         tasks.spawn(trekker_app::sweeper::run(self.state.trekker.clone(), EXPIRY_SWEEP_EVERY, self.shutdown.clone()));
         tracing::info!(server = %self.state.config.server_name, "listening on {}", self.addr);
         let router = http::router(self.state.clone());

@@ -5,6 +5,7 @@
 //! unit-tested with mocks; the HTTP layer only translates.
 
 pub mod admin;
+pub mod crossserver;
 mod error;
 pub mod notify;
 pub mod pairing;
@@ -52,6 +53,10 @@ pub struct Trekker {
     pub heartbeat_interval_ms: i64,
     /// Wakes this node's notification dispatcher when a message is queued.
     pub notifications_queued: Arc<tokio::sync::Notify>,
+    /// Calls other nodes (cross-server credential updates).
+    pub remote: Arc<dyn crossserver::RemoteCredentials>,
+    /// Budget for one synchronous cross-server update.
+    pub cross_server_budget: std::time::Duration,
 }
 
 impl std::fmt::Debug for Trekker {
@@ -69,6 +74,8 @@ impl Trekker {
             clock: Arc::new(SystemClock),
             heartbeat_interval_ms,
             notifications_queued: Arc::new(tokio::sync::Notify::new()),
+            remote: Arc::new(crossserver::NoRemote),
+            cross_server_budget: std::time::Duration::from_secs(5),
         }
     }
 

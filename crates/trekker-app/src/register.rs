@@ -45,6 +45,10 @@ pub enum RegisterOutcome {
     AutoAssigned { bot: BotRecord, from: ServerName, available_slots: i64 },
     /// The phone's bot is hosted here; its credentials were replaced.
     CredentialsUpdated { bot: BotRecord, restarting: bool },
+    /// The phone's bot is hosted on `host`, which applied the credentials.
+    CrossServerUpdated { bot: BotRecord, host: ServerName },
+    /// `host` could not be reached in time: the update is queued.
+    CrossServerQueued { bot: BotRecord, host: ServerName, update_id: String },
 }
 
 impl RegisterOutcome {
@@ -54,12 +58,18 @@ impl RegisterOutcome {
             Self::Registered { .. } => "registered",
             Self::AutoAssigned { .. } => "auto_assigned",
             Self::CredentialsUpdated { .. } => "credentials_updated",
+            Self::CrossServerUpdated { .. } => "cross_server_credential_update",
+            Self::CrossServerQueued { .. } => "cross_server_update_queued",
         }
     }
 
     pub fn bot(&self) -> &BotRecord {
         match self {
-            Self::Registered { bot } | Self::AutoAssigned { bot, .. } | Self::CredentialsUpdated { bot, .. } => bot,
+            Self::Registered { bot }
+            | Self::AutoAssigned { bot, .. }
+            | Self::CredentialsUpdated { bot, .. }
+            | Self::CrossServerUpdated { bot, .. }
+            | Self::CrossServerQueued { bot, .. } => bot,
         }
     }
 
@@ -73,6 +83,8 @@ impl RegisterOutcome {
             Self::CredentialsUpdated { bot, restarting } => {
                 messages::credentials_updated(&bot.name, &bot.server, *restarting)
             }
+            Self::CrossServerUpdated { bot, host } => messages::cross_server_update_done(&bot.name, host),
+            Self::CrossServerQueued { host, .. } => messages::cross_server_update_queued(host),
         }
     }
 }
@@ -123,7 +135,7 @@ impl Trekker {
                     if entry.server == self.node {
                         return self.update_local_credentials(bot, &input.credentials).await;
                     }
-                    return Err(self.cross_server_update_unavailable(&entry.server));
+                    return self.cross_server_update(&entry.server, bot, &input.credentials).await;
                 }
                 None => {
                     let placed = match &input.selected {
@@ -196,16 +208,6 @@ impl Trekker {
             self.store.update_credentials(&bot.id, credentials, VersionRule::Next, &effects, self.now()).await?;
         tracing::info!(bot = %updated.id, version = updated.credentials_version, "🔄 Credentials updated on {}", self.node);
         Ok(RegisterOutcome::CredentialsUpdated { bot: updated, restarting })
-    }
-
-    /// Until the cross-server protocol is enabled, a phone hosted on another
-    /// node is refused clearly rather than pretending to update it.
-    fn cross_server_update_unavailable(&self, host: &ServerName) -> AppError {
-        tracing::warn!(%host, "cross-server credential update requested but not available on {}", self.node);
-        AppError::RemoteUpdateFailed {
-            host: host.clone(),
-            reason: format!("cross-server credential updates are not enabled on {}", self.node),
-        }
     }
 
     async fn place_on_selected(&self, input: &Checked, server: &ServerName) -> Result<Placed, AppError> {
@@ -326,6 +328,9 @@ mod tests {
     use trekker_domain::{RuntimeStatus, ServerStatus};
     use trekker_store::{MockStore, Registered, RegistryEntry, ServerSnapshot};
     use trekker_testkit::creds;
+
+    use std::sync::Arc;
+    use trekker_tenancy::ClientError;
 
     use super::*;
     use crate::test_support::*;
@@ -555,13 +560,132 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn hosted_elsewhere_is_refused_clearly_until_cross_server_updates_exist() {
+    /// A fake host: answers as told and records the command ids it saw.
+    #[derive(Debug)]
+    struct FakeHost(Result<i64, ClientError>, std::sync::Mutex<Vec<String>>);
+
+    #[async_trait::async_trait]
+    impl crate::crossserver::RemoteCredentials for FakeHost {
+        async fn update_bot_credentials(
+            &self,
+            target: &ServerName,
+            _: &str,
+            command_id: &str,
+            body: &trekker_tenancy::wire::CredentialsUpdateBody,
+        ) -> Result<trekker_tenancy::wire::CredentialsUpdateAnswer, ClientError> {
+            self.1.lock().unwrap().push(command_id.to_owned());
+            assert_eq!(body.credentials_version, Some(2));
+            self.0.clone().map(|version| trekker_tenancy::wire::CredentialsUpdateAnswer {
+                success: true,
+                bot_id: body.bot_id.clone(),
+                server: target.to_string(),
+                credentials_version: version,
+                restarted: true,
+            })
+        }
+    }
+
+    fn cross_server_store(host_heartbeat: i64) -> MockStore {
         let mut store = MockStore::new();
         store.expect_find_registration().returning(|_| Ok(Some(entry("SERVER1"))));
         store.expect_find_bot_on_server().returning(|_, _| Ok(Some(record("SERVER1", ApprovalStatus::Approved))));
-        let err = refused(store, request(None)).await;
-        assert!(err.to_string().starts_with("Failed to update credentials on SERVER1: "), "{err}");
+        store.expect_enqueue_credential_update().times(1).returning(|update, effects, _| {
+            assert_eq!(effects.activity.remote_tenancy.as_ref().map(ServerName::as_str), Some("SERVER1"));
+            Ok(trekker_store::CredentialUpdate {
+                id: update.id.clone(),
+                bot_id: update.bot_id.clone(),
+                phone: update.phone.clone(),
+                source: update.source.clone(),
+                target: update.target.clone(),
+                version: 2,
+                status: trekker_store::OutboxStatus::Pending,
+                attempts: 0,
+                last_error: None,
+                created_at: NOW,
+                delivered_at: None,
+            })
+        });
+        store.expect_get_server().returning(move |name| {
+            let mut host = snapshot(name.as_str(), 5, 1);
+            host.base_url = Some("http://host.test".into());
+            host.last_heartbeat = Some(host_heartbeat);
+            Ok(Some(host))
+        });
+        store
+    }
+
+    fn with_claim(store: &mut MockStore) {
+        store.expect_claim_credential_update().times(1).returning(|id, _, _, _| {
+            Ok(Some(trekker_store::ClaimedUpdate {
+                update: trekker_store::CredentialUpdate {
+                    id: id.to_owned(),
+                    bot_id: BotId::parse("bot-1").unwrap(),
+                    phone: PhoneNumber::parse(PHONE).unwrap(),
+                    source: name("SERVER0"),
+                    target: name("SERVER1"),
+                    version: 2,
+                    status: trekker_store::OutboxStatus::Pending,
+                    attempts: 1,
+                    last_error: None,
+                    created_at: NOW,
+                    delivered_at: None,
+                },
+                credentials: creds::credentials(PHONE, 1),
+            }))
+        });
+    }
+
+    #[tokio::test]
+    async fn hosted_elsewhere_and_offline_is_queued_without_waiting() {
+        // The host's last beat is 31 s old with a 10 s interval: offline.
+        let store = cross_server_store(NOW - 31_000);
+        let outcome = trekker(store).register_bot(request(None)).await.unwrap();
+        match outcome {
+            RegisterOutcome::CrossServerQueued { host, update_id, .. } => {
+                assert_eq!(host.as_str(), "SERVER1");
+                assert_eq!(update_id.len(), 32);
+            }
+            other => panic!("expected queued, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn hosted_elsewhere_and_online_is_delivered_now() {
+        let mut store = cross_server_store(NOW);
+        with_claim(&mut store);
+        store
+            .expect_finish_credential_update()
+            .withf(|_, _, outcome, _| *outcome == trekker_store::DeliveryOutcome::Delivered)
+            .times(1)
+            .returning(|_, _, _, _| Ok(true));
+        store.expect_append_activity().returning(|_, _| Ok(()));
+        let host = Arc::new(FakeHost(Ok(2), Default::default()));
+        let mut trekker = trekker(store);
+        trekker.remote = host.clone();
+        let outcome = trekker.register_bot(request(None)).await.unwrap();
+        assert_eq!(outcome.kind(), "cross_server_credential_update");
+        assert_eq!(outcome.bot().credentials_version, 2);
+        assert_eq!(host.1.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn hosted_elsewhere_refusal_is_remote_update_failed() {
+        let mut store = cross_server_store(NOW);
+        with_claim(&mut store);
+        store
+            .expect_finish_credential_update()
+            .withf(|_, _, outcome, _| matches!(outcome, trekker_store::DeliveryOutcome::Failed { .. }))
+            .times(1)
+            .returning(|_, _, _, _| Ok(true));
+        let refusal = ClientError::Refused {
+            status: 404,
+            code: "NOT_FOUND".into(),
+            message: "Bot bot-1 is not hosted on SERVER1.".into(),
+        };
+        let mut trekker = trekker(store);
+        trekker.remote = Arc::new(FakeHost(Err(refusal), Default::default()));
+        let err = trekker.register_bot(request(None)).await.unwrap_err();
+        assert_eq!(err.to_string(), "Failed to update credentials on SERVER1: Bot bot-1 is not hosted on SERVER1.");
     }
 
     #[tokio::test]

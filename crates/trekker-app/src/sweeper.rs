@@ -34,6 +34,10 @@ pub async fn run(trekker: Arc<Trekker>, every: Duration, shutdown: CancellationT
                 if let Err(err) = trekker.expire_due_bots().await {
                     tracing::warn!(error = ?err, "expiry sweep failed; will retry");
                 }
+                // Replay and idempotency records past their expiry.
+                if let Err(err) = trekker.store.purge_expired(trekker.now()).await {
+                    tracing::warn!(error = ?err, "purging expired records failed; will retry");
+                }
             }
         }
     }

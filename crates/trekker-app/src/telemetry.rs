@@ -18,3 +18,12 @@ pub const INCONSISTENCIES: &str = "trekker_registry_inconsistencies";
 pub const NOTIFICATIONS: &str = "trekker_notifications_total";
 /// Counter: bots moved to expired by the sweeper.
 pub const EXPIRED_BOTS: &str = "trekker_expired_bots_total";
+/// Counter: cross-server credential updates by `target` and `result`
+/// (delivered, queued, retried, failed, expired).
+pub const CROSS_SERVER_UPDATES: &str = "trekker_cross_server_updates_total";
+/// Histogram: seconds from sending a cross-server update to its answer.
+pub const CROSS_SERVER_LATENCY: &str = "trekker_cross_server_delivery_seconds";
+/// Gauge: cross-server updates waiting in the outbox.
+pub const CREDENTIAL_OUTBOX_DEPTH: &str = "trekker_credential_outbox_depth";
+/// Counter: refused node-to-node calls by `reason`.
+pub const NODE_CALLS_REFUSED: &str = "trekker_node_calls_refused_total";

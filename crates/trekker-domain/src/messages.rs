@@ -85,3 +85,17 @@ pub fn credentials_updated_cross_server(bot_name: &str, host: &ServerName, via: 
 pub fn approved(bot_name: &str, expires_on: &str) -> String {
     format!("Your bot \"{bot_name}\" was approved and is starting. The approval is valid until {expires_on}.")
 }
+
+/// Told to the guest when the hosting server could not be reached at once.
+pub fn cross_server_update_queued(host: &ServerName) -> String {
+    format!(
+        "{host} hosts this bot and could not be reached right now. The new credentials are queued and will be applied on {host} as soon as it is back."
+    )
+}
+
+/// Told to the guest when the hosting server applied the new credentials.
+pub fn cross_server_update_done(bot_name: &str, host: &ServerName) -> String {
+    format!(
+        "The credentials of your bot \"{bot_name}\" were updated on {host}, which hosts it. The bot is restarting with them."
+    )
+}

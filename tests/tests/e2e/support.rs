@@ -58,8 +58,12 @@ pub fn settings(database_url: &str, name: &str, capacity: u32) -> Settings {
     settings.admin_token = Some(ADMIN_TOKEN.to_owned());
     settings.heartbeat_interval_secs = 1;
     settings.rate_limit_per_min = 0;
+    settings.cluster_secret = Some(CLUSTER_SECRET.to_owned());
     settings
 }
+
+/// The cluster secret of the test nodes (at least 32 bytes).
+pub const CLUSTER_SECRET: &str = "test-cluster-secret-0123456789abcdef";
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 

@@ -20,6 +20,7 @@ pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/api/validate-credentials", post(validate_credentials))
         .route("/api/servers/available", get(servers_available))
+        .route("/api/guest/credential-updates/{update_id}", get(credential_update))
 }
 
 /// Routes behind the guest rate limit.
@@ -137,7 +138,7 @@ pub(crate) async fn register_bot(State(state): State<AppState>, request: Request
         body.into_request(None)?
     };
     let outcome = state.trekker.register_bot(register_request).await?;
-    Ok(registration_response(&outcome))
+    Ok(registration_response(&outcome, &state.config.server_name))
 }
 
 async fn read_multipart(mut multipart: Multipart) -> Result<RegisterRequest, ApiError> {
@@ -169,7 +170,8 @@ async fn read_multipart(mut multipart: Multipart) -> Result<RegisterRequest, Api
     body.into_request(file_text)
 }
 
-fn registration_response(outcome: &RegisterOutcome) -> Response {
+/// The success body of API.md for each outcome; `current` is this node.
+fn registration_response(outcome: &RegisterOutcome, current: &trekker_domain::ServerName) -> Response {
     let bot = outcome.bot();
     let mut body = json!({
         "success": true,
@@ -192,6 +194,17 @@ fn registration_response(outcome: &RegisterOutcome) -> Response {
             body["server"] = json!(bot.server.as_str());
             StatusCode::OK
         }
+        RegisterOutcome::CrossServerUpdated { host, .. } => {
+            body["hostingServer"] = json!(host.as_str());
+            body["currentServer"] = json!(current.as_str());
+            StatusCode::OK
+        }
+        RegisterOutcome::CrossServerQueued { host, update_id, .. } => {
+            body["hostingServer"] = json!(host.as_str());
+            body["currentServer"] = json!(current.as_str());
+            body["updateId"] = json!(update_id);
+            StatusCode::ACCEPTED
+        }
     };
     (status, Json(body)).into_response()
 }
@@ -207,4 +220,33 @@ pub(crate) async fn servers_available(State(state): State<AppState>) -> Result<J
 pub struct ServerList {
     pub servers: Vec<ServerPublic>,
     pub count: usize,
+}
+
+#[derive(Debug, serde::Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialUpdateStatus {
+    update_id: String,
+    /// pending | delivered | failed | expired
+    status: &'static str,
+    hosting_server: String,
+    attempts: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_error: Option<String>,
+}
+
+/// Progress of a queued cross-server credential update.
+#[utoipa::path(get, path = "/api/guest/credential-updates/{update_id}", tag = "guest",
+    responses((status = 200, body = CredentialUpdateStatus), (status = 404, body = ErrorBody)))]
+pub(crate) async fn credential_update(
+    State(state): State<AppState>,
+    axum::extract::Path(update_id): axum::extract::Path<String>,
+) -> Result<Json<CredentialUpdateStatus>, ApiError> {
+    let update = state.trekker.credential_update(&update_id).await?;
+    Ok(Json(CredentialUpdateStatus {
+        update_id: update.id,
+        status: trekker_app::crossserver::public_status(update.status),
+        hosting_server: update.target.to_string(),
+        attempts: update.attempts,
+        last_error: update.last_error,
+    }))
 }

@@ -7,6 +7,7 @@ pub mod docs;
 mod error;
 mod extract;
 mod guest;
+mod internal;
 mod ops;
 mod pairing;
 pub mod ratelimit;
@@ -35,6 +36,7 @@ pub fn router(state: AppState) -> Router {
         .merge(guest::router())
         .merge(pairing::router())
         .merge(admin::router())
+        .merge(internal::router())
         .merge(ops::router())
         .merge(docs::router())
         .merge(dashboard::router())

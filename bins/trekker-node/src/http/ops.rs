@@ -65,6 +65,10 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
         }
         Err(err) => tracing::warn!(error = ?err, "metrics: server gauges not refreshed"),
     }
+    match state.store.credential_outbox_depth().await {
+        Ok(depth) => metrics::gauge!(telemetry::CREDENTIAL_OUTBOX_DEPTH).set(depth as f64),
+        Err(err) => tracing::warn!(error = ?err, "metrics: credential outbox depth not refreshed"),
+    }
     match state.store.pending_notifications().await {
         Ok(pending) => metrics::gauge!("trekker_notification_outbox_depth").set(pending as f64),
         Err(err) => tracing::warn!(error = ?err, "metrics: outbox depth not refreshed"),

@@ -1,0 +1,336 @@
+//! Cross-server credential updates, both sides.
+//!
+//! Asking side: the guest re-registered a phone whose bot lives on another
+//! node. The update is written to the durable outbox first, then delivered
+//! at once if the host is online (within CROSS_SERVER_TIMEOUT_MS); else the
+//! guest is told it is queued and every node's outbox dispatcher keeps
+//! delivering until it lands or is 24 h old.
+//!
+//! Receiving side: the host checks the bot is its own and the credentials
+//! belong to it, and stores them under the forwarded version in one
+//! transaction (an older version never overwrites a newer one).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+use trekker_domain::server::is_online;
+use trekker_domain::{ApprovalStatus, BotId, Credentials, PhoneNumber, ServerName, ServerStatus, messages};
+use trekker_store::{
+    BotRecord, ClaimedUpdate, CredentialUpdate, DeliveryOutcome, NewActivity, NewCredentialUpdate, OutboxStatus,
+    SideEffects, StoreError, VersionRule,
+};
+use trekker_tenancy::wire::{CredentialsUpdateAnswer, CredentialsUpdateBody};
+use trekker_tenancy::{ClientError, CrossTenancyClient};
+
+use crate::register::RegisterOutcome;
+use crate::{AppError, Trekker, random_u128, telemetry};
+
+/// Updates older than this are given up (`expired`).
+pub const OUTBOX_MAX_AGE_MS: i64 = 24 * 60 * 60 * 1000;
+/// Idle poll of the outbox dispatcher.
+const POLL_EVERY: Duration = Duration::from_millis(500);
+
+/// Sends credentials to the node hosting a bot.
+#[async_trait]
+pub trait RemoteCredentials: Send + Sync + std::fmt::Debug {
+    async fn update_bot_credentials(
+        &self,
+        target: &ServerName,
+        base_url: &str,
+        command_id: &str,
+        body: &CredentialsUpdateBody,
+    ) -> Result<CredentialsUpdateAnswer, ClientError>;
+}
+
+#[async_trait]
+impl RemoteCredentials for CrossTenancyClient {
+    async fn update_bot_credentials(
+        &self,
+        target: &ServerName,
+        base_url: &str,
+        command_id: &str,
+        body: &CredentialsUpdateBody,
+    ) -> Result<CredentialsUpdateAnswer, ClientError> {
+        CrossTenancyClient::update_bot_credentials(self, target, base_url, command_id, body).await
+    }
+}
+
+/// A node that cannot call other nodes (no client configured).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoRemote;
+
+#[async_trait]
+impl RemoteCredentials for NoRemote {
+    async fn update_bot_credentials(
+        &self,
+        _: &ServerName,
+        _: &str,
+        _: &str,
+        _: &CredentialsUpdateBody,
+    ) -> Result<CredentialsUpdateAnswer, ClientError> {
+        Err(ClientError::Misconfigured("this node cannot call other nodes".into()))
+    }
+}
+
+/// How one delivery attempt ended, for the caller.
+enum Delivery {
+    Delivered(CredentialsUpdateAnswer),
+    /// Not reached; the outbox will try again.
+    Later,
+    /// The host refused; not retried.
+    Refused(String),
+}
+
+/// The delay before retrying an online host that did not answer: 250 ms
+/// doubling to a 5 s cap, with jitter, so a host that comes back gets its
+/// updates within seconds.
+fn retry_delay_ms(attempts: i64) -> i64 {
+    let base = 250i64.saturating_mul(1i64 << attempts.clamp(0, 10)).min(5_000);
+    base / 2 + (random_u128() % (base as u128 / 2 + 1)) as i64
+}
+
+impl Trekker {
+    pub(crate) async fn cross_server_update(
+        &self,
+        host: &ServerName,
+        bot: BotRecord,
+        credentials: &Credentials,
+    ) -> Result<RegisterOutcome, AppError> {
+        tracing::info!(bot = %bot.id, "🌐 Cross-server credential update: {} → {}", self.node, host);
+        let update = NewCredentialUpdate {
+            id: format!("{:032x}", random_u128()),
+            bot_id: bot.id.clone(),
+            phone: bot.phone.clone(),
+            source: self.node.clone(),
+            target: host.clone(),
+            credentials: credentials.clone(),
+        };
+        let activity = NewActivity::new(
+            &self.node,
+            "cross_server_update_requested",
+            format!("forwarding new credentials to {host}"),
+        )
+        .for_bot(&bot.id, &bot.phone)
+        .with_remote(host, Some(&bot.id));
+        let queued =
+            self.store.enqueue_credential_update(&update, &SideEffects::activity(activity), self.now()).await?;
+        let queued_answer = |bot: BotRecord| {
+            metrics::counter!(telemetry::CROSS_SERVER_UPDATES, "target" => host.to_string(), "result" => "queued")
+                .increment(1);
+            Ok(RegisterOutcome::CrossServerQueued { bot, host: host.clone(), update_id: queued.id.clone() })
+        };
+        // A host that missed its heartbeats is not waited for.
+        let Some(base_url) = self.reachable_base_url(host).await? else {
+            tracing::info!(%host, update = %queued.id, "host offline; update queued");
+            return queued_answer(bot);
+        };
+        let worker = format!("{}-ask-{:08x}", self.node, random_u128() as u32);
+        let lease_ms = self.cross_server_budget_ms() + 5_000;
+        let Some(claimed) = self.store.claim_credential_update(&queued.id, &worker, self.now(), lease_ms).await? else {
+            return queued_answer(bot);
+        };
+        match self.deliver_update(&claimed, &base_url, &worker).await {
+            Delivery::Delivered(answer) => {
+                let mut bot = bot;
+                bot.credentials_version = answer.credentials_version;
+                Ok(RegisterOutcome::CrossServerUpdated { bot, host: host.clone() })
+            }
+            Delivery::Later => queued_answer(bot),
+            Delivery::Refused(reason) => Err(AppError::RemoteUpdateFailed { host: host.clone(), reason }),
+        }
+    }
+
+    fn cross_server_budget_ms(&self) -> i64 {
+        i64::try_from(self.cross_server_budget.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// The host's base URL if it is online and not inactive.
+    async fn reachable_base_url(&self, host: &ServerName) -> Result<Option<String>, StoreError> {
+        let now = self.now();
+        Ok(self.store.get_server(host).await?.and_then(|server| {
+            let online = server.status != ServerStatus::Inactive
+                && is_online(server.last_heartbeat, now, self.heartbeat_interval_ms);
+            if online { server.base_url } else { None }
+        }))
+    }
+
+    /// One attempt at a claimed update; records its outcome in the outbox.
+    async fn deliver_update(&self, claimed: &ClaimedUpdate, base_url: &str, worker: &str) -> Delivery {
+        let update = &claimed.update;
+        let body = CredentialsUpdateBody {
+            bot_id: update.bot_id.to_string(),
+            phone_number: update.phone.to_string(),
+            session_id: claimed.credentials.to_session_id(),
+            credentials_version: Some(update.version),
+        };
+        let started = Instant::now();
+        let result = self.remote.update_bot_credentials(&update.target, base_url, &update.id, &body).await;
+        let target = update.target.to_string();
+        let (outcome, delivery, label) = match result {
+            Ok(answer) => {
+                metrics::histogram!(telemetry::CROSS_SERVER_LATENCY, "target" => target.clone())
+                    .record(started.elapsed().as_secs_f64());
+                tracing::info!("✅ Credentials updated on {} for bot {}", update.target, update.bot_id);
+                (DeliveryOutcome::Delivered, Delivery::Delivered(answer), "delivered")
+            }
+            Err(ClientError::Refused { message, .. }) => {
+                tracing::warn!(%target, update = %update.id, %message, "host refused the credential update");
+                (DeliveryOutcome::Failed { error: message.clone() }, Delivery::Refused(message), "failed")
+            }
+            // Unreachable, or this node cannot sign: another try (maybe from
+            // another node) may succeed.
+            Err(err) => {
+                let retry_at = self.now() + retry_delay_ms(update.attempts);
+                tracing::info!(%target, update = %update.id, error = %err, "host not reached; update stays queued");
+                (DeliveryOutcome::Retry { retry_at, error: err.to_string() }, Delivery::Later, "retried")
+            }
+        };
+        metrics::counter!(telemetry::CROSS_SERVER_UPDATES, "target" => target, "result" => label).increment(1);
+        if let Err(err) = self.store.finish_credential_update(&update.id, worker, outcome, self.now()).await {
+            tracing::warn!(update = %update.id, error = ?err, "could not record the delivery result");
+        }
+        if let Delivery::Delivered(answer) = &delivery {
+            let activity = NewActivity::new(
+                &self.node,
+                "cross_server_update_delivered",
+                format!("applied as version {}", answer.credentials_version),
+            )
+            .for_bot(&update.bot_id, &update.phone)
+            .with_remote(&update.target, Some(&update.bot_id));
+            self.record(activity).await;
+        }
+        delivery
+    }
+
+    /// Delivers due queued updates once; returns how many were attempted.
+    pub async fn deliver_queued_updates(&self, worker: &str) -> Result<usize, AppError> {
+        let lease_ms = self.cross_server_budget_ms() + 5_000;
+        let claimed = self.store.claim_credential_updates(worker, self.now(), lease_ms, 16).await?;
+        let count = claimed.len();
+        for update in claimed {
+            let id = update.update.id.clone();
+            if self.now() - update.update.created_at > OUTBOX_MAX_AGE_MS {
+                tracing::warn!(update = %id, target = %update.update.target, "credential update expired undelivered");
+                metrics::counter!(telemetry::CROSS_SERVER_UPDATES, "target" => update.update.target.to_string(), "result" => "expired").increment(1);
+                self.store.finish_credential_update(&id, worker, DeliveryOutcome::Expired, self.now()).await?;
+                continue;
+            }
+            match self.reachable_base_url(&update.update.target).await? {
+                Some(base_url) => {
+                    self.deliver_update(&update, &base_url, worker).await;
+                }
+                None => {
+                    let retry = DeliveryOutcome::Retry { retry_at: self.now() + 1_000, error: "host offline".into() };
+                    self.store.finish_credential_update(&id, worker, retry, self.now()).await?;
+                }
+            }
+        }
+        Ok(count)
+    }
+
+    /// The guest's view of a queued update.
+    pub async fn credential_update(&self, id: &str) -> Result<CredentialUpdate, AppError> {
+        let unknown = || AppError::NotFound("Credential update not found.".into());
+        if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(unknown());
+        }
+        self.store.get_credential_update(id).await?.ok_or_else(unknown)
+    }
+
+    /// The receiving side: applies credentials forwarded by `issuer` to a
+    /// bot hosted here.
+    pub async fn apply_remote_credentials(
+        &self,
+        issuer: &ServerName,
+        body: &CredentialsUpdateBody,
+    ) -> Result<CredentialsUpdateAnswer, AppError> {
+        let not_here = || AppError::NotFound(format!("Bot {} is not hosted on {}.", body.bot_id, self.node));
+        let id = BotId::parse(&body.bot_id).map_err(|_| not_here())?;
+        let bot = self.store.get_bot(&id).await?.ok_or_else(not_here)?;
+        if bot.server != self.node || bot.approval == ApprovalStatus::Rejected {
+            return Err(not_here());
+        }
+        let given =
+            PhoneNumber::parse(&body.phone_number).map_err(|e| AppError::InvalidInput(format!("phoneNumber: {e}.")))?;
+        let credentials = Credentials::from_session_id(&body.session_id)?;
+        for phone in [&given, credentials.phone()] {
+            if phone != &bot.phone {
+                return Err(AppError::PhoneMismatch { in_session: phone.clone(), given: bot.phone.clone() });
+            }
+        }
+        let rule = match body.credentials_version {
+            Some(version) if version < 1 => {
+                return Err(AppError::InvalidInput("credentialsVersion must be at least 1.".into()));
+            }
+            Some(version) => VersionRule::Exactly(version),
+            None => VersionRule::Next,
+        };
+        let restarting = bot.approval == ApprovalStatus::Approved;
+        let activity =
+            NewActivity::new(&self.node, "credentials_updated", format!("credentials received from {issuer}"))
+                .for_bot(&bot.id, &bot.phone)
+                .with_remote(issuer, Some(&bot.id));
+        let effects = SideEffects::activity(activity)
+            .notify(&bot.phone, messages::credentials_updated_cross_server(&bot.name, &self.node, issuer));
+        match self.store.update_credentials(&bot.id, &credentials, rule, &effects, self.now()).await {
+            Ok(updated) => {
+                self.notifications_queued.notify_one();
+                tracing::info!("✅ Credentials updated on {} for bot {} (from {issuer})", self.node, updated.id);
+                Ok(CredentialsUpdateAnswer {
+                    success: true,
+                    bot_id: updated.id.to_string(),
+                    server: self.node.to_string(),
+                    credentials_version: updated.credentials_version,
+                    restarted: restarting,
+                })
+            }
+            // Already applied (a retry whose first answer was lost): same
+            // credentials under this version is success, not a conflict.
+            Err(StoreError::StaleVersion { current }) => match self.store.load_credentials(&bot.id).await? {
+                Some((stored, version)) if stored == credentials && Some(version) == body.credentials_version => {
+                    Ok(CredentialsUpdateAnswer {
+                        success: true,
+                        bot_id: bot.id.to_string(),
+                        server: self.node.to_string(),
+                        credentials_version: version,
+                        restarted: restarting,
+                    })
+                }
+                _ => Err(AppError::Conflict(format!("A newer credentials version ({current}) is already stored."))),
+            },
+            Err(err) => Err(err.into()),
+        }
+    }
+}
+
+/// The guest-facing status of a queued update (`superseded` reads failed).
+pub fn public_status(status: OutboxStatus) -> &'static str {
+    match status {
+        OutboxStatus::Pending => "pending",
+        OutboxStatus::Delivered => "delivered",
+        OutboxStatus::Failed | OutboxStatus::Superseded => "failed",
+        OutboxStatus::Expired => "expired",
+    }
+}
+
+/// Delivers queued updates until `shutdown` (every node runs one).
+pub async fn run_outbox(trekker: Arc<Trekker>, shutdown: CancellationToken) {
+    let worker = format!("{}-outbox-{:08x}", trekker.node, random_u128() as u32);
+    loop {
+        let attempted = match trekker.deliver_queued_updates(&worker).await {
+            Ok(count) => count,
+            Err(err) => {
+                tracing::warn!(error = ?err, "credential outbox pass failed; will retry");
+                0
+            }
+        };
+        if attempted == 0 || shutdown.is_cancelled() {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(POLL_EVERY) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! The node-to-node bearer token: HS256 JWT over the cluster secret.
+//!
+//! Claims: `iss` (source server), `aud` (target server), `iat`, `exp`
+//! (at most 60 s after `iat`), `jti` (128 random bits, hex), `htm` (method),
+//! `htu` (path without query), `bh` (unpadded base64url SHA-256 of the body).
+//! Header `kid` = first 8 hex digits of SHA-256 of the signing secret.
+//! Verification pins HS256, allows 30 s of clock skew, and checks every claim
+//! against the request actually received.
+
+use std::fmt;
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+
+use crate::body_hash;
+
+/// The longest token lifetime accepted (seconds).
+pub const MAX_LIFETIME_SECS: i64 = 60;
+/// Clock skew tolerated between nodes (seconds).
+pub const CLOCK_SKEW_SECS: i64 = 30;
+/// Lifetime of the tokens this node mints (seconds).
+pub const MINTED_LIFETIME_SECS: i64 = 30;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub iss: String,
+    pub aud: String,
+    pub iat: i64,
+    pub exp: i64,
+    pub jti: String,
+    pub htm: String,
+    pub htu: String,
+    pub bh: String,
+}
+
+/// Why a token was refused. `reason()` labels the refusal metric; the
+/// Display text is safe to send back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenRefusal {
+    #[error("missing bearer token")]
+    Missing,
+    #[error("this node has no CLUSTER_SECRET configured")]
+    NotConfigured,
+    #[error("malformed token")]
+    Malformed,
+    #[error("algorithm not allowed (HS256 only)")]
+    Algorithm,
+    #[error("unknown key id")]
+    UnknownKey,
+    #[error("bad signature")]
+    Signature,
+    #[error("token is for another server")]
+    Audience,
+    #[error("unknown issuer")]
+    Issuer,
+    #[error("token expired")]
+    Expired,
+    #[error("token issued in the future")]
+    NotYetValid,
+    #[error("token lifetime over 60 seconds")]
+    Lifetime,
+    #[error("token already used")]
+    Replayed,
+    #[error("token does not match the request method")]
+    Method,
+    #[error("token does not match the request path")]
+    Path,
+    #[error("token does not match the request body")]
+    Body,
+}
+
+impl TokenRefusal {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::NotConfigured => "not_configured",
+            Self::Malformed => "malformed",
+            Self::Algorithm => "algorithm",
+            Self::UnknownKey => "unknown_key",
+            Self::Signature => "signature",
+            Self::Audience => "audience",
+            Self::Issuer => "issuer",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::Lifetime => "lifetime",
+            Self::Replayed => "replayed",
+            Self::Method => "method",
+            Self::Path => "path",
+            Self::Body => "body",
+        }
+    }
+}
+
+/// One cluster secret with its key id.
+#[derive(Clone)]
+struct Key {
+    secret: Vec<u8>,
+    kid: String,
+}
+
+impl Key {
+    fn new(secret: &str) -> Self {
+        let digest = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
+        let kid = digest.as_ref()[..4].iter().map(|b| format!("{b:02x}")).collect();
+        Self { secret: secret.as_bytes().to_vec(), kid }
+    }
+}
+
+/// The cluster secret (signs and verifies) and, during a rotation, the
+/// previous one (verifies only).
+#[derive(Clone)]
+pub struct ClusterKeys {
+    current: Key,
+    previous: Option<Key>,
+}
+
+impl fmt::Debug for ClusterKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterKeys")
+            .field("kid", &self.current.kid)
+            .field("previous_kid", &self.previous.as_ref().map(|k| &k.kid))
+            .finish()
+    }
+}
+
+impl ClusterKeys {
+    pub fn new(current: &str, previous: Option<&str>) -> Self {
+        Self { current: Key::new(current), previous: previous.map(Key::new) }
+    }
+
+    pub fn kid(&self) -> &str {
+        &self.current.kid
+    }
+
+    /// Mints a token for one request. `now` is epoch seconds.
+    pub fn mint(&self, iss: &str, aud: &str, method: &str, path: &str, body: &[u8], now: i64) -> String {
+        let claims = Claims {
+            iss: iss.to_owned(),
+            aud: aud.to_owned(),
+            iat: now,
+            exp: now + MINTED_LIFETIME_SECS,
+            jti: random_jti(),
+            htm: method.to_ascii_uppercase(),
+            htu: path.split('?').next().unwrap_or(path).to_owned(),
+            bh: body_hash(body),
+        };
+        self.sign(&claims, Some(self.current.kid.clone()))
+    }
+
+    /// Signs arbitrary claims with the current secret (tests build bad tokens with it).
+    pub fn sign(&self, claims: &Claims, kid: Option<String>) -> String {
+        let header = Header { kid, ..Header::new(Algorithm::HS256) };
+        // HS256 signing with a byte key cannot fail.
+        jsonwebtoken::encode(&header, claims, &EncodingKey::from_secret(&self.current.secret)).expect("HS256 signing")
+    }
+
+    /// Checks signature, algorithm, audience, times and request binding.
+    /// The issuer's membership and the replay guard need the database: see
+    /// [`crate::verify::RequestVerifier`].
+    pub fn verify(
+        &self,
+        token: &str,
+        me: &str,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        now: i64,
+    ) -> Result<Claims, TokenRefusal> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenRefusal::Malformed)?;
+        if header.alg != Algorithm::HS256 {
+            return Err(TokenRefusal::Algorithm);
+        }
+        let candidates: Vec<&Key> = match &header.kid {
+            Some(kid) => {
+                let key = std::iter::once(&self.current)
+                    .chain(self.previous.iter())
+                    .find(|k| &k.kid == kid)
+                    .ok_or(TokenRefusal::UnknownKey)?;
+                vec![key]
+            }
+            None => std::iter::once(&self.current).chain(self.previous.iter()).collect(),
+        };
+        let mut validation = Validation::new(Algorithm::HS256);
+        // Times and audience are checked below against our own clock.
+        validation.validate_exp = false;
+        validation.validate_aud = false;
+        validation.required_spec_claims.clear();
+        let mut claims = None;
+        for key in candidates {
+            match jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(&key.secret), &validation) {
+                Ok(data) => {
+                    claims = Some(data.claims);
+                    break;
+                }
+                Err(err) => match err.kind() {
+                    jsonwebtoken::errors::ErrorKind::InvalidSignature => continue,
+                    jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => return Err(TokenRefusal::Algorithm),
+                    _ => return Err(TokenRefusal::Malformed),
+                },
+            }
+        }
+        let claims = claims.ok_or(TokenRefusal::Signature)?;
+        if claims.aud != me {
+            return Err(TokenRefusal::Audience);
+        }
+        if claims.exp - claims.iat > MAX_LIFETIME_SECS {
+            return Err(TokenRefusal::Lifetime);
+        }
+        if claims.iat > now + CLOCK_SKEW_SECS {
+            return Err(TokenRefusal::NotYetValid);
+        }
+        if claims.exp + CLOCK_SKEW_SECS < now {
+            return Err(TokenRefusal::Expired);
+        }
+        if claims.htm != method.to_ascii_uppercase() {
+            return Err(TokenRefusal::Method);
+        }
+        if claims.htu != path.split('?').next().unwrap_or(path) {
+            return Err(TokenRefusal::Path);
+        }
+        if claims.bh != body_hash(body) {
+            return Err(TokenRefusal::Body);
+        }
+        Ok(claims)
+    }
+}
+
+/// 128 random bits as 32 hex digits.
+pub fn random_jti() -> String {
+    let mut bytes = [0u8; 16];
+    SystemRandom::new().fill(&mut bytes).expect("system randomness");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef-current";
+    const OLD: &str = "0123456789abcdef0123456789abcdef-previous";
+    const NOW: i64 = 1_700_000_000;
+    const PATH: &str = "/internal/tenants/bots/credentials";
+
+    fn keys() -> ClusterKeys {
+        ClusterKeys::new(SECRET, None)
+    }
+
+    fn verify(keys: &ClusterKeys, token: &str) -> Result<Claims, TokenRefusal> {
+        keys.verify(token, "SERVER1", "POST", PATH, b"{}", NOW)
+    }
+
+    #[test]
+    fn round_trip_binds_the_request() {
+        let token = keys().mint("SERVER0", "SERVER1", "post", PATH, b"{}", NOW);
+        let claims = verify(&keys(), &token).unwrap();
+        assert_eq!((claims.iss.as_str(), claims.htm.as_str(), claims.jti.len()), ("SERVER0", "POST", 32));
+        assert_eq!(keys().verify(&token, "SERVER2", "POST", PATH, b"{}", NOW), Err(TokenRefusal::Audience));
+        assert_eq!(keys().verify(&token, "SERVER1", "GET", PATH, b"{}", NOW), Err(TokenRefusal::Method));
+        assert_eq!(keys().verify(&token, "SERVER1", "POST", "/other", b"{}", NOW), Err(TokenRefusal::Path));
+        assert_eq!(keys().verify(&token, "SERVER1", "POST", PATH, b"{ }", NOW), Err(TokenRefusal::Body));
+        assert_eq!(
+            keys().verify(&token, "SERVER1", "POST", &format!("{PATH}?x=1"), b"{}", NOW).map(|c| c.iss),
+            Ok("SERVER0".into())
+        );
+    }
+
+    #[test]
+    fn times_with_skew() {
+        let token = keys().mint("SERVER0", "SERVER1", "POST", PATH, b"{}", NOW);
+        let at = |now| keys().verify(&token, "SERVER1", "POST", PATH, b"{}", now);
+        assert!(at(NOW + MINTED_LIFETIME_SECS + CLOCK_SKEW_SECS).is_ok());
+        assert_eq!(at(NOW + MINTED_LIFETIME_SECS + CLOCK_SKEW_SECS + 1), Err(TokenRefusal::Expired));
+        assert!(at(NOW - CLOCK_SKEW_SECS).is_ok());
+        assert_eq!(at(NOW - CLOCK_SKEW_SECS - 1), Err(TokenRefusal::NotYetValid));
+        let mut long = verify(&keys(), &token).unwrap();
+        long.exp = long.iat + 61;
+        assert_eq!(verify(&keys(), &keys().sign(&long, None)), Err(TokenRefusal::Lifetime));
+    }
+
+    #[test]
+    fn wrong_secret_and_rotation() {
+        let old = ClusterKeys::new(OLD, None);
+        let token = old.mint("SERVER0", "SERVER1", "POST", PATH, b"{}", NOW);
+        assert_eq!(verify(&keys(), &token), Err(TokenRefusal::UnknownKey));
+        let rotating = ClusterKeys::new(SECRET, Some(OLD));
+        assert!(verify(&rotating, &token).is_ok(), "previous secret verifies during a rotation");
+        // Without kid the verifier tries current, then previous.
+        let claims = verify(&rotating, &token).unwrap();
+        assert!(verify(&rotating, &old.sign(&claims, None)).is_ok());
+        assert_eq!(verify(&keys(), &old.sign(&claims, None)), Err(TokenRefusal::Signature));
+        // A kid naming our key with another key's signature.
+        assert_eq!(verify(&keys(), &old.sign(&claims, Some(keys().kid().to_owned()))), Err(TokenRefusal::Signature));
+    }
+
+    #[test]
+    fn other_algorithms_are_refused() {
+        use base64::Engine as _;
+        let claims = verify(&keys(), &keys().mint("SERVER0", "SERVER1", "POST", PATH, b"{}", NOW)).unwrap();
+        let b64 = |v: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        let body = b64(&serde_json::to_string(&claims).unwrap());
+        let none = format!("{}.{}.", b64(r#"{"alg":"none","typ":"JWT"}"#), body);
+        assert!(matches!(verify(&keys(), &none), Err(TokenRefusal::Malformed | TokenRefusal::Algorithm)));
+        let hs512 =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS512), &claims, &EncodingKey::from_secret(SECRET.as_bytes()))
+                .unwrap();
+        assert_eq!(verify(&keys(), &hs512), Err(TokenRefusal::Algorithm));
+        let rs256 = format!("{}.{}.c2ln", b64(r#"{"alg":"RS256","typ":"JWT"}"#), body);
+        assert_eq!(verify(&keys(), &rs256), Err(TokenRefusal::Algorithm));
+        assert_eq!(verify(&keys(), "not.a.token"), Err(TokenRefusal::Malformed));
+    }
+}
