@@ -90,9 +90,18 @@ pub struct Settings {
     pub cross_server_timeout_ms: u64,
     #[arg(long, env = "BOT_DRIVER", value_enum, default_value_t = BotDriverKind::Simulated)]
     pub bot_driver: BotDriverKind,
-    /// The command the `process` driver runs per bot.
+    /// The command the `process` driver runs per bot (split on whitespace).
     #[arg(long, env = "BOT_COMMAND")]
     pub bot_command: Option<String>,
+    /// Where the `process` driver keeps each bot's private auth directory.
+    #[arg(long, env = "BOT_AUTH_DIR", default_value = "trekker-bots")]
+    pub bot_auth_dir: std::path::PathBuf,
+    /// Bot starts per second (boot is staggered).
+    #[arg(long, env = "BOT_START_RATE", default_value_t = 20)]
+    pub bot_start_rate: u32,
+    /// Seconds a `process` bot gets between SIGTERM and SIGKILL.
+    #[arg(long, env = "BOT_STOP_GRACE_SECS", default_value_t = 10)]
+    pub bot_stop_grace_secs: u64,
     #[arg(long, env = "PAIRING_PROVIDER", value_enum, default_value_t = PairingProviderKind::Simulated)]
     pub pairing_provider: PairingProviderKind,
     #[arg(long, env = "NOTIFIER", value_enum, default_value_t = NotifierKind::Log)]
@@ -153,6 +162,9 @@ pub struct Config {
     pub cross_server_timeout: Duration,
     pub bot_driver: BotDriverKind,
     pub bot_command: Option<String>,
+    pub bot_auth_dir: std::path::PathBuf,
+    pub bot_start_rate: u32,
+    pub bot_stop_grace: Duration,
     pub pairing_provider: PairingProviderKind,
     pub notifier: NotifierKind,
     pub notify_webhook_url: Option<String>,
@@ -182,6 +194,9 @@ impl Config {
             ServerName::parse(&settings.server_name).map_err(|e| invalid("SERVER_NAME", e.to_string()))?;
         if settings.heartbeat_interval_secs == 0 {
             return Err(invalid("HEARTBEAT_INTERVAL_SECS", "must be at least 1"));
+        }
+        if settings.bot_start_rate == 0 {
+            return Err(invalid("BOT_START_RATE", "must be at least 1"));
         }
         if settings.cross_server_timeout_ms == 0 {
             return Err(invalid("CROSS_SERVER_TIMEOUT_MS", "must be at least 1"));
@@ -243,6 +258,9 @@ impl Config {
             cross_server_timeout: Duration::from_millis(settings.cross_server_timeout_ms),
             bot_driver: settings.bot_driver,
             bot_command: settings.bot_command,
+            bot_auth_dir: settings.bot_auth_dir,
+            bot_start_rate: settings.bot_start_rate,
+            bot_stop_grace: Duration::from_secs(settings.bot_stop_grace_secs),
             pairing_provider: settings.pairing_provider,
             notifier: settings.notifier,
             notify_webhook_url: settings.notify_webhook_url,

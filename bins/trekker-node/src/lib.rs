@@ -21,7 +21,9 @@ use trekker_store::{ServerRegistration, Store, StoreError};
 
 use trekker_tenancy::{ClusterKeys, CrossTenancyClient, RequestVerifier};
 
-use crate::config::{NotifierKind, PairingProviderKind, Secret};
+use trekker_runtime::{BotDriver, ProcessDriver, SimulatedDriver, Supervisor, SupervisorTuning};
+
+use crate::config::{BotDriverKind, NotifierKind, PairingProviderKind, Secret};
 use crate::http::ratelimit::GuestRateLimiter;
 
 /// How often each node looks for approvals that ran out.
@@ -75,12 +77,27 @@ impl std::fmt::Debug for AppState {
     }
 }
 
+/// Replacements for what the configuration would build (tests, embedding).
+#[derive(Default)]
+pub struct Overrides {
+    pub driver: Option<Arc<dyn BotDriver>>,
+    pub tuning: Option<SupervisorTuning>,
+}
+
+impl std::fmt::Debug for Overrides {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Overrides").field("driver", &self.driver).field("tuning", &self.tuning).finish()
+    }
+}
+
 /// A node, bound and connected, ready to [`run`](Self::run).
 pub struct Application {
     listener: TcpListener,
     addr: SocketAddr,
     state: AppState,
     shutdown: CancellationToken,
+    driver: Arc<dyn BotDriver>,
+    tuning: SupervisorTuning,
 }
 
 impl std::fmt::Debug for Application {
@@ -93,7 +110,33 @@ impl Application {
     /// Connects and migrates the database, binds the listener, and writes
     /// this node's registry row (capacity, base URL, first heartbeat).
     pub async fn build(config: Config) -> Result<Self, StartupError> {
+        Self::build_with(config, Overrides::default()).await
+    }
+
+    /// [`build`](Self::build) with some parts replaced.
+    pub async fn build_with(config: Config, overrides: Overrides) -> Result<Self, StartupError> {
         let store = connect_store(&config).await?;
+        let driver: Arc<dyn BotDriver> = match overrides.driver {
+            Some(driver) => driver,
+            None => match config.bot_driver {
+                BotDriverKind::Simulated => {
+                    tracing::warn!("BOT_DRIVER=simulated: bots are in-process stand-ins that connect to nothing");
+                    Arc::new(SimulatedDriver::new(std::time::Duration::from_millis(300)))
+                }
+                BotDriverKind::Process => Arc::new(
+                    ProcessDriver::new(
+                        config.bot_command.as_deref().unwrap_or_default(),
+                        config.bot_auth_dir.clone(),
+                        config.bot_stop_grace,
+                    )
+                    .map_err(|e| StartupError::Config(ConfigError { setting: "BOT_COMMAND", reason: e.0 }))?,
+                ),
+            },
+        };
+        let tuning = overrides.tuning.unwrap_or_else(|| SupervisorTuning {
+            start_rate_per_sec: config.bot_start_rate,
+            ..SupervisorTuning::default()
+        });
         let listener = TcpListener::bind(config.bind_addr)
             .await
             .map_err(|source| StartupError::Bind { addr: config.bind_addr, source })?;
@@ -146,7 +189,7 @@ impl Application {
             notifier,
             base_url,
         };
-        Ok(Self { listener, addr, state, shutdown: CancellationToken::new() })
+        Ok(Self { listener, addr, state, shutdown: CancellationToken::new(), driver, tuning })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -173,6 +216,14 @@ impl Application {
             self.state.notifier.clone(),
             self.shutdown.clone(),
         ));
+        let supervisor = Supervisor::new(
+            self.state.store.clone(),
+            self.driver.clone(),
+            self.state.config.server_name.clone(),
+            usize::try_from(self.state.config.max_bot_count).unwrap_or(0),
+            self.tuning.clone(),
+        );
+        tasks.spawn(supervisor.run(self.state.trekker.runtime_changed.clone(), self.shutdown.clone()));
         tasks.spawn(trekker_app::crossserver::run_outbox(self.state.trekker.clone(), self.shutdown.clone()));
         tasks.spawn(trekker_app::sweeper::run(self.state.trekker.clone(), EXPIRY_SWEEP_EVERY, self.shutdown.clone()));
         tracing::info!(server = %self.state.config.server_name, "listening on {}", self.addr);

@@ -120,7 +120,7 @@ impl Trekker {
         let effects = SideEffects::activity(activity)
             .notify(&bot.phone, messages::approved(&bot.name, &time::iso_date(expires_at)));
         let approved = self.store.approve_bot(&bot.id, expires_at, &effects, now).await?;
-        self.notifications_queued.notify_one();
+        self.bots_changed();
         tracing::info!(bot = %approved.id, server = %approved.server, "✅ Bot approved until {}", time::iso_date(expires_at));
         Ok(approved)
     }
@@ -131,6 +131,7 @@ impl Trekker {
         let activity = NewActivity::new(&self.node, "rejected", "rejected by an admin");
         let effects = SideEffects::activity(NewActivity { bot_id: Some(id.clone()), ..activity });
         let rejected = self.store.reject_bot(&id, &effects, self.now()).await?;
+        self.bots_changed();
         tracing::info!(bot = %rejected.id, "🚫 Bot rejected; phone and slot freed");
         Ok(rejected)
     }
@@ -141,6 +142,7 @@ impl Trekker {
         let activity = NewActivity::new(&self.node, "deleted", "deleted by an admin");
         let effects = SideEffects::activity(NewActivity { bot_id: Some(id.clone()), ..activity });
         let deleted = self.store.delete_bot(&id, &effects, self.now()).await?;
+        self.bots_changed();
         tracing::info!(bot = %deleted.id, "🗑️ Bot deleted; phone and slot freed");
         Ok(deleted)
     }

@@ -276,7 +276,7 @@ impl Trekker {
             .notify(&bot.phone, messages::credentials_updated_cross_server(&bot.name, &self.node, issuer));
         match self.store.update_credentials(&bot.id, &credentials, rule, &effects, self.now()).await {
             Ok(updated) => {
-                self.notifications_queued.notify_one();
+                self.bots_changed();
                 tracing::info!("✅ Credentials updated on {} for bot {} (from {issuer})", self.node, updated.id);
                 Ok(CredentialsUpdateAnswer {
                     success: true,

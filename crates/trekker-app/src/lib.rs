@@ -53,6 +53,8 @@ pub struct Trekker {
     pub heartbeat_interval_ms: i64,
     /// Wakes this node's notification dispatcher when a message is queued.
     pub notifications_queued: Arc<tokio::sync::Notify>,
+    /// Wakes this node's bot supervisor after a change to a bot.
+    pub runtime_changed: Arc<tokio::sync::Notify>,
     /// Calls other nodes (cross-server credential updates).
     pub remote: Arc<dyn crossserver::RemoteCredentials>,
     /// Budget for one synchronous cross-server update.
@@ -74,6 +76,7 @@ impl Trekker {
             clock: Arc::new(SystemClock),
             heartbeat_interval_ms,
             notifications_queued: Arc::new(tokio::sync::Notify::new()),
+            runtime_changed: Arc::new(tokio::sync::Notify::new()),
             remote: Arc::new(crossserver::NoRemote),
             cross_server_budget: std::time::Duration::from_secs(5),
         }
@@ -81,6 +84,13 @@ impl Trekker {
 
     pub fn now(&self) -> i64 {
         self.clock.now_ms()
+    }
+
+    /// Tells this node's supervisor (and notification dispatcher) that a
+    /// bot changed, so it acts now rather than at its next poll.
+    pub(crate) fn bots_changed(&self) {
+        self.runtime_changed.notify_one();
+        self.notifications_queued.notify_one();
     }
 }
 

@@ -114,7 +114,7 @@ impl Trekker {
         };
         metrics::counter!(telemetry::REGISTRATIONS, "type" => label).increment(1);
         if result.is_ok() {
-            self.notifications_queued.notify_one();
+            self.bots_changed();
         }
         result
     }

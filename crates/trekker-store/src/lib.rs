@@ -243,4 +243,29 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes replay and idempotency records past their expiry.
     async fn purge_expired(&self, now: Millis) -> Result<u64, StoreError>;
+
+    // --- bot runtime (hosting node only) -----------------------------------
+
+    /// Takes the run lease of a bot for `node` until `now + lease_ms`, only
+    /// if `node` hosts it, it is approved, its credentials are at `version`,
+    /// and no other node holds an unexpired lease (invariant 4).
+    async fn acquire_bot_lease(
+        &self,
+        id: &BotId,
+        node: &ServerName,
+        version: i64,
+        now: Millis,
+        lease_ms: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Extends every lease `node` holds on bots it still hosts; returns
+    /// those bots. A bot missing from the answer must be stopped.
+    async fn renew_bot_leases(&self, node: &ServerName, now: Millis, lease_ms: i64) -> Result<Vec<BotId>, StoreError>;
+
+    /// Gives up the run lease of a bot (after stopping it).
+    async fn release_bot_lease(&self, id: &BotId, node: &ServerName) -> Result<(), StoreError>;
+
+    /// Records a bot's runtime status; ignored (false) unless `report.node`
+    /// hosts the bot and the report is about its current credentials.
+    async fn report_runtime(&self, report: &RuntimeReport, now: Millis) -> Result<bool, StoreError>;
 }

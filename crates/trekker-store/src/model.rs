@@ -385,3 +385,20 @@ pub enum IdempotencyBegin {
     /// Already done: answer what was answered then.
     Done { status: u16, body: String },
 }
+
+/// What the hosting node reports about a bot it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeReport {
+    pub bot_id: BotId,
+    /// The reporting node; ignored unless it hosts the bot.
+    pub node: ServerName,
+    /// The credentials version the report is about; ignored if outdated.
+    pub version: i64,
+    pub status: RuntimeStatus,
+    /// Added to the restart count.
+    pub restarts: i64,
+    /// Replaces `last_error` when set.
+    pub last_error: Option<String>,
+    /// Replaces `invalid_reason` when set.
+    pub invalid_reason: Option<String>,
+}

@@ -96,6 +96,7 @@ conformance_cases!(
     concurrent_churn_keeps_counts_true,
     outbox_versions_supersede_and_claims,
     idempotency_and_replay_guard,
+    run_leases_guard_ownership_and_version,
 );
 
 const NOW: Millis = 1_700_000_000_000;
@@ -675,4 +676,46 @@ async fn idempotency_and_replay_guard(f: Fixture) {
     assert!(s.remember_jti("SERVER2", "abc", NOW + 60_000).await.unwrap(), "jti is per issuer");
     assert_eq!(s.purge_expired(NOW + 86_400_001).await.unwrap(), 2 + 2);
     assert!(s.remember_jti("SERVER1", "abc", NOW + 60_000).await.unwrap());
+}
+
+async fn run_leases_guard_ownership_and_version(f: Fixture) {
+    let s = &*f.store;
+    add_server(s, "SERVER0", 5).await;
+    add_server(s, "SERVER1", 5).await;
+    let bot = register(s, "254700000300", "SERVER0").await.unwrap().bot;
+    let (a, b) = (server("SERVER0"), server("SERVER1"));
+    assert!(!s.acquire_bot_lease(&bot.id, &a, 1, NOW, 30_000).await.unwrap(), "not approved yet");
+    s.approve_bot(&bot.id, NOW + 1_000_000, &effects("approved"), NOW).await.unwrap();
+    assert!(!s.acquire_bot_lease(&bot.id, &b, 1, NOW, 30_000).await.unwrap(), "not the host");
+    assert!(!s.acquire_bot_lease(&bot.id, &a, 2, NOW, 30_000).await.unwrap(), "not the current version");
+    assert!(s.acquire_bot_lease(&bot.id, &a, 1, NOW, 30_000).await.unwrap());
+    assert!(s.acquire_bot_lease(&bot.id, &a, 1, NOW + 1, 30_000).await.unwrap(), "re-entrant for the holder");
+    assert_eq!(s.renew_bot_leases(&a, NOW + 10_000, 30_000).await.unwrap(), vec![bot.id.clone()]);
+    // The bot moves to SERVER1: A can no longer renew, and B waits for the lease.
+    f.raw.exec("UPDATE bot_instances SET server_name = 'SERVER1'").await;
+    assert!(s.renew_bot_leases(&a, NOW + 20_000, 30_000).await.unwrap().is_empty());
+    assert!(!s.acquire_bot_lease(&bot.id, &b, 1, NOW + 20_000, 30_000).await.unwrap(), "A's lease still holds");
+    assert!(s.acquire_bot_lease(&bot.id, &b, 1, NOW + 40_001, 30_000).await.unwrap(), "expired lease is taken");
+    s.release_bot_lease(&bot.id, &a).await.unwrap();
+    assert_eq!(s.renew_bot_leases(&b, NOW + 41_000, 30_000).await.unwrap(), vec![bot.id.clone()]);
+    s.release_bot_lease(&bot.id, &b).await.unwrap();
+    assert!(s.renew_bot_leases(&b, NOW + 42_000, 30_000).await.unwrap().is_empty());
+
+    let report = |node: &ServerName, version| RuntimeReport {
+        bot_id: bot.id.clone(),
+        node: node.clone(),
+        version,
+        status: RuntimeStatus::Online,
+        restarts: 1,
+        last_error: Some("crashed once".into()),
+        invalid_reason: None,
+    };
+    assert!(!s.report_runtime(&report(&a, 1), NOW).await.unwrap(), "only the host reports");
+    assert!(!s.report_runtime(&report(&b, 7), NOW).await.unwrap(), "only about current credentials");
+    assert!(s.report_runtime(&report(&b, 1), NOW).await.unwrap());
+    let stored = s.get_bot(&bot.id).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.status, stored.restarts, stored.last_error.as_deref()),
+        (RuntimeStatus::Online, 1, Some("crashed once"))
+    );
 }

@@ -9,4 +9,5 @@ mod cross_server;
 mod guest_api;
 mod node;
 mod registration;
+mod runtime;
 mod support;

@@ -4,10 +4,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::sync::Arc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use trekker_node::config::{Config, Settings};
-use trekker_node::{AppState, Application};
+
+use trekker_node::{AppState, Application, Overrides};
 
 /// A running node.
 pub struct TestNode {
@@ -73,9 +75,27 @@ fn base64_key() -> String {
 }
 
 pub async fn spawn_node(settings: Settings) -> TestNode {
+    spawn_node_with(settings, fast_runtime(None)).await
+}
+
+/// Supervisor timings for tests: quick polls, short leases and backoffs.
+pub fn fast_runtime(driver: Option<Arc<dyn trekker_runtime::BotDriver>>) -> Overrides {
+    let tuning = trekker_runtime::SupervisorTuning {
+        poll_every: Duration::from_millis(200),
+        lease: Duration::from_secs(3),
+        start_rate_per_sec: 200,
+        backoff_min: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(200),
+        crash_limit: 3,
+        crash_window: Duration::from_secs(60),
+    };
+    Overrides { driver, tuning: Some(tuning) }
+}
+
+pub async fn spawn_node_with(settings: Settings, overrides: Overrides) -> TestNode {
     trekker_node::install_crypto_provider();
     let config = Config::from_settings(settings).expect("valid test config");
-    let app = Application::build(config).await.expect("node starts");
+    let app = Application::build_with(config, overrides).await.expect("node starts");
     let addr = app.local_addr();
     let state = app.state().clone();
     let shutdown = app.shutdown_token();
@@ -163,4 +183,20 @@ pub async fn databases() -> Vec<(String, Option<trekker_testkit::SqliteDatabase>
         all.push((url, None));
     }
     all
+}
+
+/// Polls `check` every 50 ms until it holds or `within` runs out.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out after {within:?} waiting for: {what}");
 }

@@ -1,0 +1,74 @@
+//! The driver contract: start a bot, stop it, and report what happens.
+
+use std::fmt;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+use trekker_domain::{BotId, Credentials, PhoneNumber, ServerName};
+
+/// What a driver needs to start one bot. Holds the decrypted credentials:
+/// `Debug` never shows them.
+#[derive(Clone)]
+pub struct BotSpec {
+    pub bot_id: BotId,
+    pub phone: PhoneNumber,
+    pub server: ServerName,
+    pub credentials: Credentials,
+    pub version: i64,
+    /// Increases with every start of this bot on this node; events carry it
+    /// so late events of an earlier run are ignored.
+    pub generation: u64,
+}
+
+impl fmt::Debug for BotSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BotSpec")
+            .field("bot_id", &self.bot_id)
+            .field("version", &self.version)
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What happened to a running bot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BotEvent {
+    /// Connected to WhatsApp.
+    Connected,
+    /// Lost the connection (the bot may reconnect by itself).
+    Disconnected { reason: String },
+    /// WhatsApp logged the session out: the credentials are dead.
+    LoggedOut,
+    /// The bot ended. `code` 0: stopped on purpose; anything else: a crash.
+    Exited { code: Option<i32>, error: Option<String> },
+}
+
+/// An event with the run it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriverEvent {
+    pub bot_id: BotId,
+    pub generation: u64,
+    pub event: BotEvent,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DriverError(pub String);
+
+/// A started bot.
+#[async_trait]
+pub trait RunningBot: Send + Sync {
+    /// Stops the bot and waits until it has stopped.
+    async fn stop(self: Box<Self>);
+}
+
+/// Starts bots. Events go to `events` tagged with the spec's generation.
+#[async_trait]
+pub trait BotDriver: Send + Sync + fmt::Debug {
+    fn name(&self) -> &'static str;
+    async fn start(
+        &self,
+        spec: BotSpec,
+        events: mpsc::UnboundedSender<DriverEvent>,
+    ) -> Result<Box<dyn RunningBot>, DriverError>;
+}

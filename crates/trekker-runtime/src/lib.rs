@@ -1,0 +1,20 @@
+//! The bot runtime of a node.
+//!
+//! A [`BotDriver`] starts, stops and watches one bot: [`SimulatedDriver`]
+//! (the default; an in-process stand-in that connects to nothing) or
+//! [`ProcessDriver`] (runs BOT_COMMAND per bot; see docs/bot-process-contract.md).
+//! The [`Supervisor`] reconciles what should run on this node (from the
+//! database) with what runs, restarts crashed bots with capped backoff,
+//! gives up after repeated crashes, and restarts a bot when its credentials
+//! version changes. It holds a database lease per running bot so a bot never
+//! runs on two nodes (invariant 4).
+
+mod driver;
+mod process;
+mod simulated;
+mod supervisor;
+
+pub use driver::{BotDriver, BotEvent, BotSpec, DriverError, DriverEvent, RunningBot};
+pub use process::ProcessDriver;
+pub use simulated::{Fault, RunObserver, SimulatedDriver};
+pub use supervisor::{Supervisor, SupervisorTuning};

@@ -1,0 +1,486 @@
+//! The supervisor: runs exactly the bots this node should run.
+//!
+//! Desired = bots hosted here (`server_name`), approved, not expired. The
+//! supervisor reconciles desired with running on every change signal from
+//! this node and on a periodic poll of the database (changes made by other
+//! nodes), and:
+//! - starts what is missing, staggered by a start rate, never more than
+//!   this node's capacity, each only after taking the bot's run lease, which
+//!   checks ownership and the credentials version in the same statement;
+//! - stops what is no longer wanted, and what it can no longer prove it owns
+//!   (its lease renewal did not return the bot);
+//! - restarts a bot whose credentials version changed;
+//! - restarts crashes with capped exponential backoff and jitter, and marks
+//!   a bot `failed` after repeated crashes in a window; a logged-out bot goes
+//!   to `error` and is not restarted. Either waits for new credentials or an
+//!   admin action (both set the bot `loading`).
+//!
+//! Only the hosting node writes a bot's runtime status, and only about its
+//! current credentials version (the store checks both).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ring::rand::{SecureRandom, SystemRandom};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use trekker_domain::{ApprovalStatus, BotId, RuntimeStatus, ServerName};
+use trekker_store::{BotFilter, BotRecord, RuntimeReport, Store};
+
+use crate::driver::{BotDriver, BotEvent, BotSpec, DriverEvent, RunningBot};
+
+/// Timings of the supervisor; the defaults suit production.
+#[derive(Debug, Clone)]
+pub struct SupervisorTuning {
+    /// How often the database is polled for changes made elsewhere.
+    pub poll_every: Duration,
+    /// How long a run lease holds without renewal.
+    pub lease: Duration,
+    /// Bot starts per second (boot is staggered, never all at once).
+    pub start_rate_per_sec: u32,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// Crashes within `crash_window` that mark a bot failed.
+    pub crash_limit: usize,
+    pub crash_window: Duration,
+}
+
+impl Default for SupervisorTuning {
+    fn default() -> Self {
+        Self {
+            poll_every: Duration::from_secs(2),
+            lease: Duration::from_secs(30),
+            start_rate_per_sec: 20,
+            backoff_min: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            crash_limit: 5,
+            crash_window: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Why a bot is not (re)started although it is wanted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    Failed,
+    LoggedOut,
+    /// It exited with code 0 by itself.
+    Stopped,
+}
+
+/// What the supervisor knows about one bot.
+struct Managed {
+    /// The credentials version running (or last started).
+    version: i64,
+    generation: u64,
+    running: Option<Box<dyn RunningBot>>,
+    crashes: VecDeque<Instant>,
+    consecutive_crashes: u32,
+    restart_at: Option<Instant>,
+    hold: Option<Hold>,
+}
+
+impl Managed {
+    fn new() -> Self {
+        Self {
+            version: 0,
+            generation: 0,
+            running: None,
+            crashes: VecDeque::new(),
+            consecutive_crashes: 0,
+            restart_at: None,
+            hold: None,
+        }
+    }
+}
+
+pub struct Supervisor {
+    store: Arc<dyn Store>,
+    driver: Arc<dyn BotDriver>,
+    node: ServerName,
+    /// This node's own capacity: it never runs more, whatever the database says.
+    max_bots: usize,
+    tuning: SupervisorTuning,
+    bots: HashMap<BotId, Managed>,
+    /// Desired bots as of the last poll.
+    desired: HashMap<BotId, BotRecord>,
+    events_tx: mpsc::UnboundedSender<DriverEvent>,
+    events_rx: mpsc::UnboundedReceiver<DriverEvent>,
+    next_generation: u64,
+    last_renewed: Option<Instant>,
+    start_tokens: f64,
+    tokens_at: Instant,
+    at_capacity_logged: bool,
+}
+
+impl std::fmt::Debug for Supervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Supervisor").field("node", &self.node).field("driver", &self.driver).finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn jitter(max: Duration) -> Duration {
+    let mut bytes = [0u8; 8];
+    let _ = SystemRandom::new().fill(&mut bytes);
+    let millis = max.as_millis().max(1) as u64;
+    Duration::from_millis(u64::from_le_bytes(bytes) % millis)
+}
+
+impl Supervisor {
+    pub fn new(
+        store: Arc<dyn Store>,
+        driver: Arc<dyn BotDriver>,
+        node: ServerName,
+        max_bots: usize,
+        tuning: SupervisorTuning,
+    ) -> Self {
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let burst = f64::from(tuning.start_rate_per_sec.max(1));
+        Self {
+            store,
+            driver,
+            node,
+            max_bots,
+            tuning,
+            bots: HashMap::new(),
+            desired: HashMap::new(),
+            events_tx,
+            events_rx,
+            next_generation: 0,
+            last_renewed: None,
+            start_tokens: burst,
+            tokens_at: Instant::now(),
+            at_capacity_logged: false,
+        }
+    }
+
+    /// Runs until `shutdown`, then stops every bot and leaves it `offline`.
+    /// `changed` is signalled by this node's use cases after a change.
+    pub async fn run(mut self, changed: Arc<Notify>, shutdown: CancellationToken) {
+        tracing::info!(driver = self.driver.name(), node = %self.node, max = self.max_bots, "bot supervisor started");
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_poll: Option<Instant> = None;
+        loop {
+            if last_poll.is_none_or(|at| at.elapsed() >= self.tuning.poll_every) {
+                self.poll().await;
+                last_poll = Some(Instant::now());
+            }
+            self.start_due().await;
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = changed.notified() => last_poll = None,
+                Some(event) = self.events_rx.recv() => self.on_event(event).await,
+                _ = tick.tick() => {}
+            }
+        }
+        self.stop_all().await;
+    }
+
+    /// Reads the database: renews leases, refreshes the desired set, stops
+    /// what must stop, restarts what has new credentials.
+    async fn poll(&mut self) {
+        let now = now_ms();
+        let lease_ms = self.tuning.lease.as_millis() as i64;
+        let owned: HashSet<BotId> = match self.store.renew_bot_leases(&self.node, now, lease_ms).await {
+            Ok(ids) => {
+                self.last_renewed = Some(Instant::now());
+                ids.into_iter().collect()
+            }
+            Err(err) => {
+                tracing::warn!(error = ?err, "lease renewal failed");
+                // Past half the lease without renewal we can no longer be
+                // sure no other node takes our bots: stop them.
+                if self.last_renewed.is_none_or(|at| at.elapsed() > self.tuning.lease / 2) {
+                    for id in self.running_ids() {
+                        self.stop_bot(&id).await;
+                    }
+                }
+                return;
+            }
+        };
+        let filter = BotFilter { server: Some(self.node.clone()), approval: Some(ApprovalStatus::Approved) };
+        let bots = match self.store.list_bots(&filter).await {
+            Ok(bots) => bots,
+            Err(err) => {
+                tracing::warn!(error = ?err, "listing this node's bots failed; will retry");
+                return;
+            }
+        };
+        self.desired =
+            bots.into_iter().filter(|b| b.expires_at.is_none_or(|at| at > now)).map(|b| (b.id.clone(), b)).collect();
+
+        for id in self.running_ids() {
+            let Some(bot) = self.desired.get(&id).cloned() else {
+                tracing::info!(bot = %id, "bot no longer wanted here (expired, rejected, deleted or moved): stopping");
+                let version = self.bots.get(&id).map_or(0, |m| m.version);
+                self.stop_bot(&id).await;
+                self.report(&id, version, RuntimeStatus::Offline, 0, None, None).await;
+                continue;
+            };
+            if !owned.contains(&id) {
+                tracing::warn!(bot = %id, "run lease lost: stopping");
+                self.stop_bot(&id).await;
+                continue;
+            }
+            let running_version = self.bots.get(&id).map_or(0, |m| m.version);
+            if bot.credentials_version > running_version {
+                tracing::info!(bot = %id, from = running_version, to = bot.credentials_version, "new credentials: restarting");
+                self.stop_bot(&id).await;
+                self.start_bot(&bot, true).await;
+            }
+        }
+        // New credentials or an admin action (status `loading`) lift a hold.
+        for (id, managed) in &mut self.bots {
+            if let (Some(hold), Some(bot)) = (managed.hold, self.desired.get(id))
+                && (bot.status == RuntimeStatus::Loading || bot.credentials_version > managed.version)
+            {
+                tracing::info!(bot = %id, ?hold, "fresh start after new credentials or an admin action");
+                managed.hold = None;
+                managed.crashes.clear();
+                managed.consecutive_crashes = 0;
+            }
+        }
+        let desired = &self.desired;
+        self.bots.retain(|id, m| m.running.is_some() || desired.contains_key(id));
+    }
+
+    fn running_ids(&self) -> Vec<BotId> {
+        self.bots.iter().filter(|(_, m)| m.running.is_some()).map(|(id, _)| id.clone()).collect()
+    }
+
+    fn running_count(&self) -> usize {
+        self.bots.values().filter(|m| m.running.is_some()).count()
+    }
+
+    fn take_start_token(&mut self) -> bool {
+        let rate = f64::from(self.tuning.start_rate_per_sec.max(1));
+        let elapsed = self.tokens_at.elapsed().as_secs_f64();
+        self.tokens_at = Instant::now();
+        self.start_tokens = (self.start_tokens + elapsed * rate).min(rate);
+        if self.start_tokens >= 1.0 {
+            self.start_tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Starts wanted bots that are not running, within capacity and rate.
+    async fn start_due(&mut self) {
+        let now = Instant::now();
+        let mut candidates: Vec<BotRecord> = self
+            .desired
+            .values()
+            .filter(|bot| match self.bots.get(&bot.id) {
+                Some(m) => m.running.is_none() && m.hold.is_none() && m.restart_at.is_none_or(|at| at <= now),
+                // A failure recorded before this process started still holds.
+                None => !matches!(bot.status, RuntimeStatus::Failed | RuntimeStatus::Error),
+            })
+            .cloned()
+            .collect();
+        candidates.sort_by(|a, b| a.id.cmp(&b.id));
+        for bot in candidates {
+            if self.running_count() >= self.max_bots {
+                if !self.at_capacity_logged {
+                    tracing::warn!(max = self.max_bots, "node at capacity: not starting more bots");
+                    self.at_capacity_logged = true;
+                }
+                return;
+            }
+            if !self.take_start_token() {
+                return;
+            }
+            self.start_bot(&bot, false).await;
+        }
+        self.at_capacity_logged = false;
+    }
+
+    async fn start_bot(&mut self, bot: &BotRecord, restart: bool) {
+        let (credentials, version) = match self.store.load_credentials(&bot.id).await {
+            Ok(Some(found)) => found,
+            Ok(None) => return,
+            Err(err) => {
+                tracing::warn!(bot = %bot.id, error = ?err, "cannot load credentials");
+                return;
+            }
+        };
+        let lease_ms = self.tuning.lease.as_millis() as i64;
+        match self.store.acquire_bot_lease(&bot.id, &self.node, version, now_ms(), lease_ms).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::debug!(bot = %bot.id, "run lease not available (moved, changed, or still held elsewhere)");
+                // Ask again at the next poll rather than at every tick.
+                let retry_at = Instant::now() + self.tuning.poll_every;
+                self.bots.entry(bot.id.clone()).or_insert_with(Managed::new).restart_at = Some(retry_at);
+                return;
+            }
+            Err(err) => {
+                tracing::warn!(bot = %bot.id, error = ?err, "cannot take the run lease");
+                return;
+            }
+        }
+        self.next_generation += 1;
+        let generation = self.next_generation;
+        let managed = self.bots.entry(bot.id.clone()).or_insert_with(Managed::new);
+        managed.generation = generation;
+        managed.version = version;
+        managed.restart_at = None;
+        self.report(&bot.id, version, RuntimeStatus::Loading, i64::from(restart), None, None).await;
+        let spec = BotSpec {
+            bot_id: bot.id.clone(),
+            phone: bot.phone.clone(),
+            server: self.node.clone(),
+            credentials,
+            version,
+            generation,
+        };
+        match self.driver.start(spec, self.events_tx.clone()).await {
+            Ok(handle) => {
+                tracing::info!(bot = %bot.id, version, "▶️ bot started");
+                if let Some(m) = self.bots.get_mut(&bot.id) {
+                    m.running = Some(handle);
+                }
+            }
+            Err(err) => self.on_crash(&bot.id, err.to_string()).await,
+        }
+    }
+
+    /// Stops a running bot and gives up its lease (no status written).
+    async fn stop_bot(&mut self, id: &BotId) {
+        let Some(managed) = self.bots.get_mut(id) else { return };
+        // Events of the stopped run are ignored from now on.
+        managed.generation = 0;
+        if let Some(handle) = managed.running.take() {
+            handle.stop().await;
+            tracing::info!(bot = %id, "⏹️ bot stopped");
+        }
+        if let Err(err) = self.store.release_bot_lease(id, &self.node).await {
+            tracing::warn!(bot = %id, error = ?err, "cannot release the run lease; it will expire");
+        }
+    }
+
+    async fn on_event(&mut self, event: DriverEvent) {
+        let Some(managed) = self.bots.get(&event.bot_id) else { return };
+        if managed.generation != event.generation || managed.generation == 0 {
+            return;
+        }
+        let (id, version) = (event.bot_id.clone(), managed.version);
+        match event.event {
+            BotEvent::Connected => {
+                if let Some(m) = self.bots.get_mut(&id) {
+                    m.consecutive_crashes = 0;
+                }
+                self.report(&id, version, RuntimeStatus::Online, 0, None, None).await;
+            }
+            BotEvent::Disconnected { reason } => {
+                self.report(&id, version, RuntimeStatus::Loading, 0, Some(reason), None).await;
+            }
+            BotEvent::LoggedOut => {
+                tracing::warn!(bot = %id, "bot logged out of WhatsApp: not restarting");
+                self.stop_bot(&id).await;
+                if let Some(m) = self.bots.get_mut(&id) {
+                    m.hold = Some(Hold::LoggedOut);
+                }
+                let reason = "logged out of WhatsApp; pair the phone again".to_owned();
+                self.report(&id, version, RuntimeStatus::Error, 0, Some("logged out".into()), Some(reason)).await;
+            }
+            BotEvent::Exited { code: Some(0), .. } => {
+                tracing::info!(bot = %id, "bot stopped by itself (exit 0)");
+                self.stop_bot(&id).await;
+                if let Some(m) = self.bots.get_mut(&id) {
+                    m.hold = Some(Hold::Stopped);
+                }
+                self.report(&id, version, RuntimeStatus::Offline, 0, None, None).await;
+            }
+            BotEvent::Exited { error, .. } => {
+                // Clean up what is left of the run, keeping the lease for the restart.
+                if let Some(handle) = self.bots.get_mut(&id).and_then(|m| m.running.take()) {
+                    handle.stop().await;
+                }
+                self.on_crash(&id, error.unwrap_or_else(|| "crashed".into())).await;
+            }
+        }
+    }
+
+    async fn on_crash(&mut self, id: &BotId, error: String) {
+        let (limit, window) = (self.tuning.crash_limit, self.tuning.crash_window);
+        let (backoff_min, backoff_max) = (self.tuning.backoff_min, self.tuning.backoff_max);
+        let Some(managed) = self.bots.get_mut(id) else { return };
+        let now = Instant::now();
+        managed.crashes.push_back(now);
+        while managed.crashes.front().is_some_and(|at| now.duration_since(*at) > window) {
+            managed.crashes.pop_front();
+        }
+        let version = managed.version;
+        if managed.crashes.len() >= limit {
+            managed.hold = Some(Hold::Failed);
+            managed.generation = 0;
+            let message =
+                format!("crashed {} times within {} s; last: {error}", managed.crashes.len(), window.as_secs());
+            tracing::error!(bot = %id, "{message}: marked failed");
+            if let Err(err) = self.store.release_bot_lease(id, &self.node).await {
+                tracing::warn!(bot = %id, error = ?err, "cannot release the run lease; it will expire");
+            }
+            self.report(id, version, RuntimeStatus::Failed, 0, Some(message), None).await;
+            return;
+        }
+        managed.consecutive_crashes += 1;
+        let exponent = managed.consecutive_crashes.saturating_sub(1).min(16);
+        let base = backoff_min.saturating_mul(1 << exponent).min(backoff_max);
+        // Full jitter over the upper half keeps restarts spread out.
+        let delay = base / 2 + jitter(base / 2);
+        managed.restart_at = Some(now + delay);
+        tracing::warn!(bot = %id, %error, delay_ms = delay.as_millis() as u64, "bot crashed: restarting after backoff");
+        self.report(id, version, RuntimeStatus::Loading, 1, Some(error), None).await;
+    }
+
+    async fn report(
+        &self,
+        id: &BotId,
+        version: i64,
+        status: RuntimeStatus,
+        restarts: i64,
+        last_error: Option<String>,
+        invalid_reason: Option<String>,
+    ) {
+        let report = RuntimeReport {
+            bot_id: id.clone(),
+            node: self.node.clone(),
+            version,
+            status,
+            restarts,
+            last_error,
+            invalid_reason,
+        };
+        if let Err(err) = self.store.report_runtime(&report, now_ms()).await {
+            tracing::warn!(bot = %id, error = ?err, "cannot record the bot's status");
+        }
+    }
+
+    /// Graceful shutdown: every bot stops, its lease is released and it is
+    /// left `offline`.
+    async fn stop_all(&mut self) {
+        let mut stopping = tokio::task::JoinSet::new();
+        let mut stopped = Vec::new();
+        for (id, managed) in &mut self.bots {
+            if let Some(handle) = managed.running.take() {
+                stopping.spawn(async move { handle.stop().await });
+                stopped.push((id.clone(), managed.version));
+            }
+        }
+        while stopping.join_next().await.is_some() {}
+        for (id, version) in &stopped {
+            if let Err(err) = self.store.release_bot_lease(id, &self.node).await {
+                tracing::warn!(bot = %id, error = ?err, "cannot release the run lease; it will expire");
+            }
+            self.report(id, *version, RuntimeStatus::Offline, 0, None, None).await;
+        }
+        tracing::info!(count = stopped.len(), "all bots stopped");
+    }
+}

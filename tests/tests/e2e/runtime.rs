@@ -1,0 +1,258 @@
+//! The bot runtime through real nodes: approval starts bots, new credentials
+//! restart them, crashes back off then fail, logged-out bots stop, moved and
+//! removed bots stop, capacity is respected, and a bot never runs on two
+//! nodes at once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use trekker_domain::{BotId, RuntimeStatus, ServerName};
+use trekker_runtime::{Fault, ProcessDriver, RunObserver, SimulatedDriver};
+use trekker_testkit::creds;
+
+use crate::support::{TestNode, eventually, fast_runtime, postgres_url, raw_sql, settings, spawn_node_with};
+
+async fn status(node: &TestNode, id: &str) -> (RuntimeStatus, i64) {
+    let bot = node.state.store.get_bot(&BotId::parse(id).unwrap()).await.unwrap().unwrap();
+    (bot.status, bot.restarts)
+}
+
+async fn wait_status(node: &TestNode, id: &str, wanted: RuntimeStatus) {
+    eventually(Duration::from_secs(10), &format!("bot {id} {wanted}"), || async { status(node, id).await.0 == wanted })
+        .await;
+}
+
+async fn register_approved(node: &TestNode, phone: &str) -> String {
+    let created = node.register("Runner", phone, 1, None).await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    let id = created.body["bot"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(node.approve(&id).await.status, 200);
+    id
+}
+
+fn simulated() -> SimulatedDriver {
+    SimulatedDriver::new(Duration::from_millis(20))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn approval_starts_a_bot_and_reject_expiry_delete_and_shutdown_stop_it() {
+    let Some(url) = postgres_url().await else { return };
+    let node = spawn_node_with(settings(&url, "SERVER0", 5), fast_runtime(Some(Arc::new(simulated())))).await;
+    let id = register_approved(&node, &creds::phone(60, 1)).await;
+    wait_status(&node, &id, RuntimeStatus::Online).await;
+    let detail = node.admin(reqwest::Method::GET, &format!("/api/admin/bots/{id}"), None).await;
+    assert_eq!((detail.body["status"].as_str(), detail.body["restarts"].as_i64()), (Some("online"), Some(0)));
+
+    // Expiry stops it.
+    raw_sql(&url, "UPDATE bot_instances SET expires_at = 1 WHERE phone_number = '254760000001'").await;
+    assert_eq!(node.state.trekker.expire_due_bots().await.unwrap(), 1);
+    wait_status(&node, &id, RuntimeStatus::Offline).await;
+
+    // Reject and delete stop theirs.
+    let second = register_approved(&node, &creds::phone(60, 2)).await;
+    let third = register_approved(&node, &creds::phone(60, 3)).await;
+    wait_status(&node, &second, RuntimeStatus::Online).await;
+    wait_status(&node, &third, RuntimeStatus::Online).await;
+    node.admin(reqwest::Method::POST, &format!("/api/admin/bots/{second}/reject"), None).await;
+    wait_status(&node, &second, RuntimeStatus::Offline).await;
+    node.admin(reqwest::Method::DELETE, &format!("/api/admin/bots/{third}"), None).await;
+    // Graceful shutdown leaves every running bot offline.
+    let fourth = register_approved(&node, &creds::phone(60, 4)).await;
+    wait_status(&node, &fourth, RuntimeStatus::Online).await;
+    let store = node.state.store.clone();
+    node.stop().await;
+    let bot = store.get_bot(&BotId::parse(&fourth).unwrap()).await.unwrap().unwrap();
+    assert_eq!(bot.status, RuntimeStatus::Offline);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crash_loop_backs_off_then_fails_until_new_credentials() {
+    let database = trekker_testkit::sqlite_database();
+    let driver = simulated();
+    let phone = creds::phone(61, 1);
+    driver.set_fault(&phone, Some(Fault::CrashAfter(Duration::from_millis(30))));
+    let node =
+        spawn_node_with(settings(&database.url, "SERVER0", 5), fast_runtime(Some(Arc::new(driver.clone())))).await;
+    let id = register_approved(&node, &phone).await;
+    wait_status(&node, &id, RuntimeStatus::Failed).await;
+    let bot = node.state.store.get_bot(&BotId::parse(&id).unwrap()).await.unwrap().unwrap();
+    assert!(bot.restarts >= 2, "restarted with backoff before giving up: {bot:?}");
+    assert!(bot.last_error.as_deref().unwrap().starts_with("crashed 3 times"), "{bot:?}");
+    // Failed stays failed: no restart loop.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(status(&node, &id).await, (RuntimeStatus::Failed, bot.restarts));
+
+    driver.set_fault(&phone, None);
+    let updated = node.register("Runner", &phone, 2, None).await;
+    assert_eq!(updated.body["type"], "credentials_updated");
+    wait_status(&node, &id, RuntimeStatus::Online).await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn logged_out_bot_goes_to_error_without_restarts() {
+    let database = trekker_testkit::sqlite_database();
+    let driver = simulated();
+    let phone = creds::phone(62, 1);
+    driver.set_fault(&phone, Some(Fault::LogOutAfter(Duration::from_millis(30))));
+    let node = spawn_node_with(settings(&database.url, "SERVER0", 5), fast_runtime(Some(Arc::new(driver)))).await;
+    let id = register_approved(&node, &phone).await;
+    wait_status(&node, &id, RuntimeStatus::Error).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let bot = node.state.store.get_bot(&BotId::parse(&id).unwrap()).await.unwrap().unwrap();
+    assert_eq!((bot.status, bot.restarts), (RuntimeStatus::Error, 0));
+    assert!(bot.invalid_reason.as_deref().unwrap().contains("logged out"));
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn node_never_runs_more_than_its_capacity() {
+    let database = trekker_testkit::sqlite_database();
+    let node = spawn_node_with(settings(&database.url, "SERVER0", 3), fast_runtime(Some(Arc::new(simulated())))).await;
+    let mut ids = Vec::new();
+    for n in 1..=3 {
+        ids.push(register_approved(&node, &creds::phone(63, n)).await);
+    }
+    for id in &ids {
+        wait_status(&node, id, RuntimeStatus::Online).await;
+    }
+    node.stop().await;
+    // The same node comes back with room for 2: the database says 3 are approved.
+    let node = spawn_node_with(settings(&database.url, "SERVER0", 2), fast_runtime(Some(Arc::new(simulated())))).await;
+    eventually(Duration::from_secs(5), "two bots online", || async {
+        let mut online = 0;
+        for id in &ids {
+            online += usize::from(status(&node, id).await.0 == RuntimeStatus::Online);
+        }
+        online == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut online = 0;
+    for id in &ids {
+        online += usize::from(status(&node, id).await.0 == RuntimeStatus::Online);
+    }
+    assert_eq!(online, 2, "admission holds");
+    node.stop().await;
+}
+
+/// Which node runs which bot, as the drivers saw it; overlaps are violations.
+#[derive(Default)]
+struct Ledger {
+    running: Mutex<HashMap<BotId, ServerName>>,
+    starts: Mutex<Vec<(BotId, ServerName)>>,
+    violations: Mutex<Vec<String>>,
+}
+
+impl RunObserver for Ledger {
+    fn started(&self, bot: &BotId, node: &ServerName) {
+        self.starts.lock().unwrap().push((bot.clone(), node.clone()));
+        if let Some(other) = self.running.lock().unwrap().insert(bot.clone(), node.clone())
+            && &other != node
+        {
+            self.violations.lock().unwrap().push(format!("{bot} started on {node} while running on {other}"));
+        }
+    }
+
+    fn stopped(&self, bot: &BotId, node: &ServerName) {
+        let mut running = self.running.lock().unwrap();
+        if running.get(bot) == Some(node) {
+            running.remove(bot);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_nodes_never_run_one_bot_at_once_across_moves_and_updates() {
+    let Some(url) = postgres_url().await else { return };
+    let ledger = Arc::new(Ledger::default());
+    let driver = || -> Arc<dyn trekker_runtime::BotDriver> { Arc::new(simulated().with_observer(ledger.clone())) };
+    let a = spawn_node_with(settings(&url, "SERVER0", 10), fast_runtime(Some(driver()))).await;
+    let b = spawn_node_with(settings(&url, "SERVER1", 10), fast_runtime(Some(driver()))).await;
+    let phones: Vec<String> = (1..=4).map(|n| creds::phone(64, n)).collect();
+    let mut ids = Vec::new();
+    for phone in &phones {
+        ids.push(register_approved(&a, phone).await);
+    }
+    for id in &ids {
+        wait_status(&a, id, RuntimeStatus::Online).await;
+    }
+    for round in 0..8u32 {
+        // Move every bot to the other node (as an operator would by hand),
+        // and push new credentials to half of them at the same time.
+        let to = if round % 2 == 0 { "SERVER1" } else { "SERVER0" };
+        let sql: &'static str = if to == "SERVER1" {
+            "UPDATE bot_instances SET server_name = 'SERVER1' WHERE phone_number LIKE '25476400000%'"
+        } else {
+            "UPDATE bot_instances SET server_name = 'SERVER0' WHERE phone_number LIKE '25476400000%'"
+        };
+        raw_sql(&url, sql).await;
+        let host = if to == "SERVER1" { &b } else { &a };
+        for phone in phones.iter().take(2) {
+            let answer = host.register("Runner", phone, round + 2, None).await;
+            assert!(answer.status == 200 || answer.code() == "REGISTRY_INCONSISTENT", "{:?}", answer.body);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Settle: every bot online on its final host (SERVER0 after 8 rounds).
+    for id in &ids {
+        eventually(Duration::from_secs(15), "bot settles on SERVER0", || async {
+            let bot = a.state.store.get_bot(&BotId::parse(id).unwrap()).await.unwrap().unwrap();
+            bot.server.as_str() == "SERVER0" && bot.status == RuntimeStatus::Online
+        })
+        .await;
+    }
+    let violations = ledger.violations.lock().unwrap().clone();
+    assert!(violations.is_empty(), "{violations:#?}");
+    let starts = ledger.starts.lock().unwrap().len();
+    assert!(starts >= ids.len() * 4, "bots really moved back and forth ({starts} starts)");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn process_driver_follows_the_contract() {
+    let database = trekker_testkit::sqlite_database();
+    let out = tempfile::tempdir().unwrap();
+    let auth = tempfile::tempdir().unwrap();
+    let worker = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/bot-worker.sh");
+    let command = format!("bash {worker} {}", out.path().display());
+    let driver = ProcessDriver::new(&command, auth.path(), Duration::from_secs(2)).unwrap();
+    let node = spawn_node_with(settings(&database.url, "SERVER0", 5), fast_runtime(Some(Arc::new(driver)))).await;
+    let log = |phone: &str| std::fs::read_to_string(out.path().join(format!("log-{phone}"))).unwrap_or_default();
+
+    // New credentials: the worker is restarted and sees the new creds.json.
+    let phone = creds::phone(65, 1);
+    let id = register_approved(&node, &phone).await;
+    wait_status(&node, &id, RuntimeStatus::Online).await;
+    assert!(log(&phone).contains("dir=700 file=600 reg=1001 server=SERVER0"), "{}", log(&phone));
+    node.register("Runner", &phone, 2, None).await;
+    eventually(Duration::from_secs(10), "restart with v2", || async {
+        log(&phone).contains("v2 dir=700 file=600 reg=1002")
+    })
+    .await;
+    wait_status(&node, &id, RuntimeStatus::Online).await;
+    assert_eq!(status(&node, &id).await.1, 1, "the restart is counted");
+    assert!(log(&phone).contains(&format!("stop {id}")), "stopped with SIGTERM first: {}", log(&phone));
+
+    // Exit code 40: logged out, error, no restarts.
+    let logout = creds::phone(65, 2);
+    std::fs::write(out.path().join(format!("mode-{logout}")), "logout").unwrap();
+    let logged_out = register_approved(&node, &logout).await;
+    wait_status(&node, &logged_out, RuntimeStatus::Error).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(log(&logout).matches("start ").count(), 1);
+
+    // Other exit codes: crash loop, backoff, failed.
+    let crash = creds::phone(65, 3);
+    std::fs::write(out.path().join(format!("mode-{crash}")), "crash").unwrap();
+    let crashing = register_approved(&node, &crash).await;
+    wait_status(&node, &crashing, RuntimeStatus::Failed).await;
+    assert_eq!(log(&crash).matches("start ").count(), 3, "{}", log(&crash));
+
+    // Graceful shutdown stops the worker and removes its private directory.
+    node.stop().await;
+    assert!(log(&phone).ends_with(&format!("stop {id}\n")), "{}", log(&phone));
+    assert!(!auth.path().join(&id).exists(), "auth directory removed");
+}
