@@ -112,6 +112,11 @@ pub struct Supervisor {
     start_tokens: f64,
     tokens_at: Instant,
     at_capacity_logged: bool,
+    /// Bots with a running handle (kept here: counting the map is O(n)).
+    running: usize,
+    /// Whether a start pass may find work (cleared after a pass that
+    /// started everything it could; set by polls, stops and crashes).
+    starts_pending: bool,
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -156,6 +161,8 @@ impl Supervisor {
             start_tokens: burst,
             tokens_at: Instant::now(),
             at_capacity_logged: false,
+            running: 0,
+            starts_pending: true,
         }
     }
 
@@ -167,16 +174,19 @@ impl Supervisor {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_poll: Option<Instant> = None;
         loop {
-            if last_poll.is_none_or(|at| at.elapsed() >= self.tuning.poll_every) {
-                self.poll().await;
-                last_poll = Some(Instant::now());
-            }
-            self.start_due().await;
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = changed.notified() => last_poll = None,
                 Some(event) = self.events_rx.recv() => self.on_event(event).await,
-                _ = tick.tick() => {}
+                // Starts happen on ticks, not per event: a start pass scans
+                // every wanted bot, and boot brings one event per bot.
+                _ = tick.tick() => {
+                    if last_poll.is_none_or(|at| at.elapsed() >= self.tuning.poll_every) {
+                        self.poll().await;
+                        last_poll = Some(Instant::now());
+                    }
+                    self.start_due().await;
+                }
             }
         }
         self.stop_all().await;
@@ -248,14 +258,11 @@ impl Supervisor {
         }
         let desired = &self.desired;
         self.bots.retain(|id, m| m.running.is_some() || desired.contains_key(id));
+        self.starts_pending = true;
     }
 
     fn running_ids(&self) -> Vec<BotId> {
         self.bots.iter().filter(|(_, m)| m.running.is_some()).map(|(id, _)| id.clone()).collect()
-    }
-
-    fn running_count(&self) -> usize {
-        self.bots.values().filter(|m| m.running.is_some()).count()
     }
 
     fn take_start_token(&mut self) -> bool {
@@ -273,20 +280,34 @@ impl Supervisor {
 
     /// Starts wanted bots that are not running, within capacity and rate.
     async fn start_due(&mut self) {
+        if !self.starts_pending {
+            return;
+        }
         let now = Instant::now();
-        let mut candidates: Vec<BotRecord> = self
+        let mut waiting = false;
+        let mut candidates: Vec<&BotRecord> = self
             .desired
             .values()
             .filter(|bot| match self.bots.get(&bot.id) {
-                Some(m) => m.running.is_none() && m.hold.is_none() && m.restart_at.is_none_or(|at| at <= now),
+                Some(m) if m.running.is_some() || m.hold.is_some() => false,
+                Some(m) => match m.restart_at {
+                    Some(at) if at > now => {
+                        waiting = true;
+                        false
+                    }
+                    _ => true,
+                },
                 // A failure recorded before this process started still holds.
                 None => !matches!(bot.status, RuntimeStatus::Failed | RuntimeStatus::Error),
             })
-            .cloned()
             .collect();
         candidates.sort_by(|a, b| a.id.cmp(&b.id));
+        let candidates: Vec<BotRecord> = candidates.into_iter().cloned().collect();
+        // Stays set while a backoff timer runs or the pass stops early.
+        self.starts_pending = waiting;
         for bot in candidates {
-            if self.running_count() >= self.max_bots {
+            if self.running >= self.max_bots {
+                self.starts_pending = true;
                 if !self.at_capacity_logged {
                     tracing::warn!(max = self.max_bots, "node at capacity: not starting more bots");
                     self.at_capacity_logged = true;
@@ -294,6 +315,7 @@ impl Supervisor {
                 return;
             }
             if !self.take_start_token() {
+                self.starts_pending = true;
                 return;
             }
             self.start_bot(&bot, false).await;
@@ -345,6 +367,7 @@ impl Supervisor {
                 tracing::info!(bot = %bot.id, version, "▶️ bot started");
                 if let Some(m) = self.bots.get_mut(&bot.id) {
                     m.running = Some(handle);
+                    self.running += 1;
                 }
             }
             Err(err) => self.on_crash(&bot.id, err.to_string()).await,
@@ -357,9 +380,11 @@ impl Supervisor {
         // Events of the stopped run are ignored from now on.
         managed.generation = 0;
         if let Some(handle) = managed.running.take() {
+            self.running -= 1;
             handle.stop().await;
             tracing::info!(bot = %id, "⏹️ bot stopped");
         }
+        self.starts_pending = true;
         if let Err(err) = self.store.release_bot_lease(id, &self.node).await {
             tracing::warn!(bot = %id, error = ?err, "cannot release the run lease; it will expire");
         }
@@ -401,6 +426,7 @@ impl Supervisor {
             BotEvent::Exited { error, .. } => {
                 // Clean up what is left of the run, keeping the lease for the restart.
                 if let Some(handle) = self.bots.get_mut(&id).and_then(|m| m.running.take()) {
+                    self.running -= 1;
                     handle.stop().await;
                 }
                 self.on_crash(&id, error.unwrap_or_else(|| "crashed".into())).await;
@@ -436,6 +462,7 @@ impl Supervisor {
         // Full jitter over the upper half keeps restarts spread out.
         let delay = base / 2 + jitter(base / 2);
         managed.restart_at = Some(now + delay);
+        self.starts_pending = true;
         tracing::warn!(bot = %id, %error, delay_ms = delay.as_millis() as u64, "bot crashed: restarting after backoff");
         self.report(id, version, RuntimeStatus::Loading, 1, Some(error), None).await;
     }
@@ -470,6 +497,7 @@ impl Supervisor {
         let mut stopped = Vec::new();
         for (id, managed) in &mut self.bots {
             if let Some(handle) = managed.running.take() {
+                self.running -= 1;
                 stopping.spawn(async move { handle.stop().await });
                 stopped.push((id.clone(), managed.version));
             }
