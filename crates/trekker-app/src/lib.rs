@@ -122,6 +122,39 @@ pub(crate) mod test_support {
     }
 
     pub const NOW: i64 = 1_700_000_000_000;
+    /// The phone of the test bot `bot-1`.
+    pub const PHONE: &str = "254712345678";
+
+    /// Bot `bot-1` of [`PHONE`] on `server`.
+    pub fn bot_record(server: &str, approval: trekker_domain::ApprovalStatus) -> trekker_store::BotRecord {
+        trekker_store::BotRecord {
+            id: BotId::parse("bot-1").unwrap(),
+            name: "My bot".into(),
+            phone: trekker_domain::PhoneNumber::parse(PHONE).unwrap(),
+            server: ServerName::parse(server).unwrap(),
+            approval,
+            status: trekker_domain::RuntimeStatus::Offline,
+            credentials_version: 1,
+            credentials_updated_at: NOW,
+            approval_date: None,
+            expires_at: None,
+            invalid_reason: None,
+            restarts: 0,
+            last_error: None,
+            created_at: NOW,
+            updated_at: NOW,
+        }
+    }
+
+    /// The registry row of `bot-1` on `server`.
+    pub fn registry_entry(server: &str) -> trekker_store::RegistryEntry {
+        trekker_store::RegistryEntry {
+            phone: trekker_domain::PhoneNumber::parse(PHONE).unwrap(),
+            server: ServerName::parse(server).unwrap(),
+            bot_id: BotId::parse("bot-1").unwrap(),
+            registered_at: NOW,
+        }
+    }
 
     pub fn trekker(store: MockStore) -> Trekker {
         let mut trekker = Trekker::new(Arc::new(store), ServerName::parse("SERVER0").unwrap(), 10_000);

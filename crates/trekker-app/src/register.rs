@@ -325,8 +325,8 @@ impl Trekker {
 #[cfg(test)]
 mod tests {
     use mockall::predicate::always;
-    use trekker_domain::{RuntimeStatus, ServerStatus};
-    use trekker_store::{MockStore, Registered, RegistryEntry, ServerSnapshot};
+    use trekker_domain::ServerStatus;
+    use trekker_store::{MockStore, Registered, ServerSnapshot};
     use trekker_testkit::creds;
 
     use std::sync::Arc;
@@ -334,8 +334,6 @@ mod tests {
 
     use super::*;
     use crate::test_support::*;
-
-    const PHONE: &str = "254712345678";
 
     fn request(selected: Option<&str>) -> RegisterRequest {
         RegisterRequest {
@@ -348,35 +346,6 @@ mod tests {
 
     fn name(s: &str) -> ServerName {
         ServerName::parse(s).unwrap()
-    }
-
-    fn record(server: &str, approval: ApprovalStatus) -> BotRecord {
-        BotRecord {
-            id: BotId::parse("bot-1").unwrap(),
-            name: "My bot".into(),
-            phone: PhoneNumber::parse(PHONE).unwrap(),
-            server: name(server),
-            approval,
-            status: RuntimeStatus::Offline,
-            credentials_version: 1,
-            credentials_updated_at: NOW,
-            approval_date: None,
-            expires_at: None,
-            invalid_reason: None,
-            restarts: 0,
-            last_error: None,
-            created_at: NOW,
-            updated_at: NOW,
-        }
-    }
-
-    fn entry(server: &str) -> RegistryEntry {
-        RegistryEntry {
-            phone: PhoneNumber::parse(PHONE).unwrap(),
-            server: name(server),
-            bot_id: BotId::parse("bot-1").unwrap(),
-            registered_at: NOW,
-        }
     }
 
     fn snapshot(server: &str, max: i64, used: i64) -> ServerSnapshot {
@@ -392,7 +361,7 @@ mod tests {
     }
 
     fn registered(bot: &NewBot, free: i64) -> Registered {
-        let mut record = record(bot.server.as_str(), ApprovalStatus::Pending);
+        let mut record = bot_record(bot.server.as_str(), ApprovalStatus::Pending);
         record.id = bot.id.clone();
         Registered { bot: record, free_slots_after: free }
     }
@@ -532,7 +501,7 @@ mod tests {
 
         let mut store = MockStore::new();
         store.expect_get_server().returning(|n| Ok(Some(snapshot(n.as_str(), 5, 1))));
-        store.expect_find_registration().returning(|_| Ok(Some(entry("SERVER0"))));
+        store.expect_find_registration().returning(|_| Ok(Some(registry_entry("SERVER0"))));
         let err = refused(store, request(Some("SERVER1"))).await;
         assert_eq!(err.to_string(), "This phone number is registered on SERVER0. Cannot move to SERVER1.");
     }
@@ -541,15 +510,15 @@ mod tests {
     async fn hosted_here_updates_credentials_and_restarts_approved_bots() {
         for (approval, restarting) in [(ApprovalStatus::Approved, true), (ApprovalStatus::Pending, false)] {
             let mut store = MockStore::new();
-            store.expect_find_registration().returning(|_| Ok(Some(entry("SERVER0"))));
-            store.expect_find_bot_on_server().returning(move |_, _| Ok(Some(record("SERVER0", approval))));
+            store.expect_find_registration().returning(|_| Ok(Some(registry_entry("SERVER0"))));
+            store.expect_find_bot_on_server().returning(move |_, _| Ok(Some(bot_record("SERVER0", approval))));
             store
                 .expect_update_credentials()
                 .with(always(), always(), mockall::predicate::eq(VersionRule::Next), always(), always())
                 .times(1)
                 .returning(move |_, _, _, effects, _| {
                     assert_eq!(effects.activity.action, "credentials_updated");
-                    let mut bot = record("SERVER0", approval);
+                    let mut bot = bot_record("SERVER0", approval);
                     bot.credentials_version = 2;
                     Ok(bot)
                 });
@@ -587,8 +556,8 @@ mod tests {
 
     fn cross_server_store(host_heartbeat: i64) -> MockStore {
         let mut store = MockStore::new();
-        store.expect_find_registration().returning(|_| Ok(Some(entry("SERVER1"))));
-        store.expect_find_bot_on_server().returning(|_, _| Ok(Some(record("SERVER1", ApprovalStatus::Approved))));
+        store.expect_find_registration().returning(|_| Ok(Some(registry_entry("SERVER1"))));
+        store.expect_find_bot_on_server().returning(|_, _| Ok(Some(bot_record("SERVER1", ApprovalStatus::Approved))));
         store.expect_enqueue_credential_update().times(1).returning(|update, effects, _| {
             assert_eq!(effects.activity.remote_tenancy.as_ref().map(ServerName::as_str), Some("SERVER1"));
             Ok(trekker_store::CredentialUpdate {
@@ -691,7 +660,7 @@ mod tests {
     #[tokio::test]
     async fn registry_row_without_bot_is_inconsistent() {
         let mut store = MockStore::new();
-        store.expect_find_registration().returning(|_| Ok(Some(entry("SERVER1"))));
+        store.expect_find_registration().returning(|_| Ok(Some(registry_entry("SERVER1"))));
         store.expect_find_bot_on_server().returning(|_, _| Ok(None));
         assert!(
             matches!(refused(store, request(None)).await, AppError::RegistryInconsistent(s) if s.as_str() == "SERVER1")
@@ -706,12 +675,16 @@ mod tests {
         store.expect_register_bot().times(1).in_sequence(&mut seq).returning(|_, _, _| {
             Err(StoreError::PhoneTaken { server: name("SERVER0"), bot_id: BotId::parse("bot-1").unwrap() })
         });
-        store.expect_find_registration().times(1).in_sequence(&mut seq).returning(|_| Ok(Some(entry("SERVER0"))));
-        store.expect_find_bot_on_server().returning(|_, _| Ok(Some(record("SERVER0", ApprovalStatus::Pending))));
+        store
+            .expect_find_registration()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_| Ok(Some(registry_entry("SERVER0"))));
+        store.expect_find_bot_on_server().returning(|_, _| Ok(Some(bot_record("SERVER0", ApprovalStatus::Pending))));
         store
             .expect_update_credentials()
             .times(1)
-            .returning(|_, _, _, _, _| Ok(record("SERVER0", ApprovalStatus::Pending)));
+            .returning(|_, _, _, _, _| Ok(bot_record("SERVER0", ApprovalStatus::Pending)));
         let outcome = trekker(store).register_bot(request(None)).await.unwrap();
         assert_eq!(outcome.kind(), "credentials_updated");
     }

@@ -63,43 +63,12 @@ impl Trekker {
 
 #[cfg(test)]
 mod tests {
-    use trekker_domain::{ApprovalStatus, BotId, RuntimeStatus, ServerName};
-    use trekker_store::{BotRecord, MockStore};
+    use trekker_domain::ApprovalStatus;
+    use trekker_store::MockStore;
     use trekker_testkit::creds;
 
     use super::*;
     use crate::test_support::*;
-
-    const PHONE: &str = "254712345678";
-
-    pub(crate) fn bot(server: &str) -> BotRecord {
-        BotRecord {
-            id: BotId::parse("bot-1").unwrap(),
-            name: "Bot".into(),
-            phone: PhoneNumber::parse(PHONE).unwrap(),
-            server: ServerName::parse(server).unwrap(),
-            approval: ApprovalStatus::Approved,
-            status: RuntimeStatus::Online,
-            credentials_version: 1,
-            credentials_updated_at: NOW,
-            approval_date: None,
-            expires_at: None,
-            invalid_reason: None,
-            restarts: 0,
-            last_error: None,
-            created_at: NOW,
-            updated_at: NOW,
-        }
-    }
-
-    fn entry(server: &str) -> RegistryEntry {
-        RegistryEntry {
-            phone: PhoneNumber::parse(PHONE).unwrap(),
-            server: ServerName::parse(server).unwrap(),
-            bot_id: BotId::parse("bot-1").unwrap(),
-            registered_at: NOW,
-        }
-    }
 
     #[tokio::test]
     async fn available_phone() {
@@ -114,11 +83,11 @@ mod tests {
     async fn registered_here_and_elsewhere() {
         for (host, cross) in [("SERVER0", false), ("SERVER1", true)] {
             let mut store = MockStore::new();
-            store.expect_find_registration().returning(move |_| Ok(Some(entry(host))));
+            store.expect_find_registration().returning(move |_| Ok(Some(registry_entry(host))));
             store
                 .expect_find_bot_on_server()
                 .withf(move |_, server| server.as_str() == host)
-                .returning(move |_, _| Ok(Some(bot(host))));
+                .returning(move |_, _| Ok(Some(bot_record(host, ApprovalStatus::Approved))));
             let result = trekker(store).validate_credentials(&creds::session_id(PHONE, 1), None).await.unwrap();
             assert!(result.is_valid && result.already_registered);
             assert_eq!(result.cross_server_update, cross);
@@ -130,7 +99,7 @@ mod tests {
     #[tokio::test]
     async fn registry_without_bot_is_inconsistent() {
         let mut store = MockStore::new();
-        store.expect_find_registration().returning(|_| Ok(Some(entry("SERVER1"))));
+        store.expect_find_registration().returning(|_| Ok(Some(registry_entry("SERVER1"))));
         store.expect_find_bot_on_server().returning(|_, _| Ok(None));
         let err = trekker(store).validate_credentials(&creds::session_id(PHONE, 1), None).await.unwrap_err();
         assert!(matches!(err, AppError::RegistryInconsistent(ref s) if s.as_str() == "SERVER1"));
