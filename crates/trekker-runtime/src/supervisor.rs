@@ -30,6 +30,11 @@ use trekker_store::{BotFilter, BotRecord, RuntimeReport, Store};
 
 use crate::driver::{BotDriver, BotEvent, BotSpec, DriverEvent, RunningBot};
 
+/// Gauge: bots this node runs now, by `server`.
+pub const BOTS_RUNNING: &str = "trekker_bots_running";
+/// Counter: bot crashes (restarts with backoff or failures), by `server`.
+pub const BOT_CRASHES: &str = "trekker_bot_crashes_total";
+
 /// Timings of the supervisor; the defaults suit production.
 #[derive(Debug, Clone)]
 pub struct SupervisorTuning {
@@ -261,6 +266,10 @@ impl Supervisor {
         self.starts_pending = true;
     }
 
+    fn publish_running(&self) {
+        metrics::gauge!(BOTS_RUNNING, "server" => self.node.to_string()).set(self.running as f64);
+    }
+
     fn running_ids(&self) -> Vec<BotId> {
         self.bots.iter().filter(|(_, m)| m.running.is_some()).map(|(id, _)| id.clone()).collect()
     }
@@ -369,6 +378,7 @@ impl Supervisor {
                     m.running = Some(handle);
                     self.running += 1;
                 }
+                self.publish_running();
             }
             Err(err) => self.on_crash(&bot.id, err.to_string()).await,
         }
@@ -383,6 +393,7 @@ impl Supervisor {
             self.running -= 1;
             handle.stop().await;
             tracing::info!(bot = %id, "⏹️ bot stopped");
+            self.publish_running();
         }
         self.starts_pending = true;
         if let Err(err) = self.store.release_bot_lease(id, &self.node).await {
@@ -428,6 +439,7 @@ impl Supervisor {
                 if let Some(handle) = self.bots.get_mut(&id).and_then(|m| m.running.take()) {
                     self.running -= 1;
                     handle.stop().await;
+                    self.publish_running();
                 }
                 self.on_crash(&id, error.unwrap_or_else(|| "crashed".into())).await;
             }
@@ -464,6 +476,7 @@ impl Supervisor {
         managed.restart_at = Some(now + delay);
         self.starts_pending = true;
         tracing::warn!(bot = %id, %error, delay_ms = delay.as_millis() as u64, "bot crashed: restarting after backoff");
+        metrics::counter!(BOT_CRASHES, "server" => self.node.to_string()).increment(1);
         self.report(id, version, RuntimeStatus::Loading, 1, Some(error), None).await;
     }
 
@@ -503,6 +516,7 @@ impl Supervisor {
             }
         }
         while stopping.join_next().await.is_some() {}
+        self.publish_running();
         for (id, version) in &stopped {
             if let Err(err) = self.store.release_bot_lease(id, &self.node).await {
                 tracing::warn!(bot = %id, error = ?err, "cannot release the run lease; it will expire");

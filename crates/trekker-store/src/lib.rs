@@ -5,7 +5,7 @@
 //! - SQLite ([`SqlStore<Sqlite>`](SqlStore)) is the embedded default, in WAL
 //!   mode so several node processes on one machine can share one file.
 //!
-//! Both run the same SQL (written once in `sql.rs`); the few places where
+//! Both run the same SQL (written once in `sql/store.rs`); the few places where
 //! the dialects differ are named in [`Backend`]. Every operation that changes
 //! more than one row does so in one transaction, and state changes write
 //! their audit activity and guest notification in that same transaction.

@@ -1,0 +1,92 @@
+//! The real `trekker-node` binary: starts on the SQLite default with no
+//! set-up, logs `listening on <addr>`, serves, and exits 0 on SIGTERM after
+//! a graceful stop; a bad setting stops it at start with the setting named.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly by design.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_trekker-node");
+
+#[test]
+fn serves_on_sqlite_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BINARY)
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("BIND_ADDR", "127.0.0.1:0")
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut addr = None;
+    let mut log = Vec::new();
+    while addr.is_none() && Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                addr = rest.split_whitespace().next().map(str::to_owned);
+            }
+            log.push(line);
+        }
+    }
+    let addr = addr.unwrap_or_else(|| panic!("no `listening on` line: {log:#?}"));
+    let health = http_get(&addr, "/healthz");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(dir.path().join("trekker.db").exists(), "the SQLite default is created");
+    assert!(dir.path().join("trekker.db.key").exists(), "its key file too");
+
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still running 15 s after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0));
+    let rest: Vec<String> = rx.try_iter().collect();
+    assert!(rest.iter().any(|l| l.contains("all bots stopped")), "{rest:#?}");
+    // No log line carries a secret: the generated key is not printed.
+    let key = std::fs::read_to_string(dir.path().join("trekker.db.key")).unwrap();
+    assert!(!log.iter().chain(&rest).any(|l| l.contains(key.trim())));
+}
+
+#[test]
+fn a_bad_setting_stops_the_start_and_names_it() {
+    let output = Command::new(BINARY)
+        .env_clear()
+        .env("DATABASE_URL", "postgres://db/trekker")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
+    assert!(text.contains("CREDENTIALS_KEY"), "{text}");
+}
+
+/// A minimal HTTP/1.1 GET (no client dependency for one request).
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}
