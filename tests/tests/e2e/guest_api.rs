@@ -77,6 +77,8 @@ async fn bad_requests_get_the_table_answer() {
     assert_eq!((unknown_bot.status, unknown_bot.code()), (404, "NOT_FOUND"));
     let unknown_pairing = node.get("/api/pair/status/does-not-exist").await;
     assert_eq!((unknown_pairing.status, unknown_pairing.code()), (404, "NOT_FOUND"));
+    let wrong_method = Answer::from(node.client.delete(node.url("/api/servers/available")).send().await.unwrap()).await;
+    assert_eq!((wrong_method.status, wrong_method.code()), (404, "NOT_FOUND"));
     let no_number = node.get("/api/pair").await;
     assert_eq!((no_number.status, no_number.code()), (400, "INVALID_INPUT"));
     node.stop().await;

@@ -119,6 +119,8 @@ pub(crate) async fn not_found() -> ApiError {
     ApiError::not_found("No such endpoint.")
 }
 
+/// API.md's table has no 405 row: a known path with another method is
+/// "unknown path" (404 NOT_FOUND), with a message that says which.
 pub(crate) async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "NOT_FOUND", "This endpoint does not take that method.")
+    ApiError::not_found("This endpoint does not take that method.")
 }
