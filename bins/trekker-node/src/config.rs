@@ -53,7 +53,8 @@ pub enum NotifierKind {
 }
 
 /// The raw settings, as clap reads them from flags and the environment.
-#[derive(Debug, Clone, Args)]
+/// `Debug` leaves out every secret (and the database URL, which may hold a password).
+#[derive(Clone, Args)]
 pub struct Settings {
     /// `sqlite://trekker.db` (created if missing) or `postgres://...` for a cluster.
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite://trekker.db", hide_env_values = true)]
@@ -113,6 +114,21 @@ pub struct Settings {
     /// /api/guest/register-bot; 0 turns the limit off.
     #[arg(long, env = "RATE_LIMIT_PER_MIN", default_value_t = 30)]
     pub rate_limit_per_min: u32,
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("server_name", &self.server_name)
+            .field("max_bot_count", &self.max_bot_count)
+            .field("bind_addr", &self.bind_addr)
+            .field("base_url", &self.base_url)
+            .field("bot_driver", &self.bot_driver)
+            .field("pairing_provider", &self.pairing_provider)
+            .field("notifier", &self.notifier)
+            .field("rate_limit_per_min", &self.rate_limit_per_min)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A secret setting: never printed.
@@ -362,6 +378,10 @@ mod tests {
         .unwrap();
         let shown = format!("{config:?}");
         assert!(!shown.contains("hunter2") && !shown.contains("admin-secret") && !shown.contains(key));
+        let raw =
+            settings(&["--cluster-secret", "cluster-secret-value-of-32-bytes!!", "--admin-token", "admin-secret"]);
+        let shown = format!("{raw:?}");
+        assert!(!shown.contains("cluster-secret-value") && !shown.contains("admin-secret"), "{shown}");
     }
 
     #[test]
