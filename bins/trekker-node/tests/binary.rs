@@ -81,12 +81,101 @@ fn a_bad_setting_stops_the_start_and_names_it() {
     assert!(text.contains("CREDENTIALS_KEY"), "{text}");
 }
 
-/// A minimal HTTP/1.1 GET (no client dependency for one request).
+/// A minimal HTTP/1.1 GET (no client dependency for a few requests).
 fn http_get(addr: &str, path: &str) -> String {
+    http(addr, "GET", path, "", "")
+}
+
+fn http(addr: &str, method: &str, path: &str, headers: &str, body: &str) -> String {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n{headers}\r\n{body}",
+        body.len()
+    )
+    .unwrap();
     let mut answer = String::new();
     stream.read_to_string(&mut answer).unwrap();
     answer
+}
+
+/// Starts the binary with `envs` in `dir`; returns it and its address.
+fn start_node(dir: &std::path::Path, envs: &[(&str, String)]) -> (std::process::Child, String) {
+    let mut command = Command::new(BINARY);
+    command
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("BIND_ADDR", "127.0.0.1:0")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (key, value) in envs {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200))
+            && let Some(rest) = line.split("listening on ").nth(1)
+        {
+            return (child, rest.split_whitespace().next().unwrap().to_owned());
+        }
+    }
+    panic!("no `listening on` line");
+}
+
+/// A `process` bot exits when its node is killed outright (its stdin pipe
+/// reaches end-of-file), so no orphan keeps running it.
+#[test]
+fn process_bots_exit_when_their_node_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let worker = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/bot-worker.sh");
+    let (mut node, addr) = start_node(
+        dir.path(),
+        &[
+            ("BOT_DRIVER", "process".into()),
+            ("BOT_COMMAND", format!("bash {worker} {}", out.display())),
+            ("BOT_AUTH_DIR", dir.path().join("bots").display().to_string()),
+            ("ADMIN_TOKEN", "admin-token".into()),
+            ("RATE_LIMIT_PER_MIN", "0".into()),
+        ],
+    );
+    let phone = trekker_testkit::creds::phone(70, 1);
+    let body = format!(
+        r#"{{"botName":"Orphan","phoneNumber":"{phone}","credentialType":"session","sessionId":"{}"}}"#,
+        trekker_testkit::creds::session_id(&phone, 1)
+    );
+    let created = http(&addr, "POST", "/api/guest/register-bot", "", &body);
+    assert!(created.starts_with("HTTP/1.1 201"), "{created}");
+    let id = created.split(r#""id":""#).nth(1).unwrap().split('"').next().unwrap().to_owned();
+    let approved =
+        http(&addr, "POST", &format!("/api/admin/bots/{id}/approve"), "Authorization: Bearer admin-token\r\n", "");
+    assert!(approved.starts_with("HTTP/1.1 200"), "{approved}");
+
+    let log = out.join(format!("log-{phone}"));
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !read_log().contains("pid=") {
+        assert!(Instant::now() < deadline, "the bot never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    kill(Pid::from_raw(node.id() as i32), Signal::SIGKILL).unwrap();
+    node.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !read_log().contains(&format!("node gone {id}")) {
+        assert!(Instant::now() < deadline, "the bot outlived its node: {}", read_log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -10,6 +10,9 @@
 //! - Exit code 0: stopped on purpose; 40: logged out; anything else: crash.
 //! - Stop: SIGTERM, then SIGKILL after the grace period. The auth directory
 //!   is removed once the process is gone.
+//! - stdin is a pipe the node holds open: at end-of-file (the node died,
+//!   even by SIGKILL) the bot must exit, so no orphan keeps running a bot
+//!   that another node may take over.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -150,7 +153,8 @@ impl BotDriver for ProcessDriver {
             .env("AUTH_DIR", &auth_dir)
             .env("SERVER_NAME", spec.server.as_str())
             .env("CREDENTIALS_VERSION", spec.version.to_string())
-            .stdin(Stdio::null())
+            // Held open by the node; EOF tells the bot its node is gone.
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             // A dropped handle (e.g. the node panicking) still ends the process.
@@ -161,6 +165,7 @@ impl BotDriver for ProcessDriver {
                 DriverError(format!("cannot start {}: {e}", self.program))
             })?;
         let stdout = child.stdout.take();
+        let lifeline = child.stdin.take();
         let (stop_tx, stop_rx) = oneshot::channel();
         let (bot_id, generation, grace) = (spec.bot_id.clone(), spec.generation, self.grace);
         let task = tokio::spawn(async move {
@@ -178,6 +183,7 @@ impl BotDriver for ProcessDriver {
                 }
             };
             let (status, ()) = tokio::join!(supervise(child, grace, stop_rx), reader);
+            drop(lifeline);
             let code = status.and_then(|s| s.code());
             match code {
                 Some(EXIT_LOGGED_OUT) => send(BotEvent::LoggedOut),
