@@ -131,6 +131,8 @@ fn start_node(dir: &std::path::Path, envs: &[(&str, String)]) -> (std::process::
             return (child, rest.split_whitespace().next().unwrap().to_owned());
         }
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("no `listening on` line");
 }
 
