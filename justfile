@@ -17,3 +17,7 @@ fmt:
 
 lint:
     cargo clippy --workspace --all-targets -- -D warnings
+
+# The 10,000-bot boot benchmark (figures go to docs/benchmarks.md).
+bench:
+    cargo bench -p trekker-runtime --bench boot_10k
