@@ -71,6 +71,11 @@ async fn hosted_bot(url: &str, series: u32) -> (TestNode, TestNode, String, Stri
 async fn seed_test_1_re_pair_on_another_node_updates_the_host() {
     let Some(url) = postgres_url().await else { return };
     let (a, b, id, phone) = hosted_bot(&url, 50).await;
+    let bot_id = BotId::parse(&id).unwrap();
+    crate::support::eventually(Duration::from_secs(10), "bot online on SERVER0", || async {
+        a.state.store.get_bot(&bot_id).await.unwrap().unwrap().status.as_str() == "online"
+    })
+    .await;
     let answer = b.register("Hosted", &phone, 2, None).await;
     assert_eq!(answer.status, 200, "{:?}", answer.body);
     assert_eq!(answer.body["type"], "cross_server_credential_update");
@@ -78,11 +83,14 @@ async fn seed_test_1_re_pair_on_another_node_updates_the_host() {
     assert_eq!(answer.body["currentServer"], "SERVER1");
     assert_eq!(answer.body["bot"]["id"], id);
 
-    let bot_id = BotId::parse(&id).unwrap();
     let (stored, version) = a.state.store.load_credentials(&bot_id).await.unwrap().unwrap();
     assert_eq!((stored, version), (creds::credentials(&phone, 2), 2));
-    let bot = a.state.store.get_bot(&bot_id).await.unwrap().unwrap();
-    assert_eq!((bot.server.as_str(), bot.status.as_str()), ("SERVER0", "loading"), "the host restarts the bot");
+    // The host's runtime restarts the bot with the new credentials.
+    crate::support::eventually(Duration::from_secs(10), "bot restarted and online on SERVER0", || async {
+        let bot = a.state.store.get_bot(&bot_id).await.unwrap().unwrap();
+        bot.server.as_str() == "SERVER0" && bot.status.as_str() == "online" && bot.restarts == 1
+    })
+    .await;
     // An activity row on each side names the other.
     let activities = a.state.store.list_activities(Some(bot_id.clone()), 50).await.unwrap();
     let on_host = activities.iter().find(|x| x.server == "SERVER0" && x.action == "credentials_updated").unwrap();
