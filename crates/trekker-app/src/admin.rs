@@ -1,7 +1,6 @@
 //! Admin use cases: approve, reject, delete, inspect, server changes, and
 //! registry inconsistency checks and repair.
 
-use trekker_domain::server::is_online;
 use trekker_domain::{ApprovalStatus, BotId, ServerName, ServerStatus, messages, time};
 use trekker_store::{BotFilter, BotRecord, Inconsistency, NewActivity, ServerPatch, ServerSnapshot, SideEffects};
 
@@ -36,17 +35,12 @@ fn parse_bot_id(id: &str) -> Result<BotId, AppError> {
 
 impl Trekker {
     pub async fn servers(&self) -> Result<Vec<ServerView>, AppError> {
-        let now = self.now();
         Ok(self
             .store
             .list_servers()
             .await?
             .into_iter()
-            .map(|server| {
-                let online = server.status != ServerStatus::Inactive
-                    && is_online(server.last_heartbeat, now, self.heartbeat_interval_ms);
-                ServerView { server, online }
-            })
+            .map(|server| ServerView { online: self.is_server_online(&server), server })
             .collect())
     }
 

@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
-use trekker_domain::server::is_online;
-use trekker_domain::{ApprovalStatus, BotId, Credentials, PhoneNumber, ServerName, ServerStatus, messages};
+use trekker_domain::{ApprovalStatus, BotId, Credentials, PhoneNumber, ServerName, messages};
 use trekker_store::{
     BotRecord, ClaimedUpdate, CredentialUpdate, DeliveryOutcome, NewActivity, NewCredentialUpdate, OutboxStatus,
     SideEffects, StoreError, VersionRule,
@@ -148,12 +147,7 @@ impl Trekker {
 
     /// The host's base URL if it is online and not inactive.
     async fn reachable_base_url(&self, host: &ServerName) -> Result<Option<String>, StoreError> {
-        let now = self.now();
-        Ok(self.store.get_server(host).await?.and_then(|server| {
-            let online = server.status != ServerStatus::Inactive
-                && is_online(server.last_heartbeat, now, self.heartbeat_interval_ms);
-            if online { server.base_url } else { None }
-        }))
+        Ok(self.store.get_server(host).await?.filter(|server| self.is_server_online(server)).and_then(|s| s.base_url))
     }
 
     /// One attempt at a claimed update; records its outcome in the outbox.

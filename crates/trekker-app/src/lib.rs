@@ -86,6 +86,13 @@ impl Trekker {
         self.clock.now_ms()
     }
 
+    /// Whether `server` counts as online now: not inactive, and its last
+    /// heartbeat at most 3 intervals old (invariant 7).
+    pub fn is_server_online(&self, server: &trekker_store::ServerSnapshot) -> bool {
+        server.status != trekker_domain::ServerStatus::Inactive
+            && trekker_domain::server::is_online(server.last_heartbeat, self.now(), self.heartbeat_interval_ms)
+    }
+
     /// Tells this node's supervisor (and notification dispatcher) that a
     /// bot changed, so it acts now rather than at its next poll.
     pub(crate) fn bots_changed(&self) {

@@ -33,16 +33,13 @@ impl From<&BotRecord> for BotSummary {
     }
 }
 
-/// A bot as admins see it. Times are RFC 3339 UTC.
+/// A bot as admins see it: the guest view plus runtime and approval
+/// details. Times are RFC 3339 UTC.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BotDetail {
-    pub id: String,
-    pub name: String,
-    pub phone_number: String,
-    pub server: String,
-    pub approval_status: &'static str,
-    pub status: &'static str,
+    #[serde(flatten)]
+    pub summary: BotSummary,
     pub credentials_version: i64,
     pub credentials_updated_at: String,
     pub restarts: i64,
@@ -57,12 +54,7 @@ pub struct BotDetail {
 impl From<&BotRecord> for BotDetail {
     fn from(bot: &BotRecord) -> Self {
         Self {
-            id: bot.id.to_string(),
-            name: bot.name.clone(),
-            phone_number: bot.phone.to_string(),
-            server: bot.server.to_string(),
-            approval_status: bot.approval.as_str(),
-            status: bot.status.as_str(),
+            summary: bot.into(),
             credentials_version: bot.credentials_version,
             credentials_updated_at: iso_datetime(bot.credentials_updated_at),
             restarts: bot.restarts,
