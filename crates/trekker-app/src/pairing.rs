@@ -116,7 +116,7 @@ pub struct PairingTicket {
 }
 
 /// Where a pairing request stands.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum PairingState {
     Pending,
     /// Secret: the guest's own session ID, shown only to the poller.
@@ -129,6 +129,18 @@ pub enum PairingState {
     Failed {
         message: String,
     },
+}
+
+/// Never shows the session ID.
+impl fmt::Debug for PairingState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Pending => f.write_str("Pending"),
+            Self::Paired { .. } => f.write_str("Paired { session_id: <redacted> }"),
+            Self::Expired { message } => f.debug_struct("Expired").field("message", message).finish(),
+            Self::Failed { message } => f.debug_struct("Failed").field("message", message).finish(),
+        }
+    }
 }
 
 impl Trekker {

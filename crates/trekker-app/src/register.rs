@@ -17,7 +17,7 @@ use crate::{AppError, Trekker, new_bot_id, telemetry};
 pub const MAX_BOT_NAME_CHARS: usize = 100;
 
 /// How the guest handed over the credentials.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum CredentialInput {
     /// `credentialType` `session` or `base64`: a session ID.
     SessionId(String),
@@ -25,6 +25,17 @@ pub enum CredentialInput {
     FileJson(serde_json::Value),
     /// `credentialType` `file`: the creds.json file's text (multipart).
     FileText(String),
+}
+
+/// Names the form only: every variant holds a credential.
+impl std::fmt::Debug for CredentialInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::SessionId(_) => "SessionId(<redacted>)",
+            Self::FileJson(_) => "FileJson(<redacted>)",
+            Self::FileText(_) => "FileText(<redacted>)",
+        })
+    }
 }
 
 /// A guest's registration request, as received.
@@ -368,6 +379,12 @@ mod tests {
 
     async fn refused(store: MockStore, request: RegisterRequest) -> AppError {
         trekker(store).register_bot(request).await.unwrap_err()
+    }
+
+    #[test]
+    fn debug_never_shows_credentials() {
+        let shown = format!("{:?}", request(None));
+        assert!(!shown.contains("TREKKER~") && shown.contains("SessionId(<redacted>)"), "{shown}");
     }
 
     #[tokio::test]

@@ -28,7 +28,8 @@ pub(crate) fn limited_router() -> Router<AppState> {
     Router::new().route("/api/guest/register-bot", post(register_bot))
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+// No Debug: it holds a session ID.
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ValidateBody {
     pub session_id: Option<String>,
@@ -64,8 +65,8 @@ pub(crate) async fn validate_credentials(
     Ok(Json(state.trekker.validate_credentials(&session_id, body.phone_number.as_deref()).await?))
 }
 
-/// The JSON form of a registration.
-#[derive(Debug, Default, Deserialize, ToSchema)]
+/// The JSON form of a registration. No Debug: it holds credentials.
+#[derive(Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RegisterBody {
     pub bot_name: Option<String>,
