@@ -26,7 +26,8 @@ pub enum Command {
     Serve,
     /// Apply database migrations and exit.
     Migrate,
-    /// Check the configuration and the database connection, then exit.
+    /// Check the configuration and read the database, then exit. Writes
+    /// nothing: no migration, no database file, no key file.
     Check,
 }
 
@@ -302,6 +303,17 @@ impl Config {
                     .map_err(|_| trekker_store::StoreError::Config("no system randomness".into()))?;
                 Ok(CredentialCipher::new(&key))
             }
+        }
+    }
+}
+
+impl Config {
+    /// Checks the credentials key without creating a key file.
+    pub fn check_credentials_key(&self) -> Result<(), trekker_store::StoreError> {
+        match &self.credentials_key {
+            CredentialsKeySource::Configured(key) => CredentialCipher::from_base64(key.expose()).map(drop),
+            CredentialsKeySource::KeyFile(path) => CredentialCipher::load_key_file(path).map(drop),
+            CredentialsKeySource::Ephemeral => Ok(()),
         }
     }
 }

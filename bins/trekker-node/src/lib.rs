@@ -4,11 +4,9 @@
 
 pub mod config;
 pub mod http;
-mod liveness;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -40,11 +38,6 @@ pub enum StartupError {
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
-}
-
-/// The current time in epoch milliseconds.
-pub fn now_millis() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)).unwrap_or(0)
 }
 
 /// Makes rustls use ring (the one crypto library of the build). Safe to
@@ -98,6 +91,8 @@ pub struct Application {
     shutdown: CancellationToken,
     driver: Arc<dyn BotDriver>,
     tuning: SupervisorTuning,
+    /// This node's registry row, written again if it ever goes missing.
+    registration: ServerRegistration,
 }
 
 impl std::fmt::Debug for Application {
@@ -148,7 +143,6 @@ impl Application {
             base_url: Some(base_url.clone()),
             description: None,
         };
-        store.upsert_server(&registration, now_millis()).await?;
         let heartbeat_ms = i64::try_from(config.heartbeat_interval.as_millis()).unwrap_or(i64::MAX);
         let keys = config.cluster_secret.as_ref().map(|secret| {
             ClusterKeys::new(secret.expose(), config.cluster_secret_previous.as_ref().map(Secret::expose))
@@ -160,8 +154,9 @@ impl Application {
         }
         let client = CrossTenancyClient::new(keys.clone(), config.server_name.clone(), config.cross_server_timeout)
             .map_err(|e| StartupError::Config(ConfigError { setting: "CLUSTER_SECRET", reason: e.to_string() }))?;
-        let verifier = Arc::new(RequestVerifier::new(keys, config.server_name.clone(), store.clone()));
+        let verifier = Arc::new(RequestVerifier::new(keys, config.server_name.clone(), store.clone(), store.clone()));
         let mut trekker = Trekker::new(store.clone(), config.server_name.clone(), heartbeat_ms);
+        store.upsert_server(&registration, trekker.now()).await?;
         trekker.remote = Arc::new(client);
         trekker.cross_server_budget = config.cross_server_timeout;
         let trekker = Arc::new(trekker);
@@ -189,7 +184,7 @@ impl Application {
             notifier,
             base_url,
         };
-        Ok(Self { listener, addr, state, shutdown: CancellationToken::new(), driver, tuning })
+        Ok(Self { listener, addr, state, shutdown: CancellationToken::new(), driver, tuning, registration })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -210,7 +205,12 @@ impl Application {
     /// tasks before returning.
     pub async fn run(self) -> std::io::Result<()> {
         let tasks = TaskTracker::new();
-        liveness::spawn(&tasks, self.state.clone(), self.shutdown.clone());
+        tasks.spawn(trekker_app::liveness::run(
+            self.state.trekker.clone(),
+            self.registration.clone(),
+            self.state.config.heartbeat_interval,
+            self.shutdown.clone(),
+        ));
         tasks.spawn(trekker_app::notify::run_dispatcher(
             self.state.trekker.clone(),
             self.state.notifier.clone(),
@@ -218,6 +218,7 @@ impl Application {
         ));
         let supervisor = Supervisor::new(
             self.state.store.clone(),
+            self.state.trekker.clock.clone(),
             self.driver.clone(),
             self.state.config.server_name.clone(),
             usize::try_from(self.state.config.max_bot_count).unwrap_or(0),

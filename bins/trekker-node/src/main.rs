@@ -48,10 +48,16 @@ async fn serve(config: Config) -> Result<(), String> {
     app.run().await.map_err(|e| format!("server error: {e}"))
 }
 
+/// Validates the configuration and reads the database, writing nothing.
 async fn check(config: &Config) -> Result<(), String> {
-    let store = connect_store(config).await.map_err(|e| format!("database: {e}"))?;
-    store.ping().await.map_err(|e| format!("database: {e}"))?;
-    tracing::info!(server = %config.server_name, "configuration and database OK");
+    config.check_credentials_key().map_err(|e| format!("credentials key: {e}"))?;
+    let report = trekker_store::check(config.database_url.expose()).await.map_err(|e| format!("database: {e}"))?;
+    tracing::info!(
+        server = %config.server_name,
+        pending_migrations = report.pending_migrations,
+        "configuration and database OK{}",
+        if report.pending_migrations > 0 { " (`migrate` or `serve` applies the pending migrations)" } else { "" }
+    );
     Ok(())
 }
 

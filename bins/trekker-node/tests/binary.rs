@@ -81,6 +81,69 @@ fn a_bad_setting_stops_the_start_and_names_it() {
     assert!(text.contains("CREDENTIALS_KEY"), "{text}");
 }
 
+/// Runs the binary in `dir` with a clean environment and `args`.
+fn run_in(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(BINARY)
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("NO_COLOR", "1")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Every file in `dir` with its length and modification time. SQLite's
+/// `-shm` file is the WAL's shared-memory index, which every reader maps
+/// and updates: its time is left out (its length still counts).
+fn listing(dir: &std::path::Path) -> Vec<(String, u64, Option<std::time::SystemTime>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| {
+            let entry = entry.unwrap();
+            let meta = entry.metadata().unwrap();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let modified = (!name.ends_with("-shm")).then(|| meta.modified().unwrap());
+            (name, meta.len(), modified)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn check_reads_the_database_but_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing there yet: check fails and creates neither database nor key file.
+    let fresh = run_in(dir.path(), &["check"]);
+    assert!(!fresh.status.success(), "check of a missing database must fail");
+    assert!(listing(dir.path()).is_empty(), "check wrote {:?}", listing(dir.path()));
+
+    assert!(run_in(dir.path(), &["migrate"]).status.success());
+    let before = listing(dir.path());
+    assert!(before.iter().any(|(name, ..)| name == "trekker.db"), "{before:?}");
+    std::thread::sleep(Duration::from_millis(20)); // a write would show in the modification times
+    let checked = run_in(dir.path(), &["check"]);
+    let text = String::from_utf8_lossy(&checked.stdout).to_string() + &String::from_utf8_lossy(&checked.stderr);
+    assert!(checked.status.success(), "{text}");
+    assert!(text.contains("pending_migrations=0"), "{text}");
+    assert_eq!(listing(dir.path()), before, "check changed the folder");
+
+    // Without its key file, check says so instead of generating a new one.
+    std::fs::remove_file(dir.path().join("trekker.db.key")).unwrap();
+    let keyless = run_in(dir.path(), &["check"]);
+    let text = String::from_utf8_lossy(&keyless.stdout).to_string() + &String::from_utf8_lossy(&keyless.stderr);
+    assert!(!keyless.status.success(), "{text}");
+    assert!(text.contains("key file"), "{text}");
+    assert!(!dir.path().join("trekker.db.key").exists());
+}
+
+#[test]
+fn check_help_says_it_writes_nothing() {
+    let output = Command::new(BINARY).args(["help", "check"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&output.stdout).contains("Writes nothing"));
+}
+
 /// A minimal HTTP/1.1 GET (no client dependency for a few requests).
 fn http_get(addr: &str, path: &str) -> String {
     http(addr, "GET", path, "", "")

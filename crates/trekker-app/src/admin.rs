@@ -37,6 +37,7 @@ impl Trekker {
     pub async fn servers(&self) -> Result<Vec<ServerView>, AppError> {
         Ok(self
             .store
+            .servers
             .list_servers()
             .await?
             .into_iter()
@@ -64,7 +65,7 @@ impl Trekker {
             })
             .transpose()?;
         let patch = ServerPatch { max_bot_count, status };
-        let updated = self.store.update_server(&name, &patch, self.now()).await.map_err(|err| match err {
+        let updated = self.store.servers.update_server(&name, &patch, self.now()).await.map_err(|err| match err {
             trekker_store::StoreError::UnknownServer(_) => AppError::NotFound(format!("Server {name} not found.")),
             other => other.into(),
         })?;
@@ -88,12 +89,12 @@ impl Trekker {
                 })
             })
             .transpose()?;
-        Ok(self.store.list_bots(&BotFilter { server, approval }).await?)
+        Ok(self.store.bots.list_bots(&BotFilter { server, approval }).await?)
     }
 
     pub async fn bot(&self, id: &str) -> Result<BotRecord, AppError> {
         let id = parse_bot_id(id)?;
-        self.store.get_bot(&id).await?.ok_or_else(|| AppError::NotFound("Bot not found.".into()))
+        self.store.bots.get_bot(&id).await?.ok_or_else(|| AppError::NotFound("Bot not found.".into()))
     }
 
     /// Approves a bot for `expiration_months` (default 3); its hosting node
@@ -113,7 +114,7 @@ impl Trekker {
             .with_remote(&bot.server, Some(&bot.id));
         let effects = SideEffects::activity(activity)
             .notify(&bot.phone, messages::approved(&bot.name, &time::iso_date(expires_at)));
-        let approved = self.store.approve_bot(&bot.id, expires_at, &effects, now).await?;
+        let approved = self.store.bots.approve_bot(&bot.id, expires_at, &effects, now).await?;
         self.bots_changed();
         tracing::info!(bot = %approved.id, server = %approved.server, "✅ Bot approved until {}", time::iso_date(expires_at));
         Ok(approved)
@@ -124,7 +125,7 @@ impl Trekker {
         let id = parse_bot_id(id)?;
         let activity = NewActivity::new(&self.node, "rejected", "rejected by an admin");
         let effects = SideEffects::activity(NewActivity { bot_id: Some(id.clone()), ..activity });
-        let rejected = self.store.reject_bot(&id, &effects, self.now()).await?;
+        let rejected = self.store.bots.reject_bot(&id, &effects, self.now()).await?;
         self.bots_changed();
         tracing::info!(bot = %rejected.id, "🚫 Bot rejected; phone and slot freed");
         Ok(rejected)
@@ -135,14 +136,14 @@ impl Trekker {
         let id = parse_bot_id(id)?;
         let activity = NewActivity::new(&self.node, "deleted", "deleted by an admin");
         let effects = SideEffects::activity(NewActivity { bot_id: Some(id.clone()), ..activity });
-        let deleted = self.store.delete_bot(&id, &effects, self.now()).await?;
+        let deleted = self.store.bots.delete_bot(&id, &effects, self.now()).await?;
         self.bots_changed();
         tracing::info!(bot = %deleted.id, "🗑️ Bot deleted; phone and slot freed");
         Ok(deleted)
     }
 
     pub async fn inconsistencies(&self) -> Result<Vec<Inconsistency>, AppError> {
-        let found = self.store.find_inconsistencies().await?;
+        let found = self.store.consistency.find_inconsistencies().await?;
         for kind in ["registry_without_bot", "bot_without_registry", "server_mismatch", "count_drift"] {
             let count = found.iter().filter(|i| i.kind() == kind).count();
             metrics::gauge!(telemetry::INCONSISTENCIES, "kind" => kind).set(count as f64);
@@ -160,7 +161,12 @@ impl Trekker {
         if !dry_run {
             for issue in &found {
                 let activity = NewActivity::new(&self.node, "registry_repaired", format!("{issue:?}"));
-                if self.store.repair_inconsistency(issue, &SideEffects::activity(activity), self.now()).await? {
+                if self
+                    .store
+                    .consistency
+                    .repair_inconsistency(issue, &SideEffects::activity(activity), self.now())
+                    .await?
+                {
                     repaired += 1;
                 }
             }
@@ -170,7 +176,7 @@ impl Trekker {
 
     /// Appends an activity; a failure is logged, never fatal.
     pub(crate) async fn record(&self, activity: NewActivity) {
-        if let Err(err) = self.store.append_activity(&activity, self.now()).await {
+        if let Err(err) = self.store.activities.append_activity(&activity, self.now()).await {
             tracing::warn!(error = ?err, action = %activity.action, "could not record an activity");
         }
     }

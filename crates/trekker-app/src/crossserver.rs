@@ -17,8 +17,8 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 use trekker_domain::{ApprovalStatus, BotId, Credentials, PhoneNumber, ServerName, messages};
 use trekker_store::{
-    BotRecord, ClaimedUpdate, CredentialUpdate, DeliveryOutcome, NewActivity, NewCredentialUpdate, OutboxStatus,
-    SideEffects, StoreError, VersionRule,
+    BotRecord, ClaimedUpdate, CredentialUpdate, DeliveryOutcome, NewActivity, NewCredentialUpdate, SideEffects,
+    StoreError, VersionRule,
 };
 use trekker_tenancy::wire::{CredentialsUpdateAnswer, CredentialsUpdateBody};
 use trekker_tenancy::{ClientError, CrossTenancyClient};
@@ -113,8 +113,11 @@ impl Trekker {
         )
         .for_bot(&bot.id, &bot.phone)
         .with_remote(host, Some(&bot.id));
-        let queued =
-            self.store.enqueue_credential_update(&update, &SideEffects::activity(activity), self.now()).await?;
+        let queued = self
+            .store
+            .credential_outbox
+            .enqueue_credential_update(&update, &SideEffects::activity(activity), self.now())
+            .await?;
         let queued_answer = |bot: BotRecord| {
             metrics::counter!(telemetry::CROSS_SERVER_UPDATES, "target" => host.to_string(), "result" => "queued")
                 .increment(1);
@@ -127,7 +130,9 @@ impl Trekker {
         };
         let worker = format!("{}-ask-{:08x}", self.node, random_u128() as u32);
         let lease_ms = self.cross_server_budget_ms() + 5_000;
-        let Some(claimed) = self.store.claim_credential_update(&queued.id, &worker, self.now(), lease_ms).await? else {
+        let Some(claimed) =
+            self.store.credential_outbox.claim_credential_update(&queued.id, &worker, self.now(), lease_ms).await?
+        else {
             return queued_answer(bot);
         };
         match self.deliver_update(&claimed, &base_url, &worker).await {
@@ -147,7 +152,13 @@ impl Trekker {
 
     /// The host's base URL if it is online and not inactive.
     async fn reachable_base_url(&self, host: &ServerName) -> Result<Option<String>, StoreError> {
-        Ok(self.store.get_server(host).await?.filter(|server| self.is_server_online(server)).and_then(|s| s.base_url))
+        Ok(self
+            .store
+            .servers
+            .get_server(host)
+            .await?
+            .filter(|server| self.is_server_online(server))
+            .and_then(|s| s.base_url))
     }
 
     /// One attempt at a claimed update; records its outcome in the outbox.
@@ -182,7 +193,9 @@ impl Trekker {
             }
         };
         metrics::counter!(telemetry::CROSS_SERVER_UPDATES, "target" => target, "result" => label).increment(1);
-        if let Err(err) = self.store.finish_credential_update(&update.id, worker, outcome, self.now()).await {
+        if let Err(err) =
+            self.store.credential_outbox.finish_credential_update(&update.id, worker, outcome, self.now()).await
+        {
             tracing::warn!(update = %update.id, error = ?err, "could not record the delivery result");
         }
         if let Delivery::Delivered(answer) = &delivery {
@@ -201,14 +214,17 @@ impl Trekker {
     /// Delivers due queued updates once; returns how many were attempted.
     pub async fn deliver_queued_updates(&self, worker: &str) -> Result<usize, AppError> {
         let lease_ms = self.cross_server_budget_ms() + 5_000;
-        let claimed = self.store.claim_credential_updates(worker, self.now(), lease_ms, 16).await?;
+        let claimed = self.store.credential_outbox.claim_credential_updates(worker, self.now(), lease_ms, 16).await?;
         let count = claimed.len();
         for update in claimed {
             let id = update.update.id.clone();
             if self.now() - update.update.created_at > OUTBOX_MAX_AGE_MS {
                 tracing::warn!(update = %id, target = %update.update.target, "credential update expired undelivered");
                 metrics::counter!(telemetry::CROSS_SERVER_UPDATES, "target" => update.update.target.to_string(), "result" => "expired").increment(1);
-                self.store.finish_credential_update(&id, worker, DeliveryOutcome::Expired, self.now()).await?;
+                self.store
+                    .credential_outbox
+                    .finish_credential_update(&id, worker, DeliveryOutcome::Expired, self.now())
+                    .await?;
                 continue;
             }
             match self.reachable_base_url(&update.update.target).await? {
@@ -217,7 +233,7 @@ impl Trekker {
                 }
                 None => {
                     let retry = DeliveryOutcome::Retry { retry_at: self.now() + 1_000, error: "host offline".into() };
-                    self.store.finish_credential_update(&id, worker, retry, self.now()).await?;
+                    self.store.credential_outbox.finish_credential_update(&id, worker, retry, self.now()).await?;
                 }
             }
         }
@@ -230,7 +246,7 @@ impl Trekker {
         if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err(unknown());
         }
-        self.store.get_credential_update(id).await?.ok_or_else(unknown)
+        self.store.credential_outbox.get_credential_update(id).await?.ok_or_else(unknown)
     }
 
     /// The receiving side: applies credentials forwarded by `issuer` to a
@@ -242,7 +258,7 @@ impl Trekker {
     ) -> Result<CredentialsUpdateAnswer, AppError> {
         let not_here = || AppError::NotFound(format!("Bot {} is not hosted on {}.", body.bot_id, self.node));
         let id = BotId::parse(&body.bot_id).map_err(|_| not_here())?;
-        let bot = self.store.get_bot(&id).await?.ok_or_else(not_here)?;
+        let bot = self.store.bots.get_bot(&id).await?.ok_or_else(not_here)?;
         if bot.server != self.node || bot.approval == ApprovalStatus::Rejected {
             return Err(not_here());
         }
@@ -268,7 +284,7 @@ impl Trekker {
                 .with_remote(issuer, Some(&bot.id));
         let effects = SideEffects::activity(activity)
             .notify(&bot.phone, messages::credentials_updated_cross_server(&bot.name, &self.node, issuer));
-        match self.store.update_credentials(&bot.id, &credentials, rule, &effects, self.now()).await {
+        match self.store.bots.update_credentials(&bot.id, &credentials, rule, &effects, self.now()).await {
             Ok(updated) => {
                 self.bots_changed();
                 tracing::info!("✅ Credentials updated on {} for bot {} (from {issuer})", self.node, updated.id);
@@ -282,7 +298,7 @@ impl Trekker {
             }
             // Already applied (a retry whose first answer was lost): same
             // credentials under this version is success, not a conflict.
-            Err(StoreError::StaleVersion { current }) => match self.store.load_credentials(&bot.id).await? {
+            Err(StoreError::StaleVersion { current }) => match self.store.runtime.load_credentials(&bot.id).await? {
                 Some((stored, version)) if stored == credentials && Some(version) == body.credentials_version => {
                     Ok(CredentialsUpdateAnswer {
                         success: true,
@@ -296,16 +312,6 @@ impl Trekker {
             },
             Err(err) => Err(err.into()),
         }
-    }
-}
-
-/// The guest-facing status of a queued update (`superseded` reads failed).
-pub fn public_status(status: OutboxStatus) -> &'static str {
-    match status {
-        OutboxStatus::Pending => "pending",
-        OutboxStatus::Delivered => "delivered",
-        OutboxStatus::Failed | OutboxStatus::Superseded => "failed",
-        OutboxStatus::Expired => "expired",
     }
 }
 

@@ -30,6 +30,8 @@ pub enum AppError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("This Idempotency-Key was used with a different body.")]
+    IdempotencyMismatch,
     /// Not the caller's fault; the HTTP layer logs it and answers generically.
     #[error("internal error")]
     Store(#[source] StoreError),

@@ -7,6 +7,8 @@
 pub mod admin;
 pub mod crossserver;
 mod error;
+pub mod idempotency;
+pub mod liveness;
 pub mod notify;
 pub mod pairing;
 pub mod register;
@@ -15,36 +17,62 @@ pub mod telemetry;
 pub mod validate;
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use ring::rand::{SecureRandom, SystemRandom};
 use trekker_domain::{BotId, ServerName};
 use trekker_placement::PlacementPolicy;
-use trekker_store::Store;
+use trekker_store::{
+    ActivityLog, BotStore, ConsistencyStore, CredentialOutbox, IdempotencyStore, NotificationOutbox, PairingStore,
+    ReplayGuard, RuntimeStore, ServerStore, Store,
+};
 
 pub use error::AppError;
+pub use trekker_domain::time::{Clock, SystemClock};
 
-/// A source of the current time (epoch milliseconds); tests fix it.
-pub trait Clock: Send + Sync + std::fmt::Debug {
-    fn now_ms(&self) -> i64;
+/// The parts of the store the use cases work with, one narrow handle per
+/// aggregate (so a unit test mocks only what its use case touches).
+#[derive(Clone)]
+pub struct Stores {
+    pub servers: Arc<dyn ServerStore>,
+    pub bots: Arc<dyn BotStore>,
+    pub activities: Arc<dyn ActivityLog>,
+    pub consistency: Arc<dyn ConsistencyStore>,
+    pub pairings: Arc<dyn PairingStore>,
+    pub notifications: Arc<dyn NotificationOutbox>,
+    pub credential_outbox: Arc<dyn CredentialOutbox>,
+    pub idempotency: Arc<dyn IdempotencyStore>,
+    pub replay: Arc<dyn ReplayGuard>,
+    /// Read here only to recognise a forwarded update already applied.
+    pub runtime: Arc<dyn RuntimeStore>,
 }
 
-/// The system clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
+impl Stores {
+    /// Every handle backed by one store.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self {
+            servers: store.clone(),
+            bots: store.clone(),
+            activities: store.clone(),
+            consistency: store.clone(),
+            pairings: store.clone(),
+            notifications: store.clone(),
+            credential_outbox: store.clone(),
+            idempotency: store.clone(),
+            replay: store.clone(),
+            runtime: store,
+        }
+    }
+}
 
-impl Clock for SystemClock {
-    fn now_ms(&self) -> i64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-            .unwrap_or(0)
+impl std::fmt::Debug for Stores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stores").finish_non_exhaustive()
     }
 }
 
 /// The use cases of one node, and what they need.
 pub struct Trekker {
-    pub store: Arc<dyn Store>,
+    pub store: Stores,
     /// The node this runs on.
     pub node: ServerName,
     pub placement: Arc<dyn PlacementPolicy>,
@@ -69,6 +97,11 @@ impl std::fmt::Debug for Trekker {
 
 impl Trekker {
     pub fn new(store: Arc<dyn Store>, node: ServerName, heartbeat_interval_ms: i64) -> Self {
+        Self::with_stores(Stores::new(store), node, heartbeat_interval_ms)
+    }
+
+    /// As [`Trekker::new`], with each store handle given on its own.
+    pub fn with_stores(store: Stores, node: ServerName, heartbeat_interval_ms: i64) -> Self {
         Self {
             store,
             node,
@@ -117,14 +150,43 @@ pub(crate) fn new_bot_id() -> BotId {
 #[cfg(test)]
 pub(crate) mod test_support {
     use super::*;
-    use trekker_store::MockStore;
+    use trekker_store::{
+        MockActivityLog, MockBotStore, MockConsistencyStore, MockCredentialOutbox, MockIdempotencyStore,
+        MockNotificationOutbox, MockPairingStore, MockReplayGuard, MockRuntimeStore, MockServerStore,
+    };
 
-    #[derive(Debug)]
-    pub struct FixedClock(pub i64);
+    pub use trekker_domain::time::ManualClock;
 
-    impl Clock for FixedClock {
-        fn now_ms(&self) -> i64 {
-            self.0
+    /// One mock per store handle; a mock without expectations panics when
+    /// called, so a test states every store call its use case may make.
+    #[derive(Default)]
+    pub struct Mocks {
+        pub servers: MockServerStore,
+        pub bots: MockBotStore,
+        pub activities: MockActivityLog,
+        pub consistency: MockConsistencyStore,
+        pub pairings: MockPairingStore,
+        pub notifications: MockNotificationOutbox,
+        pub credential_outbox: MockCredentialOutbox,
+        pub idempotency: MockIdempotencyStore,
+        pub replay: MockReplayGuard,
+        pub runtime: MockRuntimeStore,
+    }
+
+    impl Mocks {
+        pub fn into_stores(self) -> Stores {
+            Stores {
+                servers: Arc::new(self.servers),
+                bots: Arc::new(self.bots),
+                activities: Arc::new(self.activities),
+                consistency: Arc::new(self.consistency),
+                pairings: Arc::new(self.pairings),
+                notifications: Arc::new(self.notifications),
+                credential_outbox: Arc::new(self.credential_outbox),
+                idempotency: Arc::new(self.idempotency),
+                replay: Arc::new(self.replay),
+                runtime: Arc::new(self.runtime),
+            }
         }
     }
 
@@ -163,9 +225,9 @@ pub(crate) mod test_support {
         }
     }
 
-    pub fn trekker(store: MockStore) -> Trekker {
-        let mut trekker = Trekker::new(Arc::new(store), ServerName::parse("SERVER0").unwrap(), 10_000);
-        trekker.clock = Arc::new(FixedClock(NOW));
+    pub fn trekker(store: Mocks) -> Trekker {
+        let mut trekker = Trekker::with_stores(store.into_stores(), ServerName::parse("SERVER0").unwrap(), 10_000);
+        trekker.clock = Arc::new(ManualClock::new(NOW));
         trekker
     }
 }

@@ -104,7 +104,7 @@ pub async fn run_dispatcher(trekker: Arc<Trekker>, notifier: Arc<dyn Notifier>, 
     let worker = format!("{}-{:08x}", trekker.node, random_u128() as u32);
     tracing::info!(notifier = notifier.name(), %worker, "notification dispatcher started");
     loop {
-        let batch = match trekker.store.claim_notifications(&worker, trekker.now(), LEASE_MS, 32).await {
+        let batch = match trekker.store.notifications.claim_notifications(&worker, trekker.now(), LEASE_MS, 32).await {
             Ok(batch) => batch,
             Err(err) => {
                 tracing::warn!(error = ?err, "claiming notifications failed; will retry");
@@ -153,7 +153,9 @@ async fn deliver(trekker: &Trekker, notifier: &dyn Notifier, worker: &str, notif
         }
     };
     metrics::counter!(telemetry::NOTIFICATIONS, "result" => result).increment(1);
-    if let Err(err) = trekker.store.finish_notification(notification.id, worker, outcome, trekker.now()).await {
+    if let Err(err) =
+        trekker.store.notifications.finish_notification(notification.id, worker, outcome, trekker.now()).await
+    {
         tracing::warn!(id = notification.id, error = ?err, "could not record the notification result");
     }
 }

@@ -168,7 +168,7 @@ impl Trekker {
             created_at: now,
             expires_at: now + PAIRING_TTL_SECS * 1000,
         };
-        self.store.create_pairing(&pairing).await?;
+        self.store.pairings.create_pairing(&pairing).await?;
         tracing::info!(provider = provider.name(), %phone, request = %request_id, "📱 Pairing requested");
         let store = self.store.clone();
         let clock = self.clock.clone();
@@ -176,8 +176,10 @@ impl Trekker {
         tokio::spawn(async move {
             let ttl = Duration::from_secs(PAIRING_TTL_SECS as u64);
             let result = match tokio::time::timeout(ttl, session.outcome).await {
-                Ok(Ok(credentials)) => store.complete_pairing(&id, &credentials, clock.now_ms()).await,
-                Ok(Err(reason)) => store.fail_pairing(&id, &format!("Pairing failed: {reason}"), clock.now_ms()).await,
+                Ok(Ok(credentials)) => store.pairings.complete_pairing(&id, &credentials, clock.now_ms()).await,
+                Ok(Err(reason)) => {
+                    store.pairings.fail_pairing(&id, &format!("Pairing failed: {reason}"), clock.now_ms()).await
+                }
                 // Past the TTL the request reads as expired by itself.
                 Err(_) => Ok(()),
             };
@@ -194,7 +196,7 @@ impl Trekker {
         if request_id.is_empty() || request_id.len() > 64 || !request_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err(unknown());
         }
-        let record = self.store.get_pairing(request_id, self.now()).await?.ok_or_else(unknown)?;
+        let record = self.store.pairings.get_pairing(request_id, self.now()).await?.ok_or_else(unknown)?;
         Ok(match record.status {
             PairingStatus::Pending => PairingState::Pending,
             PairingStatus::Paired => match record.credentials {

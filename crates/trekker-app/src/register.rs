@@ -7,9 +7,10 @@
 //! - new: `selectedServer`, else this node, else the placement policy's
 //!   ranking, each tried with the store's atomic reservation.
 
+use trekker_domain::GuestMessage;
 use trekker_domain::{ApprovalStatus, BotId, Credentials, PhoneNumber, ServerName, messages};
 use trekker_placement::{Candidate, Liveness};
-use trekker_store::{BotRecord, NewActivity, NewBot, SLOTS_LEFT, SideEffects, StoreError, VersionRule};
+use trekker_store::{BotRecord, NewActivity, NewBot, SideEffects, StoreError, VersionRule};
 
 use crate::{AppError, Trekker, new_bot_id, telemetry};
 
@@ -89,7 +90,7 @@ impl RegisterOutcome {
         match self {
             Self::Registered { bot } => messages::registered_pending_approval(&bot.name, &bot.server),
             Self::AutoAssigned { bot, from, available_slots } => {
-                messages::auto_assigned(&bot.name, from, &bot.server, available_slots)
+                messages::auto_assigned(&bot.name, from, &bot.server, *available_slots)
             }
             Self::CredentialsUpdated { bot, restarting } => {
                 messages::credentials_updated(&bot.name, &bot.server, *restarting)
@@ -135,7 +136,7 @@ impl Trekker {
         // A phone can be registered by another request between our look-up
         // and our insert; the store then refuses and we look again.
         for _ in 0..3 {
-            match self.store.find_registration(&input.phone).await? {
+            match self.store.bots.find_registration(&input.phone).await? {
                 Some(entry) => {
                     if let Some(requested) = &input.selected
                         && requested != &entry.server
@@ -195,7 +196,7 @@ impl Trekker {
         let selected = match request.selected_server.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
             Some(raw) => {
                 let name = ServerName::parse(raw).map_err(|_| AppError::UnknownServer(raw.to_owned()))?;
-                if self.store.get_server(&name).await?.is_none() {
+                if self.store.servers.get_server(&name).await?.is_none() {
                     return Err(AppError::UnknownServer(name.to_string()));
                 }
                 Some(name)
@@ -216,7 +217,7 @@ impl Trekker {
         let effects = SideEffects::activity(activity)
             .notify(&bot.phone, messages::credentials_updated(&bot.name, &self.node, restarting));
         let updated =
-            self.store.update_credentials(&bot.id, credentials, VersionRule::Next, &effects, self.now()).await?;
+            self.store.bots.update_credentials(&bot.id, credentials, VersionRule::Next, &effects, self.now()).await?;
         tracing::info!(bot = %updated.id, version = updated.credentials_version, "🔄 Credentials updated on {}", self.node);
         Ok(RegisterOutcome::CredentialsUpdated { bot: updated, restarting })
     }
@@ -248,6 +249,7 @@ impl Trekker {
         let liveness = Liveness { now_ms: self.now(), heartbeat_interval_ms: self.heartbeat_interval_ms };
         let candidates: Vec<Candidate> = self
             .store
+            .servers
             .list_servers()
             .await?
             .into_iter()
@@ -288,7 +290,7 @@ impl Trekker {
         tracing::warn!(phone = %input.phone, "All servers are at capacity");
         let mut refusal = NewActivity::new(&self.node, "registration_refused", "all servers are at capacity");
         refusal.phone = Some(input.phone.clone());
-        if let Err(err) = self.store.append_activity(&refusal, self.now()).await {
+        if let Err(err) = self.store.activities.append_activity(&refusal, self.now()).await {
             tracing::warn!(error = ?err, "could not record the refused registration");
         }
         Err(AppError::AllServersFull)
@@ -308,7 +310,7 @@ impl Trekker {
             server: server.clone(),
             credentials: input.credentials.clone(),
         };
-        self.store.register_bot(&bot, effects, self.now()).await
+        self.store.bots.register_bot(&bot, effects, self.now()).await
     }
 
     /// The activity and guest notification of a new bot on `server`.
@@ -325,19 +327,22 @@ impl Trekker {
         if let Some(remote) = remote {
             activity = activity.with_remote(remote, None);
         }
-        let text = match remote {
-            Some(target) => messages::auto_assigned(&input.name, &self.node, target, SLOTS_LEFT),
-            None => messages::registered_pending_approval(&input.name, server),
+        let message = match remote {
+            Some(target) => {
+                GuestMessage::AutoAssigned { bot_name: input.name.clone(), from: self.node.clone(), to: target.clone() }
+            }
+            None => GuestMessage::Text(messages::registered_pending_approval(&input.name, server)),
         };
-        SideEffects::activity(activity).notify(&input.phone, text)
+        SideEffects::activity(activity).notify(&input.phone, message)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use crate::test_support::Mocks;
     use mockall::predicate::always;
     use trekker_domain::ServerStatus;
-    use trekker_store::{MockStore, Registered, ServerSnapshot};
+    use trekker_store::{Registered, ServerSnapshot};
     use trekker_testkit::creds;
 
     use std::sync::Arc;
@@ -377,7 +382,7 @@ mod tests {
         Registered { bot: record, free_slots_after: free }
     }
 
-    async fn refused(store: MockStore, request: RegisterRequest) -> AppError {
+    async fn refused(store: Mocks, request: RegisterRequest) -> AppError {
         trekker(store).register_bot(request).await.unwrap_err()
     }
 
@@ -389,7 +394,7 @@ mod tests {
 
     #[tokio::test]
     async fn bad_input_is_refused_before_touching_the_store() {
-        // A MockStore without expectations panics on any call.
+        // A Mocks without expectations panics on any call.
         let cases = [
             (RegisterRequest { bot_name: "  ".into(), ..request(None) }, "botName is required."),
             (RegisterRequest { bot_name: "x".repeat(101), ..request(None) }, "botName must be"),
@@ -401,7 +406,7 @@ mod tests {
             ),
         ];
         for (request, message) in cases {
-            match refused(MockStore::new(), request).await {
+            match refused(Mocks::default(), request).await {
                 AppError::InvalidInput(text) => assert!(text.starts_with(message), "{text}"),
                 other => panic!("expected InvalidInput, got {other:?}"),
             }
@@ -412,14 +417,14 @@ mod tests {
     async fn bad_credentials_and_mismatch() {
         let undecodable =
             RegisterRequest { credentials: CredentialInput::SessionId("TREKKER~***".into()), ..request(None) };
-        assert!(matches!(refused(MockStore::new(), undecodable).await, AppError::InvalidSession(_)));
+        assert!(matches!(refused(Mocks::default(), undecodable).await, AppError::InvalidSession(_)));
         let not_baileys = RegisterRequest {
             credentials: CredentialInput::FileJson(serde_json::json!({"me": {"id": "254712345678@s.whatsapp.net"}})),
             ..request(None)
         };
-        assert!(matches!(refused(MockStore::new(), not_baileys).await, AppError::InvalidCredentials(_)));
+        assert!(matches!(refused(Mocks::default(), not_baileys).await, AppError::InvalidCredentials(_)));
         let mismatch = RegisterRequest { phone_number: "254700000000".into(), ..request(None) };
-        let err = refused(MockStore::new(), mismatch).await;
+        let err = refused(Mocks::default(), mismatch).await;
         assert_eq!(
             err.to_string(),
             "Credentials phone number mismatch. The session belongs to +254712345678 but you provided +254700000000."
@@ -428,23 +433,27 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_selected_server() {
-        let mut store = MockStore::new();
-        store.expect_get_server().returning(|_| Ok(None));
+        let mut store = Mocks::default();
+        store.servers.expect_get_server().returning(|_| Ok(None));
         assert!(matches!(refused(store, request(Some("nowhere"))).await, AppError::UnknownServer(s) if s == "NOWHERE"));
-        assert!(matches!(refused(MockStore::new(), request(Some("bad name!"))).await, AppError::UnknownServer(_)));
+        assert!(matches!(refused(Mocks::default(), request(Some("bad name!"))).await, AppError::UnknownServer(_)));
     }
 
     #[tokio::test]
     async fn new_bot_goes_to_this_node_when_it_has_room() {
-        let mut store = MockStore::new();
-        store.expect_find_registration().returning(|_| Ok(None));
+        let mut store = Mocks::default();
+        store.bots.expect_find_registration().returning(|_| Ok(None));
         store
+            .bots
             .expect_register_bot()
             .withf(|bot, effects, _| {
                 bot.server.as_str() == "SERVER0"
                     && bot.name == "My bot"
                     && effects.activity.action == "registered"
-                    && effects.notification.as_ref().is_some_and(|n| n.text.contains("waiting for admin approval"))
+                    && effects
+                        .notification
+                        .as_ref()
+                        .is_some_and(|n| n.message.render(None).contains("waiting for admin approval"))
             })
             .times(1)
             .returning(|bot, _, _| Ok(registered(bot, 4)));
@@ -455,9 +464,9 @@ mod tests {
 
     #[tokio::test]
     async fn full_node_auto_assigns_to_most_free_and_skips_one_that_filled_meanwhile() {
-        let mut store = MockStore::new();
-        store.expect_find_registration().returning(|_| Ok(None));
-        store.expect_list_servers().returning(|| {
+        let mut store = Mocks::default();
+        store.bots.expect_find_registration().returning(|_| Ok(None));
+        store.servers.expect_list_servers().returning(|| {
             Ok(vec![
                 snapshot("SERVER0", 2, 2),
                 snapshot("SERVER1", 10, 9),
@@ -468,6 +477,7 @@ mod tests {
         let mut seq = mockall::Sequence::new();
         for (server, answer) in [("SERVER0", Some("full")), ("SERVER2", Some("full")), ("SERVER3", None)] {
             store
+                .bots
                 .expect_register_bot()
                 .withf(move |bot, _, _| bot.server.as_str() == server)
                 .times(1)
@@ -476,7 +486,8 @@ mod tests {
                     Some(_) => Err(StoreError::ServerFull(bot.server.clone())),
                     None => {
                         assert_eq!(effects.activity.action, "auto_assigned");
-                        assert!(effects.notification.as_ref().unwrap().text.contains(SLOTS_LEFT));
+                        let message = &effects.notification.as_ref().unwrap().message;
+                        assert!(matches!(message, GuestMessage::AutoAssigned { to, .. } if to.as_str() == "SERVER3"));
                         Ok(registered(bot, 4))
                     }
                 });
@@ -492,11 +503,19 @@ mod tests {
 
     #[tokio::test]
     async fn everything_full_is_all_servers_full() {
-        let mut store = MockStore::new();
-        store.expect_find_registration().returning(|_| Ok(None));
-        store.expect_list_servers().returning(|| Ok(vec![snapshot("SERVER0", 1, 1), snapshot("SERVER1", 1, 1)]));
-        store.expect_register_bot().times(1).returning(|bot, _, _| Err(StoreError::ServerFull(bot.server.clone())));
+        let mut store = Mocks::default();
+        store.bots.expect_find_registration().returning(|_| Ok(None));
         store
+            .servers
+            .expect_list_servers()
+            .returning(|| Ok(vec![snapshot("SERVER0", 1, 1), snapshot("SERVER1", 1, 1)]));
+        store
+            .bots
+            .expect_register_bot()
+            .times(1)
+            .returning(|bot, _, _| Err(StoreError::ServerFull(bot.server.clone())));
+        store
+            .activities
             .expect_append_activity()
             .withf(|a, _| a.action == "registration_refused")
             .times(1)
@@ -508,17 +527,17 @@ mod tests {
 
     #[tokio::test]
     async fn selected_server_full_or_taken_elsewhere() {
-        let mut store = MockStore::new();
-        store.expect_get_server().returning(|n| Ok(Some(snapshot(n.as_str(), 1, 1))));
-        store.expect_find_registration().returning(|_| Ok(None));
-        store.expect_register_bot().returning(|bot, _, _| Err(StoreError::ServerFull(bot.server.clone())));
+        let mut store = Mocks::default();
+        store.servers.expect_get_server().returning(|n| Ok(Some(snapshot(n.as_str(), 1, 1))));
+        store.bots.expect_find_registration().returning(|_| Ok(None));
+        store.bots.expect_register_bot().returning(|bot, _, _| Err(StoreError::ServerFull(bot.server.clone())));
         assert!(
             matches!(refused(store, request(Some("server1"))).await, AppError::ServerFull(s) if s.as_str() == "SERVER1")
         );
 
-        let mut store = MockStore::new();
-        store.expect_get_server().returning(|n| Ok(Some(snapshot(n.as_str(), 5, 1))));
-        store.expect_find_registration().returning(|_| Ok(Some(registry_entry("SERVER0"))));
+        let mut store = Mocks::default();
+        store.servers.expect_get_server().returning(|n| Ok(Some(snapshot(n.as_str(), 5, 1))));
+        store.bots.expect_find_registration().returning(|_| Ok(Some(registry_entry("SERVER0"))));
         let err = refused(store, request(Some("SERVER1"))).await;
         assert_eq!(err.to_string(), "This phone number is registered on SERVER0. Cannot move to SERVER1.");
     }
@@ -526,10 +545,11 @@ mod tests {
     #[tokio::test]
     async fn hosted_here_updates_credentials_and_restarts_approved_bots() {
         for (approval, restarting) in [(ApprovalStatus::Approved, true), (ApprovalStatus::Pending, false)] {
-            let mut store = MockStore::new();
-            store.expect_find_registration().returning(|_| Ok(Some(registry_entry("SERVER0"))));
-            store.expect_find_bot_on_server().returning(move |_, _| Ok(Some(bot_record("SERVER0", approval))));
+            let mut store = Mocks::default();
+            store.bots.expect_find_registration().returning(|_| Ok(Some(registry_entry("SERVER0"))));
+            store.bots.expect_find_bot_on_server().returning(move |_, _| Ok(Some(bot_record("SERVER0", approval))));
             store
+                .bots
                 .expect_update_credentials()
                 .with(always(), always(), mockall::predicate::eq(VersionRule::Next), always(), always())
                 .times(1)
@@ -571,11 +591,14 @@ mod tests {
         }
     }
 
-    fn cross_server_store(host_heartbeat: i64) -> MockStore {
-        let mut store = MockStore::new();
-        store.expect_find_registration().returning(|_| Ok(Some(registry_entry("SERVER1"))));
-        store.expect_find_bot_on_server().returning(|_, _| Ok(Some(bot_record("SERVER1", ApprovalStatus::Approved))));
-        store.expect_enqueue_credential_update().times(1).returning(|update, effects, _| {
+    fn cross_server_store(host_heartbeat: i64) -> Mocks {
+        let mut store = Mocks::default();
+        store.bots.expect_find_registration().returning(|_| Ok(Some(registry_entry("SERVER1"))));
+        store
+            .bots
+            .expect_find_bot_on_server()
+            .returning(|_, _| Ok(Some(bot_record("SERVER1", ApprovalStatus::Approved))));
+        store.credential_outbox.expect_enqueue_credential_update().times(1).returning(|update, effects, _| {
             assert_eq!(effects.activity.remote_tenancy.as_ref().map(ServerName::as_str), Some("SERVER1"));
             Ok(trekker_store::CredentialUpdate {
                 id: update.id.clone(),
@@ -591,7 +614,7 @@ mod tests {
                 delivered_at: None,
             })
         });
-        store.expect_get_server().returning(move |name| {
+        store.servers.expect_get_server().returning(move |name| {
             let mut host = snapshot(name.as_str(), 5, 1);
             host.base_url = Some("http://host.test".into());
             host.last_heartbeat = Some(host_heartbeat);
@@ -600,8 +623,8 @@ mod tests {
         store
     }
 
-    fn with_claim(store: &mut MockStore) {
-        store.expect_claim_credential_update().times(1).returning(|id, _, _, _| {
+    fn with_claim(store: &mut Mocks) {
+        store.credential_outbox.expect_claim_credential_update().times(1).returning(|id, _, _, _| {
             Ok(Some(trekker_store::ClaimedUpdate {
                 update: trekker_store::CredentialUpdate {
                     id: id.to_owned(),
@@ -640,11 +663,12 @@ mod tests {
         let mut store = cross_server_store(NOW);
         with_claim(&mut store);
         store
+            .credential_outbox
             .expect_finish_credential_update()
             .withf(|_, _, outcome, _| *outcome == trekker_store::DeliveryOutcome::Delivered)
             .times(1)
             .returning(|_, _, _, _| Ok(true));
-        store.expect_append_activity().returning(|_, _| Ok(()));
+        store.activities.expect_append_activity().returning(|_, _| Ok(()));
         let host = Arc::new(FakeHost(Ok(2), Default::default()));
         let mut trekker = trekker(store);
         trekker.remote = host.clone();
@@ -659,6 +683,7 @@ mod tests {
         let mut store = cross_server_store(NOW);
         with_claim(&mut store);
         store
+            .credential_outbox
             .expect_finish_credential_update()
             .withf(|_, _, outcome, _| matches!(outcome, trekker_store::DeliveryOutcome::Failed { .. }))
             .times(1)
@@ -676,9 +701,9 @@ mod tests {
 
     #[tokio::test]
     async fn registry_row_without_bot_is_inconsistent() {
-        let mut store = MockStore::new();
-        store.expect_find_registration().returning(|_| Ok(Some(registry_entry("SERVER1"))));
-        store.expect_find_bot_on_server().returning(|_, _| Ok(None));
+        let mut store = Mocks::default();
+        store.bots.expect_find_registration().returning(|_| Ok(Some(registry_entry("SERVER1"))));
+        store.bots.expect_find_bot_on_server().returning(|_, _| Ok(None));
         assert!(
             matches!(refused(store, request(None)).await, AppError::RegistryInconsistent(s) if s.as_str() == "SERVER1")
         );
@@ -686,19 +711,24 @@ mod tests {
 
     #[tokio::test]
     async fn phone_taken_meanwhile_is_looked_up_again() {
-        let mut store = MockStore::new();
+        let mut store = Mocks::default();
         let mut seq = mockall::Sequence::new();
-        store.expect_find_registration().times(1).in_sequence(&mut seq).returning(|_| Ok(None));
-        store.expect_register_bot().times(1).in_sequence(&mut seq).returning(|_, _, _| {
+        store.bots.expect_find_registration().times(1).in_sequence(&mut seq).returning(|_| Ok(None));
+        store.bots.expect_register_bot().times(1).in_sequence(&mut seq).returning(|_, _, _| {
             Err(StoreError::PhoneTaken { server: name("SERVER0"), bot_id: BotId::parse("bot-1").unwrap() })
         });
         store
+            .bots
             .expect_find_registration()
             .times(1)
             .in_sequence(&mut seq)
             .returning(|_| Ok(Some(registry_entry("SERVER0"))));
-        store.expect_find_bot_on_server().returning(|_, _| Ok(Some(bot_record("SERVER0", ApprovalStatus::Pending))));
         store
+            .bots
+            .expect_find_bot_on_server()
+            .returning(|_, _| Ok(Some(bot_record("SERVER0", ApprovalStatus::Pending))));
+        store
+            .bots
             .expect_update_credentials()
             .times(1)
             .returning(|_, _, _, _, _| Ok(bot_record("SERVER0", ApprovalStatus::Pending)));

@@ -1,25 +1,32 @@
 //! The expiry sweeper: every node moves approved bots whose approval ran
 //! out to `expired` (the store's single UPDATE makes each bot expire once,
-//! whichever node gets there first). Nothing else is freed.
+//! whichever node gets there first, and writes each bot's activity in the
+//! same transaction). Nothing else is freed.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-use trekker_store::NewActivity;
-
 use crate::{Trekker, telemetry};
+use tokio_util::sync::CancellationToken;
 
 impl Trekker {
     /// One sweep; returns how many bots expired.
     pub async fn expire_due_bots(&self) -> Result<usize, crate::AppError> {
-        let expired = self.store.expire_due_bots(self.now()).await?;
+        let expired = self.store.bots.expire_due_bots(&self.node, self.now()).await?;
         for bot in &expired {
             tracing::info!(bot = %bot.id, server = %bot.server, "⏰ Bot approval expired");
-            self.record(NewActivity::new(&self.node, "expired", "approval expired").for_bot(&bot.id, &bot.phone)).await;
         }
         metrics::counter!(telemetry::EXPIRED_BOTS).increment(expired.len() as u64);
         Ok(expired.len())
+    }
+
+    /// Deletes replay records and idempotency keys past their expiry;
+    /// returns how many.
+    pub async fn purge_expired_records(&self) -> Result<u64, crate::AppError> {
+        let now = self.now();
+        let replay = self.store.replay.purge_replay_records(now).await?;
+        let keys = self.store.idempotency.purge_idempotency_keys(now).await?;
+        Ok(replay + keys)
     }
 }
 
@@ -35,7 +42,7 @@ pub async fn run(trekker: Arc<Trekker>, every: Duration, shutdown: CancellationT
                     tracing::warn!(error = ?err, "expiry sweep failed; will retry");
                 }
                 // Replay and idempotency records past their expiry.
-                if let Err(err) = trekker.store.purge_expired(trekker.now()).await {
+                if let Err(err) = trekker.purge_expired_records().await {
                     tracing::warn!(error = ?err, "purging expired records failed; will retry");
                 }
             }

@@ -32,7 +32,7 @@ impl Trekker {
         {
             return Ok(ValidationResult::invalid(messages::phone_mismatch(phone, given), Some(phone)));
         }
-        let Some(entry) = self.store.find_registration(phone).await? else {
+        let Some(entry) = self.store.bots.find_registration(phone).await? else {
             return Ok(ValidationResult::available(phone));
         };
         let bot_id = self.hosted_bot(&entry).await?.id;
@@ -46,7 +46,7 @@ impl Trekker {
     /// The bot row behind a registry entry, looked up on the server the
     /// registry names; its absence is the seed's registry inconsistency.
     pub(crate) async fn hosted_bot(&self, entry: &RegistryEntry) -> Result<trekker_store::BotRecord, AppError> {
-        match self.store.find_bot_on_server(&entry.phone, &entry.server).await? {
+        match self.store.bots.find_bot_on_server(&entry.phone, &entry.server).await? {
             Some(bot) => Ok(bot),
             None => {
                 tracing::warn!(
@@ -63,8 +63,8 @@ impl Trekker {
 
 #[cfg(test)]
 mod tests {
+    use crate::test_support::Mocks;
     use trekker_domain::ApprovalStatus;
-    use trekker_store::MockStore;
     use trekker_testkit::creds;
 
     use super::*;
@@ -72,8 +72,8 @@ mod tests {
 
     #[tokio::test]
     async fn available_phone() {
-        let mut store = MockStore::new();
-        store.expect_find_registration().returning(|_| Ok(None));
+        let mut store = Mocks::default();
+        store.bots.expect_find_registration().returning(|_| Ok(None));
         let result = trekker(store).validate_credentials(&creds::session_id(PHONE, 1), Some(PHONE)).await.unwrap();
         assert!(result.is_valid && !result.already_registered && !result.cross_server_update);
         assert_eq!(result.phone_number.as_deref(), Some(PHONE));
@@ -82,9 +82,10 @@ mod tests {
     #[tokio::test]
     async fn registered_here_and_elsewhere() {
         for (host, cross) in [("SERVER0", false), ("SERVER1", true)] {
-            let mut store = MockStore::new();
-            store.expect_find_registration().returning(move |_| Ok(Some(registry_entry(host))));
+            let mut store = Mocks::default();
+            store.bots.expect_find_registration().returning(move |_| Ok(Some(registry_entry(host))));
             store
+                .bots
                 .expect_find_bot_on_server()
                 .withf(move |_, server| server.as_str() == host)
                 .returning(move |_, _| Ok(Some(bot_record(host, ApprovalStatus::Approved))));
@@ -98,9 +99,9 @@ mod tests {
 
     #[tokio::test]
     async fn registry_without_bot_is_inconsistent() {
-        let mut store = MockStore::new();
-        store.expect_find_registration().returning(|_| Ok(Some(registry_entry("SERVER1"))));
-        store.expect_find_bot_on_server().returning(|_, _| Ok(None));
+        let mut store = Mocks::default();
+        store.bots.expect_find_registration().returning(|_| Ok(Some(registry_entry("SERVER1"))));
+        store.bots.expect_find_bot_on_server().returning(|_, _| Ok(None));
         let err = trekker(store).validate_credentials(&creds::session_id(PHONE, 1), None).await.unwrap_err();
         assert!(matches!(err, AppError::RegistryInconsistent(ref s) if s.as_str() == "SERVER1"));
         assert_eq!(err.to_string(), "Bot found in registry on SERVER1 but not in database. Please contact support.");
@@ -108,7 +109,7 @@ mod tests {
 
     #[tokio::test]
     async fn bad_session_and_mismatch_are_invalid_results() {
-        let store = MockStore::new();
+        let store = Mocks::default();
         let trekker = trekker(store);
         let bad = trekker.validate_credentials("TREKKER~%%%", None).await.unwrap();
         assert!(!bad.is_valid);

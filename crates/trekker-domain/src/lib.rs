@@ -17,6 +17,7 @@ pub mod validation;
 
 pub use approval::{ApprovalStatus, ApprovalTransitionError};
 pub use ids::{BotId, BotIdError, ServerName, ServerNameError};
+pub use messages::GuestMessage;
 pub use phone::{PhoneNumber, PhoneNumberError};
 pub use runtime::RuntimeStatus;
 pub use server::ServerStatus;

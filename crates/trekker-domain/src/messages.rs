@@ -57,7 +57,7 @@ pub fn registered_pending_approval(bot_name: &str, server: &ServerName) -> Strin
 }
 
 /// Sent to the guest when the bot was placed on another server.
-pub fn auto_assigned(bot_name: &str, from: &ServerName, to: &ServerName, slots_left: impl std::fmt::Display) -> String {
+pub fn auto_assigned(bot_name: &str, from: &ServerName, to: &ServerName, slots_left: i64) -> String {
     format!(
         "{from} is full, so your bot \"{bot_name}\" was registered on {to} ({slots_left} slots left there). It is waiting for admin approval."
     )
@@ -98,4 +98,40 @@ pub fn cross_server_update_done(bot_name: &str, host: &ServerName) -> String {
     format!(
         "The credentials of your bot \"{bot_name}\" were updated on {host}, which hosts it. The bot is restarting with them."
     )
+}
+
+/// A message to a guest as it is queued. Most texts are complete when the
+/// change is decided; an auto-assignment names the slots left on the target,
+/// which only the transaction that takes the slot knows, so it stays typed
+/// until then (no placeholder in user text: a bot named `{slots_left}` keeps
+/// its name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestMessage {
+    /// A finished text.
+    Text(String),
+    /// The bot was placed on `to` because `from` was full.
+    AutoAssigned { bot_name: String, from: ServerName, to: ServerName },
+}
+
+impl GuestMessage {
+    /// The text to send; `slots_left` is the free slots on the bot's server
+    /// right after its registration (given only by the registration).
+    pub fn render(&self, slots_left: Option<i64>) -> String {
+        match self {
+            Self::Text(text) => text.clone(),
+            Self::AutoAssigned { bot_name, from, to } => auto_assigned(bot_name, from, to, slots_left.unwrap_or(0)),
+        }
+    }
+}
+
+impl From<String> for GuestMessage {
+    fn from(text: String) -> Self {
+        Self::Text(text)
+    }
+}
+
+impl From<&str> for GuestMessage {
+    fn from(text: &str) -> Self {
+        Self::Text(text.to_owned())
+    }
 }

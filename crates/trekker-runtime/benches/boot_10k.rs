@@ -51,7 +51,14 @@ async fn main() {
 
     let tuning = SupervisorTuning { start_rate_per_sec: 2_000, ..SupervisorTuning::default() };
     let driver = Arc::new(SimulatedDriver::new(Duration::from_millis(50)));
-    let supervisor = Supervisor::new(store.clone(), driver, node.clone(), bots as usize, tuning);
+    let supervisor = Supervisor::new(
+        store.clone(),
+        Arc::new(trekker_domain::time::SystemClock),
+        driver,
+        node.clone(),
+        bots as usize,
+        tuning,
+    );
     let shutdown = CancellationToken::new();
     let started = Instant::now();
     let task = tokio::spawn(supervisor.run(Arc::new(Notify::new()), shutdown.clone()));

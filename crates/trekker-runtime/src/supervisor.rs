@@ -20,13 +20,16 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio::sync::{Notify, mpsc};
+// Tokio's clock, so tests can pause and advance time instead of sleeping.
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use trekker_domain::{ApprovalStatus, BotId, RuntimeStatus, ServerName};
-use trekker_store::{BotFilter, BotRecord, RuntimeReport, Store};
+use trekker_domain::time::Clock;
+use trekker_domain::{BotId, RuntimeStatus, ServerName};
+use trekker_store::{BotRecord, RuntimeReport, RuntimeStore};
 
 use crate::driver::{BotDriver, BotEvent, BotSpec, DriverEvent, RunningBot};
 
@@ -101,7 +104,9 @@ impl Managed {
 }
 
 pub struct Supervisor {
-    store: Arc<dyn Store>,
+    store: Arc<dyn RuntimeStore>,
+    /// Wall-clock time for leases and reports (epoch milliseconds).
+    clock: Arc<dyn Clock>,
     driver: Arc<dyn BotDriver>,
     node: ServerName,
     /// This node's own capacity: it never runs more, whatever the database says.
@@ -130,10 +135,6 @@ impl std::fmt::Debug for Supervisor {
     }
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
 fn jitter(max: Duration) -> Duration {
     let mut bytes = [0u8; 8];
     let _ = SystemRandom::new().fill(&mut bytes);
@@ -143,7 +144,8 @@ fn jitter(max: Duration) -> Duration {
 
 impl Supervisor {
     pub fn new(
-        store: Arc<dyn Store>,
+        store: Arc<dyn RuntimeStore>,
+        clock: Arc<dyn Clock>,
         driver: Arc<dyn BotDriver>,
         node: ServerName,
         max_bots: usize,
@@ -153,6 +155,7 @@ impl Supervisor {
         let burst = f64::from(tuning.start_rate_per_sec.max(1));
         Self {
             store,
+            clock,
             driver,
             node,
             max_bots,
@@ -200,7 +203,7 @@ impl Supervisor {
     /// Reads the database: renews leases, refreshes the desired set, stops
     /// what must stop, restarts what has new credentials.
     async fn poll(&mut self) {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let lease_ms = self.tuning.lease.as_millis() as i64;
         let owned: HashSet<BotId> = match self.store.renew_bot_leases(&self.node, now, lease_ms).await {
             Ok(ids) => {
@@ -219,16 +222,14 @@ impl Supervisor {
                 return;
             }
         };
-        let filter = BotFilter { server: Some(self.node.clone()), approval: Some(ApprovalStatus::Approved) };
-        let bots = match self.store.list_bots(&filter).await {
+        let bots = match self.store.bots_to_run(&self.node, now).await {
             Ok(bots) => bots,
             Err(err) => {
                 tracing::warn!(error = ?err, "listing this node's bots failed; will retry");
                 return;
             }
         };
-        self.desired =
-            bots.into_iter().filter(|b| b.expires_at.is_none_or(|at| at > now)).map(|b| (b.id.clone(), b)).collect();
+        self.desired = bots.into_iter().map(|b| (b.id.clone(), b)).collect();
 
         for id in self.running_ids() {
             let Some(bot) = self.desired.get(&id).cloned() else {
@@ -342,7 +343,7 @@ impl Supervisor {
             }
         };
         let lease_ms = self.tuning.lease.as_millis() as i64;
-        match self.store.acquire_bot_lease(&bot.id, &self.node, version, now_ms(), lease_ms).await {
+        match self.store.acquire_bot_lease(&bot.id, &self.node, version, self.clock.now_ms(), lease_ms).await {
             Ok(true) => {}
             Ok(false) => {
                 tracing::debug!(bot = %bot.id, "run lease not available (moved, changed, or still held elsewhere)");
@@ -498,7 +499,7 @@ impl Supervisor {
             last_error,
             invalid_reason,
         };
-        if let Err(err) = self.store.report_runtime(&report, now_ms()).await {
+        if let Err(err) = self.store.report_runtime(&report, self.clock.now_ms()).await {
             tracing::warn!(bot = %id, error = ?err, "cannot record the bot's status");
         }
     }

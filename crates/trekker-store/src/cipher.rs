@@ -67,6 +67,14 @@ impl CredentialCipher {
 
     /// Reads the key file at `path`, or creates it (mode 0600) with a new
     /// random key. Used beside a SQLite database when no key is configured.
+    /// Loads the key of an existing key file; never creates one.
+    pub fn load_key_file(path: &Path) -> Result<Self, StoreError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|err| StoreError::Config(format!("cannot read key file {}: {err}", path.display())))?;
+        Self::from_base64(&text)
+            .map_err(|_| StoreError::Config(format!("key file {} does not hold a 32-byte base64 key", path.display())))
+    }
+
     pub fn load_or_create_key_file(path: &Path) -> Result<Self, StoreError> {
         match std::fs::read_to_string(path) {
             Ok(text) => Self::from_base64(&text).map_err(|_| {

@@ -1,7 +1,7 @@
 //! The records the store reads and writes. No credentials in any of them:
 //! those go in as [`Credentials`] and are sealed before they touch a row.
 
-use trekker_domain::{ApprovalStatus, BotId, PhoneNumber, RuntimeStatus, ServerName, ServerStatus};
+use trekker_domain::{ApprovalStatus, BotId, GuestMessage, PhoneNumber, RuntimeStatus, ServerName, ServerStatus};
 
 /// Epoch milliseconds, the one time unit of the store (same SQL on both backends).
 pub type Millis = i64;
@@ -167,13 +167,8 @@ pub struct Activity {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewNotification {
     pub phone: PhoneNumber,
-    pub text: String,
+    pub message: GuestMessage,
 }
-
-/// In a registration's notification text, replaced by the free slots left
-/// on the server right after the registration (known only inside the
-/// transaction that takes the slot).
-pub const SLOTS_LEFT: &str = "{slots_left}";
 
 /// What a state change writes beside itself, in the same transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,8 +182,8 @@ impl SideEffects {
         Self { activity, notification: None }
     }
 
-    pub fn notify(mut self, phone: &PhoneNumber, text: impl Into<String>) -> Self {
-        self.notification = Some(NewNotification { phone: phone.clone(), text: text.into() });
+    pub fn notify(mut self, phone: &PhoneNumber, message: impl Into<GuestMessage>) -> Self {
+        self.notification = Some(NewNotification { phone: phone.clone(), message: message.into() });
         self
     }
 }

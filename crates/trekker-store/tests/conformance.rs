@@ -381,11 +381,19 @@ async fn expiry_moves_approved_bots_only(f: Fixture) {
     let pending = register(s, "254700000082", "SERVER0").await.unwrap().bot;
     s.approve_bot(&due.id, NOW + 10, &effects("approved"), NOW).await.unwrap();
     s.approve_bot(&later.id, NOW + 1000, &effects("approved"), NOW).await.unwrap();
-    let expired = s.expire_due_bots(NOW + 10).await.unwrap();
+    let sweeper = server("SERVER1");
+    let expired = s.expire_due_bots(&sweeper, NOW + 10).await.unwrap();
     assert_eq!(expired.iter().map(|b| b.id.clone()).collect::<Vec<_>>(), vec![due.id.clone()]);
     assert_eq!(expired[0].approval, ApprovalStatus::Expired);
     assert_eq!(s.get_bot(&pending.id).await.unwrap().unwrap().approval, ApprovalStatus::Pending);
-    assert!(s.expire_due_bots(NOW + 11).await.unwrap().is_empty());
+    assert!(s.expire_due_bots(&sweeper, NOW + 11).await.unwrap().is_empty());
+    // Each expiry wrote its activity, once, by the sweeping node.
+    let activities = s.list_activities(Some(due.id.clone()), 10).await.unwrap();
+    let expiries: Vec<_> = activities.iter().filter(|a| a.action == "expired").collect();
+    assert_eq!(expiries.len(), 1, "{activities:?}");
+    assert_eq!(expiries[0].server, "SERVER1");
+    assert_eq!(expiries[0].occurred_at, NOW + 10);
+    assert!(s.list_activities(Some(later.id.clone()), 10).await.unwrap().iter().all(|a| a.action != "expired"));
     // Expiry frees nothing: the phone and slot stay held.
     assert!(s.find_registration(&due.phone).await.unwrap().is_some());
     assert_eq!(s.get_server(&server("SERVER0")).await.unwrap().unwrap().current_bot_count, 3);
@@ -674,7 +682,8 @@ async fn idempotency_and_replay_guard(f: Fixture) {
     assert!(s.remember_jti("SERVER1", "abc", NOW + 60_000).await.unwrap());
     assert!(!s.remember_jti("SERVER1", "abc", NOW + 60_000).await.unwrap());
     assert!(s.remember_jti("SERVER2", "abc", NOW + 60_000).await.unwrap(), "jti is per issuer");
-    assert_eq!(s.purge_expired(NOW + 86_400_001).await.unwrap(), 2 + 2);
+    assert_eq!(s.purge_replay_records(NOW + 86_400_001).await.unwrap(), 2);
+    assert_eq!(s.purge_idempotency_keys(NOW + 86_400_001).await.unwrap(), 2);
     assert!(s.remember_jti("SERVER1", "abc", NOW + 60_000).await.unwrap());
 }
 

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use trekker_domain::ServerName;
-use trekker_store::Store;
+use trekker_store::{ReplayGuard, ServerStore};
 
 use crate::token::{CLOCK_SKEW_SECS, Claims, ClusterKeys, TokenRefusal};
 
@@ -23,7 +23,10 @@ pub enum VerifyError {
 pub struct RequestVerifier {
     keys: Option<ClusterKeys>,
     me: ServerName,
-    store: Arc<dyn Store>,
+    /// Where issuers must be registered.
+    servers: Arc<dyn ServerStore>,
+    /// Where token ids are remembered.
+    replay: Arc<dyn ReplayGuard>,
 }
 
 impl std::fmt::Debug for RequestVerifier {
@@ -33,8 +36,13 @@ impl std::fmt::Debug for RequestVerifier {
 }
 
 impl RequestVerifier {
-    pub fn new(keys: Option<ClusterKeys>, me: ServerName, store: Arc<dyn Store>) -> Self {
-        Self { keys, me, store }
+    pub fn new(
+        keys: Option<ClusterKeys>,
+        me: ServerName,
+        servers: Arc<dyn ServerStore>,
+        replay: Arc<dyn ReplayGuard>,
+    ) -> Self {
+        Self { keys, me, servers, replay }
     }
 
     /// Verifies the `Authorization` header value of a request to `path`
@@ -55,14 +63,14 @@ impl RequestVerifier {
             .ok_or(TokenRefusal::Missing)?;
         let claims = keys.verify(token, self.me.as_str(), method, path, body, now_ms.div_euclid(1000))?;
         let issuer = ServerName::parse(&claims.iss).map_err(|_| TokenRefusal::Issuer)?;
-        match self.store.get_server(&issuer).await {
+        match self.servers.get_server(&issuer).await {
             Ok(Some(_)) => {}
             Ok(None) => return Err(TokenRefusal::Issuer.into()),
             Err(err) => return Err(VerifyError::Store(err)),
         }
         // Kept past expiry plus skew: until then the token could still pass.
         let keep_until = (claims.exp + CLOCK_SKEW_SECS + 1) * 1000;
-        match self.store.remember_jti(&claims.iss, &claims.jti, keep_until).await {
+        match self.replay.remember_jti(&claims.iss, &claims.jti, keep_until).await {
             Ok(true) => Ok(claims),
             Ok(false) => Err(TokenRefusal::Replayed.into()),
             Err(err) => Err(VerifyError::Store(err)),

@@ -124,7 +124,7 @@ async fn four_nodes_400_registrations_fill_exactly_100_slots() {
 async fn stale_inactive_and_draining_servers_are_never_chosen() {
     let Some(url) = postgres_url().await else { return };
     let a = spawn_node(settings(&url, "SERVER0", 0)).await;
-    let now = trekker_node::now_millis();
+    let now = trekker_domain::time::Clock::now_ms(&trekker_domain::time::SystemClock);
     // A server that stopped beating an hour ago, with plenty of room.
     let ghost = ServerRegistration {
         name: ServerName::parse("GHOST").unwrap(),

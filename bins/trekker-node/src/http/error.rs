@@ -14,13 +14,104 @@ use trekker_store::StoreError;
 /// Seconds a guest is asked to wait when every server is full.
 pub const ALL_FULL_RETRY_AFTER_SECS: u64 = 60;
 
-/// An error answer: status, stable code, and a message for a person.
+/// Every error code of API.md's table with its HTTP status: the one list
+/// of codes in the code base (also published in the OpenAPI document).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    InvalidInput,
+    InvalidSession,
+    InvalidCredentials,
+    PhoneMismatch,
+    UnknownServer,
+    RegistryInconsistent,
+    ServerMismatch,
+    ServerFull,
+    AllServersFull,
+    RemoteUpdateFailed,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    Conflict,
+    IdempotencyMismatch,
+    PayloadTooLarge,
+    RateLimited,
+    Internal,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 18] = [
+        Self::InvalidInput,
+        Self::InvalidSession,
+        Self::InvalidCredentials,
+        Self::PhoneMismatch,
+        Self::UnknownServer,
+        Self::RegistryInconsistent,
+        Self::ServerMismatch,
+        Self::ServerFull,
+        Self::AllServersFull,
+        Self::RemoteUpdateFailed,
+        Self::Unauthorized,
+        Self::Forbidden,
+        Self::NotFound,
+        Self::Conflict,
+        Self::IdempotencyMismatch,
+        Self::PayloadTooLarge,
+        Self::RateLimited,
+        Self::Internal,
+    ];
+
+    /// The code as clients see it, e.g. `INVALID_INPUT`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidInput => "INVALID_INPUT",
+            Self::InvalidSession => "INVALID_SESSION",
+            Self::InvalidCredentials => "INVALID_CREDENTIALS",
+            Self::PhoneMismatch => "PHONE_MISMATCH",
+            Self::UnknownServer => "UNKNOWN_SERVER",
+            Self::RegistryInconsistent => "REGISTRY_INCONSISTENT",
+            Self::ServerMismatch => "SERVER_MISMATCH",
+            Self::ServerFull => "SERVER_FULL",
+            Self::AllServersFull => "ALL_SERVERS_FULL",
+            Self::RemoteUpdateFailed => "REMOTE_UPDATE_FAILED",
+            Self::Unauthorized => "UNAUTHORIZED",
+            Self::Forbidden => "FORBIDDEN",
+            Self::NotFound => "NOT_FOUND",
+            Self::Conflict => "CONFLICT",
+            Self::IdempotencyMismatch => "IDEMPOTENCY_MISMATCH",
+            Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            Self::RateLimited => "RATE_LIMITED",
+            Self::Internal => "INTERNAL",
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        use StatusCode as S;
+        match self {
+            Self::InvalidInput | Self::InvalidSession | Self::InvalidCredentials | Self::PhoneMismatch => {
+                S::BAD_REQUEST
+            }
+            Self::UnknownServer | Self::RegistryInconsistent | Self::NotFound => S::NOT_FOUND,
+            Self::ServerMismatch | Self::ServerFull | Self::Conflict => S::CONFLICT,
+            Self::AllServersFull => S::SERVICE_UNAVAILABLE,
+            Self::RemoteUpdateFailed => S::BAD_GATEWAY,
+            Self::Unauthorized => S::UNAUTHORIZED,
+            Self::Forbidden => S::FORBIDDEN,
+            Self::IdempotencyMismatch => S::UNPROCESSABLE_ENTITY,
+            Self::PayloadTooLarge => S::PAYLOAD_TOO_LARGE,
+            Self::RateLimited => S::TOO_MANY_REQUESTS,
+            Self::Internal => S::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// An error answer: a stable code (which fixes the status) and a message
+/// for a person.
 #[derive(Debug, Clone)]
 pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
-    /// Seconds, for 429 and 503.
+    /// Seconds, for 429, 503 and a busy database.
     pub retry_after: Option<u64>,
 }
 
@@ -29,15 +120,19 @@ pub struct ApiError {
 pub struct ErrorBody {
     /// Always false.
     pub success: bool,
-    /// A stable code from API.md's table, e.g. `INVALID_INPUT`.
-    pub code: String,
+    /// A stable code from API.md's table.
+    pub code: ErrorCode,
     /// Text for a person.
     pub message: String,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), retry_after: None }
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into(), retry_after: None }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.code.status()
     }
 
     pub fn with_retry_after(mut self, seconds: u64) -> Self {
@@ -46,35 +141,32 @@ impl ApiError {
     }
 
     pub fn invalid_input(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "INVALID_INPUT", message)
+        Self::new(ErrorCode::InvalidInput, message)
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "NOT_FOUND", message)
+        Self::new(ErrorCode::NotFound, message)
     }
 
     pub fn payload_too_large() -> Self {
-        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", "The request body is larger than 5 MiB.")
+        Self::new(ErrorCode::PayloadTooLarge, "The request body is larger than 5 MiB.")
     }
 
     pub fn internal() -> Self {
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "INTERNAL",
-            "Something went wrong on our side. Please try again later.",
-        )
+        Self::new(ErrorCode::Internal, "Something went wrong on our side. Please try again later.")
+    }
+
+    /// The body of this answer.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody { success: false, code: self.code, message: self.message.clone() }
     }
 
     /// A store error that is not the caller's: logged in full, answered generically.
     pub fn from_store(err: StoreError) -> Self {
         if err.is_retryable() {
             tracing::warn!(error = ?err, "database busy or unreachable");
-            return Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "INTERNAL",
-                "The database is busy. Please try again shortly.",
-            )
-            .with_retry_after(1);
+            return Self::new(ErrorCode::Internal, "The database is busy. Please try again shortly.")
+                .with_retry_after(1);
         }
         tracing::error!(error = ?err, "store error");
         Self::internal()
@@ -83,31 +175,33 @@ impl ApiError {
 
 impl From<AppError> for ApiError {
     fn from(err: AppError) -> Self {
-        use StatusCode as S;
+        use ErrorCode as C;
         let message = err.to_string();
-        match err {
-            AppError::InvalidInput(_) => Self::new(S::BAD_REQUEST, "INVALID_INPUT", message),
-            AppError::InvalidSession(_) => Self::new(S::BAD_REQUEST, "INVALID_SESSION", message),
-            AppError::InvalidCredentials(_) => Self::new(S::BAD_REQUEST, "INVALID_CREDENTIALS", message),
-            AppError::PhoneMismatch { .. } => Self::new(S::BAD_REQUEST, "PHONE_MISMATCH", message),
-            AppError::UnknownServer(_) => Self::new(S::NOT_FOUND, "UNKNOWN_SERVER", message),
-            AppError::RegistryInconsistent(_) => Self::new(S::NOT_FOUND, "REGISTRY_INCONSISTENT", message),
-            AppError::ServerMismatch { .. } => Self::new(S::CONFLICT, "SERVER_MISMATCH", message),
-            AppError::ServerFull(_) => Self::new(S::CONFLICT, "SERVER_FULL", message),
-            AppError::AllServersFull => Self::new(S::SERVICE_UNAVAILABLE, "ALL_SERVERS_FULL", message)
-                .with_retry_after(ALL_FULL_RETRY_AFTER_SECS),
-            AppError::RemoteUpdateFailed { .. } => Self::new(S::BAD_GATEWAY, "REMOTE_UPDATE_FAILED", message),
-            AppError::NotFound(_) => Self::new(S::NOT_FOUND, "NOT_FOUND", message),
-            AppError::Conflict(_) => Self::new(S::CONFLICT, "CONFLICT", message),
-            AppError::Store(err) => Self::from_store(err),
-        }
+        let code = match err {
+            AppError::InvalidInput(_) => C::InvalidInput,
+            AppError::InvalidSession(_) => C::InvalidSession,
+            AppError::InvalidCredentials(_) => C::InvalidCredentials,
+            AppError::PhoneMismatch { .. } => C::PhoneMismatch,
+            AppError::UnknownServer(_) => C::UnknownServer,
+            AppError::RegistryInconsistent(_) => C::RegistryInconsistent,
+            AppError::ServerMismatch { .. } => C::ServerMismatch,
+            AppError::ServerFull(_) => C::ServerFull,
+            AppError::AllServersFull => {
+                return Self::new(C::AllServersFull, message).with_retry_after(ALL_FULL_RETRY_AFTER_SECS);
+            }
+            AppError::RemoteUpdateFailed { .. } => C::RemoteUpdateFailed,
+            AppError::NotFound(_) => C::NotFound,
+            AppError::Conflict(_) => C::Conflict,
+            AppError::IdempotencyMismatch => C::IdempotencyMismatch,
+            AppError::Store(err) => return Self::from_store(err),
+        };
+        Self::new(code, message)
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { success: false, code: self.code.to_owned(), message: self.message };
-        let mut response = (self.status, Json(body)).into_response();
+        let mut response = (self.status(), Json(self.body())).into_response();
         if let Some(seconds) = self.retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }

@@ -9,7 +9,7 @@ use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use serde::de::DeserializeOwned;
 
-use super::ApiError;
+use super::{ApiError, ErrorCode};
 use crate::AppState;
 
 /// `Json<T>` whose rejections are INVALID_INPUT (400) or PAYLOAD_TOO_LARGE
@@ -52,8 +52,7 @@ impl FromRequestParts<AppState> for Admin {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let Some(expected) = &state.config.admin_token else {
             return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "FORBIDDEN",
+                ErrorCode::Forbidden,
                 "The admin API is disabled on this node: set ADMIN_TOKEN to enable it.",
             ));
         };
@@ -65,9 +64,7 @@ impl FromRequestParts<AppState> for Admin {
             .map(str::trim);
         match presented {
             Some(token) if tokens_match(token, expected.expose()) => Ok(Admin),
-            _ => {
-                Err(ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "A valid admin bearer token is required."))
-            }
+            _ => Err(ApiError::new(ErrorCode::Unauthorized, "A valid admin bearer token is required.")),
         }
     }
 }

@@ -245,7 +245,7 @@ pub(crate) async fn credential_update(
     let update = state.trekker.credential_update(&update_id).await?;
     Ok(Json(CredentialUpdateStatus {
         update_id: update.id,
-        status: trekker_app::crossserver::public_status(update.status),
+        status: update.status.as_str(),
         hosting_server: update.target.to_string(),
         attempts: update.attempts,
         last_error: update.last_error,

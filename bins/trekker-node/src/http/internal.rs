@@ -8,20 +8,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
+use trekker_app::idempotency::{Attempt, Reply};
 use trekker_app::telemetry;
 use trekker_domain::ServerName;
-use trekker_store::IdempotencyBegin;
+use trekker_tenancy::Claims;
 use trekker_tenancy::verify::VerifyError;
 use trekker_tenancy::wire::{CREDENTIALS_PATH, CredentialsUpdateBody, HEALTH_PATH, IDEMPOTENCY_HEADER};
-use trekker_tenancy::{Claims, body_hash};
 
-use super::{ApiError, ErrorBody};
-use crate::{AppState, now_millis};
-
-/// A command id is remembered this long (a day, like the outbox).
-const IDEMPOTENCY_TTL_MS: i64 = 25 * 60 * 60 * 1000;
-/// An in-progress command older than this is presumed dead and re-run.
-const IDEMPOTENCY_STALE_MS: i64 = 60_000;
+use super::{ApiError, ErrorBody, ErrorCode};
+use crate::AppState;
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new().route(CREDENTIALS_PATH, post(receive_credentials)).route(HEALTH_PATH, get(health))
@@ -54,81 +49,44 @@ impl FromRequest<AppState> for NodeCall {
             _ => ApiError::invalid_input("The request body could not be read."),
         })?;
         let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        match state.verifier.verify(authorization, &method, &path, &body, now_millis()).await {
+        match state.verifier.verify(authorization, &method, &path, &body, state.trekker.now()).await {
             Ok(claims) => Ok(Self { claims, headers, body }),
             Err(VerifyError::Refused(refusal)) => {
                 metrics::counter!(telemetry::NODE_CALLS_REFUSED, "reason" => refusal.reason()).increment(1);
                 tracing::warn!(reason = refusal.reason(), %path, "refused a node-to-node call");
-                Err(ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "UNAUTHORIZED",
-                    format!("Node-to-node call refused: {refusal}."),
-                ))
+                Err(ApiError::new(ErrorCode::Unauthorized, format!("Node-to-node call refused: {refusal}.")))
             }
             Err(VerifyError::Store(err)) => Err(ApiError::from_store(err)),
         }
     }
 }
 
-/// Applies credentials forwarded by another node to a bot hosted here.
+/// Applies credentials forwarded by another node to a bot hosted here,
+/// once per `Idempotency-Key` (the protocol is `Trekker::run_idempotent`).
 #[utoipa::path(post, path = "/internal/tenants/bots/credentials", tag = "internal",
     params(("Idempotency-Key" = String, Header, description = "command id, the same across retries")),
     responses((status = 200, description = "{success, botId, server, credentialsVersion, restarted}"),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
         (status = 422, body = ErrorBody)))]
 pub(crate) async fn receive_credentials(State(state): State<AppState>, call: NodeCall) -> Result<Response, ApiError> {
-    let key = call
-        .headers
-        .get(IDEMPOTENCY_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|k| !k.is_empty() && k.len() <= 128)
-        .ok_or_else(|| ApiError::invalid_input("An Idempotency-Key header (1 to 128 characters) is required."))?
-        .to_owned();
-    let fingerprint = body_hash(&call.body);
-    let begun = state
-        .store
-        .begin_idempotent(&key, &fingerprint, now_millis(), IDEMPOTENCY_STALE_MS, IDEMPOTENCY_TTL_MS)
-        .await
-        .map_err(ApiError::from_store)?;
-    match begun {
-        IdempotencyBegin::Started => {}
-        IdempotencyBegin::Done { status, body } => {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-            return Ok((status, [(header::CONTENT_TYPE, "application/json")], body).into_response());
-        }
-        IdempotencyBegin::InProgress => {
-            return Err(ApiError::new(StatusCode::CONFLICT, "CONFLICT", "This command is still being applied."));
-        }
-        IdempotencyBegin::Mismatch => {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "IDEMPOTENCY_MISMATCH",
-                "This Idempotency-Key was used with a different body.",
-            ));
-        }
-    }
+    let key = call.headers.get(IDEMPOTENCY_HEADER).and_then(|v| v.to_str().ok());
     let issuer = ServerName::parse(&call.claims.iss).map_err(|_| ApiError::internal())?;
-    let result = match serde_json::from_slice::<CredentialsUpdateBody>(&call.body) {
-        Ok(body) => state.trekker.apply_remote_credentials(&issuer, &body).await.map_err(ApiError::from),
-        Err(_) => Err(ApiError::invalid_input("The request body is not a credentials update.")),
-    };
-    let (status, body) = match result {
-        Ok(answer) => (StatusCode::OK, json!(answer)),
-        // A failure on our side may succeed when retried: forget the key.
-        Err(err) if err.status.is_server_error() => {
-            if let Err(store_err) = state.store.abandon_idempotent(&key).await {
-                tracing::warn!(error = ?store_err, "could not release an idempotency key");
-            }
-            return Err(err);
+    let trekker = &state.trekker;
+    let apply = || async {
+        let applied = match serde_json::from_slice::<CredentialsUpdateBody>(&call.body) {
+            Ok(body) => trekker.apply_remote_credentials(&issuer, &body).await.map_err(ApiError::from),
+            Err(_) => Err(ApiError::invalid_input("The request body is not a credentials update.")),
+        };
+        match applied {
+            Ok(answer) => Attempt::Answer(Reply { status: StatusCode::OK.as_u16(), body: json!(answer).to_string() }),
+            // A failure on our side may succeed when retried.
+            Err(err) if err.status().is_server_error() => Attempt::Retryable(err),
+            Err(err) => Attempt::Answer(Reply { status: err.status().as_u16(), body: json!(err.body()).to_string() }),
         }
-        Err(err) => (err.status, json!({"success": false, "code": err.code, "message": err.message})),
     };
-    let text = body.to_string();
-    if let Err(err) = state.store.finish_idempotent(&key, status.as_u16(), &text).await {
-        tracing::warn!(error = ?err, "could not store the answer of a command");
-    }
-    Ok((status, Json(body)).into_response())
+    let reply = trekker.run_idempotent(key, &call.body, apply).await??;
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
+    Ok((status, [(header::CONTENT_TYPE, "application/json")], reply.body).into_response())
 }
 
 /// Answers signed calls only.

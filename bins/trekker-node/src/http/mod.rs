@@ -18,7 +18,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use tower_http::trace::TraceLayer;
 
-pub use error::{ApiError, ErrorBody};
+pub use error::{ApiError, ErrorBody, ErrorCode};
 pub use ops::metrics_handle;
 
 use crate::AppState;

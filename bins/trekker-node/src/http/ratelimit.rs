@@ -6,15 +6,14 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 
-use super::ApiError;
 use super::extract::client_ip;
+use super::{ApiError, ErrorCode};
 use crate::AppState;
 
 /// Above this many tracked addresses, forget the ones at full allowance.
@@ -54,7 +53,7 @@ pub(crate) async fn limit(State(state): State<AppState>, request: Request, next:
     if let Some(limiter) = &state.rate_limiter
         && let Err(wait) = limiter.check(client_ip(&request))
     {
-        return ApiError::new(StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED", "Too many requests. Please slow down.")
+        return ApiError::new(ErrorCode::RateLimited, "Too many requests. Please slow down.")
             .with_retry_after(wait.max(1))
             .into_response();
     }

@@ -1,16 +1,16 @@
-//! The SQL implementation of [`Store`], written once for both backends.
-//!
-//! `impl_store!` expands the same method bodies for PostgreSQL and SQLite;
-//! the dialect differences are its arguments (how a write transaction
-//! begins, how a row is locked, how a queue is claimed) and the migrations
-//! folder. Placeholders are `$N`, which both drivers accept.
+//! The SQL implementation of [`Store`](crate::Store), written once for both
+//! backends: the queries live in `queries/`, one module per aggregate, and
+//! are compiled for PostgreSQL (`postgres.rs`) and for SQLite (`sqlite.rs`),
+//! each naming its three dialect differences (how a write transaction
+//! begins, how a row is locked, how a queue is claimed).
 //!
 //! Lock order, to keep PostgreSQL free of deadlocks: bot row, then server
 //! row, then registry row. Registration locks the server row first (its
 //! conditional UPDATE is the slot reservation) and creates the others.
 
+mod postgres;
 mod rows;
-mod store;
+mod sqlite;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -154,3 +154,53 @@ pub async fn connect(url: &str, cipher: CredentialCipher) -> Result<Arc<dyn Stor
         Backend::Sqlite => Arc::new(SqlStore::<Sqlite>::connect(url, cipher, 8).await?),
     })
 }
+
+/// What [`check`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckReport {
+    pub backend: Backend,
+    /// Migrations this binary has that the database has not applied.
+    pub pending_migrations: usize,
+}
+
+/// Connects to the database `url` names and reads it, writing nothing: no
+/// migration, and a SQLite file is opened read-only and never created.
+pub async fn check(url: &str) -> Result<CheckReport, StoreError> {
+    let backend = Backend::from_url(url)?;
+    let applied: Result<Vec<i64>, sqlx::Error> = match backend {
+        Backend::Postgres => {
+            let options = PgConnectOptions::from_str(url)
+                .map_err(|_| StoreError::Config("DATABASE_URL is not a valid PostgreSQL URL".into()))?;
+            let pool = PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(options)
+                .await?;
+            sqlx::query("SELECT 1").execute(&pool).await?;
+            let applied = sqlx::query_scalar(APPLIED_MIGRATIONS).fetch_all(&pool).await;
+            pool.close().await;
+            applied
+        }
+        Backend::Sqlite => {
+            let options = SqliteConnectOptions::from_str(url)
+                .map_err(|_| StoreError::Config("DATABASE_URL is not a valid SQLite URL".into()))?
+                .create_if_missing(false)
+                .read_only(true);
+            let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await?;
+            sqlx::query("SELECT 1").execute(&pool).await?;
+            let applied = sqlx::query_scalar(APPLIED_MIGRATIONS).fetch_all(&pool).await;
+            pool.close().await;
+            applied
+        }
+    };
+    let migrator = match backend {
+        Backend::Postgres => &POSTGRES_MIGRATOR,
+        Backend::Sqlite => &SQLITE_MIGRATOR,
+    };
+    // No migrations table yet: nothing is applied.
+    let applied = applied.unwrap_or_default();
+    let pending_migrations = migrator.iter().filter(|m| !applied.contains(&m.version)).count();
+    Ok(CheckReport { backend, pending_migrations })
+}
+
+const APPLIED_MIGRATIONS: &str = "SELECT version FROM _sqlx_migrations WHERE success";

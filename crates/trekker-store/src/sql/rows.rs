@@ -16,35 +16,35 @@ macro_rules! bot_columns {
          created_at, updated_at"
     };
 }
-pub(super) use bot_columns;
+pub(crate) use bot_columns;
 
 macro_rules! server_columns {
     () => {
         "server_name, max_bot_count, current_bot_count, server_status, base_url, last_heartbeat, description"
     };
 }
-pub(super) use server_columns;
+pub(crate) use server_columns;
 
 #[derive(sqlx::FromRow)]
-pub(super) struct BotRow {
-    pub(super) id: String,
-    pub(super) name: String,
-    pub(super) phone_number: String,
-    pub(super) server_name: String,
-    pub(super) approval_status: String,
-    pub(super) status: String,
-    pub(super) credentials_version: i64,
-    pub(super) credentials_updated_at: i64,
-    pub(super) approval_date: Option<i64>,
-    pub(super) expires_at: Option<i64>,
-    pub(super) invalid_reason: Option<String>,
-    pub(super) restarts: i64,
-    pub(super) last_error: Option<String>,
-    pub(super) created_at: i64,
-    pub(super) updated_at: i64,
+pub(crate) struct BotRow {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) phone_number: String,
+    pub(crate) server_name: String,
+    pub(crate) approval_status: String,
+    pub(crate) status: String,
+    pub(crate) credentials_version: i64,
+    pub(crate) credentials_updated_at: i64,
+    pub(crate) approval_date: Option<i64>,
+    pub(crate) expires_at: Option<i64>,
+    pub(crate) invalid_reason: Option<String>,
+    pub(crate) restarts: i64,
+    pub(crate) last_error: Option<String>,
+    pub(crate) created_at: i64,
+    pub(crate) updated_at: i64,
 }
 
-pub(super) fn corrupt(what: &str, value: &str) -> StoreError {
+pub(crate) fn corrupt(what: &str, value: &str) -> StoreError {
     StoreError::Corrupt(format!("{what} `{value}`"))
 }
 
@@ -74,14 +74,14 @@ impl TryFrom<BotRow> for BotRecord {
 }
 
 #[derive(sqlx::FromRow)]
-pub(super) struct ServerRow {
-    pub(super) server_name: String,
-    pub(super) max_bot_count: i64,
-    pub(super) current_bot_count: i64,
-    pub(super) server_status: String,
-    pub(super) base_url: Option<String>,
-    pub(super) last_heartbeat: Option<i64>,
-    pub(super) description: Option<String>,
+pub(crate) struct ServerRow {
+    pub(crate) server_name: String,
+    pub(crate) max_bot_count: i64,
+    pub(crate) current_bot_count: i64,
+    pub(crate) server_status: String,
+    pub(crate) base_url: Option<String>,
+    pub(crate) last_heartbeat: Option<i64>,
+    pub(crate) description: Option<String>,
 }
 
 impl TryFrom<ServerRow> for ServerSnapshot {
@@ -102,11 +102,11 @@ impl TryFrom<ServerRow> for ServerSnapshot {
 }
 
 #[derive(sqlx::FromRow)]
-pub(super) struct RegistryRow {
-    pub(super) phone_number: String,
-    pub(super) tenancy_name: String,
-    pub(super) bot_id: String,
-    pub(super) registered_at: i64,
+pub(crate) struct RegistryRow {
+    pub(crate) phone_number: String,
+    pub(crate) tenancy_name: String,
+    pub(crate) bot_id: String,
+    pub(crate) registered_at: i64,
 }
 
 impl TryFrom<RegistryRow> for RegistryEntry {
@@ -123,54 +123,54 @@ impl TryFrom<RegistryRow> for RegistryEntry {
 }
 
 #[derive(sqlx::FromRow)]
-pub(super) struct ActivityRow {
-    pub(super) id: i64,
-    pub(super) occurred_at: i64,
-    pub(super) server_name: String,
-    pub(super) bot_id: Option<String>,
-    pub(super) phone_number: Option<String>,
-    pub(super) action: String,
-    pub(super) details: String,
-    pub(super) remote_tenancy: Option<String>,
-    pub(super) remote_bot_id: Option<String>,
+pub(crate) struct ActivityRow {
+    pub(crate) id: i64,
+    pub(crate) occurred_at: i64,
+    pub(crate) server_name: String,
+    pub(crate) bot_id: Option<String>,
+    pub(crate) phone_number: Option<String>,
+    pub(crate) action: String,
+    pub(crate) details: String,
+    pub(crate) remote_tenancy: Option<String>,
+    pub(crate) remote_bot_id: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
-pub(super) struct PairingRow {
-    pub(super) id: String,
-    pub(super) phone_number: String,
-    pub(super) pairing_code: String,
-    pub(super) status: String,
-    pub(super) session_ciphertext: Option<Vec<u8>>,
-    pub(super) session_nonce: Option<Vec<u8>>,
-    pub(super) session_key_id: Option<String>,
-    pub(super) message: Option<String>,
-    pub(super) created_at: i64,
-    pub(super) expires_at: i64,
+pub(crate) struct PairingRow {
+    pub(crate) id: String,
+    pub(crate) phone_number: String,
+    pub(crate) pairing_code: String,
+    pub(crate) status: String,
+    pub(crate) session_ciphertext: Option<Vec<u8>>,
+    pub(crate) session_nonce: Option<Vec<u8>>,
+    pub(crate) session_key_id: Option<String>,
+    pub(crate) message: Option<String>,
+    pub(crate) created_at: i64,
+    pub(crate) expires_at: i64,
 }
 
 #[derive(sqlx::FromRow)]
-pub(super) struct NotificationRow {
-    pub(super) id: i64,
-    pub(super) phone_number: String,
-    pub(super) message: String,
-    pub(super) attempts: i64,
-    pub(super) created_at: i64,
+pub(crate) struct NotificationRow {
+    pub(crate) id: i64,
+    pub(crate) phone_number: String,
+    pub(crate) message: String,
+    pub(crate) attempts: i64,
+    pub(crate) created_at: i64,
 }
 
 #[derive(sqlx::FromRow)]
-pub(super) struct OutboxRow {
-    pub(super) id: String,
-    pub(super) bot_id: String,
-    pub(super) phone_number: String,
-    pub(super) source_server: String,
-    pub(super) target_server: String,
-    pub(super) credentials_version: Option<i64>,
-    pub(super) status: String,
-    pub(super) attempts: i64,
-    pub(super) last_error: Option<String>,
-    pub(super) created_at: i64,
-    pub(super) delivered_at: Option<i64>,
+pub(crate) struct OutboxRow {
+    pub(crate) id: String,
+    pub(crate) bot_id: String,
+    pub(crate) phone_number: String,
+    pub(crate) source_server: String,
+    pub(crate) target_server: String,
+    pub(crate) credentials_version: Option<i64>,
+    pub(crate) status: String,
+    pub(crate) attempts: i64,
+    pub(crate) last_error: Option<String>,
+    pub(crate) created_at: i64,
+    pub(crate) delivered_at: Option<i64>,
 }
 
 impl TryFrom<OutboxRow> for CredentialUpdate {
@@ -194,21 +194,21 @@ impl TryFrom<OutboxRow> for CredentialUpdate {
 }
 
 #[derive(sqlx::FromRow)]
-pub(super) struct ClaimedRow {
+pub(crate) struct ClaimedRow {
     #[sqlx(flatten)]
-    pub(super) outbox: OutboxRow,
-    pub(super) credentials_ciphertext: Vec<u8>,
-    pub(super) credentials_nonce: Vec<u8>,
-    pub(super) credentials_key_id: String,
+    pub(crate) outbox: OutboxRow,
+    pub(crate) credentials_ciphertext: Vec<u8>,
+    pub(crate) credentials_nonce: Vec<u8>,
+    pub(crate) credentials_key_id: String,
 }
 
 #[derive(sqlx::FromRow)]
-pub(super) struct IdempotencyRow {
-    pub(super) fingerprint: String,
-    pub(super) state: String,
-    pub(super) response_status: Option<i32>,
-    pub(super) response_body: Option<String>,
-    pub(super) created_at: i64,
+pub(crate) struct IdempotencyRow {
+    pub(crate) fingerprint: String,
+    pub(crate) state: String,
+    pub(crate) response_status: Option<i32>,
+    pub(crate) response_body: Option<String>,
+    pub(crate) created_at: i64,
 }
 
 macro_rules! outbox_columns {
@@ -217,27 +217,55 @@ macro_rules! outbox_columns {
          last_error, created_at, delivered_at"
     };
 }
-pub(super) use outbox_columns;
+pub(crate) use outbox_columns;
 
 #[derive(sqlx::FromRow)]
-pub(super) struct SealedRow {
-    pub(super) credentials_ciphertext: Vec<u8>,
-    pub(super) credentials_nonce: Vec<u8>,
-    pub(super) credentials_key_id: String,
-    pub(super) credentials_version: i64,
+pub(crate) struct SealedRow {
+    pub(crate) credentials_ciphertext: Vec<u8>,
+    pub(crate) credentials_nonce: Vec<u8>,
+    pub(crate) credentials_key_id: String,
+    pub(crate) credentials_version: i64,
 }
 
 #[derive(sqlx::FromRow)]
-pub(super) struct ApprovalRow {
-    pub(super) approval_status: String,
-    pub(super) server_name: String,
-    pub(super) phone_number: String,
+pub(crate) struct ApprovalRow {
+    pub(crate) approval_status: String,
+    pub(crate) server_name: String,
+    pub(crate) phone_number: String,
 }
 
-pub(super) fn parse_approval(text: &str) -> Result<ApprovalStatus, StoreError> {
+pub(crate) fn parse_approval(text: &str) -> Result<ApprovalStatus, StoreError> {
     ApprovalStatus::from_str(text).map_err(|_| corrupt("approval status", text))
 }
 
-pub(super) fn bots(rows: Vec<BotRow>) -> Result<Vec<BotRecord>, StoreError> {
+pub(crate) fn bots(rows: Vec<BotRow>) -> Result<Vec<BotRecord>, StoreError> {
     rows.into_iter().map(BotRecord::try_from).collect()
+}
+
+impl From<ActivityRow> for Activity {
+    fn from(row: ActivityRow) -> Self {
+        Self {
+            id: row.id,
+            occurred_at: row.occurred_at,
+            server: row.server_name,
+            bot_id: row.bot_id,
+            phone: row.phone_number,
+            action: row.action,
+            details: row.details,
+            remote_tenancy: row.remote_tenancy,
+            remote_bot_id: row.remote_bot_id,
+        }
+    }
+}
+
+impl From<NotificationRow> for Notification {
+    fn from(row: NotificationRow) -> Self {
+        Self {
+            id: row.id,
+            phone: row.phone_number,
+            text: row.message,
+            attempts: row.attempts,
+            created_at: row.created_at,
+        }
+    }
 }

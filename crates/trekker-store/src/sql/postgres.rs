@@ -1,0 +1,35 @@
+//! PostgreSQL, the cluster backend: its dialect, and the queries compiled
+//! for it.
+//!
+//! The queries (`queries/`) are written once and compiled twice, here and in
+//! `sqlite.rs`, against the concrete `Db` type each module names. That keeps
+//! them ordinary code (rustfmt formats them, the IDE shows their types,
+//! errors point at the line) without the wall of sqlx trait bounds that
+//! code generic over the database would need. Where the dialects differ, a
+//! query names one of the three fragments below.
+
+/// The database the queries of this module run on.
+type Db = sqlx::Postgres;
+
+/// Starts a transaction that will write.
+const BEGIN_WRITE: &str = "BEGIN";
+
+/// Locks the selected row until the transaction ends (lock order: bot row,
+/// then server row, then registry row).
+macro_rules! lock_row {
+    () => {
+        "FOR UPDATE"
+    };
+}
+
+/// Locks the claimed queue rows, passing over rows another worker holds.
+macro_rules! claim_lock {
+    () => {
+        "FOR UPDATE SKIP LOCKED"
+    };
+}
+
+// The same files are compiled for SQLite in `sqlite.rs`, on purpose.
+#[allow(clippy::duplicate_mod)]
+#[path = "queries/mod.rs"]
+mod queries;

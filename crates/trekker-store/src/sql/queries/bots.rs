@@ -1,0 +1,300 @@
+//! [`BotStore`] methods: the phone registry and the bots' approval life
+//! cycle. Each change is one transaction that also writes its activity and
+//! notification (invariants 1-3).
+
+use async_trait::async_trait;
+use trekker_domain::{ApprovalStatus, BotId, Credentials, PhoneNumber, ServerName, ServerStatus};
+
+use super::{BEGIN_WRITE, Db, fetch_bot_in, fetch_server_in, insert_activity_in, insert_effects_in};
+use super::{lock_approval_in, release_slot_in};
+use crate::error::StoreError;
+use crate::model::*;
+use crate::sql::SqlStore;
+use crate::sql::rows::*;
+use crate::traits::BotStore;
+
+#[async_trait]
+impl BotStore for SqlStore<Db> {
+    async fn find_registration(&self, phone: &PhoneNumber) -> Result<Option<RegistryEntry>, StoreError> {
+        let row: Option<RegistryRow> = sqlx::query_as(
+            "SELECT phone_number, tenancy_name, bot_id, registered_at FROM god_register WHERE phone_number = $1",
+        )
+        .bind(phone.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(RegistryEntry::try_from).transpose()
+    }
+
+    async fn get_bot(&self, id: &BotId) -> Result<Option<BotRecord>, StoreError> {
+        let row: Option<BotRow> =
+            sqlx::query_as(concat!("SELECT ", bot_columns!(), " FROM bot_instances WHERE id = $1"))
+                .bind(id.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(BotRecord::try_from).transpose()
+    }
+
+    async fn find_bot_on_server(
+        &self,
+        phone: &PhoneNumber,
+        server: &ServerName,
+    ) -> Result<Option<BotRecord>, StoreError> {
+        let row: Option<BotRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            bot_columns!(),
+            " FROM bot_instances \
+             WHERE phone_number = $1 AND server_name = $2 AND approval_status <> 'rejected'"
+        ))
+        .bind(phone.as_str())
+        .bind(server.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(BotRecord::try_from).transpose()
+    }
+
+    async fn list_bots(&self, filter: &BotFilter) -> Result<Vec<BotRecord>, StoreError> {
+        let rows: Vec<BotRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            bot_columns!(),
+            " FROM bot_instances \
+             WHERE (CAST($1 AS TEXT) IS NULL OR server_name = $1) \
+             AND (CAST($2 AS TEXT) IS NULL OR approval_status = $2) \
+             ORDER BY created_at DESC, id"
+        ))
+        .bind(filter.server.as_ref().map(ServerName::as_str))
+        .bind(filter.approval.map(ApprovalStatus::as_str))
+        .fetch_all(&self.pool)
+        .await?;
+        bots(rows)
+    }
+
+    async fn register_bot(&self, bot: &NewBot, effects: &SideEffects, now: Millis) -> Result<Registered, StoreError> {
+        let sealed = self.seal(bot.id.as_str(), &bot.credentials)?;
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+
+        // The reservation: one conditional UPDATE, atomic under concurrency
+        // on both backends (invariant 2).
+        let free_after: Option<i64> = sqlx::query_scalar(
+            "UPDATE server_registry SET current_bot_count = current_bot_count + 1, updated_at = $2 \
+             WHERE server_name = $1 AND server_status = 'active' AND current_bot_count < max_bot_count \
+             RETURNING max_bot_count - current_bot_count",
+        )
+        .bind(bot.server.as_str())
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(free_after) = free_after else {
+            let server = fetch_server_in(&mut tx, bot.server.as_str()).await?;
+            tx.rollback().await?;
+            return Err(match server {
+                None => StoreError::UnknownServer(bot.server.clone()),
+                Some(s) if s.status != ServerStatus::Active => {
+                    StoreError::ServerNotAccepting { server: s.name, status: s.status }
+                }
+                Some(s) => StoreError::ServerFull(s.name),
+            });
+        };
+
+        let claimed = sqlx::query(
+            "INSERT INTO god_register (phone_number, tenancy_name, bot_id, registered_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (phone_number) DO NOTHING",
+        )
+        .bind(bot.phone.as_str())
+        .bind(bot.server.as_str())
+        .bind(bot.id.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if claimed == 0 {
+            let holder: Option<RegistryRow> = sqlx::query_as(
+                "SELECT phone_number, tenancy_name, bot_id, registered_at FROM god_register WHERE phone_number = $1",
+            )
+            .bind(bot.phone.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+            tx.rollback().await?;
+            let holder =
+                holder.ok_or_else(|| StoreError::Corrupt("registry row vanished during registration".into()))?;
+            let holder = RegistryEntry::try_from(holder)?;
+            return Err(StoreError::PhoneTaken { server: holder.server, bot_id: holder.bot_id });
+        }
+
+        let inserted = sqlx::query(
+            "INSERT INTO bot_instances (id, name, phone_number, server_name, approval_status, status, \
+             credentials_ciphertext, credentials_nonce, credentials_key_id, credentials_version, \
+             credentials_updated_at, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, 'pending', 'offline', $5, $6, $7, 1, $8, $8, $8)",
+        )
+        .bind(bot.id.as_str())
+        .bind(&bot.name)
+        .bind(bot.phone.as_str())
+        .bind(bot.server.as_str())
+        .bind(&sealed.ciphertext)
+        .bind(&sealed.nonce)
+        .bind(&sealed.key_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await;
+        if let Err(err) = inserted {
+            let unique = err.as_database_error().is_some_and(|db| db.is_unique_violation());
+            if !unique {
+                return Err(err.into());
+            }
+            // A bot row holds the phone without a registry row: an
+            // inconsistency an admin can repair. Refuse, write nothing.
+            let holder: Option<BotRow> = sqlx::query_as(concat!(
+                "SELECT ",
+                bot_columns!(),
+                " FROM bot_instances WHERE phone_number = $1 AND approval_status <> 'rejected'"
+            ))
+            .bind(bot.phone.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+            tx.rollback().await?;
+            return match holder {
+                Some(row) => {
+                    let holder = BotRecord::try_from(row)?;
+                    Err(StoreError::PhoneTaken { server: holder.server, bot_id: holder.id })
+                }
+                None => Err(err.into()),
+            };
+        }
+        let free_after = free_after.max(0);
+        insert_effects_in(&mut tx, effects, Some(free_after), now).await?;
+        let record = fetch_bot_in(&mut tx, bot.id.as_str()).await?;
+        tx.commit().await?;
+        Ok(Registered { bot: record, free_slots_after: free_after })
+    }
+
+    async fn update_credentials(
+        &self,
+        id: &BotId,
+        credentials: &Credentials,
+        rule: VersionRule,
+        effects: &SideEffects,
+        now: Millis,
+    ) -> Result<BotRecord, StoreError> {
+        let sealed = self.seal(id.as_str(), credentials)?;
+        let exact = match rule {
+            VersionRule::Next => None,
+            VersionRule::Exactly(version) if version >= 1 => Some(version),
+            VersionRule::Exactly(_) => {
+                return Err(StoreError::InvalidInput("credentials version must be at least 1".into()));
+            }
+        };
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        let updated = sqlx::query(
+            "UPDATE bot_instances SET credentials_ciphertext = $2, credentials_nonce = $3, \
+             credentials_key_id = $4, \
+             credentials_version = COALESCE(CAST($5 AS BIGINT), credentials_version + 1), \
+             credentials_updated_at = $6, updated_at = $6, invalid_reason = NULL, \
+             status = CASE WHEN approval_status = 'approved' THEN 'loading' ELSE status END \
+             WHERE id = $1 AND approval_status <> 'rejected' \
+             AND (CAST($5 AS BIGINT) IS NULL OR credentials_version < CAST($5 AS BIGINT))",
+        )
+        .bind(id.as_str())
+        .bind(&sealed.ciphertext)
+        .bind(&sealed.nonce)
+        .bind(&sealed.key_id)
+        .bind(exact)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            let current = fetch_bot_in(&mut tx, id.as_str()).await;
+            tx.rollback().await?;
+            return match current {
+                Ok(bot) if bot.approval != ApprovalStatus::Rejected => {
+                    Err(StoreError::StaleVersion { current: bot.credentials_version })
+                }
+                Ok(_) | Err(StoreError::BotNotFound) => Err(StoreError::BotNotFound),
+                Err(err) => Err(err),
+            };
+        }
+        insert_effects_in(&mut tx, effects, None, now).await?;
+        let record = fetch_bot_in(&mut tx, id.as_str()).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn approve_bot(
+        &self,
+        id: &BotId,
+        expires_at: Millis,
+        effects: &SideEffects,
+        now: Millis,
+    ) -> Result<BotRecord, StoreError> {
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        let (current, _) = lock_approval_in(&mut tx, id).await?;
+        let next = current.approve()?;
+        sqlx::query(
+            "UPDATE bot_instances SET approval_status = $2, approval_date = $3, expires_at = $4, \
+             updated_at = $3, status = CASE WHEN status = 'online' THEN status ELSE 'loading' END \
+             WHERE id = $1",
+        )
+        .bind(id.as_str())
+        .bind(next.as_str())
+        .bind(now)
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await?;
+        insert_effects_in(&mut tx, effects, None, now).await?;
+        let record = fetch_bot_in(&mut tx, id.as_str()).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn reject_bot(&self, id: &BotId, effects: &SideEffects, now: Millis) -> Result<BotRecord, StoreError> {
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        let (current, row) = lock_approval_in(&mut tx, id).await?;
+        let next = current.reject()?;
+        if current.occupies_slot() && !next.occupies_slot() {
+            release_slot_in(&mut tx, id.as_str(), &row.phone_number, &row.server_name, now).await?;
+        }
+        sqlx::query("UPDATE bot_instances SET approval_status = $2, updated_at = $3 WHERE id = $1")
+            .bind(id.as_str())
+            .bind(next.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        insert_effects_in(&mut tx, effects, None, now).await?;
+        let record = fetch_bot_in(&mut tx, id.as_str()).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn delete_bot(&self, id: &BotId, effects: &SideEffects, now: Millis) -> Result<BotRecord, StoreError> {
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        let (current, row) = lock_approval_in(&mut tx, id).await?;
+        let record = fetch_bot_in(&mut tx, id.as_str()).await?;
+        if current.occupies_slot() {
+            release_slot_in(&mut tx, id.as_str(), &row.phone_number, &row.server_name, now).await?;
+        }
+        sqlx::query("DELETE FROM bot_instances WHERE id = $1").bind(id.as_str()).execute(&mut *tx).await?;
+        insert_effects_in(&mut tx, effects, None, now).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn expire_due_bots(&self, node: &ServerName, now: Millis) -> Result<Vec<BotRecord>, StoreError> {
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        let rows: Vec<BotRow> = sqlx::query_as(concat!(
+            "UPDATE bot_instances SET approval_status = 'expired', updated_at = $1 \
+             WHERE approval_status = 'approved' AND expires_at IS NOT NULL AND expires_at <= $1 \
+             RETURNING ",
+            bot_columns!()
+        ))
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        let expired = bots(rows)?;
+        for bot in &expired {
+            let activity = NewActivity::new(node, "expired", "approval expired").for_bot(&bot.id, &bot.phone);
+            insert_activity_in(&mut tx, &activity, now).await?;
+        }
+        tx.commit().await?;
+        Ok(expired)
+    }
+}

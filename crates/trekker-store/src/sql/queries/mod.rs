@@ -1,0 +1,123 @@
+//! The SQL of the store, one module per aggregate, compiled once per
+//! backend (the parent module names `Db`, `BEGIN_WRITE`, `lock_row!` and
+//! `claim_lock!`). This file holds the statements several aggregates run
+//! inside their own transactions.
+//!
+//! Placeholders are `$N`, which both drivers accept; times are epoch
+//! milliseconds in BIGINT columns.
+
+mod activities;
+mod bots;
+mod consistency;
+mod credential_outbox;
+mod idempotency;
+mod notifications;
+mod pairing;
+mod replay;
+mod runtime;
+mod servers;
+
+use trekker_domain::{ApprovalStatus, BotId, PhoneNumber, ServerName};
+
+use super::{BEGIN_WRITE, Db};
+use crate::error::StoreError;
+use crate::model::*;
+use crate::sql::rows::*;
+
+/// A connection of this backend, inside or outside a transaction.
+type Conn = <Db as sqlx::Database>::Connection;
+
+pub(super) async fn fetch_bot_in(conn: &mut Conn, id: &str) -> Result<BotRecord, StoreError> {
+    let row: Option<BotRow> = sqlx::query_as(concat!("SELECT ", bot_columns!(), " FROM bot_instances WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.ok_or(StoreError::BotNotFound)?.try_into()
+}
+
+pub(super) async fn fetch_server_in(conn: &mut Conn, name: &str) -> Result<Option<ServerSnapshot>, StoreError> {
+    let row: Option<ServerRow> =
+        sqlx::query_as(concat!("SELECT ", server_columns!(), " FROM server_registry WHERE server_name = $1"))
+            .bind(name)
+            .fetch_optional(&mut *conn)
+            .await?;
+    row.map(ServerSnapshot::try_from).transpose()
+}
+
+pub(super) async fn insert_activity_in(conn: &mut Conn, activity: &NewActivity, now: Millis) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO activities (occurred_at, server_name, bot_id, phone_number, action, details, \
+         remote_tenancy, remote_bot_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(now)
+    .bind(activity.server.as_str())
+    .bind(activity.bot_id.as_ref().map(BotId::as_str))
+    .bind(activity.phone.as_ref().map(PhoneNumber::as_str))
+    .bind(&activity.action)
+    .bind(&activity.details)
+    .bind(activity.remote_tenancy.as_ref().map(ServerName::as_str))
+    .bind(activity.remote_bot_id.as_deref())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Writes a change's activity and notification. `slots_left` is known only
+/// to a registration (see [`trekker_domain::GuestMessage::render`]).
+pub(super) async fn insert_effects_in(
+    conn: &mut Conn,
+    effects: &SideEffects,
+    slots_left: Option<i64>,
+    now: Millis,
+) -> Result<(), StoreError> {
+    insert_activity_in(&mut *conn, &effects.activity, now).await?;
+    if let Some(notification) = &effects.notification {
+        sqlx::query(
+            "INSERT INTO notification_outbox (phone_number, message, next_attempt_at, created_at) \
+             VALUES ($1, $2, $3, $3)",
+        )
+        .bind(notification.phone.as_str())
+        .bind(notification.message.render(slots_left))
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Releases the phone and the slot a bot held (reject, delete).
+pub(super) async fn release_slot_in(
+    conn: &mut Conn,
+    bot_id: &str,
+    phone: &str,
+    server: &str,
+    now: Millis,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE server_registry SET current_bot_count = current_bot_count - 1, updated_at = $2 \
+         WHERE server_name = $1 AND current_bot_count > 0",
+    )
+    .bind(server)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("DELETE FROM god_register WHERE phone_number = $1 AND bot_id = $2")
+        .bind(phone)
+        .bind(bot_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Reads a bot's approval state for an admin transition, locked.
+pub(super) async fn lock_approval_in(conn: &mut Conn, id: &BotId) -> Result<(ApprovalStatus, ApprovalRow), StoreError> {
+    let row: Option<ApprovalRow> = sqlx::query_as(concat!(
+        "SELECT approval_status, server_name, phone_number FROM bot_instances WHERE id = $1 ",
+        lock_row!()
+    ))
+    .bind(id.as_str())
+    .fetch_optional(&mut *conn)
+    .await?;
+    let row = row.ok_or(StoreError::BotNotFound)?;
+    Ok((parse_approval(&row.approval_status)?, row))
+}

@@ -1,0 +1,77 @@
+//! [`NotificationOutbox`] methods: guest messages, claimed under a lease by
+//! one dispatcher at a time (at-least-once delivery).
+
+use async_trait::async_trait;
+
+use super::{BEGIN_WRITE, Db};
+use crate::error::StoreError;
+use crate::model::*;
+use crate::sql::SqlStore;
+use crate::sql::rows::*;
+use crate::traits::NotificationOutbox;
+
+#[async_trait]
+impl NotificationOutbox for SqlStore<Db> {
+    async fn claim_notifications(
+        &self,
+        worker: &str,
+        now: Millis,
+        lease_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<Notification>, StoreError> {
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        let mut rows: Vec<NotificationRow> = sqlx::query_as(concat!(
+            "UPDATE notification_outbox SET claimed_by = $1, claimed_until = $2 + $3, attempts = attempts + 1 \
+             WHERE id IN (SELECT id FROM notification_outbox WHERE status = 'pending' AND next_attempt_at <= $2 \
+             AND (claimed_until IS NULL OR claimed_until <= $2) ORDER BY id LIMIT $4 ",
+            claim_lock!(),
+            ") RETURNING id, phone_number, message, attempts, created_at"
+        ))
+        .bind(worker)
+        .bind(now)
+        .bind(lease_ms)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.sort_by_key(|row| row.id);
+        Ok(rows.into_iter().map(Notification::from).collect())
+    }
+
+    async fn finish_notification(
+        &self,
+        id: i64,
+        worker: &str,
+        outcome: NotificationOutcome,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let (status, next_attempt, error) = match &outcome {
+            NotificationOutcome::Sent => ("sent", None, None),
+            NotificationOutcome::Retry { retry_at, error } => ("pending", Some(*retry_at), Some(error.as_str())),
+            NotificationOutcome::Failed { error } => ("failed", None, Some(error.as_str())),
+        };
+        let done = sqlx::query(
+            "UPDATE notification_outbox SET status = $3, claimed_by = NULL, claimed_until = NULL, \
+             next_attempt_at = COALESCE(CAST($4 AS BIGINT), next_attempt_at), \
+             last_error = COALESCE(CAST($5 AS TEXT), last_error), \
+             sent_at = CASE WHEN $3 = 'sent' THEN CAST($6 AS BIGINT) ELSE sent_at END \
+             WHERE id = $1 AND claimed_by = $2 AND status = 'pending'",
+        )
+        .bind(id)
+        .bind(worker)
+        .bind(status)
+        .bind(next_attempt)
+        .bind(error)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn pending_notifications(&self) -> Result<i64, StoreError> {
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM notification_outbox WHERE status = 'pending'")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(count)
+    }
+}

@@ -1,0 +1,92 @@
+//! [`ServerStore`] methods: the nodes' registry rows and heartbeats.
+
+use async_trait::async_trait;
+use trekker_domain::{ServerName, ServerStatus};
+
+use super::{Db, fetch_server_in};
+use crate::error::StoreError;
+use crate::model::*;
+use crate::sql::SqlStore;
+use crate::sql::rows::*;
+use crate::traits::ServerStore;
+
+#[async_trait]
+impl ServerStore for SqlStore<Db> {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn upsert_server(&self, server: &ServerRegistration, now: Millis) -> Result<ServerSnapshot, StoreError> {
+        if server.max_bot_count < 0 {
+            return Err(StoreError::InvalidInput("max_bot_count must not be negative".into()));
+        }
+        let row: ServerRow = sqlx::query_as(concat!(
+            "INSERT INTO server_registry (server_name, max_bot_count, current_bot_count, server_status, \
+             base_url, last_heartbeat, description, created_at, updated_at) \
+             VALUES ($1, $2, 0, 'active', $3, $4, $5, $4, $4) \
+             ON CONFLICT (server_name) DO UPDATE SET max_bot_count = excluded.max_bot_count, \
+             base_url = excluded.base_url, last_heartbeat = excluded.last_heartbeat, \
+             description = COALESCE(excluded.description, server_registry.description), \
+             updated_at = excluded.updated_at RETURNING ",
+            server_columns!()
+        ))
+        .bind(server.name.as_str())
+        .bind(server.max_bot_count)
+        .bind(server.base_url.as_deref())
+        .bind(now)
+        .bind(server.description.as_deref())
+        .fetch_one(&self.pool)
+        .await?;
+        row.try_into()
+    }
+
+    async fn heartbeat(&self, server: &ServerName, now: Millis) -> Result<(), StoreError> {
+        let done = sqlx::query("UPDATE server_registry SET last_heartbeat = $2 WHERE server_name = $1")
+            .bind(server.as_str())
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::UnknownServer(server.clone()));
+        }
+        Ok(())
+    }
+
+    async fn list_servers(&self) -> Result<Vec<ServerSnapshot>, StoreError> {
+        let rows: Vec<ServerRow> =
+            sqlx::query_as(concat!("SELECT ", server_columns!(), " FROM server_registry ORDER BY server_name"))
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter().map(ServerSnapshot::try_from).collect()
+    }
+
+    async fn get_server(&self, server: &ServerName) -> Result<Option<ServerSnapshot>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        fetch_server_in(&mut conn, server.as_str()).await
+    }
+
+    async fn update_server(
+        &self,
+        server: &ServerName,
+        patch: &ServerPatch,
+        now: Millis,
+    ) -> Result<ServerSnapshot, StoreError> {
+        if patch.max_bot_count.is_some_and(|max| max < 0) {
+            return Err(StoreError::InvalidInput("maxBotCount must not be negative".into()));
+        }
+        let row: Option<ServerRow> = sqlx::query_as(concat!(
+            "UPDATE server_registry SET max_bot_count = COALESCE(CAST($2 AS BIGINT), max_bot_count), \
+             server_status = COALESCE(CAST($3 AS TEXT), server_status), updated_at = $4 \
+             WHERE server_name = $1 RETURNING ",
+            server_columns!()
+        ))
+        .bind(server.as_str())
+        .bind(patch.max_bot_count)
+        .bind(patch.status.map(ServerStatus::as_str))
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.ok_or_else(|| StoreError::UnknownServer(server.clone()))?.try_into()
+    }
+}

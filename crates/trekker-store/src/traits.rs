@@ -1,0 +1,322 @@
+//! The store's narrow traits, one per aggregate, and [`Store`], their union.
+//!
+//! A caller depends on the few operations it uses (the supervisor on
+//! [`RuntimeStore`], the token verifier on [`ReplayGuard`] and
+//! [`ServerStore`]), so its mocks stay small. `Arc<dyn Store>` still wires a
+//! whole node: it coerces into any of the narrow `Arc<dyn ...>` handles.
+//!
+//! Times are passed in (`now`, epoch milliseconds) rather than read inside,
+//! so tests drive expiry, leases and liveness without sleeping.
+
+use async_trait::async_trait;
+use trekker_domain::{BotId, Credentials, PhoneNumber, ServerName};
+
+use crate::error::StoreError;
+use crate::model::*;
+
+/// `server_registry`: capacity, status and heartbeats of the nodes.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait ServerStore: Send + Sync + 'static {
+    /// Checks that the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Inserts or updates this node's registry row (capacity, base URL) and
+    /// records a heartbeat. The admin-set status of an existing row is kept.
+    async fn upsert_server(&self, server: &ServerRegistration, now: Millis) -> Result<ServerSnapshot, StoreError>;
+
+    /// Records a heartbeat; `UnknownServer` if the row is gone.
+    async fn heartbeat(&self, server: &ServerName, now: Millis) -> Result<(), StoreError>;
+
+    /// Every server, ordered by name.
+    async fn list_servers(&self) -> Result<Vec<ServerSnapshot>, StoreError>;
+
+    async fn get_server(&self, server: &ServerName) -> Result<Option<ServerSnapshot>, StoreError>;
+
+    /// Applies an admin's change to capacity and/or status.
+    async fn update_server(
+        &self,
+        server: &ServerName,
+        patch: &ServerPatch,
+        now: Millis,
+    ) -> Result<ServerSnapshot, StoreError>;
+}
+
+/// `god_register` and `bot_instances`: who holds which phone, and the bots'
+/// approval life cycle. Every change here keeps invariants 1-3.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait BotStore: Send + Sync + 'static {
+    /// Which server hosts `phone`, per `god_register`.
+    async fn find_registration(&self, phone: &PhoneNumber) -> Result<Option<RegistryEntry>, StoreError>;
+
+    async fn get_bot(&self, id: &BotId) -> Result<Option<BotRecord>, StoreError>;
+
+    /// The slot-occupying bot of `phone` on `server`, if that server hosts it.
+    async fn find_bot_on_server(
+        &self,
+        phone: &PhoneNumber,
+        server: &ServerName,
+    ) -> Result<Option<BotRecord>, StoreError>;
+
+    /// Bots matching `filter`, newest first.
+    async fn list_bots(&self, filter: &BotFilter) -> Result<Vec<BotRecord>, StoreError>;
+
+    /// Reserves a slot on `bot.server` and inserts the registry row, the bot
+    /// row and `effects`, all in ONE transaction (invariants 1-3); the
+    /// notification is rendered with the free slots left, known only there.
+    /// Refuses with `ServerFull`, `ServerNotAccepting`, `UnknownServer` or
+    /// `PhoneTaken`, writing nothing.
+    async fn register_bot(&self, bot: &NewBot, effects: &SideEffects, now: Millis) -> Result<Registered, StoreError>;
+
+    /// Replaces a bot's credentials under `rule`; an approved bot goes to
+    /// `loading` so its runtime restarts it. `StaleVersion` if the stored
+    /// version is not older than `Exactly(v)`.
+    async fn update_credentials(
+        &self,
+        id: &BotId,
+        credentials: &Credentials,
+        rule: VersionRule,
+        effects: &SideEffects,
+        now: Millis,
+    ) -> Result<BotRecord, StoreError>;
+
+    /// Approves a bot until `expires_at` (pending, expired, or renewal).
+    async fn approve_bot(
+        &self,
+        id: &BotId,
+        expires_at: Millis,
+        effects: &SideEffects,
+        now: Millis,
+    ) -> Result<BotRecord, StoreError>;
+
+    /// Rejects a bot and frees its phone and slot in the same transaction.
+    async fn reject_bot(&self, id: &BotId, effects: &SideEffects, now: Millis) -> Result<BotRecord, StoreError>;
+
+    /// Deletes a bot; frees its phone and slot if it still held them.
+    async fn delete_bot(&self, id: &BotId, effects: &SideEffects, now: Millis) -> Result<BotRecord, StoreError>;
+
+    /// Moves approved bots whose approval ran out to `expired`, writing an
+    /// `expired` activity by `node` for each in the same transaction; frees
+    /// nothing. Returns the bots it expired.
+    async fn expire_due_bots(&self, node: &ServerName, now: Millis) -> Result<Vec<BotRecord>, StoreError>;
+}
+
+/// `activities`: the audit log.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait ActivityLog: Send + Sync + 'static {
+    async fn append_activity(&self, activity: &NewActivity, now: Millis) -> Result<(), StoreError>;
+
+    /// The latest activities (of one bot, if given), newest first.
+    async fn list_activities(&self, bot: Option<BotId>, limit: i64) -> Result<Vec<Activity>, StoreError>;
+}
+
+/// Finding and repairing disagreements between registry, bots and counts.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait ConsistencyStore: Send + Sync + 'static {
+    async fn find_inconsistencies(&self) -> Result<Vec<Inconsistency>, StoreError>;
+
+    /// Repairs one inconsistency (each kind has one safe fix); returns
+    /// whether anything changed (it may have been fixed meanwhile).
+    async fn repair_inconsistency(
+        &self,
+        issue: &Inconsistency,
+        effects: &SideEffects,
+        now: Millis,
+    ) -> Result<bool, StoreError>;
+}
+
+/// `pairing_requests`.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait PairingStore: Send + Sync + 'static {
+    async fn create_pairing(&self, pairing: &NewPairing) -> Result<(), StoreError>;
+
+    /// The pairing request; a pending one past its expiry reads as expired.
+    async fn get_pairing(&self, id: &str, now: Millis) -> Result<Option<PairingRecord>, StoreError>;
+
+    /// Stores the credentials of a pending request (sealed) and marks it paired.
+    async fn complete_pairing(&self, id: &str, credentials: &Credentials, now: Millis) -> Result<(), StoreError>;
+
+    /// Marks a pending request failed with a message for the guest.
+    async fn fail_pairing(&self, id: &str, message: &str, now: Millis) -> Result<(), StoreError>;
+}
+
+/// `notification_outbox`: guest messages, claimed by dispatchers.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait NotificationOutbox: Send + Sync + 'static {
+    /// Claims up to `limit` due notifications for `worker` until
+    /// `now + lease_ms`; no two workers hold the same one at once.
+    async fn claim_notifications(
+        &self,
+        worker: &str,
+        now: Millis,
+        lease_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<Notification>, StoreError>;
+
+    /// Records how an attempt ended. Ignored (false) if `worker` no longer
+    /// holds the claim.
+    async fn finish_notification(
+        &self,
+        id: i64,
+        worker: &str,
+        outcome: NotificationOutcome,
+        now: Millis,
+    ) -> Result<bool, StoreError>;
+
+    /// Notifications still waiting to be sent (for metrics and tests).
+    async fn pending_notifications(&self) -> Result<i64, StoreError>;
+}
+
+/// `credential_update_outbox`: cross-server updates waiting for delivery.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait CredentialOutbox: Send + Sync + 'static {
+    /// Queues an update with the next credentials version for its bot (one
+    /// above both the stored version and any queued or delivered one), and
+    /// supersedes older pending updates of that bot, with `effects`, in one
+    /// transaction.
+    async fn enqueue_credential_update(
+        &self,
+        update: &NewCredentialUpdate,
+        effects: &SideEffects,
+        now: Millis,
+    ) -> Result<CredentialUpdate, StoreError>;
+
+    /// Claims up to `limit` due pending updates for `worker` until `now + lease_ms`.
+    async fn claim_credential_updates(
+        &self,
+        worker: &str,
+        now: Millis,
+        lease_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<ClaimedUpdate>, StoreError>;
+
+    /// Claims one pending update (due or not), if no one else holds it.
+    async fn claim_credential_update(
+        &self,
+        id: &str,
+        worker: &str,
+        now: Millis,
+        lease_ms: i64,
+    ) -> Result<Option<ClaimedUpdate>, StoreError>;
+
+    /// Records how an attempt ended; false if `worker` no longer holds it.
+    async fn finish_credential_update(
+        &self,
+        id: &str,
+        worker: &str,
+        outcome: DeliveryOutcome,
+        now: Millis,
+    ) -> Result<bool, StoreError>;
+
+    async fn get_credential_update(&self, id: &str) -> Result<Option<CredentialUpdate>, StoreError>;
+
+    /// Updates still pending delivery.
+    async fn credential_outbox_depth(&self) -> Result<i64, StoreError>;
+}
+
+/// `replay_guard`: node-to-node token ids seen before their expiry.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait ReplayGuard: Send + Sync + 'static {
+    /// Records a token id; false if `(issuer, jti)` was seen before.
+    async fn remember_jti(&self, issuer: &str, jti: &str, expires_at: Millis) -> Result<bool, StoreError>;
+
+    /// Deletes records past their expiry; returns how many.
+    async fn purge_replay_records(&self, now: Millis) -> Result<u64, StoreError>;
+}
+
+/// `idempotency_keys`: the answers of node-to-node commands, by key.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait IdempotencyStore: Send + Sync + 'static {
+    /// Starts a command under `key`. An in-progress holder older than
+    /// `stale_after_ms` is presumed dead and taken over.
+    async fn begin_idempotent(
+        &self,
+        key: &str,
+        fingerprint: &str,
+        now: Millis,
+        stale_after_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<IdempotencyBegin, StoreError>;
+
+    /// Stores the answer of a finished command.
+    async fn finish_idempotent(&self, key: &str, status: u16, body: &str) -> Result<(), StoreError>;
+
+    /// Forgets an in-progress key after a failure that may be retried.
+    async fn abandon_idempotent(&self, key: &str) -> Result<(), StoreError>;
+
+    /// Deletes keys past their expiry; returns how many.
+    async fn purge_idempotency_keys(&self, now: Millis) -> Result<u64, StoreError>;
+}
+
+/// What the hosting node's bot supervisor reads and writes (invariant 4).
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait RuntimeStore: Send + Sync + 'static {
+    /// The approved bots `node` hosts, whose approval has not run out at `now`.
+    async fn bots_to_run(&self, node: &ServerName, now: Millis) -> Result<Vec<BotRecord>, StoreError>;
+
+    /// A bot's decrypted credentials and their version. Only the hosting
+    /// node calls this, to start the bot.
+    async fn load_credentials(&self, id: &BotId) -> Result<Option<(Credentials, i64)>, StoreError>;
+
+    /// Takes the run lease of a bot for `node` until `now + lease_ms`, only
+    /// if `node` hosts it, it is approved, its credentials are at `version`,
+    /// and no other node holds an unexpired lease (invariant 4).
+    async fn acquire_bot_lease(
+        &self,
+        id: &BotId,
+        node: &ServerName,
+        version: i64,
+        now: Millis,
+        lease_ms: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Extends every lease `node` holds on bots it still hosts; returns
+    /// those bots. A bot missing from the answer must be stopped.
+    async fn renew_bot_leases(&self, node: &ServerName, now: Millis, lease_ms: i64) -> Result<Vec<BotId>, StoreError>;
+
+    /// Gives up the run lease of a bot (after stopping it).
+    async fn release_bot_lease(&self, id: &BotId, node: &ServerName) -> Result<(), StoreError>;
+
+    /// Records a bot's runtime status; ignored (false) unless `report.node`
+    /// hosts the bot and the report is about its current credentials.
+    async fn report_runtime(&self, report: &RuntimeReport, now: Millis) -> Result<bool, StoreError>;
+}
+
+/// Everything Trekker keeps in its database: the union of the narrow
+/// traits, implemented for every type that implements them all.
+pub trait Store:
+    ServerStore
+    + BotStore
+    + ActivityLog
+    + ConsistencyStore
+    + PairingStore
+    + NotificationOutbox
+    + CredentialOutbox
+    + ReplayGuard
+    + IdempotencyStore
+    + RuntimeStore
+{
+}
+
+impl<T> Store for T where
+    T: ServerStore
+        + BotStore
+        + ActivityLog
+        + ConsistencyStore
+        + PairingStore
+        + NotificationOutbox
+        + CredentialOutbox
+        + ReplayGuard
+        + IdempotencyStore
+        + RuntimeStore
+{
+}
