@@ -350,9 +350,8 @@ mod tests {
         assert_eq!(config.server_name.as_str(), "SERVER0");
         assert_eq!(config.max_bot_count, 10);
         assert_eq!(config.bind_addr.to_string(), "127.0.0.1:8080");
-        assert!(
-            matches!(config.credentials_key, CredentialsKeySource::KeyFile(ref p) if p.to_str() == Some("trekker.db.key"))
-        );
+        assert!(matches!(config.credentials_key, CredentialsKeySource::KeyFile(ref p)
+                if p.to_str() == Some("trekker.db.key")));
         assert_eq!(config.heartbeat_interval, Duration::from_secs(10));
         assert_eq!(config.rate_limit_per_min, 30);
     }

@@ -50,7 +50,7 @@ impl Trekker {
         name: &str,
         max_bot_count: Option<i64>,
         status: Option<&str>,
-    ) -> Result<ServerSnapshot, AppError> {
+    ) -> Result<ServerView, AppError> {
         let name = ServerName::parse(name).map_err(|_| AppError::NotFound(format!("Server {name} not found.")))?;
         if max_bot_count.is_none() && status.is_none() {
             return Err(AppError::InvalidInput("Give maxBotCount and/or status.".into()));
@@ -71,7 +71,7 @@ impl Trekker {
         })?;
         let details = format!("max_bot_count={:?} status={:?}", patch.max_bot_count, patch.status.map(|s| s.as_str()));
         self.record(NewActivity::new(&self.node, "server_updated", details).with_remote(&name, None)).await;
-        Ok(updated)
+        Ok(ServerView { online: self.is_server_online(&updated), server: updated })
     }
 
     pub async fn bots(&self, server: Option<&str>, approval: Option<&str>) -> Result<Vec<BotRecord>, AppError> {
@@ -116,7 +116,8 @@ impl Trekker {
             .notify(&bot.phone, messages::approved(&bot.name, &time::iso_date(expires_at)));
         let approved = self.store.bots.approve_bot(&bot.id, expires_at, &effects, now).await?;
         self.bots_changed();
-        tracing::info!(bot = %approved.id, server = %approved.server, "✅ Bot approved until {}", time::iso_date(expires_at));
+        let until = time::iso_date(expires_at);
+        tracing::info!(bot = %approved.id, server = %approved.server, "✅ Bot approved until {until}");
         Ok(approved)
     }
 
@@ -144,7 +145,7 @@ impl Trekker {
 
     pub async fn inconsistencies(&self) -> Result<Vec<Inconsistency>, AppError> {
         let found = self.store.consistency.find_inconsistencies().await?;
-        for kind in ["registry_without_bot", "bot_without_registry", "server_mismatch", "count_drift"] {
+        for kind in Inconsistency::KINDS {
             let count = found.iter().filter(|i| i.kind() == kind).count();
             metrics::gauge!(telemetry::INCONSISTENCIES, "kind" => kind).set(count as f64);
         }

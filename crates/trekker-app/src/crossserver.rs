@@ -220,7 +220,9 @@ impl Trekker {
             let id = update.update.id.clone();
             if self.now() - update.update.created_at > OUTBOX_MAX_AGE_MS {
                 tracing::warn!(update = %id, target = %update.update.target, "credential update expired undelivered");
-                metrics::counter!(telemetry::CROSS_SERVER_UPDATES, "target" => update.update.target.to_string(), "result" => "expired").increment(1);
+                let target = update.update.target.to_string();
+                metrics::counter!(telemetry::CROSS_SERVER_UPDATES, "target" => target, "result" => "expired")
+                    .increment(1);
                 self.store
                     .credential_outbox
                     .finish_credential_update(&id, worker, DeliveryOutcome::Expired, self.now())

@@ -144,7 +144,8 @@ async fn deliver(trekker: &Trekker, notifier: &dyn Notifier, worker: &str, notif
     let result = match &outcome {
         NotificationOutcome::Sent => "sent",
         NotificationOutcome::Retry { error, .. } => {
-            tracing::warn!(id = notification.id, attempts = notification.attempts, %error, "notification not sent; will retry");
+            let (id, attempts) = (notification.id, notification.attempts);
+            tracing::warn!(id, attempts, %error, "notification not sent; will retry");
             "retried"
         }
         NotificationOutcome::Failed { error } => {

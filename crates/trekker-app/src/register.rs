@@ -218,7 +218,8 @@ impl Trekker {
             .notify(&bot.phone, messages::credentials_updated(&bot.name, &self.node, restarting));
         let updated =
             self.store.bots.update_credentials(&bot.id, credentials, VersionRule::Next, &effects, self.now()).await?;
-        tracing::info!(bot = %updated.id, version = updated.credentials_version, "🔄 Credentials updated on {}", self.node);
+        let version = updated.credentials_version;
+        tracing::info!(bot = %updated.id, version, "🔄 Credentials updated on {}", self.node);
         Ok(RegisterOutcome::CredentialsUpdated { bot: updated, restarting })
     }
 
@@ -269,8 +270,8 @@ impl Trekker {
             match self.reserve(input, &id, &target, &effects).await {
                 Ok(registered) => {
                     tracing::info!(bot = %registered.bot.id, "✅ Bot successfully auto-assigned to {target}");
-                    metrics::counter!(telemetry::AUTO_ASSIGNMENTS, "from" => self.node.to_string(), "to" => target.to_string())
-                        .increment(1);
+                    let (from, to) = (self.node.to_string(), target.to_string());
+                    metrics::counter!(telemetry::AUTO_ASSIGNMENTS, "from" => from, "to" => to).increment(1);
                     return Ok(Placed::Done(Box::new(RegisterOutcome::AutoAssigned {
                         bot: registered.bot,
                         from: self.node.clone(),

@@ -1,4 +1,6 @@
-//! Metric names, in one place so dashboards and code agree.
+//! Metric names, in one place so dashboards and code agree (the bot
+//! runtime, which sits beside this crate rather than above it, names its two
+//! in `trekker_runtime::supervisor`).
 //!
 //! Recording goes through the `metrics` facade; the node installs the
 //! Prometheus recorder and serves `/metrics`.
@@ -23,6 +25,8 @@ pub const EXPIRED_BOTS: &str = "trekker_expired_bots_total";
 pub const CROSS_SERVER_UPDATES: &str = "trekker_cross_server_updates_total";
 /// Histogram: seconds from sending a cross-server update to its answer.
 pub const CROSS_SERVER_LATENCY: &str = "trekker_cross_server_delivery_seconds";
+/// Gauge: guest notifications waiting in the outbox.
+pub const NOTIFICATION_OUTBOX_DEPTH: &str = "trekker_notification_outbox_depth";
 /// Gauge: cross-server updates waiting in the outbox.
 pub const CREDENTIAL_OUTBOX_DEPTH: &str = "trekker_credential_outbox_depth";
 /// Counter: refused node-to-node calls by `reason`.

@@ -11,13 +11,15 @@ pub fn credentials_valid_new() -> String {
 
 pub fn credentials_valid_update(server: &ServerName) -> String {
     format!(
-        "Credentials are valid. This phone number is already registered on {server}; registering again updates its credentials."
+        "Credentials are valid. This phone number is already registered on {server}; \
+        registering again updates its credentials."
     )
 }
 
 pub fn credentials_valid_cross_server(host: &ServerName) -> String {
     format!(
-        "Credentials are valid. This phone number is registered on {host}; registering again forwards the new credentials to {host}."
+        "Credentials are valid. This phone number is registered on {host}; \
+        registering again forwards the new credentials to {host}."
     )
 }
 
@@ -52,14 +54,16 @@ pub fn remote_update_failed(host: &ServerName, reason: &str) -> String {
 /// Sent to the guest when a new bot waits for an admin.
 pub fn registered_pending_approval(bot_name: &str, server: &ServerName) -> String {
     format!(
-        "Your bot \"{bot_name}\" is registered on {server} and is waiting for admin approval. You will be notified once it is approved."
+        "Your bot \"{bot_name}\" is registered on {server} and is waiting for admin approval. \
+        You will be notified once it is approved."
     )
 }
 
 /// Sent to the guest when the bot was placed on another server.
 pub fn auto_assigned(bot_name: &str, from: &ServerName, to: &ServerName, slots_left: i64) -> String {
     format!(
-        "{from} is full, so your bot \"{bot_name}\" was registered on {to} ({slots_left} slots left there). It is waiting for admin approval."
+        "{from} is full, so your bot \"{bot_name}\" was registered on {to} ({slots_left} slots left there). \
+        It is waiting for admin approval."
     )
 }
 
@@ -69,7 +73,8 @@ pub fn credentials_updated(bot_name: &str, server: &ServerName, restarting: bool
         format!("The credentials of your bot \"{bot_name}\" were updated on {server}. The bot is restarting with them.")
     } else {
         format!(
-            "The credentials of your bot \"{bot_name}\" were updated on {server}. They take effect once the bot is approved."
+            "The credentials of your bot \"{bot_name}\" were updated on {server}. \
+            They take effect once the bot is approved."
         )
     }
 }
@@ -77,7 +82,8 @@ pub fn credentials_updated(bot_name: &str, server: &ServerName, restarting: bool
 /// Sent to the guest when the credentials came in through another server.
 pub fn credentials_updated_cross_server(bot_name: &str, host: &ServerName, via: &ServerName) -> String {
     format!(
-        "The credentials of your bot \"{bot_name}\" were updated on {host} (received via {via}). The bot is restarting with them."
+        "The credentials of your bot \"{bot_name}\" were updated on {host} (received via {via}). \
+        The bot is restarting with them."
     )
 }
 
@@ -89,14 +95,16 @@ pub fn approved(bot_name: &str, expires_on: &str) -> String {
 /// Told to the guest when the hosting server could not be reached at once.
 pub fn cross_server_update_queued(host: &ServerName) -> String {
     format!(
-        "{host} hosts this bot and could not be reached right now. The new credentials are queued and will be applied on {host} as soon as it is back."
+        "{host} hosts this bot and could not be reached right now. \
+        The new credentials are queued and will be applied on {host} as soon as it is back."
     )
 }
 
 /// Told to the guest when the hosting server applied the new credentials.
 pub fn cross_server_update_done(bot_name: &str, host: &ServerName) -> String {
     format!(
-        "The credentials of your bot \"{bot_name}\" were updated on {host}, which hosts it. The bot is restarting with them."
+        "The credentials of your bot \"{bot_name}\" were updated on {host}, which hosts it. \
+        The bot is restarting with them."
     )
 }
 

@@ -124,7 +124,9 @@ mod tests {
 
     proptest! {
         #[test]
-        fn never_picks_an_ineligible_server_and_first_is_best(servers in prop::collection::vec(arb_candidate(), 0..12)) {
+        fn never_picks_an_ineligible_server_and_first_is_best(
+            servers in prop::collection::vec(arb_candidate(), 0..12)
+        ) {
             let ranked = MostFreeSlots.rank(&servers, LIVE);
             let eligible = |c: &Candidate| c.status == ServerStatus::Active && c.free_slots() > 0 && LIVE.is_online(c);
             for name in &ranked {
@@ -134,7 +136,8 @@ mod tests {
             let best = servers.iter().filter(|c| eligible(c)).map(Candidate::free_slots).max();
             match (ranked.first(), best) {
                 (Some(first), Some(best)) => {
-                    let first_free = servers.iter().filter(|c| &c.name == first && eligible(c)).map(Candidate::free_slots).max();
+                    let first_free =
+                        servers.iter().filter(|c| &c.name == first && eligible(c)).map(Candidate::free_slots).max();
                     prop_assert_eq!(first_free, Some(best));
                 }
                 (None, None) => {}

@@ -111,7 +111,9 @@ impl BotDriver for SimulatedDriver {
                 }
                 Some(Fault::CrashAfter(after)) => tokio::select! {
                     _ = &mut stopped => {}
-                    () = tokio::time::sleep(after) => send(BotEvent::Exited { code: Some(1), error: Some("simulated crash".into()) }),
+                    () = tokio::time::sleep(after) => {
+                        send(BotEvent::Exited { code: Some(1), error: Some("simulated crash".into()) })
+                    }
                 },
                 Some(Fault::LogOutAfter(after)) => tokio::select! {
                     _ = &mut stopped => {}

@@ -246,7 +246,8 @@ impl Supervisor {
             }
             let running_version = self.bots.get(&id).map_or(0, |m| m.version);
             if bot.credentials_version > running_version {
-                tracing::info!(bot = %id, from = running_version, to = bot.credentials_version, "new credentials: restarting");
+                let (from, to) = (running_version, bot.credentials_version);
+                tracing::info!(bot = %id, from, to, "new credentials: restarting");
                 self.stop_bot(&id).await;
                 self.start_bot(&bot, true).await;
             }

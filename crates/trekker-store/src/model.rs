@@ -275,13 +275,17 @@ pub enum Inconsistency {
 }
 
 impl Inconsistency {
+    /// Every kind, as [`Inconsistency::kind`] names it.
+    pub const KINDS: [&'static str; 4] =
+        ["registry_without_bot", "bot_without_registry", "server_mismatch", "count_drift"];
+
     /// A stable name for the kind, used in the API and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
-            Self::RegistryWithoutBot { .. } => "registry_without_bot",
-            Self::BotWithoutRegistry { .. } => "bot_without_registry",
-            Self::ServerMismatch { .. } => "server_mismatch",
-            Self::CountDrift { .. } => "count_drift",
+            Self::RegistryWithoutBot { .. } => Self::KINDS[0],
+            Self::BotWithoutRegistry { .. } => Self::KINDS[1],
+            Self::ServerMismatch { .. } => Self::KINDS[2],
+            Self::CountDrift { .. } => Self::KINDS[3],
         }
     }
 }

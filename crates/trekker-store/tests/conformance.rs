@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use futures::future::join_all;
-use trekker_domain::{ApprovalStatus, BotId, PhoneNumber, RuntimeStatus, ServerName, ServerStatus};
+use trekker_domain::{ApprovalStatus, BotId, GuestMessage, PhoneNumber, RuntimeStatus, ServerName, ServerStatus};
 use trekker_store::*;
 use trekker_testkit::creds;
 
@@ -97,6 +97,7 @@ conformance_cases!(
     outbox_versions_supersede_and_claims,
     idempotency_and_replay_guard,
     run_leases_guard_ownership_and_version,
+    auto_assignment_text_counts_slots_and_keeps_the_bot_name,
 );
 
 const NOW: Millis = 1_700_000_000_000;
@@ -726,5 +727,26 @@ async fn run_leases_guard_ownership_and_version(f: Fixture) {
     assert_eq!(
         (stored.status, stored.restarts, stored.last_error.as_deref()),
         (RuntimeStatus::Online, 1, Some("crashed once"))
+    );
+}
+
+async fn auto_assignment_text_counts_slots_and_keeps_the_bot_name(f: Fixture) {
+    let s = &*f.store;
+    add_server(s, "SERVER1", 5).await;
+    register(s, "254700000090", "SERVER1").await.unwrap();
+    // A bot whose name looks like a template placeholder keeps it verbatim.
+    let mut bot = unique_bot("254700000091", "SERVER1");
+    bot.name = "{slots_left}".into();
+    let message =
+        GuestMessage::AutoAssigned { bot_name: bot.name.clone(), from: server("SERVER0"), to: server("SERVER1") };
+    let done = s.register_bot(&bot, &effects("auto_assigned").notify(&bot.phone, message), NOW).await.unwrap();
+    assert_eq!(done.free_slots_after, 3);
+    assert_eq!(done.bot.name, "{slots_left}");
+    let sent = s.claim_notifications("w", NOW, 60_000, 10).await.unwrap();
+    let text = &sent.iter().find(|n| n.phone == "254700000091").unwrap().text;
+    assert_eq!(
+        text,
+        "SERVER0 is full, so your bot \"{slots_left}\" was registered on SERVER1 (3 slots left there). \
+         It is waiting for admin approval."
     );
 }

@@ -10,13 +10,24 @@ use trekker_domain::session::encode_session_id;
 pub fn creds_json(phone: &str, variant: u32) -> Value {
     let key = |label: &str| base64::engine::general_purpose::STANDARD.encode(format!("{label}-{phone}-{variant}"));
     json!({
-        "noiseKey": {"private": {"type": "Buffer", "data": key("noise-priv")}, "public": {"type": "Buffer", "data": key("noise-pub")}},
+        "noiseKey": {
+            "private": {"type": "Buffer", "data": key("noise-priv")},
+            "public": {"type": "Buffer", "data": key("noise-pub")},
+        },
         "pairingEphemeralKeyPair": {"private": key("eph-priv"), "public": key("eph-pub")},
         "signedIdentityKey": {"private": key("id-priv"), "public": key("id-pub")},
-        "signedPreKey": {"keyPair": {"private": key("pre-priv"), "public": key("pre-pub")}, "signature": key("sig"), "keyId": 1},
+        "signedPreKey": {
+            "keyPair": {"private": key("pre-priv"), "public": key("pre-pub")},
+            "signature": key("sig"),
+            "keyId": 1,
+        },
         "registrationId": 1000 + variant,
         "advSecretKey": key("adv"),
-        "me": {"id": format!("{phone}:{}@s.whatsapp.net", variant % 50), "name": "Test", "lid": "123456789012345:1@lid"},
+        "me": {
+            "id": format!("{phone}:{}@s.whatsapp.net", variant % 50),
+            "name": "Test",
+            "lid": "123456789012345:1@lid",
+        },
         "account": {"details": key("acct")},
         "platform": "android",
         "registered": true,

@@ -32,7 +32,8 @@ async fn bad_requests_get_the_table_answer() {
     let too_large = oversized_post(&node, "/api/guest/register-bot", 6 * 1024 * 1024).await;
     assert_eq!((too_large.status, too_large.code()), (413, "PAYLOAD_TOO_LARGE"));
 
-    let base = json!({"botName": "Bot", "phoneNumber": phone, "credentialType": "session", "sessionId": creds::session_id(&phone, 1)});
+    let session = creds::session_id(&phone, 1);
+    let base = json!({"botName": "Bot", "phoneNumber": phone, "credentialType": "session", "sessionId": session});
     let cases = [
         (json!({"botName": " "}), 400, "INVALID_INPUT"),
         (json!({"phoneNumber": ""}), 400, "INVALID_INPUT"),
@@ -58,7 +59,10 @@ async fn bad_requests_get_the_table_answer() {
     let file = node
         .post_json(
             "/api/guest/register-bot",
-            &json!({"botName": "File", "phoneNumber": phone, "credentialType": "file", "credentials": creds::creds_json(&phone, 1)}),
+            &json!({
+                "botName": "File", "phoneNumber": phone, "credentialType": "file",
+                "credentials": creds::creds_json(&phone, 1),
+            }),
         )
         .await;
     assert_eq!(file.status, 201, "{:?}", file.body);
@@ -249,7 +253,8 @@ async fn oversized_post(node: &crate::support::TestNode, path: &str, length: usi
     let stream = tokio::net::TcpStream::connect(node.addr).await.unwrap();
     let (mut reader, mut writer) = stream.into_split();
     let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n",
+        "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+         Content-Length: {length}\r\nConnection: close\r\n\r\n",
         node.addr
     );
     let writing = tokio::spawn(async move {

@@ -11,3 +11,4 @@ mod node;
 mod registration;
 mod runtime;
 mod support;
+mod tidy;

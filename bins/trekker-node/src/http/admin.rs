@@ -44,7 +44,8 @@ pub struct AdminServerList {
 
 /// Every server with heartbeat and base URL.
 #[utoipa::path(get, path = "/api/admin/servers", tag = "admin", security(("admin" = [])),
-    responses((status = 200, body = AdminServerList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, body = AdminServerList), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody)))]
 pub(crate) async fn list_servers(_: Admin, State(state): State<AppState>) -> Result<Json<AdminServerList>, ApiError> {
     let servers: Vec<ServerAdmin> = state.trekker.servers().await?.iter().map(ServerAdmin::from).collect();
     Ok(Json(AdminServerList { count: servers.len(), servers }))
@@ -59,22 +60,17 @@ pub struct ServerPatchBody {
 }
 
 /// Changes a server's capacity and/or status.
-#[utoipa::path(patch, path = "/api/admin/servers/{name}", tag = "admin", security(("admin" = [])), request_body = ServerPatchBody,
-    responses((status = 200, description = "the server"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[utoipa::path(patch, path = "/api/admin/servers/{name}", tag = "admin",
+    security(("admin" = [])), request_body = ServerPatchBody,
+    responses((status = 200, description = "the server"), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
 pub(crate) async fn update_server(
     _: Admin,
     State(state): State<AppState>,
     Path(name): Path<String>,
     ApiJson(body): ApiJson<ServerPatchBody>,
 ) -> Result<Json<Value>, ApiError> {
-    state.trekker.update_server(&name, body.max_bot_count, body.status.as_deref()).await?;
-    let view = state
-        .trekker
-        .servers()
-        .await?
-        .into_iter()
-        .find(|v| v.server.name.as_str() == name.trim().to_ascii_uppercase())
-        .ok_or_else(|| ApiError::not_found("Server not found."))?;
+    let view = state.trekker.update_server(&name, body.max_bot_count, body.status.as_deref()).await?;
     Ok(Json(json!({"success": true, "server": ServerAdmin::from(&view)})))
 }
 
@@ -132,8 +128,10 @@ fn bot_answer(message: &str, bot: &trekker_store::BotRecord) -> Json<Value> {
 }
 
 /// Approves a bot; its hosting node starts it.
-#[utoipa::path(post, path = "/api/admin/bots/{id}/approve", tag = "admin", security(("admin" = [])), request_body = ApproveBody,
-    responses((status = 200, description = "approved"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/admin/bots/{id}/approve", tag = "admin",
+    security(("admin" = [])), request_body = ApproveBody,
+    responses((status = 200, description = "approved"), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
 pub(crate) async fn approve_bot(
     _: Admin,
     State(state): State<AppState>,
@@ -147,7 +145,8 @@ pub(crate) async fn approve_bot(
 
 /// Rejects a bot, freeing its phone number and slot.
 #[utoipa::path(post, path = "/api/admin/bots/{id}/reject", tag = "admin", security(("admin" = [])),
-    responses((status = 200, description = "rejected"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 200, description = "rejected"), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
 pub(crate) async fn reject_bot(
     _: Admin,
     State(state): State<AppState>,
@@ -204,7 +203,8 @@ pub struct RepairBody {
 }
 
 /// Repairs every inconsistency (or, with `dryRun`, lists them).
-#[utoipa::path(post, path = "/api/admin/registry/repair", tag = "admin", security(("admin" = [])), request_body = RepairBody,
+#[utoipa::path(post, path = "/api/admin/registry/repair", tag = "admin",
+    security(("admin" = [])), request_body = RepairBody,
     responses((status = 200, description = "{success, dryRun, found, repaired, inconsistencies}")))]
 pub(crate) async fn repair(_: Admin, State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let body: RepairBody = optional_body(&body)?;

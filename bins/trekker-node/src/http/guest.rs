@@ -53,7 +53,8 @@ pub struct ValidationResultDoc {
 
 /// Checks a session ID and tells what registering it would do.
 #[utoipa::path(post, path = "/api/validate-credentials", tag = "guest", request_body = ValidateBody,
-    responses((status = 200, body = ValidationResultDoc), (status = 400, body = ErrorBody), (status = 404, description = "REGISTRY_INCONSISTENT", body = ErrorBody)))]
+    responses((status = 200, body = ValidationResultDoc), (status = 400, body = ErrorBody),
+        (status = 404, description = "REGISTRY_INCONSISTENT", body = ErrorBody)))]
 pub(crate) async fn validate_credentials(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<ValidateBody>,

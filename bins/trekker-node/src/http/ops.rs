@@ -40,7 +40,8 @@ pub(crate) async fn healthz() -> Json<Value> {
 }
 
 /// The database answers; a load balancer stops sending traffic otherwise.
-#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, description = "ready"), (status = 503, description = "database unreachable")))]
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "ready"), (status = 503, description = "database unreachable")))]
 pub(crate) async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     match state.store.ping().await {
         Ok(()) => (StatusCode::OK, Json(json!({"status": "ready", "serverName": state.config.server_name.as_str()}))),
@@ -52,7 +53,8 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<V
 }
 
 /// Prometheus text. Server capacity gauges are refreshed at each scrape.
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format")))]
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format")))]
 pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     match state.trekker.servers().await {
         Ok(servers) => {
@@ -70,7 +72,7 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
         Err(err) => tracing::warn!(error = ?err, "metrics: credential outbox depth not refreshed"),
     }
     match state.store.pending_notifications().await {
-        Ok(pending) => metrics::gauge!("trekker_notification_outbox_depth").set(pending as f64),
+        Ok(pending) => metrics::gauge!(telemetry::NOTIFICATION_OUTBOX_DEPTH).set(pending as f64),
         Err(err) => tracing::warn!(error = ?err, "metrics: outbox depth not refreshed"),
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())

@@ -36,8 +36,10 @@ pub struct PairingTicketBody {
 }
 
 /// Starts pairing a number; the session ID arrives later.
-#[utoipa::path(get, path = "/api/pair", tag = "pairing", params(("number" = String, Query, description = "phone number, international digits")),
-    responses((status = 200, body = PairingTicketBody), (status = 400, body = ErrorBody), (status = 429, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/pair", tag = "pairing",
+    params(("number" = String, Query, description = "phone number, international digits")),
+    responses((status = 200, body = PairingTicketBody), (status = 400, body = ErrorBody),
+        (status = 429, body = ErrorBody)))]
 pub(crate) async fn request_pairing(
     State(state): State<AppState>,
     Query(query): Query<PairQuery>,
