@@ -19,6 +19,7 @@ pub mod validate;
 use std::sync::Arc;
 
 use ring::rand::{SecureRandom, SystemRandom};
+use tokio_util::sync::CancellationToken;
 use trekker_domain::{BotId, ServerName};
 use trekker_placement::PlacementPolicy;
 use trekker_store::{
@@ -131,6 +132,23 @@ impl Trekker {
     pub(crate) fn bots_changed(&self) {
         self.runtime_changed.notify_one();
         self.notifications_queued.notify_one();
+    }
+}
+
+/// Calls `tick` every `every` (first at once; a late tick delays the next
+/// rather than bunching) until `shutdown`.
+pub(crate) async fn run_every<F, Fut>(every: std::time::Duration, shutdown: CancellationToken, mut tick: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = ticker.tick() => tick().await,
+        }
     }
 }
 

@@ -33,18 +33,12 @@ pub async fn run(
     every: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut ticker = tokio::time::interval(every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            _ = ticker.tick() => {
-                if let Err(err) = trekker.heartbeat(&registration).await {
-                    tracing::warn!(error = ?err, "heartbeat failed; will retry");
-                }
-            }
+    crate::run_every(every, shutdown, || async {
+        if let Err(err) = trekker.heartbeat(&registration).await {
+            tracing::warn!(error = ?err, "heartbeat failed; will retry");
         }
-    }
+    })
+    .await;
 }
 
 #[cfg(test)]

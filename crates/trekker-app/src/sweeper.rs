@@ -32,20 +32,13 @@ impl Trekker {
 
 /// Runs sweeps every `every` until `shutdown`.
 pub async fn run(trekker: Arc<Trekker>, every: Duration, shutdown: CancellationToken) {
-    let mut ticker = tokio::time::interval(every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            _ = ticker.tick() => {
-                if let Err(err) = trekker.expire_due_bots().await {
-                    tracing::warn!(error = ?err, "expiry sweep failed; will retry");
-                }
-                // Replay and idempotency records past their expiry.
-                if let Err(err) = trekker.purge_expired_records().await {
-                    tracing::warn!(error = ?err, "purging expired records failed; will retry");
-                }
-            }
+    crate::run_every(every, shutdown, || async {
+        if let Err(err) = trekker.expire_due_bots().await {
+            tracing::warn!(error = ?err, "expiry sweep failed; will retry");
         }
-    }
+        if let Err(err) = trekker.purge_expired_records().await {
+            tracing::warn!(error = ?err, "purging expired records failed; will retry");
+        }
+    })
+    .await;
 }

@@ -54,7 +54,7 @@ pub struct ValidationResultDoc {
 /// Checks a session ID and tells what registering it would do.
 #[utoipa::path(post, path = "/api/validate-credentials", tag = "guest", request_body = ValidateBody,
     responses((status = 200, body = ValidationResultDoc), (status = 400, body = ErrorBody),
-        (status = 404, description = "REGISTRY_INCONSISTENT", body = ErrorBody)))]
+        (status = 404, description = "registry row without its bot", body = ErrorBody)))]
 pub(crate) async fn validate_credentials(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<ValidateBody>,
@@ -123,7 +123,7 @@ impl RegisterBody {
         (status = 200, description = "credentials_updated"),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 429, body = ErrorBody), (status = 502, body = ErrorBody),
-        (status = 503, description = "ALL_SERVERS_FULL", body = ErrorBody)))]
+        (status = 503, description = "every server is full", body = ErrorBody)))]
 pub(crate) async fn register_bot(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
     let is_multipart = request
         .headers()
