@@ -34,6 +34,24 @@ pub fn creds_json(phone: &str, variant: u32) -> Value {
     })
 }
 
+/// What must never be found at rest or in a log for these credentials:
+/// each private key as it appears in the session, and the session ID.
+pub fn secret_markers(phone: &str, variant: u32) -> Vec<String> {
+    let creds = creds_json(phone, variant);
+    let mut markers: Vec<String> = [
+        &creds["noiseKey"]["private"]["data"],
+        &creds["signedIdentityKey"]["private"],
+        &creds["signedPreKey"]["keyPair"]["private"],
+        &creds["pairingEphemeralKeyPair"]["private"],
+        &creds["advSecretKey"],
+    ]
+    .iter()
+    .map(|value| value.as_str().expect("a base64 string").to_owned())
+    .collect();
+    markers.push(session_id(phone, variant));
+    markers
+}
+
 /// A `TREKKER~` session ID for `phone`.
 pub fn session_id(phone: &str, variant: u32) -> String {
     encode_session_id(&creds_json(phone, variant).to_string())
