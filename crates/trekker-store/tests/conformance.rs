@@ -836,7 +836,10 @@ async fn no_table_holds_a_credential_in_clear(f: Fixture) {
     for variant in 1..=4 {
         for marker in creds::secret_markers(phone, variant) {
             let hex: String = marker.bytes().map(|b| format!("{b:02x}")).collect();
-            assert!(!dump.contains(&marker) && !dump.contains(&hex), "credential material of variant {variant} at rest");
+            assert!(
+                !dump.contains(&marker) && !dump.contains(&hex),
+                "credential material of variant {variant} at rest"
+            );
         }
     }
     assert!(!dump.contains("noiseKey") && !dump.contains("signedIdentityKey"), "a creds document at rest");

@@ -91,7 +91,7 @@ async fn bad_requests_get_the_table_answer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_answer_or_log_carries_a_session_id() {
+async fn no_answer_carries_a_session_id() {
     let database = trekker_testkit::sqlite_database();
     let node = spawn_node(settings(&database.url, "SERVER0", 5)).await;
     let phone = creds::phone(31, 1);

@@ -10,5 +10,6 @@ mod guest_api;
 mod node;
 mod registration;
 mod runtime;
+mod secrecy;
 mod support;
 mod tidy;
