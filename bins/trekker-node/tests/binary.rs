@@ -236,10 +236,19 @@ fn process_bots_exit_when_their_node_is_killed() {
         assert!(Instant::now() < deadline, "the bot never started");
         std::thread::sleep(Duration::from_millis(50));
     }
+    let bot_pid: i32 = read_log().split("pid=").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    let alive = |pid: i32| kill(Pid::from_raw(pid), None).is_ok();
+    // While its node lives, the bot stays up (a worker whose stdin were
+    // already at end-of-file would be gone within 0.1 s).
+    let watch_until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < watch_until {
+        assert!(alive(bot_pid) && !read_log().contains("node gone"), "the bot died under a live node: {}", read_log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
     kill(Pid::from_raw(node.id() as i32), Signal::SIGKILL).unwrap();
     node.wait().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !read_log().contains(&format!("node gone {id}")) {
+    while !read_log().contains(&format!("node gone {id}")) || alive(bot_pid) {
         assert!(Instant::now() < deadline, "the bot outlived its node: {}", read_log());
         std::thread::sleep(Duration::from_millis(50));
     }
