@@ -29,6 +29,9 @@ trait RawSql: Send + Sync {
     /// Every value of every table, as text: text columns as they are,
     /// binary ones both as lossy UTF-8 and as hex.
     async fn dump_all_tables(&self) -> String;
+
+    /// Makes every insert of an activity with details `boom` fail.
+    async fn install_boom_trigger(&self);
 }
 
 /// Appends one row's values to `out` (see [`RawSql::dump_all_tables`]).
@@ -60,6 +63,14 @@ impl RawSql for SqlStore<Sqlite> {
         sqlx::query(sql).execute(self.pool()).await.expect("raw sql");
     }
 
+    async fn install_boom_trigger(&self) {
+        self.exec(
+            "CREATE TRIGGER boom BEFORE INSERT ON activities WHEN NEW.details = 'boom' \
+             BEGIN SELECT RAISE(ABORT, 'injected failure'); END",
+        )
+        .await;
+    }
+
     async fn dump_all_tables(&self) -> String {
         let tables: Vec<String> =
             sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
@@ -81,6 +92,15 @@ impl RawSql for SqlStore<Sqlite> {
 impl RawSql for SqlStore<Postgres> {
     async fn exec(&self, sql: &'static str) {
         sqlx::query(sql).execute(self.pool()).await.expect("raw sql");
+    }
+
+    async fn install_boom_trigger(&self) {
+        self.exec(
+            "CREATE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+             IF NEW.details = 'boom' THEN RAISE EXCEPTION 'injected failure'; END IF; RETURN NEW; END $$",
+        )
+        .await;
+        self.exec("CREATE TRIGGER boom BEFORE INSERT ON activities FOR EACH ROW EXECUTE FUNCTION boom()").await;
     }
 
     async fn dump_all_tables(&self) -> String {
@@ -158,6 +178,7 @@ conformance_cases!(
     run_leases_guard_ownership_and_version,
     auto_assignment_text_counts_slots_and_keeps_the_bot_name,
     no_table_holds_a_credential_in_clear,
+    a_failure_midway_writes_nothing,
 );
 
 const NOW: Millis = 1_700_000_000_000;
@@ -301,6 +322,46 @@ async fn full_server_refuses_and_writes_nothing(f: Fixture) {
     assert_eq!(s.get_server(&server("SERVER0")).await.unwrap().unwrap().current_bot_count, 1);
     assert_eq!(s.list_bots(&BotFilter::default()).await.unwrap().len(), 1);
     assert_eq!(s.pending_notifications().await.unwrap(), 1);
+    assert_eq!(s.list_activities(None, 100).await.unwrap().len(), 1, "the refusal wrote no activity");
+    assert_consistent(s).await;
+}
+
+/// Installs a trigger that makes any activity with details `boom` fail:
+/// the last statement of every state change, so everything before it in
+/// the same transaction must be undone.
+async fn fail_activities_named_boom(f: &Fixture) {
+    f.raw.install_boom_trigger().await;
+}
+
+/// Invariant 3 with a failure injected at the LAST statement of each
+/// transaction: registration, update, approval, reject, delete and repair
+/// leave no trace (counts, registry, bot, activity, notification).
+async fn a_failure_midway_writes_nothing(f: Fixture) {
+    let s = &*f.store;
+    add_server(s, "SERVER0", 5).await;
+    let kept = register(s, "254700000400", "SERVER0").await.unwrap().bot;
+    fail_activities_named_boom(&f).await;
+    let boom = || SideEffects::activity(NewActivity::new(&server("SERVER0"), "x", "boom"));
+    let before_dump = f.raw.dump_all_tables().await;
+
+    let bot = unique_bot("254700000401", "SERVER0");
+    let effects = boom().notify(&bot.phone, "welcome");
+    assert!(s.register_bot(&bot, &effects, NOW + 1).await.is_err());
+    assert!(
+        s.update_credentials(&kept.id, &creds::credentials("254700000400", 2), VersionRule::Next, &boom(), NOW + 1)
+            .await
+            .is_err()
+    );
+    assert!(s.approve_bot(&kept.id, NOW + 1000, &boom(), NOW + 1).await.is_err());
+    assert!(s.reject_bot(&kept.id, &boom(), NOW + 1).await.is_err());
+    assert!(s.delete_bot(&kept.id, &boom(), NOW + 1).await.is_err());
+    let update = outbox_update("u-boom", &kept, 3);
+    assert!(s.enqueue_credential_update(&update, &boom(), NOW + 1).await.is_err());
+
+    assert_eq!(f.raw.dump_all_tables().await, before_dump, "a failed transaction left a trace");
+    assert_eq!(s.get_server(&server("SERVER0")).await.unwrap().unwrap().current_bot_count, 1);
+    assert!(s.find_registration(&bot.phone).await.unwrap().is_none());
+    assert_eq!(s.load_credentials(&kept.id).await.unwrap().unwrap().1, 1);
     assert_consistent(s).await;
 }
 
@@ -636,14 +697,20 @@ async fn concurrent_churn_keeps_counts_true(f: Fixture) {
         let s = s.clone();
         tokio::spawn(async move {
             let phone = creds::phone(13, n % 12);
-            if let Ok(done) = register(&*s, &phone, "SERVER0").await {
-                let snapshot = s.get_server(&server("SERVER0")).await.unwrap().unwrap();
-                assert!(snapshot.current_bot_count <= snapshot.max_bot_count, "{snapshot:?}");
-                if n % 2 == 0 {
-                    s.reject_bot(&done.bot.id, &effects("rejected"), NOW).await.unwrap();
-                } else {
-                    s.delete_bot(&done.bot.id, &effects("deleted"), NOW).await.unwrap();
-                }
+            // A fresh bot id per attempt: a rejected bot's row stays.
+            let bot = new_bot(&phone, "SERVER0", u128::from(n) + 1);
+            let done = match s.register_bot(&bot, &effects("registered"), NOW).await {
+                Ok(done) => done,
+                // Losing a race is an answer, not an error.
+                Err(StoreError::ServerFull(_) | StoreError::PhoneTaken { .. }) => return,
+                Err(other) => panic!("registration failed: {other:?}"),
+            };
+            let snapshot = s.get_server(&server("SERVER0")).await.unwrap().unwrap();
+            assert!(snapshot.current_bot_count <= snapshot.max_bot_count, "{snapshot:?}");
+            if n % 2 == 0 {
+                s.reject_bot(&done.bot.id, &effects("rejected"), NOW).await.unwrap();
+            } else {
+                s.delete_bot(&done.bot.id, &effects("deleted"), NOW).await.unwrap();
             }
         })
     });

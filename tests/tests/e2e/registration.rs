@@ -8,7 +8,7 @@ use trekker_domain::{PhoneNumber, ServerName};
 use trekker_store::{BotFilter, ServerRegistration};
 use trekker_testkit::creds;
 
-use crate::support::{databases, postgres_url, raw_sql, settings, spawn_node};
+use crate::support::{databases, postgres_url, raw_count, raw_sql, settings, spawn_node};
 
 /// Seed Test 2: a new phone registers on the node that received it.
 /// Seed Test 3: that node is full: the bot goes to the server with the most free slots.
@@ -55,9 +55,20 @@ async fn seed_tests_2_3_4(database_url: &str) {
         assert_eq!(server["availableSlots"], 0, "{server}");
         assert_eq!(server["online"], true);
     }
-    // Every registration wrote an activity row and a notification.
+    // Every registration (6 succeeded) wrote one activity row and one
+    // notification; the refusal wrote neither.
     let store = &a.state.store;
-    assert!(store.list_activities(None, 100).await.unwrap().iter().any(|x| x.action == "auto_assigned"));
+    let activities = store.list_activities(None, 100).await.unwrap();
+    for n in 1..=7 {
+        let phone = creds::phone(20, n);
+        let written = activities
+            .iter()
+            .filter(|x| x.phone.as_deref() == Some(phone.as_str()))
+            .filter(|x| x.action == "registered" || x.action == "auto_assigned")
+            .count();
+        assert_eq!(written, usize::from(n <= 6), "phone {n}: {activities:?}");
+    }
+    assert_eq!(raw_count(database_url, "SELECT COUNT(*) FROM notification_outbox").await, 6);
     assert!(store.find_inconsistencies().await.unwrap().is_empty());
     for node in [a, b, c] {
         node.stop().await;
@@ -115,6 +126,47 @@ async fn four_nodes_400_registrations_fill_exactly_100_slots() {
         }
     }
     assert!(store.find_inconsistencies().await.unwrap().is_empty());
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+/// Invariant 1 through HTTP: one phone, 60 registrations at once through 4
+/// nodes. Exactly one creates the bot; every other one is answered as an
+/// update of that bot (never a second bot, never a server error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_phone_raced_through_four_nodes_registers_once() {
+    let Some(url) = postgres_url().await else { return };
+    let nodes = vec![
+        spawn_node(settings(&url, "N0", 10)).await,
+        spawn_node(settings(&url, "N1", 10)).await,
+        spawn_node(settings(&url, "N2", 10)).await,
+        spawn_node(settings(&url, "N3", 10)).await,
+    ];
+    let phone = creds::phone(22, 1);
+    let answers = join_all((0..60u32).map(|n| {
+        let node = &nodes[(n % 4) as usize];
+        let phone = &phone;
+        async move { node.register("Race", phone, n + 1, None).await }
+    }))
+    .await;
+    let created: Vec<_> = answers.iter().filter(|a| a.status == 201).collect();
+    assert_eq!(created.len(), 1, "{answers:#?}");
+    let bot_id = created[0].body["bot"]["id"].clone();
+    for answer in &answers {
+        match answer.status {
+            201 => {}
+            200 | 202 => assert_eq!(answer.body["bot"]["id"], bot_id, "{answer:?}"),
+            // The host refused a stale forwarded version: still no 2nd bot.
+            409 | 502 => assert!(matches!(answer.code(), "CONFLICT" | "REMOTE_UPDATE_FAILED"), "{answer:?}"),
+            _ => panic!("unexpected answer {answer:?}"),
+        }
+    }
+    assert_eq!(raw_count(&url, "SELECT COUNT(*) FROM bot_instances").await, 1);
+    assert_eq!(raw_count(&url, "SELECT COUNT(*) FROM god_register").await, 1);
+    let total: i64 = nodes[0].state.store.list_servers().await.unwrap().iter().map(|s| s.current_bot_count).sum();
+    assert_eq!(total, 1);
+    assert!(nodes[0].state.store.find_inconsistencies().await.unwrap().is_empty());
     for node in nodes {
         node.stop().await;
     }

@@ -175,6 +175,18 @@ pub async fn raw_sql(database_url: &str, sql: &'static str) {
     }
 }
 
+/// Runs a raw `SELECT COUNT(*) ...` on a test database.
+pub async fn raw_count(database_url: &str, sql: &'static str) -> i64 {
+    use sqlx::Connection as _;
+    if database_url.starts_with("postgres") {
+        let mut conn = sqlx::PgConnection::connect(database_url).await.expect("connect");
+        sqlx::query_scalar(sql).fetch_one(&mut conn).await.expect("raw count")
+    } else {
+        let mut conn = sqlx::SqliteConnection::connect(database_url).await.expect("connect");
+        sqlx::query_scalar(sql).fetch_one(&mut conn).await.expect("raw count")
+    }
+}
+
 /// One test database URL per backend that is available here.
 pub async fn databases() -> Vec<(String, Option<trekker_testkit::SqliteDatabase>)> {
     let sqlite = trekker_testkit::sqlite_database();
