@@ -166,11 +166,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn retry_delay_grows_and_is_capped() {
-        for attempts in 0..30 {
-            let delay = retry_delay_ms(attempts);
-            let base = (1000i64 << attempts.min(20)).min(300_000);
-            assert!(delay >= base / 2 && delay <= base, "attempt {attempts}: {delay}");
+    fn retry_delay_doubles_from_one_second_up_to_five_minutes_with_jitter() {
+        // (attempts so far, shortest and longest wait in milliseconds)
+        let expected = [
+            (-3, 500, 1_000),
+            (0, 500, 1_000),
+            (1, 1_000, 2_000),
+            (3, 4_000, 8_000),
+            (8, 128_000, 256_000),
+            (9, 150_000, 300_000),
+            (40, 150_000, 300_000),
+            (i64::MAX, 150_000, 300_000),
+        ];
+        for (attempts, shortest, longest) in expected {
+            for _ in 0..50 {
+                let delay = retry_delay_ms(attempts);
+                assert!((shortest..=longest).contains(&delay), "attempt {attempts}: {delay}");
+            }
         }
+        // Jittered: retries of many messages do not move in step.
+        let delays: std::collections::HashSet<i64> = (0..50).map(|_| retry_delay_ms(5)).collect();
+        assert!(delays.len() > 10, "{delays:?}");
     }
 }

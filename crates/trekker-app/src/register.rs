@@ -341,7 +341,6 @@ impl Trekker {
 #[cfg(test)]
 mod tests {
     use crate::test_support::Mocks;
-    use mockall::predicate::always;
     use trekker_domain::ServerStatus;
     use trekker_store::{Registered, ServerSnapshot};
     use trekker_testkit::creds;
@@ -549,21 +548,29 @@ mod tests {
             let mut store = Mocks::default();
             store.bots.expect_find_registration().returning(|_| Ok(Some(registry_entry("SERVER0"))));
             store.bots.expect_find_bot_on_server().returning(move |_, _| Ok(Some(bot_record("SERVER0", approval))));
+            let sent = request(None);
+            let expected = creds::credentials(PHONE, 1);
             store
                 .bots
                 .expect_update_credentials()
-                .with(always(), always(), mockall::predicate::eq(VersionRule::Next), always(), always())
+                .withf(move |id, credentials, rule, effects, now| {
+                    id.as_str() == "bot-1"
+                        && *credentials == expected
+                        && *rule == VersionRule::Next
+                        && effects.activity.action == "credentials_updated"
+                        && *now == NOW
+                })
                 .times(1)
-                .returning(move |_, _, _, effects, _| {
-                    assert_eq!(effects.activity.action, "credentials_updated");
-                    let mut bot = bot_record("SERVER0", approval);
-                    bot.credentials_version = 2;
-                    Ok(bot)
-                });
-            let outcome = trekker(store).register_bot(request(None)).await.unwrap();
-            assert_eq!(outcome, RegisterOutcome::CredentialsUpdated { bot: outcome.bot().clone(), restarting });
+                .returning(move |_, _, _, _, _| Ok(bot_record("SERVER0", approval)));
+            let outcome = trekker(store).register_bot(sent).await.unwrap();
+            match &outcome {
+                RegisterOutcome::CredentialsUpdated { bot, restarting: said } => {
+                    assert_eq!((bot.id.as_str(), *said), ("bot-1", restarting));
+                }
+                other => panic!("expected CredentialsUpdated, got {other:?}"),
+            }
             assert_eq!(outcome.kind(), "credentials_updated");
-            assert_eq!(outcome.bot().credentials_version, 2);
+            assert_eq!(outcome.message().contains("restarting"), restarting, "{}", outcome.message());
         }
     }
 
@@ -592,15 +599,23 @@ mod tests {
         }
     }
 
+    /// The id of the update the use case queued (the outbox row id).
+    type Queued = Arc<std::sync::Mutex<Option<String>>>;
+
     fn cross_server_store(host_heartbeat: i64) -> Mocks {
+        cross_server_store_recording(host_heartbeat, Queued::default())
+    }
+
+    fn cross_server_store_recording(host_heartbeat: i64, queued: Queued) -> Mocks {
         let mut store = Mocks::default();
         store.bots.expect_find_registration().returning(|_| Ok(Some(registry_entry("SERVER1"))));
         store
             .bots
             .expect_find_bot_on_server()
             .returning(|_, _| Ok(Some(bot_record("SERVER1", ApprovalStatus::Approved))));
-        store.credential_outbox.expect_enqueue_credential_update().times(1).returning(|update, effects, _| {
+        store.credential_outbox.expect_enqueue_credential_update().times(1).returning(move |update, effects, _| {
             assert_eq!(effects.activity.remote_tenancy.as_ref().map(ServerName::as_str), Some("SERVER1"));
+            *queued.lock().unwrap() = Some(update.id.clone());
             Ok(trekker_store::CredentialUpdate {
                 id: update.id.clone(),
                 bot_id: update.bot_id.clone(),
@@ -661,7 +676,8 @@ mod tests {
 
     #[tokio::test]
     async fn hosted_elsewhere_and_online_is_delivered_now() {
-        let mut store = cross_server_store(NOW);
+        let queued = Queued::default();
+        let mut store = cross_server_store_recording(NOW, queued.clone());
         with_claim(&mut store);
         store
             .credential_outbox
@@ -675,8 +691,10 @@ mod tests {
         trekker.remote = host.clone();
         let outcome = trekker.register_bot(request(None)).await.unwrap();
         assert_eq!(outcome.kind(), "cross_server_credential_update");
-        assert_eq!(outcome.bot().credentials_version, 2);
-        assert_eq!(host.1.lock().unwrap().len(), 1);
+        // Invariant 5: the command id the host saw is the outbox row's id,
+        // so a retry by any node is recognised as the same command.
+        let queued_id = queued.lock().unwrap().clone().expect("an update was queued first");
+        assert_eq!(*host.1.lock().unwrap(), vec![queued_id]);
     }
 
     #[tokio::test]

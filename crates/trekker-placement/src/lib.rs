@@ -105,43 +105,79 @@ mod tests {
         assert!(MostFreeSlots.rank(&[server("A", 2, 5)], LIVE).is_empty());
     }
 
-    fn arb_candidate() -> impl Strategy<Value = Candidate> {
-        (
-            "[A-E][0-9]",
-            0i64..20,
-            0i64..25,
-            prop_oneof![Just(ServerStatus::Active), Just(ServerStatus::Draining), Just(ServerStatus::Inactive)],
-            prop::option::of(0i64..120_000),
+    /// Up to 12 candidates with distinct names and any state.
+    fn arb_servers() -> impl Strategy<Value = Vec<Candidate>> {
+        prop::collection::vec(
+            (
+                0i64..20,
+                0i64..25,
+                prop_oneof![
+                    4 => Just(ServerStatus::Active),
+                    1 => Just(ServerStatus::Draining),
+                    1 => Just(ServerStatus::Inactive)
+                ],
+                // Around the 30 s staleness line of LIVE, and sometimes never seen.
+                prop::option::weighted(0.9, 50_000i64..110_000),
+            ),
+            0..12,
         )
-            .prop_map(|(name, max, used, status, beat)| Candidate {
-                name: ServerName::parse(&name).unwrap(),
-                max_bot_count: max,
-                current_bot_count: used,
-                status,
-                last_heartbeat: beat,
-            })
+        .prop_map(|rows| {
+            rows.into_iter()
+                .enumerate()
+                .map(|(i, (max, used, status, beat))| Candidate {
+                    name: ServerName::parse(&format!("S{i:02}")).unwrap(),
+                    max_bot_count: max,
+                    current_bot_count: used,
+                    status,
+                    last_heartbeat: beat,
+                })
+                .collect()
+        })
     }
 
+    fn free_of(servers: &[Candidate], name: &ServerName) -> i64 {
+        servers.iter().find(|c| &c.name == name).map(Candidate::free_slots).unwrap()
+    }
+
+    // Properties that hold whatever the eligibility rule is, checked
+    // against the policy itself rather than a copy of its filter.
     proptest! {
         #[test]
-        fn never_picks_an_ineligible_server_and_first_is_best(
-            servers in prop::collection::vec(arb_candidate(), 0..12)
-        ) {
+        fn ranking_is_by_free_slots_then_name_and_has_room(servers in arb_servers()) {
             let ranked = MostFreeSlots.rank(&servers, LIVE);
-            let eligible = |c: &Candidate| c.status == ServerStatus::Active && c.free_slots() > 0 && LIVE.is_online(c);
             for name in &ranked {
-                // Names may repeat in the generated input; every match must be eligible.
-                prop_assert!(servers.iter().filter(|c| &c.name == name).any(eligible));
+                prop_assert!(free_of(&servers, name) > 0, "{name} has no room");
             }
-            let best = servers.iter().filter(|c| eligible(c)).map(Candidate::free_slots).max();
-            match (ranked.first(), best) {
-                (Some(first), Some(best)) => {
-                    let first_free =
-                        servers.iter().filter(|c| &c.name == first && eligible(c)).map(Candidate::free_slots).max();
-                    prop_assert_eq!(first_free, Some(best));
+            for pair in ranked.windows(2) {
+                let (a, b) = (free_of(&servers, &pair[0]), free_of(&servers, &pair[1]));
+                prop_assert!(a > b || (a == b && pair[0] < pair[1]), "{:?} before {:?}", pair[0], pair[1]);
+            }
+        }
+
+        #[test]
+        fn input_order_does_not_matter(servers in arb_servers()) {
+            let mut reversed = servers.clone();
+            reversed.reverse();
+            prop_assert_eq!(MostFreeSlots.rank(&servers, LIVE), MostFreeSlots.rank(&reversed, LIVE));
+        }
+
+        #[test]
+        fn a_server_that_goes_away_leaves_the_rest_in_order(servers in arb_servers(), which in 0usize..12) {
+            let ranked = MostFreeSlots.rank(&servers, LIVE);
+            prop_assume!(!ranked.is_empty());
+            let gone = ranked[which % ranked.len()].clone();
+            let expected: Vec<ServerName> = ranked.iter().filter(|n| **n != gone).cloned().collect();
+            // Draining, inactive, stale or full: each removes it, nothing else.
+            for change in 0..4 {
+                let mut changed = servers.clone();
+                let target = changed.iter_mut().find(|c| c.name == gone).unwrap();
+                match change {
+                    0 => target.status = ServerStatus::Draining,
+                    1 => target.status = ServerStatus::Inactive,
+                    2 => target.last_heartbeat = Some(LIVE.now_ms - 3 * LIVE.heartbeat_interval_ms - 1),
+                    _ => target.current_bot_count = target.max_bot_count,
                 }
-                (None, None) => {}
-                (first, best) => prop_assert!(false, "ranked {:?} but best eligible {:?}", first, best),
+                prop_assert_eq!(MostFreeSlots.rank(&changed, LIVE), expected.clone(), "change {}", change);
             }
         }
     }
