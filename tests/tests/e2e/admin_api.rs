@@ -9,7 +9,7 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 use trekker_testkit::creds;
 
-use crate::support::{Answer, postgres_url, settings, spawn_node};
+use crate::support::{Answer, eventually, postgres_url, settings, spawn_node};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_auth() {
@@ -131,14 +131,12 @@ async fn every_message_reaches_the_webhook_once_with_two_dispatchers() {
     for id in &ids {
         assert_eq!(a.approve(id).await.status, 200);
     }
-    // 10 registrations + 10 approvals.
-    for _ in 0..100 {
-        if received.lock().unwrap().len() >= 20 && a.state.store.pending_notifications().await.unwrap() == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // 10 registrations + 10 approvals. Once none is pending, every row is
+    // finished (sent or failed) and no dispatcher sends any again.
+    eventually(Duration::from_secs(30), "every notification finished", || async {
+        a.state.store.pending_notifications().await.unwrap() == 0 && received.lock().unwrap().len() >= 20
+    })
+    .await;
     let messages = received.lock().unwrap().clone();
     assert_eq!(messages.len(), 20, "each message exactly once: {messages:#?}");
     let approvals = messages.iter().filter(|m| m["text"].as_str().unwrap().contains("was approved")).count();
@@ -173,13 +171,10 @@ async fn a_failing_webhook_is_retried_until_it_answers() {
     let node = spawn_node(s).await;
     node.register("Retry", &creds::phone(42, 1), 1, None).await;
     // First attempt fails; the retry comes 0.5-1 s later (backoff with jitter).
-    for _ in 0..60 {
-        if node.state.store.pending_notifications().await.unwrap() == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(node.state.store.pending_notifications().await.unwrap(), 0);
+    eventually(Duration::from_secs(30), "the notification is finished", || async {
+        node.state.store.pending_notifications().await.unwrap() == 0
+    })
+    .await;
     assert_eq!(*attempts.lock().unwrap(), 2);
     node.stop().await;
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::json;
 use trekker_testkit::creds;
 
-use crate::support::{Answer, postgres_url, settings, spawn_node};
+use crate::support::{Answer, eventually, postgres_url, settings, spawn_node};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_the_table_answer() {
@@ -162,19 +162,20 @@ async fn pairing_then_registering_with_the_session() {
     assert!(ticket.body["code"].as_str().unwrap().len() == 9);
     let request_id = ticket.body["requestId"].as_str().unwrap().to_owned();
     // Any node answers the poll; the simulated provider pairs within 2 s.
-    let mut session = None;
-    for _ in 0..40 {
+    let session = std::sync::Mutex::new(None);
+    eventually(Duration::from_secs(30), "the pairing completes", || async {
         let status = b.get(&format!("/api/pair/status/{request_id}")).await;
         match status.body["status"].as_str() {
             Some("paired") => {
-                session = status.body["sessionId"].as_str().map(str::to_owned);
-                break;
+                *session.lock().unwrap() = status.body["sessionId"].as_str().map(str::to_owned);
+                true
             }
-            Some("pending") => tokio::time::sleep(Duration::from_millis(100)).await,
+            Some("pending") => false,
             other => panic!("unexpected pairing status {other:?}"),
         }
-    }
-    let session = session.expect("paired within 4 s");
+    })
+    .await;
+    let session = session.into_inner().unwrap().expect("a paired request carries its session ID");
     assert!(session.starts_with("TREKKER~"));
     let registered = a
         .post_json(

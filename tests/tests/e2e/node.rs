@@ -4,10 +4,12 @@ use std::time::Duration;
 
 use trekker_domain::ServerName;
 
-use crate::support::{postgres_url, settings, spawn_node};
+use crate::support::{eventually, postgres_url, settings, spawn_node};
 
 async fn starts_serves_beats_and_stops(database_url: &str) {
-    let node = spawn_node(settings(database_url, "node-a", 7)).await;
+    let mut fast_beats = settings(database_url, "node-a", 7);
+    fast_beats.heartbeat_interval_secs = 1;
+    let node = spawn_node(fast_beats).await;
     let health = node.client.get(node.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
     let ready: serde_json::Value = node.client.get(node.url("/readyz")).send().await.unwrap().json().await.unwrap();
@@ -20,9 +22,10 @@ async fn starts_serves_beats_and_stops(database_url: &str) {
     assert_eq!(row.max_bot_count, 7);
     assert_eq!(row.base_url.as_deref(), Some(format!("http://{}", node.addr).as_str()));
     let first_beat = row.last_heartbeat.unwrap();
-    tokio::time::sleep(Duration::from_millis(2300)).await;
-    let later = node.state.store.get_server(&name).await.unwrap().unwrap().last_heartbeat.unwrap();
-    assert!(later > first_beat, "heartbeat advances ({first_beat} -> {later})");
+    eventually(Duration::from_secs(30), "the heartbeat loop advances the row", || async {
+        node.state.store.get_server(&name).await.unwrap().unwrap().last_heartbeat.unwrap() > first_beat
+    })
+    .await;
 
     let unknown = node.client.get(node.url("/no/such/path")).send().await.unwrap();
     assert_eq!(unknown.status(), 404);

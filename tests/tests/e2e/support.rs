@@ -58,7 +58,10 @@ pub fn settings(database_url: &str, name: &str, capacity: u32) -> Settings {
     settings.bind_addr = "127.0.0.1:0".parse().expect("addr");
     settings.credentials_key = Some(base64_key());
     settings.admin_token = Some(ADMIN_TOKEN.to_owned());
-    settings.heartbeat_interval_secs = 1;
+    // Offline after 3 missed beats = 15 s: a loaded machine delaying a beat
+    // by seconds does not make a node look offline. Tests that need an
+    // offline node stop it and age its row (`raw_sql`) instead of waiting.
+    settings.heartbeat_interval_secs = 5;
     settings.rate_limit_per_min = 0;
     settings.cluster_secret = Some(CLUSTER_SECRET.to_owned());
     settings
@@ -165,7 +168,13 @@ impl TestNode {
 
 /// Runs raw SQL on a test database (to break things on purpose).
 pub async fn raw_sql(database_url: &str, sql: &'static str) {
+    raw_sql_owned(database_url, sql.to_owned()).await;
+}
+
+/// [`raw_sql`] for a statement built at run time.
+pub async fn raw_sql_owned(database_url: &str, sql: String) {
     use sqlx::Connection as _;
+    let sql = sqlx::AssertSqlSafe(sql);
     if database_url.starts_with("postgres") {
         let mut conn = sqlx::PgConnection::connect(database_url).await.expect("connect");
         sqlx::query(sql).execute(&mut conn).await.expect("raw sql");

@@ -1,0 +1,421 @@
+//! The supervisor against a fake store and a fake driver, on tokio's paused
+//! clock: start rate, capacity, crash backoff and the failed hold, logout,
+//! exit 0, lease loss, renewal failures and restarts on new credentials,
+//! all without a real sleep.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly by design.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use trekker_domain::time::ManualClock;
+use trekker_domain::{ApprovalStatus, BotId, Credentials, PhoneNumber, RuntimeStatus, ServerName};
+use trekker_runtime::{
+    BotDriver, BotEvent, BotSpec, DriverError, DriverEvent, RunningBot, Supervisor, SupervisorTuning,
+};
+use trekker_store::{BotRecord, Millis, RuntimeReport, RuntimeStore, StoreError};
+use trekker_testkit::creds;
+
+const NODE: &str = "SERVER0";
+
+fn node() -> ServerName {
+    ServerName::parse(NODE).unwrap()
+}
+
+fn bot_id(n: u32) -> BotId {
+    BotId::parse(&format!("bot-{n:02}")).unwrap()
+}
+
+fn phone(n: u32) -> String {
+    creds::phone(90, n)
+}
+
+/// The database as the supervisor sees it.
+#[derive(Default)]
+struct FakeStore {
+    state: Mutex<StoreState>,
+}
+
+#[derive(Default)]
+struct StoreState {
+    bots: Vec<BotRecord>,
+    /// Bots whose lease renewal no longer comes back (moved elsewhere).
+    lost: HashSet<BotId>,
+    /// The database is unreachable for leases.
+    renewal_fails: bool,
+    reports: Vec<RuntimeReport>,
+}
+
+impl FakeStore {
+    fn with_bots(count: u32) -> Arc<Self> {
+        let store = Self::default();
+        for n in 1..=count {
+            store.state.lock().unwrap().bots.push(record(n));
+        }
+        Arc::new(store)
+    }
+
+    fn edit(&self, id: &BotId, change: impl FnOnce(&mut BotRecord)) {
+        let mut state = self.state.lock().unwrap();
+        change(state.bots.iter_mut().find(|b| &b.id == id).unwrap());
+    }
+
+    fn last_status(&self, id: &BotId) -> Option<RuntimeStatus> {
+        self.state.lock().unwrap().reports.iter().rev().find(|r| &r.bot_id == id).map(|r| r.status)
+    }
+
+    fn last_report(&self, id: &BotId) -> RuntimeReport {
+        self.state.lock().unwrap().reports.iter().rev().find(|r| &r.bot_id == id).cloned().unwrap()
+    }
+}
+
+fn record(n: u32) -> BotRecord {
+    BotRecord {
+        id: bot_id(n),
+        name: format!("bot {n}"),
+        phone: PhoneNumber::parse(&phone(n)).unwrap(),
+        server: node(),
+        approval: ApprovalStatus::Approved,
+        status: RuntimeStatus::Loading,
+        credentials_version: 1,
+        credentials_updated_at: 0,
+        approval_date: Some(0),
+        expires_at: None,
+        invalid_reason: None,
+        restarts: 0,
+        last_error: None,
+        created_at: 0,
+        updated_at: 0,
+    }
+}
+
+#[async_trait]
+impl RuntimeStore for FakeStore {
+    async fn bots_to_run(&self, _: &ServerName, _: Millis) -> Result<Vec<BotRecord>, StoreError> {
+        Ok(self.state.lock().unwrap().bots.clone())
+    }
+
+    async fn load_credentials(&self, id: &BotId) -> Result<Option<(Credentials, i64)>, StoreError> {
+        let state = self.state.lock().unwrap();
+        Ok(state
+            .bots
+            .iter()
+            .find(|b| &b.id == id)
+            .map(|b| (creds::credentials(b.phone.as_str(), b.credentials_version as u32), b.credentials_version)))
+    }
+
+    async fn acquire_bot_lease(
+        &self,
+        id: &BotId,
+        _: &ServerName,
+        _: i64,
+        _: Millis,
+        _: i64,
+    ) -> Result<bool, StoreError> {
+        let state = self.state.lock().unwrap();
+        if state.renewal_fails {
+            return Err(StoreError::Corrupt("database unreachable".into()));
+        }
+        Ok(!state.lost.contains(id))
+    }
+
+    async fn renew_bot_leases(&self, _: &ServerName, _: Millis, _: i64) -> Result<Vec<BotId>, StoreError> {
+        let state = self.state.lock().unwrap();
+        if state.renewal_fails {
+            return Err(StoreError::Corrupt("database unreachable".into()));
+        }
+        Ok(state.bots.iter().map(|b| b.id.clone()).filter(|id| !state.lost.contains(id)).collect())
+    }
+
+    async fn release_bot_lease(&self, _: &BotId, _: &ServerName) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn report_runtime(&self, report: &RuntimeReport, _: Millis) -> Result<bool, StoreError> {
+        let mut state = self.state.lock().unwrap();
+        if let Some(bot) =
+            state.bots.iter_mut().find(|b| b.id == report.bot_id && b.credentials_version == report.version)
+        {
+            bot.status = report.status;
+        }
+        state.reports.push(report.clone());
+        Ok(true)
+    }
+}
+
+/// How a fake bot behaves once started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Behaviour {
+    Connects,
+    Crashes,
+    LogsOut,
+    ExitsCleanly,
+}
+
+/// Records every start and stop, on tokio's (paused) clock.
+#[derive(Debug, Default)]
+struct FakeDriver {
+    log: Arc<Mutex<Vec<(Instant, BotId, i64, &'static str)>>>,
+    behaviour: Mutex<HashMap<BotId, Behaviour>>,
+}
+
+impl FakeDriver {
+    fn set(&self, id: &BotId, behaviour: Behaviour) {
+        self.behaviour.lock().unwrap().insert(id.clone(), behaviour);
+    }
+
+    fn starts(&self, id: &BotId) -> Vec<(Instant, i64)> {
+        let log = self.log.lock().unwrap();
+        log.iter().filter(|(_, b, _, what)| b == id && *what == "start").map(|(at, _, v, _)| (*at, *v)).collect()
+    }
+
+    fn all_starts(&self) -> usize {
+        self.log.lock().unwrap().iter().filter(|(.., what)| *what == "start").count()
+    }
+
+    /// Bots started and not stopped since.
+    fn running(&self) -> HashSet<BotId> {
+        let mut running = HashSet::new();
+        for (_, id, _, what) in self.log.lock().unwrap().iter() {
+            if *what == "start" {
+                running.insert(id.clone());
+            } else {
+                running.remove(id);
+            }
+        }
+        running
+    }
+}
+
+struct FakeRun {
+    id: BotId,
+    version: i64,
+    log: Arc<Mutex<Vec<(Instant, BotId, i64, &'static str)>>>,
+}
+
+#[async_trait]
+impl RunningBot for FakeRun {
+    async fn stop(self: Box<Self>) {
+        self.log.lock().unwrap().push((Instant::now(), self.id.clone(), self.version, "stop"));
+    }
+}
+
+#[async_trait]
+impl BotDriver for FakeDriver {
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+
+    async fn start(
+        &self,
+        spec: BotSpec,
+        events: mpsc::UnboundedSender<DriverEvent>,
+    ) -> Result<Box<dyn RunningBot>, DriverError> {
+        self.log.lock().unwrap().push((Instant::now(), spec.bot_id.clone(), spec.version, "start"));
+        let behaviour = self.behaviour.lock().unwrap().get(&spec.bot_id).copied().unwrap_or(Behaviour::Connects);
+        let event = match behaviour {
+            Behaviour::Connects => BotEvent::Connected,
+            Behaviour::Crashes => BotEvent::Exited { code: Some(1), error: Some("boom".into()) },
+            Behaviour::LogsOut => BotEvent::LoggedOut,
+            Behaviour::ExitsCleanly => BotEvent::Exited { code: Some(0), error: None },
+        };
+        let _ = events.send(DriverEvent { bot_id: spec.bot_id.clone(), generation: spec.generation, event });
+        Ok(Box::new(FakeRun { id: spec.bot_id, version: spec.version, log: self.log.clone() }))
+    }
+}
+
+fn tuning() -> SupervisorTuning {
+    SupervisorTuning {
+        poll_every: Duration::from_millis(200),
+        lease: Duration::from_secs(4),
+        start_rate_per_sec: 1000,
+        backoff_min: Duration::from_secs(1),
+        backoff_max: Duration::from_secs(8),
+        crash_limit: 4,
+        crash_window: Duration::from_secs(300),
+    }
+}
+
+struct Running {
+    shutdown: CancellationToken,
+    changed: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn spawn(store: &Arc<FakeStore>, driver: &Arc<FakeDriver>, max_bots: usize, tuning: SupervisorTuning) -> Running {
+    let supervisor =
+        Supervisor::new(store.clone(), Arc::new(ManualClock::new(1_000)), driver.clone(), node(), max_bots, tuning);
+    let (shutdown, changed) = (CancellationToken::new(), Arc::new(Notify::new()));
+    let task = tokio::spawn(supervisor.run(changed.clone(), shutdown.clone()));
+    Running { shutdown, changed, task }
+}
+
+impl Running {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap();
+    }
+}
+
+/// Lets the paused clock run for `span` (the runtime advances it whenever
+/// every task waits on a timer).
+async fn let_time_pass(span: Duration) {
+    tokio::time::sleep(span).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn boot_is_staggered_by_the_start_rate() {
+    let store = FakeStore::with_bots(12);
+    let driver = Arc::new(FakeDriver::default());
+    let supervisor = spawn(&store, &driver, 100, SupervisorTuning { start_rate_per_sec: 4, ..tuning() });
+    let_time_pass(Duration::from_millis(50)).await;
+    // A burst of one second's worth, then the rate.
+    assert_eq!(driver.all_starts(), 4);
+    let_time_pass(Duration::from_millis(1000)).await;
+    let after_a_second = driver.all_starts();
+    assert!((7..=9).contains(&after_a_second), "{after_a_second} starts after 1 s at 4/s");
+    let_time_pass(Duration::from_secs(2)).await;
+    assert_eq!(driver.all_starts(), 12);
+    supervisor.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn never_runs_more_than_its_capacity() {
+    let store = FakeStore::with_bots(5);
+    let driver = Arc::new(FakeDriver::default());
+    let supervisor = spawn(&store, &driver, 3, tuning());
+    let_time_pass(Duration::from_secs(30)).await;
+    assert_eq!(driver.running().len(), 3);
+    assert_eq!(driver.all_starts(), 3, "no churn at capacity");
+    supervisor.stop().await;
+    assert!(driver.running().is_empty(), "shutdown stops every bot");
+    for n in 1..=3 {
+        assert_eq!(store.last_status(&bot_id(n)), Some(RuntimeStatus::Offline));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn crashes_back_off_exponentially_then_the_bot_is_held_failed() {
+    let store = FakeStore::with_bots(1);
+    let driver = Arc::new(FakeDriver::default());
+    let id = bot_id(1);
+    driver.set(&id, Behaviour::Crashes);
+    let supervisor = spawn(&store, &driver, 10, tuning());
+    let_time_pass(Duration::from_secs(60)).await;
+    let starts = driver.starts(&id);
+    assert_eq!(starts.len(), 4, "crash_limit starts, then held");
+    // Waits before restart n: [base/2, base] with base = 1 s, 2 s, 4 s.
+    for (n, pair) in starts.windows(2).enumerate() {
+        let gap = pair[1].0 - pair[0].0;
+        let base = Duration::from_secs(1 << n);
+        assert!(gap >= base / 2 && gap <= base + Duration::from_millis(250), "restart {n}: waited {gap:?}");
+    }
+    let report = store.last_report(&id);
+    assert_eq!(report.status, RuntimeStatus::Failed);
+    assert!(report.last_error.unwrap().starts_with("crashed 4 times"));
+    // Held: an hour later it has not been started again.
+    let_time_pass(Duration::from_secs(3600)).await;
+    assert_eq!(driver.starts(&id).len(), 4);
+    // New credentials lift the hold.
+    driver.set(&id, Behaviour::Connects);
+    store.edit(&id, |bot| bot.credentials_version = 2);
+    supervisor.changed.notify_one();
+    let_time_pass(Duration::from_millis(500)).await;
+    assert_eq!(driver.starts(&id).last().unwrap().1, 2);
+    assert_eq!(store.last_status(&id), Some(RuntimeStatus::Online));
+    supervisor.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_logged_out_bot_is_not_restarted_until_an_admin_acts() {
+    let store = FakeStore::with_bots(1);
+    let driver = Arc::new(FakeDriver::default());
+    let id = bot_id(1);
+    driver.set(&id, Behaviour::LogsOut);
+    let supervisor = spawn(&store, &driver, 10, tuning());
+    let_time_pass(Duration::from_secs(600)).await;
+    assert_eq!(driver.starts(&id).len(), 1);
+    let report = store.last_report(&id);
+    assert_eq!(report.status, RuntimeStatus::Error);
+    assert!(report.invalid_reason.unwrap().contains("pair the phone again"));
+    // An admin action sets the bot `loading`: it starts again.
+    driver.set(&id, Behaviour::Connects);
+    store.edit(&id, |bot| bot.status = RuntimeStatus::Loading);
+    let_time_pass(Duration::from_secs(1)).await;
+    assert_eq!(driver.starts(&id).len(), 2);
+    supervisor.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_clean_exit_is_offline_and_not_restarted() {
+    let store = FakeStore::with_bots(1);
+    let driver = Arc::new(FakeDriver::default());
+    let id = bot_id(1);
+    driver.set(&id, Behaviour::ExitsCleanly);
+    let supervisor = spawn(&store, &driver, 10, tuning());
+    let_time_pass(Duration::from_secs(600)).await;
+    assert_eq!(driver.starts(&id).len(), 1);
+    assert_eq!(store.last_status(&id), Some(RuntimeStatus::Offline));
+    supervisor.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn new_credentials_restart_the_bot_on_the_new_version() {
+    let store = FakeStore::with_bots(2);
+    let driver = Arc::new(FakeDriver::default());
+    let supervisor = spawn(&store, &driver, 10, tuning());
+    let_time_pass(Duration::from_millis(500)).await;
+    store.edit(&bot_id(1), |bot| bot.credentials_version = 5);
+    let_time_pass(Duration::from_millis(500)).await;
+    let versions: Vec<i64> = driver.starts(&bot_id(1)).iter().map(|(_, v)| *v).collect();
+    assert_eq!(versions, [1, 5]);
+    assert_eq!(driver.starts(&bot_id(2)).len(), 1, "the other bot is left alone");
+    let restarted = store.last_report(&bot_id(1));
+    assert_eq!((restarted.status, restarted.version), (RuntimeStatus::Online, 5));
+    supervisor.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bot_whose_lease_is_lost_or_that_is_no_longer_wanted_is_stopped() {
+    let store = FakeStore::with_bots(3);
+    let driver = Arc::new(FakeDriver::default());
+    let supervisor = spawn(&store, &driver, 10, tuning());
+    let_time_pass(Duration::from_millis(500)).await;
+    assert_eq!(driver.running().len(), 3);
+    // Another node holds bot 1 now; bot 2 was rejected (no longer listed).
+    store.state.lock().unwrap().lost.insert(bot_id(1));
+    store.state.lock().unwrap().bots.retain(|b| b.id != bot_id(2));
+    let_time_pass(Duration::from_millis(500)).await;
+    assert_eq!(driver.running(), HashSet::from([bot_id(3)]));
+    assert_eq!(store.last_status(&bot_id(2)), Some(RuntimeStatus::Offline));
+    // And a lost lease is not retaken while the other node holds it.
+    let_time_pass(Duration::from_secs(30)).await;
+    assert_eq!(driver.starts(&bot_id(1)).len(), 1);
+    supervisor.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_renewals_for_half_a_lease_every_bot_stops() {
+    let store = FakeStore::with_bots(2);
+    let driver = Arc::new(FakeDriver::default());
+    let supervisor = spawn(&store, &driver, 10, tuning());
+    let_time_pass(Duration::from_millis(500)).await;
+    assert_eq!(driver.running().len(), 2);
+    store.state.lock().unwrap().renewal_fails = true;
+    // A short outage (under half the 4 s lease) is ridden out...
+    let_time_pass(Duration::from_millis(1500)).await;
+    assert_eq!(driver.running().len(), 2, "a blip does not stop bots");
+    // ...a long one is not: past half the lease, another node may take over.
+    let_time_pass(Duration::from_millis(1000)).await;
+    assert!(driver.running().is_empty(), "bots still running without a lease");
+    // The database comes back: the bots start again.
+    store.state.lock().unwrap().renewal_fails = false;
+    let_time_pass(Duration::from_secs(2)).await;
+    assert_eq!(driver.running().len(), 2);
+    supervisor.stop().await;
+}
