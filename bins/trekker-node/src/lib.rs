@@ -75,11 +75,17 @@ impl std::fmt::Debug for AppState {
 pub struct Overrides {
     pub driver: Option<Arc<dyn BotDriver>>,
     pub tuning: Option<SupervisorTuning>,
+    /// How often the expiry sweeper runs (default 30 s).
+    pub sweep_every: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for Overrides {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Overrides").field("driver", &self.driver).field("tuning", &self.tuning).finish()
+        f.debug_struct("Overrides")
+            .field("driver", &self.driver)
+            .field("tuning", &self.tuning)
+            .field("sweep_every", &self.sweep_every)
+            .finish()
     }
 }
 
@@ -91,6 +97,7 @@ pub struct Application {
     shutdown: CancellationToken,
     driver: Arc<dyn BotDriver>,
     tuning: SupervisorTuning,
+    sweep_every: std::time::Duration,
     /// This node's registry row, written again if it ever goes missing.
     registration: ServerRegistration,
 }
@@ -184,7 +191,17 @@ impl Application {
             notifier,
             base_url,
         };
-        Ok(Self { listener, addr, state, shutdown: CancellationToken::new(), driver, tuning, registration })
+        let sweep_every = overrides.sweep_every.unwrap_or(EXPIRY_SWEEP_EVERY);
+        Ok(Self {
+            listener,
+            addr,
+            state,
+            shutdown: CancellationToken::new(),
+            driver,
+            tuning,
+            sweep_every,
+            registration,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -226,7 +243,7 @@ impl Application {
         );
         tasks.spawn(supervisor.run(self.state.trekker.runtime_changed.clone(), self.shutdown.clone()));
         tasks.spawn(trekker_app::crossserver::run_outbox(self.state.trekker.clone(), self.shutdown.clone()));
-        tasks.spawn(trekker_app::sweeper::run(self.state.trekker.clone(), EXPIRY_SWEEP_EVERY, self.shutdown.clone()));
+        tasks.spawn(trekker_app::sweeper::run(self.state.trekker.clone(), self.sweep_every, self.shutdown.clone()));
         tracing::info!(server = %self.state.config.server_name, "listening on {}", self.addr);
         let router = http::router(self.state.clone());
         let shutdown = self.shutdown.clone();

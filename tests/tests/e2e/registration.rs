@@ -191,21 +191,29 @@ async fn stale_inactive_and_draining_servers_are_never_chosen() {
         .await;
     assert_eq!(drain.status, 200, "{:?}", drain.body);
     assert_eq!(drain.body["server"]["status"], "draining");
+    // The roomiest server of all, but switched off by an admin.
+    let c = spawn_node(settings(&url, "SERVER2", 80)).await;
+    let off = c
+        .admin(reqwest::Method::PATCH, "/api/admin/servers/SERVER2", Some(serde_json::json!({"status": "inactive"})))
+        .await;
+    assert_eq!((off.status, &off.body["server"]["status"]), (200, &serde_json::json!("inactive")));
 
-    let refused = a.register("Nowhere", &creds::phone(22, 1), 1, None).await;
+    let refused = a.register("Nowhere", &creds::phone(25, 1), 1, None).await;
     assert_eq!(refused.code(), "ALL_SERVERS_FULL", "{:?}", refused.body);
     let servers = a.get("/api/servers/available").await;
-    let ghost_row = servers.body["servers"].as_array().unwrap().iter().find(|s| s["name"] == "GHOST").unwrap().clone();
-    assert_eq!(ghost_row["online"], false);
+    let row = |name: &str| servers.body["servers"].as_array().unwrap().iter().find(|s| s["name"] == name).cloned();
+    assert_eq!(row("GHOST").unwrap()["online"], false);
+    assert_eq!(row("SERVER2").unwrap()["online"], false, "an inactive server is shown offline");
 
     let back = b
         .admin(reqwest::Method::PATCH, "/api/admin/servers/SERVER1", Some(serde_json::json!({"status": "active"})))
         .await;
     assert_eq!(back.status, 200);
-    let placed = a.register("Somewhere", &creds::phone(22, 1), 1, None).await;
-    assert_eq!(placed.body["assignedServer"], "SERVER1", "{:?}", placed.body);
+    let placed = a.register("Somewhere", &creds::phone(25, 1), 1, None).await;
+    assert_eq!(placed.body["assignedServer"], "SERVER1", "not the inactive SERVER2: {:?}", placed.body);
     a.stop().await;
     b.stop().await;
+    c.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
