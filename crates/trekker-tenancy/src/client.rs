@@ -52,6 +52,10 @@ impl std::fmt::Debug for CrossTenancyClient {
 
 impl CrossTenancyClient {
     pub fn new(keys: Option<ClusterKeys>, me: ServerName, budget: Duration) -> Result<Self, ClientError> {
+        // reqwest is built without a default TLS provider (one crypto
+        // library per build); without one installed it panics here. Ring
+        // is the build's one; installing it again is a no-op.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .connect_timeout(budget.min(Duration::from_secs(2)))
             .build()

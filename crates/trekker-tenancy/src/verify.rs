@@ -77,3 +77,106 @@ impl RequestVerifier {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use mockall::predicate::{always, eq};
+    use trekker_store::{MockReplayGuard, MockServerStore, ServerSnapshot, StoreError};
+
+    use super::*;
+    use crate::token::MINTED_LIFETIME_SECS;
+
+    const SECRET: &str = "verify-test-secret-0123456789abcdef";
+    const NOW_S: i64 = 1_700_000_000;
+    const PATH: &str = "/internal/tenants/bots/credentials";
+
+    fn keys() -> ClusterKeys {
+        ClusterKeys::new(SECRET, None)
+    }
+
+    fn snapshot(name: &ServerName) -> ServerSnapshot {
+        ServerSnapshot {
+            name: name.clone(),
+            max_bot_count: 1,
+            current_bot_count: 0,
+            status: trekker_domain::ServerStatus::Active,
+            base_url: None,
+            last_heartbeat: None,
+            description: None,
+        }
+    }
+
+    fn verifier(servers: MockServerStore, replay: MockReplayGuard) -> RequestVerifier {
+        RequestVerifier::new(Some(keys()), ServerName::parse("HOST").unwrap(), Arc::new(servers), Arc::new(replay))
+    }
+
+    fn bearer(iss: &str) -> String {
+        format!("Bearer {}", keys().mint(iss, "HOST", "POST", PATH, b"{}", NOW_S))
+    }
+
+    async fn verify(v: &RequestVerifier, authorization: Option<&str>) -> Result<Claims, VerifyError> {
+        v.verify(authorization, "POST", PATH, b"{}", NOW_S * 1000).await
+    }
+
+    #[tokio::test]
+    async fn a_registered_issuer_s_fresh_token_passes_and_its_id_is_kept_past_expiry() {
+        let mut servers = MockServerStore::new();
+        servers.expect_get_server().returning(|name| Ok(Some(snapshot(name))));
+        let mut replay = MockReplayGuard::new();
+        let keep_until = (NOW_S + MINTED_LIFETIME_SECS + CLOCK_SKEW_SECS + 1) * 1000;
+        replay
+            .expect_remember_jti()
+            .with(eq("PEER"), always(), eq(keep_until))
+            .times(1)
+            .returning(|_, jti, _| Ok(jti.len() == 32));
+        let claims = verify(&verifier(servers, replay), Some(&bearer("PEER"))).await.unwrap();
+        assert_eq!((claims.iss.as_str(), claims.aud.as_str()), ("PEER", "HOST"));
+    }
+
+    #[tokio::test]
+    async fn a_second_use_of_a_token_id_is_a_replay() {
+        let mut servers = MockServerStore::new();
+        servers.expect_get_server().returning(|name| Ok(Some(snapshot(name))));
+        let mut replay = MockReplayGuard::new();
+        replay.expect_remember_jti().returning(|_, _, _| Ok(false));
+        let refused = verify(&verifier(servers, replay), Some(&bearer("PEER"))).await;
+        assert!(matches!(refused, Err(VerifyError::Refused(TokenRefusal::Replayed))), "{refused:?}");
+    }
+
+    #[tokio::test]
+    async fn an_unknown_issuer_is_refused_before_its_token_id_is_recorded() {
+        let mut servers = MockServerStore::new();
+        servers.expect_get_server().returning(|_| Ok(None));
+        let mut replay = MockReplayGuard::new();
+        replay.expect_remember_jti().never();
+        let refused = verify(&verifier(servers, replay), Some(&bearer("STRANGER"))).await;
+        assert!(matches!(refused, Err(VerifyError::Refused(TokenRefusal::Issuer))), "{refused:?}");
+    }
+
+    #[tokio::test]
+    async fn a_database_failure_is_not_the_caller_s_fault() {
+        let mut servers = MockServerStore::new();
+        servers.expect_get_server().returning(|_| Err(StoreError::Corrupt("down".into())));
+        let refused = verify(&verifier(servers, MockReplayGuard::new()), Some(&bearer("PEER"))).await;
+        assert!(matches!(refused, Err(VerifyError::Store(_))), "{refused:?}");
+    }
+
+    #[tokio::test]
+    async fn no_header_another_scheme_or_no_secret_touches_nothing() {
+        let v = verifier(MockServerStore::new(), MockReplayGuard::new());
+        for header in [None, Some(""), Some("Bearer "), Some("Basic abc")] {
+            let refused = verify(&v, header).await;
+            assert!(matches!(refused, Err(VerifyError::Refused(TokenRefusal::Missing))), "{header:?}: {refused:?}");
+        }
+        let keyless = RequestVerifier::new(
+            None,
+            ServerName::parse("HOST").unwrap(),
+            Arc::new(MockServerStore::new()),
+            Arc::new(MockReplayGuard::new()),
+        );
+        let refused = verify(&keyless, Some(&bearer("PEER"))).await;
+        assert!(matches!(refused, Err(VerifyError::Refused(TokenRefusal::NotConfigured))), "{refused:?}");
+    }
+}
