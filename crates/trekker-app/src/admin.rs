@@ -182,3 +182,116 @@ impl Trekker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::test_support::{Mocks, NOW, bot_record, trekker};
+
+    const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+    #[tokio::test]
+    async fn approval_runs_for_the_given_months_of_thirty_days() {
+        for (months, days) in [(None, 90), (Some(1), 30), (Some(12), 360), (Some(MAX_EXPIRATION_MONTHS), 3600)] {
+            let mut store = Mocks::default();
+            store.bots.expect_get_bot().returning(|_| Ok(Some(bot_record("SERVER0", ApprovalStatus::Pending))));
+            store
+                .bots
+                .expect_approve_bot()
+                .withf(move |id, expires_at, effects, now| {
+                    id.as_str() == "bot-1"
+                        && *expires_at == NOW + days * DAY_MS
+                        && *now == NOW
+                        && effects
+                            .notification
+                            .as_ref()
+                            .is_some_and(|n| n.message.render(None).contains(&time::iso_date(NOW + days * DAY_MS)))
+                })
+                .times(1)
+                .returning(|_, _, _, _| Ok(bot_record("SERVER0", ApprovalStatus::Approved)));
+            let approved = trekker(store).approve_bot("bot-1", months).await.unwrap();
+            assert_eq!(approved.approval, ApprovalStatus::Approved);
+        }
+    }
+
+    #[tokio::test]
+    async fn out_of_range_months_or_ids_touch_nothing() {
+        for months in [0, MAX_EXPIRATION_MONTHS + 1, u32::MAX] {
+            let err = trekker(Mocks::default()).approve_bot("bot-1", Some(months)).await.unwrap_err();
+            assert!(matches!(err, AppError::InvalidInput(_)), "{months}: {err:?}");
+        }
+        for id in ["", "not a bot id!", &"x".repeat(10_000)] {
+            let err = trekker(Mocks::default()).reject_bot(id).await.unwrap_err();
+            assert!(matches!(err, AppError::NotFound(_)), "{err:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn server_changes_are_validated_before_the_store() {
+        let cases: [(Option<i64>, Option<&str>); 4] =
+            [(None, None), (Some(-1), None), (Some(1_000_001), None), (None, Some("paused"))];
+        for (max, status) in cases {
+            let err = trekker(Mocks::default()).update_server("SERVER1", max, status).await.unwrap_err();
+            assert!(matches!(err, AppError::InvalidInput(_)), "{max:?} {status:?}: {err:?}");
+        }
+        let err = trekker(Mocks::default()).update_server("no such name!", Some(1), None).await.unwrap_err();
+        assert!(matches!(err, AppError::NotFound(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_server_change_answers_the_row_with_its_liveness() {
+        let mut store = Mocks::default();
+        store
+            .servers
+            .expect_update_server()
+            .withf(|name, patch, _| {
+                name.as_str() == "SERVER1"
+                    && *patch == ServerPatch { max_bot_count: Some(7), status: Some(ServerStatus::Draining) }
+            })
+            .times(1)
+            .returning(|name, patch, _| {
+                Ok(ServerSnapshot {
+                    name: name.clone(),
+                    max_bot_count: patch.max_bot_count.unwrap(),
+                    current_bot_count: 2,
+                    status: patch.status.unwrap(),
+                    base_url: None,
+                    last_heartbeat: Some(NOW - 60_000),
+                    description: None,
+                })
+            });
+        store.activities.expect_append_activity().times(1).returning(|_, _| Ok(()));
+        let view = trekker(store).update_server("server1", Some(7), Some("draining")).await.unwrap();
+        assert_eq!((view.server.max_bot_count, view.server.status), (7, ServerStatus::Draining));
+        assert!(!view.online, "a minute without a beat is offline");
+    }
+
+    #[tokio::test]
+    async fn a_dry_run_repairs_nothing_and_a_repair_counts_what_changed() {
+        let issues = vec![
+            Inconsistency::CountDrift { server: "SERVER0".into(), recorded: 3, actual: 2 },
+            Inconsistency::RegistryWithoutBot {
+                phone: "254700000001".into(),
+                server: "SERVER0".into(),
+                bot_id: "b".into(),
+            },
+        ];
+        for dry_run in [true, false] {
+            let mut store = Mocks::default();
+            let found = issues.clone();
+            store.consistency.expect_find_inconsistencies().returning(move || Ok(found.clone()));
+            // The second was fixed meanwhile by someone else.
+            let mut answers = vec![false, true];
+            store
+                .consistency
+                .expect_repair_inconsistency()
+                .times(if dry_run { 0 } else { 2 })
+                .returning(move |_, _, _| Ok(answers.pop().unwrap()));
+            let report = trekker(store).repair_registry(dry_run).await.unwrap();
+            assert_eq!(report.found, issues);
+            assert_eq!((report.dry_run, report.repaired), (dry_run, usize::from(!dry_run)));
+        }
+    }
+}

@@ -336,3 +336,184 @@ pub async fn run_outbox(trekker: Arc<Trekker>, shutdown: CancellationToken) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use mockall::predicate::eq;
+    use trekker_store::{CredentialUpdate, OutboxStatus, ServerSnapshot};
+    use trekker_testkit::creds;
+
+    use super::*;
+    use crate::test_support::{Mocks, NOW, PHONE, bot_record, trekker};
+
+    /// A remote that must not be called.
+    #[derive(Debug)]
+    struct NeverCalled;
+
+    #[async_trait]
+    impl RemoteCredentials for NeverCalled {
+        async fn update_bot_credentials(
+            &self,
+            _: &ServerName,
+            _: &str,
+            _: &str,
+            _: &CredentialsUpdateBody,
+        ) -> Result<CredentialsUpdateAnswer, ClientError> {
+            panic!("the host must not be called")
+        }
+    }
+
+    fn claimed(created_at: i64) -> ClaimedUpdate {
+        ClaimedUpdate {
+            update: CredentialUpdate {
+                id: "u1".into(),
+                bot_id: BotId::parse("bot-1").unwrap(),
+                phone: PhoneNumber::parse(PHONE).unwrap(),
+                source: ServerName::parse("SERVER0").unwrap(),
+                target: ServerName::parse("SERVER1").unwrap(),
+                version: 2,
+                status: OutboxStatus::Pending,
+                attempts: 1,
+                last_error: None,
+                created_at,
+                delivered_at: None,
+            },
+            credentials: creds::credentials(PHONE, 2),
+        }
+    }
+
+    fn host_row(last_heartbeat: i64) -> ServerSnapshot {
+        ServerSnapshot {
+            name: ServerName::parse("SERVER1").unwrap(),
+            max_bot_count: 5,
+            current_bot_count: 1,
+            status: trekker_domain::ServerStatus::Active,
+            base_url: Some("http://server1.test".into()),
+            last_heartbeat: Some(last_heartbeat),
+            description: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_update_older_than_a_day_expires_without_a_call() {
+        let mut store = Mocks::default();
+        // One millisecond past the 24 hours.
+        let old = NOW - OUTBOX_MAX_AGE_MS - 1;
+        store.credential_outbox.expect_claim_credential_updates().returning(move |_, _, _, _| Ok(vec![claimed(old)]));
+        store
+            .credential_outbox
+            .expect_finish_credential_update()
+            .with(eq("u1"), eq("w"), eq(DeliveryOutcome::Expired), eq(NOW))
+            .times(1)
+            .returning(|_, _, _, _| Ok(true));
+        let mut trekker = trekker(store);
+        trekker.remote = Arc::new(NeverCalled);
+        assert_eq!(trekker.deliver_queued_updates("w").await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_update_of_exactly_a_day_is_still_tried_and_an_offline_host_waits() {
+        let mut store = Mocks::default();
+        let edge = NOW - OUTBOX_MAX_AGE_MS;
+        store.credential_outbox.expect_claim_credential_updates().returning(move |_, _, _, _| Ok(vec![claimed(edge)]));
+        // The host's last beat is 31 s old (3 intervals of 10 s): offline.
+        store.servers.expect_get_server().returning(|_| Ok(Some(host_row(NOW - 31_000))));
+        store
+            .credential_outbox
+            .expect_finish_credential_update()
+            .withf(|id, _, outcome, _| {
+                id == "u1" && matches!(outcome, DeliveryOutcome::Retry { retry_at, .. } if *retry_at == NOW + 1_000)
+            })
+            .times(1)
+            .returning(|_, _, _, _| Ok(true));
+        let mut trekker = trekker(store);
+        trekker.remote = Arc::new(NeverCalled);
+        assert_eq!(trekker.deliver_queued_updates("w").await.unwrap(), 1);
+    }
+
+    fn body(version: Option<i64>, variant: u32) -> CredentialsUpdateBody {
+        CredentialsUpdateBody {
+            bot_id: "bot-1".into(),
+            phone_number: PHONE.into(),
+            session_id: creds::session_id(PHONE, variant),
+            credentials_version: version,
+        }
+    }
+
+    fn peer() -> ServerName {
+        ServerName::parse("SERVER1").unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_host_applies_a_forwarded_version_exactly() {
+        let mut store = Mocks::default();
+        store.bots.expect_get_bot().returning(|_| Ok(Some(bot_record("SERVER0", ApprovalStatus::Approved))));
+        store
+            .bots
+            .expect_update_credentials()
+            .withf(|id, credentials, rule, effects, _| {
+                id.as_str() == "bot-1"
+                    && *credentials == creds::credentials(PHONE, 4)
+                    && *rule == VersionRule::Exactly(4)
+                    && effects.activity.remote_tenancy.as_ref() == Some(&peer())
+            })
+            .times(1)
+            .returning(|_, _, _, _, _| {
+                let mut bot = bot_record("SERVER0", ApprovalStatus::Approved);
+                bot.credentials_version = 4;
+                Ok(bot)
+            });
+        let answer = trekker(store).apply_remote_credentials(&peer(), &body(Some(4), 4)).await.unwrap();
+        assert_eq!((answer.credentials_version, answer.restarted), (4, true));
+    }
+
+    #[tokio::test]
+    async fn a_retry_of_an_applied_version_is_success_but_other_credentials_are_a_conflict() {
+        for (variant, accepted) in [(4, true), (5, false)] {
+            let mut store = Mocks::default();
+            store.bots.expect_get_bot().returning(|_| Ok(Some(bot_record("SERVER0", ApprovalStatus::Pending))));
+            store
+                .bots
+                .expect_update_credentials()
+                .returning(|_, _, _, _, _| Err(StoreError::StaleVersion { current: 4 }));
+            store.runtime.expect_load_credentials().returning(|_| Ok(Some((creds::credentials(PHONE, 4), 4))));
+            let result = trekker(store).apply_remote_credentials(&peer(), &body(Some(4), variant)).await;
+            match (result, accepted) {
+                (Ok(answer), true) => assert_eq!((answer.credentials_version, answer.restarted), (4, false)),
+                (Err(AppError::Conflict(message)), false) => assert!(message.contains("(4)"), "{message}"),
+                (other, _) => panic!("variant {variant}: {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_host_refuses_what_is_not_its_own() {
+        // Hosted elsewhere, rejected, or unknown: not found, nothing written.
+        for found in [
+            Some(bot_record("SERVER2", ApprovalStatus::Approved)),
+            Some(bot_record("SERVER0", ApprovalStatus::Rejected)),
+            None,
+        ] {
+            let mut store = Mocks::default();
+            store.bots.expect_get_bot().returning(move |_| Ok(found.clone()));
+            let err = trekker(store).apply_remote_credentials(&peer(), &body(Some(2), 2)).await.unwrap_err();
+            assert!(matches!(err, AppError::NotFound(_)), "{err:?}");
+        }
+        // Another phone's session, or a version below 1.
+        let mut other_phone = body(Some(2), 2);
+        other_phone.session_id = creds::session_id("254700000999", 2);
+        let mut zero = body(Some(0), 2);
+        zero.credentials_version = Some(0);
+        for (sent, phone_mismatch) in [(other_phone, true), (zero, false)] {
+            let mut store = Mocks::default();
+            store.bots.expect_get_bot().returning(|_| Ok(Some(bot_record("SERVER0", ApprovalStatus::Approved))));
+            let err = trekker(store).apply_remote_credentials(&peer(), &sent).await.unwrap_err();
+            match phone_mismatch {
+                true => assert!(matches!(err, AppError::PhoneMismatch { .. }), "{err:?}"),
+                false => assert!(matches!(err, AppError::InvalidInput(_)), "{err:?}"),
+            }
+        }
+    }
+}
