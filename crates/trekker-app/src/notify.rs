@@ -163,7 +163,81 @@ async fn deliver(trekker: &Trekker, notifier: &dyn Notifier, worker: &str, notif
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use trekker_store::NotificationOutcome;
+
     use super::*;
+    use crate::test_support::{Mocks, NOW, trekker};
+
+    /// A notifier that fails, or never answers.
+    #[derive(Debug)]
+    enum Broken {
+        Refuses,
+        Hangs,
+    }
+
+    #[async_trait]
+    impl Notifier for Broken {
+        fn name(&self) -> &'static str {
+            "broken"
+        }
+
+        async fn send(&self, _: &str, _: &str) -> Result<(), NotifyError> {
+            match self {
+                Self::Refuses => Err(NotifyError("gateway said no".into())),
+                Self::Hangs => std::future::pending().await,
+            }
+        }
+    }
+
+    fn notification(attempts: i64) -> Notification {
+        Notification { id: 7, phone: "254700000001".into(), text: "hello".into(), attempts, created_at: NOW }
+    }
+
+    /// The outcome `deliver` records for one attempt.
+    async fn outcome_of(notifier: Broken, attempts: i64) -> NotificationOutcome {
+        let recorded = Arc::new(std::sync::Mutex::new(None));
+        let mut store = Mocks::default();
+        let keep = recorded.clone();
+        store.notifications.expect_finish_notification().times(1).returning(move |id, worker, outcome, _| {
+            assert_eq!((id, worker), (7, "w"));
+            *keep.lock().unwrap() = Some(outcome);
+            Ok(true)
+        });
+        deliver(&trekker(store), &notifier, "w", notification(attempts)).await;
+        recorded.lock().unwrap().take().unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_send_is_retried_with_backoff_until_the_last_attempt_then_given_up() {
+        match outcome_of(Broken::Refuses, 1).await {
+            NotificationOutcome::Retry { retry_at, error } => {
+                assert!((NOW + 1_000..=NOW + 2_000).contains(&retry_at), "{retry_at}");
+                assert_eq!(error, "gateway said no");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(outcome_of(Broken::Refuses, MAX_ATTEMPTS - 1).await, NotificationOutcome::Retry { .. }));
+        assert_eq!(
+            outcome_of(Broken::Refuses, MAX_ATTEMPTS).await,
+            NotificationOutcome::Failed { error: "gateway said no".into() }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_send_that_never_answers_times_out_and_is_retried_then_given_up() {
+        let started = tokio::time::Instant::now();
+        match outcome_of(Broken::Hangs, 1).await {
+            NotificationOutcome::Retry { error, .. } => assert_eq!(error, "timed out"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(started.elapsed(), SEND_TIMEOUT, "gave up at the send timeout, not before");
+        assert_eq!(
+            outcome_of(Broken::Hangs, MAX_ATTEMPTS).await,
+            NotificationOutcome::Failed { error: "timed out".into() }
+        );
+    }
 
     #[test]
     fn retry_delay_doubles_from_one_second_up_to_five_minutes_with_jitter() {

@@ -50,6 +50,64 @@ mod tests {
 
     use super::*;
 
+    /// Every `(method, path)` the routers declare, read from their source
+    /// (axum cannot list a router's routes).
+    fn routed() -> std::collections::BTreeSet<(String, String)> {
+        let sources = [
+            include_str!("admin.rs"),
+            include_str!("dashboard.rs"),
+            include_str!("docs.rs"),
+            include_str!("guest.rs"),
+            include_str!("internal.rs"),
+            include_str!("ops.rs"),
+            include_str!("pairing.rs"),
+        ];
+        let constants = [
+            ("CREDENTIALS_PATH", trekker_tenancy::wire::CREDENTIALS_PATH),
+            ("HEALTH_PATH", trekker_tenancy::wire::HEALTH_PATH),
+        ];
+        let mut routes = std::collections::BTreeSet::new();
+        for source in sources {
+            // Only code: the test module of this file quotes `.route(` too.
+            let code = source.split("#[cfg(test)]").next().unwrap();
+            for chunk in code.split(".route(").skip(1) {
+                let call = chunk.split(['\n', ';']).next().unwrap();
+                let path = match call.strip_prefix('"') {
+                    Some(rest) => rest.split('"').next().unwrap().to_owned(),
+                    None => {
+                        let name = call.split(',').next().unwrap().trim();
+                        constants.iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("{name}")).1.to_owned()
+                    }
+                };
+                for method in ["get", "post", "patch", "put", "delete"] {
+                    if call.contains(&format!(" {method}(")) || call.contains(&format!(".{method}(")) {
+                        routes.insert((method.to_owned(), path.clone()));
+                    }
+                }
+            }
+        }
+        routes
+    }
+
+    #[test]
+    fn the_document_describes_every_route_of_the_router_and_no_other() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let mut documented = std::collections::BTreeSet::new();
+        for (path, operations) in doc["paths"].as_object().unwrap() {
+            for method in operations.as_object().unwrap().keys() {
+                documented.insert((method.clone(), path.clone()));
+            }
+        }
+        let mut routed = routed();
+        assert!(routed.len() >= 20, "the source scan found only {routed:?}");
+        // Not API operations: the human page and this document itself.
+        routed.remove(&("get".to_owned(), "/".to_owned()));
+        routed.remove(&("get".to_owned(), "/api/openapi.json".to_owned()));
+        let undocumented: Vec<_> = routed.difference(&documented).collect();
+        let unrouted: Vec<_> = documented.difference(&routed).collect();
+        assert!(undocumented.is_empty() && unrouted.is_empty(), "undocumented {undocumented:?}, unrouted {unrouted:?}");
+    }
+
     #[test]
     fn the_document_lists_every_error_code_as_clients_see_it() {
         let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
