@@ -157,10 +157,13 @@ enum Behaviour {
     ExitsCleanly,
 }
 
+/// When, which bot, which credentials version, and "start" or "stop".
+type Ledger = Arc<Mutex<Vec<(Instant, BotId, i64, &'static str)>>>;
+
 /// Records every start and stop, on tokio's (paused) clock.
 #[derive(Debug, Default)]
 struct FakeDriver {
-    log: Arc<Mutex<Vec<(Instant, BotId, i64, &'static str)>>>,
+    log: Ledger,
     behaviour: Mutex<HashMap<BotId, Behaviour>>,
 }
 
@@ -195,7 +198,7 @@ impl FakeDriver {
 struct FakeRun {
     id: BotId,
     version: i64,
-    log: Arc<Mutex<Vec<(Instant, BotId, i64, &'static str)>>>,
+    log: Ledger,
 }
 
 #[async_trait]
