@@ -8,6 +8,15 @@ run:
 test:
     cargo test --workspace
 
+# The tests without PostgreSQL, on purpose (each skipped test says so).
+test-no-postgres:
+    TREKKER_SKIP_POSTGRES=1 cargo test --workspace
+
+# Mutation testing of the pure crates (slow; not in CI). Record the figures
+# in docs/testing.md. `cargo install cargo-mutants` first.
+mutants:
+    cargo mutants -p trekker-domain -p trekker-placement -p trekker-tenancy --timeout-multiplier 3 -j 1
+
 # What CI runs.
 ci:
     bash .ci/run

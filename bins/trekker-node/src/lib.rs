@@ -170,7 +170,10 @@ impl Application {
         let pairing: Arc<dyn PairingProvider> = match config.pairing_provider {
             PairingProviderKind::Simulated => {
                 tracing::warn!("PAIRING_PROVIDER=simulated: pairing codes pair no real phone (demo and test use)");
-                Arc::new(SimulatedPairing::default())
+                // Every node sharing the credentials key simulates the same
+                // account per phone.
+                let secret = config.credentials_cipher()?.subkey("simulated-whatsapp-accounts");
+                Arc::new(SimulatedPairing::new(secret))
             }
         };
         let notifier: Arc<dyn Notifier> = match (&config.notifier, &config.notify_webhook_url) {

@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use base64::Engine as _;
 use ring::rand::{SecureRandom, SystemRandom};
 use serde_json::json;
+use trekker_domain::account::{IdentityDetails, baileys_buffer, public_key, signed_account};
 use trekker_domain::{Credentials, PhoneNumber};
 use trekker_store::{NewPairing, PairingStatus};
 
@@ -46,14 +47,29 @@ pub trait PairingProvider: Send + Sync + fmt::Debug {
 /// SIMULATED pairing for demos and tests: returns a code at once and, after
 /// `delay`, Baileys-shaped credentials it generates itself for the number.
 /// It contacts no phone and the credentials log in nowhere.
-#[derive(Debug, Clone)]
+///
+/// It plays WhatsApp's part too: each simulated phone has an account key
+/// derived from `account_secret` and the number, which signs the device
+/// identity of every pairing of that phone, so re-pairing a phone is "the
+/// same account" as a real re-pair would be. Whoever knows the secret can
+/// make sessions for any simulated phone: ownership means nothing here.
+#[derive(Clone)]
 pub struct SimulatedPairing {
     pub delay: Duration,
+    pub account_secret: [u8; 32],
 }
 
-impl Default for SimulatedPairing {
-    fn default() -> Self {
-        Self { delay: Duration::from_millis(800) }
+impl fmt::Debug for SimulatedPairing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimulatedPairing").field("delay", &self.delay).finish_non_exhaustive()
+    }
+}
+
+impl SimulatedPairing {
+    /// Pairs after 0.8 s; phones' account keys derive from `account_secret`
+    /// (give every node of a cluster the same one).
+    pub fn new(account_secret: [u8; 32]) -> Self {
+        Self { delay: Duration::from_millis(800), account_secret }
     }
 }
 
@@ -67,11 +83,22 @@ impl PairingProvider for SimulatedPairing {
         let code = pairing_code();
         let phone = phone.clone();
         let delay = self.delay;
+        let account_private = self.account_key(&phone);
         let outcome = Box::pin(async move {
             tokio::time::sleep(delay).await;
-            simulated_credentials(&phone)
+            simulated_credentials(&phone, &account_private)
         });
         Ok(PairingSession { code, outcome })
+    }
+}
+
+impl SimulatedPairing {
+    /// The simulated phone's private account key.
+    fn account_key(&self, phone: &PhoneNumber) -> [u8; 32] {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.account_secret);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ring::hmac::sign(&key, phone.as_str().as_bytes()).as_ref());
+        out
     }
 }
 
@@ -83,19 +110,30 @@ fn pairing_code() -> String {
     format!("{}-{}", &chars[..4], &chars[4..])
 }
 
-fn random_key() -> Result<String, String> {
+fn random_bytes() -> Result<[u8; 32], String> {
     let mut bytes = [0u8; 32];
     SystemRandom::new().fill(&mut bytes).map_err(|_| "no system randomness".to_owned())?;
-    Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
+    Ok(bytes)
 }
 
-fn simulated_credentials(phone: &PhoneNumber) -> Result<Credentials, String> {
+fn random_key() -> Result<String, String> {
+    Ok(base64::engine::general_purpose::STANDARD.encode(random_bytes()?))
+}
+
+fn simulated_credentials(phone: &PhoneNumber, account_private: &[u8; 32]) -> Result<Credentials, String> {
     let pair =
         || -> Result<serde_json::Value, String> { Ok(json!({"private": random_key()?, "public": random_key()?})) };
+    let identity_private = random_bytes()?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let details = IdentityDetails { raw_id: (random_u128() % 1_000_000) as u32, timestamp: now, key_index: 1 };
     let creds = json!({
         "noiseKey": pair()?,
         "pairingEphemeralKeyPair": pair()?,
-        "signedIdentityKey": pair()?,
+        "signedIdentityKey": {
+            "private": baileys_buffer(&identity_private),
+            "public": baileys_buffer(&public_key(&identity_private)),
+        },
+        "account": signed_account(account_private, &identity_private, details),
         "signedPreKey": {"keyPair": pair()?, "signature": random_key()?, "keyId": 1},
         "registrationId": (random_u128() % 16_380) + 1,
         "advSecretKey": random_key()?,
@@ -218,14 +256,26 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn simulated_pairing_yields_valid_credentials_for_the_number() {
+    async fn simulated_pairing_yields_signed_credentials_of_one_account_per_phone() {
+        let provider = SimulatedPairing { delay: Duration::from_millis(1), account_secret: [1; 32] };
         let phone = PhoneNumber::parse("254712345678").unwrap();
-        let session = SimulatedPairing { delay: Duration::from_millis(1) }.start(&phone).await.unwrap();
+        let session = provider.start(&phone).await.unwrap();
         assert_eq!(session.code.len(), 9);
         assert_eq!(&session.code[4..5], "-");
         let credentials = session.outcome.await.unwrap();
         assert_eq!(credentials.phone(), &phone);
         let again = Credentials::from_session_id(&credentials.to_session_id()).unwrap();
         assert_eq!(again, credentials);
+        // Pairing the phone again is a new device of the same account...
+        let repaired = provider.start(&phone).await.unwrap().outcome.await.unwrap();
+        assert_ne!(repaired, credentials);
+        assert_eq!(repaired.identity().account_key, credentials.identity().account_key);
+        // ...another phone, or another cluster's secret, another account.
+        let other = PhoneNumber::parse("254712345679").unwrap();
+        let elsewhere = provider.start(&other).await.unwrap().outcome.await.unwrap();
+        assert_ne!(elsewhere.identity().account_key, credentials.identity().account_key);
+        let other_cluster = SimulatedPairing { account_secret: [2; 32], ..provider };
+        let foreign = other_cluster.start(&phone).await.unwrap().outcome.await.unwrap();
+        assert_ne!(foreign.identity().account_key, credentials.identity().account_key);
     }
 }

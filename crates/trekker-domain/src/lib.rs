@@ -5,6 +5,7 @@
 //! crate has no async runtime, no database and no HTTP dependency, which keeps
 //! it cheap to embed (e.g. to parse session IDs in another tool).
 
+pub mod account;
 pub mod approval;
 pub mod ids;
 pub mod messages;

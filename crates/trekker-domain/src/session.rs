@@ -18,6 +18,7 @@ use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use serde_json::{Map, Value};
 
+use crate::account::{AccountError, DeviceIdentity, verify_account};
 use crate::phone::PhoneNumber;
 
 /// The prefix Trekker puts in front of every session ID it issues.
@@ -66,6 +67,10 @@ pub enum CredentialsError {
     TooLarge,
     #[error("Invalid credentials: not valid JSON.")]
     NotJson,
+    /// `creds.account` does not prove which WhatsApp account paired the
+    /// session (API.md, "Session ID").
+    #[error("Invalid credentials: {0}.")]
+    Account(#[from] AccountError),
 }
 
 /// Either failure of [`Credentials::from_session_id`].
@@ -85,6 +90,8 @@ pub struct Credentials {
     /// The decoded document exactly as given (root creds or `{creds, keys}`).
     document: String,
     phone: PhoneNumber,
+    /// The verified device identity: which WhatsApp account paired it.
+    identity: DeviceIdentity,
 }
 
 impl Credentials {
@@ -96,8 +103,8 @@ impl Credentials {
         if !value.is_object() {
             return Err(SessionError::NotObject.into());
         }
-        let phone = check_document(&value)?;
-        Ok(Self { document: text, phone })
+        let (phone, identity) = check_document(&value)?;
+        Ok(Self { document: text, phone, identity })
     }
 
     /// Checks a creds.json given as JSON text (an uploaded file).
@@ -106,23 +113,28 @@ impl Credentials {
             return Err(CredentialsError::TooLarge);
         }
         let value: Value = serde_json::from_str(text).map_err(|_| CredentialsError::NotJson)?;
-        let phone = check_document(&value)?;
-        Ok(Self { document: text.to_owned(), phone })
+        let (phone, identity) = check_document(&value)?;
+        Ok(Self { document: text.to_owned(), phone, identity })
     }
 
     /// Checks a creds.json given as an already parsed JSON value.
     pub fn from_json_value(value: &Value) -> Result<Self, CredentialsError> {
-        let phone = check_document(value)?;
+        let (phone, identity) = check_document(value)?;
         let document = value.to_string();
         if document.len() > MAX_CREDENTIALS_BYTES {
             return Err(CredentialsError::TooLarge);
         }
-        Ok(Self { document, phone })
+        Ok(Self { document, phone, identity })
     }
 
     /// The phone number from `me.id`.
     pub fn phone(&self) -> &PhoneNumber {
         &self.phone
+    }
+
+    /// Which WhatsApp account signed this session, and when.
+    pub fn identity(&self) -> &DeviceIdentity {
+        &self.identity
     }
 
     /// The whole decoded document, as JSON text. Secret.
@@ -185,8 +197,9 @@ fn decode_session_bytes(session_id: &str) -> Result<Vec<u8>, SessionError> {
     Ok(bytes)
 }
 
-/// Checks the creds inside `document` and returns the phone of `me.id`.
-fn check_document(document: &Value) -> Result<PhoneNumber, CredentialsError> {
+/// Checks the creds inside `document`: the phone of `me.id`, and the
+/// verified device identity.
+fn check_document(document: &Value) -> Result<(PhoneNumber, DeviceIdentity), CredentialsError> {
     let root = document.as_object().ok_or(CredentialsError::CredsNotObject)?;
     let creds = match root.get("creds") {
         Some(Value::Object(inner)) => inner,
@@ -196,7 +209,7 @@ fn check_document(document: &Value) -> Result<PhoneNumber, CredentialsError> {
     check_creds(creds)
 }
 
-fn check_creds(creds: &Map<String, Value>) -> Result<PhoneNumber, CredentialsError> {
+fn check_creds(creds: &Map<String, Value>) -> Result<(PhoneNumber, DeviceIdentity), CredentialsError> {
     for field in REQUIRED_FIELDS {
         match creds.get(field) {
             None | Some(Value::Null) => return Err(CredentialsError::MissingField(field)),
@@ -205,22 +218,30 @@ fn check_creds(creds: &Map<String, Value>) -> Result<PhoneNumber, CredentialsErr
     }
     let me_id = creds.get("me").and_then(|me| me.get("id")).ok_or(CredentialsError::MissingMeId)?;
     let me_id = me_id.as_str().ok_or(CredentialsError::BadMeId)?;
-    phone_from_me_id(me_id)
+    let phone = phone_from_me_id(me_id)?;
+    Ok((phone, verify_account(creds)?))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::account::{IdentityDetails, baileys_buffer, public_key, signed_account};
     use proptest::prelude::*;
     use serde_json::json;
 
     fn creds(me_id: &str) -> Value {
+        let identity_private = [3u8; 32];
+        let details = IdentityDetails { raw_id: 1, timestamp: 1_700_000_000, key_index: 0 };
         json!({
             "noiseKey": {"private": "a", "public": "b"},
-            "signedIdentityKey": {"private": "c", "public": "d"},
+            "signedIdentityKey": {
+                "private": baileys_buffer(&identity_private),
+                "public": baileys_buffer(&public_key(&identity_private)),
+            },
             "signedPreKey": {"keyPair": {}, "signature": "e", "keyId": 1},
             "registrationId": 42,
             "me": {"id": me_id, "lid": "99999999999999:1@lid"},
+            "account": signed_account(&[5u8; 32], &identity_private, details),
         })
     }
 
@@ -272,6 +293,16 @@ mod tests {
         assert_eq!(decode(&encode_session_id(&doc)).unwrap_err(), Creds(CredentialsError::BadMeId));
         let wrapped = json!({"creds": 5}).to_string();
         assert_eq!(decode(&encode_session_id(&wrapped)).unwrap_err(), Creds(CredentialsError::CredsNotObject));
+        // Without a signed device identity: which field, and why.
+        let mut unsigned = creds("254712345678@s.whatsapp.net");
+        unsigned.as_object_mut().unwrap().remove("account");
+        let err = decode(&encode_session_id(&unsigned.to_string())).unwrap_err();
+        assert_eq!(err, Creds(CredentialsError::Account(AccountError::Missing("account"))));
+        assert_eq!(err.to_string(), "Invalid credentials: `account` is missing; pair the phone again.");
+        let mut forged = creds("254712345678@s.whatsapp.net");
+        forged["account"]["accountSignatureKey"] = baileys_buffer(&public_key(&[6u8; 32]));
+        let err = decode(&encode_session_id(&forged.to_string())).unwrap_err();
+        assert_eq!(err, Creds(CredentialsError::Account(AccountError::AccountSignature)));
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub struct CredentialCipher {
     key: LessSafeKey,
     key_id: String,
     rng: SystemRandom,
+    /// Derives purpose-bound secrets from the same key (see [`Self::subkey`]).
+    derive: ring::hmac::Key,
 }
 
 impl fmt::Debug for CredentialCipher {
@@ -51,7 +53,18 @@ impl CredentialCipher {
         let digest = ring::digest::digest(&ring::digest::SHA256, key);
         let key_id = digest.as_ref()[..4].iter().map(|b| format!("{b:02x}")).collect();
         let unbound = UnboundKey::new(&AES_256_GCM, key).expect("AES-256-GCM takes a 32-byte key");
-        Self { key: LessSafeKey::new(unbound), key_id, rng: SystemRandom::new() }
+        let derive = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+        Self { key: LessSafeKey::new(unbound), key_id, rng: SystemRandom::new(), derive }
+    }
+
+    /// A 32-byte secret for `purpose`, derived from this key
+    /// (HMAC-SHA256): the same on every node that shares the key, useless
+    /// for anything but its purpose, and revealing nothing of the key.
+    pub fn subkey(&self, purpose: &str) -> [u8; 32] {
+        let tag = ring::hmac::sign(&self.derive, purpose.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
     }
 
     /// Parses the `CREDENTIALS_KEY` setting: 32 bytes, base64.
@@ -170,6 +183,15 @@ mod tests {
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    #[test]
+    fn subkeys_are_stable_per_key_and_purpose() {
+        let cipher = CredentialCipher::new(&[7u8; KEY_LEN]);
+        assert_eq!(cipher.subkey("a"), CredentialCipher::new(&[7u8; KEY_LEN]).subkey("a"));
+        assert_ne!(cipher.subkey("a"), cipher.subkey("b"));
+        assert_ne!(cipher.subkey("a"), CredentialCipher::new(&[8u8; KEY_LEN]).subkey("a"));
+        assert_ne!(cipher.subkey("a"), [7u8; KEY_LEN]);
     }
 
     #[test]

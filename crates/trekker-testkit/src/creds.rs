@@ -1,21 +1,40 @@
-//! Builders for Baileys-shaped test credentials.
+//! Builders for Baileys-shaped test credentials, genuinely signed: each
+//! carries a `creds.account` device identity signed (XEdDSA) by a test
+//! account key and by the device's identity key, as WhatsApp and Baileys
+//! sign real ones. Keys are derived from labels, so a test can pair the
+//! same phone again with its own account, or with someone else's.
 
 use base64::Engine as _;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use trekker_domain::Credentials;
+use trekker_domain::account::{IdentityDetails, baileys_buffer, public_key, signed_account};
 use trekker_domain::session::encode_session_id;
 
 /// A `creds.json` for `phone` (digits); `variant` changes the key material,
 /// so two variants of one phone are different credentials.
 pub fn creds_json(phone: &str, variant: u32) -> Value {
+    creds_json_of_account(phone, variant, "own")
+}
+
+/// As [`creds_json`], but paired by the WhatsApp account `account` (a
+/// label: the same label is the same account key). The phone's own
+/// account is `"own"`; anything else is someone else's account claiming
+/// the phone.
+pub fn creds_json_of_account(phone: &str, variant: u32, account: &str) -> Value {
     let key = |label: &str| base64::engine::general_purpose::STANDARD.encode(format!("{label}-{phone}-{variant}"));
+    let identity_private = seed(&format!("identity:{account}:{phone}:{variant}"));
+    let details = IdentityDetails { raw_id: variant, timestamp: adv_timestamp(variant), key_index: variant };
     json!({
         "noiseKey": {
             "private": {"type": "Buffer", "data": key("noise-priv")},
             "public": {"type": "Buffer", "data": key("noise-pub")},
         },
         "pairingEphemeralKeyPair": {"private": key("eph-priv"), "public": key("eph-pub")},
-        "signedIdentityKey": {"private": key("id-priv"), "public": key("id-pub")},
+        "signedIdentityKey": {
+            "private": baileys_buffer(&identity_private),
+            "public": baileys_buffer(&public_key(&identity_private)),
+        },
         "signedPreKey": {
             "keyPair": {"private": key("pre-priv"), "public": key("pre-pub")},
             "signature": key("sig"),
@@ -28,10 +47,30 @@ pub fn creds_json(phone: &str, variant: u32) -> Value {
             "name": "Test",
             "lid": "123456789012345:1@lid",
         },
-        "account": {"details": key("acct")},
+        "account": signed_account(&account_private(phone, account), &identity_private, details),
         "platform": "android",
         "registered": true,
     })
+}
+
+/// When WhatsApp signed variant `variant` of a test pairing: a later
+/// variant is a later pairing.
+pub fn adv_timestamp(variant: u32) -> u64 {
+    1_700_000_000 + u64::from(variant) * 60
+}
+
+/// The private key of test account `account` for `phone`.
+pub fn account_private(phone: &str, account: &str) -> [u8; 32] {
+    seed(&format!("account:{account}:{phone}"))
+}
+
+fn seed(label: &str) -> [u8; 32] {
+    Sha256::digest(label.as_bytes()).into()
+}
+
+/// A session ID for `phone` paired by another account (see [`creds_json_of_account`]).
+pub fn session_id_of_account(phone: &str, variant: u32, account: &str) -> String {
+    encode_session_id(&creds_json_of_account(phone, variant, account).to_string())
 }
 
 /// What must never be found at rest or in a log for these credentials:
@@ -40,7 +79,7 @@ pub fn secret_markers(phone: &str, variant: u32) -> Vec<String> {
     let creds = creds_json(phone, variant);
     let mut markers: Vec<String> = [
         &creds["noiseKey"]["private"]["data"],
-        &creds["signedIdentityKey"]["private"],
+        &creds["signedIdentityKey"]["private"]["data"],
         &creds["signedPreKey"]["keyPair"]["private"],
         &creds["pairingEphemeralKeyPair"]["private"],
         &creds["advSecretKey"],
