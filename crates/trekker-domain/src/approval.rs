@@ -89,6 +89,12 @@ impl FromStr for ApprovalStatus {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn displays_as_its_wire_name() {
+        assert_eq!(super::ApprovalStatus::Approved.to_string(), "approved");
+        assert_eq!(super::ApprovalStatus::Pending.to_string(), "pending");
+    }
+
     use super::ApprovalStatus::*;
     use super::*;
 

@@ -96,6 +96,27 @@ impl fmt::Debug for BotId {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn names_are_at_most_64_characters_and_print_as_stored() {
+        let longest = "a".repeat(64);
+        assert_eq!(super::ServerName::parse(&longest).unwrap().as_str(), "A".repeat(64));
+        assert_eq!(super::ServerName::parse(&"a".repeat(65)), Err(super::ServerNameError::TooLong));
+        let name = super::ServerName::parse(" server-1 ").unwrap();
+        assert_eq!((name.to_string(), format!("{name:?}")), ("SERVER-1".to_owned(), "ServerName(SERVER-1)".to_owned()));
+    }
+
+    #[test]
+    fn random_bits_become_a_version_4_uuid() {
+        let zero = super::BotId::from_random_bits(0);
+        assert_eq!(zero.as_str(), "00000000-0000-4000-8000-000000000000");
+        let ones = super::BotId::from_random_bits(u128::MAX);
+        assert_eq!(ones.as_str(), "ffffffff-ffff-4fff-bfff-ffffffffffff");
+        assert_eq!(
+            (ones.to_string(), format!("{zero:?}")),
+            (ones.as_str().to_owned(), format!("BotId({})", zero.as_str()))
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -143,3 +143,99 @@ impl From<&str> for GuestMessage {
         Self::Text(text.to_owned())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn server(name: &str) -> ServerName {
+        ServerName::parse(name).unwrap()
+    }
+
+    /// Every text as a guest reads it; API.md quotes several word for word.
+    #[test]
+    fn every_text_reads_as_written() {
+        let (a, b) = (server("SERVER0"), server("SERVER1"));
+        let phone = |p: &str| PhoneNumber::parse(p).unwrap();
+        let cases = [
+            (
+                credentials_valid_new(),
+                "Credentials are valid. This phone number is not registered yet and can be registered.",
+            ),
+            (
+                credentials_valid_update(&a),
+                "Credentials are valid. This phone number is already registered on SERVER0; registering again \
+                 updates its credentials.",
+            ),
+            (
+                credentials_valid_cross_server(&b),
+                "Credentials are valid. This phone number is registered on SERVER1; registering again forwards \
+                 the new credentials to SERVER1.",
+            ),
+            (
+                phone_mismatch(&phone("254700000001"), &phone("254700000002")),
+                "Credentials phone number mismatch. The session belongs to +254700000001 but you provided \
+                 +254700000002.",
+            ),
+            (
+                registry_inconsistent(&a),
+                "Bot found in registry on SERVER0 but not in database. Please contact support.",
+            ),
+            (server_mismatch(&a, &b), "This phone number is registered on SERVER0. Cannot move to SERVER1."),
+            (server_full(&a), "Server SERVER0 is at capacity. Choose another server or leave the choice to us."),
+            (unknown_server("NOPE"), "Server NOPE does not exist."),
+            (all_servers_full(), "All servers are at capacity. Please try again later or contact support."),
+            (remote_update_failed(&b, "it said no"), "Failed to update credentials on SERVER1: it said no"),
+            (
+                registered_pending_approval("Bot", &a),
+                "Your bot \"Bot\" is registered on SERVER0 and is waiting for admin approval. You will be notified \
+                 once it is approved.",
+            ),
+            (
+                auto_assigned("Bot", &a, &b, 4),
+                "SERVER0 is full, so your bot \"Bot\" was registered on SERVER1 (4 slots left there). It is waiting \
+                 for admin approval.",
+            ),
+            (
+                credentials_updated("Bot", &a, true),
+                "The credentials of your bot \"Bot\" were updated on SERVER0. The bot is restarting with them.",
+            ),
+            (
+                credentials_updated("Bot", &a, false),
+                "The credentials of your bot \"Bot\" were updated on SERVER0. They take effect once the bot is \
+                 approved.",
+            ),
+            (
+                credentials_updated_cross_server("Bot", &a, &b),
+                "The credentials of your bot \"Bot\" were updated on SERVER0 (received via SERVER1). The bot is \
+                 restarting with them.",
+            ),
+            (
+                approved("Bot", "2026-12-01"),
+                "Your bot \"Bot\" was approved and is starting. The approval is valid until 2026-12-01.",
+            ),
+            (
+                cross_server_update_queued(&b),
+                "SERVER1 hosts this bot and could not be reached right now. The new credentials are queued and will \
+                 be applied on SERVER1 as soon as it is back.",
+            ),
+            (
+                cross_server_update_done("Bot", &b),
+                "The credentials of your bot \"Bot\" were updated on SERVER1, which hosts it. The bot is restarting \
+                 with them.",
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(text, expected);
+        }
+    }
+
+    #[test]
+    fn a_typed_message_renders_its_text() {
+        assert_eq!(GuestMessage::Text("hi".into()).render(Some(3)), "hi");
+        let placed = GuestMessage::AutoAssigned { bot_name: "B".into(), from: server("A"), to: server("C") };
+        assert_eq!(placed.render(Some(2)), auto_assigned("B", &server("A"), &server("C"), 2));
+    }
+}

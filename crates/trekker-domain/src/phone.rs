@@ -65,6 +65,11 @@ impl fmt::Debug for PhoneNumber {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn displays_as_its_digits() {
+        assert_eq!(super::PhoneNumber::parse("+254 712-345 678").unwrap().to_string(), "254712345678");
+    }
+
     use super::*;
     use proptest::prelude::*;
 

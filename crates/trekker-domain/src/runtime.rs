@@ -52,6 +52,12 @@ impl FromStr for RuntimeStatus {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn displays_as_its_wire_name() {
+        assert_eq!(super::RuntimeStatus::Online.to_string(), "online");
+        assert_eq!(super::RuntimeStatus::Failed.to_string(), "failed");
+    }
+
     use super::*;
 
     #[test]

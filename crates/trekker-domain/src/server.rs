@@ -59,6 +59,11 @@ pub fn is_online(last_heartbeat_ms: Option<i64>, now_ms: i64, heartbeat_interval
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn displays_as_its_wire_name() {
+        assert_eq!(super::ServerStatus::Draining.to_string(), "draining");
+    }
+
     use super::*;
 
     #[test]

@@ -306,6 +306,36 @@ mod tests {
     }
 
     #[test]
+    fn five_mebibytes_is_the_limit_exactly() {
+        assert_eq!(MAX_CREDENTIALS_BYTES, 5_242_880);
+        // A document of exactly the limit is accepted, one byte more is not.
+        let base = creds("254712345678@s.whatsapp.net");
+        let mut doc = base.clone();
+        doc["pad"] = json!("");
+        let room = MAX_CREDENTIALS_BYTES - doc.to_string().len();
+        doc["pad"] = json!("x".repeat(room));
+        assert_eq!(doc.to_string().len(), MAX_CREDENTIALS_BYTES);
+        assert!(Credentials::from_json_value(&doc).is_ok());
+        assert!(Credentials::from_json_text(&doc.to_string()).is_ok());
+        doc["pad"] = json!("x".repeat(room + 1));
+        assert_eq!(Credentials::from_json_value(&doc).unwrap_err(), CredentialsError::TooLarge);
+        assert_eq!(Credentials::from_json_text(&doc.to_string()).unwrap_err(), CredentialsError::TooLarge);
+        // A session ID decoding to exactly the limit is read (and is no JSON).
+        let exactly = format!("{}AAA=", "A".repeat(6_990_504));
+        assert_eq!(Credentials::from_session_id(&exactly).unwrap_err(), SessionIdError::Session(SessionError::NotJson));
+        let over = "A".repeat(6_990_516);
+        assert_eq!(Credentials::from_session_id(&over).unwrap_err(), SessionIdError::Session(SessionError::TooLarge));
+    }
+
+    #[test]
+    fn the_phone_is_the_bare_digits_of_me_id() {
+        assert_eq!(phone_from_me_id("254712345678:3@s.whatsapp.net").unwrap().as_str(), "254712345678");
+        for bad in ["+254712345678@s.whatsapp.net", ":3@s.whatsapp.net", "", "2547 12345678@x", "12@x"] {
+            assert_eq!(phone_from_me_id(bad).unwrap_err(), CredentialsError::BadMeId, "{bad}");
+        }
+    }
+
+    #[test]
     fn refuses_oversized_input_before_decoding() {
         let huge = "A".repeat(MAX_CREDENTIALS_BYTES * 2);
         assert_eq!(Credentials::from_session_id(&huge).unwrap_err(), SessionIdError::Session(SessionError::TooLarge));

@@ -195,7 +195,8 @@ impl ClusterKeys {
                 }
                 Err(err) => match err.kind() {
                     jsonwebtoken::errors::ErrorKind::InvalidSignature => continue,
-                    jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => return Err(TokenRefusal::Algorithm),
+                    // (Another algorithm never gets here: the header check
+                    // above refused it.)
                     _ => return Err(TokenRefusal::Malformed),
                 },
             }
@@ -248,6 +249,46 @@ mod tests {
 
     fn verify(keys: &ClusterKeys, token: &str) -> Result<Claims, TokenRefusal> {
         keys.verify(token, "SERVER1", "POST", PATH, b"{}", NOW)
+    }
+
+    #[test]
+    fn refusal_reasons_are_stable_metric_labels() {
+        use TokenRefusal as R;
+        let all = [
+            (R::Missing, "missing"),
+            (R::NotConfigured, "not_configured"),
+            (R::Malformed, "malformed"),
+            (R::Algorithm, "algorithm"),
+            (R::UnknownKey, "unknown_key"),
+            (R::Signature, "signature"),
+            (R::Audience, "audience"),
+            (R::Issuer, "issuer"),
+            (R::Expired, "expired"),
+            (R::NotYetValid, "not_yet_valid"),
+            (R::Lifetime, "lifetime"),
+            (R::Replayed, "replayed"),
+            (R::Method, "method"),
+            (R::Path, "path"),
+            (R::Body, "body"),
+        ];
+        for (refusal, label) in all {
+            assert_eq!(refusal.reason(), label);
+        }
+    }
+
+    #[test]
+    fn debug_shows_key_ids_never_secrets() {
+        let shown = format!("{:?}", ClusterKeys::new(SECRET, Some(OLD)));
+        assert!(shown.contains(&keys().current.kid) && shown.contains("previous_kid"), "{shown}");
+        assert!(!shown.contains("0123456789abcdef"), "{shown}");
+    }
+
+    #[test]
+    fn a_token_issued_at_the_edge_of_the_skew_is_accepted() {
+        let edge = keys().mint("SERVER0", "SERVER1", "POST", PATH, b"{}", NOW + CLOCK_SKEW_SECS);
+        assert!(verify(&keys(), &edge).is_ok());
+        let past = keys().mint("SERVER0", "SERVER1", "POST", PATH, b"{}", NOW + CLOCK_SKEW_SECS + 1);
+        assert_eq!(verify(&keys(), &past), Err(TokenRefusal::NotYetValid));
     }
 
     #[test]

@@ -163,6 +163,12 @@ mod tests {
         assert!(matches!(refused, Err(VerifyError::Store(_))), "{refused:?}");
     }
 
+    #[test]
+    fn debug_names_the_node_not_the_secret() {
+        let shown = format!("{:?}", verifier(MockServerStore::new(), MockReplayGuard::new()));
+        assert!(shown.contains("HOST") && !shown.contains(SECRET), "{shown}");
+    }
+
     #[tokio::test]
     async fn no_header_another_scheme_or_no_secret_touches_nothing() {
         let v = verifier(MockServerStore::new(), MockReplayGuard::new());

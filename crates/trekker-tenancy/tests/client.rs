@@ -167,6 +167,16 @@ async fn persistent_server_errors_are_retried_until_the_budget_runs_out() {
     assert!(seen.lock().unwrap().len() >= 2, "retried while the budget lasted");
 }
 
+#[test]
+fn the_budget_is_kept_and_debug_shows_no_secret() {
+    let client = client(Duration::from_millis(750));
+    assert_eq!(client.budget(), Duration::from_millis(750));
+    let shown = format!("{client:?}");
+    assert!(shown.contains("ASKER") && !shown.contains(SECRET), "{shown}");
+    let shown = format!("{:?}", body());
+    assert!(shown.contains("bot-1") && !shown.contains("TREKKER~"), "{shown}");
+}
+
 #[tokio::test]
 async fn without_a_secret_or_an_address_nothing_is_sent() {
     let (url, seen) = fake_host(vec![Some(200)]).await;
