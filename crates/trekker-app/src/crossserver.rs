@@ -97,6 +97,9 @@ impl Trekker {
         bot: BotRecord,
         credentials: &Credentials,
     ) -> Result<RegisterOutcome, AppError> {
+        // All nodes share the database: refuse another account here, before
+        // anything is queued (the host checks again when it applies).
+        self.check_ownership(&bot, credentials).await?;
         tracing::info!(bot = %bot.id, "🌐 Cross-server credential update: {} → {}", self.node, host);
         let update = NewCredentialUpdate {
             id: format!("{:032x}", random_u128()),

@@ -32,6 +32,12 @@ pub enum AppError {
     Conflict(String),
     #[error("This Idempotency-Key was used with a different body.")]
     IdempotencyMismatch,
+    /// Invariant 8: another WhatsApp account's session; `review_id` names
+    /// the review an admin decides (none when the host refused a forward).
+    #[error("{}", messages::account_mismatch())]
+    AccountMismatch { review_id: Option<String> },
+    #[error("{}", messages::older_session())]
+    OlderSession,
     /// Not the caller's fault; the HTTP layer logs it and answers generically.
     #[error("internal error")]
     Store(#[source] StoreError),
@@ -54,6 +60,9 @@ impl From<StoreError> for AppError {
             StoreError::UnknownServer(name) => Self::UnknownServer(name.to_string()),
             StoreError::Transition(e) => Self::Conflict(format!("{}.", capitalise(&e.to_string()))),
             StoreError::InvalidInput(message) => Self::InvalidInput(message),
+            StoreError::AccountMismatch => Self::AccountMismatch { review_id: None },
+            StoreError::OlderSession => Self::OlderSession,
+            StoreError::ReviewNotFound => Self::NotFound("Credential review not found or already decided.".into()),
             StoreError::StaleVersion { current } => {
                 Self::Conflict(format!("A newer credentials version ({current}) is already stored."))
             }

@@ -10,6 +10,7 @@ mod error;
 pub mod idempotency;
 pub mod liveness;
 pub mod notify;
+pub mod ownership;
 pub mod pairing;
 pub mod register;
 pub mod sweeper;
@@ -24,7 +25,7 @@ use trekker_domain::{BotId, ServerName};
 use trekker_placement::PlacementPolicy;
 use trekker_store::{
     ActivityLog, BotStore, ConsistencyStore, CredentialOutbox, IdempotencyStore, NotificationOutbox, PairingStore,
-    ReplayGuard, RuntimeStore, ServerStore, Store,
+    ReplayGuard, ReviewStore, RuntimeStore, ServerStore, Store,
 };
 
 pub use error::AppError;
@@ -43,6 +44,7 @@ pub struct Stores {
     pub credential_outbox: Arc<dyn CredentialOutbox>,
     pub idempotency: Arc<dyn IdempotencyStore>,
     pub replay: Arc<dyn ReplayGuard>,
+    pub reviews: Arc<dyn ReviewStore>,
     /// Read here only to recognise a forwarded update already applied.
     pub runtime: Arc<dyn RuntimeStore>,
 }
@@ -60,6 +62,7 @@ impl Stores {
             credential_outbox: store.clone(),
             idempotency: store.clone(),
             replay: store.clone(),
+            reviews: store.clone(),
             runtime: store,
         }
     }
@@ -170,7 +173,7 @@ pub(crate) mod test_support {
     use super::*;
     use trekker_store::{
         MockActivityLog, MockBotStore, MockConsistencyStore, MockCredentialOutbox, MockIdempotencyStore,
-        MockNotificationOutbox, MockPairingStore, MockReplayGuard, MockRuntimeStore, MockServerStore,
+        MockNotificationOutbox, MockPairingStore, MockReplayGuard, MockReviewStore, MockRuntimeStore, MockServerStore,
     };
 
     pub use trekker_domain::time::ManualClock;
@@ -188,6 +191,7 @@ pub(crate) mod test_support {
         pub credential_outbox: MockCredentialOutbox,
         pub idempotency: MockIdempotencyStore,
         pub replay: MockReplayGuard,
+        pub reviews: MockReviewStore,
         pub runtime: MockRuntimeStore,
     }
 
@@ -203,6 +207,7 @@ pub(crate) mod test_support {
                 credential_outbox: Arc::new(self.credential_outbox),
                 idempotency: Arc::new(self.idempotency),
                 replay: Arc::new(self.replay),
+                reviews: Arc::new(self.reviews),
                 runtime: Arc::new(self.runtime),
             }
         }
@@ -230,6 +235,9 @@ pub(crate) mod test_support {
             last_error: None,
             created_at: NOW,
             updated_at: NOW,
+            // The account that signs the test sessions of PHONE.
+            account_key: Some(trekker_testkit::creds::credentials(PHONE, 1).identity().account_key),
+            adv_timestamp: Some(trekker_testkit::creds::adv_timestamp(1) as i64),
         }
     }
 

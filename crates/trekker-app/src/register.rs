@@ -211,13 +211,23 @@ impl Trekker {
         bot: BotRecord,
         credentials: &Credentials,
     ) -> Result<RegisterOutcome, AppError> {
+        self.check_ownership(&bot, credentials).await?;
         let restarting = bot.approval == ApprovalStatus::Approved;
         let activity = NewActivity::new(&self.node, "credentials_updated", "credentials replaced by the guest")
             .for_bot(&bot.id, &bot.phone);
         let effects = SideEffects::activity(activity)
             .notify(&bot.phone, messages::credentials_updated(&bot.name, &self.node, restarting));
+        let store = &self.store.bots;
         let updated =
-            self.store.bots.update_credentials(&bot.id, credentials, VersionRule::Next, &effects, self.now()).await?;
+            match store.update_credentials(&bot.id, credentials, VersionRule::Next, &effects, self.now()).await {
+                Ok(updated) => updated,
+                // The pinned account changed since we read the bot.
+                Err(StoreError::AccountMismatch) => {
+                    let review = self.open_review(&bot, credentials).await?;
+                    return Err(AppError::AccountMismatch { review_id: Some(review.id) });
+                }
+                Err(err) => return Err(err.into()),
+            };
         let version = updated.credentials_version;
         tracing::info!(bot = %updated.id, version, "🔄 Credentials updated on {}", self.node);
         Ok(RegisterOutcome::CredentialsUpdated { bot: updated, restarting })

@@ -35,11 +35,15 @@ impl Trekker {
         let Some(entry) = self.store.bots.find_registration(phone).await? else {
             return Ok(ValidationResult::available(phone));
         };
-        let bot_id = self.hosted_bot(&entry).await?.id;
+        let bot = self.hosted_bot(&entry).await?;
+        // Where the bot runs, and which it is, only for its own account.
+        if bot.account_key != Some(credentials.identity().account_key) {
+            return Ok(ValidationResult::registered_to_another_account(phone));
+        }
         Ok(if entry.server == self.node {
-            ValidationResult::registered_here(phone, &entry.server, &bot_id)
+            ValidationResult::registered_here(phone, &entry.server, &bot.id)
         } else {
-            ValidationResult::registered_elsewhere(phone, &entry.server, &bot_id)
+            ValidationResult::registered_elsewhere(phone, &entry.server, &bot.id)
         })
     }
 

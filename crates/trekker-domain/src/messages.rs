@@ -23,6 +23,26 @@ pub fn credentials_valid_cross_server(host: &ServerName) -> String {
     )
 }
 
+pub fn credentials_valid_other_account() -> String {
+    "Credentials are valid, but this phone number is registered with a session of another WhatsApp account. \
+     Registering them would wait for an admin's review."
+        .to_owned()
+}
+
+/// ACCOUNT_MISMATCH (API.md): the running bot is untouched.
+pub fn account_mismatch() -> String {
+    "This session is signed by another WhatsApp account than the bot registered for this phone number. \
+     The running bot is unchanged; an admin will review the change."
+        .to_owned()
+}
+
+/// The same account, but an older pairing than the one registered.
+pub fn older_session() -> String {
+    "A newer session of this WhatsApp account is already registered for this phone number. \
+     Pair the phone again to get a new session ID."
+        .to_owned()
+}
+
 pub fn phone_mismatch(in_session: &PhoneNumber, given: &PhoneNumber) -> String {
     format!("Credentials phone number mismatch. The session belongs to +{in_session} but you provided +{given}.")
 }

@@ -72,4 +72,18 @@ impl ValidationResult {
             bot_id: Some(bot.as_str().to_owned()),
         }
     }
+
+    /// A registered phone, but the session is signed by another WhatsApp
+    /// account than the bot's: where and which bot is not told.
+    pub fn registered_to_another_account(phone: &PhoneNumber) -> Self {
+        Self {
+            is_valid: true,
+            message: messages::credentials_valid_other_account(),
+            phone_number: Some(phone.as_str().to_owned()),
+            already_registered: true,
+            cross_server_update: false,
+            target_server: None,
+            bot_id: None,
+        }
+    }
 }

@@ -91,6 +91,8 @@ fn record(n: u32) -> BotRecord {
         last_error: None,
         created_at: 0,
         updated_at: 0,
+        account_key: None,
+        adv_timestamp: None,
     }
 }
 

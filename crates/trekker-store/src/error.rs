@@ -22,6 +22,15 @@ pub enum StoreError {
     PairingNotFound,
     #[error("a newer credentials version ({current}) is already stored")]
     StaleVersion { current: i64 },
+    /// The credentials are signed by another WhatsApp account than the one
+    /// pinned for the bot (invariant 8); nothing was written.
+    #[error("the session is signed by another WhatsApp account")]
+    AccountMismatch,
+    /// Same account, but an older pairing than the stored one.
+    #[error("a newer session of this WhatsApp account is already stored")]
+    OlderSession,
+    #[error("credential review not found or already decided")]
+    ReviewNotFound,
     #[error(transparent)]
     Transition(#[from] ApprovalTransitionError),
     #[error("invalid value: {0}")]

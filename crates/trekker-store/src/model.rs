@@ -70,6 +70,11 @@ pub struct BotRecord {
     pub last_error: Option<String>,
     pub created_at: Millis,
     pub updated_at: Millis,
+    /// The WhatsApp account that signed its credentials (invariant 8);
+    /// `None` for a bot registered before ownership was recorded.
+    pub account_key: Option<[u8; 32]>,
+    /// When WhatsApp signed that device identity (seconds).
+    pub adv_timestamp: Option<i64>,
 }
 
 /// A new bot to place on `server`.
@@ -400,4 +405,53 @@ pub struct RuntimeReport {
     pub last_error: Option<String>,
     /// Replaces `invalid_reason` when set.
     pub invalid_reason: Option<String>,
+}
+
+/// Credentials for a registered phone signed by another WhatsApp account,
+/// waiting for an admin (API.md, ACCOUNT_MISMATCH and credential reviews).
+#[derive(Debug, Clone)]
+pub struct NewReview {
+    pub id: String,
+    pub bot_id: BotId,
+    pub phone: PhoneNumber,
+    pub credentials: trekker_domain::Credentials,
+}
+
+/// Where a credential review stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReviewStatus {
+    Open,
+    Approved,
+    Rejected,
+    /// A newer change of the same bot replaced it before a decision.
+    Superseded,
+}
+
+impl ReviewStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Approved => "approved",
+            Self::Rejected => "rejected",
+            Self::Superseded => "superseded",
+        }
+    }
+
+    pub(crate) fn parse(text: &str) -> Option<Self> {
+        [Self::Open, Self::Approved, Self::Rejected, Self::Superseded].into_iter().find(|s| s.as_str() == text)
+    }
+}
+
+/// A credential review (without its credentials).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialReview {
+    pub id: String,
+    pub bot_id: BotId,
+    pub phone: PhoneNumber,
+    /// The account that signed the waiting credentials.
+    pub account_key: [u8; 32],
+    pub adv_timestamp: i64,
+    pub status: ReviewStatus,
+    pub created_at: Millis,
+    pub decided_at: Option<Millis>,
 }

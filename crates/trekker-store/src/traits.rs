@@ -256,6 +256,32 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     async fn purge_idempotency_keys(&self, now: Millis) -> Result<u64, StoreError>;
 }
 
+/// `credential_reviews`: changes signed by another WhatsApp account than a
+/// bot's pinned one, waiting for an admin (invariant 8).
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait ReviewStore: Send + Sync + 'static {
+    /// Keeps `review` (sealed) as the bot's one open review, superseding
+    /// an older open one, with `effects`, in one transaction.
+    async fn open_review(
+        &self,
+        review: &NewReview,
+        effects: &SideEffects,
+        now: Millis,
+    ) -> Result<CredentialReview, StoreError>;
+
+    /// The latest reviews, newest first.
+    async fn list_reviews(&self, limit: i64) -> Result<Vec<CredentialReview>, StoreError>;
+
+    /// Applies an open review's credentials to its bot: the new account is
+    /// pinned, the version bumped, an approved bot restarted.
+    async fn approve_review(&self, id: &str, effects: &SideEffects, now: Millis) -> Result<BotRecord, StoreError>;
+
+    /// Discards an open review's credentials.
+    async fn reject_review(&self, id: &str, effects: &SideEffects, now: Millis)
+    -> Result<CredentialReview, StoreError>;
+}
+
 /// What the hosting node's bot supervisor reads and writes (invariant 4).
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
@@ -304,6 +330,7 @@ pub trait Store:
     + ReplayGuard
     + IdempotencyStore
     + RuntimeStore
+    + ReviewStore
 {
 }
 
@@ -318,5 +345,6 @@ impl<T> Store for T where
         + ReplayGuard
         + IdempotencyStore
         + RuntimeStore
+        + ReviewStore
 {
 }

@@ -11,7 +11,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use futures::future::join_all;
-use trekker_domain::{ApprovalStatus, BotId, GuestMessage, PhoneNumber, RuntimeStatus, ServerName, ServerStatus};
+use trekker_domain::{
+    ApprovalStatus, BotId, Credentials, GuestMessage, PhoneNumber, RuntimeStatus, ServerName, ServerStatus,
+};
 use trekker_store::*;
 use trekker_testkit::creds;
 
@@ -176,6 +178,8 @@ conformance_cases!(
     outbox_versions_supersede_and_claims,
     idempotency_and_replay_guard,
     run_leases_guard_ownership_and_version,
+    only_the_pinned_account_changes_credentials,
+    reviews_wait_for_an_admin_and_approval_pins_the_new_account,
     auto_assignment_text_counts_slots_and_keeps_the_bot_name,
     no_table_holds_a_credential_in_clear,
     a_failure_midway_writes_nothing,
@@ -416,7 +420,8 @@ async fn credential_versions_never_go_back(f: Fixture) {
             .credentials_version,
         5
     );
-    let old = creds::credentials("254700000040", 3);
+    // A newer pairing of the same account, forwarded under an older version.
+    let old = creds::credentials("254700000040", 6);
     let stale = s.update_credentials(&bot.id, &old, VersionRule::Exactly(3), &effects("updated"), NOW + 3).await;
     assert!(matches!(stale, Err(StoreError::StaleVersion { current: 5 })), "{stale:?}");
     let same = s.update_credentials(&bot.id, &old, VersionRule::Exactly(5), &effects("updated"), NOW + 3).await;
@@ -425,7 +430,8 @@ async fn credential_versions_never_go_back(f: Fixture) {
 
     s.approve_bot(&bot.id, NOW + 1000, &effects("approved"), NOW).await.unwrap();
     f.raw.exec("UPDATE bot_instances SET status = 'online'").await;
-    let restarted = s.update_credentials(&bot.id, &v2, VersionRule::Next, &effects("updated"), NOW + 4).await.unwrap();
+    let v7 = creds::credentials("254700000040", 7);
+    let restarted = s.update_credentials(&bot.id, &v7, VersionRule::Next, &effects("updated"), NOW + 4).await.unwrap();
     assert_eq!((restarted.credentials_version, restarted.status), (6, RuntimeStatus::Loading));
     let missing = BotId::parse("nope").unwrap();
     assert!(matches!(
@@ -911,4 +917,74 @@ async fn no_table_holds_a_credential_in_clear(f: Fixture) {
         }
     }
     assert!(!dump.contains("noiseKey") && !dump.contains("signedIdentityKey"), "a creds document at rest");
+}
+
+/// Invariant 8 in the store's own statement: another account never writes,
+/// an older pairing of the same account never writes, a newer one does; a
+/// bot with no pinned account (registered before ownership was recorded)
+/// is pinned by its first valid update.
+async fn only_the_pinned_account_changes_credentials(f: Fixture) {
+    let s = &*f.store;
+    add_server(s, "SERVER0", 5).await;
+    let phone = "254700000500";
+    let bot = register(s, phone, "SERVER0").await.unwrap().bot;
+    let own = creds::credentials(phone, 1).identity().account_key;
+    assert_eq!((bot.account_key, bot.adv_timestamp), (Some(own), Some(creds::adv_timestamp(1) as i64)));
+
+    let intruder = Credentials::from_session_id(&creds::session_id_of_account(phone, 9, "intruder")).unwrap();
+    let refused = s.update_credentials(&bot.id, &intruder, VersionRule::Next, &effects("x"), NOW + 1).await;
+    assert!(matches!(refused, Err(StoreError::AccountMismatch)), "{refused:?}");
+    let newer = creds::credentials(phone, 4);
+    s.update_credentials(&bot.id, &newer, VersionRule::Next, &effects("x"), NOW + 2).await.unwrap();
+    let older = creds::credentials(phone, 3);
+    let refused = s.update_credentials(&bot.id, &older, VersionRule::Next, &effects("x"), NOW + 3).await;
+    assert!(matches!(refused, Err(StoreError::OlderSession)), "{refused:?}");
+    // The same session again is no error (idempotent for the guest).
+    s.update_credentials(&bot.id, &newer, VersionRule::Next, &effects("x"), NOW + 4).await.unwrap();
+    assert_eq!(s.load_credentials(&bot.id).await.unwrap().unwrap().0, newer);
+
+    // A bot from before ownership was recorded: the first valid update pins.
+    f.raw.exec("UPDATE bot_instances SET account_key = NULL, adv_timestamp = NULL").await;
+    let pinned = s.update_credentials(&bot.id, &intruder, VersionRule::Next, &effects("x"), NOW + 5).await.unwrap();
+    assert_eq!(pinned.account_key, Some(intruder.identity().account_key));
+    let refused = s.update_credentials(&bot.id, &newer, VersionRule::Next, &effects("x"), NOW + 6).await;
+    assert!(matches!(refused, Err(StoreError::AccountMismatch)), "{refused:?}");
+}
+
+async fn reviews_wait_for_an_admin_and_approval_pins_the_new_account(f: Fixture) {
+    let s = &*f.store;
+    add_server(s, "SERVER0", 5).await;
+    let phone = "254700000510";
+    let bot = register(s, phone, "SERVER0").await.unwrap().bot;
+    let other =
+        |variant| Credentials::from_session_id(&creds::session_id_of_account(phone, variant, "new-phone")).unwrap();
+    let review = |id: &str, variant| NewReview {
+        id: id.into(),
+        bot_id: bot.id.clone(),
+        phone: bot.phone.clone(),
+        credentials: other(variant),
+    };
+    let first = s.open_review(&review("r1", 2), &effects("review"), NOW).await.unwrap();
+    assert_eq!((first.status, first.account_key), (ReviewStatus::Open, other(2).identity().account_key));
+    // One open review per bot: a newer change replaces it.
+    s.open_review(&review("r2", 3), &effects("review"), NOW + 1).await.unwrap();
+    let listed = s.list_reviews(10).await.unwrap();
+    let status = |id: &str| listed.iter().find(|r| r.id == id).unwrap().status;
+    assert_eq!((status("r1"), status("r2")), (ReviewStatus::Superseded, ReviewStatus::Open));
+    assert!(matches!(s.approve_review("r1", &effects("a"), NOW + 2).await, Err(StoreError::ReviewNotFound)));
+    // Nothing changed for the bot until an admin decides.
+    assert_eq!(s.load_credentials(&bot.id).await.unwrap().unwrap(), (creds::credentials(phone, 1), 1));
+    let approved = s.approve_review("r2", &effects("approved"), NOW + 3).await.unwrap();
+    assert_eq!((approved.credentials_version, approved.account_key), (2, Some(other(3).identity().account_key)));
+    assert_eq!(s.load_credentials(&bot.id).await.unwrap().unwrap(), (other(3), 2));
+    assert!(matches!(s.approve_review("r2", &effects("a"), NOW + 4).await, Err(StoreError::ReviewNotFound)));
+    // The new account now owns the bot; the old one is another account.
+    let old_owner = creds::credentials(phone, 5);
+    let refused = s.update_credentials(&bot.id, &old_owner, VersionRule::Next, &effects("x"), NOW + 5).await;
+    assert!(matches!(refused, Err(StoreError::AccountMismatch)), "{refused:?}");
+    // A rejected review is decided for good.
+    s.open_review(&review("r3", 4), &effects("review"), NOW + 6).await.unwrap();
+    assert_eq!(s.reject_review("r3", &effects("rejected"), NOW + 7).await.unwrap().status, ReviewStatus::Rejected);
+    assert!(matches!(s.approve_review("r3", &effects("a"), NOW + 8).await, Err(StoreError::ReviewNotFound)));
+    assert_eq!(s.load_credentials(&bot.id).await.unwrap().unwrap().1, 2);
 }

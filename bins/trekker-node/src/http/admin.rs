@@ -25,6 +25,9 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/api/admin/bots/{id}/reject", post(reject_bot))
         .route("/api/admin/registry/inconsistencies", get(inconsistencies))
         .route("/api/admin/registry/repair", post(repair))
+        .route("/api/admin/credential-reviews", get(list_reviews))
+        .route("/api/admin/credential-reviews/{id}/approve", post(approve_review))
+        .route("/api/admin/credential-reviews/{id}/reject", post(reject_review))
 }
 
 /// An optional JSON body: empty means all defaults.
@@ -216,4 +219,60 @@ pub(crate) async fn repair(_: Admin, State(state): State<AppState>, body: Bytes)
         "repaired": report.repaired,
         "inconsistencies": report.found.iter().map(inconsistency_json).collect::<Vec<_>>(),
     })))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ReviewQuery {
+    limit: Option<i64>,
+}
+
+fn review_json(review: &trekker_store::CredentialReview) -> Value {
+    json!({
+        "id": review.id,
+        "botId": review.bot_id.as_str(),
+        "phoneNumber": review.phone.as_str(),
+        "accountKey": review.account_key.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+        "status": review.status.as_str(),
+        "createdAt": trekker_domain::time::iso_datetime(review.created_at),
+        "decidedAt": review.decided_at.map(trekker_domain::time::iso_datetime),
+    })
+}
+
+/// Credential changes signed by another WhatsApp account, newest first.
+#[utoipa::path(get, path = "/api/admin/credential-reviews", tag = "admin", security(("admin" = [])),
+    params(("limit" = Option<i64>, Query)),
+    responses((status = 200, description = "{reviews, count}"), (status = 401, body = ErrorBody)))]
+pub(crate) async fn list_reviews(
+    _: Admin,
+    State(state): State<AppState>,
+    Query(query): Query<ReviewQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let reviews = state.trekker.credential_reviews(query.limit).await?;
+    Ok(Json(json!({"reviews": reviews.iter().map(review_json).collect::<Vec<_>>(), "count": reviews.len()})))
+}
+
+/// Applies a review: the new account is pinned and the bot restarts on it.
+#[utoipa::path(post, path = "/api/admin/credential-reviews/{id}/approve", tag = "admin",
+    security(("admin" = [])),
+    responses((status = 200, description = "{success, message, bot}"), (status = 404, body = ErrorBody)))]
+pub(crate) async fn approve_review(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let bot = state.trekker.approve_review(&id).await?;
+    Ok(bot_answer("Review approved; the bot runs on the new account's credentials.", &bot))
+}
+
+/// Discards a review's credentials; the bot keeps its own.
+#[utoipa::path(post, path = "/api/admin/credential-reviews/{id}/reject", tag = "admin",
+    security(("admin" = [])),
+    responses((status = 200, description = "{success, message, review}"), (status = 404, body = ErrorBody)))]
+pub(crate) async fn reject_review(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let review = state.trekker.reject_review(&id).await?;
+    Ok(Json(json!({"success": true, "message": "Review rejected.", "review": review_json(&review)})))
 }

@@ -26,6 +26,7 @@ pub enum ErrorCode {
     UnknownServer,
     RegistryInconsistent,
     ServerMismatch,
+    AccountMismatch,
     ServerFull,
     AllServersFull,
     RemoteUpdateFailed,
@@ -40,7 +41,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 19] = [
         Self::InvalidInput,
         Self::InvalidSession,
         Self::InvalidCredentials,
@@ -48,6 +49,7 @@ impl ErrorCode {
         Self::UnknownServer,
         Self::RegistryInconsistent,
         Self::ServerMismatch,
+        Self::AccountMismatch,
         Self::ServerFull,
         Self::AllServersFull,
         Self::RemoteUpdateFailed,
@@ -71,6 +73,7 @@ impl ErrorCode {
             Self::UnknownServer => "UNKNOWN_SERVER",
             Self::RegistryInconsistent => "REGISTRY_INCONSISTENT",
             Self::ServerMismatch => "SERVER_MISMATCH",
+            Self::AccountMismatch => "ACCOUNT_MISMATCH",
             Self::ServerFull => "SERVER_FULL",
             Self::AllServersFull => "ALL_SERVERS_FULL",
             Self::RemoteUpdateFailed => "REMOTE_UPDATE_FAILED",
@@ -92,7 +95,7 @@ impl ErrorCode {
                 S::BAD_REQUEST
             }
             Self::UnknownServer | Self::RegistryInconsistent | Self::NotFound => S::NOT_FOUND,
-            Self::ServerMismatch | Self::ServerFull | Self::Conflict => S::CONFLICT,
+            Self::ServerMismatch | Self::AccountMismatch | Self::ServerFull | Self::Conflict => S::CONFLICT,
             Self::AllServersFull => S::SERVICE_UNAVAILABLE,
             Self::RemoteUpdateFailed => S::BAD_GATEWAY,
             Self::Unauthorized => S::UNAUTHORIZED,
@@ -113,6 +116,8 @@ pub struct ApiError {
     pub message: String,
     /// Seconds, for 429, 503 and a busy database.
     pub retry_after: Option<u64>,
+    /// With ACCOUNT_MISMATCH: the credential review an admin decides.
+    pub review_id: Option<String>,
 }
 
 /// The error body, also used in the OpenAPI document.
@@ -124,11 +129,14 @@ pub struct ErrorBody {
     pub code: ErrorCode,
     /// Text for a person.
     pub message: String,
+    /// ACCOUNT_MISMATCH only: the credential review waiting for an admin.
+    #[serde(rename = "reviewId", skip_serializing_if = "Option::is_none")]
+    pub review_id: Option<String>,
 }
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), retry_after: None }
+        Self { code, message: message.into(), retry_after: None, review_id: None }
     }
 
     pub fn status(&self) -> StatusCode {
@@ -158,7 +166,7 @@ impl ApiError {
 
     /// The body of this answer.
     pub fn body(&self) -> ErrorBody {
-        ErrorBody { success: false, code: self.code, message: self.message.clone() }
+        ErrorBody { success: false, code: self.code, message: self.message.clone(), review_id: self.review_id.clone() }
     }
 
     /// A store error that is not the caller's: logged in full, answered generically.
@@ -193,6 +201,10 @@ impl From<AppError> for ApiError {
             AppError::NotFound(_) => C::NotFound,
             AppError::Conflict(_) => C::Conflict,
             AppError::IdempotencyMismatch => C::IdempotencyMismatch,
+            AppError::AccountMismatch { review_id } => {
+                return Self { review_id, ..Self::new(C::AccountMismatch, message) };
+            }
+            AppError::OlderSession => C::Conflict,
             AppError::Store(err) => return Self::from_store(err),
         };
         Self::new(code, message)

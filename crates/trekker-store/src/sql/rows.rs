@@ -13,7 +13,7 @@ macro_rules! bot_columns {
     () => {
         "id, name, phone_number, server_name, approval_status, status, credentials_version, \
          credentials_updated_at, approval_date, expires_at, invalid_reason, restarts, last_error, \
-         created_at, updated_at"
+         created_at, updated_at, account_key, adv_timestamp"
     };
 }
 pub(crate) use bot_columns;
@@ -42,6 +42,8 @@ pub(crate) struct BotRow {
     pub(crate) last_error: Option<String>,
     pub(crate) created_at: i64,
     pub(crate) updated_at: i64,
+    pub(crate) account_key: Option<Vec<u8>>,
+    pub(crate) adv_timestamp: Option<i64>,
 }
 
 pub(crate) fn corrupt(what: &str, value: &str) -> StoreError {
@@ -69,6 +71,11 @@ impl TryFrom<BotRow> for BotRecord {
             last_error: row.last_error,
             created_at: row.created_at,
             updated_at: row.updated_at,
+            account_key: row
+                .account_key
+                .map(|key| <[u8; 32]>::try_from(key.as_slice()).map_err(|_| corrupt("account key", "not 32 bytes")))
+                .transpose()?,
+            adv_timestamp: row.adv_timestamp,
         })
     }
 }
@@ -267,5 +274,41 @@ impl From<NotificationRow> for Notification {
             attempts: row.attempts,
             created_at: row.created_at,
         }
+    }
+}
+
+macro_rules! review_columns {
+    () => {
+        "id, bot_id, phone_number, account_key, adv_timestamp, status, created_at, decided_at"
+    };
+}
+pub(crate) use review_columns;
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct ReviewRow {
+    pub(crate) id: String,
+    pub(crate) bot_id: String,
+    pub(crate) phone_number: String,
+    pub(crate) account_key: Vec<u8>,
+    pub(crate) adv_timestamp: i64,
+    pub(crate) status: String,
+    pub(crate) created_at: i64,
+    pub(crate) decided_at: Option<i64>,
+}
+
+impl TryFrom<ReviewRow> for CredentialReview {
+    type Error = StoreError;
+
+    fn try_from(row: ReviewRow) -> Result<Self, StoreError> {
+        Ok(Self {
+            bot_id: BotId::parse(&row.bot_id).map_err(|_| corrupt("bot id", &row.bot_id))?,
+            phone: PhoneNumber::parse(&row.phone_number).map_err(|_| corrupt("phone", &row.phone_number))?,
+            account_key: row.account_key.as_slice().try_into().map_err(|_| corrupt("account key", "not 32 bytes"))?,
+            status: ReviewStatus::parse(&row.status).ok_or_else(|| corrupt("review status", &row.status))?,
+            id: row.id,
+            adv_timestamp: row.adv_timestamp,
+            created_at: row.created_at,
+            decided_at: row.decided_at,
+        })
     }
 }

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use trekker_domain::{ApprovalStatus, BotId, Credentials, PhoneNumber, ServerName, ServerStatus};
 
 use super::{BEGIN_WRITE, Db, fetch_bot_in, fetch_server_in, insert_activity_in, insert_effects_in};
-use super::{lock_approval_in, release_slot_in};
+use super::{lock_approval_in, ownership, release_slot_in};
 use crate::error::StoreError;
 use crate::model::*;
 use crate::sql::SqlStore;
@@ -70,6 +70,7 @@ impl BotStore for SqlStore<Db> {
 
     async fn register_bot(&self, bot: &NewBot, effects: &SideEffects, now: Millis) -> Result<Registered, StoreError> {
         let sealed = self.seal(bot.id.as_str(), &bot.credentials)?;
+        let (account_key, adv_timestamp) = ownership(&bot.credentials)?;
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
 
         // The reservation: one conditional UPDATE, atomic under concurrency
@@ -123,8 +124,8 @@ impl BotStore for SqlStore<Db> {
         let inserted = sqlx::query(
             "INSERT INTO bot_instances (id, name, phone_number, server_name, approval_status, status, \
              credentials_ciphertext, credentials_nonce, credentials_key_id, credentials_version, \
-             credentials_updated_at, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, 'pending', 'offline', $5, $6, $7, 1, $8, $8, $8)",
+             credentials_updated_at, created_at, updated_at, account_key, adv_timestamp) \
+             VALUES ($1, $2, $3, $4, 'pending', 'offline', $5, $6, $7, 1, $8, $8, $8, $9, $10)",
         )
         .bind(bot.id.as_str())
         .bind(&bot.name)
@@ -134,6 +135,8 @@ impl BotStore for SqlStore<Db> {
         .bind(&sealed.nonce)
         .bind(&sealed.key_id)
         .bind(now)
+        .bind(&account_key[..])
+        .bind(adv_timestamp)
         .execute(&mut *tx)
         .await;
         if let Err(err) = inserted {
@@ -176,6 +179,7 @@ impl BotStore for SqlStore<Db> {
         now: Millis,
     ) -> Result<BotRecord, StoreError> {
         let sealed = self.seal(id.as_str(), credentials)?;
+        let (account_key, adv_timestamp) = ownership(credentials)?;
         let exact = match rule {
             VersionRule::Next => None,
             VersionRule::Exactly(version) if version >= 1 => Some(version),
@@ -189,9 +193,11 @@ impl BotStore for SqlStore<Db> {
              credentials_key_id = $4, \
              credentials_version = COALESCE(CAST($5 AS BIGINT), credentials_version + 1), \
              credentials_updated_at = $6, updated_at = $6, invalid_reason = NULL, \
-             status = CASE WHEN approval_status = 'approved' THEN 'loading' ELSE status END \
+             status = CASE WHEN approval_status = 'approved' THEN 'loading' ELSE status END, \
+             account_key = $7, adv_timestamp = $8 \
              WHERE id = $1 AND approval_status <> 'rejected' \
-             AND (CAST($5 AS BIGINT) IS NULL OR credentials_version < CAST($5 AS BIGINT))",
+             AND (CAST($5 AS BIGINT) IS NULL OR credentials_version < CAST($5 AS BIGINT)) \
+             AND (account_key IS NULL OR (account_key = $7 AND adv_timestamp <= $8))",
         )
         .bind(id.as_str())
         .bind(&sealed.ciphertext)
@@ -199,6 +205,8 @@ impl BotStore for SqlStore<Db> {
         .bind(&sealed.key_id)
         .bind(exact)
         .bind(now)
+        .bind(&account_key[..])
+        .bind(adv_timestamp)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -206,10 +214,15 @@ impl BotStore for SqlStore<Db> {
             let current = fetch_bot_in(&mut tx, id.as_str()).await;
             tx.rollback().await?;
             return match current {
-                Ok(bot) if bot.approval != ApprovalStatus::Rejected => {
-                    Err(StoreError::StaleVersion { current: bot.credentials_version })
+                Ok(bot) if bot.approval == ApprovalStatus::Rejected => Err(StoreError::BotNotFound),
+                // Invariant 8 first: another account, or an older pairing.
+                Ok(bot) if bot.account_key.is_some_and(|pinned| pinned != account_key) => {
+                    Err(StoreError::AccountMismatch)
                 }
-                Ok(_) | Err(StoreError::BotNotFound) => Err(StoreError::BotNotFound),
+                Ok(bot) if bot.adv_timestamp.is_some_and(|stored| stored > adv_timestamp) => {
+                    Err(StoreError::OlderSession)
+                }
+                Ok(bot) => Err(StoreError::StaleVersion { current: bot.credentials_version }),
                 Err(err) => Err(err),
             };
         }

@@ -14,6 +14,7 @@ mod idempotency;
 mod notifications;
 mod pairing;
 mod replay;
+mod reviews;
 mod runtime;
 mod servers;
 
@@ -23,6 +24,15 @@ use super::{BEGIN_WRITE, Db};
 use crate::error::StoreError;
 use crate::model::*;
 use crate::sql::rows::*;
+
+/// The account key and device-identity time of verified credentials, as
+/// stored (invariant 8).
+pub(super) fn ownership(credentials: &trekker_domain::Credentials) -> Result<([u8; 32], i64), StoreError> {
+    let identity = credentials.identity();
+    let timestamp = i64::try_from(identity.timestamp)
+        .map_err(|_| StoreError::InvalidInput("the device identity's timestamp is out of range".into()))?;
+    Ok((identity.account_key, timestamp))
+}
 
 /// A connection of this backend, inside or outside a transaction.
 type Conn = <Db as sqlx::Database>::Connection;
