@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)] // Tests fail loudly by design.
 
 mod admin_api;
+mod attacks;
 mod cross_server;
 mod guest_api;
 mod node;
