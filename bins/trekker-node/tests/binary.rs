@@ -50,6 +50,14 @@ fn serves_on_sqlite_and_stops_cleanly_on_sigterm() {
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     assert!(dir.path().join("trekker.db").exists(), "the SQLite default is created");
     assert!(dir.path().join("trekker.db.key").exists(), "its key file too");
+    // Database, its WAL files and the key: readable by the node's user only.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for name in ["trekker.db", "trekker.db-wal", "trekker.db-shm", "trekker.db.key"] {
+            let mode = std::fs::metadata(dir.path().join(name)).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{name} is {mode:o}");
+        }
+    }
 
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);

@@ -28,6 +28,9 @@ use crate::{AppError, Trekker, random_u128, telemetry};
 
 /// Updates older than this are given up (`expired`).
 pub const OUTBOX_MAX_AGE_MS: i64 = 24 * 60 * 60 * 1000;
+/// How far above the stored version a forwarded update may be (queued
+/// updates of one bot each take the next version; this is ample).
+pub const MAX_VERSION_LEAP: i64 = 1_000;
 /// Idle poll of the outbox dispatcher.
 const POLL_EVERY: Duration = Duration::from_millis(500);
 
@@ -174,7 +177,19 @@ impl Trekker {
             credentials_version: Some(update.version),
         };
         let started = Instant::now();
-        let result = self.remote.update_bot_credentials(&update.target, base_url, &update.id, &body).await;
+        let result = if update.target == self.node {
+            // This node hosts the bot (it came back and its own dispatcher
+            // claimed the update): apply it here. A node never calls itself,
+            // and its verifier refuses tokens it issued to itself. The
+            // version rule keeps a second application of the same update a
+            // no-op, as the idempotency key would over HTTP.
+            self.apply_remote_credentials(&update.source, &body).await.map_err(|err| match err {
+                AppError::Store(store) => ClientError::Unreachable(format!("database: {store}")),
+                refused => ClientError::Refused { status: 409, code: String::new(), message: refused.to_string() },
+            })
+        } else {
+            self.remote.update_bot_credentials(&update.target, base_url, &update.id, &body).await
+        };
         let target = update.target.to_string();
         let (outcome, delivery, label) = match result {
             Ok(answer) => {
@@ -278,6 +293,13 @@ impl Trekker {
         let rule = match body.credentials_version {
             Some(version) if version < 1 => {
                 return Err(AppError::InvalidInput("credentialsVersion must be at least 1.".into()));
+            }
+            // Versions climb one by one; a leap would let one signed call
+            // push a bot to the end of the range, where nothing could follow.
+            Some(version) if version > bot.credentials_version.saturating_add(MAX_VERSION_LEAP) => {
+                return Err(AppError::InvalidInput(format!(
+                    "credentialsVersion may be at most {MAX_VERSION_LEAP} above the stored version."
+                )));
             }
             Some(version) => VersionRule::Exactly(version),
             None => VersionRule::Next,
@@ -504,12 +526,13 @@ mod tests {
             let err = trekker(store).apply_remote_credentials(&peer(), &body(Some(2), 2)).await.unwrap_err();
             assert!(matches!(err, AppError::NotFound(_)), "{err:?}");
         }
-        // Another phone's session, or a version below 1.
+        // Another phone's session, a version below 1, or a leap to the end.
         let mut other_phone = body(Some(2), 2);
         other_phone.session_id = creds::session_id("254700000999", 2);
-        let mut zero = body(Some(0), 2);
-        zero.credentials_version = Some(0);
-        for (sent, phone_mismatch) in [(other_phone, true), (zero, false)] {
+        let zero = body(Some(0), 2);
+        let leap = body(Some(i64::MAX), 2);
+        let too_far = body(Some(1 + MAX_VERSION_LEAP + 1), 2);
+        for (sent, phone_mismatch) in [(other_phone, true), (zero, false), (leap, false), (too_far, false)] {
             let mut store = Mocks::default();
             store.bots.expect_get_bot().returning(|_| Ok(Some(bot_record("SERVER0", ApprovalStatus::Approved))));
             let err = trekker(store).apply_remote_credentials(&peer(), &sent).await.unwrap_err();

@@ -21,6 +21,8 @@ pub const MAX_LIFETIME_SECS: i64 = 60;
 pub const CLOCK_SKEW_SECS: i64 = 30;
 /// Lifetime of the tokens this node mints (seconds).
 pub const MINTED_LIFETIME_SECS: i64 = 30;
+/// The longest token id accepted (ours are 32 hex digits).
+pub const MAX_JTI_LEN: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
@@ -171,6 +173,11 @@ impl ClusterKeys {
         if header.alg != Algorithm::HS256 {
             return Err(TokenRefusal::Algorithm);
         }
+        // RFC 7515 4.1.11: a recipient that does not understand a critical
+        // extension must refuse the token; we understand none.
+        if header.crit.is_some() {
+            return Err(TokenRefusal::Malformed);
+        }
         let candidates: Vec<&Key> = match &header.kid {
             Some(kid) => {
                 let key = std::iter::once(&self.current)
@@ -205,13 +212,21 @@ impl ClusterKeys {
         if claims.aud != me {
             return Err(TokenRefusal::Audience);
         }
-        if claims.exp - claims.iat > MAX_LIFETIME_SECS {
-            return Err(TokenRefusal::Lifetime);
+        // A replay record lives by `jti`: it must be a real, bounded id.
+        if claims.jti.is_empty() || claims.jti.len() > MAX_JTI_LEN || !claims.jti.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(TokenRefusal::Malformed);
         }
-        if claims.iat > now + CLOCK_SKEW_SECS {
+        // Checked arithmetic: hostile iat/exp near i64's ends must not wrap
+        // into a "valid" lifetime or expiry.
+        match claims.exp.checked_sub(claims.iat) {
+            Some(lifetime) if lifetime > 0 && lifetime <= MAX_LIFETIME_SECS => {}
+            _ => return Err(TokenRefusal::Lifetime),
+        }
+        if claims.iat > now.saturating_add(CLOCK_SKEW_SECS) {
             return Err(TokenRefusal::NotYetValid);
         }
-        if claims.exp + CLOCK_SKEW_SECS < now {
+        if claims.exp.saturating_add(CLOCK_SKEW_SECS) < now {
             return Err(TokenRefusal::Expired);
         }
         if claims.htm != method.to_ascii_uppercase() {
@@ -281,6 +296,47 @@ mod tests {
         let shown = format!("{:?}", ClusterKeys::new(SECRET, Some(OLD)));
         assert!(shown.contains(&keys().current.kid) && shown.contains("previous_kid"), "{shown}");
         assert!(!shown.contains("0123456789abcdef"), "{shown}");
+    }
+
+    /// Signs arbitrary claims with the current key, as an attacker holding
+    /// the secret could.
+    fn forged(change: impl FnOnce(&mut Claims)) -> String {
+        let token = keys().mint("SERVER0", "SERVER1", "POST", PATH, b"{}", NOW);
+        let mut claims = verify(&keys(), &token).unwrap();
+        change(&mut claims);
+        keys().sign(&claims, Some(keys().current.kid.clone()))
+    }
+
+    #[test]
+    fn hostile_times_never_wrap_into_a_valid_token() {
+        let cases: [(i64, i64); 5] =
+            [(i64::MIN, i64::MAX - 30), (i64::MIN, i64::MAX), (NOW, NOW), (NOW + 10, NOW), (i64::MAX - 5, i64::MAX)];
+        for (iat, exp) in cases {
+            let token = forged(|c| {
+                c.iat = iat;
+                c.exp = exp;
+            });
+            assert!(verify(&keys(), &token).is_err(), "iat {iat} exp {exp} passed");
+        }
+        let late = forged(|c| c.exp = i64::MIN);
+        assert_eq!(verify(&keys(), &late), Err(TokenRefusal::Lifetime));
+    }
+
+    #[test]
+    fn token_ids_must_be_bounded_hex_and_critical_headers_are_refused() {
+        for jti in ["", "not hex!", &"a".repeat(MAX_JTI_LEN + 1)] {
+            let token = forged(|c| c.jti = jti.to_owned());
+            assert_eq!(verify(&keys(), &token), Err(TokenRefusal::Malformed), "{jti:?}");
+        }
+        let token = keys().mint("SERVER0", "SERVER1", "POST", PATH, b"{}", NOW);
+        let claims = verify(&keys(), &token).unwrap();
+        let header = Header {
+            kid: Some(keys().current.kid.clone()),
+            crit: Some(vec!["exp".into()]),
+            ..Header::new(Algorithm::HS256)
+        };
+        let critical = jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap();
+        assert_eq!(verify(&keys(), &critical), Err(TokenRefusal::Malformed));
     }
 
     #[test]

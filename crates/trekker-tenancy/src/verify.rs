@@ -62,14 +62,19 @@ impl RequestVerifier {
             .filter(|t| !t.is_empty())
             .ok_or(TokenRefusal::Missing)?;
         let claims = keys.verify(token, self.me.as_str(), method, path, body, now_ms.div_euclid(1000))?;
+        // Exactly a registered name (not another spelling of it, which would
+        // be a separate replay key), and never this node itself.
         let issuer = ServerName::parse(&claims.iss).map_err(|_| TokenRefusal::Issuer)?;
+        if issuer.as_str() != claims.iss || issuer == self.me {
+            return Err(TokenRefusal::Issuer.into());
+        }
         match self.servers.get_server(&issuer).await {
             Ok(Some(_)) => {}
             Ok(None) => return Err(TokenRefusal::Issuer.into()),
             Err(err) => return Err(VerifyError::Store(err)),
         }
         // Kept past expiry plus skew: until then the token could still pass.
-        let keep_until = (claims.exp + CLOCK_SKEW_SECS + 1) * 1000;
+        let keep_until = claims.exp.saturating_add(CLOCK_SKEW_SECS + 1).saturating_mul(1000);
         match self.replay.remember_jti(&claims.iss, &claims.jti, keep_until).await {
             Ok(true) => Ok(claims),
             Ok(false) => Err(TokenRefusal::Replayed.into()),
@@ -161,6 +166,18 @@ mod tests {
         servers.expect_get_server().returning(|_| Err(StoreError::Corrupt("down".into())));
         let refused = verify(&verifier(servers, MockReplayGuard::new()), Some(&bearer("PEER"))).await;
         assert!(matches!(refused, Err(VerifyError::Store(_))), "{refused:?}");
+    }
+
+    #[tokio::test]
+    async fn another_spelling_of_a_name_or_this_node_itself_is_no_issuer() {
+        for iss in ["peer", "Peer", " PEER", "HOST"] {
+            let mut servers = MockServerStore::new();
+            servers.expect_get_server().returning(|name| Ok(Some(snapshot(name))));
+            let mut replay = MockReplayGuard::new();
+            replay.expect_remember_jti().never();
+            let refused = verify(&verifier(servers, replay), Some(&bearer(iss))).await;
+            assert!(matches!(refused, Err(VerifyError::Refused(TokenRefusal::Issuer))), "{iss:?}: {refused:?}");
+        }
     }
 
     #[test]

@@ -223,6 +223,11 @@ async fn rate_limit_answers_429_with_retry_after() {
         from_other.push(answer.status);
     }
     assert_eq!(from_other, [201, 201, 201, 429], "register-bot is limited per client address");
+    // Validation shares the budget too (a registry look-up per call).
+    let probe = json!({"sessionId": creds::session_id(&creds::phone(34, 11), 1)});
+    let answer =
+        Answer::from(other.post(node.url("/api/validate-credentials")).json(&probe).send().await.unwrap()).await;
+    assert_eq!((answer.status, answer.code()), (429, "RATE_LIMITED"));
     node.stop().await;
 }
 

@@ -18,14 +18,16 @@ use crate::AppState;
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
-        .route("/api/validate-credentials", post(validate_credentials))
         .route("/api/servers/available", get(servers_available))
         .route("/api/guest/credential-updates/{update_id}", get(credential_update))
 }
 
 /// Routes behind the guest rate limit.
 pub(crate) fn limited_router() -> Router<AppState> {
-    Router::new().route("/api/guest/register-bot", post(register_bot))
+    Router::new()
+        .route("/api/guest/register-bot", post(register_bot))
+        // Each validation is a registry look-up: limited like registering.
+        .route("/api/validate-credentials", post(validate_credentials))
 }
 
 // No Debug: it holds a session ID.

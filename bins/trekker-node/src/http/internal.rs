@@ -18,6 +18,44 @@ use trekker_tenancy::wire::{CREDENTIALS_PATH, CredentialsUpdateBody, HEALTH_PATH
 use super::{ApiError, ErrorBody, ErrorCode};
 use crate::AppState;
 
+/// How often one refusal reason is logged at most.
+const REFUSAL_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+static REFUSAL_LOG: LogThrottle = LogThrottle::new(REFUSAL_LOG_EVERY);
+
+/// Lets one log line per key through per interval.
+#[derive(Debug)]
+pub(crate) struct LogThrottle {
+    every: std::time::Duration,
+    /// Per key: when it was last logged, and how many were held back since.
+    seen: std::sync::Mutex<Vec<(&'static str, std::time::Instant, u64)>>,
+}
+
+impl LogThrottle {
+    pub(crate) const fn new(every: std::time::Duration) -> Self {
+        Self { every, seen: std::sync::Mutex::new(Vec::new()) }
+    }
+
+    /// `Some(held back since the last line)` when this one may be logged.
+    pub(crate) fn admit(&self, key: &'static str, now: std::time::Instant) -> Option<u64> {
+        let mut seen = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match seen.iter_mut().find(|(k, ..)| *k == key) {
+            Some((_, last, held)) if now.duration_since(*last) < self.every => {
+                *held = held.saturating_add(1);
+                None
+            }
+            Some((_, last, held)) => {
+                *last = now;
+                Some(std::mem::take(held))
+            }
+            None => {
+                seen.push((key, now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
 pub(crate) fn router() -> Router<AppState> {
     Router::new().route(CREDENTIALS_PATH, post(receive_credentials)).route(HEALTH_PATH, get(health))
 }
@@ -53,7 +91,11 @@ impl FromRequest<AppState> for NodeCall {
             Ok(claims) => Ok(Self { claims, headers, body }),
             Err(VerifyError::Refused(refusal)) => {
                 metrics::counter!(telemetry::NODE_CALLS_REFUSED, "reason" => refusal.reason()).increment(1);
-                tracing::warn!(reason = refusal.reason(), %path, "refused a node-to-node call");
+                // A flood of bad calls must not flood the log: once per
+                // reason per interval, with how many were not logged.
+                if let Some(unlogged) = REFUSAL_LOG.admit(refusal.reason(), std::time::Instant::now()) {
+                    tracing::warn!(reason = refusal.reason(), %path, unlogged, "refused a node-to-node call");
+                }
                 Err(ApiError::new(ErrorCode::Unauthorized, format!("Node-to-node call refused: {refusal}.")))
             }
             Err(VerifyError::Store(err)) => Err(ApiError::from_store(err)),
@@ -94,4 +136,24 @@ pub(crate) async fn receive_credentials(State(state): State<AppState>, call: Nod
     responses((status = 200, description = "{status: healthy, serverName}"), (status = 401, body = ErrorBody)))]
 pub(crate) async fn health(State(state): State<AppState>, _call: NodeCall) -> Json<serde_json::Value> {
     Json(json!({"status": "healthy", "serverName": state.config.server_name.as_str()}))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::LogThrottle;
+
+    #[test]
+    fn one_line_per_reason_per_interval_counting_the_rest() {
+        let throttle = LogThrottle::new(Duration::from_secs(10));
+        let start = Instant::now();
+        assert_eq!(throttle.admit("replayed", start), Some(0));
+        for n in 1..=1000 {
+            assert_eq!(throttle.admit("replayed", start + Duration::from_millis(n)), None);
+        }
+        assert_eq!(throttle.admit("signature", start), Some(0), "each reason has its own budget");
+        assert_eq!(throttle.admit("replayed", start + Duration::from_secs(10)), Some(1000));
+        assert_eq!(throttle.admit("replayed", start + Duration::from_secs(11)), None);
+    }
 }

@@ -118,7 +118,9 @@ impl SqlStore<Sqlite> {
     /// applies pending migrations.
     pub async fn connect(url: &str, cipher: CredentialCipher, max_connections: u32) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(url)
-            .map_err(|_| StoreError::Config("DATABASE_URL is not a valid SQLite URL".into()))?
+            .map_err(|_| StoreError::Config("DATABASE_URL is not a valid SQLite URL".into()))?;
+        create_private_file(options.get_filename())?;
+        let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
@@ -144,6 +146,28 @@ impl SqlStore<Sqlite> {
             }
         }
         Ok(Self { pool, cipher: Arc::new(cipher) })
+    }
+}
+
+/// Creates a new database file readable by its owner only (0600). SQLite
+/// gives the `-wal` and `-shm` files it adds the database file's mode, so
+/// they are private too. An existing file is left as it is.
+fn create_private_file(path: &std::path::Path) -> Result<(), StoreError> {
+    if path.as_os_str().is_empty() || path.as_os_str() == ":memory:" || path.exists() {
+        return Ok(());
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        // Another process created it first: fine, it is the same file.
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(err) => Err(StoreError::Config(format!("cannot create the database file {}: {err}", path.display()))),
     }
 }
 
