@@ -367,6 +367,25 @@ mod tests {
     }
 
     #[test]
+    fn a_bare_key_that_happens_to_start_with_the_type_byte_is_read_whole() {
+        // About one key in 256 begins with 0x05; it is not a prefix then.
+        let private = (0u16..4096)
+            .map(|n| {
+                let mut key = [7u8; 32];
+                key[..2].copy_from_slice(&n.to_le_bytes());
+                key
+            })
+            .find(|key| public_key(key)[0] == DJB_TYPE)
+            .unwrap();
+        let identity_private = [9u8; 32];
+        let details = IdentityDetails { raw_id: 1, timestamp: 1, key_index: 1 };
+        let mut creds = Map::new();
+        creds.insert("signedIdentityKey".into(), json!({"public": baileys_buffer(&public_key(&identity_private))}));
+        creds.insert("account".into(), signed_account(&private, &identity_private, details));
+        assert_eq!(verify_account(&creds).unwrap().account_key, public_key(&private));
+    }
+
+    #[test]
     fn garbage_keys_never_panic() {
         for key in [[0u8; 32], [0xff; 32], [1; 32]] {
             assert!(!xeddsa_verify(&key, b"m", &[0u8; 64]));

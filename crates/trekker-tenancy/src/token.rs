@@ -320,6 +320,11 @@ mod tests {
         }
         let late = forged(|c| c.exp = i64::MIN);
         assert_eq!(verify(&keys(), &late), Err(TokenRefusal::Lifetime));
+        // The lifetime limit itself: 60 s passes, 61 s does not.
+        let longest = forged(|c| c.exp = c.iat + MAX_LIFETIME_SECS);
+        assert!(verify(&keys(), &longest).is_ok());
+        let too_long = forged(|c| c.exp = c.iat + MAX_LIFETIME_SECS + 1);
+        assert_eq!(verify(&keys(), &too_long), Err(TokenRefusal::Lifetime));
     }
 
     #[test]
