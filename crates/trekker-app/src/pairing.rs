@@ -234,7 +234,8 @@ impl Trekker {
         if request_id.is_empty() || request_id.len() > 64 || !request_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err(unknown());
         }
-        let record = self.store.pairings.get_pairing(request_id, self.now()).await?.ok_or_else(unknown)?;
+        // A paired request answers once with its session ID, then is gone.
+        let record = self.store.pairings.take_pairing(request_id, self.now()).await?.ok_or_else(unknown)?;
         Ok(match record.status {
             PairingStatus::Pending => PairingState::Pending,
             PairingStatus::Paired => match record.credentials {

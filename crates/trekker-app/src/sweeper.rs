@@ -20,13 +20,15 @@ impl Trekker {
         Ok(expired.len())
     }
 
-    /// Deletes replay records and idempotency keys past their expiry;
-    /// returns how many.
+    /// Deletes replay records, idempotency keys and ended pairing requests
+    /// past their time; returns how many.
     pub async fn purge_expired_records(&self) -> Result<u64, crate::AppError> {
         let now = self.now();
         let replay = self.store.replay.purge_replay_records(now).await?;
         let keys = self.store.idempotency.purge_idempotency_keys(now).await?;
-        Ok(replay + keys)
+        // Ended pairing requests are kept a TTL past their expiry, then go.
+        let pairings = self.store.pairings.purge_pairings(now - crate::pairing::PAIRING_TTL_SECS * 1000).await?;
+        Ok(replay + keys + pairings)
     }
 }
 

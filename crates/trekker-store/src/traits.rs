@@ -135,7 +135,13 @@ pub trait PairingStore: Send + Sync + 'static {
     async fn create_pairing(&self, pairing: &NewPairing) -> Result<(), StoreError>;
 
     /// The pairing request; a pending one past its expiry reads as expired.
-    async fn get_pairing(&self, id: &str, now: Millis) -> Result<Option<PairingRecord>, StoreError>;
+    /// A paired request is handed out once: reading it deletes it (two
+    /// readers racing: one gets it, the other finds nothing).
+    async fn take_pairing(&self, id: &str, now: Millis) -> Result<Option<PairingRecord>, StoreError>;
+
+    /// Deletes requests that ended (failed, expired, or pending past their
+    /// expiry) before `before`; returns how many.
+    async fn purge_pairings(&self, before: Millis) -> Result<u64, StoreError>;
 
     /// Stores the credentials of a pending request (sealed) and marks it paired.
     async fn complete_pairing(&self, id: &str, credentials: &Credentials, now: Millis) -> Result<(), StoreError>;

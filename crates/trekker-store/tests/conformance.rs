@@ -568,26 +568,44 @@ async fn pairing_lifecycle(f: Fixture) {
         expires_at: NOW + 60_000,
     };
     s.create_pairing(&pairing).await.unwrap();
-    let pending = s.get_pairing("pair-1", NOW + 1).await.unwrap().unwrap();
+    let pending = s.take_pairing("pair-1", NOW + 1).await.unwrap().unwrap();
     assert_eq!((pending.status, pending.code.as_str()), (PairingStatus::Pending, "ABCD-EFGH"));
     assert!(pending.credentials.is_none());
     let credentials = creds::credentials(phone.as_str(), 1);
     s.complete_pairing("pair-1", &credentials, NOW + 2).await.unwrap();
-    let paired = s.get_pairing("pair-1", NOW + 3).await.unwrap().unwrap();
+    let paired = s.take_pairing("pair-1", NOW + 3).await.unwrap().unwrap();
     assert_eq!(paired.status, PairingStatus::Paired);
     assert_eq!(paired.credentials, Some(credentials.clone()));
+    // Handed out once: the request is gone afterwards.
+    assert!(s.take_pairing("pair-1", NOW + 4).await.unwrap().is_none());
     assert!(matches!(s.complete_pairing("pair-1", &credentials, NOW).await, Err(StoreError::PairingNotFound)));
-    assert!(s.get_pairing("missing", NOW).await.unwrap().is_none());
+    assert!(s.take_pairing("missing", NOW).await.unwrap().is_none());
     // A pending request past its expiry reads expired and can't complete.
     let old = NewPairing { id: "pair-2".into(), expires_at: NOW + 10, ..pairing.clone() };
     s.create_pairing(&old).await.unwrap();
-    assert_eq!(s.get_pairing("pair-2", NOW + 10).await.unwrap().unwrap().status, PairingStatus::Expired);
+    assert_eq!(s.take_pairing("pair-2", NOW + 10).await.unwrap().unwrap().status, PairingStatus::Expired);
     assert!(s.complete_pairing("pair-2", &credentials, NOW + 11).await.is_err());
-    let failing = NewPairing { id: "pair-3".into(), ..pairing };
+    let failing = NewPairing { id: "pair-3".into(), ..pairing.clone() };
     s.create_pairing(&failing).await.unwrap();
     s.fail_pairing("pair-3", "phone refused", NOW).await.unwrap();
-    let failed = s.get_pairing("pair-3", NOW).await.unwrap().unwrap();
+    let failed = s.take_pairing("pair-3", NOW).await.unwrap().unwrap();
     assert_eq!((failed.status, failed.message.as_deref()), (PairingStatus::Failed, Some("phone refused")));
+    // Ended requests are purged once older than the cut; a paired one is
+    // never purged (only its one reading removes it).
+    let ready = NewPairing { id: "pair-4".into(), ..pairing.clone() };
+    s.create_pairing(&ready).await.unwrap();
+    s.complete_pairing("pair-4", &credentials, NOW).await.unwrap();
+    assert_eq!(s.purge_pairings(NOW + 60_001).await.unwrap(), 2, "pair-2 (expired) and pair-3 (failed)");
+    assert!(s.take_pairing("pair-3", NOW).await.unwrap().is_none());
+    assert!(s.take_pairing("pair-4", NOW).await.unwrap().is_some());
+
+    // Racing pollers: exactly one gets the session.
+    let raced = NewPairing { id: "pair-5".into(), ..pairing };
+    s.create_pairing(&raced).await.unwrap();
+    s.complete_pairing("pair-5", &credentials, NOW).await.unwrap();
+    let takes = join_all((0..8).map(|_| s.take_pairing("pair-5", NOW))).await;
+    let handed = takes.iter().filter(|t| matches!(t, Ok(Some(r)) if r.credentials.is_some())).count();
+    assert_eq!(handed, 1, "{:?}", takes.iter().map(|t| t.as_ref().map(|r| r.is_some())).collect::<Vec<_>>());
 }
 
 async fn notifications_are_claimed_once(f: Fixture) {

@@ -176,6 +176,11 @@ async fn pairing_then_registering_with_the_session() {
     })
     .await;
     let session = session.into_inner().unwrap().expect("a paired request carries its session ID");
+    // Handed out once: a second poll, on any node, finds nothing.
+    for node in [&a, &b] {
+        let again = node.get(&format!("/api/pair/status/{request_id}")).await;
+        assert_eq!((again.status, again.code()), (404, "NOT_FOUND"), "{again:?}");
+    }
     assert!(session.starts_with("TREKKER~"));
     let registered = a
         .post_json(

@@ -312,3 +312,11 @@ impl TryFrom<ReviewRow> for CredentialReview {
         })
     }
 }
+
+macro_rules! pairing_columns {
+    () => {
+        "id, phone_number, pairing_code, status, session_ciphertext, session_nonce, session_key_id, message, \
+         created_at, expires_at"
+    };
+}
+pub(crate) use pairing_columns;

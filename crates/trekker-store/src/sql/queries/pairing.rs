@@ -28,14 +28,24 @@ impl PairingStore for SqlStore<Db> {
         Ok(())
     }
 
-    async fn get_pairing(&self, id: &str, now: Millis) -> Result<Option<PairingRecord>, StoreError> {
-        let row: Option<PairingRow> = sqlx::query_as(
-            "SELECT id, phone_number, pairing_code, status, session_ciphertext, session_nonce, session_key_id, \
-             message, created_at, expires_at FROM pairing_requests WHERE id = $1",
-        )
+    async fn take_pairing(&self, id: &str, now: Millis) -> Result<Option<PairingRecord>, StoreError> {
+        // One statement: of two pollers racing, only one gets the session.
+        let paired: Option<PairingRow> = sqlx::query_as(concat!(
+            "DELETE FROM pairing_requests WHERE id = $1 AND status = 'paired' RETURNING ",
+            pairing_columns!()
+        ))
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
+        let row = match paired {
+            Some(row) => Some(row),
+            None => {
+                sqlx::query_as(concat!("SELECT ", pairing_columns!(), " FROM pairing_requests WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?
+            }
+        };
         let Some(row) = row else { return Ok(None) };
         let mut status = PairingStatus::parse(&row.status).ok_or_else(|| corrupt("pairing status", &row.status))?;
         if status == PairingStatus::Pending && row.expires_at <= now {
@@ -57,6 +67,14 @@ impl PairingStore for SqlStore<Db> {
             created_at: row.created_at,
             expires_at: row.expires_at,
         }))
+    }
+
+    async fn purge_pairings(&self, before: Millis) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM pairing_requests WHERE status <> 'paired' AND expires_at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
     }
 
     async fn complete_pairing(&self, id: &str, credentials: &Credentials, now: Millis) -> Result<(), StoreError> {
