@@ -115,6 +115,14 @@ pub struct Settings {
     /// /api/guest/register-bot; 0 turns the limit off.
     #[arg(long, env = "RATE_LIMIT_PER_MIN", default_value_t = 30)]
     pub rate_limit_per_min: u32,
+    /// A bot not approved within this many hours is rejected; its phone
+    /// and slot are freed and the guest is told.
+    #[arg(long, env = "PENDING_TTL_HOURS", default_value_t = 72)]
+    pub pending_ttl_hours: u32,
+    /// At most this share (percent) of a server's slots may hold bots
+    /// waiting for approval, so approved guests always find room.
+    #[arg(long, env = "PENDING_MAX_PERCENT", default_value_t = 50)]
+    pub pending_max_percent: u32,
 }
 
 impl fmt::Debug for Settings {
@@ -186,6 +194,8 @@ pub struct Config {
     pub notifier: NotifierKind,
     pub notify_webhook_url: Option<String>,
     pub rate_limit_per_min: u32,
+    pub pending_ttl: Duration,
+    pub pending_max_percent: u32,
 }
 
 /// A setting that cannot be used, and why (never its value if secret).
@@ -214,6 +224,12 @@ impl Config {
         }
         if settings.bot_start_rate == 0 {
             return Err(invalid("BOT_START_RATE", "must be at least 1"));
+        }
+        if !(1..=8760).contains(&settings.pending_ttl_hours) {
+            return Err(invalid("PENDING_TTL_HOURS", "must be between 1 and 8760 (a year)"));
+        }
+        if !(1..=100).contains(&settings.pending_max_percent) {
+            return Err(invalid("PENDING_MAX_PERCENT", "must be between 1 and 100"));
         }
         if settings.cross_server_timeout_ms == 0 {
             return Err(invalid("CROSS_SERVER_TIMEOUT_MS", "must be at least 1"));
@@ -282,6 +298,8 @@ impl Config {
             notifier: settings.notifier,
             notify_webhook_url: settings.notify_webhook_url,
             rate_limit_per_min: settings.rate_limit_per_min,
+            pending_ttl: Duration::from_secs(u64::from(settings.pending_ttl_hours) * 3600),
+            pending_max_percent: settings.pending_max_percent,
         })
     }
 

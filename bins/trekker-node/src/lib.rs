@@ -166,6 +166,8 @@ impl Application {
         store.upsert_server(&registration, trekker.now()).await?;
         trekker.remote = Arc::new(client);
         trekker.cross_server_budget = config.cross_server_timeout;
+        trekker.pending_ttl_ms = i64::try_from(config.pending_ttl.as_millis()).unwrap_or(i64::MAX);
+        trekker.pending_share_percent = i64::from(config.pending_max_percent);
         let trekker = Arc::new(trekker);
         let pairing: Arc<dyn PairingProvider> = match config.pairing_provider {
             PairingProviderKind::Simulated => {

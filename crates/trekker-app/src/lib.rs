@@ -91,6 +91,11 @@ pub struct Trekker {
     pub remote: Arc<dyn crossserver::RemoteCredentials>,
     /// Budget for one synchronous cross-server update.
     pub cross_server_budget: std::time::Duration,
+    /// A bot not approved within this time is rejected (PENDING_TTL_HOURS).
+    pub pending_ttl_ms: i64,
+    /// The share (percent) of a server's slots that bots waiting for
+    /// approval may hold (PENDING_MAX_PERCENT).
+    pub pending_share_percent: i64,
 }
 
 impl std::fmt::Debug for Trekker {
@@ -116,6 +121,8 @@ impl Trekker {
             runtime_changed: Arc::new(tokio::sync::Notify::new()),
             remote: Arc::new(crossserver::NoRemote),
             cross_server_budget: std::time::Duration::from_secs(5),
+            pending_ttl_ms: 72 * 3_600_000,
+            pending_share_percent: 50,
         }
     }
 

@@ -315,6 +315,7 @@ impl Trekker {
         effects: &SideEffects,
     ) -> Result<trekker_store::Registered, StoreError> {
         let bot = NewBot {
+            pending_share_percent: self.pending_share_percent,
             id: id.clone(),
             name: input.name.clone(),
             phone: input.phone.clone(),

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use crate::{Trekker, telemetry};
 use tokio_util::sync::CancellationToken;
+use trekker_domain::messages;
+use trekker_store::{NewActivity, SideEffects, StoreError};
 
 impl Trekker {
     /// One sweep; returns how many bots expired.
@@ -18,6 +20,31 @@ impl Trekker {
         }
         metrics::counter!(telemetry::EXPIRED_BOTS).increment(expired.len() as u64);
         Ok(expired.len())
+    }
+
+    /// Rejects bots nobody approved within the pending TTL: their phone and
+    /// slot are freed and the guest is told (each in its own transaction;
+    /// a bot another node rejected first is skipped). Returns how many.
+    pub async fn reject_stale_pending(&self) -> Result<usize, crate::AppError> {
+        let cutoff = self.now().saturating_sub(self.pending_ttl_ms);
+        let hours = self.pending_ttl_ms / 3_600_000;
+        let mut rejected = 0;
+        for bot in self.store.bots.stale_pending_bots(cutoff, 100).await? {
+            let activity = NewActivity::new(&self.node, "pending_expired", format!("not approved within {hours} h"))
+                .for_bot(&bot.id, &bot.phone);
+            let effects =
+                SideEffects::activity(activity).notify(&bot.phone, messages::pending_expired(&bot.name, hours));
+            match self.store.bots.reject_bot(&bot.id, &effects, self.now()).await {
+                Ok(_) => rejected += 1,
+                Err(StoreError::Transition(_) | StoreError::BotNotFound) => {}
+                Err(err) => return Err(err.into()),
+            }
+        }
+        if rejected > 0 {
+            tracing::info!(count = rejected, "⏰ Bots not approved in time were rejected");
+            self.bots_changed();
+        }
+        Ok(rejected)
     }
 
     /// Deletes replay records, idempotency keys and ended pairing requests
@@ -38,9 +65,52 @@ pub async fn run(trekker: Arc<Trekker>, every: Duration, shutdown: CancellationT
         if let Err(err) = trekker.expire_due_bots().await {
             tracing::warn!(error = ?err, "expiry sweep failed; will retry");
         }
+        if let Err(err) = trekker.reject_stale_pending().await {
+            tracing::warn!(error = ?err, "pending sweep failed; will retry");
+        }
         if let Err(err) = trekker.purge_expired_records().await {
             tracing::warn!(error = ?err, "purging expired records failed; will retry");
         }
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use trekker_domain::{ApprovalStatus, ApprovalTransitionError};
+
+    use super::*;
+    use crate::test_support::{Mocks, NOW, bot_record, trekker};
+
+    #[tokio::test]
+    async fn bots_nobody_approved_in_time_are_rejected_and_their_guests_told() {
+        let mut store = Mocks::default();
+        let cutoff = NOW - 72 * 3_600_000;
+        store
+            .bots
+            .expect_stale_pending_bots()
+            .withf(move |before, _| *before == cutoff)
+            .times(1)
+            .returning(|_, _| {
+                let mut other = bot_record("SERVER1", ApprovalStatus::Pending);
+                other.id = trekker_domain::BotId::parse("bot-2").unwrap();
+                Ok(vec![bot_record("SERVER0", ApprovalStatus::Pending), other])
+            });
+        store.bots.expect_reject_bot().times(2).returning(|id, effects, _| {
+            let text = effects.notification.as_ref().unwrap().message.render(None);
+            assert!(text.contains("not approved within 72 hours"), "{text}");
+            assert_eq!(effects.activity.action, "pending_expired");
+            match id.as_str() {
+                // Another node got to this one first.
+                "bot-2" => Err(StoreError::Transition(ApprovalTransitionError {
+                    from: ApprovalStatus::Rejected,
+                    action: "reject",
+                })),
+                _ => Ok(bot_record("SERVER0", ApprovalStatus::Rejected)),
+            }
+        });
+        assert_eq!(trekker(store).reject_stale_pending().await.unwrap(), 1);
+    }
 }

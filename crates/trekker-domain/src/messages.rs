@@ -112,6 +112,14 @@ pub fn approved(bot_name: &str, expires_on: &str) -> String {
     format!("Your bot \"{bot_name}\" was approved and is starting. The approval is valid until {expires_on}.")
 }
 
+/// Sent to the guest when nobody approved the bot in time.
+pub fn pending_expired(bot_name: &str, hours: i64) -> String {
+    format!(
+        "Your bot \"{bot_name}\" was not approved within {hours} hours and was removed. \
+         Its phone number is free: you can register it again."
+    )
+}
+
 /// Told to the guest when the hosting server could not be reached at once.
 pub fn cross_server_update_queued(host: &ServerName) -> String {
     format!(

@@ -42,6 +42,7 @@ async fn main() {
             phone: PhoneNumber::parse(&phone).unwrap(),
             server: node.clone(),
             credentials: trekker_testkit::creds::credentials(&phone, 1),
+            pending_share_percent: 100,
         };
         let done = store.register_bot(&bot, &effects, 0).await.unwrap();
         store.approve_bot(&done.bot.id, far, &effects, 0).await.unwrap();

@@ -85,6 +85,9 @@ pub struct NewBot {
     pub phone: PhoneNumber,
     pub server: ServerName,
     pub credentials: trekker_domain::Credentials,
+    /// At most this share (percent) of the server's slots may hold bots
+    /// waiting for approval (PENDING_MAX_PERCENT); 100 = no cap.
+    pub pending_share_percent: i64,
 }
 
 /// A successful registration.

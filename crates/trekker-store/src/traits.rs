@@ -96,6 +96,10 @@ pub trait BotStore: Send + Sync + 'static {
     /// Deletes a bot; frees its phone and slot if it still held them.
     async fn delete_bot(&self, id: &BotId, effects: &SideEffects, now: Millis) -> Result<BotRecord, StoreError>;
 
+    /// Bots still waiting for approval that were registered before
+    /// `created_before`, oldest first.
+    async fn stale_pending_bots(&self, created_before: Millis, limit: i64) -> Result<Vec<BotRecord>, StoreError>;
+
     /// Moves approved bots whose approval ran out to `expired`, writing an
     /// `expired` activity by `node` for each in the same transaction; frees
     /// nothing. Returns the bots it expired.

@@ -182,6 +182,7 @@ conformance_cases!(
     reviews_wait_for_an_admin_and_approval_pins_the_new_account,
     auto_assignment_text_counts_slots_and_keeps_the_bot_name,
     no_table_holds_a_credential_in_clear,
+    unapproved_bots_hold_at_most_their_share_even_under_a_race,
     a_failure_midway_writes_nothing,
 );
 
@@ -212,6 +213,7 @@ fn new_bot(phone: &str, server_name: &str, n: u128) -> NewBot {
         phone: PhoneNumber::parse(phone).unwrap(),
         server: server(server_name),
         credentials: creds::credentials(phone, 1),
+        pending_share_percent: 100,
     }
 }
 
@@ -1005,4 +1007,38 @@ async fn reviews_wait_for_an_admin_and_approval_pins_the_new_account(f: Fixture)
     assert_eq!(s.reject_review("r3", &effects("rejected"), NOW + 7).await.unwrap().status, ReviewStatus::Rejected);
     assert!(matches!(s.approve_review("r3", &effects("a"), NOW + 8).await, Err(StoreError::ReviewNotFound)));
     assert_eq!(s.load_credentials(&bot.id).await.unwrap().unwrap().1, 2);
+}
+
+/// Finding 3 of the outside probe: unapproved bots could fill a server.
+/// With a 50 % share, 60 racing registrations on 10 slots leave exactly 5
+/// pending; approving one makes room for one more; rejecting frees one.
+async fn unapproved_bots_hold_at_most_their_share_even_under_a_race(f: Fixture) {
+    let s = f.store.clone();
+    add_server(&*s, "SERVER0", 10).await;
+    let tasks = (0..60u32).map(|n| {
+        let s = s.clone();
+        tokio::spawn(async move {
+            let mut bot = unique_bot(&creds::phone(14, n), "SERVER0");
+            bot.pending_share_percent = 50;
+            s.register_bot(&bot, &effects("registered"), NOW).await
+        })
+    });
+    let results: Vec<_> = join_all(tasks).await.into_iter().map(Result::unwrap).collect();
+    let placed: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(placed.len(), 5);
+    assert!(results.iter().all(|r| matches!(r, Ok(_) | Err(StoreError::ServerFull(_)))));
+    s.approve_bot(&placed[0].bot.id, NOW + 1000, &effects("approved"), NOW).await.unwrap();
+    let mut more = unique_bot(&creds::phone(14, 100), "SERVER0");
+    more.pending_share_percent = 50;
+    s.register_bot(&more, &effects("registered"), NOW).await.unwrap();
+    let mut refused = unique_bot(&creds::phone(14, 101), "SERVER0");
+    refused.pending_share_percent = 50;
+    assert!(matches!(s.register_bot(&refused, &effects("r"), NOW).await, Err(StoreError::ServerFull(_))));
+    s.reject_bot(&placed[1].bot.id, &effects("rejected"), NOW).await.unwrap();
+    s.register_bot(&refused, &effects("registered"), NOW).await.unwrap();
+    // The slot count is still the whole truth: 6 bots hold slots.
+    assert_eq!(s.get_server(&server("SERVER0")).await.unwrap().unwrap().current_bot_count, 6);
+    let stale = s.stale_pending_bots(NOW + 1, 100).await.unwrap();
+    assert_eq!(stale.len(), 5, "five still wait for approval");
+    assert_consistent(&*s).await;
 }

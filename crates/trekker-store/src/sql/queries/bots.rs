@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use trekker_domain::{ApprovalStatus, BotId, Credentials, PhoneNumber, ServerName, ServerStatus};
 
 use super::{BEGIN_WRITE, Db, fetch_bot_in, fetch_server_in, insert_activity_in, insert_effects_in};
-use super::{lock_approval_in, ownership, release_slot_in};
+use super::{leave_pending_in, lock_approval_in, ownership, release_slot_in};
 use crate::error::StoreError;
 use crate::model::*;
 use crate::sql::SqlStore;
@@ -75,13 +75,18 @@ impl BotStore for SqlStore<Db> {
 
         // The reservation: one conditional UPDATE, atomic under concurrency
         // on both backends (invariant 2).
+        // The pending cap is on the row too, so it is exact under
+        // concurrency for the same reason.
         let free_after: Option<i64> = sqlx::query_scalar(
-            "UPDATE server_registry SET current_bot_count = current_bot_count + 1, updated_at = $2 \
+            "UPDATE server_registry SET current_bot_count = current_bot_count + 1, \
+             pending_count = pending_count + 1, updated_at = $2 \
              WHERE server_name = $1 AND server_status = 'active' AND current_bot_count < max_bot_count \
+             AND pending_count * 100 < max_bot_count * $3 \
              RETURNING max_bot_count - current_bot_count",
         )
         .bind(bot.server.as_str())
         .bind(now)
+        .bind(bot.pending_share_percent.clamp(1, 100))
         .fetch_optional(&mut *tx)
         .await?;
         let Some(free_after) = free_after else {
@@ -240,8 +245,11 @@ impl BotStore for SqlStore<Db> {
         now: Millis,
     ) -> Result<BotRecord, StoreError> {
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        let (current, _) = lock_approval_in(&mut tx, id).await?;
+        let (current, row) = lock_approval_in(&mut tx, id).await?;
         let next = current.approve()?;
+        if current == ApprovalStatus::Pending {
+            leave_pending_in(&mut tx, &row.server_name, now).await?;
+        }
         sqlx::query(
             "UPDATE bot_instances SET approval_status = $2, approval_date = $3, expires_at = $4, \
              updated_at = $3, status = CASE WHEN status = 'online' THEN status ELSE 'loading' END \
@@ -263,6 +271,9 @@ impl BotStore for SqlStore<Db> {
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
         let (current, row) = lock_approval_in(&mut tx, id).await?;
         let next = current.reject()?;
+        if current == ApprovalStatus::Pending {
+            leave_pending_in(&mut tx, &row.server_name, now).await?;
+        }
         if current.occupies_slot() && !next.occupies_slot() {
             release_slot_in(&mut tx, id.as_str(), &row.phone_number, &row.server_name, now).await?;
         }
@@ -282,6 +293,9 @@ impl BotStore for SqlStore<Db> {
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
         let (current, row) = lock_approval_in(&mut tx, id).await?;
         let record = fetch_bot_in(&mut tx, id.as_str()).await?;
+        if current == ApprovalStatus::Pending {
+            leave_pending_in(&mut tx, &row.server_name, now).await?;
+        }
         if current.occupies_slot() {
             release_slot_in(&mut tx, id.as_str(), &row.phone_number, &row.server_name, now).await?;
         }
@@ -289,6 +303,19 @@ impl BotStore for SqlStore<Db> {
         insert_effects_in(&mut tx, effects, None, now).await?;
         tx.commit().await?;
         Ok(record)
+    }
+
+    async fn stale_pending_bots(&self, created_before: Millis, limit: i64) -> Result<Vec<BotRecord>, StoreError> {
+        let rows: Vec<BotRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            bot_columns!(),
+            " FROM bot_instances WHERE approval_status = 'pending' AND created_at < $1 ORDER BY created_at LIMIT $2"
+        ))
+        .bind(created_before)
+        .bind(limit.clamp(1, 1000))
+        .fetch_all(&self.pool)
+        .await?;
+        bots(rows)
     }
 
     async fn expire_due_bots(&self, node: &ServerName, now: Millis) -> Result<Vec<BotRecord>, StoreError> {

@@ -116,6 +116,14 @@ impl ConsistencyStore for SqlStore<Db> {
                     .execute(&mut *tx)
                     .await?;
                 sqlx::query(
+                    "UPDATE server_registry SET pending_count = \
+                     (SELECT COUNT(*) FROM bot_instances b WHERE b.server_name = $1 \
+                      AND b.approval_status = 'pending') WHERE server_name = $1",
+                )
+                .bind(server)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
                     "UPDATE server_registry SET updated_at = $2, current_bot_count = \
                      (SELECT COUNT(*) FROM bot_instances b WHERE b.server_name = $1 \
                       AND b.approval_status <> 'rejected') \

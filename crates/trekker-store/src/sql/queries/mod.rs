@@ -119,6 +119,19 @@ pub(super) async fn release_slot_in(
     Ok(())
 }
 
+/// A bot of `server` stops waiting for approval (approved, rejected, deleted).
+pub(super) async fn leave_pending_in(conn: &mut Conn, server: &str, now: Millis) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE server_registry SET pending_count = pending_count - 1, updated_at = $2 \
+         WHERE server_name = $1 AND pending_count > 0",
+    )
+    .bind(server)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 /// Reads a bot's approval state for an admin transition, locked.
 pub(super) async fn lock_approval_in(conn: &mut Conn, id: &BotId) -> Result<(ApprovalStatus, ApprovalRow), StoreError> {
     let row: Option<ApprovalRow> = sqlx::query_as(concat!(
