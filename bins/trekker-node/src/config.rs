@@ -123,6 +123,14 @@ pub struct Settings {
     /// waiting for approval, so approved guests always find room.
     #[arg(long, env = "PENDING_MAX_PERCENT", default_value_t = 50)]
     pub pending_max_percent: u32,
+    /// Open client connections served at once; past it the node still
+    /// answers /healthz (and 503 to the rest) on a few more, then refuses.
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub http_max_connections: u32,
+    /// Seconds a client has to send a request's headers, and that an idle
+    /// keep-alive connection is kept; also the longest pause inside a body.
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    pub http_header_timeout_secs: u64,
 }
 
 impl fmt::Debug for Settings {
@@ -196,6 +204,8 @@ pub struct Config {
     pub rate_limit_per_min: u32,
     pub pending_ttl: Duration,
     pub pending_max_percent: u32,
+    pub http_max_connections: usize,
+    pub http_header_timeout: Duration,
 }
 
 /// A setting that cannot be used, and why (never its value if secret).
@@ -227,6 +237,12 @@ impl Config {
         }
         if !(1..=8760).contains(&settings.pending_ttl_hours) {
             return Err(invalid("PENDING_TTL_HOURS", "must be between 1 and 8760 (a year)"));
+        }
+        if settings.http_max_connections == 0 {
+            return Err(invalid("HTTP_MAX_CONNECTIONS", "must be at least 1"));
+        }
+        if !(1..=3600).contains(&settings.http_header_timeout_secs) {
+            return Err(invalid("HTTP_HEADER_TIMEOUT_SECS", "must be between 1 and 3600"));
         }
         if !(1..=100).contains(&settings.pending_max_percent) {
             return Err(invalid("PENDING_MAX_PERCENT", "must be between 1 and 100"));
@@ -300,6 +316,8 @@ impl Config {
             rate_limit_per_min: settings.rate_limit_per_min,
             pending_ttl: Duration::from_secs(u64::from(settings.pending_ttl_hours) * 3600),
             pending_max_percent: settings.pending_max_percent,
+            http_max_connections: settings.http_max_connections as usize,
+            http_header_timeout: Duration::from_secs(settings.http_header_timeout_secs),
         })
     }
 

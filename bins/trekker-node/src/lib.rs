@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod http;
+pub mod server;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -251,10 +252,11 @@ impl Application {
         tasks.spawn(trekker_app::sweeper::run(self.state.trekker.clone(), self.sweep_every, self.shutdown.clone()));
         tracing::info!(server = %self.state.config.server_name, "listening on {}", self.addr);
         let router = http::router(self.state.clone());
-        let shutdown = self.shutdown.clone();
-        let served = axum::serve(self.listener, router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
+        let limits = server::ServerLimits {
+            max_connections: self.state.config.http_max_connections,
+            header_timeout: self.state.config.http_header_timeout,
+        };
+        let served = server::serve(self.listener, router, limits, self.shutdown.clone()).await;
         self.shutdown.cancel();
         tasks.close();
         tasks.wait().await;

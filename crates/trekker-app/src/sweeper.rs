@@ -88,16 +88,11 @@ mod tests {
     async fn bots_nobody_approved_in_time_are_rejected_and_their_guests_told() {
         let mut store = Mocks::default();
         let cutoff = NOW - 72 * 3_600_000;
-        store
-            .bots
-            .expect_stale_pending_bots()
-            .withf(move |before, _| *before == cutoff)
-            .times(1)
-            .returning(|_, _| {
-                let mut other = bot_record("SERVER1", ApprovalStatus::Pending);
-                other.id = trekker_domain::BotId::parse("bot-2").unwrap();
-                Ok(vec![bot_record("SERVER0", ApprovalStatus::Pending), other])
-            });
+        store.bots.expect_stale_pending_bots().withf(move |before, _| *before == cutoff).times(1).returning(|_, _| {
+            let mut other = bot_record("SERVER1", ApprovalStatus::Pending);
+            other.id = trekker_domain::BotId::parse("bot-2").unwrap();
+            Ok(vec![bot_record("SERVER0", ApprovalStatus::Pending), other])
+        });
         store.bots.expect_reject_bot().times(2).returning(|id, effects, _| {
             let text = effects.notification.as_ref().unwrap().message.render(None);
             assert!(text.contains("not approved within 72 hours"), "{text}");

@@ -12,5 +12,6 @@ mod node;
 mod registration;
 mod runtime;
 mod secrecy;
+mod slow_clients;
 mod support;
 mod tidy;

@@ -16,6 +16,7 @@ mod views;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 pub use error::{ApiError, ErrorBody, ErrorCode};
@@ -45,6 +46,8 @@ pub fn router(state: AppState) -> Router {
         // Bodies are read up to the limit plus slack for multipart framing;
         // what is over answers 413.
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES + 64 * 1024))
+        // A body that stops arriving is abandoned (slow-client defence).
+        .layer(RequestBodyTimeoutLayer::new(state.config.http_header_timeout))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
