@@ -258,6 +258,31 @@ mod tests {
         for (text, expected) in cases {
             assert_eq!(text, expected);
         }
+        let ownership = [
+            (
+                credentials_valid_other_account(),
+                "Credentials are valid, but this phone number is registered with a session of another WhatsApp \
+                 account. Registering them would wait for an admin's review.",
+            ),
+            (
+                account_mismatch(),
+                "This session is signed by another WhatsApp account than the bot registered for this phone number. \
+                 The running bot is unchanged; an admin will review the change.",
+            ),
+            (
+                older_session(),
+                "A newer session of this WhatsApp account is already registered for this phone number. Pair the \
+                 phone again to get a new session ID.",
+            ),
+            (
+                pending_expired("Bot", 72),
+                "Your bot \"Bot\" was not approved within 72 hours and was removed. Its phone number is free: you \
+                 can register it again.",
+            ),
+        ];
+        for (text, expected) in ownership {
+            assert_eq!(text, expected);
+        }
     }
 
     #[test]
