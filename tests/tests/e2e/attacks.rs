@@ -129,3 +129,27 @@ async fn the_owner_re_pairs_anywhere_older_sessions_are_refused_and_an_admin_can
     host.stop().await;
     other.stop().await;
 }
+
+/// Finding 3 of the outside probe: free phone numbers let one address fill
+/// every slot with bots nobody approves. They get their share only; the
+/// rest stays for bots an admin approves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unapproved_bots_cannot_fill_a_server() {
+    let database = trekker_testkit::sqlite_database();
+    let mut capped = settings(&database.url, "SERVER0", 10);
+    capped.pending_max_percent = 50;
+    let node = spawn_node(capped).await;
+    let mut statuses = Vec::new();
+    for n in 1..=8 {
+        statuses.push(node.register("Spam", &creds::phone(81, n), 1, None).await.status);
+    }
+    assert_eq!(statuses, [201, 201, 201, 201, 201, 503, 503, 503], "5 of 10 slots may wait for approval");
+    let servers = node.get("/api/servers/available").await;
+    assert_eq!(servers.body["servers"][0]["availableSlots"], 5, "the rest stays free");
+    // Approving one makes room for one more guest.
+    let bots = node.admin(Method::GET, "/api/admin/bots", None).await;
+    let first = bots.body["bots"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(node.approve(&first).await.status, 200);
+    assert_eq!(node.register("Guest", &creds::phone(81, 20), 1, None).await.status, 201);
+    node.stop().await;
+}

@@ -225,6 +225,12 @@ async fn retries_and_duplicates_of_one_command_apply_once() {
     assert_eq!((mismatch.status, mismatch.code()), (422, "IDEMPOTENCY_MISMATCH"));
     let no_key = signed_call(&a, None, &other, &token_for(&a, &other)).await;
     assert_eq!((no_key.status, no_key.code()), (400, "INVALID_INPUT"));
+    // Finding 5 of the outside probe: a signed call with the largest
+    // version used to block the bot for good. Refused; updates go on.
+    let leap = update_body(&id, &phone, 8, Some(i64::MAX));
+    let refused = signed_call(&a, Some("command-leap"), &leap, &token_for(&a, &leap)).await;
+    assert_eq!((refused.status, refused.code()), (400, "INVALID_INPUT"), "{refused:?}");
+    assert_eq!(a.state.store.load_credentials(&bot_id).await.unwrap().unwrap().1, 2);
     // An older version is refused and changes nothing.
     let older = update_body(&id, &phone, 9, Some(1));
     let stale = signed_call(&a, Some("command-2"), &older, &token_for(&a, &older)).await;
@@ -304,6 +310,29 @@ mod refusals {
     fn b64(text: &str) -> String {
         use base64::Engine as _;
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+    }
+
+    /// Finding 4 of the outside probe: times near i64's ends wrapped into
+    /// a valid lifetime and a replay record that expired at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn times_that_would_wrap() {
+        refused(|node, body| keys().sign(&Claims { iat: i64::MIN, exp: i64::MAX - 30, ..claims(node, body) }, None))
+            .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn issuer_in_another_letter_case() {
+        refused(|node, body| keys().sign(&Claims { iss: "server1".into(), ..claims(node, body) }, None)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn issued_by_the_node_to_itself() {
+        refused(|node, body| keys().sign(&Claims { iss: "SERVER0".into(), ..claims(node, body) }, None)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn empty_token_id() {
+        refused(|node, body| keys().sign(&Claims { jti: String::new(), ..claims(node, body) }, None)).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -49,9 +49,14 @@ async fn approval_starts_a_bot_and_reject_expiry_delete_and_shutdown_stop_it() {
 
     // Expiry stops it: the node's own sweeper loop finds it.
     raw_sql(&url, "UPDATE bot_instances SET expires_at = 1 WHERE phone_number = '254760000001'").await;
+    // The supervisor stops it at once (it only runs unexpired bots); the
+    // sweeper then records the expiry.
     wait_status(&node, &id, RuntimeStatus::Offline).await;
-    let expired = node.admin(reqwest::Method::GET, &format!("/api/admin/bots/{id}"), None).await;
-    assert_eq!(expired.body["approvalStatus"], "expired");
+    let path = format!("/api/admin/bots/{id}");
+    eventually(Duration::from_secs(10), "the sweeper expires it", || async {
+        node.admin(reqwest::Method::GET, &path, None).await.body["approvalStatus"] == "expired"
+    })
+    .await;
 
     // Reject and delete stop theirs.
     let second = register_approved(&node, &creds::phone(60, 2)).await;
