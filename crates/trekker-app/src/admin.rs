@@ -1,8 +1,12 @@
 //! Admin use cases: approve, reject, delete, inspect, server changes, and
 //! registry inconsistency checks and repair.
 
+use base64::Engine as _;
+use trekker_domain::RuntimeStatus;
 use trekker_domain::{ApprovalStatus, BotId, ServerName, ServerStatus, messages, time};
-use trekker_store::{BotFilter, BotRecord, Inconsistency, NewActivity, ServerPatch, ServerSnapshot, SideEffects};
+use trekker_store::{
+    BotCursor, BotFilter, BotRecord, Inconsistency, MAX_PAGE, NewActivity, ServerPatch, ServerSnapshot, SideEffects,
+};
 
 use crate::{AppError, Trekker, telemetry};
 
@@ -74,7 +78,9 @@ impl Trekker {
         Ok(ServerView { online: self.is_server_online(&updated), server: updated })
     }
 
-    pub async fn bots(&self, server: Option<&str>, approval: Option<&str>) -> Result<Vec<BotRecord>, AppError> {
+    /// One page of bots (newest first) and the cursor of the next page.
+    pub async fn bots(&self, query: &BotQuery) -> Result<(Vec<BotRecord>, Option<String>), AppError> {
+        let (server, approval) = (query.server.as_deref(), query.approval.as_deref());
         let server = server
             .filter(|s| !s.is_empty())
             .map(|s| {
@@ -89,9 +95,53 @@ impl Trekker {
                 })
             })
             .transpose()?;
-        Ok(self.store.bots.list_bots(&BotFilter { server, approval }).await?)
+        let status = query
+            .status
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<RuntimeStatus>().map_err(|_| {
+                    AppError::InvalidInput("status must be offline, loading, online, error or failed.".into())
+                })
+            })
+            .transpose()?;
+        let limit = match query.limit {
+            Some(limit) if !(1..=MAX_PAGE).contains(&limit) => {
+                return Err(AppError::InvalidInput(format!("limit must be between 1 and {MAX_PAGE}.")));
+            }
+            limit => limit,
+        };
+        let after = query.after.as_deref().filter(|a| !a.is_empty()).map(parse_cursor).transpose()?;
+        let page = self.store.bots.list_bots(&BotFilter { server, approval, status, after, limit }).await?;
+        Ok((page.bots, page.next.as_ref().map(format_cursor)))
     }
+}
 
+/// The admin bot list's query (API.md: `server`, `approval`, `status`,
+/// `limit`, `after`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BotQuery {
+    pub server: Option<String>,
+    pub approval: Option<String>,
+    pub status: Option<String>,
+    pub limit: Option<i64>,
+    pub after: Option<String>,
+}
+
+/// An opaque cursor: base64url of `<created_at>.<bot id>`.
+fn format_cursor(cursor: &BotCursor) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{}.{}", cursor.created_at, cursor.id))
+}
+
+fn parse_cursor(text: &str) -> Result<BotCursor, AppError> {
+    let bad = || AppError::InvalidInput("after is not a cursor this API gave out.".into());
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).map_err(|_| bad())?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    let (created_at, id) = text.split_once('.').ok_or_else(bad)?;
+    Ok(BotCursor { created_at: created_at.parse().map_err(|_| bad())?, id: BotId::parse(id).map_err(|_| bad())? })
+}
+
+impl Trekker {
     pub async fn bot(&self, id: &str) -> Result<BotRecord, AppError> {
         let id = parse_bot_id(id)?;
         self.store.bots.get_bot(&id).await?.ok_or_else(|| AppError::NotFound("Bot not found.".into()))

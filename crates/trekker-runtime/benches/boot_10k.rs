@@ -63,11 +63,25 @@ async fn main() {
     let shutdown = CancellationToken::new();
     let started = Instant::now();
     let task = tokio::spawn(supervisor.run(Arc::new(Notify::new()), shutdown.clone()));
-    let filter = BotFilter { server: Some(node.clone()), approval: Some(ApprovalStatus::Approved) };
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        let online =
-            store.list_bots(&filter).await.unwrap().iter().filter(|b| b.status == RuntimeStatus::Online).count();
+        // Count the online bots page by page (a page holds at most 1,000).
+        let mut filter = BotFilter {
+            server: Some(node.clone()),
+            approval: Some(ApprovalStatus::Approved),
+            status: Some(RuntimeStatus::Online),
+            limit: Some(1000),
+            after: None,
+        };
+        let mut online = 0;
+        loop {
+            let page = store.list_bots(&filter).await.unwrap();
+            online += page.bots.len();
+            match page.next {
+                Some(next) => filter.after = Some(next),
+                None => break,
+            }
+        }
         if online == bots as usize {
             break;
         }

@@ -108,11 +108,35 @@ pub enum VersionRule {
     Exactly(i64),
 }
 
-/// Filters of the admin bot list.
+/// Filters and page of the admin bot list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BotFilter {
     pub server: Option<ServerName>,
     pub approval: Option<ApprovalStatus>,
+    pub status: Option<RuntimeStatus>,
+    /// Continue after this bot (keyset paging: newest first, then by id).
+    pub after: Option<BotCursor>,
+    /// Page size; 100 when not given, at most [`MAX_PAGE`].
+    pub limit: Option<i64>,
+}
+
+/// The largest page of any list.
+pub const MAX_PAGE: i64 = 1000;
+/// The page size when none is asked for.
+pub const DEFAULT_PAGE: i64 = 100;
+
+/// Where a page of bots ends: the last bot's creation time and id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BotCursor {
+    pub created_at: Millis,
+    pub id: BotId,
+}
+
+/// One page of bots, and where the next one starts (none on the last).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BotPage {
+    pub bots: Vec<BotRecord>,
+    pub next: Option<BotCursor>,
 }
 
 /// An audit record to append.

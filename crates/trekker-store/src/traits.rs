@@ -59,8 +59,8 @@ pub trait BotStore: Send + Sync + 'static {
         server: &ServerName,
     ) -> Result<Option<BotRecord>, StoreError>;
 
-    /// Bots matching `filter`, newest first.
-    async fn list_bots(&self, filter: &BotFilter) -> Result<Vec<BotRecord>, StoreError>;
+    /// One page of the bots matching `filter`, newest first (ties by id).
+    async fn list_bots(&self, filter: &BotFilter) -> Result<BotPage, StoreError>;
 
     /// Reserves a slot on `bot.server` and inserts the registry row, the bot
     /// row and `effects`, all in ONE transaction (invariants 1-3); the

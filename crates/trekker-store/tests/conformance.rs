@@ -184,6 +184,7 @@ conformance_cases!(
     no_table_holds_a_credential_in_clear,
     unapproved_bots_hold_at_most_their_share_even_under_a_race,
     a_failure_midway_writes_nothing,
+    bot_lists_page_by_keyset_without_gaps_or_repeats,
 );
 
 const NOW: Millis = 1_700_000_000_000;
@@ -287,12 +288,20 @@ async fn register_writes_registry_and_bot_together(f: Fixture) {
     assert_eq!(s.list_activities(None, 10).await.unwrap()[0].action, "registered");
     assert_eq!(s.pending_notifications().await.unwrap(), 1);
     let listed = s
-        .list_bots(&BotFilter { server: Some(server("SERVER0")), approval: Some(ApprovalStatus::Pending) })
+        .list_bots(&BotFilter {
+            server: Some(server("SERVER0")),
+            approval: Some(ApprovalStatus::Pending),
+            ..BotFilter::default()
+        })
         .await
         .unwrap();
-    assert_eq!(listed.len(), 1);
+    assert_eq!(listed.bots.len(), 1);
     assert!(
-        s.list_bots(&BotFilter { server: None, approval: Some(ApprovalStatus::Approved) }).await.unwrap().is_empty()
+        s.list_bots(&BotFilter { approval: Some(ApprovalStatus::Approved), ..BotFilter::default() })
+            .await
+            .unwrap()
+            .bots
+            .is_empty()
     );
     assert_consistent(s).await;
 }
@@ -326,7 +335,7 @@ async fn full_server_refuses_and_writes_nothing(f: Fixture) {
     assert!(matches!(refused, Err(StoreError::ServerFull(ref name)) if name.as_str() == "SERVER0"), "{refused:?}");
     assert!(s.find_registration(&PhoneNumber::parse("254700000011").unwrap()).await.unwrap().is_none());
     assert_eq!(s.get_server(&server("SERVER0")).await.unwrap().unwrap().current_bot_count, 1);
-    assert_eq!(s.list_bots(&BotFilter::default()).await.unwrap().len(), 1);
+    assert_eq!(s.list_bots(&BotFilter::default()).await.unwrap().bots.len(), 1);
     assert_eq!(s.pending_notifications().await.unwrap(), 1);
     assert_eq!(s.list_activities(None, 100).await.unwrap().len(), 1, "the refusal wrote no activity");
     assert_consistent(s).await;
@@ -386,7 +395,7 @@ async fn unknown_and_draining_servers_refuse(f: Fixture) {
         register(s, "254700000020", "SERVER0").await,
         Err(StoreError::ServerNotAccepting { status: ServerStatus::Draining, .. })
     ));
-    assert!(s.list_bots(&BotFilter::default()).await.unwrap().is_empty());
+    assert!(s.list_bots(&BotFilter::default()).await.unwrap().bots.is_empty());
 }
 
 async fn taken_phone_refuses_and_names_the_host(f: Fixture) {
@@ -457,7 +466,7 @@ async fn reject_frees_phone_and_slot_then_reregister_works(f: Fixture) {
     again.name = "second".into();
     let second = s.register_bot(&again, &effects("registered"), NOW).await.unwrap();
     assert_ne!(second.bot.id, bot.id);
-    assert_eq!(s.list_bots(&BotFilter::default()).await.unwrap().len(), 2);
+    assert_eq!(s.list_bots(&BotFilter::default()).await.unwrap().bots.len(), 2);
     assert_consistent(s).await;
 }
 
@@ -678,7 +687,8 @@ async fn concurrent_reservations_never_overfill(f: Fixture) {
     assert_eq!(won, 50);
     for snapshot in s.list_servers().await.unwrap() {
         assert_eq!(snapshot.current_bot_count, 10, "{snapshot:?}");
-        let bots = s.list_bots(&BotFilter { server: Some(snapshot.name.clone()), approval: None }).await.unwrap();
+        let filter = BotFilter { server: Some(snapshot.name.clone()), ..BotFilter::default() };
+        let bots = s.list_bots(&filter).await.unwrap().bots;
         assert_eq!(bots.len(), 10);
     }
     assert_consistent(&*s).await;
@@ -1041,4 +1051,38 @@ async fn unapproved_bots_hold_at_most_their_share_even_under_a_race(f: Fixture) 
     let stale = s.stale_pending_bots(NOW + 1, 100).await.unwrap();
     assert_eq!(stale.len(), 5, "five still wait for approval");
     assert_consistent(&*s).await;
+}
+
+/// Admin lists page by keyset: newest first, ties by id, every bot once,
+/// whatever the page size, even with many bots created in the same
+/// millisecond; filters apply inside the pages.
+async fn bot_lists_page_by_keyset_without_gaps_or_repeats(f: Fixture) {
+    let s = &*f.store;
+    add_server(s, "SERVER0", 100).await;
+    let mut ids = HashSet::new();
+    for n in 0..57u32 {
+        let bot = unique_bot(&creds::phone(15, n), "SERVER0");
+        // Three bots share each millisecond.
+        ids.insert(s.register_bot(&bot, &effects("r"), NOW + i64::from(n / 3)).await.unwrap().bot.id);
+    }
+    for size in [1, 7, 20, 57, 1000] {
+        let mut seen = Vec::new();
+        let mut filter = BotFilter { limit: Some(size), ..BotFilter::default() };
+        loop {
+            let page = s.list_bots(&filter).await.unwrap();
+            assert!(page.bots.len() as i64 <= size);
+            seen.extend(page.bots.iter().map(|b| (b.created_at, b.id.clone())));
+            match page.next {
+                Some(next) => filter.after = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(seen.len(), 57, "page size {size}");
+        assert_eq!(seen.iter().map(|(_, id)| id.clone()).collect::<HashSet<_>>(), ids);
+        let mut sorted = seen.clone();
+        sorted.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        assert_eq!(seen, sorted, "newest first, ties by id");
+    }
+    let online = BotFilter { status: Some(RuntimeStatus::Online), ..BotFilter::default() };
+    assert!(s.list_bots(&online).await.unwrap().bots.is_empty());
 }

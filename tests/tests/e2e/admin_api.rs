@@ -178,3 +178,35 @@ async fn a_failing_webhook_is_retried_until_it_answers() {
     assert_eq!(*attempts.lock().unwrap(), 2);
     node.stop().await;
 }
+
+/// `GET /api/admin/bots` pages: 250 bots in pages of 100, each once; bad
+/// paging input is refused with INVALID_INPUT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bot_list_pages_through_250_bots() {
+    let database = trekker_testkit::sqlite_database();
+    let node = spawn_node(settings(&database.url, "SERVER0", 300)).await;
+    for n in 0..250 {
+        assert_eq!(node.register("Paged", &creds::phone(43, n), 1, None).await.status, 201);
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut path = "/api/admin/bots".to_owned();
+    let mut pages = 0;
+    loop {
+        let page = node.admin(reqwest::Method::GET, &path, None).await;
+        assert_eq!(page.status, 200, "{:?}", page.body);
+        pages += 1;
+        for bot in page.body["bots"].as_array().unwrap() {
+            assert!(seen.insert(bot["id"].as_str().unwrap().to_owned()), "a bot listed twice");
+        }
+        match page.body["next"].as_str() {
+            Some(next) => path = format!("/api/admin/bots?limit=100&after={next}"),
+            None => break,
+        }
+    }
+    assert_eq!((seen.len(), pages), (250, 3));
+    for bad in ["limit=0", "limit=1001", "after=not-a-cursor", "status=sleeping"] {
+        let answer = node.admin(reqwest::Method::GET, &format!("/api/admin/bots?{bad}"), None).await;
+        assert_eq!((answer.status, answer.code()), (400, "INVALID_INPUT"), "{bad}");
+    }
+    node.stop().await;
+}

@@ -118,7 +118,8 @@ async fn four_nodes_400_registrations_fill_exactly_100_slots() {
     let store = &nodes[0].state.store;
     for server in store.list_servers().await.unwrap() {
         assert_eq!(server.current_bot_count, 25, "{server:?}");
-        let bots = store.list_bots(&BotFilter { server: Some(server.name.clone()), approval: None }).await.unwrap();
+        let filter = BotFilter { server: Some(server.name.clone()), ..BotFilter::default() };
+        let bots = store.list_bots(&filter).await.unwrap().bots;
         assert_eq!(bots.len(), 25);
         for bot in bots {
             let entry = store.find_registration(&bot.phone).await.unwrap().expect("registry row");

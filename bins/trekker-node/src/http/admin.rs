@@ -81,31 +81,40 @@ pub(crate) async fn update_server(
 pub(crate) struct BotQuery {
     server: Option<String>,
     approval: Option<String>,
+    status: Option<String>,
+    limit: Option<i64>,
+    after: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AdminBotList {
     bots: Vec<BotDetail>,
     count: usize,
+    /// The cursor of the next page (for `after`); null on the last page.
+    next: Option<String>,
 }
 
 /// Bots, filtered by server and approval status; never credentials.
 #[utoipa::path(get, path = "/api/admin/bots", tag = "admin", security(("admin" = [])),
-    params(("server" = Option<String>, Query), ("approval" = Option<String>, Query)),
+    params(("server" = Option<String>, Query), ("approval" = Option<String>, Query),
+        ("status" = Option<String>, Query), ("limit" = Option<i64>, Query, description = "1-1000, default 100"),
+        ("after" = Option<String>, Query, description = "the `next` of the previous page")),
     responses((status = 200, body = AdminBotList), (status = 400, body = ErrorBody)))]
 pub(crate) async fn list_bots(
     _: Admin,
     State(state): State<AppState>,
     Query(query): Query<BotQuery>,
 ) -> Result<Json<AdminBotList>, ApiError> {
-    let bots: Vec<BotDetail> = state
-        .trekker
-        .bots(query.server.as_deref(), query.approval.as_deref())
-        .await?
-        .iter()
-        .map(BotDetail::from)
-        .collect();
-    Ok(Json(AdminBotList { count: bots.len(), bots }))
+    let query = trekker_app::admin::BotQuery {
+        server: query.server,
+        approval: query.approval,
+        status: query.status,
+        limit: query.limit,
+        after: query.after,
+    };
+    let (page, next) = state.trekker.bots(&query).await?;
+    let bots: Vec<BotDetail> = page.iter().map(BotDetail::from).collect();
+    Ok(Json(AdminBotList { count: bots.len(), bots, next }))
 }
 
 /// One bot.

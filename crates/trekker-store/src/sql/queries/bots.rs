@@ -3,7 +3,7 @@
 //! notification (invariants 1-3).
 
 use async_trait::async_trait;
-use trekker_domain::{ApprovalStatus, BotId, Credentials, PhoneNumber, ServerName, ServerStatus};
+use trekker_domain::{ApprovalStatus, BotId, Credentials, PhoneNumber, RuntimeStatus, ServerName, ServerStatus};
 
 use super::{BEGIN_WRITE, Db, fetch_bot_in, fetch_server_in, insert_activity_in, insert_effects_in};
 use super::{leave_pending_in, lock_approval_in, ownership, release_slot_in};
@@ -52,20 +52,35 @@ impl BotStore for SqlStore<Db> {
         row.map(BotRecord::try_from).transpose()
     }
 
-    async fn list_bots(&self, filter: &BotFilter) -> Result<Vec<BotRecord>, StoreError> {
+    async fn list_bots(&self, filter: &BotFilter) -> Result<BotPage, StoreError> {
+        let limit = filter.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
         let rows: Vec<BotRow> = sqlx::query_as(concat!(
             "SELECT ",
             bot_columns!(),
             " FROM bot_instances \
              WHERE (CAST($1 AS TEXT) IS NULL OR server_name = $1) \
              AND (CAST($2 AS TEXT) IS NULL OR approval_status = $2) \
-             ORDER BY created_at DESC, id"
+             AND (CAST($3 AS TEXT) IS NULL OR status = $3) \
+             AND (CAST($4 AS BIGINT) IS NULL OR created_at < $4 OR (created_at = $4 AND id > $5)) \
+             ORDER BY created_at DESC, id LIMIT $6"
         ))
         .bind(filter.server.as_ref().map(ServerName::as_str))
         .bind(filter.approval.map(ApprovalStatus::as_str))
+        .bind(filter.status.map(RuntimeStatus::as_str))
+        .bind(filter.after.as_ref().map(|c| c.created_at))
+        .bind(filter.after.as_ref().map_or("", |c| c.id.as_str()))
+        // One more than the page: whether a next page exists.
+        .bind(limit + 1)
         .fetch_all(&self.pool)
         .await?;
-        bots(rows)
+        let mut bots = bots(rows)?;
+        let next = if bots.len() as i64 > limit {
+            bots.truncate(limit as usize);
+            bots.last().map(|b| BotCursor { created_at: b.created_at, id: b.id.clone() })
+        } else {
+            None
+        };
+        Ok(BotPage { bots, next })
     }
 
     async fn register_bot(&self, bot: &NewBot, effects: &SideEffects, now: Millis) -> Result<Registered, StoreError> {
