@@ -5,7 +5,8 @@ use base64::Engine as _;
 use trekker_domain::RuntimeStatus;
 use trekker_domain::{ApprovalStatus, BotId, ServerName, ServerStatus, messages, time};
 use trekker_store::{
-    BotCursor, BotFilter, BotRecord, Inconsistency, MAX_PAGE, NewActivity, ServerPatch, ServerSnapshot, SideEffects,
+    BotCursor, BotFilter, BotRecord, CredentialUpdate, DEFAULT_PAGE, Inconsistency, MAX_PAGE, NewActivity,
+    OutboxStatus, ServerPatch, ServerSnapshot, SideEffects,
 };
 
 use crate::{AppError, Trekker, telemetry};
@@ -105,15 +106,52 @@ impl Trekker {
                 })
             })
             .transpose()?;
-        let limit = match query.limit {
-            Some(limit) if !(1..=MAX_PAGE).contains(&limit) => {
-                return Err(AppError::InvalidInput(format!("limit must be between 1 and {MAX_PAGE}.")));
-            }
-            limit => limit,
-        };
-        let after = query.after.as_deref().filter(|a| !a.is_empty()).map(parse_cursor).transpose()?;
+        let limit = Some(page_size(query.limit)?);
+        let after = query
+            .after
+            .as_deref()
+            .filter(|a| !a.is_empty())
+            .map(parse_cursor)
+            .transpose()?
+            .map(|(created_at, id)| {
+                BotId::parse(&id)
+                    .map(|id| BotCursor { created_at, id })
+                    .map_err(|_| AppError::InvalidInput("after is not a cursor this API gave out.".into()))
+            })
+            .transpose()?;
         let page = self.store.bots.list_bots(&BotFilter { server, approval, status, after, limit }).await?;
-        Ok((page.bots, page.next.as_ref().map(format_cursor)))
+        Ok((page.bots, page.next.map(|c| format_cursor(c.created_at, c.id.as_str()))))
+    }
+
+    /// One page of the cross-server outbox (API.md `GET /api/admin/credential-updates`).
+    pub async fn credential_updates(
+        &self,
+        status: Option<&str>,
+        limit: Option<i64>,
+        after: Option<&str>,
+    ) -> Result<(Vec<CredentialUpdate>, Option<String>), AppError> {
+        let status = status
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                OutboxStatus::parse(s).ok_or_else(|| {
+                    AppError::InvalidInput("status must be pending, delivered, superseded, failed or expired.".into())
+                })
+            })
+            .transpose()?;
+        let limit = page_size(limit)?;
+        let after = after.filter(|a| !a.is_empty()).map(parse_cursor).transpose()?;
+        let page = self.store.credential_outbox.list_credential_updates(status, after, limit).await?;
+        Ok((page.updates, page.next.map(|(at, id)| format_cursor(at, &id))))
+    }
+}
+
+/// A page size from a query: 1 to [`MAX_PAGE`], [`DEFAULT_PAGE`] if none.
+fn page_size(limit: Option<i64>) -> Result<i64, AppError> {
+    match limit {
+        Some(limit) if !(1..=MAX_PAGE).contains(&limit) => {
+            Err(AppError::InvalidInput(format!("limit must be between 1 and {MAX_PAGE}.")))
+        }
+        limit => Ok(limit.unwrap_or(DEFAULT_PAGE)),
     }
 }
 
@@ -128,17 +166,23 @@ pub struct BotQuery {
     pub after: Option<String>,
 }
 
-/// An opaque cursor: base64url of `<created_at>.<bot id>`.
-fn format_cursor(cursor: &BotCursor) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{}.{}", cursor.created_at, cursor.id))
+/// An opaque keyset cursor: base64url of `<created_at>.<id>`.
+fn format_cursor(created_at: i64, id: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{created_at}.{id}"))
 }
 
-fn parse_cursor(text: &str) -> Result<BotCursor, AppError> {
+fn parse_cursor(text: &str) -> Result<(i64, String), AppError> {
     let bad = || AppError::InvalidInput("after is not a cursor this API gave out.".into());
+    if text.len() > 256 {
+        return Err(bad());
+    }
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).map_err(|_| bad())?;
     let text = String::from_utf8(bytes).map_err(|_| bad())?;
     let (created_at, id) = text.split_once('.').ok_or_else(bad)?;
-    Ok(BotCursor { created_at: created_at.parse().map_err(|_| bad())?, id: BotId::parse(id).map_err(|_| bad())? })
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return Err(bad());
+    }
+    Ok((created_at.parse().map_err(|_| bad())?, id.to_owned()))
 }
 
 impl Trekker {

@@ -357,7 +357,7 @@ impl OutboxStatus {
         }
     }
 
-    pub(crate) fn parse(text: &str) -> Option<Self> {
+    pub fn parse(text: &str) -> Option<Self> {
         [Self::Pending, Self::Delivered, Self::Failed, Self::Expired, Self::Superseded]
             .into_iter()
             .find(|status| status.as_str() == text)
@@ -379,6 +379,14 @@ pub struct CredentialUpdate {
     pub last_error: Option<String>,
     pub created_at: Millis,
     pub delivered_at: Option<Millis>,
+}
+
+/// One page of the cross-server outbox, newest first; `next` continues it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpdatePage {
+    pub updates: Vec<CredentialUpdate>,
+    /// The last update's creation time and id, when more follow.
+    pub next: Option<(Millis, String)>,
 }
 
 /// A claimed update, with its decrypted credentials, ready to send.

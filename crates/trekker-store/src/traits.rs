@@ -228,6 +228,15 @@ pub trait CredentialOutbox: Send + Sync + 'static {
 
     /// Updates still pending delivery.
     async fn credential_outbox_depth(&self) -> Result<i64, StoreError>;
+
+    /// One page of the outbox (of one status, if given), newest first,
+    /// continuing after `after` (creation time and id).
+    async fn list_credential_updates(
+        &self,
+        status: Option<OutboxStatus>,
+        after: Option<(Millis, String)>,
+        limit: i64,
+    ) -> Result<UpdatePage, StoreError>;
 }
 
 /// `replay_guard`: node-to-node token ids seen before their expiry.

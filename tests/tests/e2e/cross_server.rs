@@ -174,6 +174,17 @@ async fn offline_host_is_queued_at_once_and_newer_update_supersedes() {
     // API.md: a newer update replaced it before delivery; that is no error.
     assert_eq!(old.body["status"], "superseded");
     assert!(old.body["lastError"].is_null(), "{}", old.body);
+    // The admin's view of the outbox, one status at a time, in pages.
+    let listed = b.admin(reqwest::Method::GET, "/api/admin/credential-updates?status=superseded&limit=1", None).await;
+    assert_eq!(listed.status, 200, "{:?}", listed.body);
+    assert_eq!(listed.body["updates"][0]["updateId"], first.body["updateId"]);
+    assert!(listed.body["next"].is_null(), "one superseded update: {:?}", listed.body);
+    let all = b.admin(reqwest::Method::GET, "/api/admin/credential-updates?limit=1", None).await;
+    let next = all.body["next"].as_str().expect("two updates in pages of one");
+    let rest =
+        b.admin(reqwest::Method::GET, &format!("/api/admin/credential-updates?limit=1&after={next}"), None).await;
+    assert_ne!(rest.body["updates"][0]["updateId"], all.body["updates"][0]["updateId"]);
+    assert!(rest.body["next"].is_null());
     let servers = b.get("/api/servers/available").await;
     let host = servers.body["servers"].as_array().unwrap().iter().find(|s| s["name"] == "SERVER0").unwrap().clone();
     assert_eq!(host["online"], false);

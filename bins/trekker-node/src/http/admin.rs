@@ -26,6 +26,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/api/admin/registry/inconsistencies", get(inconsistencies))
         .route("/api/admin/registry/repair", post(repair))
         .route("/api/admin/credential-reviews", get(list_reviews))
+        .route("/api/admin/credential-updates", get(list_credential_updates))
         .route("/api/admin/credential-reviews/{id}/approve", post(approve_review))
         .route("/api/admin/credential-reviews/{id}/reject", post(reject_review))
 }
@@ -284,4 +285,44 @@ pub(crate) async fn reject_review(
 ) -> Result<Json<Value>, ApiError> {
     let review = state.trekker.reject_review(&id).await?;
     Ok(Json(json!({"success": true, "message": "Review rejected.", "review": review_json(&review)})))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct UpdateQuery {
+    status: Option<String>,
+    limit: Option<i64>,
+    after: Option<String>,
+}
+
+/// The cross-server outbox, newest first: pending, delivered, superseded,
+/// failed and expired updates with their attempts and last error.
+#[utoipa::path(get, path = "/api/admin/credential-updates", tag = "admin", security(("admin" = [])),
+    params(("status" = Option<String>, Query), ("limit" = Option<i64>, Query), ("after" = Option<String>, Query)),
+    responses((status = 200, description = "{updates, count, next}"), (status = 400, body = ErrorBody)))]
+pub(crate) async fn list_credential_updates(
+    _: Admin,
+    State(state): State<AppState>,
+    Query(query): Query<UpdateQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let (updates, next) =
+        state.trekker.credential_updates(query.status.as_deref(), query.limit, query.after.as_deref()).await?;
+    let updates: Vec<Value> = updates
+        .iter()
+        .map(|u| {
+            json!({
+                "updateId": u.id,
+                "botId": u.bot_id.as_str(),
+                "phoneNumber": u.phone.as_str(),
+                "sourceServer": u.source.as_str(),
+                "hostingServer": u.target.as_str(),
+                "credentialsVersion": u.version,
+                "status": u.status.as_str(),
+                "attempts": u.attempts,
+                "lastError": u.last_error,
+                "createdAt": trekker_domain::time::iso_datetime(u.created_at),
+                "deliveredAt": u.delivered_at.map(trekker_domain::time::iso_datetime),
+            })
+        })
+        .collect();
+    Ok(Json(json!({"count": updates.len(), "updates": updates, "next": next})))
 }

@@ -158,6 +158,36 @@ impl CredentialOutbox for SqlStore<Db> {
         row.map(CredentialUpdate::try_from).transpose()
     }
 
+    async fn list_credential_updates(
+        &self,
+        status: Option<OutboxStatus>,
+        after: Option<(Millis, String)>,
+        limit: i64,
+    ) -> Result<UpdatePage, StoreError> {
+        let limit = limit.clamp(1, MAX_PAGE);
+        let rows: Vec<OutboxRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            outbox_columns!(),
+            " FROM credential_update_outbox WHERE (CAST($1 AS TEXT) IS NULL OR status = $1) \
+             AND (CAST($2 AS BIGINT) IS NULL OR created_at < $2 OR (created_at = $2 AND id > $3)) \
+             ORDER BY created_at DESC, id LIMIT $4"
+        ))
+        .bind(status.map(OutboxStatus::as_str))
+        .bind(after.as_ref().map(|(at, _)| *at))
+        .bind(after.as_ref().map_or("", |(_, id)| id.as_str()))
+        .bind(limit + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut updates = rows.into_iter().map(CredentialUpdate::try_from).collect::<Result<Vec<_>, _>>()?;
+        let next = if updates.len() as i64 > limit {
+            updates.truncate(limit as usize);
+            updates.last().map(|u| (u.created_at, u.id.clone()))
+        } else {
+            None
+        };
+        Ok(UpdatePage { updates, next })
+    }
+
     async fn credential_outbox_depth(&self) -> Result<i64, StoreError> {
         let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM credential_update_outbox WHERE status = 'pending'")
             .fetch_one(&self.pool)
