@@ -146,7 +146,7 @@ impl Trekker {
 }
 
 /// A page size from a query: 1 to [`MAX_PAGE`], [`DEFAULT_PAGE`] if none.
-fn page_size(limit: Option<i64>) -> Result<i64, AppError> {
+pub(crate) fn page_size(limit: Option<i64>) -> Result<i64, AppError> {
     match limit {
         Some(limit) if !(1..=MAX_PAGE).contains(&limit) => {
             Err(AppError::InvalidInput(format!("limit must be between 1 and {MAX_PAGE}.")))
@@ -167,11 +167,11 @@ pub struct BotQuery {
 }
 
 /// An opaque keyset cursor: base64url of `<created_at>.<id>`.
-fn format_cursor(created_at: i64, id: &str) -> String {
+pub(crate) fn format_cursor(created_at: i64, id: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{created_at}.{id}"))
 }
 
-fn parse_cursor(text: &str) -> Result<(i64, String), AppError> {
+pub(crate) fn parse_cursor(text: &str) -> Result<(i64, String), AppError> {
     let bad = || AppError::InvalidInput("after is not a cursor this API gave out.".into());
     if text.len() > 256 {
         return Err(bad());

@@ -12,9 +12,6 @@ use trekker_store::{BotRecord, CredentialReview, NewActivity, NewReview, SideEff
 
 use crate::{AppError, Trekker, random_u128};
 
-/// The longest page of reviews.
-const MAX_REVIEWS: i64 = 1000;
-
 impl Trekker {
     /// Whether `credentials` may replace `bot`'s: the same account, not an
     /// older pairing. Another account opens a review and is refused with
@@ -57,8 +54,16 @@ impl Trekker {
         Ok(opened)
     }
 
-    pub async fn credential_reviews(&self, limit: Option<i64>) -> Result<Vec<CredentialReview>, AppError> {
-        Ok(self.store.reviews.list_reviews(limit.unwrap_or(100).clamp(1, MAX_REVIEWS)).await?)
+    /// One page of credential reviews, newest first, and the next cursor.
+    pub async fn credential_reviews(
+        &self,
+        limit: Option<i64>,
+        after: Option<&str>,
+    ) -> Result<(Vec<CredentialReview>, Option<String>), AppError> {
+        let limit = crate::admin::page_size(limit)?;
+        let after = after.filter(|a| !a.is_empty()).map(crate::admin::parse_cursor).transpose()?;
+        let page = self.store.reviews.list_reviews(after, limit).await?;
+        Ok((page.reviews, page.next.map(|(at, id)| crate::admin::format_cursor(at, &id))))
     }
 
     /// Applies a review's credentials: the new account is pinned, the

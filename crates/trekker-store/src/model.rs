@@ -389,6 +389,14 @@ pub struct UpdatePage {
     pub next: Option<(Millis, String)>,
 }
 
+/// One page of credential reviews, newest first; `next` continues it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReviewPage {
+    pub reviews: Vec<CredentialReview>,
+    /// The last review's creation time and id, when more follow.
+    pub next: Option<(Millis, String)>,
+}
+
 /// A claimed update, with its decrypted credentials, ready to send.
 #[derive(Debug, Clone)]
 pub struct ClaimedUpdate {

@@ -289,8 +289,9 @@ pub trait ReviewStore: Send + Sync + 'static {
         now: Millis,
     ) -> Result<CredentialReview, StoreError>;
 
-    /// The latest reviews, newest first.
-    async fn list_reviews(&self, limit: i64) -> Result<Vec<CredentialReview>, StoreError>;
+    /// One page of reviews, newest first, continuing after `after`
+    /// (creation time and id); the cursor of the next page, if any.
+    async fn list_reviews(&self, after: Option<(Millis, String)>, limit: i64) -> Result<ReviewPage, StoreError>;
 
     /// Applies an open review's credentials to its bot: the new account is
     /// pinned, the version bumped, an approved bot restarted.

@@ -611,12 +611,30 @@ async fn pairing_lifecycle(f: Fixture) {
     assert!(s.take_pairing("pair-4", NOW).await.unwrap().is_some());
 
     // Racing pollers: exactly one gets the session.
-    let raced = NewPairing { id: "pair-5".into(), ..pairing };
+    let raced = NewPairing { id: "pair-5".into(), ..pairing.clone() };
     s.create_pairing(&raced).await.unwrap();
     s.complete_pairing("pair-5", &credentials, NOW).await.unwrap();
     let takes = join_all((0..8).map(|_| s.take_pairing("pair-5", NOW))).await;
     let handed = takes.iter().filter(|t| matches!(t, Ok(Some(r)) if r.credentials.is_some())).count();
     assert_eq!(handed, 1, "{:?}", takes.iter().map(|t| t.as_ref().map(|r| r.is_some())).collect::<Vec<_>>());
+
+    // Pollers already polling while the pairing completes: still once (a
+    // poll that reads the row between another's take and its own must not
+    // hand it out again).
+    let racing = NewPairing { id: "pair-6".into(), ..pairing.clone() };
+    s.create_pairing(&racing).await.unwrap();
+    let poll = || async {
+        let mut handed = 0;
+        for _ in 0..40 {
+            if s.take_pairing("pair-6", NOW).await.unwrap().is_some_and(|r| r.credentials.is_some()) {
+                handed += 1;
+            }
+        }
+        handed
+    };
+    let complete = async { s.complete_pairing("pair-6", &credentials, NOW).await.unwrap() };
+    let (handed, ()) = tokio::join!(async { join_all((0..6).map(|_| poll())).await.iter().sum::<i32>() }, complete);
+    assert_eq!(handed, 1);
 }
 
 async fn notifications_are_claimed_once(f: Fixture) {
@@ -998,7 +1016,12 @@ async fn reviews_wait_for_an_admin_and_approval_pins_the_new_account(f: Fixture)
     assert_eq!((first.status, first.account_key), (ReviewStatus::Open, other(2).identity().account_key));
     // One open review per bot: a newer change replaces it.
     s.open_review(&review("r2", 3), &effects("review"), NOW + 1).await.unwrap();
-    let listed = s.list_reviews(10).await.unwrap();
+    let ReviewPage { reviews: listed, next } = s.list_reviews(None, 10).await.unwrap();
+    assert!(next.is_none());
+    let first_page = s.list_reviews(None, 1).await.unwrap();
+    let second_page = s.list_reviews(first_page.next, 1).await.unwrap();
+    let ids = (first_page.reviews[0].id.as_str(), second_page.reviews[0].id.as_str());
+    assert_eq!((ids, second_page.next), (("r2", "r1"), None));
     let status = |id: &str| listed.iter().find(|r| r.id == id).unwrap().status;
     assert_eq!((status("r1"), status("r2")), (ReviewStatus::Superseded, ReviewStatus::Open));
     assert!(matches!(s.approve_review("r1", &effects("a"), NOW + 2).await, Err(StoreError::ReviewNotFound)));

@@ -234,6 +234,7 @@ pub(crate) async fn repair(_: Admin, State(state): State<AppState>, body: Bytes)
 #[derive(Debug, Deserialize)]
 pub(crate) struct ReviewQuery {
     limit: Option<i64>,
+    after: Option<String>,
 }
 
 fn review_json(review: &trekker_store::CredentialReview) -> Value {
@@ -250,15 +251,16 @@ fn review_json(review: &trekker_store::CredentialReview) -> Value {
 
 /// Credential changes signed by another WhatsApp account, newest first.
 #[utoipa::path(get, path = "/api/admin/credential-reviews", tag = "admin", security(("admin" = [])),
-    params(("limit" = Option<i64>, Query)),
-    responses((status = 200, description = "{reviews, count}"), (status = 401, body = ErrorBody)))]
+    params(("limit" = Option<i64>, Query), ("after" = Option<String>, Query)),
+    responses((status = 200, description = "{reviews, count, next}"), (status = 401, body = ErrorBody)))]
 pub(crate) async fn list_reviews(
     _: Admin,
     State(state): State<AppState>,
     Query(query): Query<ReviewQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let reviews = state.trekker.credential_reviews(query.limit).await?;
-    Ok(Json(json!({"reviews": reviews.iter().map(review_json).collect::<Vec<_>>(), "count": reviews.len()})))
+    let (reviews, next) = state.trekker.credential_reviews(query.limit, query.after.as_deref()).await?;
+    let reviews: Vec<Value> = reviews.iter().map(review_json).collect();
+    Ok(Json(json!({"count": reviews.len(), "reviews": reviews, "next": next})))
 }
 
 /// Applies a review: the new account is pinned and the bot restarts on it.

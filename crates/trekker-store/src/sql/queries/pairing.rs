@@ -37,6 +37,7 @@ impl PairingStore for SqlStore<Db> {
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
+        let taken = paired.is_some();
         let row = match paired {
             Some(row) => Some(row),
             None => {
@@ -51,8 +52,13 @@ impl PairingStore for SqlStore<Db> {
         if status == PairingStatus::Pending && row.expires_at <= now {
             status = PairingStatus::Expired;
         }
+        // Paired between our DELETE and our SELECT: only the DELETE hands a
+        // session out, so this poll still reads pending (the next takes it).
+        if status == PairingStatus::Paired && !taken {
+            status = PairingStatus::Pending;
+        }
         let credentials = match (row.session_ciphertext, row.session_nonce, row.session_key_id) {
-            (Some(ciphertext), Some(nonce), Some(key_id)) if status == PairingStatus::Paired => {
+            (Some(ciphertext), Some(nonce), Some(key_id)) if taken => {
                 Some(self.open(&row.id, &Sealed { ciphertext, nonce, key_id })?)
             }
             _ => None,

@@ -5,6 +5,7 @@ use async_trait::async_trait;
 use trekker_domain::BotId;
 
 use super::{BEGIN_WRITE, Db, fetch_bot_in, insert_effects_in, ownership};
+use crate::MAX_PAGE;
 use crate::cipher::Sealed;
 use crate::error::StoreError;
 use crate::model::*;
@@ -54,16 +55,28 @@ impl ReviewStore for SqlStore<Db> {
         row.try_into()
     }
 
-    async fn list_reviews(&self, limit: i64) -> Result<Vec<CredentialReview>, StoreError> {
+    async fn list_reviews(&self, after: Option<(Millis, String)>, limit: i64) -> Result<ReviewPage, StoreError> {
+        let limit = limit.clamp(1, MAX_PAGE);
         let rows: Vec<ReviewRow> = sqlx::query_as(concat!(
             "SELECT ",
             review_columns!(),
-            " FROM credential_reviews ORDER BY created_at DESC, id LIMIT $1"
+            " FROM credential_reviews \
+             WHERE (CAST($1 AS BIGINT) IS NULL OR created_at < $1 OR (created_at = $1 AND id > $2)) \
+             ORDER BY created_at DESC, id LIMIT $3"
         ))
-        .bind(limit.clamp(1, 1000))
+        .bind(after.as_ref().map(|(at, _)| *at))
+        .bind(after.as_ref().map_or("", |(_, id)| id.as_str()))
+        .bind(limit + 1)
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter().map(CredentialReview::try_from).collect()
+        let mut reviews = rows.into_iter().map(CredentialReview::try_from).collect::<Result<Vec<_>, _>>()?;
+        let next = if reviews.len() as i64 > limit {
+            reviews.truncate(limit as usize);
+            reviews.last().map(|r| (r.created_at, r.id.clone()))
+        } else {
+            None
+        };
+        Ok(ReviewPage { reviews, next })
     }
 
     async fn approve_review(&self, id: &str, effects: &SideEffects, now: Millis) -> Result<BotRecord, StoreError> {
