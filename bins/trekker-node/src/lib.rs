@@ -140,9 +140,8 @@ impl Application {
             start_rate_per_sec: config.bot_start_rate,
             ..SupervisorTuning::default()
         });
-        let listener = TcpListener::bind(config.bind_addr)
-            .await
-            .map_err(|source| StartupError::Bind { addr: config.bind_addr, source })?;
+        let listener =
+            server::listen(config.bind_addr).map_err(|source| StartupError::Bind { addr: config.bind_addr, source })?;
         let addr = listener.local_addr().map_err(|source| StartupError::Bind { addr: config.bind_addr, source })?;
         let base_url = config.base_url.clone().unwrap_or_else(|| format!("http://{addr}"));
         let registration = ServerRegistration {

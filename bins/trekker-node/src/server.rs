@@ -50,6 +50,20 @@ pub struct ServerLimits {
     pub header_timeout: Duration,
 }
 
+/// Connections the kernel may queue before the accept loop takes them
+/// (tokio's default is 1024; a burst of clients fills that and a health
+/// probe waits behind them). The kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 8192;
+
+/// Binds the node's listener with a deep accept queue.
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    // A restarted node can bind again while old connections linger in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Serves `router` on `listener` until `shutdown`, then drains.
 pub async fn serve(
     listener: TcpListener,
