@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use trekker_domain::{ApprovalStatus, BotId, Credentials, PhoneNumber, RuntimeStatus, ServerName, ServerStatus};
 
 use super::{BEGIN_WRITE, Db, fetch_bot_in, fetch_server_in, insert_activity_in, insert_effects_in};
-use super::{leave_pending_in, lock_approval_in, ownership, release_slot_in};
+use super::{leave_pending_in, lock_approval_in, ownership, release_slot_in, split_page};
 use crate::error::StoreError;
 use crate::model::*;
 use crate::sql::SqlStore;
@@ -73,13 +73,7 @@ impl BotStore for SqlStore<Db> {
         .bind(limit + 1)
         .fetch_all(&self.pool)
         .await?;
-        let mut bots = bots(rows)?;
-        let next = if bots.len() as i64 > limit {
-            bots.truncate(limit as usize);
-            bots.last().map(|b| BotCursor { created_at: b.created_at, id: b.id.clone() })
-        } else {
-            None
-        };
+        let (bots, next) = split_page(bots(rows)?, limit, |b| BotCursor { created_at: b.created_at, id: b.id.clone() });
         Ok(BotPage { bots, next })
     }
 

@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 
-use super::{BEGIN_WRITE, Db, insert_effects_in};
+use super::{BEGIN_WRITE, Db, insert_effects_in, split_page};
 use crate::error::StoreError;
 use crate::model::*;
 use crate::sql::SqlStore;
@@ -178,13 +178,8 @@ impl CredentialOutbox for SqlStore<Db> {
         .bind(limit + 1)
         .fetch_all(&self.pool)
         .await?;
-        let mut updates = rows.into_iter().map(CredentialUpdate::try_from).collect::<Result<Vec<_>, _>>()?;
-        let next = if updates.len() as i64 > limit {
-            updates.truncate(limit as usize);
-            updates.last().map(|u| (u.created_at, u.id.clone()))
-        } else {
-            None
-        };
+        let updates = rows.into_iter().map(CredentialUpdate::try_from).collect::<Result<Vec<_>, _>>()?;
+        let (updates, next) = split_page(updates, limit, |u| (u.created_at, u.id.clone()));
         Ok(UpdatePage { updates, next })
     }
 

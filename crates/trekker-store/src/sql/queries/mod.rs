@@ -34,6 +34,18 @@ pub(super) fn ownership(credentials: &trekker_domain::Credentials) -> Result<([u
     Ok((identity.account_key, timestamp))
 }
 
+/// Keyset paging: a query fetches one row more than `limit`; if it came,
+/// there is a next page, starting after the last row kept (`key` of it).
+pub(super) fn split_page<T, K>(mut rows: Vec<T>, limit: i64, key: impl Fn(&T) -> K) -> (Vec<T>, Option<K>) {
+    let limit = usize::try_from(limit).unwrap_or(0);
+    if rows.len() <= limit {
+        return (rows, None);
+    }
+    rows.truncate(limit);
+    let next = rows.last().map(key);
+    (rows, next)
+}
+
 /// A connection of this backend, inside or outside a transaction.
 type Conn = <Db as sqlx::Database>::Connection;
 

@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use trekker_domain::BotId;
 
-use super::{BEGIN_WRITE, Db, fetch_bot_in, insert_effects_in, ownership};
+use super::{BEGIN_WRITE, Db, fetch_bot_in, insert_effects_in, ownership, split_page};
 use crate::MAX_PAGE;
 use crate::cipher::Sealed;
 use crate::error::StoreError;
@@ -69,13 +69,8 @@ impl ReviewStore for SqlStore<Db> {
         .bind(limit + 1)
         .fetch_all(&self.pool)
         .await?;
-        let mut reviews = rows.into_iter().map(CredentialReview::try_from).collect::<Result<Vec<_>, _>>()?;
-        let next = if reviews.len() as i64 > limit {
-            reviews.truncate(limit as usize);
-            reviews.last().map(|r| (r.created_at, r.id.clone()))
-        } else {
-            None
-        };
+        let reviews = rows.into_iter().map(CredentialReview::try_from).collect::<Result<Vec<_>, _>>()?;
+        let (reviews, next) = split_page(reviews, limit, |r| (r.created_at, r.id.clone()));
         Ok(ReviewPage { reviews, next })
     }
 
