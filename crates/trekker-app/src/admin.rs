@@ -143,49 +143,7 @@ impl Trekker {
         let page = self.store.credential_outbox.list_credential_updates(status, after, limit).await?;
         Ok((page.updates, page.next.map(|(at, id)| format_cursor(at, &id))))
     }
-}
 
-/// A page size from a query: 1 to [`MAX_PAGE`], [`DEFAULT_PAGE`] if none.
-pub(crate) fn page_size(limit: Option<i64>) -> Result<i64, AppError> {
-    match limit {
-        Some(limit) if !(1..=MAX_PAGE).contains(&limit) => {
-            Err(AppError::InvalidInput(format!("limit must be between 1 and {MAX_PAGE}.")))
-        }
-        limit => Ok(limit.unwrap_or(DEFAULT_PAGE)),
-    }
-}
-
-/// The admin bot list's query (API.md: `server`, `approval`, `status`,
-/// `limit`, `after`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct BotQuery {
-    pub server: Option<String>,
-    pub approval: Option<String>,
-    pub status: Option<String>,
-    pub limit: Option<i64>,
-    pub after: Option<String>,
-}
-
-/// An opaque keyset cursor: base64url of `<created_at>.<id>`.
-pub(crate) fn format_cursor(created_at: i64, id: &str) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{created_at}.{id}"))
-}
-
-pub(crate) fn parse_cursor(text: &str) -> Result<(i64, String), AppError> {
-    let bad = || AppError::InvalidInput("after is not a cursor this API gave out.".into());
-    if text.len() > 256 {
-        return Err(bad());
-    }
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).map_err(|_| bad())?;
-    let text = String::from_utf8(bytes).map_err(|_| bad())?;
-    let (created_at, id) = text.split_once('.').ok_or_else(bad)?;
-    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-        return Err(bad());
-    }
-    Ok((created_at.parse().map_err(|_| bad())?, id.to_owned()))
-}
-
-impl Trekker {
     pub async fn bot(&self, id: &str) -> Result<BotRecord, AppError> {
         let id = parse_bot_id(id)?;
         self.store.bots.get_bot(&id).await?.ok_or_else(|| AppError::NotFound("Bot not found.".into()))
@@ -275,6 +233,46 @@ impl Trekker {
             tracing::warn!(error = ?err, action = %activity.action, "could not record an activity");
         }
     }
+}
+
+/// A page size from a query: 1 to [`MAX_PAGE`], [`DEFAULT_PAGE`] if none.
+pub(crate) fn page_size(limit: Option<i64>) -> Result<i64, AppError> {
+    match limit {
+        Some(limit) if !(1..=MAX_PAGE).contains(&limit) => {
+            Err(AppError::InvalidInput(format!("limit must be between 1 and {MAX_PAGE}.")))
+        }
+        limit => Ok(limit.unwrap_or(DEFAULT_PAGE)),
+    }
+}
+
+/// The admin bot list's query (API.md: `server`, `approval`, `status`,
+/// `limit`, `after`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BotQuery {
+    pub server: Option<String>,
+    pub approval: Option<String>,
+    pub status: Option<String>,
+    pub limit: Option<i64>,
+    pub after: Option<String>,
+}
+
+/// An opaque keyset cursor: base64url of `<created_at>.<id>`.
+pub(crate) fn format_cursor(created_at: i64, id: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{created_at}.{id}"))
+}
+
+pub(crate) fn parse_cursor(text: &str) -> Result<(i64, String), AppError> {
+    let bad = || AppError::InvalidInput("after is not a cursor this API gave out.".into());
+    if text.len() > 256 {
+        return Err(bad());
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).map_err(|_| bad())?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    let (created_at, id) = text.split_once('.').ok_or_else(bad)?;
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return Err(bad());
+    }
+    Ok((created_at.parse().map_err(|_| bad())?, id.to_owned()))
 }
 
 #[cfg(test)]
