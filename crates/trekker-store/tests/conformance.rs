@@ -59,68 +59,51 @@ where
     out.push('\n');
 }
 
-#[async_trait::async_trait]
-impl RawSql for SqlStore<Sqlite> {
-    async fn exec(&self, sql: &'static str) {
-        sqlx::query(sql).execute(self.pool()).await.expect("raw sql");
-    }
+/// `RawSql` for one backend: the same code, the dialect's table list and
+/// trigger syntax as arguments.
+macro_rules! impl_raw_sql {
+    ($db:ty, tables = $tables:literal, boom = [$($boom:literal),+ $(,)?] $(,)?) => {
+        #[async_trait::async_trait]
+        impl RawSql for SqlStore<$db> {
+            async fn exec(&self, sql: &'static str) {
+                sqlx::query(sql).execute(self.pool()).await.expect("raw sql");
+            }
 
-    async fn install_boom_trigger(&self) {
-        self.exec(
-            "CREATE TRIGGER boom BEFORE INSERT ON activities WHEN NEW.details = 'boom' \
-             BEGIN SELECT RAISE(ABORT, 'injected failure'); END",
-        )
-        .await;
-    }
+            async fn install_boom_trigger(&self) {
+                $(self.exec($boom).await;)+
+            }
 
-    async fn dump_all_tables(&self) -> String {
-        let tables: Vec<String> =
-            sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
-                .fetch_all(self.pool())
-                .await
-                .unwrap();
-        let mut out = String::new();
-        for table in tables {
-            let sql = sqlx::AssertSqlSafe(format!("SELECT * FROM \"{table}\""));
-            for row in sqlx::query(sql).fetch_all(self.pool()).await.unwrap() {
-                dump_row(&row, &mut out);
+            async fn dump_all_tables(&self) -> String {
+                let tables: Vec<String> = sqlx::query_scalar($tables).fetch_all(self.pool()).await.unwrap();
+                let mut out = String::new();
+                for table in tables {
+                    let sql = sqlx::AssertSqlSafe(format!("SELECT * FROM \"{table}\""));
+                    for row in sqlx::query(sql).fetch_all(self.pool()).await.unwrap() {
+                        dump_row(&row, &mut out);
+                    }
+                }
+                out
             }
         }
-        out
-    }
+    };
 }
 
-#[async_trait::async_trait]
-impl RawSql for SqlStore<Postgres> {
-    async fn exec(&self, sql: &'static str) {
-        sqlx::query(sql).execute(self.pool()).await.expect("raw sql");
-    }
+impl_raw_sql!(
+    Sqlite,
+    tables = "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+    boom = ["CREATE TRIGGER boom BEFORE INSERT ON activities WHEN NEW.details = 'boom' \
+             BEGIN SELECT RAISE(ABORT, 'injected failure'); END"],
+);
 
-    async fn install_boom_trigger(&self) {
-        self.exec(
-            "CREATE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
-             IF NEW.details = 'boom' THEN RAISE EXCEPTION 'injected failure'; END IF; RETURN NEW; END $$",
-        )
-        .await;
-        self.exec("CREATE TRIGGER boom BEFORE INSERT ON activities FOR EACH ROW EXECUTE FUNCTION boom()").await;
-    }
-
-    async fn dump_all_tables(&self) -> String {
-        let tables: Vec<String> =
-            sqlx::query_scalar("SELECT tablename::text FROM pg_tables WHERE schemaname = 'public'")
-                .fetch_all(self.pool())
-                .await
-                .unwrap();
-        let mut out = String::new();
-        for table in tables {
-            let sql = sqlx::AssertSqlSafe(format!("SELECT * FROM \"{table}\""));
-            for row in sqlx::query(sql).fetch_all(self.pool()).await.unwrap() {
-                dump_row(&row, &mut out);
-            }
-        }
-        out
-    }
-}
+impl_raw_sql!(
+    Postgres,
+    tables = "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public'",
+    boom = [
+        "CREATE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+         IF NEW.details = 'boom' THEN RAISE EXCEPTION 'injected failure'; END IF; RETURN NEW; END $$",
+        "CREATE TRIGGER boom BEFORE INSERT ON activities FOR EACH ROW EXECUTE FUNCTION boom()",
+    ],
+);
 
 async fn sqlite_fixture() -> Option<Fixture> {
     let (store, guard) = trekker_testkit::sqlite_store().await;
