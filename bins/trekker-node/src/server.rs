@@ -8,7 +8,7 @@
 //!   the router's layer).
 //! - At most `max_connections` connections are served. Past that, new
 //!   connections go to a small overflow lane that answers `/healthz` (so
-//!   monitoring still sees the node alive) and 503 to anything else, then
+//!   monitoring still sees the node alive) and 429 to anything else, then
 //!   closes. The lane holds at most 64 connections, each for half a second
 //!   at most; when it is full the oldest is dropped for the newest, so slow
 //!   clients cannot keep a health probe out.
@@ -23,7 +23,8 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
-use axum::http::{HeaderValue, Request, Response, StatusCode, header};
+use axum::http::{HeaderValue, Request, Response, header};
+use axum::response::IntoResponse;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -32,6 +33,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
+
+use crate::http::{ApiError, ErrorCode};
 
 /// Connections accepted past the cap, to answer `/healthz` and turn the
 /// rest away with a status instead of silence.
@@ -127,23 +130,16 @@ pub async fn serve(
     Ok(())
 }
 
-/// The overflow lane: alive for monitoring, busy for everyone else.
+/// The overflow lane: alive for monitoring, "too many requests" (API.md's
+/// RATE_LIMITED, with Retry-After) for everyone else.
 async fn at_capacity(request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-    let (status, body) = if request.uri().path() == "/healthz" {
-        (StatusCode::OK, r#"{"status":"ok"}"#)
+    let mut response = if request.uri().path() == "/healthz" {
+        crate::http::healthz_response()
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            r#"{"success":false,"code":"INTERNAL","message":"The node is at its connection limit. Please retry."}"#,
-        )
+        ApiError::new(ErrorCode::RateLimited, "The node is at its connection limit. Please retry shortly.")
+            .with_retry_after(1)
+            .into_response()
     };
-    let mut response = Response::new(Body::from(body));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    }
+    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     Ok(response)
 }

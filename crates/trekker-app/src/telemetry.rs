@@ -30,7 +30,7 @@ pub const NOTIFICATION_OUTBOX_DEPTH: &str = "trekker_notification_outbox_depth";
 /// Gauge: cross-server updates waiting in the outbox.
 pub const CREDENTIAL_OUTBOX_DEPTH: &str = "trekker_credential_outbox_depth";
 /// Counter: client connections past HTTP_MAX_CONNECTIONS (answered only
-/// `/healthz`, 503 otherwise).
+/// `/healthz`, 429 otherwise).
 pub const HTTP_CONNECTIONS_REFUSED: &str = "trekker_http_connections_refused_total";
 /// Counter: refused node-to-node calls by `reason`.
 pub const NODE_CALLS_REFUSED: &str = "trekker_node_calls_refused_total";

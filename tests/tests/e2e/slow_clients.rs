@@ -40,6 +40,14 @@ async fn slow_clients_are_cut_off_and_health_answers_throughout() {
         assert!(status.as_deref().is_some_and(|s| s.starts_with("HTTP/1.1 200")), "healthz: {status:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Past the cap, other requests are told to come back (API.md's 429).
+    let mut busy = TcpStream::connect(node.addr).await.unwrap();
+    busy.write_all(b"GET /api/servers/available HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), busy.read_to_end(&mut answer)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert!(answer.contains(r#""code":"RATE_LIMITED""#) && answer.to_ascii_lowercase().contains("retry-after: 1"));
     // Every slow connection is closed by the node (end of stream, or a
     // reset), none kept open waiting for the rest of its request.
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -20,7 +20,7 @@ use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 pub use error::{ApiError, ErrorBody, ErrorCode};
-pub use ops::metrics_handle;
+pub use ops::{healthz_response, metrics_handle};
 
 use crate::AppState;
 
