@@ -38,10 +38,13 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(config: Config) -> Result<(), String> {
+    // Handlers are installed before the node says it listens: a SIGTERM
+    // right after that line must shut it down gracefully, not kill it.
+    let signals = wait_for_signal()?;
     let app = Application::build(config).await.map_err(|e| format!("cannot start: {e}"))?;
     let shutdown = app.shutdown_token();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signals.await;
         tracing::info!("shutdown requested; finishing in-flight requests");
         shutdown.cancel();
     });
@@ -61,23 +64,25 @@ async fn check(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Installs the SIGINT and SIGTERM handlers now; the future ends at the
+/// first of them.
+fn wait_for_signal() -> Result<impl std::future::Future<Output = ()>, String> {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
+        let mut terminate = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
+        })
+    }
     #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }

@@ -47,17 +47,23 @@ impl Trekker {
         Ok(rejected)
     }
 
-    /// Deletes replay records, idempotency keys and ended pairing requests
-    /// past their time; returns how many.
+    /// Deletes replay records, idempotency keys, ended pairing requests and
+    /// bot departure records past their time; returns how many.
     pub async fn purge_expired_records(&self) -> Result<u64, crate::AppError> {
         let now = self.now();
         let replay = self.store.replay.purge_replay_records(now).await?;
         let keys = self.store.idempotency.purge_idempotency_keys(now).await?;
         // Ended pairing requests are kept a TTL past their expiry, then go.
         let pairings = self.store.pairings.purge_pairings(now - crate::pairing::PAIRING_TTL_SECS * 1000).await?;
-        Ok(replay + keys + pairings)
+        let departures = self.store.runtime.purge_departures(now - DEPARTURES_KEPT_MS).await?;
+        Ok(replay + keys + pairings + departures)
     }
 }
+
+/// How long a bot's departure from a node stays in the change feed. A node
+/// that has not read its changes for longer resyncs in full (it does so
+/// every few minutes anyway).
+pub const DEPARTURES_KEPT_MS: i64 = 24 * 3600 * 1000;
 
 /// Runs sweeps every `every` until `shutdown`.
 pub async fn run(trekker: Arc<Trekker>, every: Duration, shutdown: CancellationToken) {

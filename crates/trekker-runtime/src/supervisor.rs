@@ -1,24 +1,30 @@
 //! The supervisor: runs exactly the bots this node should run.
 //!
 //! Desired = bots hosted here (`server_name`), approved, not expired. The
-//! supervisor reconciles desired with running on every change signal from
-//! this node and on a periodic poll of the database (changes made by other
-//! nodes), and:
+//! supervisor learns them in full at start (and on a long, jittered resync
+//! interval), then reads only what changed since (the store's change feed),
+//! on every change signal from this node and on a short poll for changes
+//! made by other nodes. A quiet node's poll reads no bot row. It:
+//! - holds a node lease (one registry row, a new epoch per start) that
+//!   covers every bot it runs; it renews that one row, and stops everything
+//!   when the lease is lost (another node may have taken its bots), or when
+//!   it cannot renew for half a lease;
 //! - starts what is missing, staggered by a start rate, never more than
-//!   this node's capacity, each only after taking the bot's run lease, which
-//!   checks ownership and the credentials version in the same statement;
-//! - stops what is no longer wanted, and what it can no longer prove it owns
-//!   (its lease renewal did not return the bot);
+//!   this node's capacity, each only after making its lease the bot's
+//!   runner, which checks ownership and the credentials version in the same
+//!   statement;
+//! - stops what is no longer wanted (rejected, expired, deleted, moved);
 //! - restarts a bot whose credentials version changed;
 //! - restarts crashes with capped exponential backoff and jitter, and marks
 //!   a bot `failed` after repeated crashes in a window; a logged-out bot goes
 //!   to `error` and is not restarted. Either waits for new credentials or an
 //!   admin action (both set the bot `loading`).
 //!
-//! Only the hosting node writes a bot's runtime status, and only about its
-//! current credentials version (the store checks both).
+//! Only the hosting node writes a bot's runtime status, only under the lease
+//! that runs it, and only about its current credentials version (the store
+//! checks all three).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,8 +34,8 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use trekker_domain::time::Clock;
-use trekker_domain::{BotId, RuntimeStatus, ServerName};
-use trekker_store::{BotRecord, RuntimeReport, RuntimeStore};
+use trekker_domain::{ApprovalStatus, BotId, RuntimeStatus, ServerName};
+use trekker_store::{BotRecord, ChangeCursor, NodeLease, RuntimeReport, RuntimeStore};
 
 use crate::driver::{BotDriver, BotEvent, BotSpec, DriverEvent, RunningBot};
 
@@ -43,8 +49,11 @@ pub const BOT_CRASHES: &str = "trekker_bot_crashes_total";
 pub struct SupervisorTuning {
     /// How often the database is polled for changes made elsewhere.
     pub poll_every: Duration,
-    /// How long a run lease holds without renewal.
+    /// How long the node lease holds without renewal (renewed every third).
     pub lease: Duration,
+    /// How often the node's bots are read in full (jittered by up to a
+    /// fifth), to heal anything the change feed could not say.
+    pub resync_every: Duration,
     /// Bot starts per second (boot is staggered, never all at once).
     pub start_rate_per_sec: u32,
     pub backoff_min: Duration,
@@ -59,6 +68,7 @@ impl Default for SupervisorTuning {
         Self {
             poll_every: Duration::from_secs(2),
             lease: Duration::from_secs(30),
+            resync_every: Duration::from_secs(600),
             start_rate_per_sec: 20,
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
@@ -118,7 +128,12 @@ pub struct Supervisor {
     events_tx: mpsc::UnboundedSender<DriverEvent>,
     events_rx: mpsc::UnboundedReceiver<DriverEvent>,
     next_generation: u64,
+    /// This node's lease; none before the first poll and after losing it.
+    lease: Option<NodeLease>,
     last_renewed: Option<Instant>,
+    /// Where the change feed reads on from; none: read in full next.
+    cursor: Option<ChangeCursor>,
+    next_resync: Instant,
     start_tokens: f64,
     tokens_at: Instant,
     at_capacity_logged: bool,
@@ -165,7 +180,10 @@ impl Supervisor {
             events_tx,
             events_rx,
             next_generation: 0,
+            lease: None,
             last_renewed: None,
+            cursor: None,
+            next_resync: Instant::now(),
             start_tokens: burst,
             tokens_at: Instant::now(),
             at_capacity_logged: false,
@@ -200,37 +218,114 @@ impl Supervisor {
         self.stop_all().await;
     }
 
-    /// Reads the database: renews leases, refreshes the desired set, stops
-    /// what must stop, restarts what has new credentials.
+    /// Holds the node lease, learns what changed, stops what must stop and
+    /// restarts what has new credentials.
     async fn poll(&mut self) {
+        if !self.hold_lease().await {
+            return;
+        }
+        if !self.refresh_desired().await {
+            return;
+        }
+        self.reconcile().await;
+    }
+
+    /// Takes or renews the node lease; false when the node must not run
+    /// bots now (every bot is stopped then).
+    async fn hold_lease(&mut self) -> bool {
         let now = self.clock.now_ms();
         let lease_ms = self.tuning.lease.as_millis() as i64;
-        let owned: HashSet<BotId> = match self.store.renew_bot_leases(&self.node, now, lease_ms).await {
-            Ok(ids) => {
+        let Some(lease) = self.lease.clone() else {
+            return match self.store.start_node_lease(&self.node, now, lease_ms).await {
+                Ok(lease) => {
+                    tracing::info!(node = %lease.node, epoch = lease.epoch, "node lease taken");
+                    self.lease = Some(lease);
+                    self.last_renewed = Some(Instant::now());
+                    // A new epoch: learn everything again.
+                    self.cursor = None;
+                    true
+                }
+                Err(err) => {
+                    tracing::warn!(error = ?err, "cannot take the node lease; will retry");
+                    false
+                }
+            };
+        };
+        if self.last_renewed.is_some_and(|at| at.elapsed() < self.tuning.lease / 3) {
+            return true;
+        }
+        match self.store.renew_node_lease(&lease, now, lease_ms).await {
+            Ok(true) => {
                 self.last_renewed = Some(Instant::now());
-                ids.into_iter().collect()
+                true
+            }
+            Ok(false) => {
+                // Another node may run our bots now: stop them all without
+                // touching their rows, then start over under a new epoch.
+                tracing::warn!(epoch = lease.epoch, "node lease lost (stalled past it, or restarted elsewhere)");
+                self.stop_everything().await;
+                self.lease = None;
+                false
             }
             Err(err) => {
-                tracing::warn!(error = ?err, "lease renewal failed");
+                tracing::warn!(error = ?err, "node lease renewal failed");
                 // Past half the lease without renewal we can no longer be
                 // sure no other node takes our bots: stop them.
                 if self.last_renewed.is_none_or(|at| at.elapsed() > self.tuning.lease / 2) {
-                    for id in self.running_ids() {
-                        self.stop_bot(&id).await;
-                    }
+                    self.stop_everything().await;
                 }
-                return;
+                false
             }
-        };
-        let bots = match self.store.bots_to_run(&self.node, now).await {
-            Ok(bots) => bots,
-            Err(err) => {
-                tracing::warn!(error = ?err, "listing this node's bots failed; will retry");
-                return;
-            }
-        };
-        self.desired = bots.into_iter().map(|b| (b.id.clone(), b)).collect();
+        }
+    }
 
+    /// Updates the desired set: in full when due, else from the change feed.
+    async fn refresh_desired(&mut self) -> bool {
+        let full = self.cursor.is_none() || Instant::now() >= self.next_resync;
+        if full {
+            match self.store.bots_to_run(&self.node).await {
+                Ok(snapshot) => {
+                    self.desired = snapshot.bots.into_iter().map(|b| (b.id.clone(), b)).collect();
+                    self.cursor = Some(snapshot.cursor);
+                    let every = self.tuning.resync_every;
+                    self.next_resync = Instant::now() + every - jitter(every / 5);
+                }
+                Err(err) => {
+                    tracing::warn!(error = ?err, "listing this node's bots failed; will retry");
+                    return false;
+                }
+            }
+        } else {
+            let cursor = self.cursor.clone().unwrap_or_default();
+            match self.store.bot_changes(&self.node, &cursor).await {
+                Ok(changes) => {
+                    for id in &changes.departed {
+                        self.desired.remove(id);
+                    }
+                    for bot in changes.changed {
+                        if bot.approval == ApprovalStatus::Approved && bot.server == self.node {
+                            self.desired.insert(bot.id.clone(), bot);
+                        } else {
+                            self.desired.remove(&bot.id);
+                        }
+                    }
+                    self.cursor = Some(changes.cursor);
+                }
+                Err(err) => {
+                    tracing::warn!(error = ?err, "reading this node's bot changes failed; will retry");
+                    return false;
+                }
+            }
+        }
+        // Approval runs out with time, not with a write: checked here.
+        let now = self.clock.now_ms();
+        self.desired.retain(|_, bot| bot.expires_at.is_none_or(|at| at > now));
+        true
+    }
+
+    /// Stops what is no longer wanted, restarts what has new credentials,
+    /// and lifts holds after new credentials or an admin action.
+    async fn reconcile(&mut self) {
         for id in self.running_ids() {
             let Some(bot) = self.desired.get(&id).cloned() else {
                 tracing::info!(bot = %id, "bot no longer wanted here (expired, rejected, deleted or moved): stopping");
@@ -239,11 +334,6 @@ impl Supervisor {
                 self.report(&id, version, RuntimeStatus::Offline, 0, None, None).await;
                 continue;
             };
-            if !owned.contains(&id) {
-                tracing::warn!(bot = %id, "run lease lost: stopping");
-                self.stop_bot(&id).await;
-                continue;
-            }
             let running_version = self.bots.get(&id).map_or(0, |m| m.version);
             if bot.credentials_version > running_version {
                 let (from, to) = (running_version, bot.credentials_version);
@@ -265,6 +355,23 @@ impl Supervisor {
         }
         let desired = &self.desired;
         self.bots.retain(|id, m| m.running.is_some() || desired.contains_key(id));
+        self.starts_pending = true;
+    }
+
+    /// Stops every running bot without writing anything (the lease that ran
+    /// them is gone or in doubt).
+    async fn stop_everything(&mut self) {
+        for id in self.running_ids() {
+            if let Some(managed) = self.bots.get_mut(&id) {
+                managed.generation = 0;
+                if let Some(handle) = managed.running.take() {
+                    self.running -= 1;
+                    handle.stop().await;
+                    tracing::warn!(bot = %id, "⏹️ bot stopped: no node lease");
+                }
+            }
+        }
+        self.publish_running();
         self.starts_pending = true;
     }
 
@@ -343,18 +450,18 @@ impl Supervisor {
                 return;
             }
         };
-        let lease_ms = self.tuning.lease.as_millis() as i64;
-        match self.store.acquire_bot_lease(&bot.id, &self.node, version, self.clock.now_ms(), lease_ms).await {
+        let Some(lease) = self.lease.clone() else { return };
+        match self.store.acquire_bot(&bot.id, &lease, version, self.clock.now_ms()).await {
             Ok(true) => {}
             Ok(false) => {
-                tracing::debug!(bot = %bot.id, "run lease not available (moved, changed, or still held elsewhere)");
+                tracing::debug!(bot = %bot.id, "bot not available (moved, changed, or still run by a live lease)");
                 // Ask again at the next poll rather than at every tick.
                 let retry_at = Instant::now() + self.tuning.poll_every;
                 self.bots.entry(bot.id.clone()).or_insert_with(Managed::new).restart_at = Some(retry_at);
                 return;
             }
             Err(err) => {
-                tracing::warn!(bot = %bot.id, error = ?err, "cannot take the run lease");
+                tracing::warn!(bot = %bot.id, error = ?err, "cannot become the bot's runner");
                 return;
             }
         }
@@ -386,7 +493,7 @@ impl Supervisor {
         }
     }
 
-    /// Stops a running bot and gives up its lease (no status written).
+    /// Stops a running bot and gives it up (no status written).
     async fn stop_bot(&mut self, id: &BotId) {
         let Some(managed) = self.bots.get_mut(id) else { return };
         // Events of the stopped run are ignored from now on.
@@ -398,8 +505,15 @@ impl Supervisor {
             self.publish_running();
         }
         self.starts_pending = true;
-        if let Err(err) = self.store.release_bot_lease(id, &self.node).await {
-            tracing::warn!(bot = %id, error = ?err, "cannot release the run lease; it will expire");
+        self.release(id).await;
+    }
+
+    /// Gives the bot up in the database, so another node may run it at once
+    /// (else it waits for this node's lease to run out).
+    async fn release(&self, id: &BotId) {
+        let Some(lease) = &self.lease else { return };
+        if let Err(err) = self.store.release_bot(id, lease).await {
+            tracing::warn!(bot = %id, error = ?err, "cannot release the bot; the node lease covers it until it ends");
         }
     }
 
@@ -464,9 +578,7 @@ impl Supervisor {
             let message =
                 format!("crashed {} times within {} s; last: {error}", managed.crashes.len(), window.as_secs());
             tracing::error!(bot = %id, "{message}: marked failed");
-            if let Err(err) = self.store.release_bot_lease(id, &self.node).await {
-                tracing::warn!(bot = %id, error = ?err, "cannot release the run lease; it will expire");
-            }
+            self.release(id).await;
             self.report(id, version, RuntimeStatus::Failed, 0, Some(message), None).await;
             return;
         }
@@ -491,15 +603,10 @@ impl Supervisor {
         last_error: Option<String>,
         invalid_reason: Option<String>,
     ) {
-        let report = RuntimeReport {
-            bot_id: id.clone(),
-            node: self.node.clone(),
-            version,
-            status,
-            restarts,
-            last_error,
-            invalid_reason,
-        };
+        // Without a lease nothing is written: another node may run the bot.
+        let Some(runner) = self.lease.clone() else { return };
+        let report =
+            RuntimeReport { bot_id: id.clone(), runner, version, status, restarts, last_error, invalid_reason };
         if let Err(err) = self.store.report_runtime(&report, self.clock.now_ms()).await {
             tracing::warn!(bot = %id, error = ?err, "cannot record the bot's status");
         }
@@ -520,9 +627,7 @@ impl Supervisor {
         while stopping.join_next().await.is_some() {}
         self.publish_running();
         for (id, version) in &stopped {
-            if let Err(err) = self.store.release_bot_lease(id, &self.node).await {
-                tracing::warn!(bot = %id, error = ?err, "cannot release the run lease; it will expire");
-            }
+            self.release(id).await;
             self.report(id, *version, RuntimeStatus::Offline, 0, None, None).await;
         }
         tracing::info!(count = stopped.len(), "all bots stopped");

@@ -18,7 +18,9 @@ use trekker_domain::{ApprovalStatus, BotId, Credentials, PhoneNumber, RuntimeSta
 use trekker_runtime::{
     BotDriver, BotEvent, BotSpec, DriverError, DriverEvent, RunningBot, Supervisor, SupervisorTuning,
 };
-use trekker_store::{BotRecord, Millis, RuntimeReport, RuntimeStore, StoreError};
+use trekker_store::{
+    BotChanges, BotRecord, BotSnapshot, ChangeCursor, Millis, NodeLease, RuntimeReport, RuntimeStore, StoreError,
+};
 use trekker_testkit::creds;
 
 const NODE: &str = "SERVER0";
@@ -35,7 +37,8 @@ fn phone(n: u32) -> String {
     creds::phone(90, n)
 }
 
-/// The database as the supervisor sees it.
+/// The database as the supervisor sees it, with a change feed: every edit
+/// bumps a change number, and reads are counted.
 #[derive(Default)]
 struct FakeStore {
     state: Mutex<StoreState>,
@@ -44,18 +47,37 @@ struct FakeStore {
 #[derive(Default)]
 struct StoreState {
     bots: Vec<BotRecord>,
-    /// Bots whose lease renewal no longer comes back (moved elsewhere).
-    lost: HashSet<BotId>,
+    /// The change number of each bot's last write.
+    changed_at: HashMap<BotId, i64>,
+    departed: Vec<(i64, BotId)>,
+    seq: i64,
+    /// Bots another live lease runs: not available to this node.
+    taken: HashSet<BotId>,
+    epoch: i64,
+    /// The node's lease ran out or its epoch moved on: renewals say so.
+    lease_lost: bool,
     /// The database is unreachable for leases.
     renewal_fails: bool,
     reports: Vec<RuntimeReport>,
+    /// Bot rows handed to the supervisor, in full reads and change reads.
+    rows_read: usize,
+    full_reads: usize,
+}
+
+impl StoreState {
+    fn touch(&mut self, id: &BotId) {
+        self.seq += 1;
+        self.changed_at.insert(id.clone(), self.seq);
+    }
 }
 
 impl FakeStore {
     fn with_bots(count: u32) -> Arc<Self> {
         let store = Self::default();
         for n in 1..=count {
-            store.state.lock().unwrap().bots.push(record(n));
+            let mut state = store.state.lock().unwrap();
+            state.bots.push(record(n));
+            state.touch(&bot_id(n));
         }
         Arc::new(store)
     }
@@ -63,6 +85,16 @@ impl FakeStore {
     fn edit(&self, id: &BotId, change: impl FnOnce(&mut BotRecord)) {
         let mut state = self.state.lock().unwrap();
         change(state.bots.iter_mut().find(|b| &b.id == id).unwrap());
+        state.touch(id);
+    }
+
+    /// The bot leaves this node (moved or deleted).
+    fn remove(&self, id: &BotId) {
+        let mut state = self.state.lock().unwrap();
+        state.bots.retain(|b| &b.id != id);
+        state.seq += 1;
+        let seq = state.seq;
+        state.departed.push((seq, id.clone()));
     }
 
     fn last_status(&self, id: &BotId) -> Option<RuntimeStatus> {
@@ -71,6 +103,11 @@ impl FakeStore {
 
     fn last_report(&self, id: &BotId) -> RuntimeReport {
         self.state.lock().unwrap().reports.iter().rev().find(|r| &r.bot_id == id).cloned().unwrap()
+    }
+
+    fn reads(&self) -> (usize, usize) {
+        let state = self.state.lock().unwrap();
+        (state.rows_read, state.full_reads)
     }
 }
 
@@ -96,10 +133,50 @@ fn record(n: u32) -> BotRecord {
     }
 }
 
+fn unreachable() -> StoreError {
+    StoreError::Corrupt("database unreachable".into())
+}
+
 #[async_trait]
 impl RuntimeStore for FakeStore {
-    async fn bots_to_run(&self, _: &ServerName, _: Millis) -> Result<Vec<BotRecord>, StoreError> {
-        Ok(self.state.lock().unwrap().bots.clone())
+    async fn start_node_lease(&self, node: &ServerName, _: Millis, _: i64) -> Result<NodeLease, StoreError> {
+        let mut state = self.state.lock().unwrap();
+        if state.renewal_fails {
+            return Err(unreachable());
+        }
+        state.epoch += 1;
+        state.lease_lost = false;
+        Ok(NodeLease { node: node.clone(), epoch: state.epoch })
+    }
+
+    async fn renew_node_lease(&self, lease: &NodeLease, _: Millis, _: i64) -> Result<bool, StoreError> {
+        let state = self.state.lock().unwrap();
+        if state.renewal_fails {
+            return Err(unreachable());
+        }
+        Ok(!state.lease_lost && lease.epoch == state.epoch)
+    }
+
+    async fn bots_to_run(&self, _: &ServerName) -> Result<BotSnapshot, StoreError> {
+        let mut state = self.state.lock().unwrap();
+        state.rows_read += state.bots.len();
+        state.full_reads += 1;
+        let bots = state.bots.iter().filter(|b| b.approval == ApprovalStatus::Approved).cloned().collect();
+        Ok(BotSnapshot { cursor: ChangeCursor { from: state.seq + 1, pending: Vec::new() }, bots })
+    }
+
+    async fn bot_changes(&self, _: &ServerName, cursor: &ChangeCursor) -> Result<BotChanges, StoreError> {
+        let cursor = cursor.from;
+        let mut state = self.state.lock().unwrap();
+        let changed: Vec<BotRecord> = state
+            .bots
+            .iter()
+            .filter(|b| state.changed_at.get(&b.id).is_some_and(|at| *at >= cursor))
+            .cloned()
+            .collect();
+        let departed = state.departed.iter().filter(|(at, _)| *at >= cursor).map(|(_, id)| id.clone()).collect();
+        state.rows_read += changed.len();
+        Ok(BotChanges { cursor: ChangeCursor { from: state.seq + 1, pending: Vec::new() }, changed, departed })
     }
 
     async fn load_credentials(&self, id: &BotId) -> Result<Option<(Credentials, i64)>, StoreError> {
@@ -111,30 +188,15 @@ impl RuntimeStore for FakeStore {
             .map(|b| (creds::credentials(b.phone.as_str(), b.credentials_version as u32), b.credentials_version)))
     }
 
-    async fn acquire_bot_lease(
-        &self,
-        id: &BotId,
-        _: &ServerName,
-        _: i64,
-        _: Millis,
-        _: i64,
-    ) -> Result<bool, StoreError> {
+    async fn acquire_bot(&self, id: &BotId, lease: &NodeLease, _: i64, _: Millis) -> Result<bool, StoreError> {
         let state = self.state.lock().unwrap();
         if state.renewal_fails {
-            return Err(StoreError::Corrupt("database unreachable".into()));
+            return Err(unreachable());
         }
-        Ok(!state.lost.contains(id))
+        Ok(!state.taken.contains(id) && lease.epoch == state.epoch && !state.lease_lost)
     }
 
-    async fn renew_bot_leases(&self, _: &ServerName, _: Millis, _: i64) -> Result<Vec<BotId>, StoreError> {
-        let state = self.state.lock().unwrap();
-        if state.renewal_fails {
-            return Err(StoreError::Corrupt("database unreachable".into()));
-        }
-        Ok(state.bots.iter().map(|b| b.id.clone()).filter(|id| !state.lost.contains(id)).collect())
-    }
-
-    async fn release_bot_lease(&self, _: &BotId, _: &ServerName) -> Result<(), StoreError> {
+    async fn release_bot(&self, _: &BotId, _: &NodeLease) -> Result<(), StoreError> {
         Ok(())
     }
 
@@ -145,8 +207,14 @@ impl RuntimeStore for FakeStore {
         {
             bot.status = report.status;
         }
+        let id = report.bot_id.clone();
+        state.touch(&id);
         state.reports.push(report.clone());
         Ok(true)
+    }
+
+    async fn purge_departures(&self, _: Millis) -> Result<u64, StoreError> {
+        Ok(0)
     }
 }
 
@@ -238,6 +306,7 @@ fn tuning() -> SupervisorTuning {
     SupervisorTuning {
         poll_every: Duration::from_millis(200),
         lease: Duration::from_secs(4),
+        resync_every: Duration::from_secs(300),
         start_rate_per_sec: 1000,
         backoff_min: Duration::from_secs(1),
         backoff_max: Duration::from_secs(8),
@@ -386,21 +455,74 @@ async fn new_credentials_restart_the_bot_on_the_new_version() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_bot_whose_lease_is_lost_or_that_is_no_longer_wanted_is_stopped() {
+async fn a_bot_no_longer_wanted_is_stopped_and_one_run_elsewhere_is_not_taken() {
+    let store = FakeStore::with_bots(4);
+    let driver = Arc::new(FakeDriver::default());
+    store.state.lock().unwrap().taken.insert(bot_id(4));
+    let supervisor = spawn(&store, &driver, 10, tuning());
+    let_time_pass(Duration::from_millis(500)).await;
+    assert_eq!(driver.running().len(), 3);
+    // Bot 1 moved to another node; bot 2 was rejected; bot 3 expired.
+    store.remove(&bot_id(1));
+    store.edit(&bot_id(2), |bot| bot.approval = ApprovalStatus::Rejected);
+    store.edit(&bot_id(3), |bot| bot.expires_at = Some(500));
+    let_time_pass(Duration::from_millis(500)).await;
+    assert!(driver.running().is_empty(), "{:?}", driver.running());
+    assert_eq!(store.last_status(&bot_id(2)), Some(RuntimeStatus::Offline));
+    // A bot another live lease runs is asked for again, never taken.
+    let_time_pass(Duration::from_secs(30)).await;
+    assert!(driver.starts(&bot_id(4)).is_empty());
+    assert_eq!(driver.starts(&bot_id(1)).len(), 1);
+    supervisor.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_quiet_node_reads_no_bot_rows_between_full_resyncs() {
+    let store = FakeStore::with_bots(50);
+    let driver = Arc::new(FakeDriver::default());
+    let supervisor = spawn(&store, &driver, 100, tuning());
+    let_time_pass(Duration::from_secs(2)).await;
+    assert_eq!(driver.running().len(), 50);
+    let (before, full_before) = store.reads();
+    // A minute of quiet: hundreds of polls (every 200 ms), no bot row read.
+    let_time_pass(Duration::from_secs(60)).await;
+    assert_eq!(store.reads(), (before, full_before), "a quiet poll read bot rows");
+    // One change: that one row, once.
+    store.edit(&bot_id(7), |bot| bot.credentials_version = 2);
+    let_time_pass(Duration::from_secs(2)).await;
+    let (after, _) = store.reads();
+    // The change itself, then the restart's own status reports (written by
+    // this node, read back once each).
+    assert!((1..=4).contains(&(after - before)), "{} rows read for one change", after - before);
+    // The periodic full resync still comes (every 300 s, jittered by a fifth).
+    let_time_pass(Duration::from_secs(300)).await;
+    assert_eq!(store.reads().1, full_before + 1);
+    supervisor.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_node_lease_stops_every_bot_then_a_new_epoch_starts_them() {
     let store = FakeStore::with_bots(3);
     let driver = Arc::new(FakeDriver::default());
     let supervisor = spawn(&store, &driver, 10, tuning());
     let_time_pass(Duration::from_millis(500)).await;
     assert_eq!(driver.running().len(), 3);
-    // Another node holds bot 1 now; bot 2 was rejected (no longer listed).
-    store.state.lock().unwrap().lost.insert(bot_id(1));
-    store.state.lock().unwrap().bots.retain(|b| b.id != bot_id(2));
-    let_time_pass(Duration::from_millis(500)).await;
-    assert_eq!(driver.running(), HashSet::from([bot_id(3)]));
-    assert_eq!(store.last_status(&bot_id(2)), Some(RuntimeStatus::Offline));
-    // And a lost lease is not retaken while the other node holds it.
-    let_time_pass(Duration::from_secs(30)).await;
-    assert_eq!(driver.starts(&bot_id(1)).len(), 1);
+    let reports_before = store.state.lock().unwrap().reports.len();
+    // This node stalled past its lease (or was started again elsewhere).
+    store.state.lock().unwrap().lease_lost = true;
+    let_time_pass(Duration::from_secs(2)).await;
+    let (epoch, reports) = {
+        let state = store.state.lock().unwrap();
+        (state.epoch, state.reports[reports_before..].to_vec())
+    };
+    assert_eq!(epoch, 2, "a new lease was taken");
+    // Each bot was stopped and started again, and nothing was written
+    // under the lost lease.
+    for n in 1..=3 {
+        assert_eq!(driver.starts(&bot_id(n)).len(), 2);
+    }
+    assert!(reports.iter().all(|r| r.runner.epoch == 2), "{reports:?}");
+    assert_eq!(driver.running().len(), 3);
     supervisor.stop().await;
 }
 

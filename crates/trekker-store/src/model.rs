@@ -437,8 +437,10 @@ pub enum IdempotencyBegin {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuntimeReport {
     pub bot_id: BotId,
-    /// The reporting node; ignored unless it hosts the bot.
-    pub node: ServerName,
+    /// The reporting node and its lease; ignored unless the node hosts the
+    /// bot and no other run of it (another node, or an earlier start of
+    /// this one) holds it.
+    pub runner: NodeLease,
     /// The credentials version the report is about; ignored if outdated.
     pub version: i64,
     pub status: RuntimeStatus,
@@ -497,4 +499,63 @@ pub struct CredentialReview {
     pub status: ReviewStatus,
     pub created_at: Millis,
     pub decided_at: Option<Millis>,
+}
+
+/// A node's run lease: its name and the epoch it took at start. A bot's
+/// runner is a `NodeLease`; renewing the node's lease renews every bot it
+/// runs (invariant 4).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NodeLease {
+    pub node: ServerName,
+    pub epoch: i64,
+}
+
+/// Where a reader of the change feed stands: the writes it has not seen
+/// yet are those of transactions numbered `from` or above, or listed in
+/// `pending` (still running when it last looked: PostgreSQL commits out of
+/// order). Exact: a quiet reader reads nothing, a late commit is not missed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ChangeCursor {
+    pub from: i64,
+    pub pending: Vec<i64>,
+}
+
+impl ChangeCursor {
+    /// Reads the database's own form, `from:to:pending,...` (PostgreSQL's
+    /// `pg_current_snapshot()`; SQLite's cursor query writes the same).
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut parts = text.split(':');
+        let (_oldest, next, running) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() {
+            return None;
+        }
+        let pending = running
+            .split(',')
+            .filter(|xid| !xid.is_empty())
+            .map(|xid| xid.parse().ok())
+            .collect::<Option<Vec<i64>>>()?;
+        Some(Self { from: next.parse().ok()?, pending })
+    }
+}
+
+/// A node's bots read in full, with the change cursor to read on from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BotSnapshot {
+    /// Pass to [`crate::RuntimeStore::bot_changes`] next.
+    pub cursor: ChangeCursor,
+    /// The approved bots the node hosts (expiry is the caller's to check).
+    pub bots: Vec<BotRecord>,
+}
+
+/// What changed on a node's bots since a cursor.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BotChanges {
+    /// Pass to [`crate::RuntimeStore::bot_changes`] next.
+    pub cursor: ChangeCursor,
+    /// Bots hosted on the node written since (any approval status): the
+    /// caller keeps the approved ones and drops the rest.
+    pub changed: Vec<BotRecord>,
+    /// Bots that left the node since (moved elsewhere or deleted). Apply
+    /// before `changed`: a bot that left and came back is in both.
+    pub departed: Vec<BotId>,
 }

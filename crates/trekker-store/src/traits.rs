@@ -303,38 +303,51 @@ pub trait ReviewStore: Send + Sync + 'static {
 }
 
 /// What the hosting node's bot supervisor reads and writes (invariant 4).
+///
+/// Liveness is one lease per node (its registry row), not one per bot: a
+/// quiet node renews one row and reads only what changed (DESIGN.md, Scale).
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
 pub trait RuntimeStore: Send + Sync + 'static {
-    /// The approved bots `node` hosts, whose approval has not run out at `now`.
-    async fn bots_to_run(&self, node: &ServerName, now: Millis) -> Result<Vec<BotRecord>, StoreError>;
+    /// Takes a new epoch for `node` (every start, and after a lost lease),
+    /// holding until `now + lease_ms`. Bots run under an earlier epoch of
+    /// the node may be taken at once. `UnknownServer` if the row is gone.
+    async fn start_node_lease(&self, node: &ServerName, now: Millis, lease_ms: i64) -> Result<NodeLease, StoreError>;
+
+    /// Extends the lease until `now + lease_ms`, only if it is still this
+    /// epoch's and has not run out. False: the node lost its bots (another
+    /// node may have taken them) and must stop them and start a new lease.
+    async fn renew_node_lease(&self, lease: &NodeLease, now: Millis, lease_ms: i64) -> Result<bool, StoreError>;
+
+    /// The approved bots `node` hosts, in full, with a change cursor taken
+    /// before reading (the start and the periodic resync).
+    async fn bots_to_run(&self, node: &ServerName) -> Result<BotSnapshot, StoreError>;
+
+    /// What changed on `node`'s bots since `cursor` (a cursor from an
+    /// earlier read). A quiet node's call reads no bot row.
+    async fn bot_changes(&self, node: &ServerName, cursor: &ChangeCursor) -> Result<BotChanges, StoreError>;
 
     /// A bot's decrypted credentials and their version. Only the hosting
     /// node calls this, to start the bot.
     async fn load_credentials(&self, id: &BotId) -> Result<Option<(Credentials, i64)>, StoreError>;
 
-    /// Takes the run lease of a bot for `node` until `now + lease_ms`, only
-    /// if `node` hosts it, it is approved, its credentials are at `version`,
-    /// and no other node holds an unexpired lease (invariant 4).
-    async fn acquire_bot_lease(
-        &self,
-        id: &BotId,
-        node: &ServerName,
-        version: i64,
-        now: Millis,
-        lease_ms: i64,
-    ) -> Result<bool, StoreError>;
+    /// Makes `lease` the bot's runner, only if the lease's node hosts it,
+    /// it is approved, its credentials are at `version`, the lease itself
+    /// holds at `now`, and no other live lease runs the bot (its runner is
+    /// none, this lease, or a lease that ran out or whose epoch is over).
+    async fn acquire_bot(&self, id: &BotId, lease: &NodeLease, version: i64, now: Millis) -> Result<bool, StoreError>;
 
-    /// Extends every lease `node` holds on bots it still hosts; returns
-    /// those bots. A bot missing from the answer must be stopped.
-    async fn renew_bot_leases(&self, node: &ServerName, now: Millis, lease_ms: i64) -> Result<Vec<BotId>, StoreError>;
+    /// Gives up the bot (after stopping it), if `lease` still runs it.
+    async fn release_bot(&self, id: &BotId, lease: &NodeLease) -> Result<(), StoreError>;
 
-    /// Gives up the run lease of a bot (after stopping it).
-    async fn release_bot_lease(&self, id: &BotId, node: &ServerName) -> Result<(), StoreError>;
-
-    /// Records a bot's runtime status; ignored (false) unless `report.node`
-    /// hosts the bot and the report is about its current credentials.
+    /// Records a bot's runtime status; ignored (false) unless the report's
+    /// node hosts the bot, its lease holds at `now`, no other lease runs
+    /// the bot, and the report is about its current credentials.
     async fn report_runtime(&self, report: &RuntimeReport, now: Millis) -> Result<bool, StoreError>;
+
+    /// Deletes departure records written before `before` (a node whose
+    /// cursor is older resyncs in full anyway).
+    async fn purge_departures(&self, before: Millis) -> Result<u64, StoreError>;
 }
 
 /// Everything Trekker keeps in its database: the union of the narrow

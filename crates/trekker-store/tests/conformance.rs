@@ -34,6 +34,25 @@ trait RawSql: Send + Sync {
 
     /// Makes every insert of an activity with details `boom` fail.
     async fn install_boom_trigger(&self);
+
+    /// Runs `sql` in a transaction left open until `commit`.
+    async fn open_write(&self, sql: &'static str) -> Box<dyn OpenWrite>;
+
+    /// Whether one writer at a time holds the database (SQLite).
+    fn single_writer(&self) -> bool;
+}
+
+/// A transaction [`RawSql::open_write`] left open.
+#[async_trait::async_trait]
+trait OpenWrite: Send {
+    async fn commit(self: Box<Self>);
+}
+
+#[async_trait::async_trait]
+impl<DB: sqlx::Database> OpenWrite for sqlx::Transaction<'static, DB> {
+    async fn commit(self: Box<Self>) {
+        (*self).commit().await.expect("commit");
+    }
 }
 
 /// Appends one row's values to `out` (see [`RawSql::dump_all_tables`]).
@@ -62,7 +81,7 @@ where
 /// `RawSql` for one backend: the same code, the dialect's table list and
 /// trigger syntax as arguments.
 macro_rules! impl_raw_sql {
-    ($db:ty, tables = $tables:literal, boom = [$($boom:literal),+ $(,)?] $(,)?) => {
+    ($db:ty, single_writer = $single:literal, tables = $tables:literal, boom = [$($boom:literal),+ $(,)?] $(,)?) => {
         #[async_trait::async_trait]
         impl RawSql for SqlStore<$db> {
             async fn exec(&self, sql: &'static str) {
@@ -71,6 +90,16 @@ macro_rules! impl_raw_sql {
 
             async fn install_boom_trigger(&self) {
                 $(self.exec($boom).await;)+
+            }
+
+            async fn open_write(&self, sql: &'static str) -> Box<dyn OpenWrite> {
+                let mut tx = self.pool().begin().await.expect("begin");
+                sqlx::query(sql).execute(&mut *tx).await.expect("raw sql");
+                Box::new(tx)
+            }
+
+            fn single_writer(&self) -> bool {
+                $single
             }
 
             async fn dump_all_tables(&self) -> String {
@@ -90,6 +119,7 @@ macro_rules! impl_raw_sql {
 
 impl_raw_sql!(
     Sqlite,
+    single_writer = true,
     tables = "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
     boom = ["CREATE TRIGGER boom BEFORE INSERT ON activities WHEN NEW.details = 'boom' \
              BEGIN SELECT RAISE(ABORT, 'injected failure'); END"],
@@ -97,6 +127,7 @@ impl_raw_sql!(
 
 impl_raw_sql!(
     Postgres,
+    single_writer = false,
     tables = "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public'",
     boom = [
         "CREATE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
@@ -160,7 +191,9 @@ conformance_cases!(
     concurrent_churn_keeps_counts_true,
     outbox_versions_supersede_and_claims,
     idempotency_and_replay_guard,
-    run_leases_guard_ownership_and_version,
+    node_leases_fence_runners,
+    the_change_feed_says_what_changed_and_nothing_when_quiet,
+    the_change_feed_misses_no_late_commit,
     only_the_pinned_account_changes_credentials,
     reviews_wait_for_an_admin_and_approval_pins_the_new_account,
     auto_assignment_text_counts_slots_and_keeps_the_bot_name,
@@ -851,46 +884,147 @@ async fn idempotency_and_replay_guard(f: Fixture) {
     assert!(s.remember_jti("SERVER1", "abc", NOW + 60_000).await.unwrap());
 }
 
-async fn run_leases_guard_ownership_and_version(f: Fixture) {
+async fn registered_and_approved(s: &dyn Store, phone: &str, server_name: &str) -> BotRecord {
+    let bot = register(s, phone, server_name).await.unwrap().bot;
+    s.approve_bot(&bot.id, NOW + 1_000_000, &effects("approved"), NOW).await.unwrap()
+}
+
+async fn node_leases_fence_runners(f: Fixture) {
     let s = &*f.store;
     add_server(s, "SERVER0", 5).await;
     add_server(s, "SERVER1", 5).await;
-    let bot = register(s, "254700000300", "SERVER0").await.unwrap().bot;
     let (a, b) = (server("SERVER0"), server("SERVER1"));
-    assert!(!s.acquire_bot_lease(&bot.id, &a, 1, NOW, 30_000).await.unwrap(), "not approved yet");
-    s.approve_bot(&bot.id, NOW + 1_000_000, &effects("approved"), NOW).await.unwrap();
-    assert!(!s.acquire_bot_lease(&bot.id, &b, 1, NOW, 30_000).await.unwrap(), "not the host");
-    assert!(!s.acquire_bot_lease(&bot.id, &a, 2, NOW, 30_000).await.unwrap(), "not the current version");
-    assert!(s.acquire_bot_lease(&bot.id, &a, 1, NOW, 30_000).await.unwrap());
-    assert!(s.acquire_bot_lease(&bot.id, &a, 1, NOW + 1, 30_000).await.unwrap(), "re-entrant for the holder");
-    assert_eq!(s.renew_bot_leases(&a, NOW + 10_000, 30_000).await.unwrap(), vec![bot.id.clone()]);
-    // The bot moves to SERVER1: A can no longer renew, and B waits for the lease.
-    f.raw.exec("UPDATE bot_instances SET server_name = 'SERVER1'").await;
-    assert!(s.renew_bot_leases(&a, NOW + 20_000, 30_000).await.unwrap().is_empty());
-    assert!(!s.acquire_bot_lease(&bot.id, &b, 1, NOW + 20_000, 30_000).await.unwrap(), "A's lease still holds");
-    assert!(s.acquire_bot_lease(&bot.id, &b, 1, NOW + 40_001, 30_000).await.unwrap(), "expired lease is taken");
-    s.release_bot_lease(&bot.id, &a).await.unwrap();
-    assert_eq!(s.renew_bot_leases(&b, NOW + 41_000, 30_000).await.unwrap(), vec![bot.id.clone()]);
-    s.release_bot_lease(&bot.id, &b).await.unwrap();
-    assert!(s.renew_bot_leases(&b, NOW + 42_000, 30_000).await.unwrap().is_empty());
+    let lease_ms = 30_000;
+    let pending = register(s, "254700000301", "SERVER0").await.unwrap().bot;
+    let bot = registered_and_approved(s, "254700000300", "SERVER0").await;
+    assert!(matches!(s.start_node_lease(&server("SERVER9"), NOW, lease_ms).await, Err(StoreError::UnknownServer(_))));
+    let a1 = s.start_node_lease(&a, NOW, lease_ms).await.unwrap();
+    let b1 = s.start_node_lease(&b, NOW, lease_ms).await.unwrap();
+    assert!(!s.acquire_bot(&pending.id, &a1, 1, NOW).await.unwrap(), "not approved");
+    assert!(!s.acquire_bot(&bot.id, &b1, 1, NOW).await.unwrap(), "not the host");
+    assert!(!s.acquire_bot(&bot.id, &a1, 2, NOW).await.unwrap(), "not the current version");
+    assert!(!s.acquire_bot(&bot.id, &a1, 1, NOW + 30_001).await.unwrap(), "under a lease that ran out");
+    assert!(s.acquire_bot(&bot.id, &a1, 1, NOW).await.unwrap());
+    assert!(s.acquire_bot(&bot.id, &a1, 1, NOW + 1).await.unwrap(), "re-entrant for the runner");
+    assert!(s.renew_node_lease(&a1, NOW + 10_000, lease_ms).await.unwrap());
 
-    let report = |node: &ServerName, version| RuntimeReport {
+    // The bot moves to SERVER1: B waits while A's lease lives, however
+    // often it renews, and takes the bot once the lease has run out.
+    f.raw.exec("UPDATE bot_instances SET server_name = 'SERVER1'").await;
+    assert!(s.renew_node_lease(&b1, NOW + 10_000, lease_ms).await.unwrap());
+    assert!(!s.acquire_bot(&bot.id, &b1, 1, NOW + 20_000).await.unwrap(), "A's lease still holds");
+    assert!(s.renew_node_lease(&b1, NOW + 35_000, lease_ms).await.unwrap());
+    assert!(s.acquire_bot(&bot.id, &b1, 1, NOW + 40_001).await.unwrap(), "A's lease ran out at NOW + 40 s");
+    // A stalled past its lease: it cannot renew it, release or report on
+    // the bot B runs now.
+    assert!(!s.renew_node_lease(&a1, NOW + 40_002, lease_ms).await.unwrap(), "a lease that ran out stays over");
+    s.release_bot(&bot.id, &a1).await.unwrap();
+    let report = |runner: &NodeLease, version| RuntimeReport {
         bot_id: bot.id.clone(),
-        node: node.clone(),
+        runner: runner.clone(),
         version,
         status: RuntimeStatus::Online,
         restarts: 1,
         last_error: Some("crashed once".into()),
         invalid_reason: None,
     };
-    assert!(!s.report_runtime(&report(&a, 1), NOW).await.unwrap(), "only the host reports");
-    assert!(!s.report_runtime(&report(&b, 7), NOW).await.unwrap(), "only about current credentials");
-    assert!(s.report_runtime(&report(&b, 1), NOW).await.unwrap());
+    assert!(!s.report_runtime(&report(&a1, 1), NOW).await.unwrap(), "only the host reports");
+    assert!(!s.report_runtime(&report(&b1, 1), NOW + 80_000).await.unwrap(), "only under a live lease");
+    assert!(!s.report_runtime(&report(&b1, 7), NOW).await.unwrap(), "only about current credentials");
+    assert!(s.report_runtime(&report(&b1, 1), NOW).await.unwrap());
     let stored = s.get_bot(&bot.id).await.unwrap().unwrap();
     assert_eq!(
         (stored.status, stored.restarts, stored.last_error.as_deref()),
         (RuntimeStatus::Online, 1, Some("crashed once"))
     );
+
+    // B restarts (new epoch): its old run may be taken over at once, and
+    // the old epoch can neither renew nor report any more.
+    let b2 = s.start_node_lease(&b, NOW + 41_000, lease_ms).await.unwrap();
+    assert!(b2.epoch > b1.epoch);
+    assert!(!s.renew_node_lease(&b1, NOW + 41_000, lease_ms).await.unwrap(), "the old epoch is over");
+    assert!(s.acquire_bot(&bot.id, &b2, 1, NOW + 41_000).await.unwrap(), "a new epoch takes over at once");
+    assert!(!s.acquire_bot(&bot.id, &b1, 1, NOW + 41_000).await.unwrap(), "the old epoch cannot take it back");
+    assert!(!s.report_runtime(&report(&b1, 1), NOW).await.unwrap(), "a stale runner cannot report");
+    // Released, the bot is free for a lease of its host at once.
+    s.release_bot(&bot.id, &b2).await.unwrap();
+    let b3 = s.start_node_lease(&b, NOW + 42_000, lease_ms).await.unwrap();
+    assert!(s.acquire_bot(&bot.id, &b3, 1, NOW + 42_000).await.unwrap());
+}
+
+/// Reads `node`'s change feed from `cursor`: (bots changed, bots departed),
+/// as sorted phone numbers / ids, and the next cursor.
+async fn changes_of(s: &dyn Store, node: &str, cursor: &ChangeCursor) -> (Vec<String>, Vec<BotId>, ChangeCursor) {
+    let changes = s.bot_changes(&server(node), cursor).await.unwrap();
+    let mut changed: Vec<String> = changes.changed.iter().map(|b| b.phone.as_str().to_owned()).collect();
+    changed.sort();
+    (changed, changes.departed, changes.cursor)
+}
+
+async fn the_change_feed_says_what_changed_and_nothing_when_quiet(f: Fixture) {
+    let s = &*f.store;
+    add_server(s, "SERVER0", 10).await;
+    add_server(s, "SERVER1", 10).await;
+    let one = registered_and_approved(s, "254700000310", "SERVER0").await;
+    let two = registered_and_approved(s, "254700000311", "SERVER0").await;
+    register(s, "254700000312", "SERVER0").await.unwrap();
+    let snapshot = s.bots_to_run(&server("SERVER0")).await.unwrap();
+    let mut running: Vec<&str> = snapshot.bots.iter().map(|b| b.phone.as_str()).collect();
+    running.sort_unstable();
+    assert_eq!(running, ["254700000310", "254700000311"], "approved bots only");
+
+    // Quiet: nothing, however often asked.
+    let (changed, departed, cursor) = changes_of(s, "SERVER0", &snapshot.cursor).await;
+    assert!(changed.is_empty() && departed.is_empty(), "{changed:?} {departed:?}");
+    let (changed, _, cursor) = changes_of(s, "SERVER0", &cursor).await;
+    assert!(changed.is_empty());
+
+    // A change on SERVER0 shows there, not on SERVER1.
+    let lease = s.start_node_lease(&server("SERVER0"), NOW, 30_000).await.unwrap();
+    assert!(s.acquire_bot(&one.id, &lease, 1, NOW).await.unwrap());
+    let (changed, _, cursor_after) = changes_of(s, "SERVER0", &cursor).await;
+    assert_eq!(changed, ["254700000310"]);
+    assert!(changes_of(s, "SERVER1", &cursor).await.0.is_empty());
+    let cursor = cursor_after;
+
+    // A move: SERVER0 learns the departure, SERVER1 the arrival.
+    f.raw.exec("UPDATE bot_instances SET server_name = 'SERVER1' WHERE phone_number = '254700000311'").await;
+    let (changed, departed, _) = changes_of(s, "SERVER0", &cursor).await;
+    assert_eq!((changed.len(), departed.clone()), (0, vec![two.id.clone()]));
+    let (changed, departed, _) = changes_of(s, "SERVER1", &cursor).await;
+    assert_eq!((changed, departed.len()), (vec!["254700000311".to_owned()], 0));
+
+    // A delete: a departure too.
+    let (_, _, cursor) = changes_of(s, "SERVER0", &cursor).await;
+    s.delete_bot(&one.id, &effects("deleted"), NOW).await.unwrap();
+    let (changed, departed, cursor) = changes_of(s, "SERVER0", &cursor).await;
+    assert_eq!((changed.len(), departed), (0, vec![one.id.clone()]));
+    assert!(changes_of(s, "SERVER0", &cursor).await.1.is_empty(), "a departure is said once");
+
+    // Old departures are purged.
+    assert_eq!(s.purge_departures(i64::MAX).await.unwrap(), 2);
+    assert!(changes_of(s, "SERVER0", &ChangeCursor::default()).await.1.is_empty());
+}
+
+async fn the_change_feed_misses_no_late_commit(f: Fixture) {
+    let s = &*f.store;
+    add_server(s, "SERVER0", 10).await;
+    registered_and_approved(s, "254700000320", "SERVER0").await;
+    registered_and_approved(s, "254700000321", "SERVER0").await;
+    let cursor = s.bots_to_run(&server("SERVER0")).await.unwrap().cursor;
+    // A transaction writes bot 320 and stays open...
+    let open = f.raw.open_write("UPDATE bot_instances SET restarts = 7 WHERE phone_number = '254700000320'").await;
+    // ...while (where the backend has several writers) a later one writes
+    // bot 321 and commits first.
+    if !f.raw.single_writer() {
+        f.raw.exec("UPDATE bot_instances SET restarts = 8 WHERE phone_number = '254700000321'").await;
+    }
+    let (_, _, cursor) = changes_of(s, "SERVER0", &cursor).await;
+    open.commit().await;
+    // The late commit is in the next read, whatever its place in the order.
+    let changes = s.bot_changes(&server("SERVER0"), &cursor).await.unwrap();
+    let late = changes.changed.iter().find(|b| b.phone.as_str() == "254700000320");
+    assert_eq!(late.map(|b| b.restarts), Some(7), "the late commit was missed: {changes:?}");
 }
 
 async fn auto_assignment_text_counts_slots_and_keeps_the_bot_name(f: Fixture) {

@@ -12,7 +12,7 @@ use trekker_domain::{BotId, RuntimeStatus, ServerName};
 use trekker_runtime::{Fault, ProcessDriver, RunObserver, SimulatedDriver};
 use trekker_testkit::creds;
 
-use crate::support::{TestNode, eventually, fast_runtime, postgres_url, raw_sql, settings, spawn_node_with};
+use crate::support::{TestNode, eventually, fast_runtime, postgres_url, raw_count, raw_sql, settings, spawn_node_with};
 
 async fn status(node: &TestNode, id: &str) -> (RuntimeStatus, i64) {
     let bot = node.state.store.get_bot(&BotId::parse(id).unwrap()).await.unwrap().unwrap();
@@ -270,4 +270,130 @@ async fn process_driver_follows_the_contract() {
     node.stop().await;
     assert!(log(&phone).ends_with(&format!("stop {id}\n")), "{}", log(&phone));
     assert!(!auth.path().join(&id).exists(), "auth directory removed");
+}
+
+/// Wall-clock starts and stops, per node, for the stall test.
+#[derive(Default)]
+struct TimedLedger {
+    events: Mutex<Vec<(i64, BotId, ServerName, &'static str)>>,
+}
+
+impl TimedLedger {
+    fn push(&self, bot: &BotId, node: &ServerName, what: &'static str) {
+        use trekker_domain::time::Clock as _;
+        let now = trekker_domain::time::SystemClock.now_ms();
+        self.events.lock().unwrap().push((now, bot.clone(), node.clone(), what));
+    }
+
+    /// Whether `bot` is running on `node` (started and not stopped since).
+    fn runs_on(&self, bot: &BotId, node: &str) -> bool {
+        let events = self.events.lock().unwrap();
+        let last = events.iter().rev().find(|(_, b, n, _)| b == bot && n.as_str() == node);
+        last.is_some_and(|(.., what)| *what == "start")
+    }
+
+    fn starts(&self, bot: &BotId, node: &str) -> Vec<i64> {
+        let events = self.events.lock().unwrap();
+        events.iter().filter(|(_, b, n, w)| b == bot && n.as_str() == node && *w == "start").map(|e| e.0).collect()
+    }
+}
+
+impl RunObserver for TimedLedger {
+    fn started(&self, bot: &BotId, node: &ServerName) {
+        self.push(bot, node, "start");
+    }
+
+    fn stopped(&self, bot: &BotId, node: &ServerName) {
+        self.push(bot, node, "stop");
+    }
+}
+
+/// A simulated driver whose start of one phone's bot hangs until released:
+/// the supervisor that calls it stalls (as a node stuck in I/O or paused
+/// would), and stops renewing its node lease.
+#[derive(Debug)]
+struct StallingDriver {
+    inner: SimulatedDriver,
+    phone: String,
+    release: Arc<tokio::sync::Semaphore>,
+    stalled: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[async_trait::async_trait]
+impl trekker_runtime::BotDriver for StallingDriver {
+    fn name(&self) -> &'static str {
+        "stalling"
+    }
+
+    async fn start(
+        &self,
+        spec: trekker_runtime::BotSpec,
+        events: tokio::sync::mpsc::UnboundedSender<trekker_runtime::DriverEvent>,
+    ) -> Result<Box<dyn trekker_runtime::RunningBot>, trekker_runtime::DriverError> {
+        // Only the first start hangs; later starts of the bot go through.
+        if spec.phone.as_str() == self.phone && !self.stalled.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            self.release.acquire().await.expect("semaphore").forget();
+        }
+        self.inner.start(spec, events).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_stalled_past_its_lease_loses_its_bots_to_their_new_host() {
+    use trekker_domain::time::Clock as _;
+    let Some(url) = postgres_url().await else { return };
+    let ledger = Arc::new(TimedLedger::default());
+    let stall_phone = creds::phone(66, 2);
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stalling = StallingDriver {
+        inner: simulated().with_observer(ledger.clone()),
+        phone: stall_phone.clone(),
+        release: release.clone(),
+        stalled: stalled.clone(),
+    };
+    let a = spawn_node_with(settings(&url, "SERVER0", 10), fast_runtime(Some(Arc::new(stalling)))).await;
+    let b = spawn_node_with(
+        settings(&url, "SERVER1", 10),
+        fast_runtime(Some(Arc::new(simulated().with_observer(ledger.clone())))),
+    )
+    .await;
+    let moved = register_approved(&a, &creds::phone(66, 1)).await;
+    wait_status(&a, &moved, RuntimeStatus::Online).await;
+    let moved_id = BotId::parse(&moved).unwrap();
+
+    // A stalls starting another bot: its supervisor renews nothing now.
+    let stuck = register_approved(&a, &stall_phone).await;
+    let stuck_id = BotId::parse(&stuck).unwrap();
+    eventually(Duration::from_secs(10), "A stalls", || async { stalled.load(std::sync::atomic::Ordering::SeqCst) })
+        .await;
+    // The operator moves the running bot to B meanwhile.
+    raw_sql(&url, "UPDATE bot_instances SET server_name = 'SERVER1' WHERE phone_number = '254766000001'").await;
+    raw_sql(&url, "UPDATE god_register SET tenancy_name = 'SERVER1' WHERE phone_number = '254766000001'").await;
+    let moved_at = trekker_domain::time::SystemClock.now_ms();
+    eventually(Duration::from_secs(15), "B runs the moved bot", || async { ledger.runs_on(&moved_id, "SERVER1") })
+        .await;
+    // B started it only once A's lease had run out (A never released it:
+    // it is stalled, and still runs its copy).
+    let lease_end: i64 = raw_count(&url, "SELECT lease_until FROM server_registry WHERE server_name = 'SERVER0'").await;
+    let b_started = ledger.starts(&moved_id, "SERVER1")[0];
+    assert!(b_started >= lease_end, "B started at {b_started}, A's lease ran until {lease_end}");
+    assert!(lease_end > moved_at - 3_000, "A held a live lease when the bot moved");
+    assert!(ledger.runs_on(&moved_id, "SERVER0"), "a stalled node cannot act, not even stop");
+
+    // A wakes up: its lease is gone, so it stops everything it ran without
+    // writing, takes a new epoch and starts again only what is still its own.
+    release.add_permits(1);
+    eventually(Duration::from_secs(15), "A stopped its stale copy", || async { !ledger.runs_on(&moved_id, "SERVER0") })
+        .await;
+    wait_status(&a, &stuck, RuntimeStatus::Online).await;
+    eventually(Duration::from_secs(15), "A runs its own bot again", || async { ledger.runs_on(&stuck_id, "SERVER0") })
+        .await;
+    assert!(ledger.runs_on(&moved_id, "SERVER1"), "B keeps the moved bot");
+    assert_eq!(ledger.starts(&moved_id, "SERVER0").len(), 1, "A never took the moved bot back");
+    let epoch: i64 = raw_count(&url, "SELECT epoch FROM server_registry WHERE server_name = 'SERVER0'").await;
+    assert!(epoch >= 2, "A took a new epoch after losing its lease (epoch {epoch})");
+    assert_eq!(status(&b, &moved).await.0, RuntimeStatus::Online, "A wrote nothing over B's run");
+    a.stop().await;
+    b.stop().await;
 }

@@ -89,6 +89,8 @@ pub fn fast_runtime(driver: Option<Arc<dyn trekker_runtime::BotDriver>>) -> Over
     let tuning = trekker_runtime::SupervisorTuning {
         poll_every: Duration::from_millis(200),
         lease: Duration::from_secs(3),
+        // Long enough that the tests see the change feed at work.
+        resync_every: Duration::from_secs(120),
         start_rate_per_sec: 200,
         backoff_min: Duration::from_millis(50),
         backoff_max: Duration::from_millis(200),

@@ -6,7 +6,7 @@
 //! them ordinary code (rustfmt formats them, the IDE shows their types,
 //! errors point at the line) without the wall of sqlx trait bounds that
 //! code generic over the database would need. Where the dialects differ, a
-//! query names one of the three fragments below.
+//! query names one of the fragments below.
 
 /// The database the queries of this module run on.
 type Db = sqlx::Postgres;
@@ -26,6 +26,18 @@ macro_rules! lock_row {
 macro_rules! claim_lock {
     () => {
         "FOR UPDATE SKIP LOCKED"
+    };
+}
+
+/// The next change-feed cursor ([`crate::ChangeCursor`]): the snapshot as
+/// text, `oldest:next:running,...`. A write not visible in it came from a
+/// transaction numbered `next` or above, or from one listed as running.
+const CHANGE_CURSOR: &str = "SELECT CAST(pg_current_snapshot() AS TEXT)";
+
+/// The BIGINTs of the JSON array bound as `$3`, as a subquery.
+macro_rules! json_bigints_3 {
+    () => {
+        "(SELECT CAST(value AS BIGINT) FROM jsonb_array_elements_text(CAST($3 AS JSONB)))"
     };
 }
 

@@ -23,6 +23,19 @@ macro_rules! claim_lock {
     };
 }
 
+/// The next change-feed cursor, in PostgreSQL's form (`oldest:next:`):
+/// one past the change counter. Writers run one at a time and bump the
+/// counter inside their transaction, so every later commit has a change
+/// number at or above it, and none is ever running while we read.
+const CHANGE_CURSOR: &str = "SELECT (seq + 1) || ':' || (seq + 1) || ':' FROM bot_change_counter WHERE id = 1";
+
+/// The integers of the JSON array bound as `$3`, as a subquery.
+macro_rules! json_bigints_3 {
+    () => {
+        "(SELECT value FROM json_each($3))"
+    };
+}
+
 // The same files are compiled for PostgreSQL in `postgres.rs`, on purpose.
 #[allow(clippy::duplicate_mod)]
 #[path = "queries/mod.rs"]

@@ -1,6 +1,6 @@
 //! The SQL of the store, one module per aggregate, compiled once per
-//! backend (the parent module names `Db`, `BEGIN_WRITE`, `lock_row!` and
-//! `claim_lock!`). This file holds the statements several aggregates run
+//! backend (the parent module names `Db`, `BEGIN_WRITE`, `CHANGE_CURSOR`,
+//! `lock_row!` and `claim_lock!`). This file holds the statements several aggregates run
 //! inside their own transactions.
 //!
 //! Placeholders are `$N`, which both drivers accept; times are epoch
@@ -20,7 +20,7 @@ mod servers;
 
 use trekker_domain::{ApprovalStatus, BotId, PhoneNumber, ServerName};
 
-use super::{BEGIN_WRITE, Db};
+use super::{BEGIN_WRITE, CHANGE_CURSOR, Db};
 use crate::error::StoreError;
 use crate::model::*;
 use crate::sql::rows::*;

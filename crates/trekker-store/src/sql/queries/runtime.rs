@@ -1,10 +1,15 @@
-//! [`RuntimeStore`] methods: what the hosting node's supervisor reads, the
-//! run leases that keep one runner per bot, and status reports (invariant 4).
+//! [`RuntimeStore`] methods: node leases, the change feed the hosting
+//! node's supervisor reads, and status reports (invariant 4).
+//!
+//! A node's lease is its registry row (`epoch`, `lease_until`); a bot's
+//! runner is `(runner, runner_epoch)`. Renewing the one row renews every bot
+//! the node runs, and a node that restarts (new epoch) or stalls past its
+//! lease can no longer act on its old runs.
 
 use async_trait::async_trait;
 use trekker_domain::{BotId, Credentials, ServerName};
 
-use super::Db;
+use super::{CHANGE_CURSOR, Db};
 use crate::cipher::Sealed;
 use crate::error::StoreError;
 use crate::model::*;
@@ -12,20 +17,108 @@ use crate::sql::SqlStore;
 use crate::sql::rows::*;
 use crate::traits::RuntimeStore;
 
+/// The bot's runner is absent, is `($2, $3)` itself, or is a lease that is
+/// over (epoch moved on or time ran out at `$4`). Used where `bot_instances`
+/// is the table being written.
+macro_rules! runner_free_or {
+    () => {
+        "(runner IS NULL OR (runner = $2 AND runner_epoch = $3) OR NOT EXISTS (\
+         SELECT 1 FROM server_registry lease WHERE lease.server_name = bot_instances.runner \
+         AND lease.epoch = bot_instances.runner_epoch AND lease.lease_until >= $4))"
+    };
+}
+
+impl SqlStore<Db> {
+    /// Where the change feed stands now; taken before a read, so whatever
+    /// commits during the read is read again next time, never lost.
+    async fn change_cursor(&self) -> Result<ChangeCursor, StoreError> {
+        let text: String = sqlx::query_scalar(CHANGE_CURSOR).fetch_one(&self.pool).await?;
+        ChangeCursor::parse(&text).ok_or_else(|| corrupt("change cursor", &text))
+    }
+}
+
+/// The lease `($2, $3)` itself holds at `$4`.
+macro_rules! own_lease_live {
+    () => {
+        "EXISTS (SELECT 1 FROM server_registry mine WHERE mine.server_name = $2 AND mine.epoch = $3 \
+         AND mine.lease_until >= $4)"
+    };
+}
+
 #[async_trait]
 impl RuntimeStore for SqlStore<Db> {
-    async fn bots_to_run(&self, node: &ServerName, now: Millis) -> Result<Vec<BotRecord>, StoreError> {
+    async fn start_node_lease(&self, node: &ServerName, now: Millis, lease_ms: i64) -> Result<NodeLease, StoreError> {
+        let epoch: Option<i64> = sqlx::query_scalar(
+            "UPDATE server_registry SET epoch = epoch + 1, lease_until = $2 + $3 WHERE server_name = $1 \
+             RETURNING epoch",
+        )
+        .bind(node.as_str())
+        .bind(now)
+        .bind(lease_ms)
+        .fetch_optional(&self.pool)
+        .await?;
+        let epoch = epoch.ok_or_else(|| StoreError::UnknownServer(node.clone()))?;
+        Ok(NodeLease { node: node.clone(), epoch })
+    }
+
+    async fn renew_node_lease(&self, lease: &NodeLease, now: Millis, lease_ms: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE server_registry SET lease_until = $3 + $4 \
+             WHERE server_name = $1 AND epoch = $2 AND lease_until >= $3",
+        )
+        .bind(lease.node.as_str())
+        .bind(lease.epoch)
+        .bind(now)
+        .bind(lease_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn bots_to_run(&self, node: &ServerName) -> Result<BotSnapshot, StoreError> {
+        // The cursor first: anything committed after it is read again by
+        // the next `bot_changes`, never lost.
+        let cursor = self.change_cursor().await?;
         let rows: Vec<BotRow> = sqlx::query_as(concat!(
             "SELECT ",
             bot_columns!(),
-            " FROM bot_instances WHERE server_name = $1 AND approval_status = 'approved' \
-             AND (expires_at IS NULL OR expires_at > $2) ORDER BY created_at DESC, id"
+            " FROM bot_instances WHERE server_name = $1 AND approval_status = 'approved'"
         ))
         .bind(node.as_str())
-        .bind(now)
         .fetch_all(&self.pool)
         .await?;
-        bots(rows)
+        Ok(BotSnapshot { cursor, bots: bots(rows)? })
+    }
+
+    async fn bot_changes(&self, node: &ServerName, cursor: &ChangeCursor) -> Result<BotChanges, StoreError> {
+        let next = self.change_cursor().await?;
+        // A JSON array of integers, bound as text (SQLite has no arrays).
+        let pending = format!("[{}]", cursor.pending.iter().map(i64::to_string).collect::<Vec<_>>().join(","));
+        let departed: Vec<String> = sqlx::query_scalar(concat!(
+            "SELECT bot_id FROM bot_departures WHERE server_name = $1 AND (change_seq >= $2 OR change_seq IN ",
+            json_bigints_3!(),
+            ") ORDER BY change_seq"
+        ))
+        .bind(node.as_str())
+        .bind(cursor.from)
+        .bind(&pending)
+        .fetch_all(&self.pool)
+        .await?;
+        let rows: Vec<BotRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            bot_columns!(),
+            " FROM bot_instances WHERE server_name = $1 AND (change_seq >= $2 OR change_seq IN ",
+            json_bigints_3!(),
+            ")"
+        ))
+        .bind(node.as_str())
+        .bind(cursor.from)
+        .bind(&pending)
+        .fetch_all(&self.pool)
+        .await?;
+        let departed =
+            departed.iter().map(|id| BotId::parse(id).map_err(|_| corrupt("bot id", id))).collect::<Result<_, _>>()?;
+        Ok(BotChanges { cursor: next, changed: bots(rows)?, departed })
     }
 
     async fn load_credentials(&self, id: &BotId) -> Result<Option<(Credentials, i64)>, StoreError> {
@@ -45,68 +138,64 @@ impl RuntimeStore for SqlStore<Db> {
         Ok(Some((self.open(id.as_str(), &sealed)?, row.credentials_version)))
     }
 
-    async fn acquire_bot_lease(
-        &self,
-        id: &BotId,
-        node: &ServerName,
-        version: i64,
-        now: Millis,
-        lease_ms: i64,
-    ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE bot_instances SET runner = $2, runner_until = $4 + $5 \
-             WHERE id = $1 AND server_name = $2 AND approval_status = 'approved' AND credentials_version = $3 \
-             AND (runner IS NULL OR runner = $2 OR runner_until < $4)",
-        )
+    async fn acquire_bot(&self, id: &BotId, lease: &NodeLease, version: i64, now: Millis) -> Result<bool, StoreError> {
+        let done = sqlx::query(concat!(
+            "UPDATE bot_instances SET runner = $2, runner_epoch = $3 \
+             WHERE id = $1 AND server_name = $2 AND approval_status = 'approved' AND credentials_version = $5 AND ",
+            own_lease_live!(),
+            " AND ",
+            runner_free_or!()
+        ))
         .bind(id.as_str())
-        .bind(node.as_str())
-        .bind(version)
+        .bind(lease.node.as_str())
+        .bind(lease.epoch)
         .bind(now)
-        .bind(lease_ms)
+        .bind(version)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
     }
 
-    async fn renew_bot_leases(&self, node: &ServerName, now: Millis, lease_ms: i64) -> Result<Vec<BotId>, StoreError> {
-        let ids: Vec<String> = sqlx::query_scalar(
-            "UPDATE bot_instances SET runner_until = $2 + $3 WHERE runner = $1 AND server_name = $1 \
-             AND approval_status = 'approved' RETURNING id",
+    async fn release_bot(&self, id: &BotId, lease: &NodeLease) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE bot_instances SET runner = NULL, runner_epoch = NULL \
+             WHERE id = $1 AND runner = $2 AND runner_epoch = $3",
         )
-        .bind(node.as_str())
-        .bind(now)
-        .bind(lease_ms)
-        .fetch_all(&self.pool)
+        .bind(id.as_str())
+        .bind(lease.node.as_str())
+        .bind(lease.epoch)
+        .execute(&self.pool)
         .await?;
-        ids.iter().map(|id| BotId::parse(id).map_err(|_| corrupt("bot id", id))).collect()
-    }
-
-    async fn release_bot_lease(&self, id: &BotId, node: &ServerName) -> Result<(), StoreError> {
-        sqlx::query("UPDATE bot_instances SET runner = NULL, runner_until = NULL WHERE id = $1 AND runner = $2")
-            .bind(id.as_str())
-            .bind(node.as_str())
-            .execute(&self.pool)
-            .await?;
         Ok(())
     }
 
     async fn report_runtime(&self, report: &RuntimeReport, now: Millis) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE bot_instances SET status = $4, restarts = restarts + $5, \
-             last_error = COALESCE(CAST($6 AS TEXT), last_error), \
-             invalid_reason = COALESCE(CAST($7 AS TEXT), invalid_reason), updated_at = $8 \
-             WHERE id = $1 AND server_name = $2 AND credentials_version = $3",
-        )
+        let done = sqlx::query(concat!(
+            "UPDATE bot_instances SET status = $6, restarts = restarts + $7, \
+             last_error = COALESCE(CAST($8 AS TEXT), last_error), \
+             invalid_reason = COALESCE(CAST($9 AS TEXT), invalid_reason), updated_at = $4 \
+             WHERE id = $1 AND server_name = $2 AND credentials_version = $5 AND ",
+            own_lease_live!(),
+            " AND ",
+            runner_free_or!()
+        ))
         .bind(report.bot_id.as_str())
-        .bind(report.node.as_str())
+        .bind(report.runner.node.as_str())
+        .bind(report.runner.epoch)
+        .bind(now)
         .bind(report.version)
         .bind(report.status.as_str())
         .bind(report.restarts)
         .bind(report.last_error.as_deref())
         .bind(report.invalid_reason.as_deref())
-        .bind(now)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn purge_departures(&self, before: Millis) -> Result<u64, StoreError> {
+        let done =
+            sqlx::query("DELETE FROM bot_departures WHERE departed_at < $1").bind(before).execute(&self.pool).await?;
+        Ok(done.rows_affected())
     }
 }
