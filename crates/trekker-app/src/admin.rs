@@ -5,7 +5,7 @@ use base64::Engine as _;
 use trekker_domain::RuntimeStatus;
 use trekker_domain::{ApprovalStatus, BotId, ServerName, ServerStatus, messages, time};
 use trekker_store::{
-    BotCursor, BotFilter, BotRecord, CredentialUpdate, DEFAULT_PAGE, Inconsistency, MAX_PAGE, NewActivity,
+    Activity, BotCursor, BotFilter, BotRecord, CredentialUpdate, DEFAULT_PAGE, Inconsistency, MAX_PAGE, NewActivity,
     OutboxStatus, ServerPatch, ServerSnapshot, SideEffects,
 };
 
@@ -195,6 +195,47 @@ impl Trekker {
         Ok(deleted)
     }
 
+    /// The audit log (of one bot, when `bot` is given), newest first, a
+    /// page at a time.
+    pub async fn activities(
+        &self,
+        bot: Option<&str>,
+        limit: Option<i64>,
+        after: Option<&str>,
+    ) -> Result<(Vec<Activity>, Option<String>), AppError> {
+        let bot = bot
+            .filter(|b| !b.is_empty())
+            .map(|b| BotId::parse(b).map_err(|_| AppError::InvalidInput("bot is not a bot id.".into())))
+            .transpose()?;
+        let limit = page_size(limit)?;
+        let after = after.filter(|a| !a.is_empty()).map(parse_activity_cursor).transpose()?;
+        let page = self.store.activities.list_activities(bot, after, limit).await?;
+        let next = page.next.map(|id| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("a{id}")));
+        Ok((page.activities, next))
+    }
+
+    /// One page of [`Self::inconsistencies`], in a stable order (kind, then
+    /// phone, bot or server). The check itself reads the whole registry:
+    /// an admin's tool, never on a hot path.
+    pub async fn inconsistency_page(
+        &self,
+        limit: Option<i64>,
+        after: Option<&str>,
+    ) -> Result<(Vec<Inconsistency>, usize, Option<String>), AppError> {
+        let limit = usize::try_from(page_size(limit)?).unwrap_or(usize::MAX);
+        let after = after.filter(|a| !a.is_empty()).map(parse_key_cursor).transpose()?;
+        let mut found = self.inconsistencies().await?;
+        let total = found.len();
+        found.sort_by_key(inconsistency_key);
+        let mut page: Vec<Inconsistency> =
+            found.into_iter().filter(|i| after.as_ref().is_none_or(|a| &inconsistency_key(i) > a)).collect();
+        let next = (page.len() > limit).then(|| {
+            page.truncate(limit);
+            page.last().map(|last| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(inconsistency_key(last).1))
+        });
+        Ok((page, total, next.flatten()))
+    }
+
     pub async fn inconsistencies(&self) -> Result<Vec<Inconsistency>, AppError> {
         let found = self.store.consistency.find_inconsistencies().await?;
         for kind in Inconsistency::KINDS {
@@ -257,17 +298,46 @@ pub struct BotQuery {
 }
 
 /// An opaque keyset cursor: base64url of `<created_at>.<id>`.
+/// Where an inconsistency sorts: its kind's place, then what it is about.
+fn inconsistency_key(issue: &Inconsistency) -> (usize, String) {
+    let kind = Inconsistency::KINDS.iter().position(|k| *k == issue.kind()).unwrap_or(usize::MAX);
+    let subject = match issue {
+        Inconsistency::RegistryWithoutBot { phone, .. } | Inconsistency::BotWithoutRegistry { phone, .. } => phone,
+        Inconsistency::ServerMismatch { bot_id, .. } => bot_id,
+        Inconsistency::CountDrift { server, .. } => server,
+    };
+    (kind, format!("{kind}.{subject}"))
+}
+
+fn parse_key_cursor(text: &str) -> Result<(usize, String), AppError> {
+    let bad = || AppError::InvalidInput("after is not a cursor this API gave out.".into());
+    let text = decode_cursor(text).ok_or_else(bad)?;
+    let (kind, _) = text.split_once('.').ok_or_else(bad)?;
+    Ok((kind.parse().map_err(|_| bad())?, text))
+}
+
+fn parse_activity_cursor(text: &str) -> Result<i64, AppError> {
+    let bad = || AppError::InvalidInput("after is not a cursor this API gave out.".into());
+    let text = decode_cursor(text).ok_or_else(bad)?;
+    text.strip_prefix('a').and_then(|id| id.parse().ok()).ok_or_else(bad)
+}
+
+/// The text inside a cursor this API gave out (bounded, base64url, UTF-8).
+fn decode_cursor(text: &str) -> Option<String> {
+    if text.len() > 256 {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).ok()?;
+    String::from_utf8(bytes).ok()
+}
+
 pub(crate) fn format_cursor(created_at: i64, id: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{created_at}.{id}"))
 }
 
 pub(crate) fn parse_cursor(text: &str) -> Result<(i64, String), AppError> {
     let bad = || AppError::InvalidInput("after is not a cursor this API gave out.".into());
-    if text.len() > 256 {
-        return Err(bad());
-    }
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).map_err(|_| bad())?;
-    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    let text = decode_cursor(text).ok_or_else(bad)?;
     let (created_at, id) = text.split_once('.').ok_or_else(bad)?;
     if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
         return Err(bad());

@@ -139,6 +139,14 @@ pub struct BotPage {
     pub next: Option<BotCursor>,
 }
 
+/// One page of activities, newest first; `next` (an activity id)
+/// continues it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActivityPage {
+    pub activities: Vec<Activity>,
+    pub next: Option<i64>,
+}
+
 /// An audit record to append.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewActivity {

@@ -112,8 +112,14 @@ pub trait BotStore: Send + Sync + 'static {
 pub trait ActivityLog: Send + Sync + 'static {
     async fn append_activity(&self, activity: &NewActivity, now: Millis) -> Result<(), StoreError>;
 
-    /// The latest activities (of one bot, if given), newest first.
-    async fn list_activities(&self, bot: Option<BotId>, limit: i64) -> Result<Vec<Activity>, StoreError>;
+    /// Activities (of one bot, if given), newest first, `limit` (at most
+    /// [`MAX_PAGE`]) of them after the activity `after`.
+    async fn list_activities(
+        &self,
+        bot: Option<BotId>,
+        after: Option<i64>,
+        limit: i64,
+    ) -> Result<ActivityPage, StoreError>;
 }
 
 /// Finding and repairing disagreements between registry, bots and counts.

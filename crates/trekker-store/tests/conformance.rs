@@ -40,6 +40,13 @@ trait RawSql: Send + Sync {
 
     /// Whether one writer at a time holds the database (SQLite).
     fn single_writer(&self) -> bool;
+
+    /// Adds `count` bots straight into the table (half on SERVER0, half on
+    /// SERVER1, mixed approval), bypassing the store, and refreshes the
+    /// planner's statistics.
+    async fn seed_bots(&self, count: u32);
+
+    async fn explain_bot_page(&self, filter: &BotFilter) -> String;
 }
 
 /// A transaction [`RawSql::open_write`] left open.
@@ -81,7 +88,13 @@ where
 /// `RawSql` for one backend: the same code, the dialect's table list and
 /// trigger syntax as arguments.
 macro_rules! impl_raw_sql {
-    ($db:ty, single_writer = $single:literal, tables = $tables:literal, boom = [$($boom:literal),+ $(,)?] $(,)?) => {
+    (
+        $db:ty,
+        single_writer = $single:literal,
+        seed = $seed:literal,
+        tables = $tables:literal,
+        boom = [$($boom:literal),+ $(,)?] $(,)?
+    ) => {
         #[async_trait::async_trait]
         impl RawSql for SqlStore<$db> {
             async fn exec(&self, sql: &'static str) {
@@ -102,6 +115,15 @@ macro_rules! impl_raw_sql {
                 $single
             }
 
+            async fn seed_bots(&self, count: u32) {
+                sqlx::query($seed).bind(i64::from(count)).execute(self.pool()).await.expect("seed");
+                self.exec("ANALYZE").await;
+            }
+
+            async fn explain_bot_page(&self, filter: &BotFilter) -> String {
+                SqlStore::<$db>::explain_bot_page(self, filter).await.expect("explain")
+            }
+
             async fn dump_all_tables(&self) -> String {
                 let tables: Vec<String> = sqlx::query_scalar($tables).fetch_all(self.pool()).await.unwrap();
                 let mut out = String::new();
@@ -120,6 +142,14 @@ macro_rules! impl_raw_sql {
 impl_raw_sql!(
     Sqlite,
     single_writer = true,
+    seed = "WITH RECURSIVE seq(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM seq WHERE n < $1) \
+             INSERT INTO bot_instances (id, name, phone_number, server_name, approval_status, status, \
+             credentials_ciphertext, credentials_nonce, credentials_key_id, credentials_version, \
+             credentials_updated_at, created_at, updated_at) \
+             SELECT 'seed-' || n, 'seed', '2547' || substr('00000000' || n, -8), \
+             CASE WHEN n % 2 = 0 THEN 'SERVER0' ELSE 'SERVER1' END, \
+             CASE n % 4 WHEN 0 THEN 'pending' WHEN 3 THEN 'expired' ELSE 'approved' END, 'offline', \
+             x'00', x'00', 'k', 1, n, n, n FROM seq",
     tables = "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
     boom = ["CREATE TRIGGER boom BEFORE INSERT ON activities WHEN NEW.details = 'boom' \
              BEGIN SELECT RAISE(ABORT, 'injected failure'); END"],
@@ -128,6 +158,13 @@ impl_raw_sql!(
 impl_raw_sql!(
     Postgres,
     single_writer = false,
+    seed = "INSERT INTO bot_instances (id, name, phone_number, server_name, approval_status, status, \
+             credentials_ciphertext, credentials_nonce, credentials_key_id, credentials_version, \
+             credentials_updated_at, created_at, updated_at) \
+             SELECT 'seed-' || n, 'seed', '2547' || lpad(n::text, 8, '0'), \
+             CASE WHEN n % 2 = 0 THEN 'SERVER0' ELSE 'SERVER1' END, \
+             (ARRAY['pending', 'approved', 'approved', 'expired'])[n % 4 + 1], 'offline', \
+             '\\x00'::bytea, '\\x00'::bytea, 'k', 1, n, n, n FROM generate_series(1, $1) n",
     tables = "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public'",
     boom = [
         "CREATE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
@@ -201,6 +238,7 @@ conformance_cases!(
     unapproved_bots_hold_at_most_their_share_even_under_a_race,
     a_failure_midway_writes_nothing,
     bot_lists_page_by_keyset_without_gaps_or_repeats,
+    bot_pages_read_an_index_in_order_whatever_the_filter,
 );
 
 const NOW: Millis = 1_700_000_000_000;
@@ -299,9 +337,9 @@ async fn register_writes_registry_and_bot_together(f: Fixture) {
     assert!(s.find_bot_on_server(&done.bot.phone, &server("SERVER1")).await.unwrap().is_none());
     assert_eq!(s.get_server(&server("SERVER0")).await.unwrap().unwrap().current_bot_count, 1);
     // The side effects were written in the same transaction.
-    let activities = s.list_activities(Some(done.bot.id.clone()), 10).await.unwrap();
+    let activities = s.list_activities(Some(done.bot.id.clone()), None, 10).await.unwrap().activities;
     assert_eq!(activities.len(), 0, "the activity is recorded for SERVER0 without a bot id");
-    assert_eq!(s.list_activities(None, 10).await.unwrap()[0].action, "registered");
+    assert_eq!(s.list_activities(None, None, 10).await.unwrap().activities[0].action, "registered");
     assert_eq!(s.pending_notifications().await.unwrap(), 1);
     let listed = s
         .list_bots(&BotFilter {
@@ -353,7 +391,7 @@ async fn full_server_refuses_and_writes_nothing(f: Fixture) {
     assert_eq!(s.get_server(&server("SERVER0")).await.unwrap().unwrap().current_bot_count, 1);
     assert_eq!(s.list_bots(&BotFilter::default()).await.unwrap().bots.len(), 1);
     assert_eq!(s.pending_notifications().await.unwrap(), 1);
-    assert_eq!(s.list_activities(None, 100).await.unwrap().len(), 1, "the refusal wrote no activity");
+    assert_eq!(s.list_activities(None, None, 100).await.unwrap().activities.len(), 1, "the refusal wrote no activity");
     assert_consistent(s).await;
 }
 
@@ -541,12 +579,19 @@ async fn expiry_moves_approved_bots_only(f: Fixture) {
     assert_eq!(s.get_bot(&pending.id).await.unwrap().unwrap().approval, ApprovalStatus::Pending);
     assert!(s.expire_due_bots(&sweeper, NOW + 11).await.unwrap().is_empty());
     // Each expiry wrote its activity, once, by the sweeping node.
-    let activities = s.list_activities(Some(due.id.clone()), 10).await.unwrap();
+    let activities = s.list_activities(Some(due.id.clone()), None, 10).await.unwrap().activities;
     let expiries: Vec<_> = activities.iter().filter(|a| a.action == "expired").collect();
     assert_eq!(expiries.len(), 1, "{activities:?}");
     assert_eq!(expiries[0].server, "SERVER1");
     assert_eq!(expiries[0].occurred_at, NOW + 10);
-    assert!(s.list_activities(Some(later.id.clone()), 10).await.unwrap().iter().all(|a| a.action != "expired"));
+    assert!(
+        s.list_activities(Some(later.id.clone()), None, 10)
+            .await
+            .unwrap()
+            .activities
+            .iter()
+            .all(|a| a.action != "expired")
+    );
     // Expiry frees nothing: the phone and slot stay held.
     assert!(s.find_registration(&due.phone).await.unwrap().is_some());
     assert_eq!(s.get_server(&server("SERVER0")).await.unwrap().unwrap().current_bot_count, 3);
@@ -1225,4 +1270,41 @@ async fn bot_lists_page_by_keyset_without_gaps_or_repeats(f: Fixture) {
     }
     let online = BotFilter { status: Some(RuntimeStatus::Online), ..BotFilter::default() };
     assert!(s.list_bots(&online).await.unwrap().bots.is_empty());
+}
+
+async fn bot_pages_read_an_index_in_order_whatever_the_filter(f: Fixture) {
+    add_server(&*f.store, "SERVER0", 10).await;
+    add_server(&*f.store, "SERVER1", 10).await;
+    f.raw.seed_bots(20_000).await;
+    let after = Some(BotCursor { created_at: 10_000, id: BotId::parse("seed-10000").unwrap() });
+    let filters = [
+        BotFilter::default(),
+        BotFilter { server: Some(server("SERVER0")), ..BotFilter::default() },
+        BotFilter { approval: Some(ApprovalStatus::Pending), ..BotFilter::default() },
+        BotFilter { status: Some(RuntimeStatus::Offline), ..BotFilter::default() },
+        BotFilter { server: Some(server("SERVER1")), approval: Some(ApprovalStatus::Approved), ..BotFilter::default() },
+        BotFilter { server: Some(server("SERVER0")), after: after.clone(), ..BotFilter::default() },
+        BotFilter { after, ..BotFilter::default() },
+    ];
+    for filter in &filters {
+        let plan = f.raw.explain_bot_page(filter).await;
+        // One of the page indexes, read in its order: no full scan, no sort
+        // of every matching row.
+        assert!(plan.contains("bot_instances_page"), "{filter:?}:\n{plan}");
+        for full_work in ["Seq Scan", "Sort", "TEMP B-TREE", "SCAN bot_instances\n"] {
+            assert!(!plan.contains(full_work), "{filter:?} plans a {full_work}:\n{plan}");
+        }
+        // A later page starts at its cursor in the index, not at the top.
+        if filter.after.is_some() {
+            let starts_at_cursor = plan.lines().any(|line| {
+                (line.contains("Index Cond:") && line.contains("created_at <= $")) || line.contains("created_at<?")
+            });
+            assert!(starts_at_cursor, "{filter:?} scans from the top:\n{plan}");
+        }
+    }
+    // And the pages are right (the seeded rows have no credentials to
+    // decrypt, but listing never decrypts).
+    let page = f.store.list_bots(&BotFilter { limit: Some(5), ..filters[2].clone() }).await.unwrap();
+    let created: Vec<i64> = page.bots.iter().map(|b| b.created_at).collect();
+    assert_eq!(created, [20_000, 19_996, 19_992, 19_988, 19_984]);
 }

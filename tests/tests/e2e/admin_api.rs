@@ -9,7 +9,7 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 use trekker_testkit::creds;
 
-use crate::support::{Answer, eventually, postgres_url, settings, spawn_node};
+use crate::support::{Answer, TestNode, eventually, postgres_url, raw_sql, settings, spawn_node};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_auth() {
@@ -208,5 +208,55 @@ async fn the_bot_list_pages_through_250_bots() {
         let answer = node.admin(reqwest::Method::GET, &format!("/api/admin/bots?{bad}"), None).await;
         assert_eq!((answer.status, answer.code()), (400, "INVALID_INPUT"), "{bad}");
     }
+
+    // The audit log pages the same way, newest first, each record once.
+    let activities = collect_pages(&node, "/api/admin/activities", "activities", 100).await;
+    let ids: Vec<i64> = activities.iter().map(|a| a["id"].as_i64().unwrap()).collect();
+    assert!(ids.len() >= 250 && ids.windows(2).all(|w| w[0] > w[1]), "{} activities", ids.len());
+    let one_bot = seen.iter().next().unwrap();
+    let of_one = collect_pages(&node, &format!("/api/admin/activities?bot={one_bot}"), "activities", 1).await;
+    assert!(!of_one.is_empty() && of_one.iter().all(|a| a["botId"] == one_bot.as_str()));
+
+    // So do inconsistencies: three bots lose their registry rows.
+    raw_sql(
+        &database.url,
+        "DELETE FROM god_register WHERE phone_number IN \
+        (SELECT phone_number FROM god_register ORDER BY phone_number LIMIT 3)",
+    )
+    .await;
+    let found = collect_pages(&node, "/api/admin/registry/inconsistencies", "inconsistencies", 2).await;
+    assert_eq!(found.len(), 3, "{found:?}");
+    assert!(found.iter().all(|i| i["kind"] == "bot_without_registry"));
+    let refused = [
+        "activities?limit=0",
+        "activities?after=not-a-cursor",
+        "activities?bot=not%20an%20id",
+        "registry/inconsistencies?limit=1001",
+        // "no": base64 of a cursor without its kind.
+        "registry/inconsistencies?after=bm8",
+    ];
+    for bad in refused {
+        let answer = node.admin(reqwest::Method::GET, &format!("/api/admin/{bad}"), None).await;
+        assert_eq!((answer.status, answer.code()), (400, "INVALID_INPUT"), "{bad}");
+    }
     node.stop().await;
+}
+
+/// Every item of an admin list, following `next` with pages of `limit`.
+async fn collect_pages(node: &TestNode, path: &str, field: &str, limit: u32) -> Vec<Value> {
+    let joiner = if path.contains('?') { '&' } else { '?' };
+    let mut url = format!("{path}{joiner}limit={limit}");
+    let mut items = Vec::new();
+    loop {
+        let page = node.admin(reqwest::Method::GET, &url, None).await;
+        assert_eq!(page.status, 200, "{:?}", page.body);
+        let listed = page.body[field].as_array().unwrap();
+        assert!(listed.len() <= limit as usize);
+        assert_eq!(page.body["count"], listed.len());
+        items.extend(listed.iter().cloned());
+        match page.body["next"].as_str() {
+            Some(next) => url = format!("{path}{joiner}limit={limit}&after={next}"),
+            None => return items,
+        }
+    }
 }

@@ -92,7 +92,7 @@ async fn seed_test_1_re_pair_on_another_node_updates_the_host() {
     })
     .await;
     // An activity row on each side names the other.
-    let activities = a.state.store.list_activities(Some(bot_id.clone()), 50).await.unwrap();
+    let activities = a.state.store.list_activities(Some(bot_id.clone()), None, 50).await.unwrap().activities;
     let on_host = activities.iter().find(|x| x.server == "SERVER0" && x.action == "credentials_updated").unwrap();
     assert_eq!(on_host.remote_tenancy.as_deref(), Some("SERVER1"));
     let on_asker =
@@ -135,9 +135,10 @@ async fn host_down_update_is_queued_then_applied_once_when_it_returns() {
     let applied = a
         .state
         .store
-        .list_activities(Some(bot_id), 100)
+        .list_activities(Some(bot_id), None, 100)
         .await
         .unwrap()
+        .activities
         .into_iter()
         .filter(|x| x.server == "SERVER0" && x.action == "credentials_updated")
         .count();
@@ -222,9 +223,10 @@ async fn retries_and_duplicates_of_one_command_apply_once() {
     let applied = a
         .state
         .store
-        .list_activities(Some(bot_id.clone()), 100)
+        .list_activities(Some(bot_id.clone()), None, 100)
         .await
         .unwrap()
+        .activities
         .into_iter()
         .filter(|x| x.action == "credentials_updated")
         .count();

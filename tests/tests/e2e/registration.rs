@@ -58,7 +58,7 @@ async fn seed_tests_2_3_4(database_url: &str) {
     // Every registration (6 succeeded) wrote one activity row and one
     // notification; the refusal wrote neither.
     let store = &a.state.store;
-    let activities = store.list_activities(None, 100).await.unwrap();
+    let activities = store.list_activities(None, None, 100).await.unwrap().activities;
     for n in 1..=7 {
         let phone = creds::phone(20, n);
         let written = activities

@@ -23,6 +23,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/api/admin/bots/{id}", get(get_bot).delete(delete_bot))
         .route("/api/admin/bots/{id}/approve", post(approve_bot))
         .route("/api/admin/bots/{id}/reject", post(reject_bot))
+        .route("/api/admin/activities", get(list_activities))
         .route("/api/admin/registry/inconsistencies", get(inconsistencies))
         .route("/api/admin/registry/repair", post(repair))
         .route("/api/admin/credential-reviews", get(list_reviews))
@@ -200,12 +201,67 @@ fn inconsistency_json(issue: &Inconsistency) -> Value {
     value
 }
 
-/// Registry rows and bot rows that disagree, and slot counts that drifted.
+#[derive(Debug, Deserialize)]
+pub(crate) struct PageQuery {
+    limit: Option<i64>,
+    after: Option<String>,
+}
+
+/// Registry rows and bot rows that disagree, and slot counts that drifted,
+/// a page at a time (`total`: how many there are in all).
 #[utoipa::path(get, path = "/api/admin/registry/inconsistencies", tag = "admin", security(("admin" = [])),
-    responses((status = 200, description = "{inconsistencies, count}")))]
-pub(crate) async fn inconsistencies(_: Admin, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let found = state.trekker.inconsistencies().await?;
-    Ok(Json(json!({"inconsistencies": found.iter().map(inconsistency_json).collect::<Vec<_>>(), "count": found.len()})))
+    params(("limit" = Option<i64>, Query), ("after" = Option<String>, Query)),
+    responses((status = 200, description = "{inconsistencies, count, total, next}"), (status = 400, body = ErrorBody)))]
+pub(crate) async fn inconsistencies(
+    _: Admin,
+    State(state): State<AppState>,
+    Query(query): Query<PageQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let (page, total, next) = state.trekker.inconsistency_page(query.limit, query.after.as_deref()).await?;
+    Ok(Json(json!({
+        "inconsistencies": page.iter().map(inconsistency_json).collect::<Vec<_>>(),
+        "count": page.len(),
+        "total": total,
+        "next": next,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ActivityQuery {
+    bot: Option<String>,
+    limit: Option<i64>,
+    after: Option<String>,
+}
+
+fn activity_json(activity: &trekker_store::Activity) -> Value {
+    json!({
+        "id": activity.id,
+        "occurredAt": trekker_domain::time::iso_datetime(activity.occurred_at),
+        "server": activity.server,
+        "botId": activity.bot_id,
+        "phoneNumber": activity.phone,
+        "action": activity.action,
+        "details": activity.details,
+        "remoteServer": activity.remote_tenancy,
+        "remoteBotId": activity.remote_bot_id,
+    })
+}
+
+/// The audit log (of one bot with `bot`), newest first.
+#[utoipa::path(get, path = "/api/admin/activities", tag = "admin", security(("admin" = [])),
+    params(("bot" = Option<String>, Query), ("limit" = Option<i64>, Query), ("after" = Option<String>, Query)),
+    responses((status = 200, description = "{activities, count, next}"), (status = 400, body = ErrorBody)))]
+pub(crate) async fn list_activities(
+    _: Admin,
+    State(state): State<AppState>,
+    Query(query): Query<ActivityQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let (page, next) = state.trekker.activities(query.bot.as_deref(), query.limit, query.after.as_deref()).await?;
+    Ok(Json(json!({
+        "activities": page.iter().map(activity_json).collect::<Vec<_>>(),
+        "count": page.len(),
+        "next": next,
+    })))
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -231,12 +287,6 @@ pub(crate) async fn repair(_: Admin, State(state): State<AppState>, body: Bytes)
     })))
 }
 
-#[derive(Debug, Deserialize)]
-pub(crate) struct ReviewQuery {
-    limit: Option<i64>,
-    after: Option<String>,
-}
-
 fn review_json(review: &trekker_store::CredentialReview) -> Value {
     json!({
         "id": review.id,
@@ -256,7 +306,7 @@ fn review_json(review: &trekker_store::CredentialReview) -> Value {
 pub(crate) async fn list_reviews(
     _: Admin,
     State(state): State<AppState>,
-    Query(query): Query<ReviewQuery>,
+    Query(query): Query<PageQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let (reviews, next) = state.trekker.credential_reviews(query.limit, query.after.as_deref()).await?;
     let reviews: Vec<Value> = reviews.iter().map(review_json).collect();

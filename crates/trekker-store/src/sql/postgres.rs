@@ -41,6 +41,11 @@ macro_rules! json_bigints_3 {
     };
 }
 
+/// Plans are asked for the way a pooled connection ends up running a
+/// statement: prepared, with the generic plan PostgreSQL switches to after
+/// a few runs (the plan that cannot use an index behind `$1 IS NULL OR`).
+const GENERIC_PLANS: bool = true;
+
 // The same files are compiled for SQLite in `sqlite.rs`, on purpose.
 #[allow(clippy::duplicate_mod)]
 #[path = "queries/mod.rs"]

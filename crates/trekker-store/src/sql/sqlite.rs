@@ -36,6 +36,10 @@ macro_rules! json_bigints_3 {
     };
 }
 
+/// SQLite plans each statement once, with no generic form: its plan is
+/// asked for with the parameters bound.
+const GENERIC_PLANS: bool = false;
+
 // The same files are compiled for PostgreSQL in `postgres.rs`, on purpose.
 #[allow(clippy::duplicate_mod)]
 #[path = "queries/mod.rs"]

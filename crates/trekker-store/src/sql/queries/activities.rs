@@ -1,9 +1,9 @@
-//! [`ActivityLog`] methods: the audit log.
+//! [`ActivityLog`] methods: the audit log, paged newest first.
 
 use async_trait::async_trait;
 use trekker_domain::BotId;
 
-use super::{Db, insert_activity_in};
+use super::{Db, insert_activity_in, split_page};
 use crate::error::StoreError;
 use crate::model::*;
 use crate::sql::SqlStore;
@@ -17,16 +17,31 @@ impl ActivityLog for SqlStore<Db> {
         insert_activity_in(&mut conn, activity, now).await
     }
 
-    async fn list_activities(&self, bot: Option<BotId>, limit: i64) -> Result<Vec<Activity>, StoreError> {
-        let rows: Vec<ActivityRow> = sqlx::query_as(
+    async fn list_activities(
+        &self,
+        bot: Option<BotId>,
+        after: Option<i64>,
+        limit: i64,
+    ) -> Result<ActivityPage, StoreError> {
+        let limit = limit.clamp(1, MAX_PAGE);
+        // Built per call, one statement per filter combination (see
+        // `newest_first` for why), on `activities_bot` or the primary key.
+        let mut query = sqlx::QueryBuilder::new(
             "SELECT id, occurred_at, server_name, bot_id, phone_number, action, details, remote_tenancy, \
-             remote_bot_id FROM activities WHERE (CAST($1 AS TEXT) IS NULL OR bot_id = $1) \
-             ORDER BY id DESC LIMIT $2",
-        )
-        .bind(bot.as_ref().map(BotId::as_str))
-        .bind(limit.clamp(1, 1000))
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(Activity::from).collect())
+             remote_bot_id FROM activities",
+        );
+        let mut joiner = " WHERE ";
+        if let Some(bot) = bot {
+            query.push(joiner).push("bot_id = ").push_bind(bot.to_string());
+            joiner = " AND ";
+        }
+        if let Some(after) = after {
+            query.push(joiner).push("id < ").push_bind(after);
+        }
+        query.push(" ORDER BY id DESC LIMIT ").push_bind(limit + 1);
+        let rows: Vec<ActivityRow> = query.build_query_as().fetch_all(&self.pool).await?;
+        let activities = rows.into_iter().map(Activity::from).collect();
+        let (activities, next) = split_page(activities, limit, |a: &Activity| a.id);
+        Ok(ActivityPage { activities, next })
     }
 }

@@ -3,15 +3,75 @@
 //! notification (invariants 1-3).
 
 use async_trait::async_trait;
-use trekker_domain::{ApprovalStatus, BotId, Credentials, PhoneNumber, RuntimeStatus, ServerName, ServerStatus};
+use trekker_domain::{ApprovalStatus, BotId, Credentials, PhoneNumber, ServerName, ServerStatus};
 
-use super::{BEGIN_WRITE, Db, fetch_bot_in, fetch_server_in, insert_activity_in, insert_effects_in};
-use super::{leave_pending_in, lock_approval_in, ownership, release_slot_in, split_page};
+use super::{BEGIN_WRITE, Db, GENERIC_PLANS, fetch_bot_in, fetch_server_in, insert_activity_in, insert_effects_in};
+use super::{leave_pending_in, lock_approval_in, newest_first, ownership, release_slot_in, split_page};
 use crate::error::StoreError;
 use crate::model::*;
 use crate::sql::SqlStore;
 use crate::sql::rows::*;
 use crate::traits::BotStore;
+
+/// The statement of one page of [`BotStore::list_bots`] after `select`.
+fn bot_page(select: &str, filter: &BotFilter, limit: i64) -> sqlx::QueryBuilder<Db> {
+    let filters = [
+        ("server_name", filter.server.as_ref().map(ServerName::to_string)),
+        ("approval_status", filter.approval.map(|a| a.as_str().to_owned())),
+        ("status", filter.status.map(|s| s.as_str().to_owned())),
+    ];
+    let after = filter.after.as_ref().map(|c| (c.created_at, c.id.to_string()));
+    newest_first(select, &filters, after, limit)
+}
+
+impl SqlStore<Db> {
+    /// The plan the database picks for a page of [`BotStore::list_bots`]
+    /// (on PostgreSQL the generic plan a prepared statement ends up with),
+    /// one line per step. Tests and the fleet bench check that it uses an
+    /// index.
+    #[doc(hidden)]
+    pub async fn explain_bot_page(&self, filter: &BotFilter) -> Result<String, StoreError> {
+        let select = concat!("SELECT ", bot_columns!(), " FROM bot_instances");
+        let limit = filter.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+        let query = bot_page(select, filter, limit);
+        let mut conn = self.pool.acquire().await?;
+        let rows = if GENERIC_PLANS {
+            // The same statement, prepared by name, its parameters given as
+            // literals in the order `bot_page` binds them.
+            let quote = |text: &str| format!("'{}'", text.replace('\'', "''"));
+            let mut args: Vec<String> = [
+                filter.server.as_ref().map(|s| quote(s.as_str())),
+                filter.approval.map(|a| quote(a.as_str())),
+                filter.status.map(|s| quote(s.as_str())),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            if let Some(after) = &filter.after {
+                let at = after.created_at.to_string();
+                args.extend([at.clone(), at.clone(), at, quote(after.id.as_str())]);
+            }
+            args.push((limit + 1).to_string());
+            let prepare = format!("PREPARE trekker_explain AS {}", query.sql().as_str());
+            sqlx::raw_sql(sqlx::AssertSqlSafe(prepare)).execute(&mut *conn).await?;
+            sqlx::raw_sql("SET plan_cache_mode = force_generic_plan").execute(&mut *conn).await?;
+            let explain = format!("EXPLAIN EXECUTE trekker_explain({})", args.join(", "));
+            let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(explain)).fetch_all(&mut *conn).await;
+            sqlx::raw_sql("DEALLOCATE trekker_explain; RESET plan_cache_mode").execute(&mut *conn).await?;
+            rows?
+        } else {
+            let select = concat!("EXPLAIN QUERY PLAN SELECT ", bot_columns!(), " FROM bot_instances");
+            let mut query = bot_page(select, filter, limit);
+            query.build().fetch_all(&mut *conn).await?
+        };
+        // The plan text is the last column on both backends.
+        let lines: Vec<String> = rows
+            .iter()
+            .map(|row| sqlx::Row::try_get::<String, _>(row, sqlx::Row::len(row) - 1))
+            .collect::<Result<_, _>>()?;
+        Ok(lines.join("\n"))
+    }
+}
 
 #[async_trait]
 impl BotStore for SqlStore<Db> {
@@ -54,25 +114,9 @@ impl BotStore for SqlStore<Db> {
 
     async fn list_bots(&self, filter: &BotFilter) -> Result<BotPage, StoreError> {
         let limit = filter.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
-        let rows: Vec<BotRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            bot_columns!(),
-            " FROM bot_instances \
-             WHERE (CAST($1 AS TEXT) IS NULL OR server_name = $1) \
-             AND (CAST($2 AS TEXT) IS NULL OR approval_status = $2) \
-             AND (CAST($3 AS TEXT) IS NULL OR status = $3) \
-             AND (CAST($4 AS BIGINT) IS NULL OR created_at < $4 OR (created_at = $4 AND id > $5)) \
-             ORDER BY created_at DESC, id LIMIT $6"
-        ))
-        .bind(filter.server.as_ref().map(ServerName::as_str))
-        .bind(filter.approval.map(ApprovalStatus::as_str))
-        .bind(filter.status.map(RuntimeStatus::as_str))
-        .bind(filter.after.as_ref().map(|c| c.created_at))
-        .bind(filter.after.as_ref().map_or("", |c| c.id.as_str()))
-        // One more than the page: whether a next page exists.
-        .bind(limit + 1)
-        .fetch_all(&self.pool)
-        .await?;
+        let select = concat!("SELECT ", bot_columns!(), " FROM bot_instances");
+        let mut query = bot_page(select, filter, limit);
+        let rows: Vec<BotRow> = query.build_query_as().fetch_all(&self.pool).await?;
         let (bots, next) = split_page(bots(rows)?, limit, |b| BotCursor { created_at: b.created_at, id: b.id.clone() });
         Ok(BotPage { bots, next })
     }

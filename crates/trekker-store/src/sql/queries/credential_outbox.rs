@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 
-use super::{BEGIN_WRITE, Db, insert_effects_in, split_page};
+use super::{BEGIN_WRITE, Db, insert_effects_in, newest_first, split_page};
 use crate::error::StoreError;
 use crate::model::*;
 use crate::sql::SqlStore;
@@ -165,19 +165,10 @@ impl CredentialOutbox for SqlStore<Db> {
         limit: i64,
     ) -> Result<UpdatePage, StoreError> {
         let limit = limit.clamp(1, MAX_PAGE);
-        let rows: Vec<OutboxRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            outbox_columns!(),
-            " FROM credential_update_outbox WHERE (CAST($1 AS TEXT) IS NULL OR status = $1) \
-             AND (CAST($2 AS BIGINT) IS NULL OR created_at < $2 OR (created_at = $2 AND id > $3)) \
-             ORDER BY created_at DESC, id LIMIT $4"
-        ))
-        .bind(status.map(OutboxStatus::as_str))
-        .bind(after.as_ref().map(|(at, _)| *at))
-        .bind(after.as_ref().map_or("", |(_, id)| id.as_str()))
-        .bind(limit + 1)
-        .fetch_all(&self.pool)
-        .await?;
+        let filters = [("status", status.map(|s| s.as_str().to_owned()))];
+        let select = concat!("SELECT ", outbox_columns!(), " FROM credential_update_outbox");
+        let rows: Vec<OutboxRow> =
+            newest_first(select, &filters, after, limit).build_query_as().fetch_all(&self.pool).await?;
         let updates = rows.into_iter().map(CredentialUpdate::try_from).collect::<Result<Vec<_>, _>>()?;
         let (updates, next) = split_page(updates, limit, |u| (u.created_at, u.id.clone()));
         Ok(UpdatePage { updates, next })

@@ -1,7 +1,8 @@
 //! The SQL of the store, one module per aggregate, compiled once per
 //! backend (the parent module names `Db`, `BEGIN_WRITE`, `CHANGE_CURSOR`,
-//! `lock_row!` and `claim_lock!`). This file holds the statements several aggregates run
-//! inside their own transactions.
+//! `GENERIC_PLANS`, `lock_row!`, `claim_lock!` and `json_bigints_3!`).
+//! This file holds the statements several aggregates run inside their own
+//! transactions, and the paged listing builder.
 //!
 //! Placeholders are `$N`, which both drivers accept; times are epoch
 //! milliseconds in BIGINT columns.
@@ -20,7 +21,7 @@ mod servers;
 
 use trekker_domain::{ApprovalStatus, BotId, PhoneNumber, ServerName};
 
-use super::{BEGIN_WRITE, CHANGE_CURSOR, Db};
+use super::{BEGIN_WRITE, CHANGE_CURSOR, Db, GENERIC_PLANS};
 use crate::error::StoreError;
 use crate::model::*;
 use crate::sql::rows::*;
@@ -44,6 +45,38 @@ pub(super) fn split_page<T, K>(mut rows: Vec<T>, limit: i64, key: impl Fn(&T) ->
     rows.truncate(limit);
     let next = rows.last().map(key);
     (rows, next)
+}
+
+/// A paged admin listing, newest first (`created_at DESC, id`), with an
+/// equality condition only for each filter given. Built per call rather
+/// than with `($1 IS NULL OR col = $1)`: prepared statements switch to a
+/// generic plan after a few runs, and a generic plan cannot use the index
+/// of a filter that may be absent. Each combination is its own statement,
+/// each with an index (migration 0007). Fetches one row more than `limit`
+/// (see [`split_page`]).
+pub(super) fn newest_first(
+    select_from: &str,
+    filters: &[(&'static str, Option<String>)],
+    after: Option<(Millis, String)>,
+    limit: i64,
+) -> sqlx::QueryBuilder<Db> {
+    let mut query = sqlx::QueryBuilder::new(select_from);
+    let mut joiner = " WHERE ";
+    for (column, value) in filters {
+        if let Some(value) = value {
+            query.push(joiner).push(column).push(" = ").push_bind(value.clone());
+            joiner = " AND ";
+        }
+    }
+    if let Some((created_at, id)) = after {
+        // The first term is implied by the second; it is there so the index
+        // starts at the cursor instead of filtering every row before it.
+        query.push(joiner).push("created_at <= ").push_bind(created_at);
+        query.push(" AND (created_at < ").push_bind(created_at);
+        query.push(" OR (created_at = ").push_bind(created_at).push(" AND id > ").push_bind(id).push("))");
+    }
+    query.push(" ORDER BY created_at DESC, id LIMIT ").push_bind(limit + 1);
+    query
 }
 
 /// A connection of this backend, inside or outside a transaction.

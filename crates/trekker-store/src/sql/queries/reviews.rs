@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use trekker_domain::BotId;
 
-use super::{BEGIN_WRITE, Db, fetch_bot_in, insert_effects_in, ownership, split_page};
+use super::{BEGIN_WRITE, Db, fetch_bot_in, insert_effects_in, newest_first, ownership, split_page};
 use crate::MAX_PAGE;
 use crate::cipher::Sealed;
 use crate::error::StoreError;
@@ -57,18 +57,9 @@ impl ReviewStore for SqlStore<Db> {
 
     async fn list_reviews(&self, after: Option<(Millis, String)>, limit: i64) -> Result<ReviewPage, StoreError> {
         let limit = limit.clamp(1, MAX_PAGE);
-        let rows: Vec<ReviewRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            review_columns!(),
-            " FROM credential_reviews \
-             WHERE (CAST($1 AS BIGINT) IS NULL OR created_at < $1 OR (created_at = $1 AND id > $2)) \
-             ORDER BY created_at DESC, id LIMIT $3"
-        ))
-        .bind(after.as_ref().map(|(at, _)| *at))
-        .bind(after.as_ref().map_or("", |(_, id)| id.as_str()))
-        .bind(limit + 1)
-        .fetch_all(&self.pool)
-        .await?;
+        let select = concat!("SELECT ", review_columns!(), " FROM credential_reviews");
+        let rows: Vec<ReviewRow> =
+            newest_first(select, &[], after, limit).build_query_as().fetch_all(&self.pool).await?;
         let reviews = rows.into_iter().map(CredentialReview::try_from).collect::<Result<Vec<_>, _>>()?;
         let (reviews, next) = split_page(reviews, limit, |r| (r.created_at, r.id.clone()));
         Ok(ReviewPage { reviews, next })
