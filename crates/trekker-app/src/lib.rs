@@ -96,6 +96,9 @@ pub struct Trekker {
     /// The share (percent) of a server's slots that bots waiting for
     /// approval may hold (PENDING_MAX_PERCENT).
     pub pending_share_percent: i64,
+    /// The servers as last read for ranking (read at most once a heartbeat
+    /// interval; see `register::ranking_snapshot`).
+    server_snapshot: std::sync::Mutex<Option<(i64, Arc<Vec<trekker_store::ServerSnapshot>>)>>,
 }
 
 impl std::fmt::Debug for Trekker {
@@ -123,6 +126,7 @@ impl Trekker {
             cross_server_budget: std::time::Duration::from_secs(5),
             pending_ttl_ms: 72 * 3_600_000,
             pending_share_percent: 50,
+            server_snapshot: std::sync::Mutex::new(None),
         }
     }
 

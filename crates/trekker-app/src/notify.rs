@@ -23,6 +23,10 @@ const LEASE_MS: i64 = 60_000;
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Idle poll, for messages queued by other nodes.
 const POLL_EVERY: Duration = Duration::from_secs(1);
+/// How long a wake-up waits for more messages before claiming.
+const GATHER: Duration = Duration::from_millis(20);
+/// Messages claimed (and sent concurrently) at once.
+const BATCH: i64 = 32;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -104,7 +108,8 @@ pub async fn run_dispatcher(trekker: Arc<Trekker>, notifier: Arc<dyn Notifier>, 
     let worker = format!("{}-{:08x}", trekker.node, random_u128() as u32);
     tracing::info!(notifier = notifier.name(), %worker, "notification dispatcher started");
     loop {
-        let batch = match trekker.store.notifications.claim_notifications(&worker, trekker.now(), LEASE_MS, 32).await {
+        let batch = match trekker.store.notifications.claim_notifications(&worker, trekker.now(), LEASE_MS, BATCH).await
+        {
             Ok(batch) => batch,
             Err(err) => {
                 tracing::warn!(error = ?err, "claiming notifications failed; will retry");
@@ -112,13 +117,15 @@ pub async fn run_dispatcher(trekker: Arc<Trekker>, notifier: Arc<dyn Notifier>, 
             }
         };
         let idle = batch.is_empty();
-        for notification in batch {
-            deliver(&trekker, &*notifier, &worker, notification).await;
-        }
+        deliver_batch(&trekker, &*notifier, &worker, batch).await;
         if idle {
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                () = trekker.notifications_queued.notified() => {}
+                () = trekker.notifications_queued.notified() => {
+                    // Let the messages of a burst of registrations gather:
+                    // one claim and one "sent" write serve them all.
+                    tokio::time::sleep(GATHER).await;
+                }
                 () = tokio::time::sleep(POLL_EVERY) => {}
             }
         } else if shutdown.is_cancelled() {
@@ -127,7 +134,27 @@ pub async fn run_dispatcher(trekker: Arc<Trekker>, notifier: Arc<dyn Notifier>, 
     }
 }
 
-async fn deliver(trekker: &Trekker, notifier: &dyn Notifier, worker: &str, notification: Notification) {
+/// Sends a claimed batch concurrently, then records the results: every
+/// message sent in one write, each retry or failure on its own (rare).
+async fn deliver_batch(trekker: &Trekker, notifier: &dyn Notifier, worker: &str, batch: Vec<Notification>) {
+    if batch.is_empty() {
+        return;
+    }
+    let attempts = batch.iter().map(|n| async move { (n.id, attempt(trekker, notifier, n).await) });
+    let outcomes = futures::future::join_all(attempts).await;
+    let sent: Vec<i64> = outcomes.iter().filter(|(_, o)| *o == NotificationOutcome::Sent).map(|(id, _)| *id).collect();
+    if let Err(err) = trekker.store.notifications.finish_notifications_sent(&sent, worker, trekker.now()).await {
+        tracing::warn!(count = sent.len(), error = ?err, "could not record sent notifications; they may be resent");
+    }
+    for (id, outcome) in outcomes.into_iter().filter(|(_, o)| *o != NotificationOutcome::Sent) {
+        if let Err(err) = trekker.store.notifications.finish_notification(id, worker, outcome, trekker.now()).await {
+            tracing::warn!(id, error = ?err, "could not record the notification result");
+        }
+    }
+}
+
+/// Sends one message, within the send timeout; what to record of it.
+async fn attempt(trekker: &Trekker, notifier: &dyn Notifier, notification: &Notification) -> NotificationOutcome {
     let sent = tokio::time::timeout(SEND_TIMEOUT, notifier.send(&notification.phone, &notification.text)).await;
     let outcome = match sent {
         Ok(Ok(())) => NotificationOutcome::Sent,
@@ -154,11 +181,7 @@ async fn deliver(trekker: &Trekker, notifier: &dyn Notifier, worker: &str, notif
         }
     };
     metrics::counter!(telemetry::NOTIFICATIONS, "result" => result).increment(1);
-    if let Err(err) =
-        trekker.store.notifications.finish_notification(notification.id, worker, outcome, trekker.now()).await
-    {
-        tracing::warn!(id = notification.id, error = ?err, "could not record the notification result");
-    }
+    outcome
 }
 
 #[cfg(test)]
@@ -197,16 +220,42 @@ mod tests {
 
     /// The outcome `deliver` records for one attempt.
     async fn outcome_of(notifier: Broken, attempts: i64) -> NotificationOutcome {
-        let recorded = Arc::new(std::sync::Mutex::new(None));
+        attempt(&trekker(Mocks::default()), &notifier, &notification(attempts)).await
+    }
+
+    /// Refuses one phone's messages, sends the others'.
+    #[derive(Debug)]
+    struct RefusesOne(&'static str);
+
+    #[async_trait]
+    impl Notifier for RefusesOne {
+        fn name(&self) -> &'static str {
+            "refuses-one"
+        }
+
+        async fn send(&self, phone: &str, _: &str) -> Result<(), NotifyError> {
+            if phone == self.0 { Err(NotifyError("no".into())) } else { Ok(()) }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_recorded_sent_in_one_write_and_each_failure_on_its_own() {
         let mut store = Mocks::default();
-        let keep = recorded.clone();
-        store.notifications.expect_finish_notification().times(1).returning(move |id, worker, outcome, _| {
-            assert_eq!((id, worker), (7, "w"));
-            *keep.lock().unwrap() = Some(outcome);
-            Ok(true)
-        });
-        deliver(&trekker(store), &notifier, "w", notification(attempts)).await;
-        recorded.lock().unwrap().take().unwrap()
+        store
+            .notifications
+            .expect_finish_notifications_sent()
+            .withf(|ids, worker, _| ids == [1, 3] && worker == "w")
+            .times(1)
+            .returning(|ids, _, _| Ok(ids.len() as u64));
+        store
+            .notifications
+            .expect_finish_notification()
+            .withf(|id, _, outcome, _| *id == 2 && matches!(outcome, NotificationOutcome::Retry { .. }))
+            .times(1)
+            .returning(|_, _, _, _| Ok(true));
+        let batch =
+            (1..=3).map(|id| Notification { id, phone: format!("25470000000{id}"), ..notification(1) }).collect();
+        deliver_batch(&trekker(store), &RefusesOne("254700000002"), "w", batch).await;
     }
 
     #[tokio::test(start_paused = true)]

@@ -7,10 +7,14 @@
 //! - new: `selectedServer`, else this node, else the placement policy's
 //!   ranking, each tried with the store's atomic reservation.
 
+use std::sync::Arc;
 use trekker_domain::GuestMessage;
 use trekker_domain::{ApprovalStatus, BotId, Credentials, PhoneNumber, ServerName, messages};
 use trekker_placement::{Candidate, Liveness};
-use trekker_store::{BotRecord, NewActivity, NewBot, SideEffects, StoreError, VersionRule};
+
+use trekker_store::{
+    BotRecord, NewActivity, NewBot, RegistryEntry, ServerSnapshot, SideEffects, StoreError, VersionRule,
+};
 
 use crate::{AppError, Trekker, new_bot_id, telemetry};
 
@@ -133,34 +137,40 @@ impl Trekker {
 
     async fn register(&self, request: RegisterRequest) -> Result<RegisterOutcome, AppError> {
         let input = self.check_registration(request).await?;
-        // A phone can be registered by another request between our look-up
-        // and our insert; the store then refuses and we look again.
+        // Optimistic: most registrations are of new phones, so placing comes
+        // first, one transaction. The store answers `PhoneTaken` before it
+        // touches any server row when the phone is registered; only then is
+        // the registry read. A phone freed between the two is placed again.
         for _ in 0..3 {
-            match self.store.bots.find_registration(&input.phone).await? {
-                Some(entry) => {
-                    if let Some(requested) = &input.selected
-                        && requested != &entry.server
-                    {
-                        return Err(AppError::ServerMismatch { hosted_on: entry.server, requested: requested.clone() });
-                    }
-                    let bot = self.hosted_bot(&entry).await?;
-                    if entry.server == self.node {
-                        return self.update_local_credentials(bot, &input.credentials).await;
-                    }
-                    return self.cross_server_update(&entry.server, bot, &input.credentials).await;
-                }
-                None => {
-                    let placed = match &input.selected {
-                        Some(server) => self.place_on_selected(&input, server).await?,
-                        None => self.place_new(&input).await?,
-                    };
-                    if let Placed::Done(outcome) = placed {
-                        return Ok(*outcome);
+            let placed = match &input.selected {
+                Some(server) => self.place_on_selected(&input, server).await?,
+                None => self.place_new(&input).await?,
+            };
+            match placed {
+                Placed::Done(outcome) => return Ok(*outcome),
+                Placed::PhoneTaken => {
+                    if let Some(entry) = self.store.bots.find_registration(&input.phone).await? {
+                        return self.update_registered(&input, &entry).await;
                     }
                 }
             }
         }
         Err(AppError::Conflict("This phone number is being registered by another request. Please try again.".into()))
+    }
+
+    /// New credentials for a phone registered on `entry.server`: applied
+    /// here, or forwarded to the hosting node.
+    async fn update_registered(&self, input: &Checked, entry: &RegistryEntry) -> Result<RegisterOutcome, AppError> {
+        if let Some(requested) = &input.selected
+            && requested != &entry.server
+        {
+            return Err(AppError::ServerMismatch { hosted_on: entry.server.clone(), requested: requested.clone() });
+        }
+        let bot = self.hosted_bot(entry).await?;
+        if entry.server == self.node {
+            return self.update_local_credentials(bot, &input.credentials).await;
+        }
+        self.cross_server_update(&entry.server, bot, &input.credentials).await
     }
 
     async fn check_registration(&self, request: RegisterRequest) -> Result<Checked, AppError> {
@@ -257,16 +267,32 @@ impl Trekker {
             Err(StoreError::PhoneTaken { .. }) => return Ok(Placed::PhoneTaken),
             Err(err) => return Err(err.into()),
         }
+        // Rank from a snapshot; if every server it offers is full, the
+        // snapshot may be stale (a server added or emptied since): rank once
+        // more from a fresh read before refusing.
+        for fresh in [false, true] {
+            let Some(servers) = self.ranking_snapshot(fresh).await? else { continue };
+            if let Some(placed) = self.place_elsewhere(input, &servers).await? {
+                return Ok(placed);
+            }
+        }
+        tracing::warn!(phone = %input.phone, "All servers are at capacity");
+        let mut refusal = NewActivity::new(&self.node, "registration_refused", "all servers are at capacity");
+        refusal.phone = Some(input.phone.clone());
+        if let Err(err) = self.store.activities.append_activity(&refusal, self.now()).await {
+            tracing::warn!(error = ?err, "could not record the refused registration");
+        }
+        Err(AppError::AllServersFull)
+    }
+
+    /// Tries the other servers, best first; `None` when none took the bot.
+    async fn place_elsewhere(&self, input: &Checked, servers: &[ServerSnapshot]) -> Result<Option<Placed>, AppError> {
         let liveness = Liveness { now_ms: self.now(), heartbeat_interval_ms: self.heartbeat_interval_ms };
-        let candidates: Vec<Candidate> = self
-            .store
-            .servers
-            .list_servers()
-            .await?
-            .into_iter()
+        let candidates: Vec<Candidate> = servers
+            .iter()
             .filter(|s| s.name != self.node)
             .map(|s| Candidate {
-                name: s.name,
+                name: s.name.clone(),
                 max_bot_count: s.max_bot_count,
                 current_bot_count: s.current_bot_count,
                 status: s.status,
@@ -282,11 +308,11 @@ impl Trekker {
                     tracing::info!(bot = %registered.bot.id, "✅ Bot successfully auto-assigned to {target}");
                     let (from, to) = (self.node.to_string(), target.to_string());
                     metrics::counter!(telemetry::AUTO_ASSIGNMENTS, "from" => from, "to" => to).increment(1);
-                    return Ok(Placed::Done(Box::new(RegisterOutcome::AutoAssigned {
+                    return Ok(Some(Placed::Done(Box::new(RegisterOutcome::AutoAssigned {
                         bot: registered.bot,
                         from: self.node.clone(),
                         available_slots: registered.free_slots_after,
-                    })));
+                    }))));
                 }
                 // Filled up (or left) since the snapshot: try the next one.
                 Err(
@@ -294,17 +320,34 @@ impl Trekker {
                 ) => {
                     tracing::debug!(%target, "candidate filled up meanwhile; trying the next");
                 }
-                Err(StoreError::PhoneTaken { .. }) => return Ok(Placed::PhoneTaken),
+                Err(StoreError::PhoneTaken { .. }) => return Ok(Some(Placed::PhoneTaken)),
                 Err(err) => return Err(err.into()),
             }
         }
-        tracing::warn!(phone = %input.phone, "All servers are at capacity");
-        let mut refusal = NewActivity::new(&self.node, "registration_refused", "all servers are at capacity");
-        refusal.phone = Some(input.phone.clone());
-        if let Err(err) = self.store.activities.append_activity(&refusal, self.now()).await {
-            tracing::warn!(error = ?err, "could not record the refused registration");
+        Ok(None)
+    }
+
+    /// The servers to rank: the snapshot when it is under a heartbeat
+    /// interval old, else (or when `fresh`) a new read. `None` when `fresh`
+    /// is asked but the snapshot is itself from this instant (nothing to
+    /// gain from reading again). The reservation stays the only guard, so
+    /// a stale snapshot costs at most a refused attempt.
+    async fn ranking_snapshot(&self, fresh: bool) -> Result<Option<Arc<Vec<ServerSnapshot>>>, AppError> {
+        let now = self.now();
+        let cached = self.server_snapshot.lock().map(|s| s.clone()).unwrap_or(None);
+        if let Some((read_at, servers)) = cached {
+            if !fresh && now - read_at < self.heartbeat_interval_ms {
+                return Ok(Some(servers));
+            }
+            if fresh && read_at >= now {
+                return Ok(None);
+            }
         }
-        Err(AppError::AllServersFull)
+        let servers = Arc::new(self.store.servers.list_servers().await?);
+        if let Ok(mut slot) = self.server_snapshot.lock() {
+            *slot = Some((now, servers.clone()));
+        }
+        Ok(Some(servers))
     }
 
     async fn reserve(
@@ -369,6 +412,11 @@ mod tests {
             credentials: CredentialInput::SessionId(creds::session_id(PHONE, 1)),
             selected_server: selected.map(str::to_owned),
         }
+    }
+
+    /// The store's answer for a phone registered on `server`.
+    fn taken(server: &str) -> StoreError {
+        StoreError::PhoneTaken { server: name(server), bot_id: BotId::parse("bot-1").unwrap() }
     }
 
     fn name(s: &str) -> ServerName {
@@ -453,7 +501,7 @@ mod tests {
     #[tokio::test]
     async fn new_bot_goes_to_this_node_when_it_has_room() {
         let mut store = Mocks::default();
-        store.bots.expect_find_registration().returning(|_| Ok(None));
+        store.bots.expect_find_registration().never();
         store
             .bots
             .expect_register_bot()
@@ -476,7 +524,7 @@ mod tests {
     #[tokio::test]
     async fn full_node_auto_assigns_to_most_free_and_skips_one_that_filled_meanwhile() {
         let mut store = Mocks::default();
-        store.bots.expect_find_registration().returning(|_| Ok(None));
+        store.bots.expect_find_registration().never();
         store.servers.expect_list_servers().returning(|| {
             Ok(vec![
                 snapshot("SERVER0", 2, 2),
@@ -513,9 +561,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_full_node_ranks_from_a_snapshot_and_reads_again_only_when_it_fails() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let mut store = Mocks::default();
+        let reads = Arc::new(AtomicUsize::new(0));
+        let counted = reads.clone();
+        store.servers.expect_list_servers().returning(move || {
+            // The first read still offers SERVER1; by the second it is full
+            // and SERVER2 has joined.
+            Ok(match counted.fetch_add(1, Ordering::SeqCst) {
+                0 => vec![snapshot("SERVER0", 2, 2), snapshot("SERVER1", 10, 5)],
+                _ => vec![snapshot("SERVER0", 2, 2), snapshot("SERVER1", 10, 10), snapshot("SERVER2", 10, 0)],
+            })
+        });
+        let server1_taken = Arc::new(AtomicUsize::new(0));
+        store.bots.expect_register_bot().returning(move |bot, _, _| match bot.server.as_str() {
+            "SERVER1" if server1_taken.fetch_add(1, Ordering::SeqCst) == 0 => Ok(registered(bot, 4)),
+            "SERVER2" => Ok(registered(bot, 9)),
+            _ => Err(StoreError::ServerFull(bot.server.clone())),
+        });
+        let clock = Arc::new(trekker_domain::time::ManualClock::new(NOW));
+        let mut node = trekker(store);
+        node.clock = clock.clone();
+        let placed_on = |outcome: RegisterOutcome| outcome.bot().server.to_string();
+
+        assert_eq!(placed_on(node.register_bot(request(None)).await.unwrap()), "SERVER1");
+        assert_eq!(reads.load(Ordering::SeqCst), 1);
+        // Within a heartbeat interval the snapshot serves; SERVER1 refuses
+        // (it filled meanwhile), so the servers are read again, once.
+        clock.advance(1_000);
+        assert_eq!(placed_on(node.register_bot(request(None)).await.unwrap()), "SERVER2");
+        assert_eq!(reads.load(Ordering::SeqCst), 2);
+        clock.advance(1_000);
+        assert_eq!(placed_on(node.register_bot(request(None)).await.unwrap()), "SERVER2");
+        assert_eq!(reads.load(Ordering::SeqCst), 2, "the fresh snapshot serves the next registration");
+        // Past a heartbeat interval it is read again before ranking.
+        clock.advance(10_000);
+        node.register_bot(request(None)).await.unwrap();
+        assert_eq!(reads.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
     async fn everything_full_is_all_servers_full() {
         let mut store = Mocks::default();
-        store.bots.expect_find_registration().returning(|_| Ok(None));
+        store.bots.expect_find_registration().never();
         store
             .servers
             .expect_list_servers()
@@ -540,7 +629,7 @@ mod tests {
     async fn selected_server_full_or_taken_elsewhere() {
         let mut store = Mocks::default();
         store.servers.expect_get_server().returning(|n| Ok(Some(snapshot(n.as_str(), 1, 1))));
-        store.bots.expect_find_registration().returning(|_| Ok(None));
+        store.bots.expect_find_registration().never();
         store.bots.expect_register_bot().returning(|bot, _, _| Err(StoreError::ServerFull(bot.server.clone())));
         assert!(
             matches!(refused(store, request(Some("server1"))).await, AppError::ServerFull(s) if s.as_str() == "SERVER1")
@@ -548,6 +637,7 @@ mod tests {
 
         let mut store = Mocks::default();
         store.servers.expect_get_server().returning(|n| Ok(Some(snapshot(n.as_str(), 5, 1))));
+        store.bots.expect_register_bot().times(1).returning(|_, _, _| Err(taken("SERVER0")));
         store.bots.expect_find_registration().returning(|_| Ok(Some(registry_entry("SERVER0"))));
         let err = refused(store, request(Some("SERVER1"))).await;
         assert_eq!(err.to_string(), "This phone number is registered on SERVER0. Cannot move to SERVER1.");
@@ -557,6 +647,7 @@ mod tests {
     async fn hosted_here_updates_credentials_and_restarts_approved_bots() {
         for (approval, restarting) in [(ApprovalStatus::Approved, true), (ApprovalStatus::Pending, false)] {
             let mut store = Mocks::default();
+            store.bots.expect_register_bot().times(1).returning(|_, _, _| Err(taken("SERVER0")));
             store.bots.expect_find_registration().returning(|_| Ok(Some(registry_entry("SERVER0"))));
             store.bots.expect_find_bot_on_server().returning(move |_, _| Ok(Some(bot_record("SERVER0", approval))));
             let sent = request(None);
@@ -619,6 +710,7 @@ mod tests {
 
     fn cross_server_store_recording(host_heartbeat: i64, queued: Queued) -> Mocks {
         let mut store = Mocks::default();
+        store.bots.expect_register_bot().times(1).returning(|_, _, _| Err(taken("SERVER1")));
         store.bots.expect_find_registration().returning(|_| Ok(Some(registry_entry("SERVER1"))));
         store
             .bots
@@ -732,6 +824,7 @@ mod tests {
     #[tokio::test]
     async fn registry_row_without_bot_is_inconsistent() {
         let mut store = Mocks::default();
+        store.bots.expect_register_bot().times(1).returning(|_, _, _| Err(taken("SERVER1")));
         store.bots.expect_find_registration().returning(|_| Ok(Some(registry_entry("SERVER1"))));
         store.bots.expect_find_bot_on_server().returning(|_, _| Ok(None));
         assert!(
@@ -743,10 +836,11 @@ mod tests {
     async fn phone_taken_meanwhile_is_looked_up_again() {
         let mut store = Mocks::default();
         let mut seq = mockall::Sequence::new();
+        // Taken, but freed before the look-up: placed again, then taken
+        // again (by someone else's bot on this node) and updated.
+        store.bots.expect_register_bot().times(1).in_sequence(&mut seq).returning(|_, _, _| Err(taken("SERVER0")));
         store.bots.expect_find_registration().times(1).in_sequence(&mut seq).returning(|_| Ok(None));
-        store.bots.expect_register_bot().times(1).in_sequence(&mut seq).returning(|_, _, _| {
-            Err(StoreError::PhoneTaken { server: name("SERVER0"), bot_id: BotId::parse("bot-1").unwrap() })
-        });
+        store.bots.expect_register_bot().times(1).in_sequence(&mut seq).returning(|_, _, _| Err(taken("SERVER0")));
         store
             .bots
             .expect_find_registration()

@@ -184,6 +184,10 @@ pub trait NotificationOutbox: Send + Sync + 'static {
         now: Millis,
     ) -> Result<bool, StoreError>;
 
+    /// Marks every notification of `ids` that `worker` still holds as sent,
+    /// in one statement; returns how many.
+    async fn finish_notifications_sent(&self, ids: &[i64], worker: &str, now: Millis) -> Result<u64, StoreError>;
+
     /// Notifications still waiting to be sent (for metrics and tests).
     async fn pending_notifications(&self) -> Result<i64, StoreError>;
 }

@@ -739,6 +739,13 @@ async fn notifications_are_claimed_once(f: Fixture) {
     let later = s.claim_notifications("w8", NOW + 60_000, 30_000, 100).await.unwrap();
     assert_eq!(later.len(), 17, "the retried one waits for its time");
     assert!(later.iter().all(|n| n.id != again[0].id));
+    // A batch is marked sent in one write, only what the worker holds.
+    let ids: Vec<i64> = later.iter().map(|n| n.id).collect();
+    assert_eq!(s.finish_notifications_sent(&ids, "intruder", NOW + 60_001).await.unwrap(), 0);
+    assert_eq!(s.finish_notifications_sent(&[], "w8", NOW + 60_001).await.unwrap(), 0);
+    assert_eq!(s.finish_notifications_sent(&ids[..10], "w8", NOW + 60_001).await.unwrap(), 10);
+    assert_eq!(s.finish_notifications_sent(&ids, "w8", NOW + 60_001).await.unwrap(), 7, "sent ones stay sent");
+    assert_eq!(s.pending_notifications().await.unwrap(), 1);
 }
 
 /// Invariant 2 under load: 200 concurrent reservations on 5 servers of 10.

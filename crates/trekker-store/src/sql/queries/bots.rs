@@ -5,6 +5,7 @@
 use async_trait::async_trait;
 use trekker_domain::{ApprovalStatus, BotId, Credentials, PhoneNumber, ServerName, ServerStatus};
 
+use super::insert_notification_in;
 use super::{BEGIN_WRITE, Db, GENERIC_PLANS, fetch_bot_in, fetch_server_in, insert_activity_in, insert_effects_in};
 use super::{leave_pending_in, lock_approval_in, newest_first, ownership, release_slot_in, split_page};
 use crate::error::StoreError;
@@ -126,10 +127,98 @@ impl BotStore for SqlStore<Db> {
         let (account_key, adv_timestamp) = ownership(&bot.credentials)?;
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
 
-        // The reservation: one conditional UPDATE, atomic under concurrency
-        // on both backends (invariant 2).
-        // The pending cap is on the row too, so it is exact under
-        // concurrency for the same reason.
+        // The phone first: a phone that is taken is answered without
+        // touching the server's row (callers insert optimistically and look
+        // the phone up only when this says it is taken).
+        let claimed = sqlx::query(
+            "INSERT INTO god_register (phone_number, tenancy_name, bot_id, registered_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (phone_number) DO NOTHING",
+        )
+        .bind(bot.phone.as_str())
+        .bind(bot.server.as_str())
+        .bind(bot.id.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await;
+        let claimed = match claimed {
+            Ok(done) => done.rows_affected(),
+            // No such server (the registry row refers to it).
+            Err(err) if err.as_database_error().is_some_and(|db| db.is_foreign_key_violation()) => {
+                tx.rollback().await?;
+                return Err(StoreError::UnknownServer(bot.server.clone()));
+            }
+            Err(err) => return Err(err.into()),
+        };
+        if claimed == 0 {
+            let holder: Option<RegistryRow> = sqlx::query_as(
+                "SELECT phone_number, tenancy_name, bot_id, registered_at FROM god_register WHERE phone_number = $1",
+            )
+            .bind(bot.phone.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+            tx.rollback().await?;
+            let holder =
+                holder.ok_or_else(|| StoreError::Corrupt("registry row vanished during registration".into()))?;
+            let holder = RegistryEntry::try_from(holder)?;
+            return Err(StoreError::PhoneTaken { server: holder.server, bot_id: holder.bot_id });
+        }
+
+        let inserted: Result<BotRow, sqlx::Error> = sqlx::query_as(concat!(
+            "INSERT INTO bot_instances (id, name, phone_number, server_name, approval_status, status, \
+             credentials_ciphertext, credentials_nonce, credentials_key_id, credentials_version, \
+             credentials_updated_at, created_at, updated_at, account_key, adv_timestamp) \
+             VALUES ($1, $2, $3, $4, 'pending', 'offline', $5, $6, $7, 1, $8, $8, $8, $9, $10) RETURNING ",
+            bot_columns!()
+        ))
+        .bind(bot.id.as_str())
+        .bind(&bot.name)
+        .bind(bot.phone.as_str())
+        .bind(bot.server.as_str())
+        .bind(&sealed.ciphertext)
+        .bind(&sealed.nonce)
+        .bind(&sealed.key_id)
+        .bind(now)
+        .bind(&account_key[..])
+        .bind(adv_timestamp)
+        .fetch_one(&mut *tx)
+        .await;
+        let record = match inserted {
+            Ok(row) => BotRecord::try_from(row)?,
+            Err(err) if err.as_database_error().is_some_and(|db| db.is_unique_violation()) => {
+                // A bot row holds the phone without a registry row: an
+                // inconsistency an admin can repair. Refuse, write nothing
+                // (the failed statement ended the transaction on PostgreSQL:
+                // the holder is looked up after it).
+                tx.rollback().await?;
+                let holder: Option<BotRow> = sqlx::query_as(concat!(
+                    "SELECT ",
+                    bot_columns!(),
+                    " FROM bot_instances WHERE phone_number = $1 AND approval_status <> 'rejected'"
+                ))
+                .bind(bot.phone.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+                return match holder {
+                    Some(row) => {
+                        let holder = BotRecord::try_from(row)?;
+                        Err(StoreError::PhoneTaken { server: holder.server, bot_id: holder.id })
+                    }
+                    None => Err(err.into()),
+                };
+            }
+            Err(err) if err.as_database_error().is_some_and(|db| db.is_foreign_key_violation()) => {
+                tx.rollback().await?;
+                return Err(StoreError::UnknownServer(bot.server.clone()));
+            }
+            Err(err) => return Err(err.into()),
+        };
+        insert_activity_in(&mut tx, &effects.activity, now).await?;
+
+        // The reservation last, so the server's row is locked only for the
+        // notification and the commit: registrations on one server queue on
+        // that lock, and this keeps the queue short. One conditional UPDATE,
+        // atomic under concurrency on both backends (invariant 2); the
+        // pending cap is on the row too, exact for the same reason.
         let free_after: Option<i64> = sqlx::query_scalar(
             "UPDATE server_registry SET current_bot_count = current_bot_count + 1, \
              pending_count = pending_count + 1, updated_at = $2 \
@@ -153,77 +242,8 @@ impl BotStore for SqlStore<Db> {
                 Some(s) => StoreError::ServerFull(s.name),
             });
         };
-
-        let claimed = sqlx::query(
-            "INSERT INTO god_register (phone_number, tenancy_name, bot_id, registered_at) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (phone_number) DO NOTHING",
-        )
-        .bind(bot.phone.as_str())
-        .bind(bot.server.as_str())
-        .bind(bot.id.as_str())
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if claimed == 0 {
-            let holder: Option<RegistryRow> = sqlx::query_as(
-                "SELECT phone_number, tenancy_name, bot_id, registered_at FROM god_register WHERE phone_number = $1",
-            )
-            .bind(bot.phone.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-            tx.rollback().await?;
-            let holder =
-                holder.ok_or_else(|| StoreError::Corrupt("registry row vanished during registration".into()))?;
-            let holder = RegistryEntry::try_from(holder)?;
-            return Err(StoreError::PhoneTaken { server: holder.server, bot_id: holder.bot_id });
-        }
-
-        let inserted = sqlx::query(
-            "INSERT INTO bot_instances (id, name, phone_number, server_name, approval_status, status, \
-             credentials_ciphertext, credentials_nonce, credentials_key_id, credentials_version, \
-             credentials_updated_at, created_at, updated_at, account_key, adv_timestamp) \
-             VALUES ($1, $2, $3, $4, 'pending', 'offline', $5, $6, $7, 1, $8, $8, $8, $9, $10)",
-        )
-        .bind(bot.id.as_str())
-        .bind(&bot.name)
-        .bind(bot.phone.as_str())
-        .bind(bot.server.as_str())
-        .bind(&sealed.ciphertext)
-        .bind(&sealed.nonce)
-        .bind(&sealed.key_id)
-        .bind(now)
-        .bind(&account_key[..])
-        .bind(adv_timestamp)
-        .execute(&mut *tx)
-        .await;
-        if let Err(err) = inserted {
-            let unique = err.as_database_error().is_some_and(|db| db.is_unique_violation());
-            if !unique {
-                return Err(err.into());
-            }
-            // A bot row holds the phone without a registry row: an
-            // inconsistency an admin can repair. Refuse, write nothing.
-            let holder: Option<BotRow> = sqlx::query_as(concat!(
-                "SELECT ",
-                bot_columns!(),
-                " FROM bot_instances WHERE phone_number = $1 AND approval_status <> 'rejected'"
-            ))
-            .bind(bot.phone.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-            tx.rollback().await?;
-            return match holder {
-                Some(row) => {
-                    let holder = BotRecord::try_from(row)?;
-                    Err(StoreError::PhoneTaken { server: holder.server, bot_id: holder.id })
-                }
-                None => Err(err.into()),
-            };
-        }
         let free_after = free_after.max(0);
-        insert_effects_in(&mut tx, effects, Some(free_after), now).await?;
-        let record = fetch_bot_in(&mut tx, bot.id.as_str()).await?;
+        insert_notification_in(&mut tx, effects, Some(free_after), now).await?;
         tx.commit().await?;
         Ok(Registered { bot: record, free_slots_after: free_after })
     }

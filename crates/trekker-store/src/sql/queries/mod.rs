@@ -126,6 +126,16 @@ pub(super) async fn insert_effects_in(
     now: Millis,
 ) -> Result<(), StoreError> {
     insert_activity_in(&mut *conn, &effects.activity, now).await?;
+    insert_notification_in(conn, effects, slots_left, now).await
+}
+
+/// Queues a change's guest notification, if it has one.
+pub(super) async fn insert_notification_in(
+    conn: &mut Conn,
+    effects: &SideEffects,
+    slots_left: Option<i64>,
+    now: Millis,
+) -> Result<(), StoreError> {
     if let Some(notification) = &effects.notification {
         sqlx::query(
             "INSERT INTO notification_outbox (phone_number, message, next_attempt_at, created_at) \

@@ -1,5 +1,6 @@
 //! [`NotificationOutbox`] methods: guest messages, claimed under a lease by
-//! one dispatcher at a time (at-least-once delivery).
+//! one dispatcher at a time (at-least-once delivery), claimed and marked
+//! sent in batches.
 
 use async_trait::async_trait;
 
@@ -66,6 +67,25 @@ impl NotificationOutbox for SqlStore<Db> {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn finish_notifications_sent(&self, ids: &[i64], worker: &str, now: Millis) -> Result<u64, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        // A JSON array of integers, bound as text (SQLite has no arrays).
+        let ids = format!("[{}]", ids.iter().map(i64::to_string).collect::<Vec<_>>().join(","));
+        let done = sqlx::query(concat!(
+            "UPDATE notification_outbox SET status = 'sent', claimed_by = NULL, claimed_until = NULL, sent_at = $2 \
+             WHERE claimed_by = $1 AND status = 'pending' AND id IN ",
+            json_bigints_3!()
+        ))
+        .bind(worker)
+        .bind(now)
+        .bind(ids)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
     }
 
     async fn pending_notifications(&self) -> Result<i64, StoreError> {
