@@ -30,3 +30,13 @@ lint:
 # The 10,000-bot boot benchmark (figures go to docs/benchmarks.md).
 bench:
     cargo bench -p trekker-runtime --bench boot_10k
+
+# Registrations/s through a node over HTTP at 1, 8 and 32 clients against
+# pgbench running the same writes, on a throwaway PostgreSQL.
+bench-register:
+    cargo run --release -p trekker-bench --bin bench-register
+
+# A 1,000 x 1,000-bot fleet: a quiet node's database cost (now and with
+# per-bot leases), admin pages and registration p99, full against small.
+bench-fleet:
+    cargo run --release -p trekker-bench --bin bench-fleet

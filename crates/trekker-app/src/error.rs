@@ -56,6 +56,9 @@ impl From<StoreError> for AppError {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::BotNotFound => Self::NotFound("Bot not found.".into()),
+            StoreError::Contended => {
+                Self::Conflict("This phone number is being registered by another request. Please try again.".into())
+            }
             StoreError::PairingNotFound => Self::NotFound("Pairing request not found.".into()),
             StoreError::UnknownServer(name) => Self::UnknownServer(name.to_string()),
             StoreError::Transition(e) => Self::Conflict(format!("{}.", capitalise(&e.to_string()))),

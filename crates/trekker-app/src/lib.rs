@@ -99,7 +99,14 @@ pub struct Trekker {
     /// The servers as last read for ranking (read at most once a heartbeat
     /// interval; see `register::ranking_snapshot`).
     server_snapshot: std::sync::Mutex<Option<(i64, Arc<Vec<trekker_store::ServerSnapshot>>)>>,
+    /// Placement transactions this node runs at once (see `register`).
+    placements_in_flight: tokio::sync::Semaphore,
 }
+
+/// Placement transactions in flight per node. Measured with
+/// `bench-register` (docs/benchmarks.md): past a few, registrations only
+/// wait longer on the server row's lock, and throughput falls.
+pub const PLACEMENTS_IN_FLIGHT: usize = 4;
 
 impl std::fmt::Debug for Trekker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -127,6 +134,7 @@ impl Trekker {
             pending_ttl_ms: 72 * 3_600_000,
             pending_share_percent: 50,
             server_snapshot: std::sync::Mutex::new(None),
+            placements_in_flight: tokio::sync::Semaphore::new(PLACEMENTS_IN_FLIGHT),
         }
     }
 

@@ -365,6 +365,9 @@ impl Trekker {
             server: server.clone(),
             credentials: input.credentials.clone(),
         };
+        // Registrations on one server queue on its row lock: more of them
+        // in flight at once only lengthens the queue inside the database.
+        let _turn = self.placements_in_flight.acquire().await;
         self.store.bots.register_bot(&bot, effects, self.now()).await
     }
 

@@ -16,6 +16,8 @@ pub enum StoreError {
     ServerNotAccepting { server: ServerName, status: ServerStatus },
     #[error("the phone number is already registered on {server}")]
     PhoneTaken { server: ServerName, bot_id: BotId },
+    #[error("the phone number changed hands repeatedly while it was being registered")]
+    Contended,
     #[error("bot not found")]
     BotNotFound,
     #[error("pairing request not found")]

@@ -207,7 +207,20 @@ fn run(command: &mut Command) -> Result<(), String> {
     }
 }
 
+/// A PostgreSQL client program (`pgbench`, `psql`) from the folder whose
+/// server the harness starts, when there is one.
+pub fn postgres_tool(name: &str) -> Option<PathBuf> {
+    let preferred = find_postgres_bin().into_iter();
+    preferred.chain(bin_dirs()).map(|dir| dir.join(name)).find(|path| path.is_file())
+}
+
 fn find_postgres_bin() -> Option<PathBuf> {
+    bin_dirs().find(|dir| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file())
+}
+
+/// Where PostgreSQL programs may be: `PATH`, then Debian's versioned
+/// folders, newest first.
+fn bin_dirs() -> impl Iterator<Item = PathBuf> {
     let mut candidates: Vec<PathBuf> =
         std::env::var_os("PATH").map(|path| std::env::split_paths(&path).collect()).unwrap_or_default();
     if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
@@ -215,7 +228,7 @@ fn find_postgres_bin() -> Option<PathBuf> {
         versions.sort();
         candidates.extend(versions.into_iter().rev());
     }
-    candidates.into_iter().find(|dir| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file())
+    candidates.into_iter()
 }
 
 fn is_root() -> bool {

@@ -34,10 +34,10 @@ macro_rules! claim_lock {
 /// transaction numbered `next` or above, or from one listed as running.
 const CHANGE_CURSOR: &str = "SELECT CAST(pg_current_snapshot() AS TEXT)";
 
-/// The BIGINTs of the JSON array bound as `$3`, as a subquery.
-macro_rules! json_bigints_3 {
-    () => {
-        "(SELECT CAST(value AS BIGINT) FROM jsonb_array_elements_text(CAST($3 AS JSONB)))"
+/// The BIGINTs of the JSON array bound as `$param`, as a subquery.
+macro_rules! json_bigints {
+    ($param:literal) => {
+        concat!("(SELECT CAST(value AS BIGINT) FROM jsonb_array_elements_text(CAST(", $param, " AS JSONB)))")
     };
 }
 

@@ -8,6 +8,7 @@ use trekker_domain::{ApprovalStatus, BotId, Credentials, PhoneNumber, ServerName
 use super::insert_notification_in;
 use super::{BEGIN_WRITE, Db, GENERIC_PLANS, fetch_bot_in, fetch_server_in, insert_activity_in, insert_effects_in};
 use super::{leave_pending_in, lock_approval_in, newest_first, ownership, release_slot_in, split_page};
+use crate::cipher::Sealed;
 use crate::error::StoreError;
 use crate::model::*;
 use crate::sql::SqlStore;
@@ -74,57 +75,18 @@ impl SqlStore<Db> {
     }
 }
 
-#[async_trait]
-impl BotStore for SqlStore<Db> {
-    async fn find_registration(&self, phone: &PhoneNumber) -> Result<Option<RegistryEntry>, StoreError> {
-        let row: Option<RegistryRow> = sqlx::query_as(
-            "SELECT phone_number, tenancy_name, bot_id, registered_at FROM god_register WHERE phone_number = $1",
-        )
-        .bind(phone.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(RegistryEntry::try_from).transpose()
-    }
-
-    async fn get_bot(&self, id: &BotId) -> Result<Option<BotRecord>, StoreError> {
-        let row: Option<BotRow> =
-            sqlx::query_as(concat!("SELECT ", bot_columns!(), " FROM bot_instances WHERE id = $1"))
-                .bind(id.as_str())
-                .fetch_optional(&self.pool)
-                .await?;
-        row.map(BotRecord::try_from).transpose()
-    }
-
-    async fn find_bot_on_server(
+impl SqlStore<Db> {
+    /// One registration transaction (see [`BotStore::register_bot`]);
+    /// `None` when the phone's holder went away while we looked (nothing
+    /// was written: try again).
+    async fn try_register(
         &self,
-        phone: &PhoneNumber,
-        server: &ServerName,
-    ) -> Result<Option<BotRecord>, StoreError> {
-        let row: Option<BotRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            bot_columns!(),
-            " FROM bot_instances \
-             WHERE phone_number = $1 AND server_name = $2 AND approval_status <> 'rejected'"
-        ))
-        .bind(phone.as_str())
-        .bind(server.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(BotRecord::try_from).transpose()
-    }
-
-    async fn list_bots(&self, filter: &BotFilter) -> Result<BotPage, StoreError> {
-        let limit = filter.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
-        let select = concat!("SELECT ", bot_columns!(), " FROM bot_instances");
-        let mut query = bot_page(select, filter, limit);
-        let rows: Vec<BotRow> = query.build_query_as().fetch_all(&self.pool).await?;
-        let (bots, next) = split_page(bots(rows)?, limit, |b| BotCursor { created_at: b.created_at, id: b.id.clone() });
-        Ok(BotPage { bots, next })
-    }
-
-    async fn register_bot(&self, bot: &NewBot, effects: &SideEffects, now: Millis) -> Result<Registered, StoreError> {
-        let sealed = self.seal(bot.id.as_str(), &bot.credentials)?;
-        let (account_key, adv_timestamp) = ownership(&bot.credentials)?;
+        bot: &NewBot,
+        sealed: &Sealed,
+        (account_key, adv_timestamp): (&[u8; 32], i64),
+        effects: &SideEffects,
+        now: Millis,
+    ) -> Result<Option<Registered>, StoreError> {
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
 
         // The phone first: a phone that is taken is answered without
@@ -157,8 +119,9 @@ impl BotStore for SqlStore<Db> {
             .fetch_optional(&mut *tx)
             .await?;
             tx.rollback().await?;
-            let holder =
-                holder.ok_or_else(|| StoreError::Corrupt("registry row vanished during registration".into()))?;
+            // The holder was deleted between our insert and this read
+            // (a reject or delete committed): the phone is free, try again.
+            let Some(holder) = holder else { return Ok(None) };
             let holder = RegistryEntry::try_from(holder)?;
             return Err(StoreError::PhoneTaken { server: holder.server, bot_id: holder.bot_id });
         }
@@ -245,7 +208,69 @@ impl BotStore for SqlStore<Db> {
         let free_after = free_after.max(0);
         insert_notification_in(&mut tx, effects, Some(free_after), now).await?;
         tx.commit().await?;
-        Ok(Registered { bot: record, free_slots_after: free_after })
+        Ok(Some(Registered { bot: record, free_slots_after: free_after }))
+    }
+}
+
+#[async_trait]
+impl BotStore for SqlStore<Db> {
+    async fn find_registration(&self, phone: &PhoneNumber) -> Result<Option<RegistryEntry>, StoreError> {
+        let row: Option<RegistryRow> = sqlx::query_as(
+            "SELECT phone_number, tenancy_name, bot_id, registered_at FROM god_register WHERE phone_number = $1",
+        )
+        .bind(phone.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(RegistryEntry::try_from).transpose()
+    }
+
+    async fn get_bot(&self, id: &BotId) -> Result<Option<BotRecord>, StoreError> {
+        let row: Option<BotRow> =
+            sqlx::query_as(concat!("SELECT ", bot_columns!(), " FROM bot_instances WHERE id = $1"))
+                .bind(id.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(BotRecord::try_from).transpose()
+    }
+
+    async fn find_bot_on_server(
+        &self,
+        phone: &PhoneNumber,
+        server: &ServerName,
+    ) -> Result<Option<BotRecord>, StoreError> {
+        let row: Option<BotRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            bot_columns!(),
+            " FROM bot_instances \
+             WHERE phone_number = $1 AND server_name = $2 AND approval_status <> 'rejected'"
+        ))
+        .bind(phone.as_str())
+        .bind(server.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(BotRecord::try_from).transpose()
+    }
+
+    async fn list_bots(&self, filter: &BotFilter) -> Result<BotPage, StoreError> {
+        let limit = filter.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+        let select = concat!("SELECT ", bot_columns!(), " FROM bot_instances");
+        let mut query = bot_page(select, filter, limit);
+        let rows: Vec<BotRow> = query.build_query_as().fetch_all(&self.pool).await?;
+        let (bots, next) = split_page(bots(rows)?, limit, |b| BotCursor { created_at: b.created_at, id: b.id.clone() });
+        Ok(BotPage { bots, next })
+    }
+
+    async fn register_bot(&self, bot: &NewBot, effects: &SideEffects, now: Millis) -> Result<Registered, StoreError> {
+        let sealed = self.seal(bot.id.as_str(), &bot.credentials)?;
+        let (account_key, adv_timestamp) = ownership(&bot.credentials)?;
+        for _ in 0..3 {
+            if let Some(registered) =
+                self.try_register(bot, &sealed, (&account_key, adv_timestamp), effects, now).await?
+            {
+                return Ok(registered);
+            }
+        }
+        Err(StoreError::Contended)
     }
 
     async fn update_credentials(

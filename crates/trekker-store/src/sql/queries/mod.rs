@@ -1,6 +1,6 @@
 //! The SQL of the store, one module per aggregate, compiled once per
 //! backend (the parent module names `Db`, `BEGIN_WRITE`, `CHANGE_CURSOR`,
-//! `GENERIC_PLANS`, `lock_row!`, `claim_lock!` and `json_bigints_3!`).
+//! `GENERIC_PLANS`, `lock_row!`, `claim_lock!` and `json_bigints!`).
 //! This file holds the statements several aggregates run inside their own
 //! transactions, and the paged listing builder.
 //!

@@ -78,7 +78,7 @@ impl NotificationOutbox for SqlStore<Db> {
         let done = sqlx::query(concat!(
             "UPDATE notification_outbox SET status = 'sent', claimed_by = NULL, claimed_until = NULL, sent_at = $2 \
              WHERE claimed_by = $1 AND status = 'pending' AND id IN ",
-            json_bigints_3!()
+            json_bigints!("$3")
         ))
         .bind(worker)
         .bind(now)

@@ -92,30 +92,53 @@ impl RuntimeStore for SqlStore<Db> {
 
     async fn bot_changes(&self, node: &ServerName, cursor: &ChangeCursor) -> Result<BotChanges, StoreError> {
         let next = self.change_cursor().await?;
-        // A JSON array of integers, bound as text (SQLite has no arrays).
-        let pending = format!("[{}]", cursor.pending.iter().map(i64::to_string).collect::<Vec<_>>().join(","));
-        let departed: Vec<String> = sqlx::query_scalar(concat!(
-            "SELECT bot_id FROM bot_departures WHERE server_name = $1 AND (change_seq >= $2 OR change_seq IN ",
-            json_bigints_3!(),
-            ") ORDER BY change_seq"
-        ))
+        // Writes since the cursor: a range of the (server_name, change_seq)
+        // index, empty for a quiet node. Writes of transactions that were
+        // still running at the cursor are asked for apart, only when there
+        // were any: an OR of both would make the planner read every row
+        // of the server.
+        let mut departed: Vec<String> = sqlx::query_scalar(
+            "SELECT bot_id FROM bot_departures WHERE server_name = $1 AND change_seq >= $2 ORDER BY change_seq",
+        )
         .bind(node.as_str())
         .bind(cursor.from)
-        .bind(&pending)
         .fetch_all(&self.pool)
         .await?;
-        let rows: Vec<BotRow> = sqlx::query_as(concat!(
+        let mut rows: Vec<BotRow> = sqlx::query_as(concat!(
             "SELECT ",
             bot_columns!(),
-            " FROM bot_instances WHERE server_name = $1 AND (change_seq >= $2 OR change_seq IN ",
-            json_bigints_3!(),
-            ")"
+            " FROM bot_instances WHERE server_name = $1 AND change_seq >= $2"
         ))
         .bind(node.as_str())
         .bind(cursor.from)
-        .bind(&pending)
         .fetch_all(&self.pool)
         .await?;
+        if !cursor.pending.is_empty() {
+            // A JSON array of integers, bound as text (SQLite has no arrays).
+            let pending = format!("[{}]", cursor.pending.iter().map(i64::to_string).collect::<Vec<_>>().join(","));
+            let late: Vec<String> = sqlx::query_scalar(concat!(
+                "SELECT bot_id FROM bot_departures WHERE server_name = $1 AND change_seq IN ",
+                json_bigints!("$2")
+            ))
+            .bind(node.as_str())
+            .bind(&pending)
+            .fetch_all(&self.pool)
+            .await?;
+            // Departures are applied before rows, so their order is kept
+            // only among themselves: late ones first (they are older).
+            departed.splice(0..0, late);
+            let late_rows: Vec<BotRow> = sqlx::query_as(concat!(
+                "SELECT ",
+                bot_columns!(),
+                " FROM bot_instances WHERE server_name = $1 AND change_seq IN ",
+                json_bigints!("$2")
+            ))
+            .bind(node.as_str())
+            .bind(&pending)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.extend(late_rows);
+        }
         let departed =
             departed.iter().map(|id| BotId::parse(id).map_err(|_| corrupt("bot id", id))).collect::<Result<_, _>>()?;
         Ok(BotChanges { cursor: next, changed: bots(rows)?, departed })
