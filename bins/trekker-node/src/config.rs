@@ -104,6 +104,14 @@ pub struct Settings {
     /// Seconds a `process` bot gets between SIGTERM and SIGKILL.
     #[arg(long, env = "BOT_STOP_GRACE_SECS", default_value_t = 10)]
     pub bot_stop_grace_secs: u64,
+    /// How often a running bot's changed session folder is saved to the
+    /// database (and always when it stops).
+    #[arg(long, env = "BOT_STATE_SYNC_SECS", default_value_t = 10)]
+    pub bot_state_sync_secs: u64,
+    /// Largest session folder a bot may keep, in MiB; larger is refused
+    /// and the last good state kept.
+    #[arg(long, env = "BOT_STATE_MAX_MB", default_value_t = 16)]
+    pub bot_state_max_mb: u64,
     #[arg(long, env = "PAIRING_PROVIDER", value_enum, default_value_t = PairingProviderKind::Simulated)]
     pub pairing_provider: PairingProviderKind,
     #[arg(long, env = "NOTIFIER", value_enum, default_value_t = NotifierKind::Log)]
@@ -198,6 +206,9 @@ pub struct Config {
     pub bot_auth_dir: std::path::PathBuf,
     pub bot_start_rate: u32,
     pub bot_stop_grace: Duration,
+    pub bot_state_sync: Duration,
+    /// In bytes.
+    pub bot_state_max_bytes: u64,
     pub pairing_provider: PairingProviderKind,
     pub notifier: NotifierKind,
     pub notify_webhook_url: Option<String>,
@@ -246,6 +257,12 @@ impl Config {
         }
         if !(1..=100).contains(&settings.pending_max_percent) {
             return Err(invalid("PENDING_MAX_PERCENT", "must be between 1 and 100"));
+        }
+        if !(1..=3600).contains(&settings.bot_state_sync_secs) {
+            return Err(invalid("BOT_STATE_SYNC_SECS", "must be between 1 and 3600"));
+        }
+        if !(1..=1024).contains(&settings.bot_state_max_mb) {
+            return Err(invalid("BOT_STATE_MAX_MB", "must be between 1 and 1024"));
         }
         if settings.cross_server_timeout_ms == 0 {
             return Err(invalid("CROSS_SERVER_TIMEOUT_MS", "must be at least 1"));
@@ -310,6 +327,8 @@ impl Config {
             bot_auth_dir: settings.bot_auth_dir,
             bot_start_rate: settings.bot_start_rate,
             bot_stop_grace: Duration::from_secs(settings.bot_stop_grace_secs),
+            bot_state_sync: Duration::from_secs(settings.bot_state_sync_secs),
+            bot_state_max_bytes: settings.bot_state_max_mb * 1024 * 1024,
             pairing_provider: settings.pairing_provider,
             notifier: settings.notifier,
             notify_webhook_url: settings.notify_webhook_url,

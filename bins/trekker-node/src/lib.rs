@@ -20,7 +20,7 @@ use trekker_store::{ServerRegistration, Store, StoreError};
 
 use trekker_tenancy::{ClusterKeys, CrossTenancyClient, RequestVerifier};
 
-use trekker_runtime::{BotDriver, ProcessDriver, SimulatedDriver, Supervisor, SupervisorTuning};
+use trekker_runtime::{BotDriver, ProcessDriver, SessionConfig, SimulatedDriver, Supervisor, SupervisorTuning};
 
 use crate::config::{BotDriverKind, NotifierKind, PairingProviderKind, Secret};
 use crate::http::ratelimit::GuestRateLimiter;
@@ -245,7 +245,12 @@ impl Application {
             self.state.config.server_name.clone(),
             usize::try_from(self.state.config.max_bot_count).unwrap_or(0),
             self.tuning.clone(),
-        );
+        )
+        .with_session_state(SessionConfig {
+            store: self.state.store.clone(),
+            every: self.state.config.bot_state_sync,
+            limit: self.state.config.bot_state_max_bytes,
+        });
         tasks.spawn(supervisor.run(self.state.trekker.runtime_changed.clone(), self.shutdown.clone()));
         tasks.spawn(trekker_app::crossserver::run_outbox(self.state.trekker.clone(), self.shutdown.clone()));
         tasks.spawn(trekker_app::sweeper::run(self.state.trekker.clone(), self.sweep_every, self.shutdown.clone()));

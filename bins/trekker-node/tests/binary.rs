@@ -274,3 +274,54 @@ fn process_bots_exit_when_their_node_is_killed() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A bot's session survives a SIGKILL of its node up to the last sync: the
+/// node, started again, restores the folder the bot had written.
+#[test]
+fn a_session_survives_a_sigkill_of_its_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let worker = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/session-worker.sh");
+    let envs = [
+        ("BOT_DRIVER", "process".to_owned()),
+        ("BOT_COMMAND", format!("bash {worker} {}", out.display())),
+        ("BOT_AUTH_DIR", dir.path().join("bots").display().to_string()),
+        ("BOT_STATE_SYNC_SECS", "1".into()),
+        ("ADMIN_TOKEN", "admin-token".into()),
+        ("RATE_LIMIT_PER_MIN", "0".into()),
+    ];
+    let (mut node, addr) = start_node(dir.path(), &envs);
+    let phone = trekker_testkit::creds::phone(71, 1);
+    let body = format!(
+        r#"{{"botName":"Keeper","phoneNumber":"{phone}","credentialType":"session","sessionId":"{}"}}"#,
+        trekker_testkit::creds::session_id(&phone, 1)
+    );
+    let created = http(&addr, "POST", "/api/guest/register-bot", "", &body);
+    assert!(created.starts_with("HTTP/1.1 201"), "{created}");
+    let id = created.split(r#""id":""#).nth(1).unwrap().split('"').next().unwrap().to_owned();
+    let admin = "Authorization: Bearer admin-token\r\n";
+    let approved = http(&addr, "POST", &format!("/api/admin/bots/{id}/approve"), admin, "");
+    assert!(approved.starts_with("HTTP/1.1 200"), "{approved}");
+
+    let read_log = || std::fs::read_to_string(out.join(format!("log-{phone}"))).unwrap_or_default();
+    let wait = |what: &str, check: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !check() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}: {}", read_log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait("the first start", &|| read_log().contains("counter=1"));
+    // Saved at least once (the node syncs every second).
+    wait("a saved session", &|| {
+        http(&addr, "GET", &format!("/api/admin/bots/{id}"), admin, "").contains(r#""files":3"#)
+    });
+    kill(Pid::from_raw(node.id() as i32), Signal::SIGKILL).unwrap();
+    node.wait().unwrap();
+
+    let (mut node, _) = start_node(dir.path(), &envs);
+    wait("a start from the saved session", &|| read_log().contains("counter=2"));
+    kill(Pid::from_raw(node.id() as i32), Signal::SIGTERM).unwrap();
+    node.wait().unwrap();
+}

@@ -6,7 +6,7 @@ use trekker_domain::RuntimeStatus;
 use trekker_domain::{ApprovalStatus, BotId, ServerName, ServerStatus, messages, time};
 use trekker_store::{
     Activity, BotCursor, BotFilter, BotRecord, CredentialUpdate, DEFAULT_PAGE, Inconsistency, MAX_PAGE, NewActivity,
-    OutboxStatus, ServerPatch, ServerSnapshot, SideEffects,
+    OutboxStatus, ServerPatch, ServerSnapshot, SessionStateInfo, SideEffects,
 };
 
 use crate::{AppError, Trekker, telemetry};
@@ -142,6 +142,14 @@ impl Trekker {
         let after = after.filter(|a| !a.is_empty()).map(parse_cursor).transpose()?;
         let page = self.store.credential_outbox.list_credential_updates(status, after, limit).await?;
         Ok((page.updates, page.next.map(|(at, id)| format_cursor(at, &id))))
+    }
+
+    /// A bot with the size and freshness of its saved session state (for
+    /// its current credentials; `None` before the first save).
+    pub async fn bot_with_state(&self, id: &str) -> Result<(BotRecord, Option<SessionStateInfo>), AppError> {
+        let bot = self.bot(id).await?;
+        let state = self.store.session_state.session_state_info(&bot.id).await?;
+        Ok((bot, state))
     }
 
     pub async fn bot(&self, id: &str) -> Result<BotRecord, AppError> {

@@ -25,7 +25,7 @@ use trekker_domain::{BotId, ServerName};
 use trekker_placement::PlacementPolicy;
 use trekker_store::{
     ActivityLog, BotStore, ConsistencyStore, CredentialOutbox, IdempotencyStore, NotificationOutbox, PairingStore,
-    ReplayGuard, ReviewStore, RuntimeStore, ServerStore, Store,
+    ReplayGuard, ReviewStore, RuntimeStore, ServerStore, SessionStateStore, Store,
 };
 
 pub use error::AppError;
@@ -47,6 +47,8 @@ pub struct Stores {
     pub reviews: Arc<dyn ReviewStore>,
     /// Read here only to recognise a forwarded update already applied.
     pub runtime: Arc<dyn RuntimeStore>,
+    /// Read here only for the size and freshness admins see.
+    pub session_state: Arc<dyn SessionStateStore>,
 }
 
 impl Stores {
@@ -63,7 +65,8 @@ impl Stores {
             idempotency: store.clone(),
             replay: store.clone(),
             reviews: store.clone(),
-            runtime: store,
+            runtime: store.clone(),
+            session_state: store,
         }
     }
 }
@@ -193,6 +196,7 @@ pub(crate) mod test_support {
     use trekker_store::{
         MockActivityLog, MockBotStore, MockConsistencyStore, MockCredentialOutbox, MockIdempotencyStore,
         MockNotificationOutbox, MockPairingStore, MockReplayGuard, MockReviewStore, MockRuntimeStore, MockServerStore,
+        MockSessionStateStore,
     };
 
     pub use trekker_domain::time::ManualClock;
@@ -212,6 +216,7 @@ pub(crate) mod test_support {
         pub replay: MockReplayGuard,
         pub reviews: MockReviewStore,
         pub runtime: MockRuntimeStore,
+        pub session_state: MockSessionStateStore,
     }
 
     impl Mocks {
@@ -228,6 +233,7 @@ pub(crate) mod test_support {
                 replay: Arc::new(self.replay),
                 reviews: Arc::new(self.reviews),
                 runtime: Arc::new(self.runtime),
+                session_state: Arc::new(self.session_state),
             }
         }
     }

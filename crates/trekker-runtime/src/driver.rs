@@ -1,6 +1,8 @@
 //! The driver contract: start a bot, stop it, and report what happens.
 
 use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
@@ -18,6 +20,46 @@ pub struct BotSpec {
     /// Increases with every start of this bot on this node; events carry it
     /// so late events of an earlier run are ignored.
     pub generation: u64,
+    /// Where the bot's session folder comes from and goes to, for drivers
+    /// that keep one (invariant 9); `None`: not kept.
+    pub session: Option<SessionSync>,
+}
+
+/// A running bot's session folder: restored before start, saved while it
+/// runs (when it changed, at most every `every`) and when it ends.
+#[derive(Clone)]
+pub struct SessionSync {
+    /// The archive to restore (from [`crate::state::snapshot`]); `None`:
+    /// the bot starts from its registered credentials alone.
+    pub restore: Option<Arc<Vec<u8>>>,
+    pub sink: Arc<dyn StateSink>,
+    pub every: Duration,
+    /// Largest folder kept, in bytes.
+    pub limit: u64,
+}
+
+impl fmt::Debug for SessionSync {
+    // The archive is the session: only its size is shown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionSync")
+            .field("restore_bytes", &self.restore.as_ref().map(|a| a.len()))
+            .field("every", &self.every)
+            .field("limit", &self.limit)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Saves a bot's session folder for the run it was made for (the
+/// supervisor makes one per start: it knows the lease, the credentials
+/// version and the generation).
+#[async_trait]
+pub trait StateSink: Send + Sync {
+    /// Saves a snapshot; false when refused (this node no longer runs the
+    /// bot, or a newer state is stored).
+    async fn save(&self, snapshot: &crate::state::Snapshot) -> bool;
+
+    /// The folder cannot be saved: records why (the last good state stays).
+    async fn refuse(&self, error: &crate::state::StateError);
 }
 
 impl fmt::Debug for BotSpec {
@@ -26,6 +68,7 @@ impl fmt::Debug for BotSpec {
             .field("bot_id", &self.bot_id)
             .field("version", &self.version)
             .field("generation", &self.generation)
+            .field("session", &self.session.as_ref().map(|s| s.restore.as_ref().map(|a| a.len())))
             .finish_non_exhaustive()
     }
 }

@@ -6,15 +6,17 @@
 //! The [`Supervisor`] reconciles what should run on this node (from the
 //! database) with what runs, restarts crashed bots with capped backoff,
 //! gives up after repeated crashes, and restarts a bot when its credentials
-//! version changes. It holds a database lease per running bot so a bot never
-//! runs on two nodes (invariant 4).
+//! version changes. Its node lease covers every bot it runs, so a bot never
+//! runs on two nodes (invariant 4). A bot's session folder is restored
+//! before it starts and saved while it runs ([`state`], invariant 9).
 
 mod driver;
 mod process;
 mod simulated;
+pub mod state;
 mod supervisor;
 
-pub use driver::{BotDriver, BotEvent, BotSpec, DriverError, DriverEvent, RunningBot};
+pub use driver::{BotDriver, BotEvent, BotSpec, DriverError, DriverEvent, RunningBot, SessionSync, StateSink};
 pub use process::ProcessDriver;
 pub use simulated::{Fault, RunObserver, SimulatedDriver};
-pub use supervisor::{Supervisor, SupervisorTuning};
+pub use supervisor::{SessionConfig, Supervisor, SupervisorTuning};

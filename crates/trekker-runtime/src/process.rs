@@ -10,11 +10,14 @@
 //! - Exit code 0: stopped on purpose; 40: logged out; anything else: crash.
 //! - Stop: SIGTERM, then SIGKILL after the grace period. The auth directory
 //!   is removed once the process is gone.
+//! - Session state (when the supervisor keeps it): AUTH_DIR is the bot's
+//!   saved folder, restored whole before the start; while the bot runs the
+//!   folder is saved when it changed (checked every `BOT_STATE_SYNC_SECS`),
+//!   and always once more after the process is gone.
 //! - stdin is a pipe the node holds open: at end-of-file (the node died,
 //!   even by SIGKILL) the bot must exit, so no orphan keeps running a bot
 //!   that another node may take over.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -27,7 +30,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::driver::{BotDriver, BotEvent, BotSpec, DriverError, DriverEvent, RunningBot};
+use crate::driver::{BotDriver, BotEvent, BotSpec, DriverError, DriverEvent, RunningBot, SessionSync};
+use crate::state;
 
 /// Exit code meaning "the credentials were logged out".
 pub const EXIT_LOGGED_OUT: i32 = 40;
@@ -52,27 +56,59 @@ impl ProcessDriver {
 }
 
 fn create_private_dir(path: &Path) -> Result<(), DriverError> {
-    std::fs::create_dir_all(path).map_err(|e| DriverError(format!("cannot create {}: {e}", path.display())))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| DriverError(format!("cannot protect {}: {e}", path.display())))?;
-    }
-    Ok(())
+    state::create_private_dir(path).map_err(|e| DriverError(e.to_string()))
 }
 
-fn write_private_file(path: &Path, contents: &[u8]) -> Result<(), DriverError> {
-    let _ = std::fs::remove_file(path);
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
+/// Lays out AUTH_DIR before a start: the saved session folder when there is
+/// one, else (or if it cannot be restored) just the registered creds.json.
+async fn prepare_auth_dir(auth_dir: &Path, spec: &BotSpec) -> Result<(), DriverError> {
+    let _ = std::fs::remove_dir_all(auth_dir);
+    if let Some(session) = &spec.session
+        && let Some(archive) = &session.restore
     {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
+        match state::restore(archive, auth_dir, session.limit) {
+            Ok(()) if auth_dir.join("creds.json").is_file() => return Ok(()),
+            Ok(()) => {}
+            Err(err) => {
+                tracing::warn!(bot = %spec.bot_id, error = %err, "saved session state not restored; starting clean");
+                session.sink.refuse(&err).await;
+            }
+        }
     }
-    let mut file = options.open(path).map_err(|e| DriverError(format!("cannot write {}: {e}", path.display())))?;
-    file.write_all(contents).map_err(|e| DriverError(format!("cannot write {}: {e}", path.display())))
+    create_private_dir(auth_dir)?;
+    state::write_private_file(&auth_dir.join("creds.json"), spec.credentials.creds_json().as_bytes())
+        .map_err(|e| DriverError(e.to_string()))
+}
+
+/// Saves the folder if it changed since `last` (a digest), and returns the
+/// digest now saved. Refusals are recorded once per distinct reason.
+async fn sync_folder(
+    auth_dir: &Path,
+    session: &SessionSync,
+    last: &mut Option<[u8; 32]>,
+    refused: &mut Option<String>,
+) {
+    let (dir, limit) = (auth_dir.to_path_buf(), session.limit);
+    let taken = tokio::task::spawn_blocking(move || state::snapshot(&dir, limit)).await;
+    match taken {
+        Ok(Ok(snapshot)) => {
+            if *last == Some(snapshot.digest) {
+                return;
+            }
+            if session.sink.save(&snapshot).await {
+                *last = Some(snapshot.digest);
+                *refused = None;
+            }
+        }
+        Ok(Err(err)) => {
+            let reason = err.to_string();
+            if refused.as_ref() != Some(&reason) {
+                session.sink.refuse(&err).await;
+                *refused = Some(reason);
+            }
+        }
+        Err(_) => {}
+    }
 }
 
 #[derive(Deserialize)]
@@ -144,8 +180,7 @@ impl BotDriver for ProcessDriver {
         events: mpsc::UnboundedSender<DriverEvent>,
     ) -> Result<Box<dyn RunningBot>, DriverError> {
         let auth_dir = self.auth_root.join(spec.bot_id.as_str());
-        create_private_dir(&auth_dir)?;
-        write_private_file(&auth_dir.join("creds.json"), spec.credentials.creds_json().as_bytes())?;
+        prepare_auth_dir(&auth_dir, &spec).await?;
         let mut child = Command::new(&self.program)
             .args(&self.args)
             .env("BOT_ID", spec.bot_id.as_str())
@@ -168,6 +203,7 @@ impl BotDriver for ProcessDriver {
         let lifeline = child.stdin.take();
         let (stop_tx, stop_rx) = oneshot::channel();
         let (bot_id, generation, grace) = (spec.bot_id.clone(), spec.generation, self.grace);
+        let (session, folder) = (spec.session.clone(), auth_dir.clone());
         let task = tokio::spawn(async move {
             let send = |event| {
                 let _ = events.send(DriverEvent { bot_id: bot_id.clone(), generation, event });
@@ -182,8 +218,36 @@ impl BotDriver for ProcessDriver {
                     }
                 }
             };
-            let (status, ()) = tokio::join!(supervise(child, grace, stop_rx), reader);
+            // The restored folder counts as saved: it is what the database holds.
+            let (mut saved, mut refused) = (None, None);
+            if let Some(session) = &session
+                && session.restore.is_some()
+            {
+                let (dir, limit) = (folder.clone(), session.limit);
+                saved = tokio::task::spawn_blocking(move || state::snapshot(&dir, limit).ok().map(|s| s.digest))
+                    .await
+                    .ok()
+                    .flatten();
+            }
+            let syncing = async {
+                let Some(session) = &session else { return std::future::pending().await };
+                let mut every = tokio::time::interval(session.every);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                every.tick().await;
+                loop {
+                    every.tick().await;
+                    sync_folder(&folder, session, &mut saved, &mut refused).await;
+                }
+            };
+            let status = tokio::select! {
+                (status, ()) = async { tokio::join!(supervise(child, grace, stop_rx), reader) } => status,
+                () = syncing => None,
+            };
             drop(lifeline);
+            // Once more with the process gone: what it wrote last is kept.
+            if let Some(session) = &session {
+                sync_folder(&folder, session, &mut saved, &mut refused).await;
+            }
             let code = status.and_then(|s| s.code());
             match code {
                 Some(EXIT_LOGGED_OUT) => send(BotEvent::LoggedOut),

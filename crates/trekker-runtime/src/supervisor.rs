@@ -35,9 +35,20 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use trekker_domain::time::Clock;
 use trekker_domain::{ApprovalStatus, BotId, RuntimeStatus, ServerName};
-use trekker_store::{BotRecord, ChangeCursor, NodeLease, RuntimeReport, RuntimeStore};
+use trekker_store::{
+    BotRecord, ChangeCursor, NodeLease, RuntimeReport, RuntimeStore, SessionSnapshot, SessionStateStore,
+};
 
-use crate::driver::{BotDriver, BotEvent, BotSpec, DriverEvent, RunningBot};
+use crate::driver::{BotDriver, BotEvent, BotSpec, DriverEvent, RunningBot, SessionSync, StateSink};
+use crate::state::{Snapshot, StateError};
+
+/// Counter: session folders saved, by `server`.
+pub const STATE_SYNCS: &str = "trekker_bot_state_syncs_total";
+/// Counter: bytes of session folders saved, by `server`.
+pub const STATE_BYTES: &str = "trekker_bot_state_bytes_total";
+/// Counter: session folders not saved, by `server` and `reason` (too large,
+/// a link... or `fenced`: this node no longer runs the bot).
+pub const STATE_REFUSALS: &str = "trekker_bot_state_refusals_total";
 
 /// Gauge: bots this node runs now, by `server`.
 pub const BOTS_RUNNING: &str = "trekker_bots_running";
@@ -74,6 +85,77 @@ impl Default for SupervisorTuning {
             backoff_max: Duration::from_secs(60),
             crash_limit: 5,
             crash_window: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Where and how bots' session folders are kept (invariant 9).
+#[derive(Clone)]
+pub struct SessionConfig {
+    pub store: Arc<dyn SessionStateStore>,
+    /// How often a running bot's folder is checked and, if it changed, saved.
+    pub every: Duration,
+    /// Largest folder kept, in bytes.
+    pub limit: u64,
+}
+
+impl std::fmt::Debug for SessionConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionConfig").field("every", &self.every).field("limit", &self.limit).finish_non_exhaustive()
+    }
+}
+
+/// Saves one run's session folder: under the lease that runs it, for its
+/// credentials version, each save one generation above the last.
+struct StoreSink {
+    store: Arc<dyn SessionStateStore>,
+    clock: Arc<dyn Clock>,
+    bot_id: BotId,
+    lease: NodeLease,
+    version: i64,
+    generation: std::sync::atomic::AtomicI64,
+}
+
+#[async_trait::async_trait]
+impl StateSink for StoreSink {
+    async fn save(&self, snapshot: &Snapshot) -> bool {
+        use std::sync::atomic::Ordering;
+        let server = self.lease.node.to_string();
+        let next = SessionSnapshot {
+            generation: self.generation.load(Ordering::SeqCst) + 1,
+            archive: snapshot.archive.clone(),
+            size_bytes: i64::try_from(snapshot.bytes).unwrap_or(i64::MAX),
+            file_count: i64::try_from(snapshot.files).unwrap_or(i64::MAX),
+        };
+        let now = self.clock.now_ms();
+        match self.store.save_session_state(&self.bot_id, &self.lease, self.version, &next, now).await {
+            Ok(true) => {
+                self.generation.store(next.generation, Ordering::SeqCst);
+                metrics::counter!(STATE_SYNCS, "server" => server.clone()).increment(1);
+                metrics::counter!(STATE_BYTES, "server" => server).increment(snapshot.bytes);
+                let (generation, bytes) = (next.generation, snapshot.bytes);
+                tracing::debug!(bot = %self.bot_id, generation, bytes, "session saved");
+                true
+            }
+            Ok(false) => {
+                tracing::info!(bot = %self.bot_id, "session not saved: this node no longer runs the bot");
+                metrics::counter!(STATE_REFUSALS, "server" => server, "reason" => "fenced").increment(1);
+                false
+            }
+            Err(err) => {
+                tracing::warn!(bot = %self.bot_id, error = ?err, "cannot save the session; will try again");
+                false
+            }
+        }
+    }
+
+    async fn refuse(&self, error: &StateError) {
+        tracing::warn!(bot = %self.bot_id, %error, "session folder not saved; the last good state is kept");
+        let server = self.lease.node.to_string();
+        metrics::counter!(STATE_REFUSALS, "server" => server, "reason" => error.kind()).increment(1);
+        let now = self.clock.now_ms();
+        if let Err(err) = self.store.refuse_session_state(&self.bot_id, &self.lease, &error.to_string(), now).await {
+            tracing::warn!(bot = %self.bot_id, error = ?err, "cannot record the refused session");
         }
     }
 }
@@ -142,6 +224,8 @@ pub struct Supervisor {
     /// Whether a start pass may find work (cleared after a pass that
     /// started everything it could; set by polls, stops and crashes).
     starts_pending: bool,
+    /// Session folders are kept when set.
+    session: Option<SessionConfig>,
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -189,7 +273,14 @@ impl Supervisor {
             at_capacity_logged: false,
             running: 0,
             starts_pending: true,
+            session: None,
         }
+    }
+
+    /// Keeps bots' session folders in `config.store` (invariant 9).
+    pub fn with_session_state(mut self, config: SessionConfig) -> Self {
+        self.session = Some(config);
+        self
     }
 
     /// Runs until `shutdown`, then stops every bot and leaves it `offline`.
@@ -465,6 +556,17 @@ impl Supervisor {
                 return;
             }
         }
+        let session = match self.session_for(&bot.id, &lease, version).await {
+            Ok(session) => session,
+            Err(()) => {
+                // Starting without the saved state would lose it (the run
+                // would save over it): give the bot up and try again later.
+                self.release(&bot.id).await;
+                let retry_at = Instant::now() + self.tuning.poll_every;
+                self.bots.entry(bot.id.clone()).or_insert_with(Managed::new).restart_at = Some(retry_at);
+                return;
+            }
+        };
         self.next_generation += 1;
         let generation = self.next_generation;
         let managed = self.bots.entry(bot.id.clone()).or_insert_with(Managed::new);
@@ -479,6 +581,7 @@ impl Supervisor {
             credentials,
             version,
             generation,
+            session,
         };
         match self.driver.start(spec, self.events_tx.clone()).await {
             Ok(handle) => {
@@ -491,6 +594,29 @@ impl Supervisor {
             }
             Err(err) => self.on_crash(&bot.id, err.to_string()).await,
         }
+    }
+
+    /// The session folder of a run about to start: the saved state to
+    /// restore and where to save it. `Err` when the state cannot be read.
+    async fn session_for(&self, id: &BotId, lease: &NodeLease, version: i64) -> Result<Option<SessionSync>, ()> {
+        let Some(config) = &self.session else { return Ok(None) };
+        let saved = config.store.load_session_state(id, version).await.map_err(|err| {
+            tracing::warn!(bot = %id, error = ?err, "cannot read the saved session; not starting the bot yet");
+        })?;
+        let sink = StoreSink {
+            store: config.store.clone(),
+            clock: self.clock.clone(),
+            bot_id: id.clone(),
+            lease: lease.clone(),
+            version,
+            generation: std::sync::atomic::AtomicI64::new(saved.as_ref().map_or(0, |s| s.generation)),
+        };
+        Ok(Some(SessionSync {
+            restore: saved.map(|s| Arc::new(s.archive)),
+            sink: Arc::new(sink),
+            every: config.every,
+            limit: config.limit,
+        }))
     }
 
     /// Stops a running bot and gives it up (no status written).

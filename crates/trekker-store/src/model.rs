@@ -567,3 +567,36 @@ pub struct BotChanges {
     /// before `changed`: a bot that left and came back is in both.
     pub departed: Vec<BotId>,
 }
+
+/// A snapshot of a bot's session folder to save (an archive the runtime
+/// builds and restores; the store only seals and fences it).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionSnapshot {
+    /// Above every generation saved before for these credentials.
+    pub generation: i64,
+    pub archive: Vec<u8>,
+    /// Of the folder, before archiving.
+    pub size_bytes: i64,
+    pub file_count: i64,
+}
+
+impl std::fmt::Debug for SessionSnapshot {
+    // The archive is the session: never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionSnapshot")
+            .field("generation", &self.generation)
+            .field("size_bytes", &self.size_bytes)
+            .field("file_count", &self.file_count)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What admins see of a bot's saved session state (never its content).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionStateInfo {
+    pub credentials_version: i64,
+    pub generation: i64,
+    pub size_bytes: i64,
+    pub file_count: i64,
+    pub synced_at: Millis,
+}

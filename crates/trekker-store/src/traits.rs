@@ -360,6 +360,43 @@ pub trait RuntimeStore: Send + Sync + 'static {
     async fn purge_departures(&self, before: Millis) -> Result<u64, StoreError>;
 }
 
+/// Bots' WhatsApp session state, sealed, written only by the runner
+/// (invariant 9).
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait SessionStateStore: Send + Sync + 'static {
+    /// The bot's saved state for credentials `version`, decrypted; `None`
+    /// when there is none for these credentials (a new pairing starts clean).
+    async fn load_session_state(&self, id: &BotId, version: i64) -> Result<Option<SessionSnapshot>, StoreError>;
+
+    /// Saves a snapshot; accepted (true) only from the bot's current runner
+    /// `lease`, live at `now`, for the bot's current credentials `version`,
+    /// and above the generation stored for them. Anything else writes
+    /// nothing (a stale runner, a node that lost the bot, an older one).
+    async fn save_session_state(
+        &self,
+        id: &BotId,
+        lease: &NodeLease,
+        version: i64,
+        snapshot: &SessionSnapshot,
+        now: Millis,
+    ) -> Result<bool, StoreError>;
+
+    /// Records that the bot's folder could not be saved (`reason`, for a
+    /// person): the bot's `last_error` says so and an activity records it,
+    /// under the same fencing as a save. The last good state stays.
+    async fn refuse_session_state(
+        &self,
+        id: &BotId,
+        lease: &NodeLease,
+        reason: &str,
+        now: Millis,
+    ) -> Result<bool, StoreError>;
+
+    /// Size and freshness of the saved state, for admins.
+    async fn session_state_info(&self, id: &BotId) -> Result<Option<SessionStateInfo>, StoreError>;
+}
+
 /// Everything Trekker keeps in its database: the union of the narrow
 /// traits, implemented for every type that implements them all.
 pub trait Store:
@@ -374,6 +411,7 @@ pub trait Store:
     + IdempotencyStore
     + RuntimeStore
     + ReviewStore
+    + SessionStateStore
 {
 }
 
@@ -389,5 +427,6 @@ impl<T> Store for T where
         + IdempotencyStore
         + RuntimeStore
         + ReviewStore
+        + SessionStateStore
 {
 }

@@ -239,6 +239,7 @@ conformance_cases!(
     a_failure_midway_writes_nothing,
     bot_lists_page_by_keyset_without_gaps_or_repeats,
     bot_pages_read_an_index_in_order_whatever_the_filter,
+    session_state_is_sealed_fenced_and_kept_per_pairing,
 );
 
 const NOW: Millis = 1_700_000_000_000;
@@ -1314,4 +1315,71 @@ async fn bot_pages_read_an_index_in_order_whatever_the_filter(f: Fixture) {
     let page = f.store.list_bots(&BotFilter { limit: Some(5), ..filters[2].clone() }).await.unwrap();
     let created: Vec<i64> = page.bots.iter().map(|b| b.created_at).collect();
     assert_eq!(created, [20_000, 19_996, 19_992, 19_988, 19_984]);
+}
+
+fn session_snapshot(generation: i64, content: &str) -> SessionSnapshot {
+    SessionSnapshot {
+        generation,
+        archive: content.as_bytes().to_vec(),
+        size_bytes: content.len() as i64,
+        file_count: 3,
+    }
+}
+
+async fn session_state_is_sealed_fenced_and_kept_per_pairing(f: Fixture) {
+    let s = &*f.store;
+    add_server(s, "SERVER0", 5).await;
+    add_server(s, "SERVER1", 5).await;
+    let bot = registered_and_approved(s, "254700000400", "SERVER0").await;
+    let (a, b) = (server("SERVER0"), server("SERVER1"));
+    let lease = s.start_node_lease(&a, NOW, 30_000).await.unwrap();
+    let other = s.start_node_lease(&b, NOW, 30_000).await.unwrap();
+    let secret = "pre-key-7 session-with-alice SECRET-SESSION-MARKER";
+    // Not the runner yet: nothing is written.
+    assert!(!s.save_session_state(&bot.id, &lease, 1, &session_snapshot(1, secret), NOW).await.unwrap());
+    assert!(s.acquire_bot(&bot.id, &lease, 1, NOW).await.unwrap());
+    assert!(s.save_session_state(&bot.id, &lease, 1, &session_snapshot(1, secret), NOW).await.unwrap());
+    let loaded = s.load_session_state(&bot.id, 1).await.unwrap().unwrap();
+    assert_eq!((loaded.generation, loaded.archive.as_slice()), (1, secret.as_bytes()));
+    assert!(!f.raw.dump_all_tables().await.contains("SECRET-SESSION-MARKER"), "the state is sealed at rest");
+
+    // Generations only go up.
+    assert!(!s.save_session_state(&bot.id, &lease, 1, &session_snapshot(1, "same"), NOW).await.unwrap());
+    assert!(s.save_session_state(&bot.id, &lease, 1, &session_snapshot(3, "third"), NOW + 1).await.unwrap());
+    assert!(!s.save_session_state(&bot.id, &lease, 1, &session_snapshot(2, "older"), NOW + 2).await.unwrap());
+    // A node that does not run the bot, a lease that ran out, a later
+    // epoch of the runner's own node, credentials that are not the bot's:
+    // none of them writes.
+    assert!(!s.save_session_state(&bot.id, &other, 1, &session_snapshot(9, "other node"), NOW).await.unwrap());
+    assert!(!s.save_session_state(&bot.id, &lease, 1, &session_snapshot(9, "late"), NOW + 30_001).await.unwrap());
+    assert!(!s.save_session_state(&bot.id, &lease, 2, &session_snapshot(9, "next pairing"), NOW).await.unwrap());
+    let info = s.session_state_info(&bot.id).await.unwrap().unwrap();
+    assert_eq!((info.generation, info.size_bytes, info.file_count, info.synced_at), (3, 5, 3, NOW + 1));
+    assert_eq!(s.load_session_state(&bot.id, 1).await.unwrap().unwrap().archive, b"third");
+
+    // A refusal is recorded only by the runner, and keeps the state.
+    assert!(!s.refuse_session_state(&bot.id, &other, "too large", NOW).await.unwrap());
+    assert!(s.refuse_session_state(&bot.id, &lease, "the session folder holds 20 bytes", NOW).await.unwrap());
+    let refused = s.get_bot(&bot.id).await.unwrap().unwrap();
+    assert_eq!(refused.last_error.as_deref(), Some("session state not saved: the session folder holds 20 bytes"));
+    let activities = s.list_activities(Some(bot.id.clone()), None, 10).await.unwrap().activities;
+    assert_eq!(activities[0].action, "session_state_refused");
+    assert_eq!(s.load_session_state(&bot.id, 1).await.unwrap().unwrap().archive, b"third");
+
+    // A new pairing starts a new state: the old one is not offered for the
+    // new credentials, and the first save of the new ones replaces it.
+    let effects = effects("credentials_updated");
+    s.update_credentials(&bot.id, &creds::credentials("254700000400", 2), VersionRule::Next, &effects, NOW)
+        .await
+        .unwrap();
+    assert!(s.load_session_state(&bot.id, 2).await.unwrap().is_none());
+    assert!(s.session_state_info(&bot.id).await.unwrap().is_none());
+    assert!(s.acquire_bot(&bot.id, &lease, 2, NOW + 3).await.unwrap());
+    assert!(s.save_session_state(&bot.id, &lease, 2, &session_snapshot(1, "fresh"), NOW + 3).await.unwrap());
+    assert!(s.load_session_state(&bot.id, 1).await.unwrap().is_none());
+    assert_eq!(s.load_session_state(&bot.id, 2).await.unwrap().unwrap().archive, b"fresh");
+
+    // Deleting the bot deletes its state.
+    s.delete_bot(&bot.id, &effects, NOW + 4).await.unwrap();
+    assert!(s.load_session_state(&bot.id, 2).await.unwrap().is_none());
 }

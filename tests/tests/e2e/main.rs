@@ -6,12 +6,14 @@
 
 mod admin_api;
 mod attacks;
+mod baileys_worker;
 mod cross_server;
 mod guest_api;
 mod node;
 mod registration;
 mod runtime;
 mod secrecy;
+mod session_state;
 mod slow_clients;
 mod support;
 mod tidy;

@@ -11,7 +11,7 @@ use trekker_store::Inconsistency;
 use utoipa::ToSchema;
 
 use super::extract::{Admin, ApiJson};
-use super::views::{BotDetail, ServerAdmin};
+use super::views::{BotDetail, BotWithState, ServerAdmin, SessionStateView};
 use super::{ApiError, ErrorBody};
 use crate::AppState;
 
@@ -119,15 +119,19 @@ pub(crate) async fn list_bots(
     Ok(Json(AdminBotList { count: bots.len(), bots, next }))
 }
 
-/// One bot.
+/// One bot, with the size and last sync time of its saved session state.
 #[utoipa::path(get, path = "/api/admin/bots/{id}", tag = "admin", security(("admin" = [])),
-    responses((status = 200, body = BotDetail), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = BotWithState), (status = 404, body = ErrorBody)))]
 pub(crate) async fn get_bot(
     _: Admin,
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<BotDetail>, ApiError> {
-    Ok(Json(BotDetail::from(&state.trekker.bot(&id).await?)))
+) -> Result<Json<BotWithState>, ApiError> {
+    let (bot, session) = state.trekker.bot_with_state(&id).await?;
+    Ok(Json(BotWithState {
+        detail: BotDetail::from(&bot),
+        session_state: session.as_ref().map(SessionStateView::from),
+    }))
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]

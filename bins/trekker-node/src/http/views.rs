@@ -68,6 +68,40 @@ impl From<&BotRecord> for BotDetail {
     }
 }
 
+/// What an admin sees of a bot's saved session state (never its content).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionStateView {
+    /// Of the folder as saved, before sealing.
+    pub size_bytes: i64,
+    pub files: i64,
+    /// Saves so far for these credentials.
+    pub generation: i64,
+    pub synced_at: String,
+}
+
+impl From<&trekker_store::SessionStateInfo> for SessionStateView {
+    fn from(info: &trekker_store::SessionStateInfo) -> Self {
+        Self {
+            size_bytes: info.size_bytes,
+            files: info.file_count,
+            generation: info.generation,
+            synced_at: iso_datetime(info.synced_at),
+        }
+    }
+}
+
+/// `GET /api/admin/bots/{id}`: the bot and its saved session state.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BotWithState {
+    #[serde(flatten)]
+    pub detail: BotDetail,
+    /// Null until the bot's session was first saved (for its current
+    /// credentials).
+    pub session_state: Option<SessionStateView>,
+}
+
 /// A server in `/api/servers/available`.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]

@@ -18,6 +18,7 @@ mod replay;
 mod reviews;
 mod runtime;
 mod servers;
+mod session_state;
 
 use trekker_domain::{ApprovalStatus, BotId, PhoneNumber, ServerName};
 
