@@ -185,6 +185,22 @@ fn http(addr: &str, method: &str, path: &str, headers: &str, body: &str) -> Stri
     answer
 }
 
+/// Registers a bot for `phone` and approves it (admin token `admin-token`);
+/// returns its id.
+fn register_approved(addr: &str, phone: &str) -> String {
+    let body = format!(
+        r#"{{"botName":"Bot","phoneNumber":"{phone}","credentialType":"session","sessionId":"{}"}}"#,
+        trekker_testkit::creds::session_id(phone, 1)
+    );
+    let created = http(addr, "POST", "/api/guest/register-bot", "", &body);
+    assert!(created.starts_with("HTTP/1.1 201"), "{created}");
+    let id = created.split(r#""id":""#).nth(1).unwrap().split('"').next().unwrap().to_owned();
+    let approved =
+        http(addr, "POST", &format!("/api/admin/bots/{id}/approve"), "Authorization: Bearer admin-token\r\n", "");
+    assert!(approved.starts_with("HTTP/1.1 200"), "{approved}");
+    id
+}
+
 /// Starts the binary with `envs` in `dir`; returns it and its address.
 fn start_node(dir: &std::path::Path, envs: &[(&str, String)]) -> (std::process::Child, String) {
     let mut command = Command::new(BINARY);
@@ -239,16 +255,7 @@ fn process_bots_exit_when_their_node_is_killed() {
         ],
     );
     let phone = trekker_testkit::creds::phone(70, 1);
-    let body = format!(
-        r#"{{"botName":"Orphan","phoneNumber":"{phone}","credentialType":"session","sessionId":"{}"}}"#,
-        trekker_testkit::creds::session_id(&phone, 1)
-    );
-    let created = http(&addr, "POST", "/api/guest/register-bot", "", &body);
-    assert!(created.starts_with("HTTP/1.1 201"), "{created}");
-    let id = created.split(r#""id":""#).nth(1).unwrap().split('"').next().unwrap().to_owned();
-    let approved =
-        http(&addr, "POST", &format!("/api/admin/bots/{id}/approve"), "Authorization: Bearer admin-token\r\n", "");
-    assert!(approved.starts_with("HTTP/1.1 200"), "{approved}");
+    let id = register_approved(&addr, &phone);
 
     let log = out.join(format!("log-{phone}"));
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
@@ -293,16 +300,8 @@ fn a_session_survives_a_sigkill_of_its_node() {
     ];
     let (mut node, addr) = start_node(dir.path(), &envs);
     let phone = trekker_testkit::creds::phone(71, 1);
-    let body = format!(
-        r#"{{"botName":"Keeper","phoneNumber":"{phone}","credentialType":"session","sessionId":"{}"}}"#,
-        trekker_testkit::creds::session_id(&phone, 1)
-    );
-    let created = http(&addr, "POST", "/api/guest/register-bot", "", &body);
-    assert!(created.starts_with("HTTP/1.1 201"), "{created}");
-    let id = created.split(r#""id":""#).nth(1).unwrap().split('"').next().unwrap().to_owned();
+    let id = register_approved(&addr, &phone);
     let admin = "Authorization: Bearer admin-token\r\n";
-    let approved = http(&addr, "POST", &format!("/api/admin/bots/{id}/approve"), admin, "");
-    assert!(approved.starts_with("HTTP/1.1 200"), "{approved}");
 
     let read_log = || std::fs::read_to_string(out.join(format!("log-{phone}"))).unwrap_or_default();
     let wait = |what: &str, check: &dyn Fn() -> bool| {
