@@ -170,7 +170,7 @@ pub fn baileys_buffer(bytes: &[u8]) -> Value {
 
 /// A Baileys buffer: `{"type": "Buffer", "data": "<base64>"}`, the same
 /// with `data` as an array of bytes, or a bare base64 string.
-pub(crate) fn buffer(value: Option<&Value>, field: &'static str) -> Result<Vec<u8>, AccountError> {
+pub fn buffer(value: Option<&Value>, field: &'static str) -> Result<Vec<u8>, AccountError> {
     let data = match value {
         Some(Value::Object(object)) => object.get("data").ok_or(AccountError::Missing(field))?,
         Some(other) => other,

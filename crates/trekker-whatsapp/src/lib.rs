@@ -1,0 +1,6 @@
+//! Real WhatsApp for Trekker, through whatsapp-rust, compiled only with the
+//! cargo feature `whatsapp` (docs/whatsapp.md). Without it this crate is
+//! empty, and the default build holds none of whatsapp-rust.
+
+#[cfg(feature = "whatsapp")]
+pub mod session;
