@@ -43,6 +43,9 @@ pub enum BotDriverKind {
 pub enum PairingProviderKind {
     /// Generates Baileys-shaped credentials itself; pairs no real phone.
     Simulated,
+    /// Real pairing codes from WhatsApp (built with `--features whatsapp`).
+    #[cfg(feature = "whatsapp")]
+    Whatsapp,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -177,6 +177,8 @@ impl Application {
                 let secret = config.credentials_cipher()?.subkey("simulated-whatsapp-accounts");
                 Arc::new(SimulatedPairing::new(secret))
             }
+            #[cfg(feature = "whatsapp")]
+            PairingProviderKind::Whatsapp => Arc::new(trekker_whatsapp::pairing::WhatsAppPairing::default()),
         };
         let notifier: Arc<dyn Notifier> = match (&config.notifier, &config.notify_webhook_url) {
             (NotifierKind::Webhook, Some(url)) => Arc::new(

@@ -3,4 +3,6 @@
 //! empty, and the default build holds none of whatsapp-rust.
 
 #[cfg(feature = "whatsapp")]
+pub mod pairing;
+#[cfg(feature = "whatsapp")]
 pub mod session;

@@ -1,0 +1,157 @@
+//! `PAIRING_PROVIDER=whatsapp`: a real pairing code from WhatsApp.
+//!
+//! Each pairing is one short-lived whatsapp-rust connection with an
+//! in-memory store: it asks WhatsApp for a pairing code for the number
+//! (the guest types it on the phone), waits under a hard deadline for the
+//! phone to confirm, exports the new device as a Baileys `creds.json`
+//! ([`crate::session`]), which registers like any other session ID, sends
+//! that session ID to the guest's own chat, and closes. Nothing of the
+//! connection outlives the pairing.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::oneshot;
+use trekker_app::pairing::{PairingProvider, PairingSession};
+use trekker_domain::{Credentials, PhoneNumber};
+use whatsapp_rust::anyhow;
+use whatsapp_rust::async_channel::Receiver;
+use whatsapp_rust::bot::Bot;
+use whatsapp_rust::pair_code::PairCodeOptions;
+use whatsapp_rust::transport::{TokioWebSocketTransportFactory, Transport, TransportEvent, TransportFactory};
+use whatsapp_rust::types::events::Event;
+use whatsapp_rust::wacore::store::{Device, InMemoryBackend};
+
+use crate::session::creds_from_device;
+
+/// Real pairing through WhatsApp (see the module header).
+#[derive(Clone)]
+pub struct WhatsAppPairing {
+    /// How long WhatsApp has to hand out a pairing code.
+    pub code_within: Duration,
+    /// How long the guest has to confirm the code on the phone.
+    pub deadline: Duration,
+    /// How connections to WhatsApp are made: WhatsApp's WebSocket unless
+    /// replaced (tests use one that reaches nothing).
+    pub transport: Option<Arc<dyn TransportFactory>>,
+}
+
+impl std::fmt::Debug for WhatsAppPairing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WhatsAppPairing")
+            .field("code_within", &self.code_within)
+            .field("deadline", &self.deadline)
+            .field("transport_replaced", &self.transport.is_some())
+            .finish()
+    }
+}
+
+impl Default for WhatsAppPairing {
+    fn default() -> Self {
+        Self { code_within: Duration::from_secs(20), deadline: Duration::from_secs(60), transport: None }
+    }
+}
+
+/// The configured transport, or WhatsApp's WebSocket.
+struct Transports(Option<Arc<dyn TransportFactory>>);
+
+#[async_trait]
+impl TransportFactory for Transports {
+    async fn create_transport(&self) -> Result<(Arc<dyn Transport>, Receiver<TransportEvent>), anyhow::Error> {
+        match &self.0 {
+            Some(factory) => factory.create_transport().await,
+            None => TokioWebSocketTransportFactory::new().create_transport().await,
+        }
+    }
+}
+
+/// What the connection reports, once.
+type Slot<T> = Arc<Mutex<Option<oneshot::Sender<T>>>>;
+
+fn fill<T>(slot: &Slot<T>, value: T) {
+    if let Some(sender) = slot.lock().ok().and_then(|mut s| s.take()) {
+        let _ = sender.send(value);
+    }
+}
+
+#[async_trait]
+impl PairingProvider for WhatsAppPairing {
+    fn name(&self) -> &'static str {
+        "whatsapp"
+    }
+
+    async fn start(&self, phone: &PhoneNumber) -> Result<PairingSession, String> {
+        let (code_tx, code_rx) = oneshot::channel::<Result<String, String>>();
+        let (paired_tx, paired_rx) = oneshot::channel::<Result<(Arc<Device>, String), String>>();
+        let (code_slot, paired_slot): (Slot<_>, Slot<_>) =
+            (Arc::new(Mutex::new(Some(code_tx))), Arc::new(Mutex::new(Some(paired_tx))));
+        let options = PairCodeOptions { phone_number: phone.to_string(), ..Default::default() };
+        let bot = Bot::builder()
+            .with_backend(InMemoryBackend::new())
+            .with_transport_factory(Transports(self.transport.clone()))
+            .with_pair_code(options)
+            .on_event(move |event, client| {
+                let (code_slot, paired_slot) = (code_slot.clone(), paired_slot.clone());
+                async move {
+                    match &*event {
+                        Event::PairingCode(code) => fill(&code_slot, Ok(code.code.clone())),
+                        Event::PairingCodeError(error) => {
+                            let wait = error.backoff.map(|b| format!("; try again in {} s", b.as_secs()));
+                            let message = format!("WhatsApp gave no pairing code{}", wait.unwrap_or_default());
+                            fill(&code_slot, Err(message.clone()));
+                            fill(&paired_slot, Err(message));
+                        }
+                        Event::PairSuccess(success) => {
+                            let device = client.persistence_manager().get_device_snapshot().to_serializable();
+                            fill(&paired_slot, Ok((Arc::new(device), success.platform.clone())));
+                        }
+                        Event::PairError(error) => {
+                            fill(&paired_slot, Err(format!("WhatsApp refused the pairing: {}", error.error)));
+                        }
+                        _ => {}
+                    }
+                }
+            })
+            .build()
+            .await
+            .map_err(|e| format!("cannot open a WhatsApp connection: {e}"))?;
+        let handle = bot.spawn();
+        let code = match tokio::time::timeout(self.code_within, code_rx).await {
+            Ok(Ok(Ok(code))) => code,
+            Ok(Ok(Err(message))) => {
+                handle.shutdown().await;
+                return Err(message);
+            }
+            _ => {
+                handle.shutdown().await;
+                return Err("WhatsApp gave no pairing code in time (is WhatsApp reachable from this node?)".into());
+            }
+        };
+        let deadline = self.deadline;
+        let outcome = Box::pin(async move {
+            let paired = match tokio::time::timeout(deadline, paired_rx).await {
+                Ok(Ok(result)) => result,
+                _ => Err("the pairing code was not confirmed in time".to_owned()),
+            };
+            let credentials = paired.and_then(|(device, platform)| {
+                let creds = creds_from_device(&device, &platform).map_err(|e| e.to_string())?;
+                Credentials::from_json_value(&creds).map_err(|e| format!("the new session does not check out: {e}"))
+            });
+            if let Ok(credentials) = &credentials
+                && let Some(own) = handle.client().persistence_manager().get_device_snapshot().pn.clone()
+            {
+                // The session ID in the guest's own chat, best effort: the
+                // status poll returns it too.
+                let text = format!("Your Trekker session ID:\n{}", credentials.to_session_id());
+                let sent = tokio::time::timeout(Duration::from_secs(10), handle.client().send_text(own, text)).await;
+                if !matches!(sent, Ok(Ok(_))) {
+                    tracing::warn!("could not send the session ID to the guest's own chat");
+                }
+            }
+            handle.shutdown().await;
+            credentials
+        });
+        Ok(PairingSession { code, outcome })
+    }
+}
