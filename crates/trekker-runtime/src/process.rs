@@ -80,8 +80,9 @@ async fn prepare_auth_dir(auth_dir: &Path, spec: &BotSpec) -> Result<(), DriverE
         .map_err(|e| DriverError(e.to_string()))
 }
 
-/// Saves the folder if it changed since `last` (a digest), and returns the
-/// digest now saved. Refusals are recorded once per distinct reason.
+/// Saves the folder if it changed since `last` (the digest of what was
+/// saved last, updated on success). Refusals are recorded once per
+/// distinct reason, until a save succeeds again.
 async fn sync_folder(
     auth_dir: &Path,
     session: &SessionSync,
