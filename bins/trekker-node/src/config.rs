@@ -401,6 +401,17 @@ mod tests {
         Cli::try_parse_from(all).unwrap().settings
     }
 
+    /// `whatsapp` is a pairing provider only in a build with the feature;
+    /// without it the value is refused at start, naming the setting.
+    #[test]
+    fn the_whatsapp_pairing_provider_exists_only_with_the_feature() {
+        let parsed = Cli::try_parse_from(["trekker-node", "--pairing-provider", "whatsapp"]);
+        #[cfg(feature = "whatsapp")]
+        assert_eq!(parsed.unwrap().settings.pairing_provider, PairingProviderKind::Whatsapp);
+        #[cfg(not(feature = "whatsapp"))]
+        assert!(parsed.unwrap_err().to_string().contains("--pairing-provider"));
+    }
+
     #[test]
     fn defaults_run_on_sqlite_with_a_key_file() {
         let config = Config::from_settings(settings(&["--database-url", "sqlite://trekker.db"])).unwrap();
