@@ -7,6 +7,15 @@
 //! Placeholders are `$N`, which both drivers accept; times are epoch
 //! milliseconds in BIGINT columns.
 
+/// The node lease `($2, $3)` (node, epoch) holds at `$4`. Defined before the
+/// modules below so that runtime and session-state queries share it.
+macro_rules! own_lease_live {
+    () => {
+        "EXISTS (SELECT 1 FROM server_registry mine WHERE mine.server_name = $2 AND mine.epoch = $3 \
+         AND mine.lease_until >= $4)"
+    };
+}
+
 mod activities;
 mod bots;
 mod consistency;
@@ -78,6 +87,12 @@ pub(super) fn newest_first(
     }
     query.push(" ORDER BY created_at DESC, id LIMIT ").push_bind(limit + 1);
     query
+}
+
+/// `values` as a JSON array of integers, bound as text where a list is
+/// needed (SQLite has no arrays; see `json_bigints!`).
+pub(super) fn json_integers(values: &[i64]) -> String {
+    format!("[{}]", values.iter().map(i64::to_string).collect::<Vec<_>>().join(","))
 }
 
 /// A connection of this backend, inside or outside a transaction.

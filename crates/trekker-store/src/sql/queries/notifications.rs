@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 
-use super::{BEGIN_WRITE, Db};
+use super::{BEGIN_WRITE, Db, json_integers};
 use crate::error::StoreError;
 use crate::model::*;
 use crate::sql::SqlStore;
@@ -73,8 +73,7 @@ impl NotificationOutbox for SqlStore<Db> {
         if ids.is_empty() {
             return Ok(0);
         }
-        // A JSON array of integers, bound as text (SQLite has no arrays).
-        let ids = format!("[{}]", ids.iter().map(i64::to_string).collect::<Vec<_>>().join(","));
+        let ids = json_integers(ids);
         let done = sqlx::query(concat!(
             "UPDATE notification_outbox SET status = 'sent', claimed_by = NULL, claimed_until = NULL, sent_at = $2 \
              WHERE claimed_by = $1 AND status = 'pending' AND id IN ",

@@ -9,7 +9,7 @@
 use async_trait::async_trait;
 use trekker_domain::{BotId, Credentials, ServerName};
 
-use super::{CHANGE_CURSOR, Db};
+use super::{CHANGE_CURSOR, Db, json_integers};
 use crate::cipher::Sealed;
 use crate::error::StoreError;
 use crate::model::*;
@@ -35,14 +35,6 @@ impl SqlStore<Db> {
         let text: String = sqlx::query_scalar(CHANGE_CURSOR).fetch_one(&self.pool).await?;
         ChangeCursor::parse(&text).ok_or_else(|| corrupt("change cursor", &text))
     }
-}
-
-/// The lease `($2, $3)` itself holds at `$4`.
-macro_rules! own_lease_live {
-    () => {
-        "EXISTS (SELECT 1 FROM server_registry mine WHERE mine.server_name = $2 AND mine.epoch = $3 \
-         AND mine.lease_until >= $4)"
-    };
 }
 
 #[async_trait]
@@ -114,8 +106,7 @@ impl RuntimeStore for SqlStore<Db> {
         .fetch_all(&self.pool)
         .await?;
         if !cursor.pending.is_empty() {
-            // A JSON array of integers, bound as text (SQLite has no arrays).
-            let pending = format!("[{}]", cursor.pending.iter().map(i64::to_string).collect::<Vec<_>>().join(","));
+            let pending = json_integers(&cursor.pending);
             let late: Vec<String> = sqlx::query_scalar(concat!(
                 "SELECT bot_id FROM bot_departures WHERE server_name = $1 AND change_seq IN ",
                 json_bigints!("$2")

@@ -107,17 +107,17 @@ impl SessionStateStore for SqlStore<Db> {
         now: Millis,
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        // Whatever the credentials version: the refusal is about the run.
         let phone: Option<String> = sqlx::query_scalar(concat!(
-            "UPDATE bot_instances SET last_error = $6, updated_at = $4 WHERE id = $1 AND ",
-            run_by_lease!(),
+            "UPDATE bot_instances SET last_error = $5, updated_at = $4 \
+             WHERE id = $1 AND runner = $2 AND runner_epoch = $3 AND ",
+            own_lease_live!(),
             " RETURNING phone_number"
         ))
         .bind(id.as_str())
         .bind(lease.node.as_str())
         .bind(lease.epoch)
         .bind(now)
-        // The version is the current one by definition here.
-        .bind(current_version(&mut tx, id).await?)
         .bind(format!("session state not saved: {reason}"))
         .fetch_optional(&mut *tx)
         .await?;
@@ -149,12 +149,4 @@ impl SessionStateStore for SqlStore<Db> {
             synced_at,
         }))
     }
-}
-
-async fn current_version(conn: &mut <Db as sqlx::Database>::Connection, id: &BotId) -> Result<i64, StoreError> {
-    let version: Option<i64> = sqlx::query_scalar("SELECT credentials_version FROM bot_instances WHERE id = $1")
-        .bind(id.as_str())
-        .fetch_optional(&mut *conn)
-        .await?;
-    version.ok_or(StoreError::BotNotFound)
 }
