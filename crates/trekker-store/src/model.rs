@@ -600,3 +600,29 @@ pub struct SessionStateInfo {
     pub file_count: i64,
     pub synced_at: Millis,
 }
+
+/// One change to a bot's keyed device state ([`crate::DeviceStateStore`]).
+/// Values are secrets: `Debug` shows only where they go.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DeviceWrite {
+    /// Sets `key` in `space` to `value`.
+    Put { space: String, key: String, value: Vec<u8> },
+    /// Removes `key` from `space` (nothing if absent).
+    Delete { space: String, key: String },
+    /// Removes every key of `space`.
+    Clear { space: String },
+    /// Removes everything the bot keeps, of every credentials version (an
+    /// import of new credentials starts from nothing).
+    Reset,
+}
+
+impl std::fmt::Debug for DeviceWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Put { space, value, .. } => write!(f, "Put({space}, {} bytes)", value.len()),
+            Self::Delete { space, .. } => write!(f, "Delete({space})"),
+            Self::Clear { space } => write!(f, "Clear({space})"),
+            Self::Reset => f.write_str("Reset"),
+        }
+    }
+}

@@ -397,6 +397,43 @@ pub trait SessionStateStore: Send + Sync + 'static {
     async fn session_state_info(&self, id: &BotId) -> Result<Option<SessionStateInfo>, StoreError>;
 }
 
+/// A bot's WhatsApp device state key by key (the in-process `whatsapp`
+/// driver's storage), sealed, written only by the runner (invariant 9).
+/// Keys live in named spaces (`session`, `prekey`, ...); reads see only
+/// the state of credentials `version`.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait DeviceStateStore: Send + Sync + 'static {
+    /// The values of `keys` in `space` that exist, with their keys.
+    async fn device_state_get(
+        &self,
+        id: &BotId,
+        version: i64,
+        space: &str,
+        keys: &[String],
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
+    /// Every key of `space` with its value.
+    async fn device_state_scan(
+        &self,
+        id: &BotId,
+        version: i64,
+        space: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
+    /// Applies `writes` in order, all or nothing; accepted (true) only
+    /// from the bot's current runner `lease`, live at `now`, for the bot's
+    /// current credentials `version`. Anything else writes nothing.
+    async fn write_device_state(
+        &self,
+        id: &BotId,
+        lease: &NodeLease,
+        version: i64,
+        writes: &[DeviceWrite],
+        now: Millis,
+    ) -> Result<bool, StoreError>;
+}
+
 /// Everything Trekker keeps in its database: the union of the narrow
 /// traits, implemented for every type that implements them all.
 pub trait Store:
@@ -412,6 +449,7 @@ pub trait Store:
     + RuntimeStore
     + ReviewStore
     + SessionStateStore
+    + DeviceStateStore
 {
 }
 
@@ -428,5 +466,6 @@ impl<T> Store for T where
         + RuntimeStore
         + ReviewStore
         + SessionStateStore
+        + DeviceStateStore
 {
 }

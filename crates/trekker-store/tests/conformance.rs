@@ -240,6 +240,7 @@ conformance_cases!(
     bot_lists_page_by_keyset_without_gaps_or_repeats,
     bot_pages_read_an_index_in_order_whatever_the_filter,
     session_state_is_sealed_fenced_and_kept_per_pairing,
+    device_state_is_sealed_fenced_and_kept_per_pairing,
 );
 
 const NOW: Millis = 1_700_000_000_000;
@@ -1382,4 +1383,68 @@ async fn session_state_is_sealed_fenced_and_kept_per_pairing(f: Fixture) {
     // Deleting the bot deletes its state.
     s.delete_bot(&bot.id, &effects, NOW + 4).await.unwrap();
     assert!(s.load_session_state(&bot.id, 2).await.unwrap().is_none());
+}
+
+fn device_put(space: &str, key: &str, value: &str) -> DeviceWrite {
+    DeviceWrite::Put { space: space.into(), key: key.into(), value: value.as_bytes().to_vec() }
+}
+
+async fn device_state_is_sealed_fenced_and_kept_per_pairing(f: Fixture) {
+    let s = &*f.store;
+    add_server(s, "SERVER0", 5).await;
+    add_server(s, "SERVER1", 5).await;
+    let bot = registered_and_approved(s, "254700000410", "SERVER0").await;
+    let lease = s.start_node_lease(&server("SERVER0"), NOW, 30_000).await.unwrap();
+    let other = s.start_node_lease(&server("SERVER1"), NOW, 30_000).await.unwrap();
+    let contact = "254799999999.0@s.whatsapp.net";
+    let first = [device_put("session", contact, "RATCHET-MARKER-1"), device_put("session", "bob", "b")];
+    assert!(!s.write_device_state(&bot.id, &lease, 1, &first, NOW).await.unwrap(), "not the runner yet");
+    assert!(s.acquire_bot(&bot.id, &lease, 1, NOW).await.unwrap());
+    assert!(s.write_device_state(&bot.id, &lease, 1, &first, NOW).await.unwrap());
+    let keys = [contact.to_owned(), "nobody".to_owned()];
+    let found = s.device_state_get(&bot.id, 1, "session", &keys).await.unwrap();
+    assert_eq!(found, vec![(contact.to_owned(), b"RATCHET-MARKER-1".to_vec())]);
+    let dump = f.raw.dump_all_tables().await;
+    assert!(!dump.contains("RATCHET-MARKER"), "values are sealed at rest");
+    assert!(!dump.contains("254799999999"), "keys (contacts' addresses) are not stored in clear");
+
+    // Spaces are apart; a write is all or nothing, in order.
+    assert!(s.device_state_get(&bot.id, 1, "identity", &keys).await.unwrap().is_empty());
+    let batch = [
+        device_put("session", "bob", "b2"),
+        DeviceWrite::Delete { space: "session".into(), key: contact.into() },
+        device_put("prekey", "1", "p1"),
+        device_put("prekey", "2", "p2"),
+        DeviceWrite::Clear { space: "prekey".into() },
+        device_put("prekey", "3", "p3"),
+    ];
+    assert!(s.write_device_state(&bot.id, &lease, 1, &batch, NOW + 1).await.unwrap());
+    let mut sessions = s.device_state_scan(&bot.id, 1, "session").await.unwrap();
+    sessions.sort();
+    assert_eq!(sessions, vec![("bob".to_owned(), b"b2".to_vec())]);
+    assert_eq!(s.device_state_scan(&bot.id, 1, "prekey").await.unwrap(), vec![("3".to_owned(), b"p3".to_vec())]);
+
+    // Another node, a lease that ran out, credentials that are not the
+    // bot's: nothing is written.
+    let late = [device_put("session", "bob", "late")];
+    assert!(!s.write_device_state(&bot.id, &other, 1, &late, NOW).await.unwrap());
+    assert!(!s.write_device_state(&bot.id, &lease, 1, &late, NOW + 30_001).await.unwrap());
+    assert!(!s.write_device_state(&bot.id, &lease, 2, &late, NOW).await.unwrap());
+    assert_eq!(s.device_state_scan(&bot.id, 1, "session").await.unwrap()[0].1, b"b2");
+
+    // A new pairing sees none of the old state; its import resets it.
+    let effects = effects("credentials_updated");
+    s.update_credentials(&bot.id, &creds::credentials("254700000410", 2), VersionRule::Next, &effects, NOW)
+        .await
+        .unwrap();
+    assert!(s.device_state_scan(&bot.id, 2, "session").await.unwrap().is_empty());
+    assert!(s.acquire_bot(&bot.id, &lease, 2, NOW + 2).await.unwrap());
+    let import = [DeviceWrite::Reset, device_put("meta", "device", "new device")];
+    assert!(s.write_device_state(&bot.id, &lease, 2, &import, NOW + 2).await.unwrap());
+    assert!(s.device_state_scan(&bot.id, 1, "session").await.unwrap().is_empty(), "the reset removed it");
+    assert_eq!(s.device_state_scan(&bot.id, 2, "meta").await.unwrap().len(), 1);
+
+    // Deleting the bot deletes its state.
+    s.delete_bot(&bot.id, &effects, NOW + 4).await.unwrap();
+    assert!(s.device_state_scan(&bot.id, 2, "meta").await.unwrap().is_empty());
 }

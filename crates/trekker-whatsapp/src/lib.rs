@@ -6,3 +6,5 @@
 pub mod pairing;
 #[cfg(feature = "whatsapp")]
 pub mod session;
+#[cfg(feature = "whatsapp")]
+pub mod storage;

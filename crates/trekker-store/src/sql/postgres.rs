@@ -41,6 +41,13 @@ macro_rules! json_bigints {
     };
 }
 
+/// The TEXTs of the JSON array bound as `$param`, as a subquery.
+macro_rules! json_texts {
+    ($param:literal) => {
+        concat!("(SELECT value FROM jsonb_array_elements_text(CAST(", $param, " AS JSONB)))")
+    };
+}
+
 /// Plans are asked for the way a pooled connection ends up running a
 /// statement: prepared, with the generic plan PostgreSQL switches to after
 /// a few runs (the plan that cannot use an index behind `$1 IS NULL OR`).

@@ -36,6 +36,13 @@ macro_rules! json_bigints {
     };
 }
 
+/// The TEXTs of the JSON array bound as `$param`, as a subquery.
+macro_rules! json_texts {
+    ($param:literal) => {
+        concat!("(SELECT value FROM json_each(", $param, "))")
+    };
+}
+
 /// SQLite plans each statement once, with no generic form: its plan is
 /// asked for with the parameters bound.
 const GENERIC_PLANS: bool = false;

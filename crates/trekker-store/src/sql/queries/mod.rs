@@ -8,7 +8,8 @@
 //! milliseconds in BIGINT columns.
 
 /// The node lease `($2, $3)` (node, epoch) holds at `$4`. Defined before the
-/// modules below so that runtime and session-state queries share it.
+/// modules below so that runtime and session-state queries share it (the same
+/// for `run_by_lease!`).
 macro_rules! own_lease_live {
     () => {
         "EXISTS (SELECT 1 FROM server_registry mine WHERE mine.server_name = $2 AND mine.epoch = $3 \
@@ -16,10 +17,21 @@ macro_rules! own_lease_live {
     };
 }
 
+/// The bot `$1`'s runner is the lease `($2, $3)`, which is live at `$4`, and its
+/// credentials are at version `$5`.
+macro_rules! run_by_lease {
+    () => {
+        "EXISTS (SELECT 1 FROM bot_instances b JOIN server_registry lease ON lease.server_name = b.runner \
+         WHERE b.id = $1 AND b.runner = $2 AND b.runner_epoch = $3 AND b.credentials_version = $5 \
+         AND lease.epoch = $3 AND lease.lease_until >= $4)"
+    };
+}
+
 mod activities;
 mod bots;
 mod consistency;
 mod credential_outbox;
+mod device_state;
 mod idempotency;
 mod notifications;
 mod pairing;

@@ -11,16 +11,6 @@ use crate::model::*;
 use crate::sql::SqlStore;
 use crate::traits::SessionStateStore;
 
-/// The bot's runner is the lease `($2, $3)`, which is live at `$4`, and its
-/// credentials are at version `$5`.
-macro_rules! run_by_lease {
-    () => {
-        "EXISTS (SELECT 1 FROM bot_instances b JOIN server_registry lease ON lease.server_name = b.runner \
-         WHERE b.id = $1 AND b.runner = $2 AND b.runner_epoch = $3 AND b.credentials_version = $5 \
-         AND lease.epoch = $3 AND lease.lease_until >= $4)"
-    };
-}
-
 /// What a sealed state is bound to: the bot and its credentials version,
 /// so one bot's state cannot be read as another's, or as a later pairing's.
 fn state_row_id(id: &BotId, version: i64) -> String {
