@@ -37,6 +37,9 @@ pub enum BotDriverKind {
     Simulated,
     /// Runs BOT_COMMAND once per bot.
     Process,
+    /// An in-process WhatsApp client per bot (built with `--features whatsapp`).
+    #[cfg(feature = "whatsapp")]
+    Whatsapp,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -54,6 +57,10 @@ pub enum NotifierKind {
     Log,
     /// POSTs `{phone, text}` to NOTIFY_WEBHOOK_URL.
     Webhook,
+    /// Sent from the bot's own session (`--features whatsapp`, with
+    /// BOT_DRIVER=whatsapp).
+    #[cfg(feature = "whatsapp")]
+    Whatsapp,
 }
 
 /// The raw settings, as clap reads them from flags and the environment.
@@ -122,6 +129,13 @@ pub struct Settings {
     /// Where the `webhook` notifier posts.
     #[arg(long, env = "NOTIFY_WEBHOOK_URL")]
     pub notify_webhook_url: Option<String>,
+    /// Where the `whatsapp` driver posts incoming messages and status
+    /// changes (signed with BOT_EVENTS_WEBHOOK_SECRET).
+    #[arg(long, env = "BOT_EVENTS_WEBHOOK_URL")]
+    pub bot_events_webhook_url: Option<String>,
+    /// HMAC-SHA256 key of the events webhook's signatures (16 bytes or more).
+    #[arg(long, env = "BOT_EVENTS_WEBHOOK_SECRET", hide_env_values = true)]
+    pub bot_events_webhook_secret: Option<String>,
     /// Requests per minute per client address to /api/pair and
     /// /api/guest/register-bot; 0 turns the limit off.
     #[arg(long, env = "RATE_LIMIT_PER_MIN", default_value_t = 30)]
@@ -215,6 +229,8 @@ pub struct Config {
     pub pairing_provider: PairingProviderKind,
     pub notifier: NotifierKind,
     pub notify_webhook_url: Option<String>,
+    /// The events webhook of the `whatsapp` driver: URL and signing key.
+    pub bot_events_webhook: Option<(String, Secret)>,
     pub rate_limit_per_min: u32,
     pub pending_ttl: Duration,
     pub pending_max_percent: u32,
@@ -228,6 +244,33 @@ pub struct Config {
 pub struct ConfigError {
     pub setting: &'static str,
     pub reason: String,
+}
+
+/// BOT_EVENTS_WEBHOOK_URL and its secret: both or neither, and only where a
+/// driver has events to send.
+fn bot_events_webhook(settings: &Settings) -> Result<Option<(String, Secret)>, ConfigError> {
+    let (url, secret) = (&settings.bot_events_webhook_url, &settings.bot_events_webhook_secret);
+    let Some(url) = url else {
+        return match secret {
+            Some(_) => Err(invalid("BOT_EVENTS_WEBHOOK_SECRET", "is set but BOT_EVENTS_WEBHOOK_URL is not")),
+            None => Ok(None),
+        };
+    };
+    check_http_url("BOT_EVENTS_WEBHOOK_URL", url)?;
+    #[cfg(feature = "whatsapp")]
+    let has_events = settings.bot_driver == BotDriverKind::Whatsapp;
+    #[cfg(not(feature = "whatsapp"))]
+    let has_events = false;
+    if !has_events {
+        return Err(invalid("BOT_EVENTS_WEBHOOK_URL", "is used by BOT_DRIVER=whatsapp only"));
+    }
+    match secret {
+        Some(secret) if secret.len() >= 16 => Ok(Some((url.clone(), Secret::new(secret.clone())))),
+        Some(_) => Err(invalid("BOT_EVENTS_WEBHOOK_SECRET", "must be at least 16 bytes")),
+        None => {
+            Err(invalid("BOT_EVENTS_WEBHOOK_SECRET", "is required with BOT_EVENTS_WEBHOOK_URL (receivers check it)"))
+        }
+    }
 }
 
 fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -312,6 +355,13 @@ impl Config {
                 None => return Err(invalid("NOTIFY_WEBHOOK_URL", "is required with NOTIFIER=webhook")),
             }
         }
+        #[cfg(feature = "whatsapp")]
+        if settings.notifier == NotifierKind::Whatsapp && settings.bot_driver != BotDriverKind::Whatsapp {
+            // Another driver's bot holds the session: a second connection
+            // would replace its stream.
+            return Err(invalid("NOTIFIER", "`whatsapp` needs BOT_DRIVER=whatsapp (it sends from the bots' sessions)"));
+        }
+        let bot_events_webhook = bot_events_webhook(&settings)?;
         Ok(Self {
             database_url: Secret::new(settings.database_url),
             backend,
@@ -335,6 +385,7 @@ impl Config {
             pairing_provider: settings.pairing_provider,
             notifier: settings.notifier,
             notify_webhook_url: settings.notify_webhook_url,
+            bot_events_webhook,
             rate_limit_per_min: settings.rate_limit_per_min,
             pending_ttl: Duration::from_secs(u64::from(settings.pending_ttl_hours) * 3600),
             pending_max_percent: settings.pending_max_percent,
@@ -437,11 +488,40 @@ mod tests {
             (&["--database-url", "sqlite://x.db", "--notifier", "webhook"], "NOTIFY_WEBHOOK_URL"),
             (&["--database-url", "sqlite://x.db", "--base-url", "ftp://x"], "BASE_URL"),
             (&["--database-url", "sqlite://x.db", "--heartbeat-interval-secs", "0"], "HEARTBEAT_INTERVAL_SECS"),
+            (
+                &["--database-url", "sqlite://x.db", "--bot-events-webhook-secret", "0123456789abcdef"],
+                "BOT_EVENTS_WEBHOOK_SECRET",
+            ),
+            // Only the in-process WhatsApp driver has events to send.
+            (&["--database-url", "sqlite://x.db", "--bot-events-webhook-url", "http://x/e"], "BOT_EVENTS_WEBHOOK_URL"),
         ];
         for (args, setting) in cases {
             let err = Config::from_settings(settings(args)).unwrap_err();
             assert_eq!(err.setting, *setting, "{args:?}");
         }
+    }
+
+    #[cfg(feature = "whatsapp")]
+    #[test]
+    fn whatsapp_settings_hang_together() {
+        let base = ["--database-url", "sqlite://x.db"];
+        let with = |extra: &[&str]| Config::from_settings(settings(&[&base[..], extra].concat()));
+        let err = with(&["--notifier", "whatsapp"]).unwrap_err();
+        assert_eq!(err.setting, "NOTIFIER", "the whatsapp notifier sends from the whatsapp driver's sessions");
+        assert!(with(&["--notifier", "whatsapp", "--bot-driver", "whatsapp"]).is_ok());
+        let hook = ["--bot-driver", "whatsapp", "--bot-events-webhook-url", "https://bots.example/events"];
+        assert_eq!(with(&hook).unwrap_err().setting, "BOT_EVENTS_WEBHOOK_SECRET");
+        assert_eq!(
+            with(&[&hook[..], &["--bot-events-webhook-secret", "short"]].concat()).unwrap_err().setting,
+            "BOT_EVENTS_WEBHOOK_SECRET"
+        );
+        let secret = "a-long-enough-shared-secret";
+        let config = with(&[&hook[..], &["--bot-events-webhook-secret", secret]].concat()).unwrap();
+        assert_eq!(
+            config.bot_events_webhook.as_ref().map(|(url, _)| url.as_str()),
+            Some("https://bots.example/events")
+        );
+        assert!(!format!("{config:?}").contains(secret), "the secret is never printed");
     }
 
     #[test]

@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use trekker_app::Trekker;
+use trekker_app::messaging::{BotMessenger, NoMessenger};
 use trekker_app::notify::{LogNotifier, Notifier, WebhookNotifier};
 use trekker_app::pairing::{PairingProvider, SimulatedPairing};
 use trekker_store::{ServerRegistration, Store, StoreError};
@@ -56,6 +57,8 @@ pub struct AppState {
     pub trekker: Arc<Trekker>,
     pub pairing: Arc<dyn PairingProvider>,
     pub notifier: Arc<dyn Notifier>,
+    /// Sends texts from the bots running here (`whatsapp` driver only).
+    pub messenger: Arc<dyn BotMessenger>,
     /// `None` when RATE_LIMIT_PER_MIN is 0.
     pub rate_limiter: Option<Arc<GuestRateLimiter>>,
     pub metrics: PrometheusHandle,
@@ -75,6 +78,8 @@ impl std::fmt::Debug for AppState {
 #[derive(Default)]
 pub struct Overrides {
     pub driver: Option<Arc<dyn BotDriver>>,
+    /// What sends texts from bots (with a replaced driver).
+    pub messenger: Option<Arc<dyn BotMessenger>>,
     pub tuning: Option<SupervisorTuning>,
     /// How often the expiry sweeper runs (default 30 s).
     pub sweep_every: Option<std::time::Duration>,
@@ -84,6 +89,7 @@ impl std::fmt::Debug for Overrides {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Overrides")
             .field("driver", &self.driver)
+            .field("messenger", &self.messenger)
             .field("tuning", &self.tuning)
             .field("sweep_every", &self.sweep_every)
             .finish()
@@ -119,6 +125,9 @@ impl Application {
     /// [`build`](Self::build) with some parts replaced.
     pub async fn build_with(config: Config, overrides: Overrides) -> Result<Self, StartupError> {
         let store = connect_store(&config).await?;
+        let shutdown = CancellationToken::new();
+        #[cfg(feature = "whatsapp")]
+        let mut whatsapp_sessions = None;
         let driver: Arc<dyn BotDriver> = match overrides.driver {
             Some(driver) => driver,
             None => match config.bot_driver {
@@ -134,6 +143,19 @@ impl Application {
                     )
                     .map_err(|e| StartupError::Config(ConfigError { setting: "BOT_COMMAND", reason: e.0 }))?,
                 ),
+                #[cfg(feature = "whatsapp")]
+                BotDriverKind::Whatsapp => {
+                    let clock: Arc<dyn trekker_app::Clock> = Arc::new(trekker_app::SystemClock);
+                    let mut driver = trekker_whatsapp::driver::WhatsAppDriver::new(store.clone(), clock);
+                    if let Some((url, secret)) = &config.bot_events_webhook {
+                        let secret = secret.expose().as_bytes().to_vec();
+                        let webhook =
+                            trekker_whatsapp::webhook::EventsWebhook::start(url.clone(), secret, shutdown.clone());
+                        driver = driver.with_webhook(webhook);
+                    }
+                    whatsapp_sessions = Some(driver.sessions());
+                    Arc::new(driver)
+                }
             },
         };
         let tuning = overrides.tuning.unwrap_or_else(|| SupervisorTuning {
@@ -185,8 +207,25 @@ impl Application {
                 WebhookNotifier::new(url.clone())
                     .map_err(|e| StartupError::Config(ConfigError { setting: "NOTIFY_WEBHOOK_URL", reason: e.0 }))?,
             ),
+            #[cfg(feature = "whatsapp")]
+            (NotifierKind::Whatsapp, _) => match &whatsapp_sessions {
+                Some(sessions) => Arc::new(trekker_whatsapp::notifier::WhatsAppNotifier::new(
+                    sessions.clone(),
+                    store.clone(),
+                    store.clone(),
+                )),
+                None => {
+                    let reason = "`whatsapp` needs the `whatsapp` bot driver".to_owned();
+                    return Err(StartupError::Config(ConfigError { setting: "NOTIFIER", reason }));
+                }
+            },
             _ => Arc::new(LogNotifier),
         };
+        #[cfg(feature = "whatsapp")]
+        let driver_messenger = whatsapp_sessions.map(|sessions| sessions as Arc<dyn BotMessenger>);
+        #[cfg(not(feature = "whatsapp"))]
+        let driver_messenger: Option<Arc<dyn BotMessenger>> = None;
+        let messenger = overrides.messenger.or(driver_messenger).unwrap_or_else(|| Arc::new(NoMessenger));
         let state = AppState {
             rate_limiter: GuestRateLimiter::new(config.rate_limit_per_min),
             metrics: http::metrics_handle(),
@@ -196,19 +235,11 @@ impl Application {
             trekker,
             pairing,
             notifier,
+            messenger,
             base_url,
         };
         let sweep_every = overrides.sweep_every.unwrap_or(EXPIRY_SWEEP_EVERY);
-        Ok(Self {
-            listener,
-            addr,
-            state,
-            shutdown: CancellationToken::new(),
-            driver,
-            tuning,
-            sweep_every,
-            registration,
-        })
+        Ok(Self { listener, addr, state, shutdown, driver, tuning, sweep_every, registration })
     }
 
     pub fn local_addr(&self) -> SocketAddr {

@@ -9,6 +9,7 @@ pub mod crossserver;
 mod error;
 pub mod idempotency;
 pub mod liveness;
+pub mod messaging;
 pub mod notify;
 pub mod ownership;
 pub mod pairing;

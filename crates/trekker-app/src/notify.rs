@@ -36,6 +36,12 @@ pub struct NotifyError(pub String);
 #[async_trait]
 pub trait Notifier: Send + Sync + std::fmt::Debug {
     fn name(&self) -> &'static str;
+    /// Whether this notifier can send only to phones whose bot this node
+    /// hosts (it sends from the bot's own session): the dispatcher then
+    /// claims only those messages.
+    fn hosted_only(&self) -> bool {
+        false
+    }
     async fn send(&self, phone: &str, text: &str) -> Result<(), NotifyError>;
 }
 
@@ -108,8 +114,13 @@ pub async fn run_dispatcher(trekker: Arc<Trekker>, notifier: Arc<dyn Notifier>, 
     let worker = format!("{}-{:08x}", trekker.node, random_u128() as u32);
     tracing::info!(notifier = notifier.name(), %worker, "notification dispatcher started");
     loop {
-        let batch = match trekker.store.notifications.claim_notifications(&worker, trekker.now(), LEASE_MS, BATCH).await
-        {
+        let outbox = &trekker.store.notifications;
+        let claimed = if notifier.hosted_only() {
+            outbox.claim_hosted_notifications(&worker, &trekker.node, trekker.now(), LEASE_MS, BATCH).await
+        } else {
+            outbox.claim_notifications(&worker, trekker.now(), LEASE_MS, BATCH).await
+        };
+        let batch = match claimed {
             Ok(batch) => batch,
             Err(err) => {
                 tracing::warn!(error = ?err, "claiming notifications failed; will retry");

@@ -7,12 +7,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 use trekker_domain::{BotId, Credentials, PhoneNumber, ServerName};
+use trekker_store::NodeLease;
 
 /// What a driver needs to start one bot. Holds the decrypted credentials:
 /// `Debug` never shows them.
 #[derive(Clone)]
 pub struct BotSpec {
     pub bot_id: BotId,
+    /// The lease this run belongs to: whatever the bot writes to the
+    /// database is fenced on it (invariant 9).
+    pub runner: NodeLease,
     pub phone: PhoneNumber,
     pub server: ServerName,
     pub credentials: Credentials,
@@ -80,8 +84,15 @@ pub enum BotEvent {
     Connected,
     /// Lost the connection (the bot may reconnect by itself).
     Disconnected { reason: String },
-    /// WhatsApp logged the session out: the credentials are dead.
-    LoggedOut,
+    /// WhatsApp logged the session out: the credentials are dead
+    /// (`reason`, when WhatsApp gave one).
+    LoggedOut { reason: Option<String> },
+    /// Another client took over the session's connection (WhatsApp allows
+    /// one per device): the bot stopped and is not restarted here.
+    Replaced,
+    /// WhatsApp banned the account for a while (`reason` says why and for
+    /// how long): the bot stopped and is not restarted.
+    Banned { reason: String },
     /// The bot ended. `code` 0: stopped on purpose; anything else: a crash.
     Exited { code: Option<i32>, error: Option<String> },
 }

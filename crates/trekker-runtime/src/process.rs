@@ -126,7 +126,7 @@ fn parse_status_line(line: &str) -> Option<BotEvent> {
         "disconnected" => {
             Some(BotEvent::Disconnected { reason: status.reason.unwrap_or_else(|| "disconnected".into()) })
         }
-        "logged_out" => Some(BotEvent::LoggedOut),
+        "logged_out" => Some(BotEvent::LoggedOut { reason: None }),
         _ => None,
     }
 }
@@ -251,7 +251,7 @@ impl BotDriver for ProcessDriver {
             }
             let code = status.and_then(|s| s.code());
             match code {
-                Some(EXIT_LOGGED_OUT) => send(BotEvent::LoggedOut),
+                Some(EXIT_LOGGED_OUT) => send(BotEvent::LoggedOut { reason: None }),
                 _ => send(BotEvent::Exited {
                     code,
                     error: match code {
@@ -277,7 +277,7 @@ mod tests {
             parse_status_line(r#"{"event":"disconnected","reason":"stream error"}"#),
             Some(BotEvent::Disconnected { reason: "stream error".into() })
         );
-        assert_eq!(parse_status_line(r#"{"event":"logged_out"}"#), Some(BotEvent::LoggedOut));
+        assert_eq!(parse_status_line(r#"{"event":"logged_out"}"#), Some(BotEvent::LoggedOut { reason: None }));
         assert_eq!(parse_status_line("plain log line"), None);
         assert_eq!(parse_status_line(r#"{"event":"dancing"}"#), None);
     }

@@ -117,7 +117,7 @@ impl BotDriver for SimulatedDriver {
                 },
                 Some(Fault::LogOutAfter(after)) => tokio::select! {
                     _ = &mut stopped => {}
-                    () = tokio::time::sleep(after) => send(BotEvent::LoggedOut),
+                    () = tokio::time::sleep(after) => send(BotEvent::LoggedOut { reason: None }),
                 },
             }
         });

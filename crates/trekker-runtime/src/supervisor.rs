@@ -576,6 +576,7 @@ impl Supervisor {
         self.report(&bot.id, version, RuntimeStatus::Loading, i64::from(restart), None, None).await;
         let spec = BotSpec {
             bot_id: bot.id.clone(),
+            runner: lease.clone(),
             phone: bot.phone.clone(),
             server: self.node.clone(),
             credentials,
@@ -619,6 +620,15 @@ impl Supervisor {
         }))
     }
 
+    /// Stops the bot and keeps it stopped until something changes (new
+    /// credentials, an admin); no status written.
+    async fn hold(&mut self, id: &BotId, hold: Hold) {
+        self.stop_bot(id).await;
+        if let Some(m) = self.bots.get_mut(id) {
+            m.hold = Some(hold);
+        }
+    }
+
     /// Stops a running bot and gives it up (no status written).
     async fn stop_bot(&mut self, id: &BotId) {
         let Some(managed) = self.bots.get_mut(id) else { return };
@@ -659,21 +669,28 @@ impl Supervisor {
             BotEvent::Disconnected { reason } => {
                 self.report(&id, version, RuntimeStatus::Loading, 0, Some(reason), None).await;
             }
-            BotEvent::LoggedOut => {
+            BotEvent::LoggedOut { reason } => {
                 tracing::warn!(bot = %id, "bot logged out of WhatsApp: not restarting");
-                self.stop_bot(&id).await;
-                if let Some(m) = self.bots.get_mut(&id) {
-                    m.hold = Some(Hold::LoggedOut);
-                }
-                let reason = "logged out of WhatsApp; pair the phone again".to_owned();
+                let said = reason.map(|r| format!(" ({r})")).unwrap_or_default();
+                let reason = format!("logged out of WhatsApp{said}; pair the phone again");
+                self.hold(&id, Hold::LoggedOut).await;
                 self.report(&id, version, RuntimeStatus::Error, 0, Some("logged out".into()), Some(reason)).await;
+            }
+            BotEvent::Replaced => {
+                tracing::warn!(bot = %id, "another client took over the bot's WhatsApp connection: stopped");
+                self.hold(&id, Hold::Stopped).await;
+                let error = "another client took over this WhatsApp session (stream replaced); stopped".to_owned();
+                self.report(&id, version, RuntimeStatus::Offline, 0, Some(error), None).await;
+            }
+            BotEvent::Banned { reason } => {
+                tracing::warn!(bot = %id, %reason, "WhatsApp banned the bot's account: not restarting");
+                self.hold(&id, Hold::Failed).await;
+                let error = format!("banned by WhatsApp: {reason}");
+                self.report(&id, version, RuntimeStatus::Failed, 0, Some(error), None).await;
             }
             BotEvent::Exited { code: Some(0), .. } => {
                 tracing::info!(bot = %id, "bot stopped by itself (exit 0)");
-                self.stop_bot(&id).await;
-                if let Some(m) = self.bots.get_mut(&id) {
-                    m.hold = Some(Hold::Stopped);
-                }
+                self.hold(&id, Hold::Stopped).await;
                 self.report(&id, version, RuntimeStatus::Offline, 0, None, None).await;
             }
             BotEvent::Exited { error, .. } => {

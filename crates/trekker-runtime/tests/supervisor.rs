@@ -225,6 +225,8 @@ enum Behaviour {
     Crashes,
     LogsOut,
     ExitsCleanly,
+    IsReplaced,
+    IsBanned,
 }
 
 /// When, which bot, which credentials version, and "start" or "stop".
@@ -294,7 +296,9 @@ impl BotDriver for FakeDriver {
         let event = match behaviour {
             Behaviour::Connects => BotEvent::Connected,
             Behaviour::Crashes => BotEvent::Exited { code: Some(1), error: Some("boom".into()) },
-            Behaviour::LogsOut => BotEvent::LoggedOut,
+            Behaviour::LogsOut => BotEvent::LoggedOut { reason: Some("device removed".into()) },
+            Behaviour::IsReplaced => BotEvent::Replaced,
+            Behaviour::IsBanned => BotEvent::Banned { reason: "sent to too many people; for 3600 s".into() },
             Behaviour::ExitsCleanly => BotEvent::Exited { code: Some(0), error: None },
         };
         let _ = events.send(DriverEvent { bot_id: spec.bot_id.clone(), generation: spec.generation, event });
@@ -416,7 +420,8 @@ async fn a_logged_out_bot_is_not_restarted_until_an_admin_acts() {
     assert_eq!(driver.starts(&id).len(), 1);
     let report = store.last_report(&id);
     assert_eq!(report.status, RuntimeStatus::Error);
-    assert!(report.invalid_reason.unwrap().contains("pair the phone again"));
+    let reason = report.invalid_reason.unwrap();
+    assert!(reason.contains("pair the phone again") && reason.contains("device removed"), "{reason}");
     // An admin action sets the bot `loading`: it starts again.
     driver.set(&id, Behaviour::Connects);
     store.edit(&id, |bot| bot.status = RuntimeStatus::Loading);
@@ -435,6 +440,36 @@ async fn a_clean_exit_is_offline_and_not_restarted() {
     let_time_pass(Duration::from_secs(600)).await;
     assert_eq!(driver.starts(&id).len(), 1);
     assert_eq!(store.last_status(&id), Some(RuntimeStatus::Offline));
+    supervisor.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replaced_stream_stops_the_bot_and_says_why() {
+    let store = FakeStore::with_bots(1);
+    let driver = Arc::new(FakeDriver::default());
+    let id = bot_id(1);
+    driver.set(&id, Behaviour::IsReplaced);
+    let supervisor = spawn(&store, &driver, 10, tuning());
+    let_time_pass(Duration::from_secs(600)).await;
+    assert_eq!(driver.starts(&id).len(), 1, "not restarted: it would take the stream back from the other client");
+    let report = store.last_report(&id);
+    assert_eq!(report.status, RuntimeStatus::Offline);
+    assert!(report.last_error.unwrap().contains("stream replaced"));
+    supervisor.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_banned_account_fails_without_restarts() {
+    let store = FakeStore::with_bots(1);
+    let driver = Arc::new(FakeDriver::default());
+    let id = bot_id(1);
+    driver.set(&id, Behaviour::IsBanned);
+    let supervisor = spawn(&store, &driver, 10, tuning());
+    let_time_pass(Duration::from_secs(600)).await;
+    assert_eq!(driver.starts(&id).len(), 1);
+    let report = store.last_report(&id);
+    assert_eq!(report.status, RuntimeStatus::Failed);
+    assert!(report.last_error.unwrap().contains("banned by WhatsApp: sent to too many people"));
     supervisor.stop().await;
 }
 

@@ -174,6 +174,18 @@ pub trait NotificationOutbox: Send + Sync + 'static {
         limit: i64,
     ) -> Result<Vec<Notification>, StoreError>;
 
+    /// As [`Self::claim_notifications`], but only messages to phones whose
+    /// bot `node` hosts (or that have no bot any more): for a notifier that
+    /// sends from the bot's own session, which only its hosting node holds.
+    async fn claim_hosted_notifications(
+        &self,
+        worker: &str,
+        node: &ServerName,
+        now: Millis,
+        lease_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<Notification>, StoreError>;
+
     /// Records how an attempt ended. Ignored (false) if `worker` no longer
     /// holds the claim.
     async fn finish_notification(

@@ -223,6 +223,7 @@ conformance_cases!(
     inconsistencies_are_found_and_repaired,
     pairing_lifecycle,
     notifications_are_claimed_once,
+    hosted_notifications_go_to_the_hosting_node,
     concurrent_reservations_never_overfill,
     concurrent_same_phone_registers_once,
     concurrent_churn_keeps_counts_true,
@@ -1447,4 +1448,24 @@ async fn device_state_is_sealed_fenced_and_kept_per_pairing(f: Fixture) {
     // Deleting the bot deletes its state.
     s.delete_bot(&bot.id, &effects, NOW + 4).await.unwrap();
     assert!(s.device_state_scan(&bot.id, 2, "meta").await.unwrap().is_empty());
+}
+
+async fn hosted_notifications_go_to_the_hosting_node(f: Fixture) {
+    let s = &*f.store;
+    add_server(s, "SERVER0", 5).await;
+    add_server(s, "SERVER1", 5).await;
+    let here = register(s, "254700000500", "SERVER0").await.unwrap().bot;
+    let there = register(s, "254700000501", "SERVER1").await.unwrap().bot;
+    let gone = register(s, "254700000502", "SERVER1").await.unwrap().bot;
+    // Its bot deleted, the phone has no host left: any node ends its messages.
+    s.delete_bot(&gone.id, &effects("deleted").notify(&gone.phone, "deleted"), NOW).await.unwrap();
+    let phones = |claimed: Vec<Notification>| {
+        let mut phones: Vec<String> = claimed.into_iter().map(|n| n.phone).collect();
+        phones.sort();
+        phones
+    };
+    let mine = s.claim_hosted_notifications("w0", &server("SERVER0"), NOW, 30_000, 100).await.unwrap();
+    assert_eq!(phones(mine), vec![here.phone.to_string(), gone.phone.to_string(), gone.phone.to_string()]);
+    let theirs = s.claim_hosted_notifications("w1", &server("SERVER1"), NOW, 30_000, 100).await.unwrap();
+    assert_eq!(phones(theirs), vec![there.phone.to_string()], "the rest is claimed already");
 }

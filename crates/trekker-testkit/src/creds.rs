@@ -8,7 +8,7 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use trekker_domain::Credentials;
-use trekker_domain::account::{IdentityDetails, baileys_buffer, public_key, signed_account};
+use trekker_domain::account::{IdentityDetails, baileys_buffer, public_key, signed_account, xeddsa_sign};
 use trekker_domain::session::encode_session_id;
 
 /// A `creds.json` for `phone` (digits); `variant` changes the key material,
@@ -23,25 +23,29 @@ pub fn creds_json(phone: &str, variant: u32) -> Value {
 /// the phone.
 pub fn creds_json_of_account(phone: &str, variant: u32, account: &str) -> Value {
     let key = |label: &str| base64::engine::general_purpose::STANDARD.encode(format!("{label}-{phone}-{variant}"));
+    let private = |label: &str| clamped(seed(&format!("{label}:{phone}:{variant}")));
+    let base64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
     let identity_private = seed(&format!("identity:{account}:{phone}:{variant}"));
+    let (noise, pre_key) = (private("noise"), private("signed-pre-key"));
+    // Real Curve25519 pairs and a pre-key signed by the identity key, as
+    // Baileys writes them: whatsapp-rust can load these (the `whatsapp`
+    // feature's tests import them).
+    let pre_key_signature = xeddsa_sign(&identity_private, &[&[5u8][..], &public_key(&pre_key)].concat());
     let details = IdentityDetails { raw_id: variant, timestamp: adv_timestamp(variant), key_index: variant };
     json!({
-        "noiseKey": {
-            "private": {"type": "Buffer", "data": key("noise-priv")},
-            "public": {"type": "Buffer", "data": key("noise-pub")},
-        },
+        "noiseKey": {"private": baileys_buffer(&noise), "public": baileys_buffer(&public_key(&noise))},
         "pairingEphemeralKeyPair": {"private": key("eph-priv"), "public": key("eph-pub")},
         "signedIdentityKey": {
             "private": baileys_buffer(&identity_private),
             "public": baileys_buffer(&public_key(&identity_private)),
         },
         "signedPreKey": {
-            "keyPair": {"private": key("pre-priv"), "public": key("pre-pub")},
-            "signature": key("sig"),
+            "keyPair": {"private": base64(&pre_key), "public": base64(&public_key(&pre_key))},
+            "signature": base64(&pre_key_signature),
             "keyId": 1,
         },
         "registrationId": 1000 + variant,
-        "advSecretKey": key("adv"),
+        "advSecretKey": base64(&seed(&format!("adv:{phone}:{variant}"))),
         "me": {
             "id": format!("{phone}:{}@s.whatsapp.net", variant % 50),
             "name": "Test",
@@ -51,6 +55,14 @@ pub fn creds_json_of_account(phone: &str, variant: u32, account: &str) -> Value 
         "platform": "android",
         "registered": true,
     })
+}
+
+/// A private key as Baileys generates them (curve25519-js clamps).
+fn clamped(mut key: [u8; 32]) -> [u8; 32] {
+    key[0] &= 248;
+    key[31] &= 127;
+    key[31] |= 64;
+    key
 }
 
 /// When WhatsApp signed variant `variant` of a test pairing: a later

@@ -3,8 +3,18 @@
 //! empty, and the default build holds none of whatsapp-rust.
 
 #[cfg(feature = "whatsapp")]
+pub mod driver;
+#[cfg(feature = "whatsapp")]
+pub mod events;
+#[cfg(feature = "whatsapp")]
+pub mod notifier;
+#[cfg(feature = "whatsapp")]
 pub mod pairing;
 #[cfg(feature = "whatsapp")]
 pub mod session;
 #[cfg(feature = "whatsapp")]
 pub mod storage;
+#[cfg(feature = "whatsapp")]
+mod transport;
+#[cfg(feature = "whatsapp")]
+pub mod webhook;

@@ -15,15 +15,14 @@ use async_trait::async_trait;
 use tokio::sync::oneshot;
 use trekker_app::pairing::{PairingProvider, PairingSession};
 use trekker_domain::{Credentials, PhoneNumber};
-use whatsapp_rust::anyhow;
-use whatsapp_rust::async_channel::Receiver;
 use whatsapp_rust::bot::Bot;
 use whatsapp_rust::pair_code::PairCodeOptions;
-use whatsapp_rust::transport::{TokioWebSocketTransportFactory, Transport, TransportEvent, TransportFactory};
+use whatsapp_rust::transport::TransportFactory;
 use whatsapp_rust::types::events::Event;
 use whatsapp_rust::wacore::store::{Device, InMemoryBackend};
 
 use crate::session::creds_from_device;
+use crate::transport::Transports;
 
 /// Real pairing through WhatsApp (see the module header).
 #[derive(Clone)]
@@ -53,16 +52,38 @@ impl Default for WhatsAppPairing {
     }
 }
 
-/// The configured transport, or WhatsApp's WebSocket.
-struct Transports(Option<Arc<dyn TransportFactory>>);
+/// What a pairing event means for the guest waiting on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PairingStep {
+    /// The code to type on the phone.
+    Code(String),
+    /// The phone confirmed: the device is linked (`platform` of the phone).
+    Paired { platform: String },
+    /// The pairing is over, for this reason (for a person).
+    Failed(String),
+}
 
-#[async_trait]
-impl TransportFactory for Transports {
-    async fn create_transport(&self) -> Result<(Arc<dyn Transport>, Receiver<TransportEvent>), anyhow::Error> {
-        match &self.0 {
-            Some(factory) => factory.create_transport().await,
-            None => TokioWebSocketTransportFactory::new().create_transport().await,
+/// The step an event is, if any: a code, WhatsApp's refusal (with its
+/// retry-after when it gives one), a passkey WhatsApp wants (which Trekker
+/// cannot give), the phone's confirmation or its refusal.
+pub fn pairing_step(event: &Event) -> Option<PairingStep> {
+    match event {
+        Event::PairingCode(code) => Some(PairingStep::Code(code.code.clone())),
+        Event::PairingCodeError(error) => {
+            let wait = error.backoff.map(|b| format!("; try again in {} s", b.as_secs()));
+            Some(PairingStep::Failed(format!("WhatsApp gave no pairing code{}", wait.unwrap_or_default())))
         }
+        Event::PairPasskeyRequest(_) => Some(PairingStep::Failed(
+            "WhatsApp asks this account for a passkey before linking a device, which Trekker cannot provide: \
+             link the device with another tool and register its session ID"
+                .into(),
+        )),
+        Event::PairPasskeyError(error) => {
+            Some(PairingStep::Failed(format!("WhatsApp's passkey check failed: {}", error.error)))
+        }
+        Event::PairSuccess(success) => Some(PairingStep::Paired { platform: success.platform.clone() }),
+        Event::PairError(error) => Some(PairingStep::Failed(format!("WhatsApp refused the pairing: {}", error.error))),
+        _ => None,
     }
 }
 
@@ -94,22 +115,17 @@ impl PairingProvider for WhatsAppPairing {
             .on_event(move |event, client| {
                 let (code_slot, paired_slot) = (code_slot.clone(), paired_slot.clone());
                 async move {
-                    match &*event {
-                        Event::PairingCode(code) => fill(&code_slot, Ok(code.code.clone())),
-                        Event::PairingCodeError(error) => {
-                            let wait = error.backoff.map(|b| format!("; try again in {} s", b.as_secs()));
-                            let message = format!("WhatsApp gave no pairing code{}", wait.unwrap_or_default());
+                    match pairing_step(&event) {
+                        Some(PairingStep::Code(code)) => fill(&code_slot, Ok(code)),
+                        Some(PairingStep::Failed(message)) => {
                             fill(&code_slot, Err(message.clone()));
                             fill(&paired_slot, Err(message));
                         }
-                        Event::PairSuccess(success) => {
+                        Some(PairingStep::Paired { platform }) => {
                             let device = client.persistence_manager().get_device_snapshot().to_serializable();
-                            fill(&paired_slot, Ok((Arc::new(device), success.platform.clone())));
+                            fill(&paired_slot, Ok((Arc::new(device), platform)));
                         }
-                        Event::PairError(error) => {
-                            fill(&paired_slot, Err(format!("WhatsApp refused the pairing: {}", error.error)));
-                        }
-                        _ => {}
+                        None => {}
                     }
                 }
             })

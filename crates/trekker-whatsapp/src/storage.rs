@@ -15,7 +15,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -78,7 +77,7 @@ pub struct StoredDevice {
     /// Read-then-write methods of this bot run one at a time.
     read_modify_write: tokio::sync::Mutex<()>,
     /// Set at the first refused write; the driver stops the bot.
-    fenced_out: AtomicBool,
+    fenced_out: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for StoredDevice {
@@ -180,13 +179,24 @@ impl StoredDevice {
             lease,
             version,
             read_modify_write: tokio::sync::Mutex::new(()),
-            fenced_out: AtomicBool::new(false),
+            fenced_out: tokio::sync::watch::Sender::new(false),
         }
     }
 
     /// Whether a write was refused: this node no longer runs the bot.
     pub fn fenced_out(&self) -> bool {
-        self.fenced_out.load(Ordering::SeqCst)
+        *self.fenced_out.borrow()
+    }
+
+    /// Resolves at the first refused write.
+    pub fn lost(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut fenced = self.fenced_out.subscribe();
+        async move {
+            if fenced.wait_for(|lost| *lost).await.is_err() {
+                // The storage is gone with its bot: nothing more to lose.
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     /// Forgets every record of the bot (all credentials versions), then
@@ -203,7 +213,7 @@ impl StoredDevice {
         match self.store.write_device_state(&self.bot, &self.lease, self.version, &writes, now).await {
             Ok(true) => Ok(()),
             Ok(false) => {
-                self.fenced_out.store(true, Ordering::SeqCst);
+                self.fenced_out.send_replace(true);
                 Err(StoreError::Database(Box::new(NotTheRunner)))
             }
             Err(error) => Err(database(error)),

@@ -40,3 +40,43 @@ async fn a_pairing_without_a_code_fails_with_a_clear_message() {
     assert!(error.contains("WhatsApp gave no pairing code"), "{error}");
     assert_eq!(provider.name(), "whatsapp");
 }
+
+#[test]
+fn each_pairing_event_is_a_step_the_guest_sees() {
+    use trekker_whatsapp::pairing::{PairingStep, pairing_step};
+    use whatsapp_rust::types::events::*;
+
+    let code = PairingCode::builder().code("ABCD-EFGH".into()).timeout(Duration::from_secs(60)).build();
+    assert_eq!(pairing_step(&Event::PairingCode(code)), Some(PairingStep::Code("ABCD-EFGH".into())));
+    let throttled =
+        PairingCodeError::builder().backoff(Duration::from_secs(120)).error("rate-overlimit".into()).build();
+    match pairing_step(&Event::PairingCodeError(throttled)) {
+        Some(PairingStep::Failed(message)) => assert!(message.ends_with("try again in 120 s"), "{message}"),
+        other => panic!("got {other:?}"),
+    }
+    let passkey = PairPasskeyRequest::builder().request_options_json("{}".into()).build();
+    match pairing_step(&Event::PairPasskeyRequest(passkey)) {
+        Some(PairingStep::Failed(message)) => assert!(message.contains("passkey"), "{message}"),
+        other => panic!("a passkey request must end the pairing clearly, got {other:?}"),
+    }
+    let jid = whatsapp_rust::Jid::pn("254700000001");
+    let paired = PairSuccess::builder()
+        .id(jid.clone())
+        .lid(jid.clone())
+        .business_name(String::new())
+        .platform("android".into())
+        .build();
+    assert_eq!(pairing_step(&Event::PairSuccess(paired)), Some(PairingStep::Paired { platform: "android".into() }));
+    let refused = PairError::builder()
+        .id(jid.clone())
+        .lid(jid)
+        .business_name(String::new())
+        .platform("android".into())
+        .error("bad code".into())
+        .build();
+    assert_eq!(
+        pairing_step(&Event::PairError(refused)),
+        Some(PairingStep::Failed("WhatsApp refused the pairing: bad code".into()))
+    );
+    assert_eq!(pairing_step(&Event::Connected(Connected::builder().build())), None);
+}

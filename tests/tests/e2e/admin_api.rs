@@ -260,3 +260,77 @@ async fn collect_pages(node: &TestNode, path: &str, field: &str, limit: u32) -> 
         }
     }
 }
+
+/// A stand-in for the `whatsapp` driver's sessions: records what it is
+/// asked to send, from the bots it is told run here.
+#[derive(Debug, Default)]
+struct RecordingMessenger {
+    running: Mutex<Vec<trekker_domain::BotId>>,
+    sent: Mutex<Vec<(String, Option<String>, String)>>,
+}
+
+#[async_trait::async_trait]
+impl trekker_app::messaging::BotMessenger for RecordingMessenger {
+    async fn send_text(
+        &self,
+        bot: &trekker_domain::BotId,
+        to: Option<&trekker_domain::PhoneNumber>,
+        text: &str,
+    ) -> Result<String, trekker_app::messaging::MessengerError> {
+        if !self.running.lock().unwrap().contains(bot) {
+            return Err(trekker_app::messaging::MessengerError::NotRunningHere);
+        }
+        self.sent.lock().unwrap().push((bot.as_str().to_owned(), to.map(|p| p.to_string()), text.to_owned()));
+        Ok("3EB0RECORDED".into())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_send_texts_from_running_bots_only() {
+    let database = trekker_testkit::sqlite_database();
+    let messenger = Arc::new(RecordingMessenger::default());
+    let mut overrides = crate::support::fast_runtime(None);
+    overrides.messenger = Some(messenger.clone());
+    let node = crate::support::spawn_node_with(settings(&database.url, "SERVER0", 5), overrides).await;
+    let created = node.register("Sender", &creds::phone(41, 1), 1, None).await;
+    let id = created.body["bot"]["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/admin/bots/{id}/messages");
+    let send = |body: Value| node.admin(reqwest::Method::POST, &path, Some(body));
+
+    let not_here = send(json!({"text": "hello"})).await;
+    assert_eq!((not_here.status, not_here.code()), (409, "CONFLICT"), "{:?}", not_here.body);
+    assert!(not_here.body["message"].as_str().unwrap().contains("not running on SERVER0"));
+
+    messenger.running.lock().unwrap().push(trekker_domain::BotId::parse(&id).unwrap());
+    let own_chat = send(json!({"text": "hello me"})).await;
+    assert_eq!((own_chat.status, own_chat.body["messageId"].as_str()), (200, Some("3EB0RECORDED")));
+    let to_guest = send(json!({"to": "+254 711 000 001", "text": "hello you"})).await;
+    assert_eq!(to_guest.status, 200, "{:?}", to_guest.body);
+    let sent = messenger.sent.lock().unwrap().clone();
+    assert_eq!(
+        sent,
+        vec![
+            (id.clone(), None, "hello me".to_owned()),
+            (id.clone(), Some("254711000001".to_owned()), "hello you".to_owned())
+        ]
+    );
+
+    // Bad input sends nothing.
+    for (body, why) in [
+        (json!({"text": "   "}), "blank text"),
+        (json!({"to": "12", "text": "x"}), "bad phone"),
+        (json!({"text": "x".repeat(4097)}), "too long"),
+        (json!({"text": 5}), "not a string"),
+        (json!({"text": "x", "extra": 1}), "unknown field"),
+    ] {
+        let refused = send(body).await;
+        assert_eq!((refused.status, refused.code()), (400, "INVALID_INPUT"), "{why}: {:?}", refused.body);
+    }
+    let unknown =
+        node.admin(reqwest::Method::POST, "/api/admin/bots/bot-unknown/messages", Some(json!({"text": "x"}))).await;
+    assert_eq!((unknown.status, unknown.code()), (404, "NOT_FOUND"));
+    let anonymous = node.client.post(node.url(&path)).json(&json!({"text": "x"})).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    assert_eq!(messenger.sent.lock().unwrap().len(), 2, "nothing else was sent");
+    node.stop().await;
+}

@@ -97,7 +97,7 @@ pub fn fast_runtime(driver: Option<Arc<dyn trekker_runtime::BotDriver>>) -> Over
         crash_limit: 3,
         crash_window: Duration::from_secs(60),
     };
-    Overrides { driver, tuning: Some(tuning), sweep_every: Some(Duration::from_millis(200)) }
+    Overrides { driver, tuning: Some(tuning), sweep_every: Some(Duration::from_millis(200)), ..Overrides::default() }
 }
 
 pub async fn spawn_node_with(settings: Settings, overrides: Overrides) -> TestNode {

@@ -23,6 +23,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/api/admin/bots/{id}", get(get_bot).delete(delete_bot))
         .route("/api/admin/bots/{id}/approve", post(approve_bot))
         .route("/api/admin/bots/{id}/reject", post(reject_bot))
+        .route("/api/admin/bots/{id}/messages", post(send_message))
         .route("/api/admin/activities", get(list_activities))
         .route("/api/admin/registry/inconsistencies", get(inconsistencies))
         .route("/api/admin/registry/repair", post(repair))
@@ -172,6 +173,30 @@ pub(crate) async fn reject_bot(
 ) -> Result<Json<Value>, ApiError> {
     let bot = state.trekker.reject_bot(&id).await?;
     Ok(bot_answer("Bot rejected; its phone number and slot are free.", &bot))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MessageBody {
+    /// A phone number; absent: the bot's own chat.
+    to: Option<String>,
+    /// At most 4096 characters.
+    text: String,
+}
+
+/// Sends a text from a bot running on this node (`BOT_DRIVER=whatsapp`).
+#[utoipa::path(post, path = "/api/admin/bots/{id}/messages", tag = "admin", security(("admin" = [])),
+    request_body = MessageBody,
+    responses((status = 200, description = "sent: `{success, messageId}`"), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(crate) async fn send_message(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<MessageBody>,
+) -> Result<Json<Value>, ApiError> {
+    let message_id = state.trekker.send_bot_message(&*state.messenger, &id, body.to.as_deref(), &body.text).await?;
+    Ok(Json(json!({"success": true, "messageId": message_id})))
 }
 
 /// Deletes a bot, freeing its phone number and slot.

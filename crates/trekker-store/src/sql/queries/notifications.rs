@@ -3,6 +3,7 @@
 //! sent in batches.
 
 use async_trait::async_trait;
+use trekker_domain::ServerName;
 
 use super::{BEGIN_WRITE, Db, json_integers};
 use crate::error::StoreError;
@@ -32,6 +33,39 @@ impl NotificationOutbox for SqlStore<Db> {
         .bind(now)
         .bind(lease_ms)
         .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.sort_by_key(|row| row.id);
+        Ok(rows.into_iter().map(Notification::from).collect())
+    }
+
+    async fn claim_hosted_notifications(
+        &self,
+        worker: &str,
+        node: &ServerName,
+        now: Millis,
+        lease_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<Notification>, StoreError> {
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        // The phone's bot lives on `node` (god_register is the one registry),
+        // or the phone has none left: someone must still end that message.
+        let mut rows: Vec<NotificationRow> = sqlx::query_as(concat!(
+            "UPDATE notification_outbox SET claimed_by = $1, claimed_until = $2 + $3, attempts = attempts + 1 \
+             WHERE id IN (SELECT n.id FROM notification_outbox n WHERE n.status = 'pending' \
+             AND n.next_attempt_at <= $2 AND (n.claimed_until IS NULL OR n.claimed_until <= $2) \
+             AND (EXISTS (SELECT 1 FROM god_register g WHERE g.phone_number = n.phone_number AND g.tenancy_name = $5) \
+             OR NOT EXISTS (SELECT 1 FROM god_register g WHERE g.phone_number = n.phone_number)) \
+             ORDER BY n.id LIMIT $4 ",
+            claim_lock!(),
+            ") RETURNING id, phone_number, message, attempts, created_at"
+        ))
+        .bind(worker)
+        .bind(now)
+        .bind(lease_ms)
+        .bind(limit)
+        .bind(node.as_str())
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;

@@ -1,0 +1,242 @@
+//! `BOT_DRIVER=whatsapp`: many bots per node, each one whatsapp-rust
+//! client in this process, its state in the database ([`StoredDevice`]).
+//!
+//! The first start of a credentials version imports the registered
+//! session ([`device_from_creds`]) into a clean state, so WhatsApp is asked
+//! for fresh pre-keys; later starts load what the bot stored. Connection
+//! events become the bot's status ([`crate::events::status_of`]); incoming
+//! messages and status changes go to the events webhook when one is set.
+//! A stop disconnects gracefully (whatsapp-rust flushes its state). A write
+//! refused by the runner fence (another node took the bot) stops the bot.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use trekker_app::messaging::{BotMessenger, MessengerError};
+use trekker_domain::time::Clock;
+use trekker_domain::{BotId, PhoneNumber};
+use trekker_runtime::{BotDriver, BotEvent, BotSpec, DriverError, DriverEvent, RunningBot};
+use trekker_store::DeviceStateStore;
+use whatsapp_rust::Client;
+use whatsapp_rust::bot::{Bot, BotHandle};
+use whatsapp_rust::transport::TransportFactory;
+use whatsapp_rust::wacore::store::traits::DeviceStore;
+
+use crate::events::{status_of, webhook_payloads};
+use crate::session::device_from_creds;
+use crate::storage::StoredDevice;
+use crate::transport::Transports;
+use crate::webhook::EventsWebhook;
+
+/// How long a message send may take.
+const SEND_WITHIN: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// The live sessions of this node, by bot.
+#[derive(Default)]
+pub struct Sessions {
+    live: Mutex<HashMap<BotId, Live>>,
+}
+
+struct Live {
+    generation: u64,
+    phone: PhoneNumber,
+    client: Arc<Client>,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions").field("running", &self.running()).finish()
+    }
+}
+
+impl Sessions {
+    /// How many bots run here.
+    pub fn running(&self) -> usize {
+        self.live.lock().map_or(0, |live| live.len())
+    }
+
+    fn insert(&self, bot: BotId, generation: u64, phone: PhoneNumber, client: Arc<Client>) {
+        if let Ok(mut live) = self.live.lock() {
+            live.insert(bot, Live { generation, phone, client });
+        }
+    }
+
+    /// Forgets the run `generation` of `bot` (not a newer one).
+    fn remove(&self, bot: &BotId, generation: u64) {
+        if let Ok(mut live) = self.live.lock()
+            && live.get(bot).is_some_and(|l| l.generation == generation)
+        {
+            live.remove(bot);
+        }
+    }
+
+    fn client_of_bot(&self, bot: &BotId) -> Option<Arc<Client>> {
+        self.live.lock().ok()?.get(bot).map(|l| l.client.clone())
+    }
+
+    /// The client of the bot of `phone`, if it runs here.
+    pub fn client_of_phone(&self, phone: &PhoneNumber) -> Option<Arc<Client>> {
+        self.live.lock().ok()?.values().find(|l| &l.phone == phone).map(|l| l.client.clone())
+    }
+}
+
+/// Sends `text` from `client` to `to` (`None`: the account's own chat).
+pub(crate) async fn send_from(client: &Client, to: Option<&PhoneNumber>, text: &str) -> Result<String, MessengerError> {
+    let to = match to {
+        Some(phone) => whatsapp_rust::Jid::pn(phone.as_str()),
+        None => client
+            .persistence_manager()
+            .get_device_snapshot()
+            .pn
+            .clone()
+            .map(|own| own.to_non_ad())
+            .ok_or_else(|| MessengerError::Refused("the session has no phone number yet".into()))?,
+    };
+    match tokio::time::timeout(SEND_WITHIN, client.send_text(to, text)).await {
+        Ok(Ok(sent)) => Ok(sent.message_id),
+        Ok(Err(error)) => Err(MessengerError::Refused(error.to_string())),
+        Err(_) => Err(MessengerError::Refused(format!("no answer within {} s", SEND_WITHIN.as_secs()))),
+    }
+}
+
+#[async_trait]
+impl BotMessenger for Sessions {
+    async fn send_text(&self, bot: &BotId, to: Option<&PhoneNumber>, text: &str) -> Result<String, MessengerError> {
+        let client = self.client_of_bot(bot).ok_or(MessengerError::NotRunningHere)?;
+        if !client.is_connected() {
+            return Err(MessengerError::Refused("the bot is not connected to WhatsApp right now".into()));
+        }
+        send_from(&client, to, text).await
+    }
+}
+
+/// The driver (see the module header).
+pub struct WhatsAppDriver {
+    store: Arc<dyn DeviceStateStore>,
+    clock: Arc<dyn Clock>,
+    transport: Option<Arc<dyn TransportFactory>>,
+    webhook: Option<EventsWebhook>,
+    sessions: Arc<Sessions>,
+}
+
+impl std::fmt::Debug for WhatsAppDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WhatsAppDriver").field("sessions", &self.sessions).finish_non_exhaustive()
+    }
+}
+
+impl WhatsAppDriver {
+    pub fn new(store: Arc<dyn DeviceStateStore>, clock: Arc<dyn Clock>) -> Self {
+        Self { store, clock, transport: None, webhook: None, sessions: Arc::new(Sessions::default()) }
+    }
+
+    /// Connections through `transport` instead of WhatsApp's WebSocket.
+    pub fn with_transport(mut self, transport: Arc<dyn TransportFactory>) -> Self {
+        self.transport = Some(transport);
+        self
+    }
+
+    /// Forwards messages and status changes to `webhook`.
+    pub fn with_webhook(mut self, webhook: EventsWebhook) -> Self {
+        self.webhook = Some(webhook);
+        self
+    }
+
+    /// The live sessions (to send from them).
+    pub fn sessions(&self) -> Arc<Sessions> {
+        self.sessions.clone()
+    }
+}
+
+struct RunningWhatsApp {
+    handle: BotHandle,
+    sessions: Arc<Sessions>,
+    bot_id: BotId,
+    generation: u64,
+    watch: CancellationToken,
+}
+
+#[async_trait]
+impl RunningBot for RunningWhatsApp {
+    async fn stop(self: Box<Self>) {
+        self.watch.cancel();
+        self.sessions.remove(&self.bot_id, self.generation);
+        // Disconnects and flushes the device state before returning.
+        self.handle.shutdown().await;
+    }
+}
+
+#[async_trait]
+impl BotDriver for WhatsAppDriver {
+    fn name(&self) -> &'static str {
+        "whatsapp"
+    }
+
+    async fn start(
+        &self,
+        spec: BotSpec,
+        events: mpsc::UnboundedSender<DriverEvent>,
+    ) -> Result<Box<dyn RunningBot>, DriverError> {
+        let device = Arc::new(StoredDevice::new(
+            self.store.clone(),
+            self.clock.clone(),
+            spec.bot_id.clone(),
+            spec.runner.clone(),
+            spec.version,
+        ));
+        let stored = device.exists().await.map_err(|e| DriverError(format!("cannot read the bot's state: {e}")))?;
+        if !stored {
+            let document: serde_json::Value = serde_json::from_str(spec.credentials.document())
+                .map_err(|_| DriverError("the registered session is not JSON".into()))?;
+            let imported = device_from_creds(&document)
+                .map_err(|e| DriverError(format!("the registered session cannot be imported: {e}")))?;
+            device
+                .import(&imported)
+                .await
+                .map_err(|e| DriverError(format!("cannot store the imported session: {e}")))?;
+            tracing::info!(bot = %spec.bot_id, version = spec.version, "WhatsApp session imported (credentials)");
+        }
+        let (bot_id, generation, phone) = (spec.bot_id.clone(), spec.generation, spec.phone.clone());
+        let on_event = {
+            let (bot_id, phone, events, webhook) =
+                (bot_id.clone(), phone.clone(), events.clone(), self.webhook.clone());
+            move |event: Arc<whatsapp_rust::types::events::Event>, _client: Arc<Client>| {
+                if let Some(status) = status_of(&event) {
+                    let _ = events.send(DriverEvent { bot_id: bot_id.clone(), generation, event: status });
+                }
+                if let Some(webhook) = &webhook {
+                    for payload in webhook_payloads(&bot_id, &phone, &event) {
+                        webhook.post(payload);
+                    }
+                }
+                async {}
+            }
+        };
+        let bot = Bot::builder()
+            .with_backend_arc(device.clone())
+            .with_transport_factory(Transports(self.transport.clone()))
+            .on_event(on_event)
+            .build()
+            .await
+            .map_err(|e| DriverError(format!("cannot build the WhatsApp client: {e}")))?;
+        let handle = bot.spawn();
+        self.sessions.insert(bot_id.clone(), generation, phone, handle.client());
+        // Another node took the bot: this run must end.
+        let watch = CancellationToken::new();
+        let (lost, stopped, id) = (device.lost(), watch.clone(), bot_id.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                () = stopped.cancelled() => {}
+                () = lost => {
+                    let error = Some("this node no longer runs the bot (its state write was refused)".to_owned());
+                    let event = BotEvent::Exited { code: Some(1), error };
+                    let _ = events.send(DriverEvent { bot_id: id, generation, event });
+                }
+            }
+        });
+        Ok(Box::new(RunningWhatsApp { handle, sessions: self.sessions.clone(), bot_id, generation, watch }))
+    }
+}
