@@ -38,6 +38,14 @@ fn parse_bot_id(id: &str) -> Result<BotId, AppError> {
     BotId::parse(id).map_err(|_| AppError::NotFound("Bot not found.".into()))
 }
 
+/// A bot with what it keeps of its WhatsApp session.
+#[derive(Debug, Clone)]
+pub struct BotStates {
+    pub bot: BotRecord,
+    pub session: Option<SessionStateInfo>,
+    pub device: Option<trekker_store::DeviceStateInfo>,
+}
+
 impl Trekker {
     pub async fn servers(&self) -> Result<Vec<ServerView>, AppError> {
         Ok(self
@@ -146,10 +154,13 @@ impl Trekker {
 
     /// A bot with the size and freshness of its saved session state (for
     /// its current credentials; `None` before the first save).
-    pub async fn bot_with_state(&self, id: &str) -> Result<(BotRecord, Option<SessionStateInfo>), AppError> {
+    /// The bot, its saved session folder (`process` driver) and its keyed
+    /// device state (`whatsapp` driver), for admins.
+    pub async fn bot_with_state(&self, id: &str) -> Result<BotStates, AppError> {
         let bot = self.bot(id).await?;
-        let state = self.store.session_state.session_state_info(&bot.id).await?;
-        Ok((bot, state))
+        let session = self.store.session_state.session_state_info(&bot.id).await?;
+        let device = self.store.device_state.device_state_info(&bot.id).await?;
+        Ok(BotStates { bot, session, device })
     }
 
     pub async fn bot(&self, id: &str) -> Result<BotRecord, AppError> {

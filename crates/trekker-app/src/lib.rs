@@ -25,8 +25,8 @@ use tokio_util::sync::CancellationToken;
 use trekker_domain::{BotId, ServerName};
 use trekker_placement::PlacementPolicy;
 use trekker_store::{
-    ActivityLog, BotStore, ConsistencyStore, CredentialOutbox, IdempotencyStore, NotificationOutbox, PairingStore,
-    ReplayGuard, ReviewStore, RuntimeStore, ServerStore, SessionStateStore, Store,
+    ActivityLog, BotStore, ConsistencyStore, CredentialOutbox, DeviceStateStore, IdempotencyStore, NotificationOutbox,
+    PairingStore, ReplayGuard, ReviewStore, RuntimeStore, ServerStore, SessionStateStore, Store,
 };
 
 pub use error::AppError;
@@ -50,6 +50,8 @@ pub struct Stores {
     pub runtime: Arc<dyn RuntimeStore>,
     /// Read here only for the size and freshness admins see.
     pub session_state: Arc<dyn SessionStateStore>,
+    /// Read here only for the size admins see.
+    pub device_state: Arc<dyn DeviceStateStore>,
 }
 
 impl Stores {
@@ -67,7 +69,8 @@ impl Stores {
             replay: store.clone(),
             reviews: store.clone(),
             runtime: store.clone(),
-            session_state: store,
+            session_state: store.clone(),
+            device_state: store,
         }
     }
 }
@@ -195,9 +198,9 @@ pub(crate) fn new_bot_id() -> BotId {
 pub(crate) mod test_support {
     use super::*;
     use trekker_store::{
-        MockActivityLog, MockBotStore, MockConsistencyStore, MockCredentialOutbox, MockIdempotencyStore,
-        MockNotificationOutbox, MockPairingStore, MockReplayGuard, MockReviewStore, MockRuntimeStore, MockServerStore,
-        MockSessionStateStore,
+        MockActivityLog, MockBotStore, MockConsistencyStore, MockCredentialOutbox, MockDeviceStateStore,
+        MockIdempotencyStore, MockNotificationOutbox, MockPairingStore, MockReplayGuard, MockReviewStore,
+        MockRuntimeStore, MockServerStore, MockSessionStateStore,
     };
 
     pub use trekker_domain::time::ManualClock;
@@ -218,6 +221,7 @@ pub(crate) mod test_support {
         pub reviews: MockReviewStore,
         pub runtime: MockRuntimeStore,
         pub session_state: MockSessionStateStore,
+        pub device_state: MockDeviceStateStore,
     }
 
     impl Mocks {
@@ -235,6 +239,7 @@ pub(crate) mod test_support {
                 reviews: Arc::new(self.reviews),
                 runtime: Arc::new(self.runtime),
                 session_state: Arc::new(self.session_state),
+                device_state: Arc::new(self.device_state),
             }
         }
     }

@@ -601,6 +601,15 @@ pub struct SessionStateInfo {
     pub synced_at: Millis,
 }
 
+/// How much keyed device state a bot keeps for its current credentials,
+/// for admins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceStateInfo {
+    pub keys: i64,
+    /// Sealed, as stored.
+    pub bytes: i64,
+}
+
 /// One change to a bot's keyed device state ([`crate::DeviceStateStore`]).
 /// Values are secrets: `Debug` shows only where they go.
 #[derive(Clone, PartialEq, Eq)]

@@ -444,6 +444,10 @@ pub trait DeviceStateStore: Send + Sync + 'static {
         writes: &[DeviceWrite],
         now: Millis,
     ) -> Result<bool, StoreError>;
+
+    /// How many keys and bytes the bot keeps for its current credentials;
+    /// `None` when it keeps none.
+    async fn device_state_info(&self, id: &BotId) -> Result<Option<DeviceStateInfo>, StoreError>;
 }
 
 /// Everything Trekker keeps in its database: the union of the narrow

@@ -1422,6 +1422,9 @@ async fn device_state_is_sealed_fenced_and_kept_per_pairing(f: Fixture) {
     assert!(s.write_device_state(&bot.id, &lease, 1, &batch, NOW + 1).await.unwrap());
     let mut sessions = s.device_state_scan(&bot.id, 1, "session").await.unwrap();
     sessions.sort();
+    let info = s.device_state_info(&bot.id).await.unwrap().unwrap();
+    assert_eq!(info.keys, 2, "bob's session and pre-key 3");
+    assert!(info.bytes > 4, "sealed values have a size: {info:?}");
     assert_eq!(sessions, vec![("bob".to_owned(), b"b2".to_vec())]);
     assert_eq!(s.device_state_scan(&bot.id, 1, "prekey").await.unwrap(), vec![("3".to_owned(), b"p3".to_vec())]);
 
@@ -1439,6 +1442,7 @@ async fn device_state_is_sealed_fenced_and_kept_per_pairing(f: Fixture) {
         .await
         .unwrap();
     assert!(s.device_state_scan(&bot.id, 2, "session").await.unwrap().is_empty());
+    assert_eq!(s.device_state_info(&bot.id).await.unwrap(), None, "nothing kept for the new credentials");
     assert!(s.acquire_bot(&bot.id, &lease, 2, NOW + 2).await.unwrap());
     let import = [DeviceWrite::Reset, device_put("meta", "device", "new device")];
     assert!(s.write_device_state(&bot.id, &lease, 2, &import, NOW + 2).await.unwrap());

@@ -87,6 +87,7 @@ async fn a_session_survives_a_crash_a_restart_and_a_move_and_a_new_pairing_start
         let detail = bot_detail(&a, &id).await;
         assert!(detail["sessionState"]["sizeBytes"].as_i64().unwrap() > 0, "{detail}");
         assert!(detail["sessionState"]["syncedAt"].is_string(), "{detail}");
+        assert!(detail["deviceState"].is_null(), "a process bot keeps a folder, not keyed state: {detail}");
 
         // A move to SERVER1 carries the folder (every key file with it).
         for sql in [

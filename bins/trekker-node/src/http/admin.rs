@@ -11,7 +11,7 @@ use trekker_store::Inconsistency;
 use utoipa::ToSchema;
 
 use super::extract::{Admin, ApiJson};
-use super::views::{BotDetail, BotWithState, ServerAdmin, SessionStateView};
+use super::views::{BotDetail, BotWithState, DeviceStateView, ServerAdmin, SessionStateView};
 use super::{ApiError, ErrorBody};
 use crate::AppState;
 
@@ -128,10 +128,11 @@ pub(crate) async fn get_bot(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<BotWithState>, ApiError> {
-    let (bot, session) = state.trekker.bot_with_state(&id).await?;
+    let states = state.trekker.bot_with_state(&id).await?;
     Ok(Json(BotWithState {
-        detail: BotDetail::from(&bot),
-        session_state: session.as_ref().map(SessionStateView::from),
+        detail: BotDetail::from(&states.bot),
+        session_state: states.session.as_ref().map(SessionStateView::from),
+        device_state: states.device.map(|info| DeviceStateView { keys: info.keys, size_bytes: info.bytes }),
     }))
 }
 

@@ -100,6 +100,18 @@ pub struct BotWithState {
     /// Null until the bot's session was first saved (for its current
     /// credentials).
     pub session_state: Option<SessionStateView>,
+    /// Null unless the bot runs in process (`BOT_DRIVER=whatsapp`) and has
+    /// stored state for its current credentials.
+    pub device_state: Option<DeviceStateView>,
+}
+
+/// The keyed WhatsApp state of an in-process bot.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceStateView {
+    pub keys: i64,
+    /// Sealed, as stored.
+    pub size_bytes: i64,
 }
 
 /// A server in `/api/servers/available`.

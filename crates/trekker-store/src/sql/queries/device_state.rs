@@ -235,4 +235,16 @@ impl DeviceStateStore for SqlStore<Db> {
         tx.commit().await?;
         Ok(true)
     }
+
+    async fn device_state_info(&self, id: &BotId) -> Result<Option<DeviceStateInfo>, StoreError> {
+        let (keys, bytes): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT COUNT(*), CAST(SUM(LENGTH(s.sealed_value)) AS BIGINT) FROM bot_device_state s \
+             JOIN bot_instances b ON b.id = s.bot_id \
+             WHERE s.bot_id = $1 AND s.credentials_version = b.credentials_version",
+        )
+        .bind(id.as_str())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((keys > 0).then(|| DeviceStateInfo { keys, bytes: bytes.unwrap_or(0) }))
+    }
 }
