@@ -148,6 +148,14 @@ pub struct Settings {
     /// waiting for approval, so approved guests always find room.
     #[arg(long, env = "PENDING_MAX_PERCENT", default_value_t = 50)]
     pub pending_max_percent: u32,
+    /// Admins are warned when a server, or the whole cluster, crosses this
+    /// share of its slots, and again at 100 % (once per crossing).
+    #[arg(long, env = "CAPACITY_WARN_PERCENT", default_value_t = 80)]
+    pub capacity_warn_percent: u32,
+    /// A phone number that receives admin warnings through the notifier;
+    /// unset: warnings are recorded, counted and shown only.
+    #[arg(long, env = "ADMIN_PHONE")]
+    pub admin_phone: Option<String>,
     /// Open client connections served at once; past it the node still
     /// answers /healthz (and 503 to the rest) on a few more, then refuses.
     #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value_t = 4096)]
@@ -234,6 +242,8 @@ pub struct Config {
     pub rate_limit_per_min: u32,
     pub pending_ttl: Duration,
     pub pending_max_percent: u32,
+    pub capacity_warn_percent: u8,
+    pub admin_phone: Option<trekker_domain::PhoneNumber>,
     pub http_max_connections: usize,
     pub http_header_timeout: Duration,
 }
@@ -304,6 +314,17 @@ impl Config {
         if !(1..=100).contains(&settings.pending_max_percent) {
             return Err(invalid("PENDING_MAX_PERCENT", "must be between 1 and 100"));
         }
+        // Below 10 % the hysteresis (5 points) would keep a warning forever.
+        let capacity_warn_percent = u8::try_from(settings.capacity_warn_percent)
+            .ok()
+            .filter(|p| (10..=100).contains(p))
+            .ok_or_else(|| invalid("CAPACITY_WARN_PERCENT", "must be between 10 and 100"))?;
+        let admin_phone = match settings.admin_phone.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(phone) => {
+                Some(trekker_domain::PhoneNumber::parse(phone).map_err(|e| invalid("ADMIN_PHONE", e.to_string()))?)
+            }
+        };
         if !(1..=3600).contains(&settings.bot_state_sync_secs) {
             return Err(invalid("BOT_STATE_SYNC_SECS", "must be between 1 and 3600"));
         }
@@ -389,6 +410,8 @@ impl Config {
             rate_limit_per_min: settings.rate_limit_per_min,
             pending_ttl: Duration::from_secs(u64::from(settings.pending_ttl_hours) * 3600),
             pending_max_percent: settings.pending_max_percent,
+            capacity_warn_percent,
+            admin_phone,
             http_max_connections: settings.http_max_connections as usize,
             http_header_timeout: Duration::from_secs(settings.http_header_timeout_secs),
         })

@@ -190,6 +190,8 @@ impl Application {
         trekker.cross_server_budget = config.cross_server_timeout;
         trekker.pending_ttl_ms = i64::try_from(config.pending_ttl.as_millis()).unwrap_or(i64::MAX);
         trekker.pending_share_percent = i64::from(config.pending_max_percent);
+        trekker.capacity_warn_percent = config.capacity_warn_percent;
+        trekker.admin_phone = config.admin_phone.clone();
         let trekker = Arc::new(trekker);
         let pairing: Arc<dyn PairingProvider> = match config.pairing_provider {
             PairingProviderKind::Simulated => {
@@ -287,6 +289,11 @@ impl Application {
         tasks.spawn(supervisor.run(self.state.trekker.runtime_changed.clone(), self.shutdown.clone()));
         tasks.spawn(trekker_app::crossserver::run_outbox(self.state.trekker.clone(), self.shutdown.clone()));
         tasks.spawn(trekker_app::sweeper::run(self.state.trekker.clone(), self.sweep_every, self.shutdown.clone()));
+        tasks.spawn(trekker_app::capacity::run_capacity_watch(
+            self.state.trekker.clone(),
+            self.state.config.heartbeat_interval,
+            self.shutdown.clone(),
+        ));
         tracing::info!(server = %self.state.config.server_name, "listening on {}", self.addr);
         let router = http::router(self.state.clone());
         let limits = server::ServerLimits {

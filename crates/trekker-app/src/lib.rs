@@ -5,6 +5,7 @@
 //! unit-tested with mocks; the HTTP layer only translates.
 
 pub mod admin;
+pub mod capacity;
 pub mod crossserver;
 mod error;
 pub mod idempotency;
@@ -25,8 +26,8 @@ use tokio_util::sync::CancellationToken;
 use trekker_domain::{BotId, ServerName};
 use trekker_placement::PlacementPolicy;
 use trekker_store::{
-    ActivityLog, BotStore, ConsistencyStore, CredentialOutbox, DeviceStateStore, IdempotencyStore, NotificationOutbox,
-    PairingStore, ReplayGuard, ReviewStore, RuntimeStore, ServerStore, SessionStateStore, Store,
+    ActivityLog, BotStore, CapacityLevelStore, ConsistencyStore, CredentialOutbox, DeviceStateStore, IdempotencyStore,
+    NotificationOutbox, PairingStore, ReplayGuard, ReviewStore, RuntimeStore, ServerStore, SessionStateStore, Store,
 };
 
 pub use error::AppError;
@@ -52,6 +53,7 @@ pub struct Stores {
     pub session_state: Arc<dyn SessionStateStore>,
     /// Read here only for the size admins see.
     pub device_state: Arc<dyn DeviceStateStore>,
+    pub capacity: Arc<dyn CapacityLevelStore>,
 }
 
 impl Stores {
@@ -70,7 +72,8 @@ impl Stores {
             reviews: store.clone(),
             runtime: store.clone(),
             session_state: store.clone(),
-            device_state: store,
+            device_state: store.clone(),
+            capacity: store,
         }
     }
 }
@@ -94,6 +97,14 @@ pub struct Trekker {
     pub notifications_queued: Arc<tokio::sync::Notify>,
     /// Wakes this node's bot supervisor after a change to a bot.
     pub runtime_changed: Arc<tokio::sync::Notify>,
+    /// Wakes this node's capacity watch after a change to a bot.
+    pub capacity_changed: Arc<tokio::sync::Notify>,
+    /// Admins are warned when a server or the cluster crosses this share
+    /// of its slots, and again at 100 % (CAPACITY_WARN_PERCENT).
+    pub capacity_warn_percent: u8,
+    /// Where admin warnings are sent through the notifier (ADMIN_PHONE);
+    /// none: they are recorded, counted and shown, not sent.
+    pub admin_phone: Option<trekker_domain::PhoneNumber>,
     /// Calls other nodes (cross-server credential updates).
     pub remote: Arc<dyn crossserver::RemoteCredentials>,
     /// Budget for one synchronous cross-server update.
@@ -136,6 +147,9 @@ impl Trekker {
             heartbeat_interval_ms,
             notifications_queued: Arc::new(tokio::sync::Notify::new()),
             runtime_changed: Arc::new(tokio::sync::Notify::new()),
+            capacity_changed: Arc::new(tokio::sync::Notify::new()),
+            capacity_warn_percent: 80,
+            admin_phone: None,
             remote: Arc::new(crossserver::NoRemote),
             cross_server_budget: std::time::Duration::from_secs(5),
             pending_ttl_ms: 72 * 3_600_000,
@@ -161,6 +175,7 @@ impl Trekker {
     pub(crate) fn bots_changed(&self) {
         self.runtime_changed.notify_one();
         self.notifications_queued.notify_one();
+        self.capacity_changed.notify_one();
     }
 }
 
@@ -198,9 +213,9 @@ pub(crate) fn new_bot_id() -> BotId {
 pub(crate) mod test_support {
     use super::*;
     use trekker_store::{
-        MockActivityLog, MockBotStore, MockConsistencyStore, MockCredentialOutbox, MockDeviceStateStore,
-        MockIdempotencyStore, MockNotificationOutbox, MockPairingStore, MockReplayGuard, MockReviewStore,
-        MockRuntimeStore, MockServerStore, MockSessionStateStore,
+        MockActivityLog, MockBotStore, MockCapacityLevelStore, MockConsistencyStore, MockCredentialOutbox,
+        MockDeviceStateStore, MockIdempotencyStore, MockNotificationOutbox, MockPairingStore, MockReplayGuard,
+        MockReviewStore, MockRuntimeStore, MockServerStore, MockSessionStateStore,
     };
 
     pub use trekker_domain::time::ManualClock;
@@ -222,6 +237,7 @@ pub(crate) mod test_support {
         pub runtime: MockRuntimeStore,
         pub session_state: MockSessionStateStore,
         pub device_state: MockDeviceStateStore,
+        pub capacity: MockCapacityLevelStore,
     }
 
     impl Mocks {
@@ -240,6 +256,7 @@ pub(crate) mod test_support {
                 runtime: Arc::new(self.runtime),
                 session_state: Arc::new(self.session_state),
                 device_state: Arc::new(self.device_state),
+                capacity: Arc::new(self.capacity),
             }
         }
     }

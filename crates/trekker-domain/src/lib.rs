@@ -7,6 +7,7 @@
 
 pub mod account;
 pub mod approval;
+pub mod capacity;
 pub mod ids;
 pub mod messages;
 pub mod phone;

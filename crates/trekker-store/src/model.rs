@@ -601,6 +601,10 @@ pub struct SessionStateInfo {
     pub synced_at: Millis,
 }
 
+/// The scope of the whole cluster's capacity level (server names are
+/// upper-case letters and digits, so it is never one of them).
+pub const CLUSTER_SCOPE: &str = "*";
+
 /// How much keyed device state a bot keeps for its current credentials,
 /// for admins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,6 +9,7 @@
 //! so tests drive expiry, leases and liveness without sleeping.
 
 use async_trait::async_trait;
+use trekker_domain::capacity::CapacityLevel;
 use trekker_domain::{BotId, Credentials, PhoneNumber, ServerName};
 
 use crate::error::StoreError;
@@ -450,6 +451,27 @@ pub trait DeviceStateStore: Send + Sync + 'static {
     async fn device_state_info(&self, id: &BotId) -> Result<Option<DeviceStateInfo>, StoreError>;
 }
 
+/// The capacity level of each scope (a server, or [`CLUSTER_SCOPE`]), moved
+/// by compare-and-set so a crossing warns once however many nodes see it.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait CapacityLevelStore: Send + Sync + 'static {
+    /// Every scope's level as last moved (scopes never moved are normal).
+    async fn capacity_levels(&self) -> Result<Vec<(String, CapacityLevel)>, StoreError>;
+
+    /// Moves `scope` from `from` to `to`, only if it is still at `from`; the
+    /// call that moves it writes `effects` (the warning) in the same
+    /// transaction. True when this call moved it.
+    async fn move_capacity_level(
+        &self,
+        scope: &str,
+        from: CapacityLevel,
+        to: CapacityLevel,
+        effects: Option<SideEffects>,
+        now: Millis,
+    ) -> Result<bool, StoreError>;
+}
+
 /// Everything Trekker keeps in its database: the union of the narrow
 /// traits, implemented for every type that implements them all.
 pub trait Store:
@@ -466,6 +488,7 @@ pub trait Store:
     + ReviewStore
     + SessionStateStore
     + DeviceStateStore
+    + CapacityLevelStore
 {
 }
 
@@ -483,5 +506,6 @@ impl<T> Store for T where
         + ReviewStore
         + SessionStateStore
         + DeviceStateStore
+        + CapacityLevelStore
 {
 }

@@ -224,6 +224,7 @@ conformance_cases!(
     pairing_lifecycle,
     notifications_are_claimed_once,
     hosted_notifications_go_to_the_hosting_node,
+    a_capacity_level_moves_once_however_many_try,
     concurrent_reservations_never_overfill,
     concurrent_same_phone_registers_once,
     concurrent_churn_keeps_counts_true,
@@ -1472,4 +1473,32 @@ async fn hosted_notifications_go_to_the_hosting_node(f: Fixture) {
     assert_eq!(phones(mine), vec![here.phone.to_string(), gone.phone.to_string(), gone.phone.to_string()]);
     let theirs = s.claim_hosted_notifications("w1", &server("SERVER1"), NOW, 30_000, 100).await.unwrap();
     assert_eq!(phones(theirs), vec![there.phone.to_string()], "the rest is claimed already");
+}
+
+async fn a_capacity_level_moves_once_however_many_try(f: Fixture) {
+    use trekker_domain::capacity::CapacityLevel::{Full, Normal, Warning};
+    let s = f.store.clone();
+    add_server(&*s, "SERVER0", 5).await;
+    assert!(s.capacity_levels().await.unwrap().is_empty(), "a scope never moved is normal");
+    let admin = PhoneNumber::parse("254799000000").unwrap();
+    let warning = |n: usize| {
+        SideEffects::activity(NewActivity::new(&server("SERVER0"), "capacity_warning", format!("try {n}")))
+            .notify(&admin, "SERVER0 is 80 % full")
+    };
+    // Eight nodes see the same crossing at once: one records it.
+    let tries = join_all((0..8).map(|n| {
+        let (s, effects) = (s.clone(), warning(n));
+        async move { s.move_capacity_level("SERVER0", Normal, Warning, Some(effects), NOW).await.unwrap() }
+    }))
+    .await;
+    assert_eq!(tries.iter().filter(|moved| **moved).count(), 1, "{tries:?}");
+    assert_eq!(s.capacity_levels().await.unwrap(), vec![("SERVER0".to_owned(), Warning)]);
+    let warnings = s.list_activities(None, None, 50).await.unwrap().activities;
+    assert_eq!(warnings.iter().filter(|a| a.action == "capacity_warning").count(), 1);
+    assert_eq!(s.pending_notifications().await.unwrap(), 1, "one message to the admin");
+    // A node that read the level before it moved changes nothing.
+    assert!(!s.move_capacity_level("SERVER0", Normal, Full, Some(warning(9)), NOW).await.unwrap());
+    assert!(s.move_capacity_level("SERVER0", Warning, Full, None, NOW).await.unwrap());
+    assert_eq!(s.capacity_levels().await.unwrap(), vec![("SERVER0".to_owned(), Full)]);
+    assert_eq!(s.pending_notifications().await.unwrap(), 1);
 }

@@ -29,6 +29,7 @@ macro_rules! run_by_lease {
 
 mod activities;
 mod bots;
+mod capacity;
 mod consistency;
 mod credential_outbox;
 mod device_state;

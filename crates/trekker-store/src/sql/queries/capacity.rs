@@ -1,0 +1,66 @@
+//! [`CapacityLevelStore`] methods: each scope's capacity level, moved by
+//! compare-and-set; the move and its warning commit together.
+
+use async_trait::async_trait;
+use trekker_domain::capacity::CapacityLevel;
+
+use super::{BEGIN_WRITE, Db, insert_effects_in};
+use crate::error::StoreError;
+use crate::model::*;
+use crate::sql::SqlStore;
+use crate::traits::CapacityLevelStore;
+
+#[async_trait]
+impl CapacityLevelStore for SqlStore<Db> {
+    async fn capacity_levels(&self) -> Result<Vec<(String, CapacityLevel)>, StoreError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT scope, level FROM capacity_levels ORDER BY scope").fetch_all(&self.pool).await?;
+        rows.into_iter()
+            .map(|(scope, level)| {
+                let level = CapacityLevel::from_i64(level)
+                    .ok_or_else(|| StoreError::Corrupt(format!("capacity level {level} of `{scope}`")))?;
+                Ok((scope, level))
+            })
+            .collect()
+    }
+
+    async fn move_capacity_level(
+        &self,
+        scope: &str,
+        from: CapacityLevel,
+        to: CapacityLevel,
+        effects: Option<SideEffects>,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        sqlx::query(
+            "INSERT INTO capacity_levels (scope, level, changed_at) VALUES ($1, 0, $2) ON CONFLICT (scope) DO NOTHING",
+        )
+        .bind(scope)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        // Whoever moves it first wins; a node that read the old level late
+        // finds it moved and writes nothing (PostgreSQL re-checks the level
+        // after waiting for the winner's row lock).
+        let moved =
+            sqlx::query("UPDATE capacity_levels SET level = $3, changed_at = $4 WHERE scope = $1 AND level = $2")
+                .bind(scope)
+                .bind(from.as_i64())
+                .bind(to.as_i64())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                == 1;
+        if !moved {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        if let Some(effects) = &effects {
+            insert_effects_in(&mut tx, effects, None, now).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+}
