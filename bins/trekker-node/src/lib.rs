@@ -57,6 +57,8 @@ pub struct AppState {
     pub trekker: Arc<Trekker>,
     pub pairing: Arc<dyn PairingProvider>,
     pub notifier: Arc<dyn Notifier>,
+    /// Caps the live event streams this node serves.
+    pub event_streams: Arc<tokio::sync::Semaphore>,
     /// Sends texts from the bots running here (`whatsapp` driver only).
     pub messenger: Arc<dyn BotMessenger>,
     /// `None` when RATE_LIMIT_PER_MIN is 0.
@@ -73,6 +75,9 @@ impl std::fmt::Debug for AppState {
         f.debug_struct("AppState").field("server", &self.config.server_name).finish_non_exhaustive()
     }
 }
+
+/// How often the live event feed reads the cluster while someone listens.
+const LIVE_FEED_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Replacements for what the configuration would build (tests, embedding).
 #[derive(Default)]
@@ -238,6 +243,7 @@ impl Application {
             pairing,
             notifier,
             messenger,
+            event_streams: http::events::stream_slots(),
             base_url,
         };
         let sweep_every = overrides.sweep_every.unwrap_or(EXPIRY_SWEEP_EVERY);
@@ -289,6 +295,12 @@ impl Application {
         tasks.spawn(supervisor.run(self.state.trekker.runtime_changed.clone(), self.shutdown.clone()));
         tasks.spawn(trekker_app::crossserver::run_outbox(self.state.trekker.clone(), self.shutdown.clone()));
         tasks.spawn(trekker_app::sweeper::run(self.state.trekker.clone(), self.sweep_every, self.shutdown.clone()));
+        tasks.spawn(trekker_app::events::run_event_feed(
+            self.state.trekker.clone(),
+            self.state.trekker.events.clone(),
+            LIVE_FEED_EVERY,
+            self.shutdown.clone(),
+        ));
         tasks.spawn(trekker_app::capacity::run_capacity_watch(
             self.state.trekker.clone(),
             self.state.config.heartbeat_interval,

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod capacity;
 pub mod crossserver;
 mod error;
+pub mod events;
 pub mod idempotency;
 pub mod liveness;
 pub mod messaging;
@@ -97,6 +98,8 @@ pub struct Trekker {
     pub notifications_queued: Arc<tokio::sync::Notify>,
     /// Wakes this node's bot supervisor after a change to a bot.
     pub runtime_changed: Arc<tokio::sync::Notify>,
+    /// Live events for the guest page and the console.
+    pub events: Arc<events::EventHub>,
     /// Wakes this node's capacity watch after a change to a bot.
     pub capacity_changed: Arc<tokio::sync::Notify>,
     /// Admins are warned when a server or the cluster crosses this share
@@ -148,6 +151,7 @@ impl Trekker {
             notifications_queued: Arc::new(tokio::sync::Notify::new()),
             runtime_changed: Arc::new(tokio::sync::Notify::new()),
             capacity_changed: Arc::new(tokio::sync::Notify::new()),
+            events: Arc::new(events::EventHub::default()),
             capacity_warn_percent: 80,
             admin_phone: None,
             remote: Arc::new(crossserver::NoRemote),

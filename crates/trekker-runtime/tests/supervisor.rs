@@ -165,6 +165,15 @@ impl RuntimeStore for FakeStore {
         Ok(BotSnapshot { cursor: ChangeCursor { from: state.seq + 1, pending: Vec::new() }, bots })
     }
 
+    // The fleet-wide feed is the console's, never the supervisor's.
+    async fn fleet_cursor(&self) -> Result<ChangeCursor, StoreError> {
+        Err(StoreError::Config("the supervisor reads its own node's changes only".into()))
+    }
+
+    async fn fleet_changes(&self, _: &ChangeCursor) -> Result<BotChanges, StoreError> {
+        Err(StoreError::Config("the supervisor reads its own node's changes only".into()))
+    }
+
     async fn bot_changes(&self, _: &ServerName, cursor: &ChangeCursor) -> Result<BotChanges, StoreError> {
         let cursor = cursor.from;
         let mut state = self.state.lock().unwrap();

@@ -121,6 +121,13 @@ pub trait ActivityLog: Send + Sync + 'static {
         after: Option<i64>,
         limit: i64,
     ) -> Result<ActivityPage, StoreError>;
+
+    /// Activities written after the activity `after`, oldest first, at most
+    /// `limit` (for live feeds).
+    async fn activities_after(&self, after: i64, limit: i64) -> Result<Vec<Activity>, StoreError>;
+
+    /// The newest activity's id (0 when there is none).
+    async fn last_activity_id(&self) -> Result<i64, StoreError>;
 }
 
 /// Finding and repairing disagreements between registry, bots and counts.
@@ -349,6 +356,14 @@ pub trait RuntimeStore: Send + Sync + 'static {
     /// What changed on `node`'s bots since `cursor` (a cursor from an
     /// earlier read). A quiet node's call reads no bot row.
     async fn bot_changes(&self, node: &ServerName, cursor: &ChangeCursor) -> Result<BotChanges, StoreError>;
+
+    /// Where the fleet-wide change feed stands now (nothing read).
+    async fn fleet_cursor(&self) -> Result<ChangeCursor, StoreError>;
+
+    /// What changed among all bots of the fleet since `cursor`, with the
+    /// next cursor (the live admin console; [`Self::bot_changes`] for one
+    /// node).
+    async fn fleet_changes(&self, cursor: &ChangeCursor) -> Result<BotChanges, StoreError>;
 
     /// A bot's decrypted credentials and their version. Only the hosting
     /// node calls this, to start the bot.

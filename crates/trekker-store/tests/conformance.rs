@@ -225,6 +225,7 @@ conformance_cases!(
     notifications_are_claimed_once,
     hosted_notifications_go_to_the_hosting_node,
     a_capacity_level_moves_once_however_many_try,
+    the_fleet_feed_sees_every_server_and_new_activities,
     concurrent_reservations_never_overfill,
     concurrent_same_phone_registers_once,
     concurrent_churn_keeps_counts_true,
@@ -1501,4 +1502,29 @@ async fn a_capacity_level_moves_once_however_many_try(f: Fixture) {
     assert!(s.move_capacity_level("SERVER0", Warning, Full, None, NOW).await.unwrap());
     assert_eq!(s.capacity_levels().await.unwrap(), vec![("SERVER0".to_owned(), Full)]);
     assert_eq!(s.pending_notifications().await.unwrap(), 1);
+}
+
+async fn the_fleet_feed_sees_every_server_and_new_activities(f: Fixture) {
+    let s = &*f.store;
+    add_server(s, "SERVER0", 5).await;
+    add_server(s, "SERVER1", 5).await;
+    let cursor = s.fleet_cursor().await.unwrap();
+    let seen = s.last_activity_id().await.unwrap();
+    let a = register(s, "254700000600", "SERVER0").await.unwrap().bot;
+    let b = register(s, "254700000601", "SERVER1").await.unwrap().bot;
+    let changes = s.fleet_changes(&cursor).await.unwrap();
+    let mut changed: Vec<BotId> = changes.changed.iter().map(|bot| bot.id.clone()).collect();
+    changed.sort();
+    let mut expected = vec![a.id.clone(), b.id.clone()];
+    expected.sort();
+    assert_eq!(changed, expected, "both servers' bots");
+    let quiet = s.fleet_changes(&changes.cursor).await.unwrap();
+    assert!(quiet.changed.is_empty() && quiet.departed.is_empty(), "nothing since");
+    s.delete_bot(&b.id, &effects("deleted"), NOW).await.unwrap();
+    let after_delete = s.fleet_changes(&quiet.cursor).await.unwrap();
+    assert_eq!(after_delete.departed, vec![b.id.clone()]);
+    let new: Vec<String> = s.activities_after(seen, 10).await.unwrap().into_iter().map(|a| a.action).collect();
+    assert_eq!(new, vec!["registered", "registered", "deleted"], "oldest first");
+    let last = s.last_activity_id().await.unwrap();
+    assert!(s.activities_after(last, 10).await.unwrap().is_empty());
 }

@@ -10,6 +10,7 @@ mod baileys_worker;
 mod capacity_warnings;
 mod cross_server;
 mod guest_api;
+mod live_events;
 mod node;
 mod registration;
 mod runtime;

@@ -6,7 +6,7 @@ use axum::routing::get;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{ErrorCode, admin, guest, internal, ops, pairing};
+use super::{ErrorCode, admin, events, guest, internal, ops, pairing};
 use crate::AppState;
 
 #[derive(Debug, OpenApi)]
@@ -20,6 +20,7 @@ use crate::AppState;
         admin::reject_bot, admin::send_message, admin::delete_bot, admin::list_activities, admin::inconsistencies,
         admin::repair,
         admin::list_reviews, admin::approve_review, admin::reject_review, admin::list_credential_updates,
+        events::public_events, events::admin_events,
         ops::healthz, ops::readyz, ops::metrics,
     ),
     components(schemas(ErrorCode)),

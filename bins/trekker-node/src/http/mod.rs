@@ -5,6 +5,7 @@ mod admin;
 mod dashboard;
 pub mod docs;
 mod error;
+pub mod events;
 mod extract;
 mod guest;
 mod internal;
@@ -37,6 +38,7 @@ pub fn router(state: AppState) -> Router {
         .merge(guest::router())
         .merge(pairing::router())
         .merge(admin::router())
+        .merge(events::router())
         .merge(internal::router())
         .merge(ops::router())
         .merge(docs::router())

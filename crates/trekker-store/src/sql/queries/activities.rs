@@ -44,4 +44,21 @@ impl ActivityLog for SqlStore<Db> {
         let (activities, next) = split_page(activities, limit, |a: &Activity| a.id);
         Ok(ActivityPage { activities, next })
     }
+
+    async fn activities_after(&self, after: i64, limit: i64) -> Result<Vec<Activity>, StoreError> {
+        let rows: Vec<ActivityRow> = sqlx::query_as(
+            "SELECT id, occurred_at, server_name, bot_id, phone_number, action, details, remote_tenancy, \
+             remote_bot_id FROM activities WHERE id > $1 ORDER BY id LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit.clamp(1, MAX_PAGE))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(Activity::from).collect())
+    }
+
+    async fn last_activity_id(&self) -> Result<i64, StoreError> {
+        let last: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM activities").fetch_one(&self.pool).await?;
+        Ok(last.unwrap_or(0))
+    }
 }

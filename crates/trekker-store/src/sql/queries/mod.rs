@@ -108,6 +108,15 @@ pub(super) fn json_integers(values: &[i64]) -> String {
     format!("[{}]", values.iter().map(i64::to_string).collect::<Vec<_>>().join(","))
 }
 
+/// Appends the dialect's "integers of a JSON array" subquery
+/// (`json_bigints!`) with `json` bound in it.
+pub(super) fn push_json_bigints(query: &mut sqlx::QueryBuilder<Db>, json: String) {
+    const BIND: &str = "$JSON";
+    let template = json_bigints!("$JSON");
+    let (before, after) = template.split_once(BIND).unwrap_or((template, ""));
+    query.push(before).push_bind(json).push(after);
+}
+
 /// A connection of this backend, inside or outside a transaction.
 type Conn = <Db as sqlx::Database>::Connection;
 

@@ -9,7 +9,7 @@
 use async_trait::async_trait;
 use trekker_domain::{BotId, Credentials, ServerName};
 
-use super::{CHANGE_CURSOR, Db, json_integers};
+use super::{CHANGE_CURSOR, Db, json_integers, push_json_bigints};
 use crate::cipher::Sealed;
 use crate::error::StoreError;
 use crate::model::*;
@@ -34,6 +34,53 @@ impl SqlStore<Db> {
     async fn change_cursor(&self) -> Result<ChangeCursor, StoreError> {
         let text: String = sqlx::query_scalar(CHANGE_CURSOR).fetch_one(&self.pool).await?;
         ChangeCursor::parse(&text).ok_or_else(|| corrupt("change cursor", &text))
+    }
+
+    /// What changed since `cursor` on `server` (its `*_changes` indexes),
+    /// or in the whole fleet (the `*_fleet_changes` indexes).
+    async fn changes_since(
+        &self,
+        server: Option<&ServerName>,
+        cursor: &ChangeCursor,
+    ) -> Result<BotChanges, StoreError> {
+        let next = self.change_cursor().await?;
+        let on_server = |query: &mut sqlx::QueryBuilder<Db>| {
+            if let Some(server) = server {
+                query.push("server_name = ").push_bind(server.to_string()).push(" AND ");
+            }
+        };
+        // Writes since the cursor: a range of the change index, empty when
+        // quiet. Writes of transactions still running at the cursor are
+        // asked for apart, only when there were any: an OR of both would
+        // make the planner read every row.
+        let mut query = sqlx::QueryBuilder::new("SELECT bot_id FROM bot_departures WHERE ");
+        on_server(&mut query);
+        query.push("change_seq >= ").push_bind(cursor.from).push(" ORDER BY change_seq");
+        let mut departed: Vec<String> = query.build_query_scalar().fetch_all(&self.pool).await?;
+        let mut query = sqlx::QueryBuilder::new(concat!("SELECT ", bot_columns!(), " FROM bot_instances WHERE "));
+        on_server(&mut query);
+        query.push("change_seq >= ").push_bind(cursor.from);
+        let mut rows: Vec<BotRow> = query.build_query_as().fetch_all(&self.pool).await?;
+        if !cursor.pending.is_empty() {
+            let pending = json_integers(&cursor.pending);
+            let mut query = sqlx::QueryBuilder::new("SELECT bot_id FROM bot_departures WHERE ");
+            on_server(&mut query);
+            query.push("change_seq IN ");
+            push_json_bigints(&mut query, pending.clone());
+            let late: Vec<String> = query.build_query_scalar().fetch_all(&self.pool).await?;
+            // Departures are applied before rows, so their order is kept
+            // only among themselves: late ones first (they are older).
+            departed.splice(0..0, late);
+            let mut query = sqlx::QueryBuilder::new(concat!("SELECT ", bot_columns!(), " FROM bot_instances WHERE "));
+            on_server(&mut query);
+            query.push("change_seq IN ");
+            push_json_bigints(&mut query, pending);
+            let late_rows: Vec<BotRow> = query.build_query_as().fetch_all(&self.pool).await?;
+            rows.extend(late_rows);
+        }
+        let departed =
+            departed.iter().map(|id| BotId::parse(id).map_err(|_| corrupt("bot id", id))).collect::<Result<_, _>>()?;
+        Ok(BotChanges { cursor: next, changed: bots(rows)?, departed })
     }
 }
 
@@ -83,56 +130,15 @@ impl RuntimeStore for SqlStore<Db> {
     }
 
     async fn bot_changes(&self, node: &ServerName, cursor: &ChangeCursor) -> Result<BotChanges, StoreError> {
-        let next = self.change_cursor().await?;
-        // Writes since the cursor: a range of the (server_name, change_seq)
-        // index, empty for a quiet node. Writes of transactions that were
-        // still running at the cursor are asked for apart, only when there
-        // were any: an OR of both would make the planner read every row
-        // of the server.
-        let mut departed: Vec<String> = sqlx::query_scalar(
-            "SELECT bot_id FROM bot_departures WHERE server_name = $1 AND change_seq >= $2 ORDER BY change_seq",
-        )
-        .bind(node.as_str())
-        .bind(cursor.from)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut rows: Vec<BotRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            bot_columns!(),
-            " FROM bot_instances WHERE server_name = $1 AND change_seq >= $2"
-        ))
-        .bind(node.as_str())
-        .bind(cursor.from)
-        .fetch_all(&self.pool)
-        .await?;
-        if !cursor.pending.is_empty() {
-            let pending = json_integers(&cursor.pending);
-            let late: Vec<String> = sqlx::query_scalar(concat!(
-                "SELECT bot_id FROM bot_departures WHERE server_name = $1 AND change_seq IN ",
-                json_bigints!("$2")
-            ))
-            .bind(node.as_str())
-            .bind(&pending)
-            .fetch_all(&self.pool)
-            .await?;
-            // Departures are applied before rows, so their order is kept
-            // only among themselves: late ones first (they are older).
-            departed.splice(0..0, late);
-            let late_rows: Vec<BotRow> = sqlx::query_as(concat!(
-                "SELECT ",
-                bot_columns!(),
-                " FROM bot_instances WHERE server_name = $1 AND change_seq IN ",
-                json_bigints!("$2")
-            ))
-            .bind(node.as_str())
-            .bind(&pending)
-            .fetch_all(&self.pool)
-            .await?;
-            rows.extend(late_rows);
-        }
-        let departed =
-            departed.iter().map(|id| BotId::parse(id).map_err(|_| corrupt("bot id", id))).collect::<Result<_, _>>()?;
-        Ok(BotChanges { cursor: next, changed: bots(rows)?, departed })
+        self.changes_since(Some(node), cursor).await
+    }
+
+    async fn fleet_cursor(&self) -> Result<ChangeCursor, StoreError> {
+        self.change_cursor().await
+    }
+
+    async fn fleet_changes(&self, cursor: &ChangeCursor) -> Result<BotChanges, StoreError> {
+        self.changes_since(None, cursor).await
     }
 
     async fn load_credentials(&self, id: &BotId) -> Result<Option<(Credentials, i64)>, StoreError> {

@@ -1,0 +1,130 @@
+//! Server-Sent Events: `GET /api/events` (public: `capacity`) and
+//! `GET /api/admin/events` (admins: `server`, `bot`, `botDeleted`,
+//! `warning`, `review`), fed by the node's live event feed
+//! (`trekker_app::events`).
+//!
+//! Every stream opens with a `snapshot` of the servers, so a client that
+//! reconnects after a drop catches up by replacing what it shows. A stream
+//! that falls more than the hub's backlog behind gets `resync` (reload
+//! everything) instead of a gap. The admin stream is read with the
+//! Authorization header (fetch, not EventSource), never a token in the
+//! URL. Streams per node are capped: past it, 429 with Retry-After.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::routing::get;
+use futures::Stream;
+use serde_json::json;
+use tokio::sync::{Semaphore, broadcast};
+use trekker_app::events::{LiveEvent, Numbered};
+
+use super::extract::Admin;
+use super::views::{BotDetail, ServerAdmin, ServerPublic};
+use super::{ApiError, ErrorCode};
+use crate::AppState;
+
+/// Open event streams per node, at most.
+pub const MAX_STREAMS: usize = 1024;
+/// How long a client waits before reconnecting (the SSE `retry` field).
+const RECONNECT_AFTER: Duration = Duration::from_secs(2);
+
+/// The streams this node serves at once.
+pub fn stream_slots() -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(MAX_STREAMS))
+}
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new().route("/api/events", get(public_events)).route("/api/admin/events", get(admin_events))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Audience {
+    Guests,
+    Admins,
+}
+
+/// Live capacity for guests.
+#[utoipa::path(get, path = "/api/events", tag = "guest",
+    responses((status = 200, description = "text/event-stream: `snapshot`, then `capacity` events"),
+        (status = 429, body = super::ErrorBody)))]
+pub(crate) async fn public_events(
+    State(state): State<AppState>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    open(state, Audience::Guests).await
+}
+
+/// Live cluster state for admins.
+#[utoipa::path(get, path = "/api/admin/events", tag = "admin", security(("admin" = [])),
+    responses((status = 200, description = "text/event-stream: `snapshot`, then `server`, `bot`, `botDeleted`, \
+        `warning`, `review` events"), (status = 401, body = super::ErrorBody),
+        (status = 429, body = super::ErrorBody)))]
+pub(crate) async fn admin_events(
+    _: Admin,
+    State(state): State<AppState>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    open(state, Audience::Admins).await
+}
+
+async fn open(
+    state: AppState,
+    audience: Audience,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let permit = state.event_streams.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(ErrorCode::RateLimited, "Too many live streams on this node; try again shortly.")
+            .with_retry_after(5)
+    })?;
+    // Subscribed (and the feed following) before the snapshot is read: a
+    // change in between is shown twice at worst, never lost.
+    let events = state.trekker.events.subscribe().await;
+    let servers = state.trekker.servers().await?;
+    let snapshot = match audience {
+        Audience::Guests => json!({"servers": servers.iter().map(ServerPublic::from).collect::<Vec<_>>()}),
+        Audience::Admins => json!({"servers": servers.iter().map(ServerAdmin::from).collect::<Vec<_>>()}),
+    };
+    let first = Event::default().event("snapshot").retry(RECONNECT_AFTER).data(snapshot.to_string());
+    let rest = futures::stream::unfold((events, permit), move |(mut events, permit)| async move {
+        let event = next_event(&mut events, audience).await?;
+        Some((Ok(event), (events, permit)))
+    });
+    let stream = futures::StreamExt::chain(futures::stream::once(async move { Ok(first) }), rest);
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// The next event this audience sees; `None` when the node shuts down.
+async fn next_event(events: &mut broadcast::Receiver<Numbered>, audience: Audience) -> Option<Event> {
+    loop {
+        match events.recv().await {
+            Ok(numbered) => {
+                if let Some(event) = render(&numbered, audience) {
+                    return Some(event);
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                return Some(Event::default().event("resync").data(json!({"missed": missed}).to_string()));
+            }
+            Err(broadcast::error::RecvError::Closed) => return None,
+        }
+    }
+}
+
+fn render(numbered: &Numbered, audience: Audience) -> Option<Event> {
+    if audience == Audience::Guests && !numbered.event.is_public() {
+        return None;
+    }
+    let (kind, data) = match &numbered.event {
+        LiveEvent::Server(view) if audience == Audience::Guests => ("capacity", json!(ServerPublic::from(view))),
+        LiveEvent::Server(view) => ("server", json!(ServerAdmin::from(view))),
+        LiveEvent::Bot(bot) => ("bot", json!(BotDetail::from(&**bot))),
+        LiveEvent::BotGone(id) => ("botDeleted", json!({"id": id.as_str()})),
+        LiveEvent::Warning(activity) | LiveEvent::Review(activity) => {
+            let kind = if matches!(numbered.event, LiveEvent::Warning(_)) { "warning" } else { "review" };
+            (kind, json!({"action": activity.action, "details": activity.details, "id": activity.id}))
+        }
+    };
+    Some(Event::default().event(kind).id(numbered.id.to_string()).data(data.to_string()))
+}

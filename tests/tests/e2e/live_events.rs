@@ -1,0 +1,124 @@
+//! Live events over Server-Sent Events, between real nodes: guests see
+//! capacity change as another node registers a bot; admins see the bot
+//! approved and turn online; each stream starts with a snapshot; guests
+//! never see admin events; the admin stream wants the Authorization header.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use trekker_testkit::creds;
+
+use crate::support::{ADMIN_TOKEN, TestNode, databases, settings, spawn_node};
+
+/// Reads one SSE stream event by event.
+struct SseReader {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl SseReader {
+    async fn open(node: &TestNode, path: &str, token: Option<&str>) -> reqwest::Response {
+        let mut request = node.client.get(node.url(path)).header("accept", "text/event-stream");
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.unwrap()
+    }
+
+    fn new(response: reqwest::Response) -> Self {
+        assert_eq!(response.status(), 200);
+        let kind = response.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(kind.starts_with("text/event-stream"), "{kind}");
+        Self { response, buffer: String::new() }
+    }
+
+    /// The next event's name and data (keep-alive comments skipped).
+    async fn next(&mut self) -> (String, Value) {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let frame: String = self.buffer.drain(..end + 2).collect();
+                let field = |name: &str| {
+                    frame.lines().find_map(|line| line.strip_prefix(name).map(|v| v.trim_start().to_owned()))
+                };
+                if let (Some(event), Some(data)) = (field("event:"), field("data:")) {
+                    return (event, serde_json::from_str(&data).unwrap());
+                }
+                continue;
+            }
+            let chunk = self.response.chunk().await.unwrap().expect("the stream stays open");
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+
+    /// Reads until `wanted` holds for an event; every event read on the way.
+    async fn until(&mut self, what: &str, wanted: impl Fn(&str, &Value) -> bool) -> Vec<(String, Value)> {
+        let mut read = Vec::new();
+        let found = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                let (event, data) = self.next().await;
+                let done = wanted(&event, &data);
+                read.push((event, data));
+                if done {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(found.is_ok(), "no event for {what}; read {read:?}");
+        read
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn guests_and_admins_see_the_cluster_change_live() {
+    for (url, _keep) in databases().await {
+        let watched = spawn_node(settings(&url, "SERVER0", 5)).await;
+        let other = spawn_node(settings(&url, "SERVER1", 5)).await;
+        let mut guests = SseReader::new(SseReader::open(&watched, "/api/events", None).await);
+        let (first, snapshot) = guests.next().await;
+        assert_eq!(first, "snapshot");
+        assert_eq!(snapshot["servers"].as_array().unwrap().len(), 2, "{snapshot}");
+
+        let anonymous = SseReader::open(&watched, "/api/admin/events", None).await;
+        assert_eq!(anonymous.status(), 401);
+        let in_url = SseReader::open(&watched, &format!("/api/admin/events?token={ADMIN_TOKEN}"), None).await;
+        assert_eq!(in_url.status(), 401, "a token in the URL is not accepted");
+        let mut admins = SseReader::new(SseReader::open(&watched, "/api/admin/events", Some(ADMIN_TOKEN)).await);
+        let (first, snapshot) = admins.next().await;
+        assert_eq!(first, "snapshot");
+        assert!(snapshot["servers"][0]["baseUrl"].is_string(), "admins see more: {snapshot}");
+
+        // Another node registers a bot on SERVER0: the watching node's
+        // guests see SERVER0's count move.
+        let registered = other.register("Live", &creds::phone(61, 1), 1, Some("SERVER0")).await;
+        assert_eq!(registered.status, 201, "{:?}", registered.body);
+        let id = registered.body["bot"]["id"].as_str().unwrap().to_owned();
+        guests
+            .until("SERVER0 holding one bot", |event, data| {
+                event == "capacity" && data["name"] == "SERVER0" && data["currentBots"] == 1
+            })
+            .await;
+
+        // Approved through the other node, the bot starts on its host and
+        // turns online: admins watch it happen.
+        assert_eq!(other.approve(&id).await.status, 200);
+        let seen = admins
+            .until("the bot online", |event, data| {
+                event == "bot" && data["id"] == id.as_str() && data["status"] == "online"
+            })
+            .await;
+        assert!(seen.iter().any(|(event, data)| event == "bot" && data["approvalStatus"] == "approved"), "{seen:?}");
+
+        // Guests saw capacity only.
+        let deleted = watched.admin(reqwest::Method::DELETE, &format!("/api/admin/bots/{id}"), None).await;
+        assert_eq!(deleted.status, 200);
+        admins.until("the bot deleted", |event, data| event == "botDeleted" && data["id"] == id.as_str()).await;
+        let after =
+            guests.until("SERVER0 empty again", |event, data| event == "capacity" && data["currentBots"] == 0).await;
+        assert!(after.iter().all(|(event, _)| event == "capacity"), "guests see no admin event: {after:?}");
+        drop(guests);
+        drop(admins);
+        watched.stop().await;
+        other.stop().await;
+    }
+}
