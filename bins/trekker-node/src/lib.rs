@@ -235,7 +235,11 @@ impl Application {
         let messenger = overrides.messenger.or(driver_messenger).unwrap_or_else(|| Arc::new(NoMessenger));
         let state = AppState {
             rate_limiter: GuestRateLimiter::new(config.rate_limit_per_min),
-            metrics: http::metrics_handle(),
+            metrics: {
+                let handle = http::metrics_handle();
+                http::record_build_info();
+                handle
+            },
             verifier,
             config: Arc::new(config),
             store,

@@ -19,4 +19,4 @@ mod supervisor;
 pub use driver::{BotDriver, BotEvent, BotSpec, DriverError, DriverEvent, RunningBot, SessionSync, StateSink};
 pub use process::ProcessDriver;
 pub use simulated::{Fault, RunObserver, SimulatedDriver};
-pub use supervisor::{SessionConfig, Supervisor, SupervisorTuning};
+pub use supervisor::{BOT_CRASHES, BOTS_RUNNING, SessionConfig, Supervisor, SupervisorTuning};

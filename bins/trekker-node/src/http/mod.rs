@@ -21,7 +21,7 @@ use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 pub use error::{ApiError, ErrorBody, ErrorCode};
-pub use ops::{healthz_response, metrics_handle};
+pub use ops::{healthz_response, metrics_handle, record_build_info};
 
 use crate::AppState;
 
@@ -45,6 +45,7 @@ pub fn router(state: AppState) -> Router {
         .merge(dashboard::router())
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(ops::http_metrics_layer())
         // Bodies are read up to the limit plus slack for multipart framing;
         // what is over answers 413.
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES + 64 * 1024))

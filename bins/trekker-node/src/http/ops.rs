@@ -7,7 +7,9 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use axum_prometheus::utils::SECONDS_DURATION_BUCKETS;
+use axum_prometheus::{EndpointLabel, GenericMetricLayer, Handle, PrometheusMetricLayerBuilder};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde_json::{Value, json};
 use trekker_app::telemetry;
 
@@ -17,13 +19,40 @@ pub(crate) fn router() -> Router<AppState> {
     Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).route("/metrics", get(metrics))
 }
 
+/// Suffix of the request latency histogram
+/// (`trekker_http_requests_duration_seconds{endpoint,method,status}`).
+const HTTP_DURATION: &str = "http_requests_duration_seconds";
+
+/// Per-route request counts and latency histograms, labelled by the
+/// route's pattern (never the raw path: an attacker's random URLs would
+/// make a series each), method and status.
+pub fn http_metrics_layer() -> GenericMetricLayer<'static, PrometheusHandle, Handle> {
+    PrometheusMetricLayerBuilder::new()
+        .with_prefix("trekker")
+        .with_endpoint_label_type(EndpointLabel::MatchedPathWithFallbackFn(|_| "unmatched".to_owned()))
+        .with_metrics_from_fn(metrics_handle)
+        .build_pair()
+        .0
+}
+
+/// What this binary is: `trekker_build_info{version,whatsapp} 1`.
+pub fn record_build_info() {
+    let whatsapp = if cfg!(feature = "whatsapp") { "yes" } else { "no" };
+    metrics::gauge!("trekker_build_info", "version" => env!("CARGO_PKG_VERSION"), "whatsapp" => whatsapp).set(1.0);
+}
+
 /// The process-wide Prometheus recorder (installed once; several nodes in
 /// one test process share it, their series told apart by labels).
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            // Request latency as a histogram (Grafana's quantiles over
+            // nodes), not the exporter's default summary.
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix(HTTP_DURATION.to_owned()), SECONDS_DURATION_BUCKETS)
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
             let handle = recorder.handle();
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
