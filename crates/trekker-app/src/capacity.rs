@@ -97,6 +97,14 @@ impl Trekker {
     }
 }
 
+impl Trekker {
+    /// The scopes above normal now (the console's warning banner).
+    pub async fn capacity_alerts(&self) -> Result<Vec<(String, CapacityLevel)>, AppError> {
+        let levels = self.store.capacity.capacity_levels().await?;
+        Ok(levels.into_iter().filter(|(_, level)| *level != CapacityLevel::Normal).collect())
+    }
+}
+
 /// Checks capacity every `every`, and soon after a bot changes on this node.
 pub async fn run_capacity_watch(trekker: Arc<Trekker>, every: Duration, shutdown: CancellationToken) {
     loop {

@@ -7,6 +7,7 @@
 mod admin_api;
 mod attacks;
 mod baileys_worker;
+mod browser;
 mod capacity_warnings;
 mod cross_server;
 mod guest_api;

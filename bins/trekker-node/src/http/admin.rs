@@ -25,6 +25,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/api/admin/bots/{id}/reject", post(reject_bot))
         .route("/api/admin/bots/{id}/messages", post(send_message))
         .route("/api/admin/activities", get(list_activities))
+        .route("/api/admin/capacity-warnings", get(capacity_warnings))
         .route("/api/admin/registry/inconsistencies", get(inconsistencies))
         .route("/api/admin/registry/repair", post(repair))
         .route("/api/admin/credential-reviews", get(list_reviews))
@@ -292,6 +293,16 @@ pub(crate) async fn list_activities(
         "count": page.len(),
         "next": next,
     })))
+}
+
+/// The servers (and `*`, the cluster) past CAPACITY_WARN_PERCENT or full now.
+#[utoipa::path(get, path = "/api/admin/capacity-warnings", tag = "admin", security(("admin" = [])),
+    responses((status = 200, description = "{warnings: [{scope, level}]}"), (status = 401, body = ErrorBody)))]
+pub(crate) async fn capacity_warnings(_: Admin, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let alerts = state.trekker.capacity_alerts().await?;
+    let warnings: Vec<Value> =
+        alerts.iter().map(|(scope, level)| json!({"scope": scope, "level": level.as_str()})).collect();
+    Ok(Json(json!({"count": warnings.len(), "warnings": warnings})))
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]

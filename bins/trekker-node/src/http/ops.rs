@@ -26,13 +26,21 @@ const HTTP_DURATION: &str = "http_requests_duration_seconds";
 /// Per-route request counts and latency histograms, labelled by the
 /// route's pattern (never the raw path: an attacker's random URLs would
 /// make a series each), method and status.
+/// Built once per process (the layer's metric names are process-wide; a
+/// second build would panic), cloned into every router (several nodes run
+/// in one test process).
 pub fn http_metrics_layer() -> GenericMetricLayer<'static, PrometheusHandle, Handle> {
-    PrometheusMetricLayerBuilder::new()
-        .with_prefix("trekker")
-        .with_endpoint_label_type(EndpointLabel::MatchedPathWithFallbackFn(|_| "unmatched".to_owned()))
-        .with_metrics_from_fn(metrics_handle)
-        .build_pair()
-        .0
+    static LAYER: OnceLock<GenericMetricLayer<'static, PrometheusHandle, Handle>> = OnceLock::new();
+    LAYER
+        .get_or_init(|| {
+            PrometheusMetricLayerBuilder::new()
+                .with_prefix("trekker")
+                .with_endpoint_label_type(EndpointLabel::MatchedPathWithFallbackFn(|_| "unmatched".to_owned()))
+                .with_metrics_from_fn(metrics_handle)
+                .build_pair()
+                .0
+        })
+        .clone()
 }
 
 /// What this binary is: `trekker_build_info{version,whatsapp} 1`.

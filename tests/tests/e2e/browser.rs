@@ -1,0 +1,316 @@
+//! What people see, in a real headless Chromium driven over WebDriver
+//! (Debian's `chromium` and `chromium-driver`, installed by `.ci/run`):
+//! the operator console against real nodes (log in, capacity, approve and
+//! watch the bot turn online without a reload, reject, page through 250
+//! bots, one capacity warning with two nodes watching) and the guest page
+//! (pair, register, the server list changing live). No JavaScript error may
+//! reach the browser's console; screenshots go to
+//! `target/browser-artifacts/` (kept, never compared pixel by pixel).
+//!
+//! Without Chromium these tests say so loudly and pass, unless
+//! `TREKKER_REQUIRE_BROWSER` is set (CI sets it): then they fail.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fantoccini::wd::WebDriverCompatibleCommand;
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{Value, json};
+use trekker_testkit::creds;
+
+use crate::support::{ADMIN_TOKEN, TestNode, raw_count, settings, spawn_node};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// A headless Chromium session, and the chromedriver that runs it.
+struct Browser {
+    client: Client,
+    driver: Child,
+    test: &'static str,
+}
+
+/// The browser's console log (chromedriver's `se/log` endpoint).
+#[derive(Debug)]
+struct BrowserLog;
+
+impl WebDriverCompatibleCommand for BrowserLog {
+    fn endpoint(&self, base: &url::Url, session: Option<&str>) -> Result<url::Url, url::ParseError> {
+        base.join(&format!("session/{}/se/log", session.unwrap_or_default()))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        (http::Method::POST, Some(json!({"type": "browser"}).to_string()))
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+impl Browser {
+    /// A browser, or `None` (after saying so loudly) when Chromium is not
+    /// installed and `TREKKER_REQUIRE_BROWSER` is not set.
+    async fn open(test: &'static str) -> Option<Self> {
+        if !Path::new(CHROMIUM).exists() || !Path::new(CHROMEDRIVER).exists() {
+            assert!(
+                std::env::var_os("TREKKER_REQUIRE_BROWSER").is_none(),
+                "TREKKER_REQUIRE_BROWSER is set but {CHROMIUM} or {CHROMEDRIVER} is missing \
+                 (apt-get install chromium chromium-driver)"
+            );
+            eprintln!(
+                "\n*** SKIPPED browser test `{test}`: no {CHROMIUM} / {CHROMEDRIVER} here. \
+                 Install Debian's chromium and chromium-driver, or set TREKKER_REQUIRE_BROWSER to make this fail. ***\n"
+            );
+            return None;
+        }
+        let port = free_port();
+        let driver = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts");
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert(
+            "goog:chromeOptions".into(),
+            json!({"binary": CHROMIUM, "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                "--disable-gpu", "--window-size=1280,1000"]}),
+        );
+        capabilities.insert("goog:loggingPrefs".into(), json!({"browser": "ALL"}));
+        let url = format!("http://127.0.0.1:{port}");
+        // chromedriver takes a moment to listen.
+        let mut last = None;
+        for _ in 0..100 {
+            match ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+                .capabilities(capabilities.clone())
+                .connect(&url)
+                .await
+            {
+                Ok(client) => return Some(Self { client, driver, test }),
+                Err(err) => last = Some(err),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("cannot start a Chromium session: {last:?}");
+    }
+
+    /// Runs `script` (a function body returning a value) until it returns
+    /// true, or fails after `within`.
+    async fn until(&self, what: &str, script: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let value = self.client.execute(script, vec![]).await.unwrap_or(Value::Null);
+            if value == Value::Bool(true) {
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                self.shot(&format!("timeout-{}", what.replace(' ', "-"))).await;
+                panic!("in the browser, never: {what} ({script})");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn js(&self, script: &str) -> Value {
+        self.client.execute(script, vec![]).await.expect("script runs")
+    }
+
+    async fn click(&self, css: &str) {
+        self.client.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}")).click().await.unwrap();
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let field = self.client.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}"));
+        field.clear().await.unwrap();
+        field.send_keys(text).await.unwrap();
+    }
+
+    /// Saves a screenshot as a test artefact.
+    async fn shot(&self, name: &str) {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/browser-artifacts");
+        let _ = std::fs::create_dir_all(&dir);
+        if let Ok(png) = self.client.screenshot().await {
+            let _ = std::fs::write(dir.join(format!("{}-{name}.png", self.test)), png);
+        }
+    }
+
+    /// Errors the pages logged (script errors, failed loads).
+    async fn errors(&self) -> Vec<String> {
+        let log = self.client.issue_cmd(BrowserLog).await.expect("chromedriver returns the browser log");
+        log.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|entry| entry["level"] == "SEVERE")
+            .map(|entry| entry["message"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    async fn close(mut self) {
+        let errors = self.errors().await;
+        let _ = self.client.clone().close().await;
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+        assert!(errors.is_empty(), "the page logged errors: {errors:#?}");
+    }
+}
+
+async fn log_in(browser: &Browser, node: &TestNode) {
+    browser.client.goto(&node.url("/admin")).await.unwrap();
+    browser.type_into("#token", ADMIN_TOKEN).await;
+    browser.click("#login-form button[type=submit]").await;
+    browser.until("logged in, live", "return document.getElementById('live').textContent.includes('live')").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_console_approves_rejects_and_pages_live() {
+    let Some(browser) = Browser::open("console").await else { return };
+    let database = trekker_testkit::sqlite_database();
+    let node = spawn_node(settings(&database.url, "SERVER0", 300)).await;
+    let mut ids = Vec::new();
+    for n in 0..250 {
+        let created = node.register(&format!("Bot {n}"), &creds::phone(70, n), 1, None).await;
+        assert_eq!(created.status, 201, "{:?}", created.body);
+        ids.push(created.body["bot"]["id"].as_str().unwrap().to_owned());
+    }
+    log_in(&browser, &node).await;
+    browser
+        .until(
+            "SERVER0 at 250 of 300",
+            "const row = document.querySelector('#servers tr[data-server=\"SERVER0\"]'); \
+             return !!row && row.querySelector('.capacity').textContent.includes('250 / 300') \
+             && row.querySelector('[role=meter]').getAttribute('aria-valuenow') === '83';",
+        )
+        .await;
+    browser.shot("servers").await;
+    // The token is in session storage, never in the URL.
+    assert_eq!(browser.js("return location.search + location.hash").await, "");
+
+    browser.click("nav button[data-view=bots]").await;
+    browser.until("a page of 100", "return document.querySelectorAll('#bots tbody tr').length === 100").await;
+    browser.click("#next").await;
+    browser
+        .until(
+            "page 2",
+            "return document.getElementById('page-label').textContent === 'Page 2' \
+             && document.querySelectorAll('#bots tbody tr').length === 100",
+        )
+        .await;
+    browser.click("#next").await;
+    browser
+        .until(
+            "the last 50",
+            "return document.querySelectorAll('#bots tbody tr').length === 50 \
+             && document.getElementById('next').disabled",
+        )
+        .await;
+    browser.click("#prev").await;
+    browser.click("#prev").await;
+    browser.until("back on page 1", "return document.getElementById('page-label').textContent === 'Page 1'").await;
+
+    // No reload from here on: a mark on the window survives.
+    browser.js("window.trekkerMark = 'same page'; return true").await;
+    let (approve, reject) = (ids[249].clone(), ids[248].clone());
+    browser.click(&format!("#bots tr[data-bot=\"{approve}\"] button")).await;
+    browser
+        .until(
+            "the approved bot online",
+            &format!(
+                "const row = document.querySelector('#bots tr[data-bot=\"{approve}\"]'); \
+                 return !!row && row.querySelector('.approval').textContent === 'approved' \
+                 && row.querySelector('.status').textContent === 'online';"
+            ),
+        )
+        .await;
+    let reject_button = format!("#bots tr[data-bot=\"{reject}\"] button.plain");
+    browser.click(&reject_button).await;
+    browser
+        .until(
+            "the other rejected",
+            &format!(
+                "const row = document.querySelector('#bots tr[data-bot=\"{reject}\"]'); \
+                 return !!row && row.querySelector('.approval').textContent === 'rejected';"
+            ),
+        )
+        .await;
+    assert_eq!(browser.js("return window.trekkerMark").await, "same page", "the page never reloaded");
+    browser.shot("bots").await;
+    let detail = node.admin(reqwest::Method::GET, &format!("/api/admin/bots/{approve}"), None).await;
+    assert_eq!(detail.body["status"], "online", "what the page showed is what is stored");
+    browser.close().await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_capacity_warning_with_two_nodes_watching() {
+    let Some(browser) = Browser::open("warning").await else { return };
+    let database = trekker_testkit::sqlite_database();
+    let mut first = settings(&database.url, "SERVER0", 5);
+    first.admin_phone = Some("254799000002".into());
+    // Room on SERVER1 keeps the cluster (4 of 25) below the line: one crossing.
+    let mut second = settings(&database.url, "SERVER1", 20);
+    second.admin_phone = Some("254799000002".into());
+    let (node, other) = (spawn_node(first).await, spawn_node(second).await);
+    log_in(&browser, &node).await;
+    assert_eq!(browser.js("return document.getElementById('banner').hidden").await, true);
+    for n in 0..4 {
+        let by = if n % 2 == 0 { &node } else { &other };
+        assert_eq!(by.register("Filler", &creds::phone(71, n), 1, Some("SERVER0")).await.status, 201);
+    }
+    browser
+        .until(
+            "the warning banner",
+            "const b = document.getElementById('banner'); return !b.hidden && b.textContent.includes('Server SERVER0')",
+        )
+        .await;
+    browser.shot("banner").await;
+    // Both nodes keep checking; the crossing stays one warning.
+    for _ in 0..3 {
+        node.state.trekker.check_capacity().await.unwrap();
+        other.state.trekker.check_capacity().await.unwrap();
+    }
+    let url = &database.url;
+    assert_eq!(raw_count(url, "SELECT COUNT(*) FROM activities WHERE action = 'capacity_warning'").await, 1);
+    let sent = "SELECT COUNT(*) FROM notification_outbox WHERE phone_number = '254799000002'";
+    assert_eq!(raw_count(url, sent).await, 1, "one message to the admin");
+    let banner = browser.js("return document.getElementById('banner').textContent").await;
+    assert_eq!(banner.as_str().unwrap().matches("SERVER0").count(), 1, "{banner}");
+    browser.close().await;
+    node.stop().await;
+    other.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_guest_pairs_registers_and_sees_servers_change_live() {
+    let Some(browser) = Browser::open("guest").await else { return };
+    let database = trekker_testkit::sqlite_database();
+    let node = spawn_node(settings(&database.url, "SERVER0", 5)).await;
+    browser.client.goto(&node.url("/")).await.unwrap();
+    browser.until("the live server list", "return document.getElementById('servers').dataset.live === 'yes'").await;
+    let phone = creds::phone(72, 1);
+    browser.type_into("#pair-number", &phone).await;
+    browser.click("#pair-button").await;
+    browser
+        .until("paired (simulated)", "return document.getElementById('bot-session').value.startsWith('TREKKER~')")
+        .await;
+    browser.type_into("#bot-name", "My browser bot").await;
+    browser.click("#register-button").await;
+    browser
+        .until(
+            "registered",
+            "const r = document.getElementById('register-result'); return !r.hidden && r.textContent.length > 0",
+        )
+        .await;
+    let row = "const row = document.querySelector('#servers tr[data-server=\"SERVER0\"]');";
+    browser.until("one bot on SERVER0", &format!("{row} return !!row && row.cells[1].textContent === '1 / 5'")).await;
+    // A registration elsewhere shows up without a reload.
+    browser.js("window.trekkerMark = 'same page'; return true").await;
+    assert_eq!(node.register("Another", &creds::phone(72, 2), 1, None).await.status, 201);
+    browser.until("two bots on SERVER0", &format!("{row} return !!row && row.cells[1].textContent === '2 / 5'")).await;
+    assert_eq!(browser.js("return window.trekkerMark").await, "same page");
+    browser.shot("guest").await;
+    browser.close().await;
+    node.stop().await;
+}
