@@ -17,6 +17,11 @@ test-no-postgres:
 mutants:
     cargo mutants -p trekker-domain -p trekker-placement -p trekker-tenancy --timeout-multiplier 3 -j 1
 
+# Three nodes on a throwaway PostgreSQL (or one SQLite file without it),
+# secret and admin token printed; Ctrl-C stops and removes everything.
+cluster:
+    bash scripts/cluster.sh
+
 # What CI runs.
 ci:
     bash .ci/run

@@ -62,6 +62,10 @@ pub fn settings(database_url: &str, name: &str, capacity: u32) -> Settings {
     // by seconds does not make a node look offline. Tests that need an
     // offline node stop it and age its row (`raw_sql`) instead of waiting.
     settings.heartbeat_interval_secs = 5;
+    // A synchronous cross-server update on a loaded 2-core machine (a
+    // browser test beside it) can take seconds; tests of the queued path
+    // make the host unreachable instead of relying on the budget.
+    settings.cross_server_timeout_ms = 15_000;
     settings.rate_limit_per_min = 0;
     // The capacity tests fill servers with bots waiting for approval; the
     // pending share has its own tests.
