@@ -12,6 +12,46 @@ use crate::sql::SqlStore;
 use crate::sql::rows::*;
 use crate::traits::NotificationOutbox;
 
+/// Claims due messages (`$1` worker, `$2` now, `$3` lease, `$4` limit), with
+/// `$filter` on the candidates `n`: one statement per filter, each planned on
+/// its own.
+macro_rules! claim_statement {
+    ($filter:literal) => {
+        concat!(
+            "UPDATE notification_outbox SET claimed_by = $1, claimed_until = $2 + $3, attempts = attempts + 1 \
+             WHERE id IN (SELECT n.id FROM notification_outbox n WHERE n.status = 'pending' \
+             AND n.next_attempt_at <= $2 AND (n.claimed_until IS NULL OR n.claimed_until <= $2)",
+            $filter,
+            " ORDER BY n.id LIMIT $4 ",
+            claim_lock!(),
+            ") RETURNING id, phone_number, message, attempts, created_at"
+        )
+    };
+}
+
+impl SqlStore<Db> {
+    /// Runs a [`claim_statement!`]; `node` is its `$5` when it has one.
+    async fn claim(
+        &self,
+        sql: &'static str,
+        worker: &str,
+        node: Option<&str>,
+        now: Millis,
+        lease_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<Notification>, StoreError> {
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        let mut query = sqlx::query_as::<_, NotificationRow>(sql).bind(worker).bind(now).bind(lease_ms).bind(limit);
+        if let Some(node) = node {
+            query = query.bind(node);
+        }
+        let mut rows = query.fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        rows.sort_by_key(|row| row.id);
+        Ok(rows.into_iter().map(Notification::from).collect())
+    }
+}
+
 #[async_trait]
 impl NotificationOutbox for SqlStore<Db> {
     async fn claim_notifications(
@@ -21,23 +61,7 @@ impl NotificationOutbox for SqlStore<Db> {
         lease_ms: i64,
         limit: i64,
     ) -> Result<Vec<Notification>, StoreError> {
-        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        let mut rows: Vec<NotificationRow> = sqlx::query_as(concat!(
-            "UPDATE notification_outbox SET claimed_by = $1, claimed_until = $2 + $3, attempts = attempts + 1 \
-             WHERE id IN (SELECT id FROM notification_outbox WHERE status = 'pending' AND next_attempt_at <= $2 \
-             AND (claimed_until IS NULL OR claimed_until <= $2) ORDER BY id LIMIT $4 ",
-            claim_lock!(),
-            ") RETURNING id, phone_number, message, attempts, created_at"
-        ))
-        .bind(worker)
-        .bind(now)
-        .bind(lease_ms)
-        .bind(limit)
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        rows.sort_by_key(|row| row.id);
-        Ok(rows.into_iter().map(Notification::from).collect())
+        self.claim(claim_statement!(""), worker, None, now, lease_ms, limit).await
     }
 
     async fn claim_hosted_notifications(
@@ -48,29 +72,13 @@ impl NotificationOutbox for SqlStore<Db> {
         lease_ms: i64,
         limit: i64,
     ) -> Result<Vec<Notification>, StoreError> {
-        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
         // The phone's bot lives on `node` (god_register is the one registry),
         // or the phone has none left: someone must still end that message.
-        let mut rows: Vec<NotificationRow> = sqlx::query_as(concat!(
-            "UPDATE notification_outbox SET claimed_by = $1, claimed_until = $2 + $3, attempts = attempts + 1 \
-             WHERE id IN (SELECT n.id FROM notification_outbox n WHERE n.status = 'pending' \
-             AND n.next_attempt_at <= $2 AND (n.claimed_until IS NULL OR n.claimed_until <= $2) \
-             AND (EXISTS (SELECT 1 FROM god_register g WHERE g.phone_number = n.phone_number AND g.tenancy_name = $5) \
-             OR NOT EXISTS (SELECT 1 FROM god_register g WHERE g.phone_number = n.phone_number)) \
-             ORDER BY n.id LIMIT $4 ",
-            claim_lock!(),
-            ") RETURNING id, phone_number, message, attempts, created_at"
-        ))
-        .bind(worker)
-        .bind(now)
-        .bind(lease_ms)
-        .bind(limit)
-        .bind(node.as_str())
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        rows.sort_by_key(|row| row.id);
-        Ok(rows.into_iter().map(Notification::from).collect())
+        let hosted = claim_statement!(
+            " AND (EXISTS (SELECT 1 FROM god_register g WHERE g.phone_number = n.phone_number AND g.tenancy_name = $5) \
+             OR NOT EXISTS (SELECT 1 FROM god_register g WHERE g.phone_number = n.phone_number))"
+        );
+        self.claim(hosted, worker, Some(node.as_str()), now, lease_ms, limit).await
     }
 
     async fn finish_notification(
