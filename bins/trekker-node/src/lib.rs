@@ -58,7 +58,7 @@ pub struct AppState {
     pub pairing: Arc<dyn PairingProvider>,
     pub notifier: Arc<dyn Notifier>,
     /// Caps the live event streams this node serves.
-    pub event_streams: Arc<tokio::sync::Semaphore>,
+    pub event_streams: http::events::StreamSlots,
     /// Sends texts from the bots running here (`whatsapp` driver only).
     pub messenger: Arc<dyn BotMessenger>,
     /// `None` when RATE_LIMIT_PER_MIN is 0.
@@ -247,7 +247,7 @@ impl Application {
             pairing,
             notifier,
             messenger,
-            event_streams: http::events::stream_slots(),
+            event_streams: http::events::StreamSlots::default(),
             base_url,
         };
         let sweep_every = overrides.sweep_every.unwrap_or(EXPIRY_SWEEP_EVERY);

@@ -65,6 +65,9 @@ pub struct EventHub {
     arrived: tokio::sync::Notify,
     /// Whether the feed holds a baseline (it publishes every change after).
     following: tokio::sync::watch::Sender<bool>,
+    /// Cancelled when the node shuts down: every stream ends (an open
+    /// stream would otherwise hold the graceful drain forever).
+    closed: CancellationToken,
 }
 
 impl Default for EventHub {
@@ -74,6 +77,7 @@ impl Default for EventHub {
             next_id: AtomicU64::new(1),
             arrived: tokio::sync::Notify::new(),
             following: tokio::sync::watch::Sender::new(false),
+            closed: CancellationToken::new(),
         }
     }
 }
@@ -90,6 +94,11 @@ impl EventHub {
         // feed recovers).
         let _ = tokio::time::timeout(Duration::from_secs(5), following.wait_for(|on| *on)).await;
         events
+    }
+
+    /// Cancelled when the node shuts down.
+    pub fn closed(&self) -> CancellationToken {
+        self.closed.clone()
     }
 
     /// Streams listening now.
@@ -181,4 +190,5 @@ pub async fn run_event_feed(trekker: Arc<Trekker>, hub: Arc<EventHub>, every: Du
             () = tokio::time::sleep(every) => {}
         }
     }
+    hub.closed.cancel();
 }

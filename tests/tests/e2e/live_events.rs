@@ -122,3 +122,33 @@ async fn guests_and_admins_see_the_cluster_change_live() {
         other.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_streams_are_capped_without_taking_the_admins_view() {
+    let database = trekker_testkit::sqlite_database();
+    let node = spawn_node(settings(&database.url, "SERVER0", 5)).await;
+    // Everything but one guest slot taken, as by a flood of anonymous streams.
+    let slots = &node.state.event_streams;
+    let taken = slots.guests.available_permits() - 1;
+    let _flood = slots.guests.clone().acquire_many_owned(u32::try_from(taken).unwrap()).await.unwrap();
+    let mut last = SseReader::new(SseReader::open(&node, "/api/events", None).await);
+    assert_eq!(last.next().await.0, "snapshot");
+    let refused = SseReader::open(&node, "/api/events", None).await;
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["code"], "RATE_LIMITED");
+    // Admins still get theirs.
+    let mut admins = SseReader::new(SseReader::open(&node, "/api/admin/events", Some(ADMIN_TOKEN)).await);
+    assert_eq!(admins.next().await.0, "snapshot");
+    // A closed stream gives its slot back.
+    drop(last);
+    crate::support::eventually(Duration::from_secs(10), "the slot back", || async {
+        SseReader::open(&node, "/api/events", None).await.status() == 200
+    })
+    .await;
+    // The admin stream is still open: stopping the node ends it (an open
+    // stream must not hold the graceful drain).
+    node.stop().await;
+    drop(admins);
+}

@@ -8,7 +8,8 @@
 //! that falls more than the hub's backlog behind gets `resync` (reload
 //! everything) instead of a gap. The admin stream is read with the
 //! Authorization header (fetch, not EventSource), never a token in the
-//! URL. Streams per node are capped: past it, 429 with Retry-After.
+//! URL. Streams per node are capped, guests' and admins' apart: past a
+//! cap, 429 with Retry-After.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -28,14 +29,28 @@ use super::views::{BotDetail, ServerAdmin, ServerPublic};
 use super::{ApiError, ErrorCode};
 use crate::AppState;
 
-/// Open event streams per node, at most.
-pub const MAX_STREAMS: usize = 1024;
+/// Open guest event streams per node, at most.
+pub const MAX_GUEST_STREAMS: usize = 1024;
+/// Open admin event streams per node, at most: apart from the guests', so a
+/// flood of anonymous streams cannot take the operators' live view.
+pub const MAX_ADMIN_STREAMS: usize = 64;
 /// How long a client waits before reconnecting (the SSE `retry` field).
 const RECONNECT_AFTER: Duration = Duration::from_secs(2);
 
-/// The streams this node serves at once.
-pub fn stream_slots() -> Arc<Semaphore> {
-    Arc::new(Semaphore::new(MAX_STREAMS))
+/// The streams this node serves at once, guests' and admins' apart.
+#[derive(Debug, Clone)]
+pub struct StreamSlots {
+    pub guests: Arc<Semaphore>,
+    pub admins: Arc<Semaphore>,
+}
+
+impl Default for StreamSlots {
+    fn default() -> Self {
+        Self {
+            guests: Arc::new(Semaphore::new(MAX_GUEST_STREAMS)),
+            admins: Arc::new(Semaphore::new(MAX_ADMIN_STREAMS)),
+        }
+    }
 }
 
 pub(crate) fn router() -> Router<AppState> {
@@ -74,7 +89,11 @@ async fn open(
     state: AppState,
     audience: Audience,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let permit = state.event_streams.clone().try_acquire_owned().map_err(|_| {
+    let slots = match audience {
+        Audience::Guests => &state.event_streams.guests,
+        Audience::Admins => &state.event_streams.admins,
+    };
+    let permit = slots.clone().try_acquire_owned().map_err(|_| {
         ApiError::new(ErrorCode::RateLimited, "Too many live streams on this node; try again shortly.")
             .with_retry_after(5)
     })?;
@@ -87,9 +106,14 @@ async fn open(
         Audience::Admins => json!({"servers": servers.iter().map(ServerAdmin::from).collect::<Vec<_>>()}),
     };
     let first = Event::default().event("snapshot").retry(RECONNECT_AFTER).data(snapshot.to_string());
-    let rest = futures::stream::unfold((events, permit), move |(mut events, permit)| async move {
-        let event = next_event(&mut events, audience).await?;
-        Some((Ok(event), (events, permit)))
+    let closed = state.trekker.events.closed();
+    let rest = futures::stream::unfold((events, permit, closed), move |(mut events, permit, closed)| async move {
+        // The node shutting down ends the stream (and frees the drain).
+        let event = tokio::select! {
+            () = closed.cancelled() => None,
+            event = next_event(&mut events, audience) => event,
+        }?;
+        Some((Ok(event), (events, permit, closed)))
     });
     let stream = futures::StreamExt::chain(futures::stream::once(async move { Ok(first) }), rest);
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
