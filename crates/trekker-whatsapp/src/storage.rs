@@ -29,6 +29,8 @@ use whatsapp_rust::wacore::store::Device;
 use whatsapp_rust::wacore::store::error::{Result, StoreError};
 use whatsapp_rust::wacore::store::traits::*;
 
+use crate::hex::encode as hex;
+
 /// The spaces of keys, one per kind of record.
 mod space {
     pub const IDENTITY: &str = "identity";
@@ -107,16 +109,8 @@ fn compound(parts: &[&str]) -> String {
     parts.iter().map(|part| format!("{}:{part}", part.len())).collect()
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn unhex(text: &str) -> Result<Vec<u8>> {
-    let invalid = || StoreError::Validation(format!("stored key `{text}` is not hex"));
-    if !text.len().is_multiple_of(2) {
-        return Err(invalid());
-    }
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).map_err(|_| invalid())).collect()
+    crate::hex::decode(text).ok_or_else(|| StoreError::Validation(format!("stored key `{text}` is not hex")))
 }
 
 /// A value stamped with a time (unix seconds), for expiry sweeps.

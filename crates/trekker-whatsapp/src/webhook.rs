@@ -36,7 +36,7 @@ pub fn signature(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
     context.update(b".");
     context.update(body);
     let tag = context.sign();
-    format!("sha256={}", tag.as_ref().iter().map(|b| format!("{b:02x}")).collect::<String>())
+    format!("sha256={}", crate::hex::encode(tag.as_ref()))
 }
 
 /// Whether a received request is authentic: the signature matches (compared
@@ -54,19 +54,12 @@ pub fn verify(
         return false;
     }
     let Some(hex) = signature_header.strip_prefix("sha256=") else { return false };
-    let Some(tag) = unhex(hex) else { return false };
+    let Some(tag) = crate::hex::decode(hex) else { return false };
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
     let mut message = at.to_string().into_bytes();
     message.push(b'.');
     message.extend_from_slice(body);
     ring::hmac::verify(&key, &message, &tag).is_ok()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) || !text.is_ascii() {
-        return None;
-    }
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok()).collect()
 }
 
 /// The sending side: a queue and the task that empties it.
