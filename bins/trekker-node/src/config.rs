@@ -42,6 +42,17 @@ pub enum BotDriverKind {
     Whatsapp,
 }
 
+/// Whether `process` bots run isolated (DESIGN.md invariant 10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SandboxMode {
+    /// Each bot runs with a uid, a view of the files, a process tree and
+    /// limits of its own; a node that cannot isolate refuses to start.
+    On,
+    /// Bots run as the node's user, with its view of the machine (logged
+    /// as a warning at every start).
+    Off,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum PairingProviderKind {
     /// Generates Baileys-shaped credentials itself; pairs no real phone.
@@ -68,8 +79,12 @@ pub enum NotifierKind {
 #[derive(Clone, Args)]
 pub struct Settings {
     /// `sqlite://trekker.db` (created if missing) or `postgres://...` for a cluster.
+    /// Secret: from the environment (or DATABASE_URL_FILE), never a flag.
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite://trekker.db", hide_env_values = true)]
     pub database_url: String,
+    /// A file holding DATABASE_URL (systemd credentials, container secrets).
+    #[arg(long, env = "DATABASE_URL_FILE")]
+    pub database_url_file: Option<PathBuf>,
     /// This node's name, stored upper-case.
     #[arg(long, env = "SERVER_NAME", default_value = "SERVER0")]
     pub server_name: String,
@@ -85,15 +100,27 @@ pub struct Settings {
     /// Signs and verifies node-to-node calls (at least 32 bytes).
     #[arg(long, env = "CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
+    /// A file holding CLUSTER_SECRET.
+    #[arg(long, env = "CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
     /// Also accepted when verifying, during a rotation.
     #[arg(long, env = "CLUSTER_SECRET_PREVIOUS", hide_env_values = true)]
     pub cluster_secret_previous: Option<String>,
+    /// A file holding CLUSTER_SECRET_PREVIOUS.
+    #[arg(long, env = "CLUSTER_SECRET_PREVIOUS_FILE")]
+    pub cluster_secret_previous_file: Option<PathBuf>,
     /// Bearer token for /api/admin/*; unset, the admin API answers 403.
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// A file holding ADMIN_TOKEN.
+    #[arg(long, env = "ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
     /// 32 bytes, base64; encrypts stored credentials. Required with PostgreSQL.
     #[arg(long, env = "CREDENTIALS_KEY", hide_env_values = true)]
     pub credentials_key: Option<String>,
+    /// A file holding CREDENTIALS_KEY.
+    #[arg(long, env = "CREDENTIALS_KEY_FILE")]
+    pub credentials_key_file: Option<PathBuf>,
     /// Seconds between heartbeats; a server is offline after 3 missed beats.
     #[arg(long, env = "HEARTBEAT_INTERVAL_SECS", default_value_t = 10)]
     pub heartbeat_interval_secs: u64,
@@ -111,6 +138,22 @@ pub struct Settings {
     /// Bot starts per second (boot is staggered).
     #[arg(long, env = "BOT_START_RATE", default_value_t = 20)]
     pub bot_start_rate: u32,
+    /// `on`: every `process` bot runs isolated (its own uid, view of the
+    /// files, process tree and limits); `off`: as the node's user.
+    #[arg(long, env = "BOT_SANDBOX", value_enum, default_value_t = SandboxMode::On)]
+    pub bot_sandbox: SandboxMode,
+    /// Memory of one bot's whole process tree (MiB); past it the bot is killed.
+    #[arg(long, env = "BOT_MEMORY_MB", default_value_t = 512)]
+    pub bot_memory_mb: u64,
+    /// Processes and threads one bot may hold.
+    #[arg(long, env = "BOT_PIDS_MAX", default_value_t = 128)]
+    pub bot_pids_max: u32,
+    /// CPU one bot may use (100 = one core).
+    #[arg(long, env = "BOT_CPU_PERCENT", default_value_t = 100)]
+    pub bot_cpu_percent: u32,
+    /// Size a running bot's AUTH_DIR may reach (MiB); past it the bot is stopped.
+    #[arg(long, env = "BOT_DISK_MB", default_value_t = 64)]
+    pub bot_disk_mb: u64,
     /// Seconds a `process` bot gets between SIGTERM and SIGKILL.
     #[arg(long, env = "BOT_STOP_GRACE_SECS", default_value_t = 10)]
     pub bot_stop_grace_secs: u64,
@@ -234,6 +277,12 @@ pub struct Config {
     pub bot_state_sync: Duration,
     /// In bytes.
     pub bot_state_max_bytes: u64,
+    pub bot_sandbox: SandboxMode,
+    pub bot_limits: trekker_runtime::sandbox::Limits,
+    /// In bytes.
+    pub bot_disk_bytes: u64,
+    /// Files the secrets were read from (hidden from bots).
+    pub secret_files: Vec<PathBuf>,
     pub pairing_provider: PairingProviderKind,
     pub notifier: NotifierKind,
     pub notify_webhook_url: Option<String>,
@@ -290,8 +339,93 @@ fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
 /// The smallest cluster secret accepted, in bytes (DESIGN.md).
 pub const MIN_CLUSTER_SECRET_BYTES: usize = 32;
 
+/// The settings that hold secrets: from the environment or `<NAME>_FILE`,
+/// never from a flag (`/proc/<pid>/cmdline` is readable by every user).
+pub const SECRET_FLAGS: &[(&str, &str)] = &[
+    ("database_url", "DATABASE_URL"),
+    ("cluster_secret", "CLUSTER_SECRET"),
+    ("cluster_secret_previous", "CLUSTER_SECRET_PREVIOUS"),
+    ("admin_token", "ADMIN_TOKEN"),
+    ("credentials_key", "CREDENTIALS_KEY"),
+];
+
+/// The command line, refusing a secret given as a flag (with its name).
+pub fn parse_command_line() -> Result<Cli, ConfigError> {
+    use clap::{CommandFactory as _, FromArgMatches as _, parser::ValueSource};
+    let matches = Cli::command().get_matches();
+    for (id, env) in SECRET_FLAGS {
+        if matches.value_source(id) == Some(ValueSource::CommandLine) {
+            let flag = format!("--{}", id.replace('_', "-"));
+            return Err(invalid(
+                env,
+                format!(
+                    "`{flag}` is refused: a command line is readable by every user of the machine; set {env} in \
+                     the environment or put it in a file named by {env}_FILE"
+                ),
+            ));
+        }
+    }
+    Cli::from_arg_matches(&matches).map_err(|e| invalid("command line", e.to_string()))
+}
+
+/// A secret from its setting or from the file `<NAME>_FILE` names (one
+/// trailing newline dropped); both at once is an error.
+fn secret_from(
+    setting: &'static str,
+    value: Option<String>,
+    file: Option<&PathBuf>,
+) -> Result<Option<String>, ConfigError> {
+    let Some(file) = file else { return Ok(value) };
+    if value.is_some() {
+        return Err(invalid(setting, format!("set {setting} or {setting}_FILE, not both")));
+    }
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| invalid(setting, format!("cannot read {setting}_FILE {}: {}", file.display(), e.kind())))?;
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    Ok(Some(text.strip_suffix('\r').unwrap_or(text).to_owned()))
+}
+
 impl Config {
-    pub fn from_settings(settings: Settings) -> Result<Self, ConfigError> {
+    pub fn from_settings(mut settings: Settings) -> Result<Self, ConfigError> {
+        let mut secret_files = Vec::new();
+        if let Some(file) = &settings.database_url_file {
+            // DATABASE_URL has a default: the file, when named, replaces it.
+            settings.database_url = secret_from("DATABASE_URL", None, Some(file))?.unwrap_or_default();
+            secret_files.push(file.clone());
+        }
+        settings.cluster_secret =
+            secret_from("CLUSTER_SECRET", settings.cluster_secret, settings.cluster_secret_file.as_ref())?;
+        settings.cluster_secret_previous = secret_from(
+            "CLUSTER_SECRET_PREVIOUS",
+            settings.cluster_secret_previous,
+            settings.cluster_secret_previous_file.as_ref(),
+        )?;
+        settings.admin_token = secret_from("ADMIN_TOKEN", settings.admin_token, settings.admin_token_file.as_ref())?;
+        settings.credentials_key =
+            secret_from("CREDENTIALS_KEY", settings.credentials_key, settings.credentials_key_file.as_ref())?;
+        secret_files.extend(
+            [
+                &settings.cluster_secret_file,
+                &settings.cluster_secret_previous_file,
+                &settings.admin_token_file,
+                &settings.credentials_key_file,
+            ]
+            .into_iter()
+            .flatten()
+            .cloned(),
+        );
+        if !(16..=1_048_576).contains(&settings.bot_memory_mb) {
+            return Err(invalid("BOT_MEMORY_MB", "must be between 16 and 1048576"));
+        }
+        if !(8..=65_536).contains(&settings.bot_pids_max) {
+            return Err(invalid("BOT_PIDS_MAX", "must be between 8 and 65536"));
+        }
+        if !(1..=6_400).contains(&settings.bot_cpu_percent) {
+            return Err(invalid("BOT_CPU_PERCENT", "must be between 1 and 6400"));
+        }
+        if !(1..=65_536).contains(&settings.bot_disk_mb) {
+            return Err(invalid("BOT_DISK_MB", "must be between 1 and 65536"));
+        }
         let backend = Backend::from_url(&settings.database_url)
             .map_err(|_| invalid("DATABASE_URL", "must start with sqlite:// or postgres://"))?;
         let server_name =
@@ -403,6 +537,14 @@ impl Config {
             bot_stop_grace: Duration::from_secs(settings.bot_stop_grace_secs),
             bot_state_sync: Duration::from_secs(settings.bot_state_sync_secs),
             bot_state_max_bytes: settings.bot_state_max_mb * 1024 * 1024,
+            bot_sandbox: settings.bot_sandbox,
+            bot_limits: trekker_runtime::sandbox::Limits {
+                memory_bytes: settings.bot_memory_mb * 1024 * 1024,
+                pids: settings.bot_pids_max,
+                cpu_percent: settings.bot_cpu_percent,
+            },
+            bot_disk_bytes: settings.bot_disk_mb * 1024 * 1024,
+            secret_files,
             pairing_provider: settings.pairing_provider,
             notifier: settings.notifier,
             notify_webhook_url: settings.notify_webhook_url,

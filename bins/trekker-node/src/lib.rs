@@ -5,6 +5,7 @@
 pub mod config;
 pub mod http;
 pub mod server;
+pub mod userns;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,6 +41,9 @@ pub enum StartupError {
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    /// BOT_SANDBOX=on on a machine that cannot isolate bots.
+    #[error("BOT_SANDBOX=on: {0} (BOT_SANDBOX=off runs bots as the node's user, unisolated)")]
+    Sandbox(#[from] trekker_runtime::sandbox::SandboxError),
 }
 
 /// Makes rustls use ring (the one crypto library of the build). Safe to
@@ -140,14 +144,7 @@ impl Application {
                     tracing::warn!("BOT_DRIVER=simulated: bots are in-process stand-ins that connect to nothing");
                     Arc::new(SimulatedDriver::new(std::time::Duration::from_millis(300)))
                 }
-                BotDriverKind::Process => Arc::new(
-                    ProcessDriver::new(
-                        config.bot_command.as_deref().unwrap_or_default(),
-                        config.bot_auth_dir.clone(),
-                        config.bot_stop_grace,
-                    )
-                    .map_err(|e| StartupError::Config(ConfigError { setting: "BOT_COMMAND", reason: e.0 }))?,
-                ),
+                BotDriverKind::Process => Arc::new(process_driver(&config).await?),
                 #[cfg(feature = "whatsapp")]
                 BotDriverKind::Whatsapp => {
                     let clock: Arc<dyn trekker_app::Clock> = Arc::new(trekker_app::SystemClock);
@@ -323,6 +320,53 @@ impl Application {
         tracing::info!("stopped");
         served
     }
+}
+
+/// The `process` driver, sandboxed unless BOT_SANDBOX=off. A sandbox is
+/// proven (a sandboxed `id -u`) before the node serves.
+async fn process_driver(config: &Config) -> Result<ProcessDriver, StartupError> {
+    let driver = ProcessDriver::new(
+        config.bot_command.as_deref().unwrap_or_default(),
+        config.bot_auth_dir.clone(),
+        config.bot_stop_grace,
+    )
+    .map_err(|e| StartupError::Config(ConfigError { setting: "BOT_COMMAND", reason: e.0 }))?;
+    if config.bot_sandbox == config::SandboxMode::Off {
+        tracing::warn!(
+            "BOT_SANDBOX=off: bots run as the node's user and can read its secrets, files and memory; \
+             use it only for bots you trust"
+        );
+        return Ok(driver.with_disk_limit(config.bot_disk_bytes));
+    }
+    let sandbox = trekker_runtime::sandbox::Sandbox::prepare(trekker_runtime::sandbox::SandboxConfig {
+        limits: config.bot_limits,
+        disk_bytes: config.bot_disk_bytes,
+        hidden: node_folders(config),
+    })?;
+    sandbox.self_test(&config.bot_auth_dir).await?;
+    tracing::info!(
+        memory_mb = config.bot_limits.memory_bytes >> 20,
+        pids = config.bot_limits.pids,
+        cpu_percent = config.bot_limits.cpu_percent,
+        disk_mb = config.bot_disk_bytes >> 20,
+        "bots run sandboxed"
+    );
+    Ok(driver.with_sandbox(sandbox))
+}
+
+/// The node's own folders, which no bot may see: its working folder, the
+/// SQLite database's and key file's folder, BOT_AUTH_DIR (other bots'
+/// folders) and the folders of secret files.
+fn node_folders(config: &Config) -> Vec<std::path::PathBuf> {
+    let mut folders = vec![std::path::PathBuf::from("."), config.bot_auth_dir.clone()];
+    if let config::CredentialsKeySource::KeyFile(key) = &config.credentials_key {
+        folders.extend(key.parent().map(|p| if p.as_os_str().is_empty() { ".".into() } else { p.to_path_buf() }));
+    }
+    folders.extend(config.secret_files.iter().filter_map(|f| f.parent().map(std::path::Path::to_path_buf)));
+    let mut folders: Vec<_> = folders.into_iter().filter_map(|f| std::fs::canonicalize(f).ok()).collect();
+    folders.sort();
+    folders.dedup();
+    folders
 }
 
 /// Connects the store the configuration names, and migrates it.

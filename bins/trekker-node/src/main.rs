@@ -3,16 +3,38 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use trekker_node::{Application, Cli, Command, Config, connect_store, install_crypto_provider};
+use trekker_node::config::{BotDriverKind, SandboxMode, parse_command_line};
+use trekker_node::{Application, Command, Config, connect_store, install_crypto_provider};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn")))
         .init();
+    let cli = match parse_command_line() {
+        Ok(cli) => cli,
+        Err(err) => {
+            tracing::error!("invalid configuration: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let serving = matches!(cli.command, None | Some(Command::Serve));
+    if serving
+        && cli.settings.bot_driver == BotDriverKind::Process
+        && cli.settings.bot_sandbox == SandboxMode::On
+        && let Err(why) = trekker_node::userns::enter_if_needed()
+    {
+        tracing::error!(
+            "cannot start: BOT_SANDBOX=on: cannot isolate bots: {why} (BOT_SANDBOX=off runs them unisolated)"
+        );
+        return ExitCode::FAILURE;
+    }
+    // No process of the machine (a bot included) may read the node's
+    // memory or attach to it, whatever its uid.
+    if let Err(err) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!("cannot make the node non-dumpable: {err}");
+    }
     install_crypto_provider();
     let config = match Config::from_settings(cli.settings) {
         Ok(config) => config,

@@ -4,14 +4,15 @@
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly by design.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-
-const BINARY: &str = env!("CARGO_BIN_EXE_trekker-node");
+use support::{BINARY, http, http_get, register_approved, start_node};
 
 #[test]
 fn serves_on_sqlite_and_stops_cleanly_on_sigterm() {
@@ -165,77 +166,6 @@ fn check_help_says_it_writes_nothing() {
     assert!(String::from_utf8_lossy(&output.stdout).contains("Writes nothing"));
 }
 
-/// A minimal HTTP/1.1 GET (no client dependency for a few requests).
-fn http_get(addr: &str, path: &str) -> String {
-    http(addr, "GET", path, "", "")
-}
-
-fn http(addr: &str, method: &str, path: &str, headers: &str, body: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n{headers}\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    answer
-}
-
-/// Registers a bot for `phone` and approves it (admin token `admin-token`);
-/// returns its id.
-fn register_approved(addr: &str, phone: &str) -> String {
-    let body = format!(
-        r#"{{"botName":"Bot","phoneNumber":"{phone}","credentialType":"session","sessionId":"{}"}}"#,
-        trekker_testkit::creds::session_id(phone, 1)
-    );
-    let created = http(addr, "POST", "/api/guest/register-bot", "", &body);
-    assert!(created.starts_with("HTTP/1.1 201"), "{created}");
-    let id = created.split(r#""id":""#).nth(1).unwrap().split('"').next().unwrap().to_owned();
-    let approved =
-        http(addr, "POST", &format!("/api/admin/bots/{id}/approve"), "Authorization: Bearer admin-token\r\n", "");
-    assert!(approved.starts_with("HTTP/1.1 200"), "{approved}");
-    id
-}
-
-/// Starts the binary with `envs` in `dir`; returns it and its address.
-fn start_node(dir: &std::path::Path, envs: &[(&str, String)]) -> (std::process::Child, String) {
-    let mut command = Command::new(BINARY);
-    command
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("BIND_ADDR", "127.0.0.1:0")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    for (key, value) in envs {
-        command.env(key, value);
-    }
-    let mut child = command.spawn().unwrap();
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stdout.lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200))
-            && let Some(rest) = line.split("listening on ").nth(1)
-        {
-            return (child, rest.split_whitespace().next().unwrap().to_owned());
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("no `listening on` line");
-}
-
 /// A `process` bot exits when its node is killed outright (its stdin pipe
 /// reaches end-of-file), so no orphan keeps running it.
 #[test]
@@ -248,6 +178,9 @@ fn process_bots_exit_when_their_node_is_killed() {
         dir.path(),
         &[
             ("BOT_DRIVER", "process".into()),
+            // The worker logs into `out`, outside any sandbox's view
+            // (sandboxed bots: tests/sandbox.rs).
+            ("BOT_SANDBOX", "off".into()),
             ("BOT_COMMAND", format!("bash {worker} {}", out.display())),
             ("BOT_AUTH_DIR", dir.path().join("bots").display().to_string()),
             ("ADMIN_TOKEN", "admin-token".into()),
@@ -292,6 +225,7 @@ fn a_session_survives_a_sigkill_of_its_node() {
     let worker = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/session-worker.sh");
     let envs = [
         ("BOT_DRIVER", "process".to_owned()),
+        ("BOT_SANDBOX", "off".to_owned()),
         ("BOT_COMMAND", format!("bash {worker} {}", out.display())),
         ("BOT_AUTH_DIR", dir.path().join("bots").display().to_string()),
         ("BOT_STATE_SYNC_SECS", "1".into()),

@@ -93,8 +93,9 @@ pub enum BotEvent {
     /// WhatsApp banned the account for a while (`reason` says why and for
     /// how long): the bot stopped and is not restarted.
     Banned { reason: String },
-    /// The bot ended. `code` 0: stopped on purpose; anything else: a crash.
-    Exited { code: Option<i32>, error: Option<String> },
+    /// The bot ended. `code` 0: stopped on purpose; anything else (or a
+    /// `signal`): a crash, `error` says why (e.g. `out of memory`).
+    Exited { code: Option<i32>, signal: Option<i32>, error: Option<String> },
 }
 
 /// An event with the run it belongs to.

@@ -11,12 +11,14 @@
 //! before it starts and saved while it runs ([`state`], invariant 9).
 
 mod driver;
+pub mod output;
 mod process;
+pub mod sandbox;
 mod simulated;
 pub mod state;
 mod supervisor;
 
 pub use driver::{BotDriver, BotEvent, BotSpec, DriverError, DriverEvent, RunningBot, SessionSync, StateSink};
-pub use process::ProcessDriver;
+pub use process::{ProcessDriver, Resources};
 pub use simulated::{Fault, RunObserver, SimulatedDriver};
 pub use supervisor::{BOT_CRASHES, BOTS_RUNNING, SessionConfig, Supervisor, SupervisorTuning};

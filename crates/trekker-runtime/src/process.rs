@@ -1,15 +1,19 @@
-//! The `process` driver: one OS process per bot (e.g. an existing Baileys
-//! bot behind a small wrapper). The contract is in
+//! The `process` driver: one OS process tree per bot (e.g. an existing
+//! Baileys bot behind a small wrapper). The contract is in
 //! docs/bot-process-contract.md:
 //!
-//! - BOT_COMMAND is split on whitespace (no shell) and run with BOT_ID,
-//!   PHONE_NUMBER, AUTH_DIR, SERVER_NAME and CREDENTIALS_VERSION set;
-//!   AUTH_DIR (mode 0700) holds `creds.json` (mode 0600).
+//! - BOT_COMMAND is split on whitespace (no shell) and run with only the
+//!   contract's environment: BOT_ID, PHONE_NUMBER, AUTH_DIR, SERVER_NAME,
+//!   CREDENTIALS_VERSION, plus PATH, HOME, LANG and TZ. AUTH_DIR (mode
+//!   0700) holds `creds.json` (mode 0600).
 //! - stdout carries JSON lines: `{"event":"connected"}`,
 //!   `{"event":"disconnected","reason":"..."}`, `{"event":"logged_out"}`.
+//!   Every line of stdout and stderr goes to the bot's ring
+//!   ([`crate::output`]), never to the node's own log.
 //! - Exit code 0: stopped on purpose; 40: logged out; anything else: crash.
-//! - Stop: SIGTERM, then SIGKILL after the grace period. The auth directory
-//!   is removed once the process is gone.
+//! - Stop: SIGTERM to every process of the bot, then SIGKILL to all of them
+//!   after the grace period; whatever is left when the bot's first process
+//!   ends is killed too. The auth directory is removed once they are gone.
 //! - Session state (when the supervisor keeps it): AUTH_DIR is the bot's
 //!   saved folder, restored whole before the start; while the bot runs the
 //!   folder is saved when it changed (checked every `BOT_STATE_SYNC_SECS`),
@@ -17,24 +21,52 @@
 //! - stdin is a pipe the node holds open: at end-of-file (the node died,
 //!   even by SIGKILL) the bot must exit, so no orphan keeps running a bot
 //!   that another node may take over.
+//!
+//! With a [`Sandbox`] (BOT_SANDBOX=on) each run gets a uid and a cgroup of
+//! its own ([`crate::sandbox`]); without one the bot runs as the node's user
+//! in a process group of its own.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde::Deserialize;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncRead, BufReader};
 use tokio::process::{Child, Command};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
+use trekker_domain::BotId;
 
 use crate::driver::{BotDriver, BotEvent, BotSpec, DriverError, DriverEvent, RunningBot, SessionSync};
+use crate::output::{self, BotLogs, LogStream};
+use crate::sandbox::{Cell, Sandbox, Usage};
 use crate::state;
 
 /// Exit code meaning "the credentials were logged out".
 pub const EXIT_LOGGED_OUT: i32 = 40;
+/// At most one status a second reaches the supervisor per bot; a flood of
+/// status lines is coalesced to the latest.
+const STATUS_EVERY: Duration = Duration::from_secs(1);
+/// How often a running bot's usage and folder size are measured.
+const WATCH_EVERY: Duration = Duration::from_secs(2);
+/// Output read after the bot's first process ended (then reading stops,
+/// whoever still holds the pipes).
+const DRAIN: Duration = Duration::from_millis(200);
+
+/// What one running bot uses (`GET /api/admin/bots/{id}`, `resources`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Resources {
+    pub memory_bytes: Option<u64>,
+    pub memory_limit_bytes: Option<u64>,
+    pub cpu_seconds: Option<f64>,
+    pub pids: Option<u64>,
+    pub disk_bytes: u64,
+    pub oom_kills: u64,
+}
 
 #[derive(Debug, Clone)]
 pub struct ProcessDriver {
@@ -42,16 +74,77 @@ pub struct ProcessDriver {
     args: Vec<String>,
     auth_root: PathBuf,
     grace: Duration,
+    sandbox: Option<Arc<Sandbox>>,
+    logs: BotLogs,
+    resources: Arc<Mutex<HashMap<BotId, Resources>>>,
+    /// Largest AUTH_DIR while running (BOT_DISK_MB); none: not watched.
+    disk_limit: Option<u64>,
 }
 
 impl ProcessDriver {
-    /// `command` is BOT_COMMAND; each bot gets `auth_root/<bot id>`.
+    /// `command` is BOT_COMMAND; each bot gets `auth_root/<bot id>`. Bots
+    /// run as the node's user until [`Self::with_sandbox`].
     pub fn new(command: &str, auth_root: impl Into<PathBuf>, grace: Duration) -> Result<Self, DriverError> {
         let mut words = command.split_whitespace().map(str::to_owned);
         let program = words.next().ok_or_else(|| DriverError("BOT_COMMAND is empty".into()))?;
         let auth_root = auth_root.into();
         create_private_dir(&auth_root)?;
-        Ok(Self { program, args: words.collect(), auth_root, grace })
+        Ok(Self {
+            program,
+            args: words.collect(),
+            auth_root,
+            grace,
+            sandbox: None,
+            logs: BotLogs::new(),
+            resources: Arc::default(),
+            disk_limit: None,
+        })
+    }
+
+    /// Runs every bot in `sandbox` (its own uid, cgroup and view), with
+    /// AUTH_DIR capped at the sandbox's disk limit.
+    pub fn with_sandbox(mut self, sandbox: Arc<Sandbox>) -> Self {
+        self.disk_limit = Some(sandbox.config().disk_bytes);
+        self.sandbox = Some(sandbox);
+        self
+    }
+
+    /// Caps AUTH_DIR while a bot runs (without a sandbox too).
+    pub fn with_disk_limit(mut self, bytes: u64) -> Self {
+        self.disk_limit = Some(bytes);
+        self
+    }
+
+    /// The bots' kept output.
+    pub fn logs(&self) -> BotLogs {
+        self.logs.clone()
+    }
+
+    /// What a bot running here uses now; `None` when it does not run here.
+    pub fn resources(&self, bot: &BotId) -> Option<Resources> {
+        self.resources.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(bot).copied()
+    }
+
+    /// The contract's environment, and nothing of the node's.
+    fn environment(&self, spec: &BotSpec, auth_dir: &Path) -> Vec<(&'static str, String)> {
+        let mut env = vec![
+            ("BOT_ID", spec.bot_id.as_str().to_owned()),
+            ("PHONE_NUMBER", spec.phone.as_str().to_owned()),
+            ("AUTH_DIR", auth_dir.to_string_lossy().into_owned()),
+            ("SERVER_NAME", spec.server.as_str().to_owned()),
+            ("CREDENTIALS_VERSION", spec.version.to_string()),
+        ];
+        if self.sandbox.is_some() {
+            env.extend([("PATH", crate::sandbox::PATH.to_owned()), ("HOME", "/tmp".to_owned())]);
+        } else {
+            for name in ["PATH", "HOME"] {
+                env.extend(std::env::var(name).ok().map(|v| (name, v)));
+            }
+        }
+        for name in ["LANG", "TZ"] {
+            env.extend(std::env::var(name).ok().map(|v| (name, v)));
+        }
+        env
     }
 }
 
@@ -119,13 +212,13 @@ struct StatusLine {
     reason: Option<String>,
 }
 
-fn parse_status_line(line: &str) -> Option<BotEvent> {
-    let status: StatusLine = serde_json::from_str(line.trim()).ok()?;
+fn parse_status_line(line: &[u8]) -> Option<BotEvent> {
+    let status: StatusLine = serde_json::from_slice(line.trim_ascii()).ok()?;
     match status.event.as_str() {
         "connected" => Some(BotEvent::Connected),
-        "disconnected" => {
-            Some(BotEvent::Disconnected { reason: status.reason.unwrap_or_else(|| "disconnected".into()) })
-        }
+        "disconnected" => Some(BotEvent::Disconnected {
+            reason: status.reason.as_deref().map_or_else(|| "disconnected".into(), output::reason),
+        }),
         "logged_out" => Some(BotEvent::LoggedOut { reason: None }),
         _ => None,
     }
@@ -142,31 +235,116 @@ impl RunningBot for ProcessBot {
     async fn stop(self: Box<Self>) {
         let _ = self.stop.send(());
         let _ = self.task.await;
-        let _ = std::fs::remove_dir_all(&self.auth_dir);
+        let dir = self.auth_dir;
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
     }
 }
 
-/// Waits for the process; on a stop request: SIGTERM, grace, SIGKILL.
-async fn supervise(
-    mut child: Child,
-    grace: Duration,
-    mut stop: oneshot::Receiver<()>,
-) -> Option<std::process::ExitStatus> {
-    tokio::select! {
-        status = child.wait() => status.ok(),
-        _ = &mut stop => {
-            if let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+/// The processes of one run: a sandbox cell (its cgroup) or a process
+/// group of its own.
+struct Tree {
+    /// The first process (bwrap's monitor in a sandbox).
+    leader: Option<i32>,
+    cell: Option<Cell>,
+}
+
+impl Tree {
+    /// SIGTERM to every process of the bot (in a sandbox, not to bwrap's
+    /// monitor: it would take the sandbox down at once).
+    fn terminate(&self) {
+        match (&self.cell, self.leader) {
+            (Some(cell), leader) => cell.cgroup.signal(Signal::SIGTERM, leader),
+            (None, Some(leader)) => {
+                let _ = killpg(Pid::from_raw(leader), Signal::SIGTERM);
             }
-            match tokio::time::timeout(grace, child.wait()).await {
-                Ok(status) => status.ok(),
-                Err(_) => {
-                    let _ = child.kill().await;
-                    None
-                }
-            }
+            (None, None) => {}
         }
     }
+
+    /// SIGKILL to every process of the bot, until none is left.
+    async fn kill_all(&self) {
+        match (&self.cell, self.leader) {
+            (Some(cell), _) => {
+                let cgroup = cell.cgroup.clone();
+                let _ = tokio::task::spawn_blocking(move || cgroup.kill_all()).await;
+            }
+            (None, Some(leader)) => {
+                let _ = killpg(Pid::from_raw(leader), Signal::SIGKILL);
+            }
+            (None, None) => {}
+        }
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.cell.as_ref().map(|c| c.cgroup.usage())
+    }
+}
+
+/// How a run ended before the first process exited by itself.
+enum Ending {
+    Exited(Option<std::process::ExitStatus>),
+    Stopped,
+    OverDisk(u64),
+}
+
+/// Reads one stream of the bot into its ring; stdout's status lines also
+/// go to `status` (the latest wins).
+async fn read_stream(
+    stream: impl AsyncRead + Unpin,
+    kind: LogStream,
+    bot: BotId,
+    logs: BotLogs,
+    status: Option<watch::Sender<Option<BotEvent>>>,
+) {
+    let mut reader = BufReader::with_capacity(16 * 1024, stream);
+    while let Ok(Some(line)) = output::next_line(&mut reader).await {
+        if let Some(status) = &status
+            && !line.truncated
+            && let Some(event) = parse_status_line(&line.bytes)
+        {
+            status.send_replace(Some(event));
+        }
+        logs.push(&bot, kind, &line);
+    }
+}
+
+/// Sends the latest status to the supervisor, at most one per [`STATUS_EVERY`].
+async fn forward_status(mut latest: watch::Receiver<Option<BotEvent>>, send: impl Fn(BotEvent)) {
+    while latest.changed().await.is_ok() {
+        let event = latest.borrow_and_update().clone();
+        if let Some(event) = event {
+            send(event);
+        }
+        tokio::time::sleep(STATUS_EVERY).await;
+    }
+}
+
+/// Why the run ended, for the supervisor and the bot's log.
+fn describe(
+    status: Option<std::process::ExitStatus>,
+    sandboxed: bool,
+    oom: bool,
+) -> (Option<i32>, Option<i32>, String) {
+    use std::os::unix::process::ExitStatusExt;
+    let (mut code, mut signal) = (status.and_then(|s| s.code()), status.and_then(|s| s.signal()));
+    // bwrap reports a command killed by a signal as 128 + the signal.
+    if sandboxed && let Some(c) = code.filter(|c| (129..=192).contains(c)) {
+        (code, signal) = (None, Some(c - 128));
+    }
+    let reason = if oom {
+        "out of memory".to_owned()
+    } else {
+        match (code, signal) {
+            (Some(0), _) => "exited with code 0".to_owned(),
+            (Some(c), _) => format!("exited with code {c}"),
+            (None, Some(s)) => {
+                let name = Signal::try_from(s).map(|s| s.as_str()).unwrap_or("unknown");
+                format!("killed by signal {s} ({name})")
+            }
+            (None, None) => "killed by a signal".to_owned(),
+        }
+    };
+    (code, signal, reason)
 }
 
 #[async_trait]
@@ -182,87 +360,222 @@ impl BotDriver for ProcessDriver {
     ) -> Result<Box<dyn RunningBot>, DriverError> {
         let auth_dir = self.auth_root.join(spec.bot_id.as_str());
         prepare_auth_dir(&auth_dir, &spec).await?;
-        let mut child = Command::new(&self.program)
-            .args(&self.args)
-            .env("BOT_ID", spec.bot_id.as_str())
-            .env("PHONE_NUMBER", spec.phone.as_str())
-            .env("AUTH_DIR", &auth_dir)
-            .env("SERVER_NAME", spec.server.as_str())
-            .env("CREDENTIALS_VERSION", spec.version.to_string())
+        let env = self.environment(&spec, &auth_dir);
+        let cleanup = |error: String| {
+            let _ = std::fs::remove_dir_all(&auth_dir);
+            DriverError(error)
+        };
+        let (mut command, cell) = match &self.sandbox {
+            Some(sandbox) => {
+                let taken = sandbox.clone();
+                let cell = tokio::task::spawn_blocking(move || taken.cell())
+                    .await
+                    .map_err(|e| cleanup(e.to_string()))?
+                    .map_err(|e| cleanup(e.to_string()))?;
+                sandbox.give_folder(&cell, &auth_dir).map_err(|e| cleanup(e.to_string()))?;
+                (sandbox.command(&cell, &self.program, &self.args, &auth_dir, &env), Some(cell))
+            }
+            None => {
+                let mut command = Command::new(&self.program);
+                command.args(&self.args).env_clear().envs(env.iter().map(|(k, v)| (*k, v))).process_group(0);
+                (command, None)
+            }
+        };
+        let child = command
             // Held open by the node; EOF tells the bot its node is gone.
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             // A dropped handle (e.g. the node panicking) still ends the process.
             .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| {
-                let _ = std::fs::remove_dir_all(&auth_dir);
-                DriverError(format!("cannot start {}: {e}", self.program))
-            })?;
-        let stdout = child.stdout.take();
-        let lifeline = child.stdin.take();
+            .spawn();
+        let mut child = match child {
+            Ok(child) => child,
+            Err(e) => {
+                drop(cell);
+                return Err(cleanup(format!("cannot start {}: {e}", self.program)));
+            }
+        };
+        let tree = Tree { leader: child.id().and_then(|id| i32::try_from(id).ok()), cell };
         let (stop_tx, stop_rx) = oneshot::channel();
-        let (bot_id, generation, grace) = (spec.bot_id.clone(), spec.generation, self.grace);
-        let (session, folder) = (spec.session.clone(), auth_dir.clone());
-        let task = tokio::spawn(async move {
-            let send = |event| {
-                let _ = events.send(DriverEvent { bot_id: bot_id.clone(), generation, event });
-            };
-            let reader = async {
-                if let Some(stdout) = stdout {
-                    let mut lines = BufReader::new(stdout).lines();
-                    while let Ok(Some(line)) = lines.next_line().await {
-                        if let Some(event) = parse_status_line(&line) {
-                            send(event);
-                        }
-                    }
-                }
-            };
-            // The restored folder counts as saved: it is what the database holds.
-            let (mut saved, mut refused) = (None, None);
-            if let Some(session) = &session
-                && session.restore.is_some()
-            {
-                let (dir, limit) = (folder.clone(), session.limit);
-                saved = tokio::task::spawn_blocking(move || state::snapshot(&dir, limit).ok().map(|s| s.digest))
-                    .await
-                    .ok()
-                    .flatten();
-            }
-            let syncing = async {
-                let Some(session) = &session else { return std::future::pending().await };
-                let mut every = tokio::time::interval(session.every);
-                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                every.tick().await;
-                loop {
-                    every.tick().await;
-                    sync_folder(&folder, session, &mut saved, &mut refused).await;
-                }
-            };
-            let status = tokio::select! {
-                (status, ()) = async { tokio::join!(supervise(child, grace, stop_rx), reader) } => status,
-                () = syncing => None,
-            };
-            drop(lifeline);
-            // Once more with the process gone: what it wrote last is kept.
-            if let Some(session) = &session {
-                sync_folder(&folder, session, &mut saved, &mut refused).await;
-            }
-            let code = status.and_then(|s| s.code());
-            match code {
-                Some(EXIT_LOGGED_OUT) => send(BotEvent::LoggedOut { reason: None }),
-                _ => send(BotEvent::Exited {
-                    code,
-                    error: match code {
-                        Some(0) => None,
-                        Some(code) => Some(format!("exited with code {code}")),
-                        None => Some("killed by a signal".into()),
-                    },
-                }),
-            }
-        });
+        let run = Run {
+            bot_id: spec.bot_id.clone(),
+            generation: spec.generation,
+            grace: self.grace,
+            session: spec.session.clone(),
+            folder: auth_dir.clone(),
+            logs: self.logs.clone(),
+            resources: self.resources.clone(),
+            disk_limit: self.disk_limit,
+            memory_limit: self.sandbox.as_ref().map(|s| s.config().limits.memory_bytes),
+            events,
+        };
+        self.logs.node_line(&spec.bot_id, &format!("started (credentials version {})", spec.version));
+        let streams = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+        let task = tokio::spawn(run.watch(child, tree, streams, stop_rx));
         Ok(Box::new(ProcessBot { stop: stop_tx, task, auth_dir }))
+    }
+}
+
+/// Everything one run's watcher needs.
+struct Run {
+    bot_id: BotId,
+    generation: u64,
+    grace: Duration,
+    session: Option<SessionSync>,
+    folder: PathBuf,
+    logs: BotLogs,
+    resources: Arc<Mutex<HashMap<BotId, Resources>>>,
+    disk_limit: Option<u64>,
+    memory_limit: Option<u64>,
+    events: mpsc::UnboundedSender<DriverEvent>,
+}
+
+type Streams =
+    (Option<tokio::process::ChildStdin>, Option<tokio::process::ChildStdout>, Option<tokio::process::ChildStderr>);
+
+impl Run {
+    fn send(&self, event: BotEvent) {
+        let _ = self.events.send(DriverEvent { bot_id: self.bot_id.clone(), generation: self.generation, event });
+    }
+
+    /// Watches the run until it is over: output, status, limits, session
+    /// folder, stop requests. Never waits on the bot's pipes.
+    async fn watch(self, mut child: Child, tree: Tree, streams: Streams, mut stop: oneshot::Receiver<()>) {
+        let (lifeline, stdout, stderr) = streams;
+        let (status_tx, status_rx) = watch::channel(None);
+        let mut readers = tokio::task::JoinSet::new();
+        if let Some(stdout) = stdout {
+            readers.spawn(read_stream(
+                stdout,
+                LogStream::Stdout,
+                self.bot_id.clone(),
+                self.logs.clone(),
+                Some(status_tx),
+            ));
+        }
+        if let Some(stderr) = stderr {
+            readers.spawn(read_stream(stderr, LogStream::Stderr, self.bot_id.clone(), self.logs.clone(), None));
+        }
+        let forwarder = {
+            let (events, bot_id, generation) = (self.events.clone(), self.bot_id.clone(), self.generation);
+            tokio::spawn(forward_status(status_rx, move |event| {
+                let _ = events.send(DriverEvent { bot_id: bot_id.clone(), generation, event });
+            }))
+        };
+
+        // The restored folder counts as saved: it is what the database holds.
+        let (mut saved, mut refused) = (None, None);
+        if let Some(session) = &self.session
+            && session.restore.is_some()
+        {
+            let (dir, limit) = (self.folder.clone(), session.limit);
+            saved = tokio::task::spawn_blocking(move || state::snapshot(&dir, limit).ok().map(|s| s.digest))
+                .await
+                .ok()
+                .flatten();
+        }
+        let ending = tokio::select! {
+            status = child.wait() => Ending::Exited(status.ok()),
+            _ = &mut stop => Ending::Stopped,
+            over = self.watch_usage(&tree) => Ending::OverDisk(over),
+            () = self.sync_loop(&mut saved, &mut refused) => Ending::Stopped,
+        };
+        let (status, over_disk) = match ending {
+            Ending::Exited(status) => (status, None),
+            Ending::Stopped => (self.terminate(&mut child, &tree).await, None),
+            Ending::OverDisk(bytes) => (self.terminate(&mut child, &tree).await, Some(bytes)),
+        };
+        // Whatever the first process left behind ends with it.
+        tree.kill_all().await;
+        drop(lifeline);
+        let _ = tokio::time::timeout(DRAIN, async { while readers.join_next().await.is_some() {} }).await;
+        readers.abort_all();
+        forwarder.abort();
+        let oom = tree.usage().is_some_and(|u| u.oom_kills > 0);
+        self.resources.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.bot_id);
+        if let Some(cell) = tree.cell {
+            let _ = tokio::task::spawn_blocking(move || drop(cell)).await;
+        }
+        // Once more with the process gone: what it wrote last is kept.
+        if let Some(session) = &self.session {
+            sync_folder(&self.folder, session, &mut saved, &mut refused).await;
+        }
+        let (code, signal, mut reason) = describe(status, self.memory_limit.is_some(), oom);
+        if let Some(bytes) = over_disk {
+            let limit = self.disk_limit.unwrap_or_default();
+            reason = format!("AUTH_DIR holds {} MiB, over BOT_DISK_MB ({} MiB)", bytes >> 20, limit >> 20);
+        }
+        self.logs.node_line(&self.bot_id, &format!("ended: {reason}"));
+        // What the bot said last on stderr often says why (already escaped).
+        if code != Some(0)
+            && let Some(last) = self.logs.tail_of(&self.bot_id, LogStream::Stderr)
+        {
+            reason = format!("{reason}; last on stderr: {}", output::escape(&last, 160));
+        }
+        self.logs.retire(&self.bot_id);
+        match (code, over_disk, oom) {
+            (Some(EXIT_LOGGED_OUT), None, false) => self.send(BotEvent::LoggedOut { reason: None }),
+            (Some(0), None, false) => self.send(BotEvent::Exited { code, signal, error: None }),
+            _ => self.send(BotEvent::Exited { code, signal, error: Some(reason) }),
+        }
+    }
+
+    /// SIGTERM to the bot's processes, then SIGKILL after the grace period.
+    async fn terminate(&self, child: &mut Child, tree: &Tree) -> Option<std::process::ExitStatus> {
+        tree.terminate();
+        match tokio::time::timeout(self.grace, child.wait()).await {
+            Ok(status) => status.ok(),
+            Err(_) => {
+                tree.kill_all().await;
+                let _ = child.kill().await;
+                child.wait().await.ok()
+            }
+        }
+    }
+
+    /// Measures the run every [`WATCH_EVERY`]; ends (with the size) when
+    /// AUTH_DIR grew past the disk limit.
+    async fn watch_usage(&self, tree: &Tree) -> u64 {
+        let mut every = tokio::time::interval(WATCH_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let (dir, limit) = (self.folder.clone(), self.disk_limit);
+            let measured = tokio::task::spawn_blocking(move || state::disk_usage(&dir, limit.unwrap_or(u64::MAX)))
+                .await
+                .unwrap_or_default();
+            let usage = tree.usage();
+            let resources = Resources {
+                memory_bytes: usage.map(|u| u.memory_bytes),
+                memory_limit_bytes: self.memory_limit,
+                cpu_seconds: usage.map(|u| u.cpu_nanos as f64 / 1e9),
+                pids: usage.map(|u| u.pids),
+                disk_bytes: measured,
+                oom_kills: usage.map_or(0, |u| u.oom_kills),
+            };
+            self.resources
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(self.bot_id.clone(), resources);
+            if let Some(limit) = self.disk_limit
+                && measured > limit
+            {
+                return measured;
+            }
+        }
+    }
+
+    /// Saves the folder when it changed, every sync interval; never ends.
+    async fn sync_loop(&self, saved: &mut Option<[u8; 32]>, refused: &mut Option<String>) {
+        let Some(session) = &self.session else { return std::future::pending().await };
+        let mut every = tokio::time::interval(session.every);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        every.tick().await;
+        loop {
+            every.tick().await;
+            sync_folder(&self.folder, session, saved, refused).await;
+        }
     }
 }
 
@@ -272,13 +585,27 @@ mod tests {
 
     #[test]
     fn status_lines() {
-        assert_eq!(parse_status_line(r#"{"event":"connected"}"#), Some(BotEvent::Connected));
+        assert_eq!(parse_status_line(br#"{"event":"connected"}"#), Some(BotEvent::Connected));
         assert_eq!(
-            parse_status_line(r#"{"event":"disconnected","reason":"stream error"}"#),
+            parse_status_line(br#"{"event":"disconnected","reason":"stream error"}"#),
             Some(BotEvent::Disconnected { reason: "stream error".into() })
         );
-        assert_eq!(parse_status_line(r#"{"event":"logged_out"}"#), Some(BotEvent::LoggedOut { reason: None }));
-        assert_eq!(parse_status_line("plain log line"), None);
-        assert_eq!(parse_status_line(r#"{"event":"dancing"}"#), None);
+        assert_eq!(parse_status_line(br#"{"event":"logged_out"}"#), Some(BotEvent::LoggedOut { reason: None }));
+        assert_eq!(parse_status_line(b"plain log line"), None);
+        assert_eq!(parse_status_line(br#"{"event":"dancing"}"#), None);
+        let huge = format!(r#"{{"event":"disconnected","reason":"{}\u001b[2J"}}"#, "x".repeat(100_000));
+        let Some(BotEvent::Disconnected { reason }) = parse_status_line(huge.as_bytes()) else { panic!() };
+        assert_eq!(reason.chars().count(), output::MAX_REASON_CHARS + 1, "a reason is cut");
+    }
+
+    #[test]
+    fn exits_are_described() {
+        use std::os::unix::process::ExitStatusExt;
+        let status = |raw| Some(std::process::ExitStatus::from_raw(raw));
+        assert_eq!(describe(status(3 << 8), false, false), (Some(3), None, "exited with code 3".into()));
+        assert_eq!(describe(status(9), false, false), (None, Some(9), "killed by signal 9 (SIGKILL)".into()));
+        // bwrap's way of saying the bot was killed by SIGKILL.
+        assert_eq!(describe(status(137 << 8), true, false).1, Some(9));
+        assert_eq!(describe(status(137 << 8), true, true).2, "out of memory");
     }
 }

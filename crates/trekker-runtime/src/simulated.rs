@@ -112,7 +112,7 @@ impl BotDriver for SimulatedDriver {
                 Some(Fault::CrashAfter(after)) => tokio::select! {
                     _ = &mut stopped => {}
                     () = tokio::time::sleep(after) => {
-                        send(BotEvent::Exited { code: Some(1), error: Some("simulated crash".into()) })
+                        send(BotEvent::Exited { code: Some(1), signal: None, error: Some("simulated crash".into()) })
                     }
                 },
                 Some(Fault::LogOutAfter(after)) => tokio::select! {

@@ -9,10 +9,16 @@
 //! folder and renames it into place, so the bot never sees a half-restored
 //! folder. Folders are 0700, files 0600.
 
+use std::ffi::CString;
 use std::fs;
 use std::io::{Read as _, Write as _};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Component, Path, PathBuf};
 
+use nix::dir::Dir;
+use nix::fcntl::{AT_FDCWD, AtFlags, OFlag, openat};
+use nix::sys::stat::{Mode, SFlag, fstat, fstatat};
 use ring::digest;
 
 /// Why a folder or an archive was refused (for the bot's status and an
@@ -25,6 +31,8 @@ pub enum StateError {
     NotARegularFile(String),
     #[error("`{0}` cannot be read")]
     Unreadable(String),
+    #[error("`{0}` is nested too deeply")]
+    TooDeep(String),
     #[error("`{0}` is not a name inside the folder")]
     BadName(String),
     #[error("the saved state is not a valid archive: {0}")]
@@ -40,6 +48,7 @@ impl StateError {
             Self::TooLarge { .. } => "too_large",
             Self::NotARegularFile(_) => "not_a_regular_file",
             Self::Unreadable(_) => "unreadable",
+            Self::TooDeep(_) => "too_deep",
             Self::BadName(_) => "bad_name",
             Self::BadArchive(_) => "bad_archive",
             Self::Io(_) => "io",
@@ -63,55 +72,175 @@ impl std::fmt::Debug for Snapshot {
     }
 }
 
-/// Archives `dir`: every regular file under it, sorted by path, with no
+/// What one entry costs in an archive besides its data: its tar header.
+/// Counting it keeps 150,000 empty files from passing as an empty folder.
+pub const ENTRY_BYTES: u64 = 512;
+/// Deepest folder nesting walked (each level holds a descriptor open).
+pub const MAX_DEPTH: usize = 32;
+
+/// Archives `dir`: every regular file under it, in path order, with no
 /// owner, time or mode of its own (restoring sets 0600), so the same
 /// content always gives the same archive.
+///
+/// The folder belongs to a running, hostile bot, which may swap a file for
+/// a link, a pipe or a huge sparse file at any moment. So nothing is
+/// opened by path: each entry is opened relative to its folder's
+/// descriptor without following links (`O_NOFOLLOW`; pipes do not block),
+/// then the opened descriptor is checked (a regular file, and its size)
+/// before a byte is read. Archive bytes, headers included, count against
+/// `limit` as they are added.
 pub fn snapshot(dir: &Path, limit: u64) -> Result<Snapshot, StateError> {
-    let mut files = Vec::new();
-    collect(dir, dir, &mut files)?;
-    files.sort();
-    let mut bytes = 0u64;
     let mut builder = tar::Builder::new(Vec::new());
-    for relative in &files {
-        let name = relative.to_string_lossy().into_owned();
-        let mut contents = Vec::new();
-        fs::File::open(dir.join(relative))
-            .and_then(|mut file| file.read_to_end(&mut contents))
-            .map_err(|_| StateError::Unreadable(name.clone()))?;
-        bytes = bytes.saturating_add(contents.len() as u64);
+    let (mut bytes, mut files) = (0u64, 0u64);
+    walk(dir, &mut |entry| {
+        bytes = bytes.saturating_add(ENTRY_BYTES);
+        if let Entry::File { relative, file, size } = entry {
+            bytes = bytes.saturating_add(size.div_ceil(ENTRY_BYTES) * ENTRY_BYTES);
+            if bytes > limit {
+                return Err(StateError::TooLarge { bytes, limit });
+            }
+            let mut contents = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+            // Never more than the size checked above, however the file grows.
+            file.take(size).read_to_end(&mut contents).map_err(|_| StateError::Unreadable(name(relative)))?;
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_size(contents.len() as u64);
+            header.set_mode(0o600);
+            header.set_mtime(0);
+            builder
+                .append_data(&mut header, relative, contents.as_slice())
+                .map_err(|e| StateError::Io(e.to_string()))?;
+            files += 1;
+        }
         if bytes > limit {
             return Err(StateError::TooLarge { bytes, limit });
         }
-        let mut header = tar::Header::new_gnu();
-        header.set_entry_type(tar::EntryType::Regular);
-        header.set_size(contents.len() as u64);
-        header.set_mode(0o600);
-        header.set_mtime(0);
-        builder.append_data(&mut header, relative, contents.as_slice()).map_err(|e| StateError::Io(e.to_string()))?;
-    }
+        Ok(())
+    })?;
     let archive = builder.into_inner().map_err(|e| StateError::Io(e.to_string()))?;
     let digest = digest::digest(&digest::SHA256, &archive).as_ref().try_into().unwrap_or([0; 32]);
-    Ok(Snapshot { archive, files: files.len() as u64, bytes, digest })
+    Ok(Snapshot { archive, files, bytes, digest })
 }
 
-/// The paths (relative to `root`) of the regular files under `dir`.
-fn collect(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), StateError> {
-    let relative = |path: &Path| path.strip_prefix(root).unwrap_or(path).to_string_lossy().into_owned();
-    let entries = fs::read_dir(dir).map_err(|_| StateError::Unreadable(relative(dir)))?;
-    for entry in entries {
-        let entry = entry.map_err(|_| StateError::Unreadable(relative(dir)))?;
-        let path = entry.path();
-        // Not followed: a link is refused, whatever it points to.
-        let kind = entry.file_type().map_err(|_| StateError::Unreadable(relative(&path)))?;
-        if kind.is_dir() {
-            collect(root, &path, out)?;
-        } else if kind.is_file() {
-            out.push(path.strip_prefix(root).unwrap_or(&path).to_path_buf());
-        } else {
-            return Err(StateError::NotARegularFile(relative(&path)));
+/// The disk a folder takes: allocated blocks plus [`ENTRY_BYTES`] per
+/// entry (links and other odd entries count, they are not followed).
+/// Stops counting once past `stop_after`. 0 when it cannot be read.
+pub fn disk_usage(dir: &Path, stop_after: u64) -> u64 {
+    let mut used = 0u64;
+    let _ = walk_entries(dir, &mut |meta: &nix::sys::stat::FileStat| {
+        let blocks = u64::try_from(meta.st_blocks).unwrap_or(0).saturating_mul(512);
+        used = used.saturating_add(ENTRY_BYTES).saturating_add(blocks);
+        if used > stop_after { Err(StateError::TooLarge { bytes: used, limit: stop_after }) } else { Ok(()) }
+    });
+    used
+}
+
+/// One entry of a walked folder.
+enum Entry<'a> {
+    Dir,
+    /// A regular file, opened; `size` as its descriptor said.
+    File {
+        relative: &'a Path,
+        file: fs::File,
+        size: u64,
+    },
+}
+
+fn name(relative: &Path) -> String {
+    relative.to_string_lossy().into_owned()
+}
+
+/// Visits every entry under `dir`, in path order, refusing anything that
+/// is not a folder or a regular file.
+fn walk(dir: &Path, visit: &mut dyn FnMut(Entry<'_>) -> Result<(), StateError>) -> Result<(), StateError> {
+    let root = open_dir(None, dir).map_err(|_| StateError::Unreadable(String::new()))?;
+    walk_dir(&root, &PathBuf::new(), 0, visit)
+}
+
+fn walk_dir(
+    dir: &OwnedFd,
+    relative: &Path,
+    depth: usize,
+    visit: &mut dyn FnMut(Entry<'_>) -> Result<(), StateError>,
+) -> Result<(), StateError> {
+    if depth > MAX_DEPTH {
+        return Err(StateError::TooDeep(name(relative)));
+    }
+    for entry in list(dir).map_err(|_| StateError::Unreadable(name(relative)))? {
+        let path = relative.join(std::ffi::OsStr::from_bytes(entry.as_bytes()));
+        let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOCTTY;
+        // A link fails here (ELOOP) whatever it points to.
+        let fd = openat(dir, entry.as_c_str(), flags, Mode::empty()).map_err(|_| not_regular_or_unreadable(&path))?;
+        let meta = fstat(&fd).map_err(|_| StateError::Unreadable(name(&path)))?;
+        match SFlag::from_bits_truncate(meta.st_mode) & SFlag::S_IFMT {
+            SFlag::S_IFDIR => {
+                visit(Entry::Dir)?;
+                walk_dir(&fd, &path, depth + 1, visit)?;
+            }
+            SFlag::S_IFREG => {
+                let size = u64::try_from(meta.st_size).unwrap_or(0);
+                visit(Entry::File { relative: &path, file: fs::File::from(fd), size })?;
+            }
+            _ => return Err(StateError::NotARegularFile(name(&path))),
         }
     }
     Ok(())
+}
+
+/// Like [`walk`] for sizes only: every entry is looked at, none opened
+/// (odd entries are counted, not refused).
+fn walk_entries(
+    dir: &Path,
+    visit: &mut dyn FnMut(&nix::sys::stat::FileStat) -> Result<(), StateError>,
+) -> Result<(), StateError> {
+    fn inner(
+        dir: &OwnedFd,
+        depth: usize,
+        visit: &mut dyn FnMut(&nix::sys::stat::FileStat) -> Result<(), StateError>,
+    ) -> Result<(), StateError> {
+        let unreadable = |_| StateError::Unreadable(String::new());
+        for entry in list(dir).map_err(unreadable)? {
+            let meta = fstatat(dir, entry.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW).map_err(unreadable)?;
+            visit(&meta)?;
+            if SFlag::from_bits_truncate(meta.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR && depth < MAX_DEPTH {
+                let child = open_dir(Some(dir), Path::new(std::ffi::OsStr::from_bytes(entry.as_bytes())))
+                    .map_err(unreadable)?;
+                inner(&child, depth + 1, visit)?;
+            }
+        }
+        Ok(())
+    }
+    let root = open_dir(None, dir).map_err(|_| StateError::Unreadable(String::new()))?;
+    inner(&root, 0, visit)
+}
+
+fn not_regular_or_unreadable(path: &Path) -> StateError {
+    StateError::NotARegularFile(name(path))
+}
+
+/// Opens a folder without following a link (relative to `at`, or as given).
+fn open_dir(at: Option<&OwnedFd>, path: &Path) -> nix::Result<OwnedFd> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    match at {
+        Some(dir) => openat(dir, path, flags, Mode::empty()),
+        None => openat(AT_FDCWD, path, flags, Mode::empty()),
+    }
+}
+
+/// The names in a folder (not `.` or `..`), sorted.
+fn list(dir: &OwnedFd) -> nix::Result<Vec<CString>> {
+    let listing = nix::unistd::dup(dir)?;
+    let mut handle = Dir::from_fd(listing)?;
+    let mut names = Vec::new();
+    for entry in handle.iter() {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name.to_bytes() != b"." && name.to_bytes() != b".." {
+            names.push(name.to_owned());
+        }
+    }
+    names.sort();
+    Ok(names)
 }
 
 /// Restores `archive` as `dir` (which must not hold a running bot's
@@ -223,7 +352,8 @@ mod tests {
     fn a_folder_comes_back_whole_and_private() {
         let source = folder(&[("creds.json", b"{\"a\":1}"), ("session-1.json", b"s1"), ("keys/app-state-1", b"k")]);
         let saved = snapshot(source.path(), 1 << 20).unwrap();
-        assert_eq!((saved.files, saved.bytes), (3, 10));
+        // Three files and a folder, each with its header, data in 512-byte blocks.
+        assert_eq!((saved.files, saved.bytes), (3, 4 * ENTRY_BYTES + 3 * ENTRY_BYTES));
         assert_eq!(snapshot(source.path(), 1 << 20).unwrap().digest, saved.digest, "the same folder, the same archive");
         let target = tempfile::tempdir().unwrap();
         let dir = target.path().join("bot");
@@ -244,12 +374,50 @@ mod tests {
         assert_eq!(snapshot(linked.path(), 1 << 20), Err(StateError::NotARegularFile("passwd".into())));
 
         let big = folder(&[("a", &[0u8; 600]), ("b", &[0u8; 600])]);
-        assert!(matches!(snapshot(big.path(), 1000), Err(StateError::TooLarge { bytes: 1200, limit: 1000 })));
+        assert!(matches!(snapshot(big.path(), 2000), Err(StateError::TooLarge { bytes: 3072, limit: 2000 })));
 
         let fifo = folder(&[]);
         let made = std::process::Command::new("mkfifo").arg(fifo.path().join("pipe")).status().unwrap();
         assert!(made.success());
         assert_eq!(snapshot(fifo.path(), 1 << 20), Err(StateError::NotARegularFile("pipe".into())));
+    }
+
+    #[test]
+    fn sparse_files_many_empty_files_and_deep_folders_are_refused_without_reading_them() {
+        const MIB: u64 = 1 << 20;
+        let sparse = folder(&[("creds.json", b"{}")]);
+        let file = fs::File::create(sparse.path().join("huge")).unwrap();
+        file.set_len(700 * MIB).unwrap();
+        assert!(matches!(snapshot(sparse.path(), 16 * MIB), Err(StateError::TooLarge { .. })));
+        assert!(disk_usage(sparse.path(), u64::MAX) < MIB, "a sparse file takes no disk");
+
+        let many = folder(&[]);
+        for n in 0..40_000 {
+            fs::File::create(many.path().join(n.to_string())).unwrap();
+        }
+        assert!(matches!(snapshot(many.path(), 16 * MIB), Err(StateError::TooLarge { .. })), "headers count");
+        assert!(disk_usage(many.path(), u64::MAX) >= 40_000 * ENTRY_BYTES);
+        assert!(disk_usage(many.path(), 1000) < 10_000, "counting stops past the limit");
+
+        let deep = folder(&[]);
+        let mut path = deep.path().to_path_buf();
+        for _ in 0..=MAX_DEPTH + 1 {
+            path.push("d");
+        }
+        fs::create_dir_all(&path).unwrap();
+        assert!(matches!(snapshot(deep.path(), 16 * MIB), Err(StateError::TooDeep(_))));
+    }
+
+    #[test]
+    fn a_link_where_the_folder_was_is_not_followed() {
+        let outside = folder(&[("secret", b"node secret")]);
+        let holder = tempfile::tempdir().unwrap();
+        let dir = holder.path().join("bot");
+        std::os::unix::fs::symlink(outside.path(), &dir).unwrap();
+        assert!(snapshot(&dir, 1 << 20).is_err(), "the bot's folder itself swapped for a link");
+        let inner = folder(&[("creds.json", b"{}")]);
+        std::os::unix::fs::symlink(outside.path(), inner.path().join("sub")).unwrap();
+        assert_eq!(snapshot(inner.path(), 1 << 20), Err(StateError::NotARegularFile("sub".into())));
     }
 
     /// A hand-made archive with one entry of `kind` at raw `path`.

@@ -169,6 +169,18 @@ enum Hold {
     Stopped,
 }
 
+/// What follows once a bot's stop has finished (its processes are gone
+/// and its session folder saved): only then may another node take it.
+#[derive(Debug)]
+enum AfterStop {
+    /// Nothing is written: the lease that ran it is gone or in doubt.
+    Nothing,
+    /// Give the bot up and, if set, record this status.
+    Release(Option<(RuntimeStatus, Option<String>, Option<String>)>),
+    /// It crashed: back off and restart, or mark it failed.
+    Crash(String),
+}
+
 /// What the supervisor knows about one bot.
 struct Managed {
     /// The credentials version running (or last started).
@@ -179,6 +191,10 @@ struct Managed {
     consecutive_crashes: u32,
     restart_at: Option<Instant>,
     hold: Option<Hold>,
+    /// A stop of this bot is under way (not started again until it ends).
+    stopping: bool,
+    /// The next start is a restart (new credentials): it counts as one.
+    restarting: bool,
 }
 
 impl Managed {
@@ -191,6 +207,8 @@ impl Managed {
             consecutive_crashes: 0,
             restart_at: None,
             hold: None,
+            stopping: false,
+            restarting: false,
         }
     }
 }
@@ -226,6 +244,10 @@ pub struct Supervisor {
     starts_pending: bool,
     /// Session folders are kept when set.
     session: Option<SessionConfig>,
+    /// Stops under way. A stop waits for the bot (its grace period, its last
+    /// save) and so never runs inside the loop: the lease is renewed and
+    /// other bots are looked after whatever one bot does.
+    stops: tokio::task::JoinSet<(BotId, AfterStop)>,
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -274,6 +296,7 @@ impl Supervisor {
             running: 0,
             starts_pending: true,
             session: None,
+            stops: tokio::task::JoinSet::new(),
         }
     }
 
@@ -295,6 +318,9 @@ impl Supervisor {
                 () = shutdown.cancelled() => break,
                 () = changed.notified() => last_poll = None,
                 Some(event) = self.events_rx.recv() => self.on_event(event).await,
+                Some(Ok((id, after))) = self.stops.join_next(), if !self.stops.is_empty() => {
+                    self.on_stopped(id, after).await;
+                }
                 // Starts happen on ticks, not per event: a start pass scans
                 // every wanted bot, and boot brings one event per bot.
                 _ = tick.tick() => {
@@ -420,17 +446,18 @@ impl Supervisor {
         for id in self.running_ids() {
             let Some(bot) = self.desired.get(&id).cloned() else {
                 tracing::info!(bot = %id, "bot no longer wanted here (expired, rejected, deleted or moved): stopping");
-                let version = self.bots.get(&id).map_or(0, |m| m.version);
-                self.stop_bot(&id).await;
-                self.report(&id, version, RuntimeStatus::Offline, 0, None, None).await;
+                self.begin_stop(&id, AfterStop::Release(Some((RuntimeStatus::Offline, None, None))));
                 continue;
             };
             let running_version = self.bots.get(&id).map_or(0, |m| m.version);
             if bot.credentials_version > running_version {
                 let (from, to) = (running_version, bot.credentials_version);
                 tracing::info!(bot = %id, from, to, "new credentials: restarting");
-                self.stop_bot(&id).await;
-                self.start_bot(&bot, true).await;
+                // Started again by the start pass once the stop is over.
+                self.begin_stop(&id, AfterStop::Release(None));
+                if let Some(m) = self.bots.get_mut(&id) {
+                    m.restarting = true;
+                }
             }
         }
         // New credentials or an admin action (status `loading`) lift a hold.
@@ -445,7 +472,7 @@ impl Supervisor {
             }
         }
         let desired = &self.desired;
-        self.bots.retain(|id, m| m.running.is_some() || desired.contains_key(id));
+        self.bots.retain(|id, m| m.running.is_some() || m.stopping || desired.contains_key(id));
         self.starts_pending = true;
     }
 
@@ -453,17 +480,9 @@ impl Supervisor {
     /// them is gone or in doubt).
     async fn stop_everything(&mut self) {
         for id in self.running_ids() {
-            if let Some(managed) = self.bots.get_mut(&id) {
-                managed.generation = 0;
-                if let Some(handle) = managed.running.take() {
-                    self.running -= 1;
-                    handle.stop().await;
-                    tracing::warn!(bot = %id, "⏹️ bot stopped: no node lease");
-                }
-            }
+            tracing::warn!(bot = %id, "⏹️ stopping bot: no node lease");
+            self.begin_stop(&id, AfterStop::Nothing);
         }
-        self.publish_running();
-        self.starts_pending = true;
     }
 
     fn publish_running(&self) {
@@ -498,7 +517,7 @@ impl Supervisor {
             .desired
             .values()
             .filter(|bot| match self.bots.get(&bot.id) {
-                Some(m) if m.running.is_some() || m.hold.is_some() => false,
+                Some(m) if m.running.is_some() || m.hold.is_some() || m.stopping => false,
                 Some(m) => match m.restart_at {
                     Some(at) if at > now => {
                         waiting = true;
@@ -527,7 +546,8 @@ impl Supervisor {
                 self.starts_pending = true;
                 return;
             }
-            self.start_bot(&bot, false).await;
+            let restart = self.bots.get(&bot.id).is_some_and(|m| m.restarting);
+            self.start_bot(&bot, restart).await;
         }
         self.at_capacity_logged = false;
     }
@@ -573,6 +593,7 @@ impl Supervisor {
         managed.generation = generation;
         managed.version = version;
         managed.restart_at = None;
+        managed.restarting = false;
         self.report(&bot.id, version, RuntimeStatus::Loading, i64::from(restart), None, None).await;
         let spec = BotSpec {
             bot_id: bot.id.clone(),
@@ -621,27 +642,61 @@ impl Supervisor {
     }
 
     /// Stops the bot and keeps it stopped until something changes (new
-    /// credentials, an admin); no status written.
-    async fn hold(&mut self, id: &BotId, hold: Hold) {
-        self.stop_bot(id).await;
+    /// credentials, an admin); `report` is recorded once it has stopped.
+    fn hold(&mut self, id: &BotId, hold: Hold, report: Option<(RuntimeStatus, Option<String>, Option<String>)>) {
+        self.begin_stop(id, AfterStop::Release(report));
         if let Some(m) = self.bots.get_mut(id) {
             m.hold = Some(hold);
         }
     }
 
-    /// Stops a running bot and gives it up (no status written).
-    async fn stop_bot(&mut self, id: &BotId) {
+    /// Starts stopping a running bot, outside the loop; `after` runs when
+    /// it is over. Events of the stopped run are ignored from now on.
+    fn begin_stop(&mut self, id: &BotId, after: AfterStop) {
         let Some(managed) = self.bots.get_mut(id) else { return };
-        // Events of the stopped run are ignored from now on.
         managed.generation = 0;
-        if let Some(handle) = managed.running.take() {
-            self.running -= 1;
+        let Some(handle) = managed.running.take() else {
+            // Nothing runs (a failed start): what follows a stop follows now.
+            if !managed.stopping {
+                let id = id.clone();
+                self.stops.spawn(async move { (id, after) });
+                managed.stopping = true;
+            }
+            return;
+        };
+        managed.stopping = true;
+        self.running -= 1;
+        self.publish_running();
+        let id = id.clone();
+        self.stops.spawn(async move {
             handle.stop().await;
-            tracing::info!(bot = %id, "⏹️ bot stopped");
-            self.publish_running();
-        }
+            (id, after)
+        });
+    }
+
+    /// A stop is over: the bot may be given up, reported, or restarted.
+    async fn on_stopped(&mut self, id: BotId, after: AfterStop) {
+        tracing::info!(bot = %id, "⏹️ bot stopped");
+        let version = match self.bots.get_mut(&id) {
+            Some(managed) => {
+                managed.stopping = false;
+                managed.version
+            }
+            None => 0,
+        };
         self.starts_pending = true;
-        self.release(id).await;
+        match after {
+            AfterStop::Nothing => {}
+            AfterStop::Release(report) => {
+                self.release(&id).await;
+                if let Some((status, error, reason)) = report {
+                    self.report(&id, version, status, 0, error, reason).await;
+                }
+            }
+            AfterStop::Crash(error) => self.on_crash(&id, error).await,
+        }
+        let desired = &self.desired;
+        self.bots.retain(|id, m| m.running.is_some() || m.stopping || desired.contains_key(id));
     }
 
     /// Gives the bot up in the database, so another node may run it at once
@@ -673,34 +728,27 @@ impl Supervisor {
                 tracing::warn!(bot = %id, "bot logged out of WhatsApp: not restarting");
                 let said = reason.map(|r| format!(" ({r})")).unwrap_or_default();
                 let reason = format!("logged out of WhatsApp{said}; pair the phone again");
-                self.hold(&id, Hold::LoggedOut).await;
-                self.report(&id, version, RuntimeStatus::Error, 0, Some("logged out".into()), Some(reason)).await;
+                let report = (RuntimeStatus::Error, Some("logged out".into()), Some(reason));
+                self.hold(&id, Hold::LoggedOut, Some(report));
             }
             BotEvent::Replaced => {
                 tracing::warn!(bot = %id, "another client took over the bot's WhatsApp connection: stopped");
-                self.hold(&id, Hold::Stopped).await;
                 let error = "another client took over this WhatsApp session (stream replaced); stopped".to_owned();
-                self.report(&id, version, RuntimeStatus::Offline, 0, Some(error), None).await;
+                self.hold(&id, Hold::Stopped, Some((RuntimeStatus::Offline, Some(error), None)));
             }
             BotEvent::Banned { reason } => {
                 tracing::warn!(bot = %id, %reason, "WhatsApp banned the bot's account: not restarting");
-                self.hold(&id, Hold::Failed).await;
                 let error = format!("banned by WhatsApp: {reason}");
-                self.report(&id, version, RuntimeStatus::Failed, 0, Some(error), None).await;
+                self.hold(&id, Hold::Failed, Some((RuntimeStatus::Failed, Some(error), None)));
             }
             BotEvent::Exited { code: Some(0), .. } => {
                 tracing::info!(bot = %id, "bot stopped by itself (exit 0)");
-                self.hold(&id, Hold::Stopped).await;
-                self.report(&id, version, RuntimeStatus::Offline, 0, None, None).await;
+                self.hold(&id, Hold::Stopped, Some((RuntimeStatus::Offline, None, None)));
             }
             BotEvent::Exited { error, .. } => {
-                // Clean up what is left of the run, keeping the lease for the restart.
-                if let Some(handle) = self.bots.get_mut(&id).and_then(|m| m.running.take()) {
-                    self.running -= 1;
-                    handle.stop().await;
-                    self.publish_running();
-                }
-                self.on_crash(&id, error.unwrap_or_else(|| "crashed".into())).await;
+                // Clean up what is left of the run (its last save included)
+                // before the crash is counted; the lease stays for the restart.
+                self.begin_stop(&id, AfterStop::Crash(error.unwrap_or_else(|| "crashed".into())));
             }
         }
     }
@@ -756,23 +804,22 @@ impl Supervisor {
     }
 
     /// Graceful shutdown: every bot stops, its lease is released and it is
-    /// left `offline`.
+    /// left `offline`; stops already under way are waited for too.
     async fn stop_all(&mut self) {
-        let mut stopping = tokio::task::JoinSet::new();
-        let mut stopped = Vec::new();
-        for (id, managed) in &mut self.bots {
-            if let Some(handle) = managed.running.take() {
-                self.running -= 1;
-                stopping.spawn(async move { handle.stop().await });
-                stopped.push((id.clone(), managed.version));
+        let running = self.running_ids();
+        for id in &running {
+            self.begin_stop(id, AfterStop::Release(Some((RuntimeStatus::Offline, None, None))));
+        }
+        while let Some(done) = self.stops.join_next().await {
+            if let Ok((id, after)) = done {
+                // A crash being cleaned up is not restarted now: it is left offline.
+                let after = match after {
+                    AfterStop::Crash(_) => AfterStop::Release(Some((RuntimeStatus::Offline, None, None))),
+                    other => other,
+                };
+                self.on_stopped(id, after).await;
             }
         }
-        while stopping.join_next().await.is_some() {}
-        self.publish_running();
-        for (id, version) in &stopped {
-            self.release(id).await;
-            self.report(id, *version, RuntimeStatus::Offline, 0, None, None).await;
-        }
-        tracing::info!(count = stopped.len(), "all bots stopped");
+        tracing::info!(count = running.len(), "all bots stopped");
     }
 }

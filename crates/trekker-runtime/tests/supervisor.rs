@@ -62,6 +62,7 @@ struct StoreState {
     /// Bot rows handed to the supervisor, in full reads and change reads.
     rows_read: usize,
     full_reads: usize,
+    renewals: usize,
 }
 
 impl StoreState {
@@ -150,10 +151,11 @@ impl RuntimeStore for FakeStore {
     }
 
     async fn renew_node_lease(&self, lease: &NodeLease, _: Millis, _: i64) -> Result<bool, StoreError> {
-        let state = self.state.lock().unwrap();
+        let mut state = self.state.lock().unwrap();
         if state.renewal_fails {
             return Err(unreachable());
         }
+        state.renewals += 1;
         Ok(!state.lease_lost && lease.epoch == state.epoch)
     }
 
@@ -246,6 +248,8 @@ type Ledger = Arc<Mutex<Vec<(Instant, BotId, i64, &'static str)>>>;
 struct FakeDriver {
     log: Ledger,
     behaviour: Mutex<HashMap<BotId, Behaviour>>,
+    /// How long stopping each bot takes (a bot that will not die).
+    stop_takes: Mutex<HashMap<BotId, Duration>>,
 }
 
 impl FakeDriver {
@@ -280,11 +284,13 @@ struct FakeRun {
     id: BotId,
     version: i64,
     log: Ledger,
+    stop_takes: Duration,
 }
 
 #[async_trait]
 impl RunningBot for FakeRun {
     async fn stop(self: Box<Self>) {
+        tokio::time::sleep(self.stop_takes).await;
         self.log.lock().unwrap().push((Instant::now(), self.id.clone(), self.version, "stop"));
     }
 }
@@ -304,14 +310,15 @@ impl BotDriver for FakeDriver {
         let behaviour = self.behaviour.lock().unwrap().get(&spec.bot_id).copied().unwrap_or(Behaviour::Connects);
         let event = match behaviour {
             Behaviour::Connects => BotEvent::Connected,
-            Behaviour::Crashes => BotEvent::Exited { code: Some(1), error: Some("boom".into()) },
+            Behaviour::Crashes => BotEvent::Exited { code: Some(1), signal: None, error: Some("boom".into()) },
             Behaviour::LogsOut => BotEvent::LoggedOut { reason: Some("device removed".into()) },
             Behaviour::IsReplaced => BotEvent::Replaced,
             Behaviour::IsBanned => BotEvent::Banned { reason: "sent to too many people; for 3600 s".into() },
-            Behaviour::ExitsCleanly => BotEvent::Exited { code: Some(0), error: None },
+            Behaviour::ExitsCleanly => BotEvent::Exited { code: Some(0), signal: None, error: None },
         };
         let _ = events.send(DriverEvent { bot_id: spec.bot_id.clone(), generation: spec.generation, event });
-        Ok(Box::new(FakeRun { id: spec.bot_id, version: spec.version, log: self.log.clone() }))
+        let stop_takes = self.stop_takes.lock().unwrap().get(&spec.bot_id).copied().unwrap_or_default();
+        Ok(Box::new(FakeRun { id: spec.bot_id, version: spec.version, log: self.log.clone(), stop_takes }))
     }
 }
 
@@ -517,6 +524,37 @@ async fn a_bot_no_longer_wanted_is_stopped_and_one_run_elsewhere_is_not_taken() 
     let_time_pass(Duration::from_secs(30)).await;
     assert!(driver.starts(&bot_id(4)).is_empty());
     assert_eq!(driver.starts(&bot_id(1)).len(), 1);
+    supervisor.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bot_that_takes_long_to_stop_stalls_nothing_else() {
+    let store = FakeStore::with_bots(2);
+    let driver = Arc::new(FakeDriver::default());
+    let (slow, other) = (bot_id(1), bot_id(2));
+    driver.stop_takes.lock().unwrap().insert(slow.clone(), Duration::from_secs(120));
+    let supervisor = spawn(&store, &driver, 10, tuning());
+    let_time_pass(Duration::from_millis(500)).await;
+    assert_eq!(driver.running().len(), 2);
+    // The slow bot is rejected: its stop takes two minutes (a child holding
+    // its pipes, a grace period, a slow last save)...
+    store.edit(&slow, |bot| bot.approval = ApprovalStatus::Rejected);
+    let renewals = store.state.lock().unwrap().renewals;
+    let_time_pass(Duration::from_millis(500)).await;
+    // ...meanwhile the other bot crashes and is restarted after its backoff,
+    driver.set(&other, Behaviour::Crashes);
+    store.edit(&other, |bot| bot.credentials_version = 2);
+    supervisor.changed.notify_one();
+    let_time_pass(Duration::from_secs(10)).await;
+    assert!(driver.starts(&other).len() >= 3, "crashes restarted while a stop hangs: {:?}", driver.starts(&other));
+    // ...and the lease is renewed (every third of the 4 s lease) as ever.
+    assert!(store.state.lock().unwrap().renewals >= renewals + 5);
+    assert_eq!(store.state.lock().unwrap().epoch, 1, "the lease was never lost");
+    // The rejected bot is released and reported only once it has stopped.
+    assert_ne!(store.last_status(&slow), Some(RuntimeStatus::Offline));
+    let_time_pass(Duration::from_secs(120)).await;
+    assert_eq!(store.last_status(&slow), Some(RuntimeStatus::Offline));
+    assert_eq!(driver.starts(&slow).len(), 1, "never started again while stopping");
     supervisor.stop().await;
 }
 

@@ -232,7 +232,7 @@ impl BotDriver for WhatsAppDriver {
                 () = stopped.cancelled() => {}
                 () = lost => {
                     let error = Some("this node no longer runs the bot (its state write was refused)".to_owned());
-                    let event = BotEvent::Exited { code: Some(1), error };
+                    let event = BotEvent::Exited { code: Some(1), signal: None, error };
                     let _ = events.send(DriverEvent { bot_id: id, generation, event });
                 }
             }

@@ -79,6 +79,6 @@ fn status_payload(event: &BotEvent) -> Value {
         BotEvent::LoggedOut { reason } => json!({"status": "logged_out", "reason": reason}),
         BotEvent::Replaced => json!({"status": "replaced"}),
         BotEvent::Banned { reason } => json!({"status": "banned", "reason": reason}),
-        BotEvent::Exited { code, error } => json!({"status": "exited", "code": code, "reason": error}),
+        BotEvent::Exited { code, error, .. } => json!({"status": "exited", "code": code, "reason": error}),
     }
 }
