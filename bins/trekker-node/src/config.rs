@@ -203,6 +203,10 @@ pub struct Settings {
     /// answers /healthz (and 503 to the rest) on a few more, then refuses.
     #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value_t = 4096)]
     pub http_max_connections: u32,
+    /// Connections one client address may hold (an IPv6 client is its /64);
+    /// 0 = no cap (set it behind a reverse proxy, which is one address).
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 256)]
+    pub http_max_connections_per_address: u32,
     /// Seconds a client has to send a request's headers, and that an idle
     /// keep-alive connection is kept; also the longest pause inside a body.
     #[arg(long, env = "HTTP_HEADER_TIMEOUT_SECS", default_value_t = 10)]
@@ -294,6 +298,7 @@ pub struct Config {
     pub capacity_warn_percent: u8,
     pub admin_phone: Option<trekker_domain::PhoneNumber>,
     pub http_max_connections: usize,
+    pub http_max_connections_per_address: usize,
     pub http_header_timeout: Duration,
 }
 
@@ -555,6 +560,7 @@ impl Config {
             capacity_warn_percent,
             admin_phone,
             http_max_connections: settings.http_max_connections as usize,
+            http_max_connections_per_address: settings.http_max_connections_per_address as usize,
             http_header_timeout: Duration::from_secs(settings.http_header_timeout_secs),
         })
     }

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod http;
+pub mod per_address;
 pub mod server;
 pub mod userns;
 
@@ -72,6 +73,8 @@ pub struct AppState {
     pub verifier: Arc<RequestVerifier>,
     /// How other nodes reach this one (BASE_URL, or the bound address).
     pub base_url: String,
+    /// The `process` driver's bots (their usage and output), when it runs here.
+    pub process_bots: Option<Arc<ProcessDriver>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -137,6 +140,7 @@ impl Application {
         let shutdown = CancellationToken::new();
         #[cfg(feature = "whatsapp")]
         let mut whatsapp_sessions = None;
+        let mut process_bots = None;
         let driver: Arc<dyn BotDriver> = match overrides.driver {
             Some(driver) => driver,
             None => match config.bot_driver {
@@ -144,7 +148,11 @@ impl Application {
                     tracing::warn!("BOT_DRIVER=simulated: bots are in-process stand-ins that connect to nothing");
                     Arc::new(SimulatedDriver::new(std::time::Duration::from_millis(300)))
                 }
-                BotDriverKind::Process => Arc::new(process_driver(&config).await?),
+                BotDriverKind::Process => {
+                    let driver = Arc::new(process_driver(&config).await?);
+                    process_bots = Some(driver.clone());
+                    driver
+                }
                 #[cfg(feature = "whatsapp")]
                 BotDriverKind::Whatsapp => {
                     let clock: Arc<dyn trekker_app::Clock> = Arc::new(trekker_app::SystemClock);
@@ -246,6 +254,7 @@ impl Application {
             messenger,
             event_streams: http::events::StreamSlots::default(),
             base_url,
+            process_bots,
         };
         let sweep_every = overrides.sweep_every.unwrap_or(EXPIRY_SWEEP_EVERY);
         Ok(Self { listener, addr, state, shutdown, driver, tuning, sweep_every, registration })
@@ -311,6 +320,7 @@ impl Application {
         let router = http::router(self.state.clone());
         let limits = server::ServerLimits {
             max_connections: self.state.config.http_max_connections,
+            max_connections_per_address: self.state.config.http_max_connections_per_address,
             header_timeout: self.state.config.http_header_timeout,
         };
         let served = server::serve(self.listener, router, limits, self.shutdown.clone()).await;

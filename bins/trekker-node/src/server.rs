@@ -6,7 +6,8 @@
 //!   idle connection closes after the same time.
 //! - Request bodies must keep arriving (`body_timeout` between chunks; see
 //!   the router's layer).
-//! - At most `max_connections` connections are served. Past that, new
+//! - At most `max_connections` connections are served, at most
+//!   `max_connections_per_address` of them from one client address. Past that, new
 //!   connections go to a small overflow lane that answers `/healthz` (so
 //!   monitoring still sees the node alive) and 429 to anything else, then
 //!   closes. The lane holds at most 64 connections, each for half a second
@@ -50,6 +51,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 #[derive(Debug, Clone, Copy)]
 pub struct ServerLimits {
     pub max_connections: usize,
+    /// Per client address (0: none); past it, the overflow lane.
+    pub max_connections_per_address: usize,
     pub header_timeout: Duration,
 }
 
@@ -75,6 +78,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let per_address = crate::per_address::PerAddress::new(limits.max_connections_per_address);
     let mut overflow: VecDeque<CancellationToken> = VecDeque::with_capacity(OVERFLOW_CONNECTIONS);
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -93,7 +97,9 @@ pub async fn serve(
             },
         };
         let io = TokioIo::new(stream);
-        if let Ok(permit) = permits.clone().try_acquire_owned() {
+        let admitted =
+            per_address.try_take(peer.ip()).and_then(|slot| Some((slot, permits.clone().try_acquire_owned().ok()?)));
+        if let Some((slot, permit)) = admitted {
             let service = router.clone().map_request(move |mut request: Request<Incoming>| {
                 request.extensions_mut().insert(ConnectInfo(peer));
                 request
@@ -101,7 +107,7 @@ pub async fn serve(
             let connection = graceful.watch(http.serve_connection(io, TowerToHyperService::new(service)));
             tokio::spawn(async move {
                 let _ = connection.await;
-                drop(permit);
+                drop((permit, slot));
             });
         } else {
             metrics::counter!(trekker_app::telemetry::HTTP_CONNECTIONS_REFUSED).increment(1);

@@ -44,6 +44,8 @@ pub struct BotStates {
     pub bot: BotRecord,
     pub session: Option<SessionStateInfo>,
     pub device: Option<trekker_store::DeviceStateInfo>,
+    /// How its last run ended, and its out-of-memory kills.
+    pub exits: trekker_store::BotExits,
 }
 
 impl Trekker {
@@ -160,7 +162,8 @@ impl Trekker {
         let bot = self.bot(id).await?;
         let session = self.store.session_state.session_state_info(&bot.id).await?;
         let device = self.store.device_state.device_state_info(&bot.id).await?;
-        Ok(BotStates { bot, session, device })
+        let exits = self.store.runtime.bot_exits(&bot.id).await?;
+        Ok(BotStates { bot, session, device, exits })
     }
 
     pub async fn bot(&self, id: &str) -> Result<BotRecord, AppError> {

@@ -72,6 +72,9 @@ impl WebhookNotifier {
     pub fn new(url: impl Into<String>) -> Result<Self, NotifyError> {
         let client = reqwest::Client::builder()
             .timeout(SEND_TIMEOUT)
+            // A redirect is not followed: the receiver is configured, not chosen
+            // by whoever answers.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| NotifyError(format!("webhook client: {e}")))?;
         Ok(Self { client, url: url.into() })
@@ -247,6 +250,31 @@ mod tests {
         async fn send(&self, phone: &str, _: &str) -> Result<(), NotifyError> {
             if phone == self.0 { Err(NotifyError("no".into())) } else { Ok(()) }
         }
+    }
+
+    /// A gateway that answers with a redirect does not get the message
+    /// forwarded to wherever it points.
+    #[tokio::test]
+    async fn the_webhook_does_not_follow_redirects() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = elsewhere.local_addr().unwrap();
+        let redirector = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/send", redirector.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut stream, _) = redirector.accept().await.unwrap();
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request).await;
+            let answer = format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://{target}/steal\r\nContent-Length: 0\r\n\r\n"
+            );
+            let _ = stream.write_all(answer.as_bytes()).await;
+        });
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let notifier = WebhookNotifier::new(url).unwrap();
+        assert!(notifier.send("254700000001", "hello").await.is_err(), "a redirect is not a delivery");
+        let followed = tokio::time::timeout(std::time::Duration::from_millis(300), elsewhere.accept()).await;
+        assert!(followed.is_err(), "the redirect was followed");
     }
 
     #[tokio::test]

@@ -98,6 +98,10 @@ pub enum BotEvent {
     Exited { code: Option<i32>, signal: Option<i32>, error: Option<String> },
 }
 
+/// How an `Exited` error begins when the run was killed for passing its
+/// memory limit.
+pub const OUT_OF_MEMORY: &str = "out of memory";
+
 /// An event with the run it belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DriverEvent {

@@ -18,7 +18,9 @@ mod simulated;
 pub mod state;
 mod supervisor;
 
-pub use driver::{BotDriver, BotEvent, BotSpec, DriverError, DriverEvent, RunningBot, SessionSync, StateSink};
-pub use process::{ProcessDriver, Resources};
+pub use driver::{
+    BotDriver, BotEvent, BotSpec, DriverError, DriverEvent, OUT_OF_MEMORY, RunningBot, SessionSync, StateSink,
+};
+pub use process::{ProcessDriver, Resources, Totals};
 pub use simulated::{Fault, RunObserver, SimulatedDriver};
-pub use supervisor::{BOT_CRASHES, BOTS_RUNNING, SessionConfig, Supervisor, SupervisorTuning};
+pub use supervisor::{BOT_CRASHES, BOT_OOM_KILLS, BOTS_RUNNING, SessionConfig, Supervisor, SupervisorTuning};

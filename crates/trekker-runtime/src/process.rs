@@ -68,6 +68,15 @@ pub struct Resources {
     pub oom_kills: u64,
 }
 
+/// What all bots of a node use together (for `/metrics`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Totals {
+    pub memory_bytes: u64,
+    pub cpu_seconds: f64,
+    pub pids: u64,
+    pub disk_bytes: u64,
+}
+
 #[derive(Debug, Clone)]
 pub struct ProcessDriver {
     program: String,
@@ -123,6 +132,17 @@ impl ProcessDriver {
     /// What a bot running here uses now; `None` when it does not run here.
     pub fn resources(&self, bot: &BotId) -> Option<Resources> {
         self.resources.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(bot).copied()
+    }
+
+    /// What every bot running here uses, summed.
+    pub fn totals(&self) -> Totals {
+        let resources = self.resources.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        resources.values().fold(Totals::default(), |sum, r| Totals {
+            memory_bytes: sum.memory_bytes + r.memory_bytes.unwrap_or(0),
+            cpu_seconds: sum.cpu_seconds + r.cpu_seconds.unwrap_or(0.0),
+            pids: sum.pids + r.pids.unwrap_or(0),
+            disk_bytes: sum.disk_bytes + r.disk_bytes,
+        })
     }
 
     /// The contract's environment, and nothing of the node's.
@@ -332,7 +352,7 @@ fn describe(
         (code, signal) = (None, Some(c - 128));
     }
     let reason = if oom {
-        "out of memory".to_owned()
+        crate::driver::OUT_OF_MEMORY.to_owned()
     } else {
         match (code, signal) {
             (Some(0), _) => "exited with code 0".to_owned(),

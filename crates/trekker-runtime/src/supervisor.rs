@@ -36,10 +36,10 @@ use tokio_util::sync::CancellationToken;
 use trekker_domain::time::Clock;
 use trekker_domain::{ApprovalStatus, BotId, RuntimeStatus, ServerName};
 use trekker_store::{
-    BotRecord, ChangeCursor, NodeLease, RuntimeReport, RuntimeStore, SessionSnapshot, SessionStateStore,
+    BotExit, BotRecord, ChangeCursor, NodeLease, RuntimeReport, RuntimeStore, SessionSnapshot, SessionStateStore,
 };
 
-use crate::driver::{BotDriver, BotEvent, BotSpec, DriverEvent, RunningBot, SessionSync, StateSink};
+use crate::driver::{BotDriver, BotEvent, BotSpec, DriverEvent, OUT_OF_MEMORY, RunningBot, SessionSync, StateSink};
 use crate::state::{Snapshot, StateError};
 
 /// Counter: session folders saved, by `server`.
@@ -54,6 +54,8 @@ pub const STATE_REFUSALS: &str = "trekker_bot_state_refusals_total";
 pub const BOTS_RUNNING: &str = "trekker_bots_running";
 /// Counter: bot crashes (restarts with backoff or failures), by `server`.
 pub const BOT_CRASHES: &str = "trekker_bot_crashes_total";
+/// Counter: bot runs killed for passing their memory limit, by `server`.
+pub const BOT_OOM_KILLS: &str = "trekker_bot_oom_kills_total";
 
 /// Timings of the supervisor; the defaults suit production.
 #[derive(Debug, Clone)]
@@ -714,6 +716,9 @@ impl Supervisor {
             return;
         }
         let (id, version) = (event.bot_id.clone(), managed.version);
+        if let BotEvent::Exited { code, signal, error } = &event.event {
+            self.record_exit(&id, *code, *signal, error.as_deref()).await;
+        }
         match event.event {
             BotEvent::Connected => {
                 if let Some(m) = self.bots.get_mut(&id) {
@@ -783,6 +788,21 @@ impl Supervisor {
         tracing::warn!(bot = %id, %error, delay_ms = delay.as_millis() as u64, "bot crashed: restarting after backoff");
         metrics::counter!(BOT_CRASHES, "server" => self.node.to_string()).increment(1);
         self.report(id, version, RuntimeStatus::Loading, 1, Some(error), None).await;
+    }
+
+    /// Records how a run ended (`lastExit`); a memory kill is counted.
+    async fn record_exit(&self, id: &BotId, code: Option<i32>, signal: Option<i32>, error: Option<&str>) {
+        let Some(runner) = self.lease.clone() else { return };
+        let reason = error.unwrap_or("exited with code 0").to_owned();
+        let out_of_memory = reason.starts_with(OUT_OF_MEMORY);
+        if out_of_memory {
+            tracing::warn!(bot = %id, "bot killed: out of memory");
+            metrics::counter!(BOT_OOM_KILLS, "server" => self.node.to_string()).increment(1);
+        }
+        let exit = BotExit { at: self.clock.now_ms(), code, signal, reason, out_of_memory };
+        if let Err(err) = self.store.record_exit(id, &runner, &exit).await {
+            tracing::warn!(bot = %id, error = ?err, "cannot record how the bot ended");
+        }
     }
 
     async fn report(

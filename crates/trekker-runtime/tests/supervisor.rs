@@ -19,7 +19,8 @@ use trekker_runtime::{
     BotDriver, BotEvent, BotSpec, DriverError, DriverEvent, RunningBot, Supervisor, SupervisorTuning,
 };
 use trekker_store::{
-    BotChanges, BotRecord, BotSnapshot, ChangeCursor, Millis, NodeLease, RuntimeReport, RuntimeStore, StoreError,
+    BotChanges, BotExit, BotExits, BotRecord, BotSnapshot, ChangeCursor, Millis, NodeLease, RuntimeReport,
+    RuntimeStore, StoreError,
 };
 use trekker_testkit::creds;
 
@@ -63,6 +64,7 @@ struct StoreState {
     rows_read: usize,
     full_reads: usize,
     renewals: usize,
+    exits: Vec<(BotId, BotExit)>,
 }
 
 impl StoreState {
@@ -209,6 +211,15 @@ impl RuntimeStore for FakeStore {
 
     async fn release_bot(&self, _: &BotId, _: &NodeLease) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    async fn record_exit(&self, id: &BotId, _: &NodeLease, exit: &BotExit) -> Result<bool, StoreError> {
+        self.state.lock().unwrap().exits.push((id.clone(), exit.clone()));
+        Ok(true)
+    }
+
+    async fn bot_exits(&self, _: &BotId) -> Result<BotExits, StoreError> {
+        Ok(BotExits::default())
     }
 
     async fn report_runtime(&self, report: &RuntimeReport, _: Millis) -> Result<bool, StoreError> {
@@ -412,6 +423,9 @@ async fn crashes_back_off_exponentially_then_the_bot_is_held_failed() {
     let report = store.last_report(&id);
     assert_eq!(report.status, RuntimeStatus::Failed);
     assert!(report.last_error.unwrap().starts_with("crashed 4 times"));
+    let exits = store.state.lock().unwrap().exits.clone();
+    assert_eq!(exits.len(), 4, "every crash is recorded as the bot's last exit");
+    assert!(exits.iter().all(|(bot, exit)| bot == &id && exit.code == Some(1) && exit.reason == "boom"));
     // Held: an hour later it has not been started again.
     let_time_pass(Duration::from_secs(3600)).await;
     assert_eq!(driver.starts(&id).len(), 4);

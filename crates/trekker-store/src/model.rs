@@ -460,6 +460,26 @@ pub struct RuntimeReport {
     pub invalid_reason: Option<String>,
 }
 
+/// How a bot's run ended (`lastExit`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BotExit {
+    pub at: Millis,
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    /// Escaped and cut by the runtime (a bot's words may be in it).
+    pub reason: String,
+    /// The run was killed for passing its memory limit.
+    pub out_of_memory: bool,
+}
+
+/// What is recorded about a bot's exits.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BotExits {
+    pub last: Option<BotExit>,
+    /// Runs killed for passing their memory limit, ever.
+    pub oom_kills: i64,
+}
+
 /// Credentials for a registered phone signed by another WhatsApp account,
 /// waiting for an admin (API.md, ACCOUNT_MISMATCH and credential reviews).
 #[derive(Debug, Clone)]

@@ -383,6 +383,13 @@ pub trait RuntimeStore: Send + Sync + 'static {
     /// the bot, and the report is about its current credentials.
     async fn report_runtime(&self, report: &RuntimeReport, now: Millis) -> Result<bool, StoreError>;
 
+    /// Records how a run ended, fenced like [`Self::report_runtime`]; an
+    /// out-of-memory exit also counts in `oom_kills`.
+    async fn record_exit(&self, id: &BotId, runner: &NodeLease, exit: &BotExit) -> Result<bool, StoreError>;
+
+    /// How the bot's last run ended, and its out-of-memory count.
+    async fn bot_exits(&self, id: &BotId) -> Result<BotExits, StoreError>;
+
     /// Deletes departure records written before `before` (a node whose
     /// cursor is older resyncs in full anyway).
     async fn purge_departures(&self, before: Millis) -> Result<u64, StoreError>;

@@ -1003,6 +1003,22 @@ async fn node_leases_fence_runners(f: Fixture) {
     assert!(s.acquire_bot(&bot.id, &b2, 1, NOW + 41_000).await.unwrap(), "a new epoch takes over at once");
     assert!(!s.acquire_bot(&bot.id, &b1, 1, NOW + 41_000).await.unwrap(), "the old epoch cannot take it back");
     assert!(!s.report_runtime(&report(&b1, 1), NOW).await.unwrap(), "a stale runner cannot report");
+    // How a run ended is fenced the same way; memory kills add up.
+    let exit = |reason: &str, out_of_memory| BotExit {
+        at: NOW + 41_500,
+        code: None,
+        signal: Some(9),
+        reason: reason.into(),
+        out_of_memory,
+    };
+    assert_eq!(s.bot_exits(&bot.id).await.unwrap(), BotExits::default(), "no exit before the first");
+    assert!(!s.record_exit(&bot.id, &b1, &exit("stale", true)).await.unwrap(), "a stale runner records nothing");
+    assert!(s.record_exit(&bot.id, &b2, &exit("out of memory", true)).await.unwrap());
+    assert!(s.record_exit(&bot.id, &b2, &exit("out of memory", true)).await.unwrap());
+    let exits = s.bot_exits(&bot.id).await.unwrap();
+    assert_eq!(exits.oom_kills, 2);
+    let last = exits.last.unwrap();
+    assert_eq!((last.at, last.code, last.signal, last.reason.as_str()), (NOW + 41_500, None, Some(9), "out of memory"));
     // Released, the bot is free for a lease of its host at once.
     s.release_bot(&bot.id, &b2).await.unwrap();
     let b3 = s.start_node_lease(&b, NOW + 42_000, lease_ms).await.unwrap();

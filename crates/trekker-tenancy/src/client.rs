@@ -58,6 +58,9 @@ impl CrossTenancyClient {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .connect_timeout(budget.min(Duration::from_secs(2)))
+            // A redirect is not followed: the receiver is configured, not chosen
+            // by whoever answers.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| ClientError::Misconfigured(format!("http client: {e}")))?;
         Ok(Self { http, keys, me, budget })

@@ -76,7 +76,12 @@ impl EventsWebhook {
         // reqwest is built without a TLS provider of its own (one for the
         // whole binary); a library user may not have installed one yet.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder().timeout(TIMEOUT).build().unwrap_or_default();
+        // A redirect is not followed: it could send the signed body anywhere.
+        let client = reqwest::Client::builder()
+            .timeout(TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_default();
         tokio::spawn(async move {
             loop {
                 let event = tokio::select! {

@@ -153,3 +153,30 @@ async fn unapproved_bots_cannot_fill_a_server() {
     assert_eq!(node.register("Guest", &creds::phone(81, 20), 1, None).await.status, 201);
     node.stop().await;
 }
+
+/// The guest page (it shows a session ID) and the console are served under
+/// a strict policy: no framing, no sniffing, no referrer, nothing loaded
+/// but their own inline script and style.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_carry_a_strict_content_security_policy() {
+    let database = trekker_testkit::sqlite_database();
+    let node = spawn_node(settings(&database.url, "SERVER0", 5)).await;
+    for path in ["/", "/admin"] {
+        let page = node.client.get(format!("http://{}{path}", node.addr)).send().await.unwrap();
+        let header = |name: &str| page.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        let policy = header("content-security-policy");
+        for directive in [
+            "default-src 'none'",
+            "connect-src 'self'",
+            "base-uri 'none'",
+            "frame-ancestors 'none'",
+            "script-src 'sha256-",
+        ] {
+            assert!(policy.contains(directive), "{path}: {directive} missing from {policy}");
+        }
+        assert!(!policy.contains("unsafe-inline"), "{path}: {policy}");
+        assert_eq!(header("x-content-type-options"), "nosniff", "{path}");
+        assert_eq!(header("referrer-policy"), "no-referrer", "{path}");
+    }
+    node.stop().await;
+}

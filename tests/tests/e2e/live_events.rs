@@ -152,3 +152,31 @@ async fn guest_streams_are_capped_without_taking_the_admins_view() {
     node.stop().await;
     drop(admins);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_every_guest_stream() {
+    let database = trekker_testkit::sqlite_database();
+    let node = spawn_node(settings(&database.url, "SERVER0", 5)).await;
+    let per_address = trekker_node::per_address::GUEST_STREAMS_PER_ADDRESS;
+    let mut open = Vec::new();
+    for _ in 0..per_address {
+        let mut stream = SseReader::new(SseReader::open(&node, "/api/events", None).await);
+        assert_eq!(stream.next().await.0, "snapshot");
+        open.push(stream);
+    }
+    let refused = SseReader::open(&node, "/api/events", None).await;
+    assert_eq!(refused.status(), 429, "one address held more than {per_address} streams");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["code"], "RATE_LIMITED");
+    assert!(node.state.event_streams.guests.available_permits() > 1000, "the node's own cap is far from reached");
+    // Admins are not held back by it, and a closed stream frees its slot.
+    let mut admins = SseReader::new(SseReader::open(&node, "/api/admin/events", Some(ADMIN_TOKEN)).await);
+    assert_eq!(admins.next().await.0, "snapshot");
+    open.pop();
+    crate::support::eventually(Duration::from_secs(10), "the address's slot back", || async {
+        SseReader::open(&node, "/api/events", None).await.status() == 200
+    })
+    .await;
+    node.stop().await;
+    drop((open, admins));
+}

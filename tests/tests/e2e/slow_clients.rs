@@ -68,3 +68,42 @@ async fn slow_clients_are_cut_off_and_health_answers_throughout() {
     assert_eq!(node.get("/api/servers/available").await.status, 200);
     node.stop().await;
 }
+
+/// One request from `from` (a loopback address of the test's choosing).
+async fn get_from(from: &str, addr: std::net::SocketAddr, path: &str) -> String {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await.unwrap().unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_every_connection() {
+    let database = trekker_testkit::sqlite_database();
+    let mut limited = settings(&database.url, "SERVER0", 5);
+    limited.http_max_connections = 100;
+    limited.http_max_connections_per_address = 10;
+    let node = spawn_node(limited).await;
+    // One address holds its ten connections, idle...
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        let stream = TcpStream::connect(node.addr).await.unwrap();
+        held.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // ...its eleventh is told to come back, though /healthz still answers it...
+    let refused = get_from("127.0.0.1", node.addr, "/api/servers/available").await;
+    assert!(refused.starts_with("HTTP/1.1 429"), "{refused}");
+    assert!(get_from("127.0.0.1", node.addr, "/healthz").await.starts_with("HTTP/1.1 200"));
+    // ...while another address is served as usual.
+    let other = get_from("127.0.0.2", node.addr, "/api/servers/available").await;
+    assert!(other.starts_with("HTTP/1.1 200"), "{other}");
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(get_from("127.0.0.1", node.addr, "/api/servers/available").await.starts_with("HTTP/1.1 200"));
+    node.stop().await;
+}

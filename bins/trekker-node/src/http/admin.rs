@@ -11,7 +11,9 @@ use trekker_store::Inconsistency;
 use utoipa::ToSchema;
 
 use super::extract::{Admin, ApiJson};
-use super::views::{BotDetail, BotWithState, DeviceStateView, ServerAdmin, SessionStateView};
+use super::views::{
+    BotDetail, BotWithState, DeviceStateView, LastExitView, ResourcesView, ServerAdmin, SessionStateView,
+};
 use super::{ApiError, ErrorBody};
 use crate::AppState;
 
@@ -130,10 +132,22 @@ pub(crate) async fn get_bot(
     Path(id): Path<String>,
 ) -> Result<Json<BotWithState>, ApiError> {
     let states = state.trekker.bot_with_state(&id).await?;
+    let stored_oom_kills = u64::try_from(states.exits.oom_kills).unwrap_or(0);
+    let resources =
+        state.process_bots.as_ref().and_then(|driver| driver.resources(&states.bot.id)).map(|live| ResourcesView {
+            memory_bytes: live.memory_bytes,
+            memory_limit_bytes: live.memory_limit_bytes,
+            cpu_seconds: live.cpu_seconds,
+            pids: live.pids,
+            disk_bytes: live.disk_bytes,
+            oom_kills: stored_oom_kills + live.oom_kills,
+        });
     Ok(Json(BotWithState {
         detail: BotDetail::from(&states.bot),
         session_state: states.session.as_ref().map(SessionStateView::from),
         device_state: states.device.map(|info| DeviceStateView { keys: info.keys, size_bytes: info.bytes }),
+        last_exit: states.exits.last.as_ref().map(LastExitView::from),
+        resources,
     }))
 }
 

@@ -12,11 +12,12 @@
 //! cap, 429 with Retry-After.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::get;
 use futures::Stream;
@@ -28,6 +29,7 @@ use super::extract::Admin;
 use super::views::{BotDetail, ServerAdmin, ServerPublic};
 use super::{ApiError, ErrorCode};
 use crate::AppState;
+use crate::per_address::{GUEST_STREAMS_PER_ADDRESS, PerAddress, Slot};
 
 /// Open guest event streams per node, at most.
 pub const MAX_GUEST_STREAMS: usize = 1024;
@@ -42,6 +44,8 @@ const RECONNECT_AFTER: Duration = Duration::from_secs(2);
 pub struct StreamSlots {
     pub guests: Arc<Semaphore>,
     pub admins: Arc<Semaphore>,
+    /// Guest streams per client address: one address cannot take them all.
+    pub guests_per_address: PerAddress,
 }
 
 impl Default for StreamSlots {
@@ -49,6 +53,7 @@ impl Default for StreamSlots {
         Self {
             guests: Arc::new(Semaphore::new(MAX_GUEST_STREAMS)),
             admins: Arc::new(Semaphore::new(MAX_ADMIN_STREAMS)),
+            guests_per_address: PerAddress::new(GUEST_STREAMS_PER_ADDRESS),
         }
     }
 }
@@ -69,8 +74,13 @@ enum Audience {
         (status = 429, body = super::ErrorBody)))]
 pub(crate) async fn public_events(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    open(state, Audience::Guests).await
+    let slot = state.event_streams.guests_per_address.try_take(peer.ip()).ok_or_else(|| {
+        ApiError::new(ErrorCode::RateLimited, "Too many live streams from your address; close some first.")
+            .with_retry_after(5)
+    })?;
+    open(state, Audience::Guests, Some(slot)).await
 }
 
 /// Live cluster state for admins.
@@ -82,12 +92,13 @@ pub(crate) async fn admin_events(
     _: Admin,
     State(state): State<AppState>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    open(state, Audience::Admins).await
+    open(state, Audience::Admins, None).await
 }
 
 async fn open(
     state: AppState,
     audience: Audience,
+    address_slot: Option<Slot>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let slots = match audience {
         Audience::Guests => &state.event_streams.guests,
@@ -97,6 +108,8 @@ async fn open(
         ApiError::new(ErrorCode::RateLimited, "Too many live streams on this node; try again shortly.")
             .with_retry_after(5)
     })?;
+    // Both slots are held for as long as the stream lives.
+    let permit = (permit, address_slot);
     // Subscribed (and the feed following) before the snapshot is read: a
     // change in between is shown twice at worst, never lost.
     let events = state.trekker.events.subscribe().await;

@@ -51,6 +51,15 @@ pub fn record_build_info() {
 
 /// The process-wide Prometheus recorder (installed once; several nodes in
 /// one test process share it, their series told apart by labels).
+/// Gauge: memory of this node's running bots, summed, by `server`.
+pub const BOTS_MEMORY: &str = "trekker_bots_memory_bytes";
+/// Gauge: CPU seconds of this node's running bots' current runs, summed.
+pub const BOTS_CPU: &str = "trekker_bots_cpu_seconds";
+/// Gauge: processes and threads of this node's running bots, summed.
+pub const BOTS_PIDS: &str = "trekker_bots_pids";
+/// Gauge: disk of this node's running bots' AUTH_DIRs, summed.
+pub const BOTS_DISK: &str = "trekker_bots_disk_bytes";
+
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
@@ -99,6 +108,16 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<V
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format")))]
 pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    // What this node's bots use, summed (no per-bot label: a fleet has a
+    // million bots).
+    if let Some(driver) = &state.process_bots {
+        let totals = driver.totals();
+        let server = state.config.server_name.to_string();
+        metrics::gauge!(BOTS_MEMORY, "server" => server.clone()).set(totals.memory_bytes as f64);
+        metrics::gauge!(BOTS_CPU, "server" => server.clone()).set(totals.cpu_seconds);
+        metrics::gauge!(BOTS_PIDS, "server" => server.clone()).set(totals.pids as f64);
+        metrics::gauge!(BOTS_DISK, "server" => server).set(totals.disk_bytes as f64);
+    }
     match state.trekker.servers().await {
         Ok(servers) => {
             for view in servers {

@@ -103,6 +103,44 @@ pub struct BotWithState {
     /// Null unless the bot runs in process (`BOT_DRIVER=whatsapp`) and has
     /// stored state for its current credentials.
     pub device_state: Option<DeviceStateView>,
+    /// How the bot's last run ended; null before any.
+    pub last_exit: Option<LastExitView>,
+    /// What the bot uses now; null while it does not run (on the node that
+    /// answers: ask its host).
+    pub resources: Option<ResourcesView>,
+}
+
+/// `lastExit` of a bot.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LastExitView {
+    pub at: String,
+    /// The exit code, when it exited by itself.
+    pub code: Option<i32>,
+    /// The signal that ended it, when one did.
+    pub signal: Option<i32>,
+    /// Why (escaped, cut; e.g. `out of memory`).
+    pub reason: String,
+}
+
+impl From<&trekker_store::BotExit> for LastExitView {
+    fn from(exit: &trekker_store::BotExit) -> Self {
+        Self { at: iso_datetime(exit.at), code: exit.code, signal: exit.signal, reason: exit.reason.clone() }
+    }
+}
+
+/// `resources` of a running bot (its whole process tree).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourcesView {
+    pub memory_bytes: Option<u64>,
+    pub memory_limit_bytes: Option<u64>,
+    pub cpu_seconds: Option<f64>,
+    pub pids: Option<u64>,
+    /// Its AUTH_DIR, as allocated on disk.
+    pub disk_bytes: u64,
+    /// Runs (and processes of this run) killed for memory, ever.
+    pub oom_kills: u64,
 }
 
 /// The keyed WhatsApp state of an in-process bot.

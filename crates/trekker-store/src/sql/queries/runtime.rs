@@ -213,6 +213,42 @@ impl RuntimeStore for SqlStore<Db> {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn record_exit(&self, id: &BotId, runner: &NodeLease, exit: &BotExit) -> Result<bool, StoreError> {
+        let done = sqlx::query(concat!(
+            "UPDATE bot_instances SET last_exit_at = $4, last_exit_code = $5, last_exit_signal = $6, \
+             last_exit_reason = $7, oom_kills = oom_kills + $8 \
+             WHERE id = $1 AND server_name = $2 AND ",
+            own_lease_live!(),
+            " AND ",
+            runner_free_or!()
+        ))
+        .bind(id.as_str())
+        .bind(runner.node.as_str())
+        .bind(runner.epoch)
+        .bind(exit.at)
+        .bind(exit.code)
+        .bind(exit.signal)
+        .bind(&exit.reason)
+        .bind(i64::from(exit.out_of_memory))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn bot_exits(&self, id: &BotId) -> Result<BotExits, StoreError> {
+        type Row = (Option<i64>, Option<i32>, Option<i32>, Option<String>, i64);
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT last_exit_at, last_exit_code, last_exit_signal, last_exit_reason, oom_kills \
+             FROM bot_instances WHERE id = $1",
+        )
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some((at, code, signal, reason, oom_kills)) = row else { return Ok(BotExits::default()) };
+        let last = at.map(|at| BotExit { at, code, signal, out_of_memory: false, reason: reason.unwrap_or_default() });
+        Ok(BotExits { last, oom_kills })
+    }
+
     async fn purge_departures(&self, before: Millis) -> Result<u64, StoreError> {
         let done =
             sqlx::query("DELETE FROM bot_departures WHERE departed_at < $1").bind(before).execute(&self.pool).await?;
