@@ -156,14 +156,23 @@ impl Machine {
 }
 
 impl Drop for Machine {
+    /// Removes the node's cgroups, emptying what a failed run left in them.
     fn drop(&mut self) {
-        for dir in &self.cgroups {
-            if let Ok(children) = std::fs::read_dir(dir) {
-                for child in children.flatten().filter(|c| c.path().is_dir()) {
+        for _ in 0..100 {
+            for dir in &self.cgroups {
+                let children = std::fs::read_dir(dir).into_iter().flatten().flatten().filter(|c| c.path().is_dir());
+                for child in children {
+                    for pid in read(&child.path().join("cgroup.procs")).lines().filter_map(|p| p.parse().ok()) {
+                        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                    }
                     let _ = std::fs::remove_dir(child.path());
                 }
+                let _ = std::fs::remove_dir(dir);
             }
-            let _ = std::fs::remove_dir(dir);
+            if self.cgroups.iter().all(|d| !d.exists()) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
@@ -450,6 +459,22 @@ fn a_hostile_bot_is_contained_and_its_neighbour_runs_on() {
     // 1 GiB of memory: killed, recorded as out of memory, restarted.
     hostile.order_and_await_restart("memory");
     hostile.wait_error("out of memory");
+    let exit = hostile.detail()["lastExit"].clone();
+    assert!(exit["reason"].as_str().unwrap_or("").starts_with("out of memory"), "{exit}");
+    assert_eq!(exit["signal"], 9, "{exit}");
+    // The new run is measured: its limit, its processes, the kill counted.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while hostile.detail()["resources"].is_null() {
+        assert!(Instant::now() < deadline, "no resources for a running bot: {}", hostile.detail());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let resources = hostile.detail()["resources"].clone();
+    assert_eq!(resources["memoryLimitBytes"], 128 * 1024 * 1024, "{resources}");
+    assert!(resources["pids"].as_u64().unwrap_or(0) >= 1 && resources["oomKills"].as_u64() >= Some(1), "{resources}");
+    let metrics = http(&addr, "GET", "/metrics", "", "");
+    for name in ["trekker_bot_oom_kills_total", "trekker_bots_memory_bytes", "trekker_bots_pids"] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
     // 200 MB into its folder: stopped past BOT_DISK_MB, restarted from its saved state.
     hostile.order_and_await_restart("disk");
     hostile.wait_error("BOT_DISK_MB");

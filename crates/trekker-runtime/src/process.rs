@@ -557,7 +557,8 @@ impl Run {
     /// Measures the run every [`WATCH_EVERY`]; ends (with the size) when
     /// AUTH_DIR grew past the disk limit.
     async fn watch_usage(&self, tree: &Tree) -> u64 {
-        let mut every = tokio::time::interval(WATCH_EVERY);
+        // The first look once the bot's processes are there.
+        let mut every = tokio::time::interval_at(tokio::time::Instant::now() + WATCH_EVERY, WATCH_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             every.tick().await;
