@@ -238,6 +238,7 @@ impl Application {
         #[cfg(not(feature = "whatsapp"))]
         let driver_messenger: Option<Arc<dyn BotMessenger>> = None;
         let messenger = overrides.messenger.or(driver_messenger).unwrap_or_else(|| Arc::new(NoMessenger));
+        let event_streams = http::events::StreamSlots::new(config.http_max_connections_per_address > 0);
         let state = AppState {
             rate_limiter: GuestRateLimiter::new(config.rate_limit_per_min),
             metrics: {
@@ -252,7 +253,7 @@ impl Application {
             pairing,
             notifier,
             messenger,
-            event_streams: http::events::StreamSlots::default(),
+            event_streams,
             base_url,
             process_bots,
         };

@@ -420,6 +420,42 @@ mod tests {
         assert_eq!(snapshot(inner.path(), 1 << 20), Err(StateError::NotARegularFile("sub".into())));
     }
 
+    /// A bot swaps a file for a link to a node secret again and again while
+    /// the node archives its folder: no archive ever holds the secret.
+    #[test]
+    fn a_link_swapped_in_during_a_snapshot_is_never_followed() {
+        let outside = folder(&[("key", b"THE-NODE-SECRET")]);
+        let bot = folder(&[("creds.json", b"{}")]);
+        let dir = bot.path().to_path_buf();
+        let secret = outside.path().join("key");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let swapper = {
+            let (dir, stop) = (dir.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = fs::write(dir.join("swap.tmp"), b"harmless");
+                    let _ = fs::rename(dir.join("swap.tmp"), dir.join("swap"));
+                    let _ = std::os::unix::fs::symlink(&secret, dir.join("swap.lnk"));
+                    let _ = fs::rename(dir.join("swap.lnk"), dir.join("swap"));
+                }
+            })
+        };
+        let (mut saved, mut refused) = (0, 0);
+        for _ in 0..400 {
+            match snapshot(&dir, 1 << 20) {
+                Ok(snap) => {
+                    saved += 1;
+                    let text = String::from_utf8_lossy(&snap.archive).into_owned();
+                    assert!(!text.contains("THE-NODE-SECRET"), "the link was followed");
+                }
+                Err(_) => refused += 1,
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        swapper.join().unwrap();
+        assert!(saved + refused == 400 && refused > 0, "the race was run ({saved} saved, {refused} refused)");
+    }
+
     /// A hand-made archive with one entry of `kind` at raw `path`.
     fn hostile_archive(path: &str, kind: tar::EntryType, contents: &[u8]) -> Vec<u8> {
         let mut header = tar::Header::new_old();

@@ -48,12 +48,14 @@ pub struct StreamSlots {
     pub guests_per_address: PerAddress,
 }
 
-impl Default for StreamSlots {
-    fn default() -> Self {
+impl StreamSlots {
+    /// `per_address`: whether one client address is capped too (off behind
+    /// a reverse proxy, where every client has the proxy's address).
+    pub fn new(per_address: bool) -> Self {
         Self {
             guests: Arc::new(Semaphore::new(MAX_GUEST_STREAMS)),
             admins: Arc::new(Semaphore::new(MAX_ADMIN_STREAMS)),
-            guests_per_address: PerAddress::new(GUEST_STREAMS_PER_ADDRESS),
+            guests_per_address: PerAddress::new(if per_address { GUEST_STREAMS_PER_ADDRESS } else { 0 }),
         }
     }
 }

@@ -1,0 +1,3 @@
+#!/bin/sh
+echo '{"event":"connected"}'
+exec cat > /dev/null
