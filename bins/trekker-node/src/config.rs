@@ -356,8 +356,12 @@ pub const SECRET_FLAGS: &[(&str, &str)] = &[
 
 /// The command line, refusing a secret given as a flag (with its name).
 pub fn parse_command_line() -> Result<Cli, ConfigError> {
-    use clap::{CommandFactory as _, FromArgMatches as _, parser::ValueSource};
-    let matches = Cli::command().get_matches();
+    use clap::CommandFactory as _;
+    cli_from_matches(&Cli::command().get_matches())
+}
+
+fn cli_from_matches(matches: &clap::ArgMatches) -> Result<Cli, ConfigError> {
+    use clap::{FromArgMatches as _, parser::ValueSource};
     for (id, env) in SECRET_FLAGS {
         if matches.value_source(id) == Some(ValueSource::CommandLine) {
             let flag = format!("--{}", id.replace('_', "-"));
@@ -370,7 +374,7 @@ pub fn parse_command_line() -> Result<Cli, ConfigError> {
             ));
         }
     }
-    Cli::from_arg_matches(&matches).map_err(|e| invalid("command line", e.to_string()))
+    Cli::from_arg_matches(matches).map_err(|e| invalid("command line", e.to_string()))
 }
 
 /// A secret from its setting or from the file `<NAME>_FILE` names (one
@@ -632,6 +636,38 @@ mod tests {
         assert_eq!(parsed.unwrap().settings.pairing_provider, PairingProviderKind::Whatsapp);
         #[cfg(not(feature = "whatsapp"))]
         assert!(parsed.unwrap_err().to_string().contains("--pairing-provider"));
+    }
+
+    #[test]
+    fn secrets_are_refused_as_flags_and_read_from_files() {
+        use clap::CommandFactory as _;
+        let matches = Cli::command().try_get_matches_from(["trekker-node", "--admin-token", "t0ken"]).unwrap();
+        let refused = cli_from_matches(&matches).unwrap_err();
+        assert_eq!(refused.setting, "ADMIN_TOKEN");
+        assert!(refused.reason.contains("`--admin-token` is refused") && !refused.reason.contains("t0ken"));
+        let matches = Cli::command().try_get_matches_from(["trekker-node", "--server-name", "S1"]).unwrap();
+        assert!(cli_from_matches(&matches).is_ok(), "other settings are fine as flags");
+
+        let dir = tempfile::tempdir().unwrap();
+        let (token, secret) = (dir.path().join("admin-token"), dir.path().join("cluster-secret"));
+        std::fs::write(&token, "from-a-file\n").unwrap();
+        std::fs::write(&secret, "0123456789abcdef0123456789abcdef").unwrap();
+        let mut read = settings(&["--database-url", "sqlite://x.db"]);
+        read.admin_token_file = Some(token.clone());
+        read.cluster_secret_file = Some(secret.clone());
+        let config = Config::from_settings(read).unwrap();
+        assert_eq!(config.admin_token.as_ref().map(Secret::expose), Some("from-a-file"), "one newline dropped");
+        assert_eq!(config.cluster_secret.as_ref().map(|s| s.expose().len()), Some(32));
+        assert_eq!(config.secret_files, vec![secret.clone(), token.clone()], "their folders are hidden from bots");
+
+        let mut both = settings(&["--database-url", "sqlite://x.db", "--admin-token", "t"]);
+        both.admin_token_file = Some(token);
+        assert!(Config::from_settings(both).unwrap_err().reason.contains("not both"));
+        let mut missing = settings(&["--database-url", "sqlite://x.db"]);
+        missing.cluster_secret_file = Some(dir.path().join("nope"));
+        let error = Config::from_settings(missing).unwrap_err();
+        assert_eq!(error.setting, "CLUSTER_SECRET");
+        assert!(error.reason.contains("CLUSTER_SECRET_FILE"));
     }
 
     #[test]

@@ -354,6 +354,9 @@ async fn process_driver(config: &Config) -> Result<ProcessDriver, StartupError> 
         disk_bytes: config.bot_disk_bytes,
         hidden: node_folders(config),
     })?;
+    let mut words = config.bot_command.as_deref().unwrap_or_default().split_whitespace().map(str::to_owned);
+    let program = words.next().unwrap_or_default();
+    sandbox.check_command(&program, &words.collect::<Vec<_>>())?;
     sandbox.self_test(&config.bot_auth_dir).await?;
     tracing::info!(
         memory_mb = config.bot_limits.memory_bytes >> 20,

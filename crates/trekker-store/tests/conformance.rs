@@ -209,6 +209,8 @@ macro_rules! conformance_cases {
 }
 
 conformance_cases!(
+    the_change_feed_keeps_up_with_writers_in_a_tight_loop,
+    a_save_in_flight_when_another_runner_takes_the_bot_writes_nothing,
     servers_upsert_heartbeat_and_patch,
     register_writes_registry_and_bot_together,
     credentials_are_encrypted_and_round_trip,
@@ -1100,6 +1102,48 @@ async fn the_change_feed_misses_no_late_commit(f: Fixture) {
     assert_eq!(late.map(|b| b.restarts), Some(7), "the late commit was missed: {changes:?}");
 }
 
+/// Writers commit in a tight loop while a follower reads the feed: the
+/// last value of every row is seen, whatever the commit order.
+async fn the_change_feed_keeps_up_with_writers_in_a_tight_loop(f: Fixture) {
+    let s = f.store.clone();
+    add_server(&*s, "SERVER0", 20).await;
+    let phones: Vec<String> = (0..4).map(|n| format!("25470000033{n}")).collect();
+    for phone in &phones {
+        registered_and_approved(&*s, phone, "SERVER0").await;
+    }
+    let mut cursor = s.bots_to_run(&server("SERVER0")).await.unwrap().cursor;
+    let raw = f.raw.clone();
+    let writers: Vec<_> = phones
+        .iter()
+        .map(|phone| {
+            let (raw, phone) = (raw.clone(), phone.clone());
+            tokio::spawn(async move {
+                for value in 1..=40 {
+                    let sql = format!("UPDATE bot_instances SET restarts = {value} WHERE phone_number = '{phone}'");
+                    raw.exec(Box::leak(sql.into_boxed_str())).await;
+                }
+            })
+        })
+        .collect();
+    let mut seen: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+    let read = |changes: BotChanges, seen: &mut std::collections::HashMap<String, i64>| {
+        for bot in changes.changed {
+            seen.insert(bot.phone.as_str().to_owned(), bot.restarts);
+        }
+        changes.cursor
+    };
+    while !writers.iter().all(|w| w.is_finished()) {
+        cursor = read(s.bot_changes(&server("SERVER0"), &cursor).await.unwrap(), &mut seen);
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    read(s.bot_changes(&server("SERVER0"), &cursor).await.unwrap(), &mut seen);
+    for phone in &phones {
+        assert_eq!(seen.get(phone), Some(&40), "the last write of {phone} was missed: {seen:?}");
+    }
+}
+
 async fn auto_assignment_text_counts_slots_and_keeps_the_bot_name(f: Fixture) {
     let s = &*f.store;
     add_server(s, "SERVER1", 5).await;
@@ -1344,6 +1388,43 @@ fn session_snapshot(generation: i64, content: &str) -> SessionSnapshot {
         size_bytes: content.len() as i64,
         file_count: 3,
     }
+}
+
+/// A save already in flight when another runner takes the bot lands
+/// before that or not at all: the new runner loads the last state, and its
+/// own saves (one generation above what it loaded) are not refused.
+async fn a_save_in_flight_when_another_runner_takes_the_bot_writes_nothing(f: Fixture) {
+    if f.raw.single_writer() {
+        // SQLite has one writer at a time: no save can be in flight beside an acquire.
+        return;
+    }
+    let s = f.store.clone();
+    add_server(&*s, "SERVER0", 5).await;
+    add_server(&*s, "SERVER1", 5).await;
+    let bot = registered_and_approved(&*s, "254700000410", "SERVER0").await;
+    let old = s.start_node_lease(&server("SERVER0"), NOW, 30_000).await.unwrap();
+    let new = s.start_node_lease(&server("SERVER1"), NOW, 30_000).await.unwrap();
+    assert!(s.acquire_bot(&bot.id, &old, 1, NOW).await.unwrap());
+    assert!(s.save_session_state(&bot.id, &old, 1, &session_snapshot(1, "first"), NOW).await.unwrap());
+    // The bot moves and its new runner takes it, in a transaction not yet
+    // committed (it holds the bot row)...
+    let take = format!(
+        "UPDATE bot_instances SET server_name = 'SERVER1', runner = 'SERVER1', runner_epoch = {} WHERE id = '{}'",
+        new.epoch,
+        bot.id.as_str()
+    );
+    let taking = f.raw.open_write(Box::leak(take.into_boxed_str())).await;
+    // ...while the old runner's save is under way.
+    let saving = {
+        let (s, id, old) = (s.clone(), bot.id.clone(), old.clone());
+        tokio::spawn(async move { s.save_session_state(&id, &old, 1, &session_snapshot(2, "late"), NOW).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    taking.commit().await;
+    assert!(!saving.await.unwrap().unwrap(), "the old runner's save landed after the bot was taken");
+    let loaded = s.load_session_state(&bot.id, 1).await.unwrap().unwrap();
+    assert_eq!((loaded.generation, loaded.archive.as_slice()), (1, b"first".as_slice()));
+    assert!(s.save_session_state(&bot.id, &new, 1, &session_snapshot(2, "new host"), NOW).await.unwrap());
 }
 
 async fn session_state_is_sealed_fenced_and_kept_per_pairing(f: Fixture) {

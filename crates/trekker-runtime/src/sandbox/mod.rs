@@ -208,21 +208,7 @@ impl Sandbox {
                 _ => {}
             }
         }
-        // The bot's program and scripts named by absolute path elsewhere
-        // (e.g. under /srv): their folders, read-only.
-        for word in std::iter::once(program).chain(args.iter().map(String::as_str)) {
-            let path = Path::new(word);
-            if path.is_absolute()
-                && let Some(parent) = path.parent()
-                && path.is_file()
-                && !bound.iter().any(|b| parent.starts_with(b))
-            {
-                open_ancestors(&mut out, parent);
-                out.extend(["--ro-bind".into(), parent.into(), parent.into()]);
-                bound.push(parent.to_path_buf());
-            }
-        }
-        // The node's own folders are masked wherever a bound folder holds them.
+        // The node's own folders are masked wherever a system folder holds them.
         for hidden in &self.config.hidden {
             if hidden.is_dir() && bound.iter().any(|b| hidden.starts_with(b)) {
                 push(&mut out, &[&"--tmpfs", hidden]);
@@ -231,9 +217,25 @@ impl Sandbox {
         push(&mut out, &[&"--proc", &"/proc", &"--dev", &"/dev"]);
         let size = self.config.disk_bytes.to_string();
         push(&mut out, &[&"--perms", &"1777", &"--size", &size, &"--tmpfs", &"/tmp"]);
+        // The bot's program and scripts named by absolute path elsewhere
+        // (e.g. under /srv, even under /tmp): their folders, read-only,
+        // after the masks (`program_folders` refused any that holds the node's).
+        for folder in program_folders(program, args) {
+            if !bound.iter().any(|b| folder.starts_with(b)) {
+                open_ancestors(&mut out, &folder);
+                out.extend(["--ro-bind".into(), folder.clone().into(), folder.clone().into()]);
+                bound.push(folder);
+            }
+        }
         open_ancestors(&mut out, auth_dir);
         out.extend(["--bind".into(), auth_dir.into(), auth_dir.into(), "--chdir".into(), "/".into()]);
         out
+    }
+
+    /// Checks that the folders of BOT_COMMAND's program and scripts (shown
+    /// to every bot, read-only) hold none of the node's own folders.
+    pub fn check_command(&self, program: &str, args: &[String]) -> Result<(), SandboxError> {
+        check_command(&self.config.hidden, program, args)
     }
 
     /// Hands the bot's folder to its uid (the node reads and removes it
@@ -312,6 +314,31 @@ fn chown_tree(dir: &Path, uid: u32) -> std::io::Result<()> {
     Ok(())
 }
 
+fn check_command(hidden: &[PathBuf], program: &str, args: &[String]) -> Result<(), SandboxError> {
+    let args: Vec<String> = args.iter().map(|a| canonical(a)).collect();
+    for folder in program_folders(&canonical(program), &args) {
+        if let Some(hidden) = hidden.iter().find(|h| h.starts_with(&folder)) {
+            return Err(SandboxError::Missing(format!(
+                "BOT_COMMAND names {}, a folder every bot would see, and it holds the node's own {}: put the bot's \
+                 program elsewhere (e.g. under /opt)",
+                folder.display(),
+                hidden.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The folders of the words of a command that are absolute paths of files.
+fn program_folders(program: &str, args: &[String]) -> Vec<PathBuf> {
+    std::iter::once(program)
+        .chain(args.iter().map(String::as_str))
+        .map(Path::new)
+        .filter(|path| path.is_absolute() && path.is_file())
+        .filter_map(|path| path.parent().map(Path::to_path_buf))
+        .collect()
+}
+
 /// An absolute path that exists, without links or `..`; anything else as is.
 fn canonical(word: &str) -> String {
     if !word.starts_with('/') {
@@ -327,4 +354,30 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
         .chain(["/usr/bin", "/bin", "/usr/sbin", "/sbin"].iter().map(PathBuf::from))
         .map(|dir| dir.join(name))
         .find(|candidate| candidate.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_command_whose_folder_holds_the_nodes_files_is_refused() {
+        let node = tempfile::tempdir().unwrap();
+        let root = node.path().canonicalize().unwrap();
+        std::fs::create_dir_all(root.join("bots")).unwrap();
+        std::fs::create_dir_all(root.join("app")).unwrap();
+        for script in ["bot.sh", "app/bot.sh"] {
+            std::fs::write(root.join(script), "#!/bin/sh\n").unwrap();
+        }
+        let hidden = vec![root.clone(), root.join("bots")];
+        let beside = root.join("bot.sh").display().to_string();
+        let refused = check_command(&hidden, "/bin/sh", &[beside]).unwrap_err();
+        assert!(refused.to_string().contains("holds the node's own"), "{refused}");
+        // A folder of its own below the node's is shown alone: fine.
+        let below = root.join("app/bot.sh").display().to_string();
+        assert!(check_command(&hidden, "/bin/sh", &[below]).is_ok());
+        assert!(check_command(&hidden, "/bin/sh", &["-c".into()]).is_ok(), "words that are not files");
+    }
 }

@@ -10,7 +10,7 @@
 use async_trait::async_trait;
 use trekker_domain::BotId;
 
-use super::{BEGIN_WRITE, Db};
+use super::{BEGIN_WRITE, Db, lock_if_run_by};
 use crate::cipher::Sealed;
 use crate::error::StoreError;
 use crate::model::*;
@@ -171,21 +171,7 @@ impl DeviceStateStore for SqlStore<Db> {
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
         // The fence, holding the bot row until commit: a new runner cannot
         // take the bot between the check and the writes.
-        let runner: Option<String> = sqlx::query_scalar(concat!(
-            "SELECT b.id FROM bot_instances b WHERE b.id = $1 AND b.runner = $2 AND b.runner_epoch = $3 \
-             AND b.credentials_version = $5 AND ",
-            own_lease_live!(),
-            " ",
-            lock_row!()
-        ))
-        .bind(id.as_str())
-        .bind(lease.node.as_str())
-        .bind(lease.epoch)
-        .bind(now)
-        .bind(version)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if runner.is_none() {
+        if !lock_if_run_by(&mut tx, id, lease, version, now).await? {
             tx.rollback().await?;
             return Ok(false);
         }

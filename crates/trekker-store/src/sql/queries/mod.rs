@@ -8,22 +8,11 @@
 //! milliseconds in BIGINT columns.
 
 /// The node lease `($2, $3)` (node, epoch) holds at `$4`. Defined before the
-/// modules below so that runtime and session-state queries share it (the same
-/// for `run_by_lease!`).
+/// modules below so that runtime and session-state queries share it.
 macro_rules! own_lease_live {
     () => {
         "EXISTS (SELECT 1 FROM server_registry mine WHERE mine.server_name = $2 AND mine.epoch = $3 \
          AND mine.lease_until >= $4)"
-    };
-}
-
-/// The bot `$1`'s runner is the lease `($2, $3)`, which is live at `$4`, and its
-/// credentials are at version `$5`.
-macro_rules! run_by_lease {
-    () => {
-        "EXISTS (SELECT 1 FROM bot_instances b JOIN server_registry lease ON lease.server_name = b.runner \
-         WHERE b.id = $1 AND b.runner = $2 AND b.runner_epoch = $3 AND b.credentials_version = $5 \
-         AND lease.epoch = $3 AND lease.lease_until >= $4)"
     };
 }
 
@@ -48,6 +37,35 @@ use super::{BEGIN_WRITE, CHANGE_CURSOR, Db, GENERIC_PLANS};
 use crate::error::StoreError;
 use crate::model::*;
 use crate::sql::rows::*;
+
+/// The runner fence of everything a run writes (session and device state):
+/// the bot `id` is run by `lease`, live at `now`, at credentials `version`.
+/// Holds the bot row until the transaction ends, so a new runner's
+/// `acquire_bot` (an UPDATE of that row) is ordered before or after the
+/// whole write, never in the middle: after it, the fence fails.
+pub(super) async fn lock_if_run_by(
+    tx: &mut sqlx::Transaction<'static, Db>,
+    id: &BotId,
+    lease: &NodeLease,
+    version: i64,
+    now: Millis,
+) -> Result<bool, StoreError> {
+    let runner: Option<String> = sqlx::query_scalar(concat!(
+        "SELECT b.id FROM bot_instances b WHERE b.id = $1 AND b.runner = $2 AND b.runner_epoch = $3 \
+         AND b.credentials_version = $5 AND ",
+        own_lease_live!(),
+        " ",
+        lock_row!()
+    ))
+    .bind(id.as_str())
+    .bind(lease.node.as_str())
+    .bind(lease.epoch)
+    .bind(now)
+    .bind(version)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(runner.is_some())
+}
 
 /// The account key and device-identity time of verified credentials, as
 /// stored (invariant 8).

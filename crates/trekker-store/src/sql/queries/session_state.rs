@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use trekker_domain::{BotId, PhoneNumber};
 
-use super::{BEGIN_WRITE, Db, insert_activity_in};
+use super::{BEGIN_WRITE, Db, insert_activity_in, lock_if_run_by};
 use crate::cipher::Sealed;
 use crate::error::StoreError;
 use crate::model::*;
@@ -57,26 +57,31 @@ impl SessionStateStore for SqlStore<Db> {
         snapshot: &SessionSnapshot,
         now: Millis,
     ) -> Result<bool, StoreError> {
+        // Sealed before the transaction: no crypto while the row is locked.
         let sealed = self.cipher.seal(&state_row_id(id, version), &snapshot.archive)?;
-        // One statement: the fence, the generation rule and the write
-        // succeed or fail together; a refused write changes nothing.
-        let done = sqlx::query(concat!(
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        // The fence holds the bot row: a save in flight when another runner
+        // acquires the bot lands before that acquire or not at all, so the
+        // new runner always loads the last state and its saves go on.
+        if !lock_if_run_by(&mut tx, id, lease, version, now).await? {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        // The generation rule and the write succeed or fail together; a
+        // refused write changes nothing.
+        let done = sqlx::query(
             "INSERT INTO bot_session_state (bot_id, credentials_version, generation, state_ciphertext, \
              state_nonce, state_key_id, size_bytes, file_count, synced_at) \
-             SELECT $1, $5, $6, $7, $8, $9, $10, $11, $4 WHERE ",
-            run_by_lease!(),
-            " ON CONFLICT (bot_id) DO UPDATE SET credentials_version = excluded.credentials_version, \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             ON CONFLICT (bot_id) DO UPDATE SET credentials_version = excluded.credentials_version, \
              generation = excluded.generation, state_ciphertext = excluded.state_ciphertext, \
              state_nonce = excluded.state_nonce, state_key_id = excluded.state_key_id, \
              size_bytes = excluded.size_bytes, file_count = excluded.file_count, synced_at = excluded.synced_at \
              WHERE bot_session_state.credentials_version < excluded.credentials_version \
              OR (bot_session_state.credentials_version = excluded.credentials_version \
-             AND bot_session_state.generation < excluded.generation)"
-        ))
+             AND bot_session_state.generation < excluded.generation)",
+        )
         .bind(id.as_str())
-        .bind(lease.node.as_str())
-        .bind(lease.epoch)
-        .bind(now)
         .bind(version)
         .bind(snapshot.generation)
         .bind(&sealed.ciphertext)
@@ -84,8 +89,10 @@ impl SessionStateStore for SqlStore<Db> {
         .bind(&sealed.key_id)
         .bind(snapshot.size_bytes)
         .bind(snapshot.file_count)
-        .execute(&self.pool)
+        .bind(now)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(done.rows_affected() == 1)
     }
 
