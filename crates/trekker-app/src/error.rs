@@ -66,6 +66,11 @@ impl From<StoreError> for AppError {
             StoreError::AccountMismatch => Self::AccountMismatch { review_id: None },
             StoreError::OlderSession => Self::OlderSession,
             StoreError::ReviewNotFound => Self::NotFound("Credential review not found or already decided.".into()),
+            StoreError::Conflict(message) => Self::Conflict(message),
+            StoreError::ServerFull(name) => Self::ServerFull(name),
+            StoreError::ServerNotAccepting { server, status } => {
+                Self::Conflict(format!("{server} is {} and takes no new bots.", status.as_str()))
+            }
             StoreError::StaleVersion { current } => {
                 Self::Conflict(format!("A newer credentials version ({current}) is already stored."))
             }

@@ -288,17 +288,8 @@ impl Trekker {
     /// Tries the other servers, best first; `None` when none took the bot.
     async fn place_elsewhere(&self, input: &Checked, servers: &[ServerSnapshot]) -> Result<Option<Placed>, AppError> {
         let liveness = Liveness { now_ms: self.now(), heartbeat_interval_ms: self.heartbeat_interval_ms };
-        let candidates: Vec<Candidate> = servers
-            .iter()
-            .filter(|s| s.name != self.node)
-            .map(|s| Candidate {
-                name: s.name.clone(),
-                max_bot_count: s.max_bot_count,
-                current_bot_count: s.current_bot_count,
-                status: s.status,
-                last_heartbeat: s.last_heartbeat,
-            })
-            .collect();
+        let candidates: Vec<Candidate> =
+            servers.iter().filter(|s| s.name != self.node).map(crate::admin::candidate).collect();
         for target in self.placement.rank(&candidates, liveness) {
             tracing::info!("🌐 Auto-selecting target server: {target}");
             let id = new_bot_id();

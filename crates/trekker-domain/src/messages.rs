@@ -87,6 +87,14 @@ pub fn auto_assigned(bot_name: &str, from: &ServerName, to: &ServerName, slots_l
     )
 }
 
+/// Sent to the guest when an admin (or the fleet itself) moved the bot.
+pub fn bot_moved(bot_name: &str, from: &ServerName, to: &ServerName) -> String {
+    format!(
+        "Your bot \"{bot_name}\" was moved from {from} to {to}. Its session moves with it: it restarts there \
+         in a moment, nothing to do on your side."
+    )
+}
+
 /// Sent to the guest when the bot's credentials were replaced.
 pub fn credentials_updated(bot_name: &str, server: &ServerName, restarting: bool) -> String {
     if restarting {
@@ -147,6 +155,8 @@ pub enum GuestMessage {
     Text(String),
     /// The bot was placed on `to` because `from` was full.
     AutoAssigned { bot_name: String, from: ServerName, to: ServerName },
+    /// The bot was moved from `from` to `to`, its session with it.
+    Moved { bot_name: String, from: ServerName, to: ServerName },
 }
 
 impl GuestMessage {
@@ -156,6 +166,7 @@ impl GuestMessage {
         match self {
             Self::Text(text) => text.clone(),
             Self::AutoAssigned { bot_name, from, to } => auto_assigned(bot_name, from, to, slots_left.unwrap_or(0)),
+            Self::Moved { bot_name, from, to } => bot_moved(bot_name, from, to),
         }
     }
 }
@@ -225,6 +236,11 @@ mod tests {
                 auto_assigned("Bot", &a, &b, 4),
                 "SERVER0 is full, so your bot \"Bot\" was registered on SERVER1 (4 slots left there). It is waiting \
                  for admin approval.",
+            ),
+            (
+                GuestMessage::Moved { bot_name: "Bot".into(), from: a.clone(), to: b.clone() }.render(None),
+                "Your bot \"Bot\" was moved from SERVER0 to SERVER1. Its session moves with it: it restarts there \
+                 in a moment, nothing to do on your side.",
             ),
             (
                 credentials_updated("Bot", &a, true),

@@ -33,6 +33,10 @@ pub enum StoreError {
     OlderSession,
     #[error("credential review not found or already decided")]
     ReviewNotFound,
+    /// The change does not fit the bot's state (e.g. a move to its own
+    /// server, or while an earlier move is still under way).
+    #[error("{0}")]
+    Conflict(String),
     #[error(transparent)]
     Transition(#[from] ApprovalTransitionError),
     #[error("invalid value: {0}")]

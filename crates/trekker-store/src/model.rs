@@ -460,6 +460,13 @@ pub struct RuntimeReport {
     pub invalid_reason: Option<String>,
 }
 
+/// A bot after a move (invariant 11), and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MovedBot {
+    pub bot: BotRecord,
+    pub from: ServerName,
+}
+
 /// How a bot's run ended (`lastExit`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BotExit {

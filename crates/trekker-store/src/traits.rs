@@ -94,6 +94,20 @@ pub trait BotStore: Send + Sync + 'static {
     /// Rejects a bot and frees its phone and slot in the same transaction.
     async fn reject_bot(&self, id: &BotId, effects: &SideEffects, now: Millis) -> Result<BotRecord, StoreError>;
 
+    /// Moves a bot to `to` in one transaction (invariant 11): its host, its
+    /// registry row and both servers' counts (`to` must be active with a
+    /// free slot, under any concurrency), with `effects`. The runner is
+    /// kept: the old host may still save the bot's session as it stops it,
+    /// but reports no status for it, and the new host takes the bot only
+    /// once the old one released it or its lease ran out.
+    async fn move_bot(
+        &self,
+        id: &BotId,
+        to: &ServerName,
+        effects: &SideEffects,
+        now: Millis,
+    ) -> Result<MovedBot, StoreError>;
+
     /// Deletes a bot; frees its phone and slot if it still held them.
     async fn delete_bot(&self, id: &BotId, effects: &SideEffects, now: Millis) -> Result<BotRecord, StoreError>;
 

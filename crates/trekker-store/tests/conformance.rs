@@ -209,6 +209,8 @@ macro_rules! conformance_cases {
 }
 
 conformance_cases!(
+    a_move_changes_host_registry_and_counts_and_fences_the_old_runner,
+    concurrent_moves_never_overfill_the_target,
     the_change_feed_keeps_up_with_writers_in_a_tight_loop,
     a_save_in_flight_when_another_runner_takes_the_bot_writes_nothing,
     servers_upsert_heartbeat_and_patch,
@@ -1425,6 +1427,97 @@ async fn a_save_in_flight_when_another_runner_takes_the_bot_writes_nothing(f: Fi
     let loaded = s.load_session_state(&bot.id, 1).await.unwrap().unwrap();
     assert_eq!((loaded.generation, loaded.archive.as_slice()), (1, b"first".as_slice()));
     assert!(s.save_session_state(&bot.id, &new, 1, &session_snapshot(2, "new host"), NOW).await.unwrap());
+}
+
+/// A move changes host, registry and both counts in one transaction; the
+/// old runner may still save the session as it stops the bot but reports
+/// nothing for it, and the new host takes the bot only once it is let go.
+async fn a_move_changes_host_registry_and_counts_and_fences_the_old_runner(f: Fixture) {
+    let s = &*f.store;
+    add_server(s, "SERVER0", 5).await;
+    add_server(s, "SERVER1", 1).await;
+    let bot = registered_and_approved(s, "254700000420", "SERVER0").await;
+    let (a, b) = (server("SERVER0"), server("SERVER1"));
+    let old = s.start_node_lease(&a, NOW, 30_000).await.unwrap();
+    let new = s.start_node_lease(&b, NOW, 30_000).await.unwrap();
+    assert!(s.acquire_bot(&bot.id, &old, 1, NOW).await.unwrap());
+
+    let activity = NewActivity::new(&a, "bot_moved", "SERVER0 -> SERVER1").for_bot(&bot.id, &bot.phone);
+    let moved = s.move_bot(&bot.id, &b, &SideEffects::activity(activity), NOW).await.unwrap();
+    assert_eq!((moved.from.as_str(), moved.bot.server.as_str()), ("SERVER0", "SERVER1"));
+    let count = |name: &'static str| async move {
+        s.list_servers().await.unwrap().into_iter().find(|x| x.name.as_str() == name).unwrap().current_bot_count
+    };
+    assert_eq!((count("SERVER0").await, count("SERVER1").await), (0, 1));
+    let entry = s.find_registration(&bot.phone).await.unwrap().unwrap();
+    assert_eq!(entry.server.as_str(), "SERVER1");
+    let activities = s.list_activities(Some(bot.id.clone()), None, 5).await.unwrap().activities;
+    assert_eq!(activities[0].action, "bot_moved");
+    assert!(s.find_inconsistencies().await.unwrap().is_empty(), "registry and bot agree");
+
+    // The old runner: no status any more, but its last save still lands.
+    let report = RuntimeReport {
+        bot_id: bot.id.clone(),
+        runner: old.clone(),
+        version: 1,
+        status: RuntimeStatus::Online,
+        restarts: 0,
+        last_error: None,
+        invalid_reason: None,
+    };
+    assert!(!s.report_runtime(&report, NOW).await.unwrap(), "a late status of the old host");
+    assert!(s.save_session_state(&bot.id, &old, 1, &session_snapshot(1, "final"), NOW).await.unwrap());
+    // The new host waits for it, and a second move waits for the first.
+    assert!(!s.acquire_bot(&bot.id, &new, 1, NOW).await.unwrap(), "two runners at once");
+    let again = s.move_bot(&bot.id, &a, &effects("bot_moved"), NOW).await.unwrap_err();
+    assert!(matches!(again, StoreError::Conflict(ref m) if m.contains("under way")), "{again:?}");
+    s.release_bot(&bot.id, &old).await.unwrap();
+    assert!(s.acquire_bot(&bot.id, &new, 1, NOW).await.unwrap());
+    assert_eq!(s.load_session_state(&bot.id, 1).await.unwrap().unwrap().archive, b"final");
+
+    // Refused moves change nothing.
+    let same = s.move_bot(&bot.id, &b, &effects("bot_moved"), NOW).await.unwrap_err();
+    assert!(matches!(same, StoreError::Conflict(_)), "{same:?}");
+    let other = registered_and_approved(s, "254700000421", "SERVER0").await;
+    let notified_before = s.pending_notifications().await.unwrap();
+    let told = effects("bot_moved").notify(&other.phone, "moved");
+    let full = s.move_bot(&other.id, &b, &told, NOW).await.unwrap_err();
+    assert!(matches!(full, StoreError::ServerFull(_)), "{full:?}");
+    let unknown = s.move_bot(&other.id, &server("SERVER9"), &told, NOW).await.unwrap_err();
+    assert!(matches!(unknown, StoreError::UnknownServer(_)), "{unknown:?}");
+    assert_eq!((count("SERVER0").await, count("SERVER1").await), (1, 1));
+    assert_eq!(s.pending_notifications().await.unwrap(), notified_before, "effects of refused moves");
+}
+
+/// Eight moves race for one free slot: exactly one wins, counts stay exact.
+async fn concurrent_moves_never_overfill_the_target(f: Fixture) {
+    let s = f.store.clone();
+    add_server(&*s, "SERVER0", 10).await;
+    add_server(&*s, "SERVER1", 1).await;
+    let mut bots = Vec::new();
+    for n in 0..8 {
+        bots.push(registered_and_approved(&*s, &format!("25470000043{n}"), "SERVER0").await);
+    }
+    let moves: Vec<_> = bots
+        .iter()
+        .map(|bot| {
+            let (s, id) = (s.clone(), bot.id.clone());
+            tokio::spawn(async move { s.move_bot(&id, &server("SERVER1"), &effects("bot_moved"), NOW).await })
+        })
+        .collect();
+    let mut won = 0;
+    for done in moves {
+        match done.await.unwrap() {
+            Ok(_) => won += 1,
+            Err(StoreError::ServerFull(_)) => {}
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(won, 1);
+    let servers = s.list_servers().await.unwrap();
+    let count = |name: &str| servers.iter().find(|x| x.name.as_str() == name).unwrap().current_bot_count;
+    assert_eq!((count("SERVER0"), count("SERVER1")), (7, 1));
+    assert!(s.find_inconsistencies().await.unwrap().is_empty());
 }
 
 async fn session_state_is_sealed_fenced_and_kept_per_pairing(f: Fixture) {

@@ -397,3 +397,64 @@ async fn a_node_stalled_past_its_lease_loses_its_bots_to_their_new_host() {
     a.stop().await;
     b.stop().await;
 }
+
+/// `POST /api/admin/bots/{id}/move` (invariant 11): one transaction moves
+/// the bot, its old host stops it, its new host starts it, never both at
+/// once; the guest is told; refused moves change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_admin_move_runs_the_bot_on_its_new_host_and_never_on_both() {
+    let Some(url) = postgres_url().await else { return };
+    let ledger = Arc::new(Ledger::default());
+    let driver = || -> Arc<dyn trekker_runtime::BotDriver> { Arc::new(simulated().with_observer(ledger.clone())) };
+    let a = spawn_node_with(settings(&url, "SERVER0", 5), fast_runtime(Some(driver()))).await;
+    let b = spawn_node_with(settings(&url, "SERVER1", 5), fast_runtime(Some(driver()))).await;
+    let id = register_approved(&a, &creds::phone(66, 1)).await;
+    wait_status(&a, &id, RuntimeStatus::Online).await;
+    let bot = BotId::parse(&id).unwrap();
+    let runs_on = |node: &str| ledger.running.lock().unwrap().get(&bot).is_some_and(|n| n.as_str() == node);
+    assert!(runs_on("SERVER0"));
+
+    // Asked of either node, the move is committed at once (202)...
+    let path = format!("/api/admin/bots/{id}/move");
+    let moved = b.admin(reqwest::Method::POST, &path, Some(json!({"server": "SERVER1"}))).await;
+    assert_eq!(moved.status, 202, "{:?}", moved.body);
+    assert_eq!(moved.body, json!({"success": true, "botId": id, "from": "SERVER0", "to": "SERVER1"}));
+    // ...and the bot then runs on its new host only.
+    eventually(Duration::from_secs(15), "the bot running on SERVER1", || async { runs_on("SERVER1") }).await;
+    wait_status(&b, &id, RuntimeStatus::Online).await;
+    let detail = a.admin(reqwest::Method::GET, &format!("/api/admin/bots/{id}"), None).await;
+    assert_eq!(detail.body["server"], "SERVER1");
+    let servers = a.admin(reqwest::Method::GET, "/api/admin/servers", None).await;
+    let used = |name: &str| {
+        servers.body["servers"].as_array().unwrap().iter().find(|s| s["name"] == name).unwrap()["currentBots"].clone()
+    };
+    assert_eq!((used("SERVER0"), used("SERVER1")), (json!(0), json!(1)));
+    let activities = a.admin(reqwest::Method::GET, &format!("/api/admin/activities?bot={id}"), None).await;
+    assert_eq!(activities.body["activities"][0]["action"], "bot_moved");
+    let told = raw_count(
+        &url,
+        "SELECT COUNT(*) FROM notification_outbox WHERE message LIKE '%was moved from SERVER0 to SERVER1%'",
+    )
+    .await;
+    assert_eq!(told, 1, "the guest is told once");
+
+    // Refusals: the same server, an unknown one, a bad body, a stranger.
+    let same = a.admin(reqwest::Method::POST, &path, Some(json!({"server": "SERVER1"}))).await;
+    assert_eq!((same.status, same.body["code"].as_str()), (409, Some("CONFLICT")));
+    let unknown = a.admin(reqwest::Method::POST, &path, Some(json!({"server": "SERVER9"}))).await;
+    assert_eq!((unknown.status, unknown.body["code"].as_str()), (404, Some("UNKNOWN_SERVER")));
+    let garbage = a.admin(reqwest::Method::POST, &path, Some(json!({"server": 7, "extra": true}))).await;
+    assert_eq!((garbage.status, garbage.body["code"].as_str()), (400, Some("INVALID_INPUT")));
+    let missing = a.admin(reqwest::Method::POST, "/api/admin/bots/no-such-bot/move", None).await;
+    assert_eq!((missing.status, missing.body["code"].as_str()), (404, Some("NOT_FOUND")));
+    let stranger = a.client.post(a.url(&path)).send().await.unwrap();
+    assert_eq!(stranger.status(), 401);
+
+    // Without a target, placement chooses: the only other server.
+    let back = a.admin(reqwest::Method::POST, &path, None).await;
+    assert_eq!((back.status, back.body["to"].as_str()), (202, Some("SERVER0")), "{:?}", back.body);
+    eventually(Duration::from_secs(15), "the bot back on SERVER0", || async { runs_on("SERVER0") }).await;
+    assert!(ledger.violations.lock().unwrap().is_empty(), "{:?}", ledger.violations.lock().unwrap());
+    a.stop().await;
+    b.stop().await;
+}

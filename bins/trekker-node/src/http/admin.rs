@@ -2,6 +2,7 @@
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
@@ -25,6 +26,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/api/admin/bots/{id}", get(get_bot).delete(delete_bot))
         .route("/api/admin/bots/{id}/approve", post(approve_bot))
         .route("/api/admin/bots/{id}/reject", post(reject_bot))
+        .route("/api/admin/bots/{id}/move", post(move_bot))
         .route("/api/admin/bots/{id}/messages", post(send_message))
         .route("/api/admin/activities", get(list_activities))
         .route("/api/admin/capacity-warnings", get(capacity_warnings))
@@ -189,6 +191,39 @@ pub(crate) async fn reject_bot(
 ) -> Result<Json<Value>, ApiError> {
     let bot = state.trekker.reject_bot(&id).await?;
     Ok(bot_answer("Bot rejected; its phone number and slot are free.", &bot))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MoveBody {
+    /// The target server; absent: placement chooses (never the current host).
+    server: Option<String>,
+}
+
+/// Moves a bot to another server with its session (invariant 11): its old
+/// host stops it and saves its session, the new host restores and starts
+/// it; it never runs on both. The guest is told.
+#[utoipa::path(post, path = "/api/admin/bots/{id}/move", tag = "admin",
+    security(("admin" = [])), request_body = MoveBody,
+    responses((status = 202, description = "`{success, botId, from, to}`: the move is committed; the bot restarts there"),
+        (status = 404, body = ErrorBody, description = "NOT_FOUND or UNKNOWN_SERVER"),
+        (status = 409, body = ErrorBody, description = "SERVER_FULL, or CONFLICT: the same server, a target not \
+            active or offline, a move of this bot under way")))]
+pub(crate) async fn move_bot(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body: MoveBody = optional_body(&body)?;
+    let moved = state.trekker.move_bot(&id, body.server.as_deref()).await?;
+    let answer = json!({
+        "success": true,
+        "botId": moved.bot.id.as_str(),
+        "from": moved.from.as_str(),
+        "to": moved.bot.server.as_str(),
+    });
+    Ok((StatusCode::ACCEPTED, Json(answer)))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -387,6 +387,101 @@ impl BotStore for SqlStore<Db> {
         Ok(record)
     }
 
+    async fn move_bot(
+        &self,
+        id: &BotId,
+        to: &ServerName,
+        effects: &SideEffects,
+        now: Millis,
+    ) -> Result<MovedBot, StoreError> {
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        let (approval, row) = lock_approval_in(&mut tx, id).await?;
+        let from = ServerName::parse(&row.server_name).map_err(|_| corrupt("server name", &row.server_name))?;
+        let refuse = |message: String| Err(StoreError::Conflict(message));
+        if &from == to {
+            tx.rollback().await?;
+            return refuse(format!("The bot is already on {to}."));
+        }
+        // An earlier move is over once the old host let the bot go.
+        let still_held: Option<String> = sqlx::query_scalar(
+            "SELECT runner FROM bot_instances WHERE id = $1 AND runner IS NOT NULL AND runner <> server_name",
+        )
+        .bind(id.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(old_host) = still_held {
+            tx.rollback().await?;
+            return refuse(format!("A move of this bot is under way: {old_host} has not let it go yet."));
+        }
+        if approval.occupies_slot() {
+            let pending = i64::from(approval == ApprovalStatus::Pending);
+            // Both server rows, in name order: moves between the same two
+            // servers in opposite directions never deadlock.
+            let mut names = [from.as_str(), to.as_str()];
+            names.sort_unstable();
+            for name in names {
+                sqlx::query(concat!("SELECT server_name FROM server_registry WHERE server_name = $1 ", lock_row!()))
+                    .bind(name)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            }
+            // The target's slot: one conditional UPDATE, as for a registration (invariant 2).
+            let reserved: Option<i64> = sqlx::query_scalar(
+                "UPDATE server_registry SET current_bot_count = current_bot_count + 1, \
+                 pending_count = pending_count + $3, updated_at = $2 \
+                 WHERE server_name = $1 AND server_status = 'active' AND current_bot_count < max_bot_count \
+                 RETURNING current_bot_count",
+            )
+            .bind(to.as_str())
+            .bind(now)
+            .bind(pending)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if reserved.is_none() {
+                let server = fetch_server_in(&mut tx, to.as_str()).await?;
+                tx.rollback().await?;
+                return Err(match server {
+                    None => StoreError::UnknownServer(to.clone()),
+                    Some(s) if s.status != ServerStatus::Active => {
+                        StoreError::ServerNotAccepting { server: s.name, status: s.status }
+                    }
+                    Some(s) => StoreError::ServerFull(s.name),
+                });
+            }
+            sqlx::query(
+                "UPDATE server_registry SET current_bot_count = current_bot_count - 1, \
+                 pending_count = CASE WHEN pending_count >= $3 THEN pending_count - $3 ELSE 0 END, updated_at = $2 \
+                 WHERE server_name = $1 AND current_bot_count > 0",
+            )
+            .bind(from.as_str())
+            .bind(now)
+            .bind(pending)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE god_register SET tenancy_name = $2 WHERE phone_number = $1 AND bot_id = $3")
+                .bind(&row.phone_number)
+                .bind(to.as_str())
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+        } else if fetch_server_in(&mut tx, to.as_str()).await?.is_none() {
+            tx.rollback().await?;
+            return Err(StoreError::UnknownServer(to.clone()));
+        }
+        // The runner stays: only it may save the session as it stops the
+        // bot, and `server_name` no longer being its node refuses its status.
+        sqlx::query("UPDATE bot_instances SET server_name = $2, updated_at = $3 WHERE id = $1")
+            .bind(id.as_str())
+            .bind(to.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        insert_effects_in(&mut tx, effects, None, now).await?;
+        let bot = fetch_bot_in(&mut tx, id.as_str()).await?;
+        tx.commit().await?;
+        Ok(MovedBot { bot, from })
+    }
+
     async fn delete_bot(&self, id: &BotId, effects: &SideEffects, now: Millis) -> Result<BotRecord, StoreError> {
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
         let (current, row) = lock_approval_in(&mut tx, id).await?;
