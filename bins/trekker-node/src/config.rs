@@ -42,6 +42,16 @@ pub enum BotDriverKind {
     Whatsapp,
 }
 
+/// Whether the balancer moves bots between servers (REBALANCE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RebalanceMode {
+    /// A few bots at a time move from servers far above the fleet's mean
+    /// use to servers below it.
+    On,
+    /// Bots stay where they were placed (the default).
+    Off,
+}
+
 /// Whether `process` bots run isolated (DESIGN.md invariant 10).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SandboxMode {
@@ -154,6 +164,16 @@ pub struct Settings {
     /// Size a running bot's AUTH_DIR may reach (MiB); past it the bot is stopped.
     #[arg(long, env = "BOT_DISK_MB", default_value_t = 64)]
     pub bot_disk_mb: u64,
+    /// A server whose node lease has been gone this long (seconds) hands its
+    /// approved bots to other servers; 0: never.
+    #[arg(long, env = "FAILOVER_AFTER_SECS", default_value_t = 120)]
+    pub failover_after_secs: u64,
+    /// Bots one node starts per minute that arrive by move, evacuation or
+    /// failover; also the pace of evacuation and balancing per target.
+    #[arg(long, env = "MOVES_PER_MIN", default_value_t = 30)]
+    pub moves_per_min: u32,
+    #[arg(long, env = "REBALANCE", value_enum, default_value_t = RebalanceMode::Off)]
+    pub rebalance: RebalanceMode,
     /// Seconds a `process` bot gets between SIGTERM and SIGKILL.
     #[arg(long, env = "BOT_STOP_GRACE_SECS", default_value_t = 10)]
     pub bot_stop_grace_secs: u64,
@@ -285,6 +305,10 @@ pub struct Config {
     pub bot_limits: trekker_runtime::sandbox::Limits,
     /// In bytes.
     pub bot_disk_bytes: u64,
+    /// Zero: never.
+    pub failover_after: Duration,
+    pub moves_per_min: u32,
+    pub rebalance: bool,
     /// Files the secrets were read from (hidden from bots).
     pub secret_files: Vec<PathBuf>,
     pub pairing_provider: PairingProviderKind,
@@ -435,6 +459,12 @@ impl Config {
         if !(1..=65_536).contains(&settings.bot_disk_mb) {
             return Err(invalid("BOT_DISK_MB", "must be between 1 and 65536"));
         }
+        if settings.failover_after_secs > 7 * 86_400 {
+            return Err(invalid("FAILOVER_AFTER_SECS", "must be at most 604800 (a week); 0 turns failover off"));
+        }
+        if !(1..=100_000).contains(&settings.moves_per_min) {
+            return Err(invalid("MOVES_PER_MIN", "must be between 1 and 100000"));
+        }
         let backend = Backend::from_url(&settings.database_url)
             .map_err(|_| invalid("DATABASE_URL", "must start with sqlite:// or postgres://"))?;
         let server_name =
@@ -553,6 +583,9 @@ impl Config {
                 cpu_percent: settings.bot_cpu_percent,
             },
             bot_disk_bytes: settings.bot_disk_mb * 1024 * 1024,
+            failover_after: Duration::from_secs(settings.failover_after_secs),
+            moves_per_min: settings.moves_per_min,
+            rebalance: settings.rebalance == RebalanceMode::On,
             secret_files,
             pairing_provider: settings.pairing_provider,
             notifier: settings.notifier,

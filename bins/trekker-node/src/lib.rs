@@ -83,6 +83,9 @@ impl std::fmt::Debug for AppState {
     }
 }
 
+/// How often the fleet loop runs (failover, evacuation, balancing).
+const FLEET_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How often the live event feed reads the cluster while someone listens.
 const LIVE_FEED_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -95,6 +98,9 @@ pub struct Overrides {
     pub tuning: Option<SupervisorTuning>,
     /// How often the expiry sweeper runs (default 30 s).
     pub sweep_every: Option<std::time::Duration>,
+    /// How often the fleet loop looks for failovers, evacuations and
+    /// imbalance (default 5 s).
+    pub fleet_every: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for Overrides {
@@ -104,6 +110,7 @@ impl std::fmt::Debug for Overrides {
             .field("messenger", &self.messenger)
             .field("tuning", &self.tuning)
             .field("sweep_every", &self.sweep_every)
+            .field("fleet_every", &self.fleet_every)
             .finish()
     }
 }
@@ -117,6 +124,9 @@ pub struct Application {
     driver: Arc<dyn BotDriver>,
     tuning: SupervisorTuning,
     sweep_every: std::time::Duration,
+    fleet_every: std::time::Duration,
+    /// Bots this node runs, counted by its supervisor, reported in its load.
+    bots_running: Arc<std::sync::atomic::AtomicUsize>,
     /// This node's registry row, written again if it ever goes missing.
     registration: ServerRegistration,
 }
@@ -170,6 +180,7 @@ impl Application {
         };
         let tuning = overrides.tuning.unwrap_or_else(|| SupervisorTuning {
             start_rate_per_sec: config.bot_start_rate,
+            arrivals_per_min: config.moves_per_min,
             ..SupervisorTuning::default()
         });
         let listener =
@@ -202,6 +213,17 @@ impl Application {
         trekker.pending_share_percent = i64::from(config.pending_max_percent);
         trekker.capacity_warn_percent = config.capacity_warn_percent;
         trekker.admin_phone = config.admin_phone.clone();
+        let bot_memory_bytes = i64::try_from(config.bot_limits.memory_bytes).unwrap_or(i64::MAX);
+        trekker.placement = Arc::new(trekker_placement::MostFreeSlots { bot_memory_bytes });
+        trekker.fleet = trekker_app::fleet::FleetSettings {
+            failover_after_ms: i64::try_from(config.failover_after.as_millis()).unwrap_or(i64::MAX),
+            moves_per_min: i64::from(config.moves_per_min),
+            rebalance: config.rebalance,
+            bot_memory_bytes,
+            ..trekker_app::fleet::FleetSettings::default()
+        };
+        let bots_running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        trekker.load = Some(Arc::new(trekker_app::load::LoadMeter::new(bots_running.clone())));
         let trekker = Arc::new(trekker);
         let pairing: Arc<dyn PairingProvider> = match config.pairing_provider {
             PairingProviderKind::Simulated => {
@@ -258,7 +280,19 @@ impl Application {
             process_bots,
         };
         let sweep_every = overrides.sweep_every.unwrap_or(EXPIRY_SWEEP_EVERY);
-        Ok(Self { listener, addr, state, shutdown, driver, tuning, sweep_every, registration })
+        let fleet_every = overrides.fleet_every.unwrap_or(FLEET_EVERY);
+        Ok(Self {
+            listener,
+            addr,
+            state,
+            shutdown,
+            driver,
+            tuning,
+            sweep_every,
+            fleet_every,
+            bots_running,
+            registration,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -302,10 +336,12 @@ impl Application {
             store: self.state.store.clone(),
             every: self.state.config.bot_state_sync,
             limit: self.state.config.bot_state_max_bytes,
-        });
+        })
+        .with_running_counter(self.bots_running.clone());
         tasks.spawn(supervisor.run(self.state.trekker.runtime_changed.clone(), self.shutdown.clone()));
         tasks.spawn(trekker_app::crossserver::run_outbox(self.state.trekker.clone(), self.shutdown.clone()));
         tasks.spawn(trekker_app::sweeper::run(self.state.trekker.clone(), self.sweep_every, self.shutdown.clone()));
+        tasks.spawn(trekker_app::fleet::run(self.state.trekker.clone(), self.fleet_every, self.shutdown.clone()));
         tasks.spawn(trekker_app::events::run_event_feed(
             self.state.trekker.clone(),
             self.state.trekker.events.clone(),

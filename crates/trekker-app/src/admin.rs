@@ -2,13 +2,11 @@
 //! registry inconsistency checks and repair.
 
 use base64::Engine as _;
-use trekker_domain::GuestMessage;
 use trekker_domain::RuntimeStatus;
 use trekker_domain::{ApprovalStatus, BotId, ServerName, ServerStatus, messages, time};
-use trekker_placement::{Candidate, Liveness};
 use trekker_store::{
-    Activity, BotCursor, BotFilter, BotRecord, CredentialUpdate, DEFAULT_PAGE, Inconsistency, MAX_PAGE, MovedBot,
-    NewActivity, OutboxStatus, ServerPatch, ServerSnapshot, SessionStateInfo, SideEffects,
+    Activity, BotCursor, BotFilter, BotRecord, CredentialUpdate, DEFAULT_PAGE, Inconsistency, MAX_PAGE, NewActivity,
+    OutboxStatus, ServerPatch, ServerSnapshot, SessionStateInfo, SideEffects,
 };
 
 use crate::{AppError, Trekker, telemetry};
@@ -36,7 +34,7 @@ pub struct RepairReport {
     pub dry_run: bool,
 }
 
-fn parse_bot_id(id: &str) -> Result<BotId, AppError> {
+pub(crate) fn parse_bot_id(id: &str) -> Result<BotId, AppError> {
     BotId::parse(id).map_err(|_| AppError::NotFound("Bot not found.".into()))
 }
 
@@ -208,50 +206,6 @@ impl Trekker {
         Ok(rejected)
     }
 
-    /// Moves a bot to `server`, or where placement chooses (never its
-    /// current host), in one transaction (invariant 11); its old host stops
-    /// it and saves its session, its new host restores and starts it. The
-    /// guest is told in the same transaction.
-    pub async fn move_bot(&self, id: &str, server: Option<&str>) -> Result<MovedBot, AppError> {
-        let bot = self.bot(id).await?;
-        let servers = self.store.servers.list_servers().await?;
-        let target = match server.map(str::trim).filter(|s| !s.is_empty()) {
-            Some(name) => {
-                let name = ServerName::parse(name).map_err(|_| AppError::UnknownServer(name.to_owned()))?;
-                let target =
-                    servers.iter().find(|s| s.name == name).ok_or(AppError::UnknownServer(name.to_string()))?;
-                if target.name == bot.server {
-                    return Err(AppError::Conflict(format!("The bot is already on {}.", bot.server)));
-                }
-                if target.status != ServerStatus::Active || !self.is_server_online(target) {
-                    return Err(AppError::Conflict(format!(
-                        "{} does not take bots now ({}, {}).",
-                        target.name,
-                        target.status.as_str(),
-                        if self.is_server_online(target) { "online" } else { "offline" }
-                    )));
-                }
-                target.name.clone()
-            }
-            None => {
-                let liveness = Liveness { now_ms: self.now(), heartbeat_interval_ms: self.heartbeat_interval_ms };
-                let candidates: Vec<Candidate> =
-                    servers.iter().filter(|s| s.name != bot.server).map(candidate).collect();
-                self.placement.rank(&candidates, liveness).into_iter().next().ok_or_else(|| {
-                    AppError::Conflict("No other server is active, online and has a free slot.".into())
-                })?
-            }
-        };
-        let details = format!("moved by an admin from {} to {target}", bot.server);
-        let activity = NewActivity::new(&self.node, "bot_moved", details).for_bot(&bot.id, &bot.phone);
-        let message = GuestMessage::Moved { bot_name: bot.name.clone(), from: bot.server.clone(), to: target.clone() };
-        let effects = SideEffects::activity(activity).notify(&bot.phone, message);
-        let moved = self.store.bots.move_bot(&bot.id, &target, &effects, self.now()).await?;
-        self.bots_changed();
-        tracing::info!(bot = %moved.bot.id, from = %moved.from, to = %moved.bot.server, "🚚 Bot moved");
-        Ok(moved)
-    }
-
     /// Deletes a bot, freeing its phone and slot.
     pub async fn delete_bot(&self, id: &str) -> Result<BotRecord, AppError> {
         let id = parse_bot_id(id)?;
@@ -413,17 +367,6 @@ pub(crate) fn parse_cursor(text: &str) -> Result<(i64, String), AppError> {
     Ok((created_at.parse().map_err(|_| bad())?, id.to_owned()))
 }
 
-/// A server as placement sees it.
-pub(crate) fn candidate(server: &ServerSnapshot) -> Candidate {
-    Candidate {
-        name: server.name.clone(),
-        max_bot_count: server.max_bot_count,
-        current_bot_count: server.current_bot_count,
-        status: server.status,
-        last_heartbeat: server.last_heartbeat,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -501,6 +444,8 @@ mod tests {
                     base_url: None,
                     last_heartbeat: Some(NOW - 60_000),
                     description: None,
+                    load: None,
+                    evacuation: None,
                 })
             });
         store.activities.expect_append_activity().times(1).returning(|_, _| Ok(()));

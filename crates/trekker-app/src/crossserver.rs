@@ -130,7 +130,7 @@ impl Trekker {
             Ok(RegisterOutcome::CrossServerQueued { bot, host: host.clone(), update_id: queued.id.clone() })
         };
         // A host that missed its heartbeats is not waited for.
-        let Some(base_url) = self.reachable_base_url(host).await? else {
+        if self.reachable_base_url(host).await?.is_none() {
             tracing::info!(%host, update = %queued.id, "host offline; update queued");
             return queued_answer(bot);
         };
@@ -141,7 +141,7 @@ impl Trekker {
         else {
             return queued_answer(bot);
         };
-        match self.deliver_update(&claimed, &base_url, &worker).await {
+        match self.deliver_update(&claimed, &worker).await {
             Delivery::Delivered(answer) => {
                 let mut bot = bot;
                 bot.credentials_version = answer.credentials_version;
@@ -167,9 +167,32 @@ impl Trekker {
             .and_then(|s| s.base_url))
     }
 
-    /// One attempt at a claimed update; records its outcome in the outbox.
-    async fn deliver_update(&self, claimed: &ClaimedUpdate, base_url: &str, worker: &str) -> Delivery {
+    /// Where the bot lives now: an update queued for its old host follows
+    /// the bot when it moved meanwhile (invariant 11).
+    async fn current_host(&self, update: &CredentialUpdate) -> Result<ServerName, StoreError> {
+        Ok(self.store.bots.get_bot(&update.bot_id).await?.map_or_else(|| update.target.clone(), |bot| bot.server))
+    }
+
+    /// One attempt at a claimed update, sent to the bot's host as of now;
+    /// records its outcome in the outbox.
+    async fn deliver_update(&self, claimed: &ClaimedUpdate, worker: &str) -> Delivery {
         let update = &claimed.update;
+        let host = match self.current_host(update).await {
+            Ok(host) => host,
+            Err(err) => return self.retry_later(update, worker, format!("database: {err}")).await,
+        };
+        if host != update.target {
+            tracing::info!(update = %update.id, from = %update.target, to = %host, "bot moved: the update follows it");
+        }
+        let base_url = if host == self.node {
+            String::new()
+        } else {
+            match self.reachable_base_url(&host).await {
+                Ok(Some(url)) => url,
+                Ok(None) => return self.retry_later(update, worker, "host offline".into()).await,
+                Err(err) => return self.retry_later(update, worker, format!("database: {err}")).await,
+            }
+        };
         let body = CredentialsUpdateBody {
             bot_id: update.bot_id.to_string(),
             phone_number: update.phone.to_string(),
@@ -177,7 +200,7 @@ impl Trekker {
             credentials_version: Some(update.version),
         };
         let started = Instant::now();
-        let result = if update.target == self.node {
+        let result = if host == self.node {
             // This node hosts the bot (it came back and its own dispatcher
             // claimed the update): apply it here. A node never calls itself,
             // and its verifier refuses tokens it issued to itself. The
@@ -188,14 +211,14 @@ impl Trekker {
                 refused => ClientError::Refused { status: 409, code: String::new(), message: refused.to_string() },
             })
         } else {
-            self.remote.update_bot_credentials(&update.target, base_url, &update.id, &body).await
+            self.remote.update_bot_credentials(&host, &base_url, &update.id, &body).await
         };
-        let target = update.target.to_string();
+        let target = host.to_string();
         let (outcome, delivery, label) = match result {
             Ok(answer) => {
                 metrics::histogram!(telemetry::CROSS_SERVER_LATENCY, "target" => target.clone())
                     .record(started.elapsed().as_secs_f64());
-                tracing::info!("✅ Credentials updated on {} for bot {}", update.target, update.bot_id);
+                tracing::info!("✅ Credentials updated on {host} for bot {}", update.bot_id);
                 (DeliveryOutcome::Delivered, Delivery::Delivered(answer), "delivered")
             }
             Err(ClientError::Refused { message, .. }) => {
@@ -223,10 +246,21 @@ impl Trekker {
                 format!("applied as version {}", answer.credentials_version),
             )
             .for_bot(&update.bot_id, &update.phone)
-            .with_remote(&update.target, Some(&update.bot_id));
+            .with_remote(&host, Some(&update.bot_id));
             self.record(activity).await;
         }
         delivery
+    }
+
+    /// Leaves a claimed update queued for another try in a second.
+    async fn retry_later(&self, update: &CredentialUpdate, worker: &str, error: String) -> Delivery {
+        let retry = DeliveryOutcome::Retry { retry_at: self.now() + 1_000, error };
+        if let Err(err) =
+            self.store.credential_outbox.finish_credential_update(&update.id, worker, retry, self.now()).await
+        {
+            tracing::warn!(update = %update.id, error = ?err, "could not record the delivery result");
+        }
+        Delivery::Later
     }
 
     /// Delivers due queued updates once; returns how many were attempted.
@@ -247,15 +281,7 @@ impl Trekker {
                     .await?;
                 continue;
             }
-            match self.reachable_base_url(&update.update.target).await? {
-                Some(base_url) => {
-                    self.deliver_update(&update, &base_url, worker).await;
-                }
-                None => {
-                    let retry = DeliveryOutcome::Retry { retry_at: self.now() + 1_000, error: "host offline".into() };
-                    self.store.credential_outbox.finish_credential_update(&id, worker, retry, self.now()).await?;
-                }
-            }
+            self.deliver_update(&update, worker).await;
         }
         Ok(count)
     }
@@ -418,6 +444,8 @@ mod tests {
             base_url: Some("http://server1.test".into()),
             last_heartbeat: Some(last_heartbeat),
             description: None,
+            load: None,
+            evacuation: None,
         }
     }
 

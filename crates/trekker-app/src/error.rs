@@ -67,6 +67,7 @@ impl From<StoreError> for AppError {
             StoreError::OlderSession => Self::OlderSession,
             StoreError::ReviewNotFound => Self::NotFound("Credential review not found or already decided.".into()),
             StoreError::Conflict(message) => Self::Conflict(message),
+            StoreError::Paced(server) => Self::Conflict(format!("{server} takes no more moved bots this minute.")),
             StoreError::ServerFull(name) => Self::ServerFull(name),
             StoreError::ServerNotAccepting { server, status } => {
                 Self::Conflict(format!("{server} is {} and takes no new bots.", status.as_str()))

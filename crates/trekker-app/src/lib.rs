@@ -9,8 +9,10 @@ pub mod capacity;
 pub mod crossserver;
 mod error;
 pub mod events;
+pub mod fleet;
 pub mod idempotency;
 pub mod liveness;
+pub mod load;
 pub mod messaging;
 pub mod notify;
 pub mod ownership;
@@ -122,6 +124,12 @@ pub struct Trekker {
     server_snapshot: std::sync::Mutex<Option<(i64, Arc<Vec<trekker_store::ServerSnapshot>>)>>,
     /// Placement transactions this node runs at once (see `register`).
     placements_in_flight: tokio::sync::Semaphore,
+    /// How the fleet heals itself (failover, pace of moves, balancer).
+    pub fleet: fleet::FleetSettings,
+    /// Wakes this node's fleet loop (an evacuation was asked for).
+    pub fleet_changed: Arc<tokio::sync::Notify>,
+    /// Measures this node's load for its heartbeat; none: not reported.
+    pub load: Option<Arc<load::LoadMeter>>,
 }
 
 /// Placement transactions in flight per node. Measured with
@@ -145,7 +153,7 @@ impl Trekker {
         Self {
             store,
             node,
-            placement: Arc::new(trekker_placement::MostFreeSlots),
+            placement: Arc::new(trekker_placement::MostFreeSlots::default()),
             clock: Arc::new(SystemClock),
             heartbeat_interval_ms,
             notifications_queued: Arc::new(tokio::sync::Notify::new()),
@@ -160,6 +168,9 @@ impl Trekker {
             pending_share_percent: 50,
             server_snapshot: std::sync::Mutex::new(None),
             placements_in_flight: tokio::sync::Semaphore::new(PLACEMENTS_IN_FLIGHT),
+            fleet: fleet::FleetSettings::default(),
+            fleet_changed: Arc::new(tokio::sync::Notify::new()),
+            load: None,
         }
     }
 
@@ -290,6 +301,9 @@ pub(crate) mod test_support {
             // The account that signs the test sessions of PHONE.
             account_key: Some(trekker_testkit::creds::credentials(PHONE, 1).identity().account_key),
             adv_timestamp: Some(trekker_testkit::creds::adv_timestamp(1) as i64),
+            desired_state: trekker_domain::DesiredState::Running,
+            power_seq: 0,
+            moved_at: None,
         }
     }
 

@@ -14,7 +14,8 @@ impl Trekker {
     /// writes `registration` again rather than silently dropping out of the
     /// cluster.
     pub async fn heartbeat(&self, registration: &ServerRegistration) -> Result<(), AppError> {
-        match self.store.servers.heartbeat(&self.node, self.now()).await {
+        let load = self.load.as_ref().and_then(|meter| meter.sample());
+        match self.store.servers.heartbeat(&self.node, self.now(), load).await {
             Ok(()) => Ok(()),
             Err(StoreError::UnknownServer(_)) => {
                 tracing::warn!(server = %self.node, "registry row missing; registering this server again");
@@ -64,7 +65,7 @@ mod tests {
     async fn a_beat_stamps_this_node_with_the_clock() {
         let mut store = Mocks::default();
         let node = ServerName::parse("SERVER0").unwrap();
-        store.servers.expect_heartbeat().with(eq(node), eq(NOW)).times(1).returning(|_, _| Ok(()));
+        store.servers.expect_heartbeat().with(eq(node), eq(NOW), eq(None)).times(1).returning(|_, _, _| Ok(()));
         store.servers.expect_upsert_server().never();
         trekker(store).heartbeat(&registration()).await.unwrap();
     }
@@ -72,7 +73,7 @@ mod tests {
     #[tokio::test]
     async fn a_missing_row_is_written_again() {
         let mut store = Mocks::default();
-        store.servers.expect_heartbeat().returning(|name, _| Err(StoreError::UnknownServer(name.clone())));
+        store.servers.expect_heartbeat().returning(|name, _, _| Err(StoreError::UnknownServer(name.clone())));
         store.servers.expect_upsert_server().with(eq(registration()), eq(NOW)).times(1).returning(|r, now| {
             Ok(trekker_store::ServerSnapshot {
                 name: r.name.clone(),
@@ -82,6 +83,8 @@ mod tests {
                 base_url: r.base_url.clone(),
                 last_heartbeat: Some(now),
                 description: None,
+                load: None,
+                evacuation: None,
             })
         });
         trekker(store).heartbeat(&registration()).await.unwrap();
@@ -90,7 +93,7 @@ mod tests {
     #[tokio::test]
     async fn a_database_error_is_reported_not_papered_over() {
         let mut store = Mocks::default();
-        store.servers.expect_heartbeat().returning(|_, _| Err(StoreError::Corrupt("x".into())));
+        store.servers.expect_heartbeat().returning(|_, _, _| Err(StoreError::Corrupt("x".into())));
         store.servers.expect_upsert_server().never();
         assert!(matches!(trekker(store).heartbeat(&registration()).await, Err(AppError::Store(_))));
     }

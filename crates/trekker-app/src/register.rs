@@ -289,7 +289,7 @@ impl Trekker {
     async fn place_elsewhere(&self, input: &Checked, servers: &[ServerSnapshot]) -> Result<Option<Placed>, AppError> {
         let liveness = Liveness { now_ms: self.now(), heartbeat_interval_ms: self.heartbeat_interval_ms };
         let candidates: Vec<Candidate> =
-            servers.iter().filter(|s| s.name != self.node).map(crate::admin::candidate).collect();
+            servers.iter().filter(|s| s.name != self.node).map(crate::fleet::candidate).collect();
         for target in self.placement.rank(&candidates, liveness) {
             tracing::info!("🌐 Auto-selecting target server: {target}");
             let id = new_bot_id();
@@ -426,6 +426,8 @@ mod tests {
             base_url: None,
             last_heartbeat: Some(NOW),
             description: None,
+            load: None,
+            evacuation: None,
         }
     }
 

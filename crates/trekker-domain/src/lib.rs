@@ -21,7 +21,7 @@ pub use approval::{ApprovalStatus, ApprovalTransitionError};
 pub use ids::{BotId, BotIdError, ServerName, ServerNameError};
 pub use messages::GuestMessage;
 pub use phone::{PhoneNumber, PhoneNumberError};
-pub use runtime::RuntimeStatus;
+pub use runtime::{DesiredState, RuntimeStatus};
 pub use server::ServerStatus;
 pub use session::{Credentials, CredentialsError, SessionError, SessionIdError};
 pub use validation::ValidationResult;

@@ -50,6 +50,45 @@ impl FromStr for RuntimeStatus {
     }
 }
 
+/// What an admin wants of a bot (its power state), kept across node
+/// restarts and moves until changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum DesiredState {
+    /// Run it whenever it is approved (the default).
+    #[default]
+    Running,
+    /// Keep it stopped until an admin restarts it.
+    Stopped,
+}
+
+impl DesiredState {
+    pub const ALL: [DesiredState; 2] = [Self::Running, Self::Stopped];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Stopped => "stopped",
+        }
+    }
+}
+
+impl fmt::Display for DesiredState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for DesiredState {
+    type Err = UnknownVariant;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| UnknownVariant { kind: "desired state", value: s.to_owned() })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -66,5 +105,9 @@ mod tests {
             assert_eq!(status.as_str().parse::<RuntimeStatus>(), Ok(status));
         }
         assert!("running".parse::<RuntimeStatus>().is_err());
+        for state in DesiredState::ALL {
+            assert_eq!(state.as_str().parse::<DesiredState>(), Ok(state));
+        }
+        assert!("online".parse::<DesiredState>().is_err());
     }
 }

@@ -13,8 +13,12 @@
 //!   this node's capacity, each only after making its lease the bot's
 //!   runner, which checks ownership and the credentials version in the same
 //!   statement;
-//! - stops what is no longer wanted (rejected, expired, deleted, moved);
-//! - restarts a bot whose credentials version changed;
+//! - stops what is no longer wanted (rejected, expired, deleted, moved, or
+//!   stopped by an admin: `desiredState`);
+//! - restarts a bot whose credentials version changed, or that an admin
+//!   restarted (`power_seq`; this also lifts a `failed` hold);
+//! - paces the starts of bots that arrived by a move (MOVES_PER_MIN), so a
+//!   failover or evacuation is no login storm at WhatsApp;
 //! - restarts crashes with capped exponential backoff and jitter, and marks
 //!   a bot `failed` after repeated crashes in a window; a logged-out bot goes
 //!   to `error` and is not restarted. Either waits for new credentials or an
@@ -26,6 +30,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ring::rand::{SecureRandom, SystemRandom};
@@ -34,7 +39,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use trekker_domain::time::Clock;
-use trekker_domain::{ApprovalStatus, BotId, RuntimeStatus, ServerName};
+use trekker_domain::{ApprovalStatus, BotId, DesiredState, RuntimeStatus, ServerName};
 use trekker_store::{
     BotExit, BotRecord, ChangeCursor, NodeLease, RuntimeReport, RuntimeStore, SessionSnapshot, SessionStateStore,
 };
@@ -74,6 +79,8 @@ pub struct SupervisorTuning {
     /// Crashes within `crash_window` that mark a bot failed.
     pub crash_limit: usize,
     pub crash_window: Duration,
+    /// Starts per minute of bots that arrived here by a move (MOVES_PER_MIN).
+    pub arrivals_per_min: u32,
 }
 
 impl Default for SupervisorTuning {
@@ -87,6 +94,7 @@ impl Default for SupervisorTuning {
             backoff_max: Duration::from_secs(60),
             crash_limit: 5,
             crash_window: Duration::from_secs(300),
+            arrivals_per_min: 30,
         }
     }
 }
@@ -197,6 +205,10 @@ struct Managed {
     stopping: bool,
     /// The next start is a restart (new credentials): it counts as one.
     restarting: bool,
+    /// The admin restarts (`power_seq`) this run has seen.
+    power_seq: i64,
+    /// The arrival (`moved_at`) this node has started the bot since.
+    arrival: Option<i64>,
 }
 
 impl Managed {
@@ -211,6 +223,8 @@ impl Managed {
             hold: None,
             stopping: false,
             restarting: false,
+            power_seq: 0,
+            arrival: None,
         }
     }
 }
@@ -241,6 +255,11 @@ pub struct Supervisor {
     at_capacity_logged: bool,
     /// Bots with a running handle (kept here: counting the map is O(n)).
     running: usize,
+    /// The same count, shared with the node's load report.
+    running_shared: Arc<AtomicUsize>,
+    /// Start tokens for bots that arrived by a move, and when they were counted.
+    arrival_tokens: f64,
+    arrivals_at: Instant,
     /// Whether a start pass may find work (cleared after a pass that
     /// started everything it could; set by polls, stops and crashes).
     starts_pending: bool,
@@ -296,10 +315,19 @@ impl Supervisor {
             tokens_at: Instant::now(),
             at_capacity_logged: false,
             running: 0,
+            running_shared: Arc::new(AtomicUsize::new(0)),
+            arrival_tokens: 1.0,
+            arrivals_at: Instant::now(),
             starts_pending: true,
             session: None,
             stops: tokio::task::JoinSet::new(),
         }
+    }
+
+    /// Keeps the count of running bots in `counter` too (the node's load report).
+    pub fn with_running_counter(mut self, counter: Arc<AtomicUsize>) -> Self {
+        self.running_shared = counter;
+        self
     }
 
     /// Keeps bots' session folders in `config.store` (invariant 9).
@@ -422,7 +450,10 @@ impl Supervisor {
                         self.desired.remove(id);
                     }
                     for bot in changes.changed {
-                        if bot.approval == ApprovalStatus::Approved && bot.server == self.node {
+                        if bot.approval == ApprovalStatus::Approved
+                            && bot.server == self.node
+                            && bot.desired_state == DesiredState::Running
+                        {
                             self.desired.insert(bot.id.clone(), bot);
                         } else {
                             self.desired.remove(&bot.id);
@@ -447,11 +478,20 @@ impl Supervisor {
     async fn reconcile(&mut self) {
         for id in self.running_ids() {
             let Some(bot) = self.desired.get(&id).cloned() else {
-                tracing::info!(bot = %id, "bot no longer wanted here (expired, rejected, deleted or moved): stopping");
+                tracing::info!(bot = %id, "bot no longer wanted here (expired, rejected, deleted, moved, stopped)");
                 self.begin_stop(&id, AfterStop::Release(Some((RuntimeStatus::Offline, None, None))));
                 continue;
             };
             let running_version = self.bots.get(&id).map_or(0, |m| m.version);
+            let running_power = self.bots.get(&id).map_or(0, |m| m.power_seq);
+            if bot.power_seq > running_power && bot.credentials_version <= running_version {
+                tracing::info!(bot = %id, "restart asked by an admin: restarting");
+                self.begin_stop(&id, AfterStop::Release(None));
+                if let Some(m) = self.bots.get_mut(&id) {
+                    m.restarting = true;
+                    m.power_seq = bot.power_seq;
+                }
+            }
             if bot.credentials_version > running_version {
                 let (from, to) = (running_version, bot.credentials_version);
                 tracing::info!(bot = %id, from, to, "new credentials: restarting");
@@ -462,10 +502,19 @@ impl Supervisor {
                 }
             }
         }
-        // New credentials or an admin action (status `loading`) lift a hold.
+        // New credentials or an admin action (status `loading`, a restart)
+        // lift a hold; a restart also ends a crash backoff.
         for (id, managed) in &mut self.bots {
-            if let (Some(hold), Some(bot)) = (managed.hold, self.desired.get(id))
-                && (bot.status == RuntimeStatus::Loading || bot.credentials_version > managed.version)
+            let Some(bot) = self.desired.get(id) else { continue };
+            let restarted = bot.power_seq > managed.power_seq;
+            if restarted && managed.running.is_none() && !managed.stopping {
+                managed.power_seq = bot.power_seq;
+                managed.restart_at = None;
+                managed.crashes.clear();
+                managed.consecutive_crashes = 0;
+            }
+            if let Some(hold) = managed.hold
+                && (restarted || bot.status == RuntimeStatus::Loading || bot.credentials_version > managed.version)
             {
                 tracing::info!(bot = %id, ?hold, "fresh start after new credentials or an admin action");
                 managed.hold = None;
@@ -489,6 +538,7 @@ impl Supervisor {
 
     fn publish_running(&self) {
         metrics::gauge!(BOTS_RUNNING, "server" => self.node.to_string()).set(self.running as f64);
+        self.running_shared.store(self.running, Ordering::Relaxed);
     }
 
     fn running_ids(&self) -> Vec<BotId> {
@@ -502,6 +552,30 @@ impl Supervisor {
         self.start_tokens = (self.start_tokens + elapsed * rate).min(rate);
         if self.start_tokens >= 1.0 {
             self.start_tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Whether `bot` arrived here by a move it has not been started since
+    /// (its start is paced by MOVES_PER_MIN). Arrivals older than ten
+    /// minutes are history: a node restart does not pace its own bots.
+    fn is_arrival(&self, bot: &BotRecord) -> bool {
+        let Some(moved_at) = bot.moved_at else { return false };
+        let recent = self.clock.now_ms().saturating_sub(moved_at) < 600_000;
+        recent && self.bots.get(&bot.id).is_none_or(|m| m.arrival != Some(moved_at))
+    }
+
+    /// Takes a start token for an arrival (burst of one: at most
+    /// `arrivals_per_min` a minute, evenly spaced).
+    fn take_arrival_token(&mut self) -> bool {
+        let rate = f64::from(self.tuning.arrivals_per_min.max(1)) / 60.0;
+        let elapsed = self.arrivals_at.elapsed().as_secs_f64();
+        self.arrivals_at = Instant::now();
+        self.arrival_tokens = (self.arrival_tokens + elapsed * rate).min(1.0);
+        if self.arrival_tokens >= 1.0 {
+            self.arrival_tokens -= 1.0;
             true
         } else {
             false
@@ -543,6 +617,12 @@ impl Supervisor {
                     self.at_capacity_logged = true;
                 }
                 return;
+            }
+            let arrival = self.is_arrival(&bot);
+            if arrival && !self.take_arrival_token() {
+                // Not yet: other bots may start meanwhile; asked again next tick.
+                self.starts_pending = true;
+                continue;
             }
             if !self.take_start_token() {
                 self.starts_pending = true;
@@ -596,6 +676,8 @@ impl Supervisor {
         managed.version = version;
         managed.restart_at = None;
         managed.restarting = false;
+        managed.power_seq = managed.power_seq.max(bot.power_seq);
+        managed.arrival = bot.moved_at;
         self.report(&bot.id, version, RuntimeStatus::Loading, i64::from(restart), None, None).await;
         let spec = BotSpec {
             bot_id: bot.id.clone(),

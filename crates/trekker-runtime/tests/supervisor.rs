@@ -14,7 +14,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use trekker_domain::time::ManualClock;
-use trekker_domain::{ApprovalStatus, BotId, Credentials, PhoneNumber, RuntimeStatus, ServerName};
+use trekker_domain::{ApprovalStatus, BotId, Credentials, DesiredState, PhoneNumber, RuntimeStatus, ServerName};
 use trekker_runtime::{
     BotDriver, BotEvent, BotSpec, DriverError, DriverEvent, RunningBot, Supervisor, SupervisorTuning,
 };
@@ -133,6 +133,9 @@ fn record(n: u32) -> BotRecord {
         updated_at: 0,
         account_key: None,
         adv_timestamp: None,
+        desired_state: trekker_domain::DesiredState::Running,
+        power_seq: 0,
+        moved_at: None,
     }
 }
 
@@ -165,7 +168,12 @@ impl RuntimeStore for FakeStore {
         let mut state = self.state.lock().unwrap();
         state.rows_read += state.bots.len();
         state.full_reads += 1;
-        let bots = state.bots.iter().filter(|b| b.approval == ApprovalStatus::Approved).cloned().collect();
+        let bots = state
+            .bots
+            .iter()
+            .filter(|b| b.approval == ApprovalStatus::Approved && b.desired_state == DesiredState::Running)
+            .cloned()
+            .collect();
         Ok(BotSnapshot { cursor: ChangeCursor { from: state.seq + 1, pending: Vec::new() }, bots })
     }
 
@@ -343,6 +351,7 @@ fn tuning() -> SupervisorTuning {
         backoff_max: Duration::from_secs(8),
         crash_limit: 4,
         crash_window: Duration::from_secs(300),
+        arrivals_per_min: 6000,
     }
 }
 
@@ -436,6 +445,88 @@ async fn crashes_back_off_exponentially_then_the_bot_is_held_failed() {
     let_time_pass(Duration::from_millis(500)).await;
     assert_eq!(driver.starts(&id).last().unwrap().1, 2);
     assert_eq!(store.last_status(&id), Some(RuntimeStatus::Online));
+    supervisor.stop().await;
+}
+
+/// An admin restart (a `power_seq` bump) starts a `failed` bot again with
+/// its crash count cleared, and restarts a running one exactly once.
+#[tokio::test(start_paused = true)]
+async fn an_admin_restart_revives_a_failed_bot_and_restarts_a_running_one_once() {
+    let store = FakeStore::with_bots(2);
+    let driver = Arc::new(FakeDriver::default());
+    let (failing, running) = (bot_id(1), bot_id(2));
+    driver.set(&failing, Behaviour::Crashes);
+    let supervisor = spawn(&store, &driver, 10, tuning());
+    let_time_pass(Duration::from_secs(60)).await;
+    assert_eq!(store.last_status(&failing), Some(RuntimeStatus::Failed));
+    assert_eq!(driver.starts(&failing).len(), 4);
+    assert_eq!(driver.starts(&running).len(), 1);
+    // Restart both (what `POST .../restart` writes); the failing bot is fixed.
+    driver.set(&failing, Behaviour::Connects);
+    for id in [&failing, &running] {
+        store.edit(id, |bot| bot.power_seq += 1);
+    }
+    supervisor.changed.notify_one();
+    let_time_pass(Duration::from_secs(5)).await;
+    assert_eq!(driver.starts(&failing).len(), 5, "the failed bot started again, no re-approval");
+    assert_eq!(store.last_status(&failing), Some(RuntimeStatus::Online));
+    assert_eq!(driver.starts(&running).len(), 2, "the running bot restarted once");
+    // Nothing more happens without another restart.
+    let_time_pass(Duration::from_secs(60)).await;
+    assert_eq!((driver.starts(&failing).len(), driver.starts(&running).len()), (5, 2));
+    supervisor.stop().await;
+}
+
+/// `desiredState: stopped` stops the bot and keeps it stopped, through a
+/// full resync and a new node lease, until a restart.
+#[tokio::test(start_paused = true)]
+async fn a_stopped_bot_stays_stopped_until_restarted() {
+    let store = FakeStore::with_bots(2);
+    let driver = Arc::new(FakeDriver::default());
+    let id = bot_id(1);
+    let supervisor = spawn(&store, &driver, 10, tuning());
+    let_time_pass(Duration::from_millis(500)).await;
+    store.edit(&id, |bot| bot.desired_state = DesiredState::Stopped);
+    supervisor.changed.notify_one();
+    let_time_pass(Duration::from_millis(500)).await;
+    assert!(!driver.running().contains(&id), "stopped");
+    assert_eq!(store.last_status(&id), Some(RuntimeStatus::Offline));
+    // A new epoch reads everything again: still stopped.
+    store.state.lock().unwrap().lease_lost = true;
+    let_time_pass(Duration::from_secs(10)).await;
+    store.state.lock().unwrap().lease_lost = false;
+    let_time_pass(Duration::from_secs(400)).await;
+    assert_eq!(driver.starts(&id).len(), 1, "never started again while stopped");
+    assert!(driver.running().contains(&bot_id(2)), "the other bot runs");
+    store.edit(&id, |bot| {
+        bot.desired_state = DesiredState::Running;
+        bot.power_seq += 1;
+    });
+    supervisor.changed.notify_one();
+    let_time_pass(Duration::from_millis(500)).await;
+    assert_eq!(driver.starts(&id).len(), 2);
+    assert!(driver.running().contains(&id));
+    supervisor.stop().await;
+}
+
+/// Bots that arrived by a move start at MOVES_PER_MIN, evenly spaced;
+/// the node's own bots are not held back by them.
+#[tokio::test(start_paused = true)]
+async fn arrivals_by_a_move_start_at_the_moves_pace() {
+    let store = FakeStore::with_bots(7);
+    for n in 1..=6 {
+        store.edit(&bot_id(n), |bot| bot.moved_at = Some(1_000));
+    }
+    let driver = Arc::new(FakeDriver::default());
+    let supervisor = spawn(&store, &driver, 10, SupervisorTuning { arrivals_per_min: 6, ..tuning() });
+    let_time_pass(Duration::from_millis(500)).await;
+    assert_eq!(driver.starts(&bot_id(7)).len(), 1, "a bot that did not move starts at once");
+    let arrived = || (1..=6).filter(|n| !driver.starts(&bot_id(*n)).is_empty()).count();
+    assert_eq!(arrived(), 1, "one arrival at once");
+    let_time_pass(Duration::from_secs(10)).await;
+    assert_eq!(arrived(), 2, "the next after 60 / 6 s");
+    let_time_pass(Duration::from_secs(40)).await;
+    assert_eq!(arrived(), 6);
     supervisor.stop().await;
 }
 

@@ -37,6 +37,9 @@ pub enum StoreError {
     /// server, or while an earlier move is still under way).
     #[error("{0}")]
     Conflict(String),
+    /// The target took MOVES_PER_MIN moves within the last minute.
+    #[error("server {0} takes no more moved bots this minute")]
+    Paced(ServerName),
     #[error(transparent)]
     Transition(#[from] ApprovalTransitionError),
     #[error("invalid value: {0}")]

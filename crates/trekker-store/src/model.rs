@@ -1,7 +1,9 @@
 //! The records the store reads and writes. No credentials in any of them:
 //! those go in as [`Credentials`] and are sealed before they touch a row.
 
-use trekker_domain::{ApprovalStatus, BotId, GuestMessage, PhoneNumber, RuntimeStatus, ServerName, ServerStatus};
+use trekker_domain::{
+    ApprovalStatus, BotId, DesiredState, GuestMessage, PhoneNumber, RuntimeStatus, ServerName, ServerStatus,
+};
 
 /// Epoch milliseconds, the one time unit of the store (same SQL on both backends).
 pub type Millis = i64;
@@ -26,6 +28,29 @@ pub struct ServerSnapshot {
     pub base_url: Option<String>,
     pub last_heartbeat: Option<Millis>,
     pub description: Option<String>,
+    /// The node's load as of its last heartbeat; none before the first.
+    pub load: Option<ServerLoad>,
+    /// The evacuation under way; none when there is none.
+    pub evacuation: Option<Evacuation>,
+}
+
+/// A node's load, reported with its heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ServerLoad {
+    /// The machine's CPU use since the last beat, 0..=100.
+    pub cpu_percent: i64,
+    /// Memory the machine can still give (MemAvailable).
+    pub memory_available_bytes: i64,
+    /// Bots running on the node.
+    pub bots_running: i64,
+}
+
+/// An evacuation under way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Evacuation {
+    pub started_at: Millis,
+    /// Bots the last pass could place nowhere (they stay, counted).
+    pub stuck: i64,
 }
 
 impl ServerSnapshot {
@@ -75,6 +100,12 @@ pub struct BotRecord {
     pub account_key: Option<[u8; 32]>,
     /// When WhatsApp signed that device identity (seconds).
     pub adv_timestamp: Option<i64>,
+    /// Whether an admin wants it running or stopped.
+    pub desired_state: DesiredState,
+    /// Bumped by each admin restart: the host restarts it once per bump.
+    pub power_seq: i64,
+    /// When it last arrived on its host by a move (the host paces such starts).
+    pub moved_at: Option<Millis>,
 }
 
 /// A new bot to place on `server`.
@@ -458,6 +489,60 @@ pub struct RuntimeReport {
     pub last_error: Option<String>,
     /// Replaces `invalid_reason` when set.
     pub invalid_reason: Option<String>,
+}
+
+/// Why a bot moves; recorded with each move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MoveReason {
+    Admin,
+    Evacuation,
+    Failover,
+    Rebalance,
+}
+
+impl MoveReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Evacuation => "evacuation",
+            Self::Failover => "failover",
+            Self::Rebalance => "rebalance",
+        }
+    }
+}
+
+/// One move to make (invariant 11). The conditions are checked inside the
+/// move's transaction, so a move planned from a stale snapshot is refused
+/// rather than made twice.
+#[derive(Debug, Clone)]
+pub struct MoveRequest {
+    pub bot: BotId,
+    /// Move only if the bot is still here (a compare-and-set): however many
+    /// nodes plan the same move, it happens once.
+    pub from: Option<ServerName>,
+    pub to: ServerName,
+    pub reason: MoveReason,
+    /// At most this many moves into `to` within a minute (MOVES_PER_MIN).
+    pub pace_per_min: Option<i64>,
+    /// Move only if `from`'s node lease has been gone this long, by the
+    /// database's clock (failover).
+    pub lost_for_ms: Option<i64>,
+}
+
+impl MoveRequest {
+    /// An admin's move: no pace, no condition on the source.
+    pub fn admin(bot: BotId, to: ServerName) -> Self {
+        Self { bot, from: None, to, reason: MoveReason::Admin, pace_per_min: None, lost_for_ms: None }
+    }
+}
+
+/// An admin's power action on a bot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerAction {
+    /// Run it (again): restarts a running bot, starts a stopped or failed one.
+    Restart,
+    /// Stop it and keep it stopped until a restart.
+    Stop,
 }
 
 /// A bot after a move (invariant 11), and where it came from.

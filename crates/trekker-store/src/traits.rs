@@ -26,8 +26,9 @@ pub trait ServerStore: Send + Sync + 'static {
     /// records a heartbeat. The admin-set status of an existing row is kept.
     async fn upsert_server(&self, server: &ServerRegistration, now: Millis) -> Result<ServerSnapshot, StoreError>;
 
-    /// Records a heartbeat; `UnknownServer` if the row is gone.
-    async fn heartbeat(&self, server: &ServerName, now: Millis) -> Result<(), StoreError>;
+    /// Records a heartbeat, with the node's load when it measured one;
+    /// `UnknownServer` if the row is gone.
+    async fn heartbeat(&self, server: &ServerName, now: Millis, load: Option<ServerLoad>) -> Result<(), StoreError>;
 
     /// Every server, ordered by name.
     async fn list_servers(&self) -> Result<Vec<ServerSnapshot>, StoreError>;
@@ -41,6 +42,18 @@ pub trait ServerStore: Send + Sync + 'static {
         patch: &ServerPatch,
         now: Millis,
     ) -> Result<ServerSnapshot, StoreError>;
+
+    /// Starts an evacuation: the server becomes `draining` and is marked
+    /// as being emptied (kept if one is under way already).
+    async fn start_evacuation(&self, server: &ServerName, now: Millis) -> Result<ServerSnapshot, StoreError>;
+
+    /// Records how an evacuation pass ended: `stuck` bots fit nowhere;
+    /// `done` (nothing left on the server) ends the evacuation.
+    async fn record_evacuation(&self, server: &ServerName, stuck: i64, done: bool) -> Result<(), StoreError>;
+
+    /// Servers whose node lease has been gone at least `lost_for_ms` by the
+    /// database's clock and that still host approved bots (failover).
+    async fn lost_servers(&self, lost_for_ms: i64) -> Result<Vec<ServerName>, StoreError>;
 }
 
 /// `god_register` and `bot_instances`: who holds which phone, and the bots'
@@ -94,19 +107,26 @@ pub trait BotStore: Send + Sync + 'static {
     /// Rejects a bot and frees its phone and slot in the same transaction.
     async fn reject_bot(&self, id: &BotId, effects: &SideEffects, now: Millis) -> Result<BotRecord, StoreError>;
 
-    /// Moves a bot to `to` in one transaction (invariant 11): its host, its
+    /// Moves a bot in one transaction (invariant 11): its host, its
     /// registry row and both servers' counts (`to` must be active with a
-    /// free slot, under any concurrency), with `effects`. The runner is
-    /// kept: the old host may still save the bot's session as it stops it,
-    /// but reports no status for it, and the new host takes the bot only
-    /// once the old one released it or its lease ran out.
-    async fn move_bot(
+    /// free slot, under any concurrency), a `bot_moves` row, with
+    /// `effects`; the request's conditions (source, pace, lost lease) are
+    /// checked inside it. The runner is kept: the old host may still save
+    /// the bot's session as it stops it, but reports no status for it, and
+    /// the new host takes the bot only once the old one released it or its
+    /// lease ran out.
+    async fn move_bot(&self, request: &MoveRequest, effects: &SideEffects, now: Millis)
+    -> Result<MovedBot, StoreError>;
+
+    /// Restarts or stops an approved bot (`desiredState`), with `effects`;
+    /// `Conflict` when the bot is not approved.
+    async fn set_power(
         &self,
         id: &BotId,
-        to: &ServerName,
+        action: PowerAction,
         effects: &SideEffects,
         now: Millis,
-    ) -> Result<MovedBot, StoreError>;
+    ) -> Result<BotRecord, StoreError>;
 
     /// Deletes a bot; frees its phone and slot if it still held them.
     async fn delete_bot(&self, id: &BotId, effects: &SideEffects, now: Millis) -> Result<BotRecord, StoreError>;

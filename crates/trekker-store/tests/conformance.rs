@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use futures::future::join_all;
 use trekker_domain::{
-    ApprovalStatus, BotId, Credentials, GuestMessage, PhoneNumber, RuntimeStatus, ServerName, ServerStatus,
+    ApprovalStatus, BotId, Credentials, DesiredState, GuestMessage, PhoneNumber, RuntimeStatus, ServerName,
+    ServerStatus,
 };
 use trekker_store::*;
 use trekker_testkit::creds;
@@ -211,6 +212,8 @@ macro_rules! conformance_cases {
 conformance_cases!(
     a_move_changes_host_registry_and_counts_and_fences_the_old_runner,
     concurrent_moves_never_overfill_the_target,
+    moves_are_conditional_paced_and_a_failover_waits_for_the_lost_lease,
+    power_load_and_evacuation_are_recorded,
     the_change_feed_keeps_up_with_writers_in_a_tight_loop,
     a_save_in_flight_when_another_runner_takes_the_bot_writes_nothing,
     servers_upsert_heartbeat_and_patch,
@@ -306,9 +309,9 @@ async fn servers_upsert_heartbeat_and_patch(f: Fixture) {
     assert_eq!(created.status, ServerStatus::Active);
     assert_eq!(created.last_heartbeat, Some(NOW));
 
-    s.heartbeat(&server("SERVER1"), NOW + 5).await.unwrap();
+    s.heartbeat(&server("SERVER1"), NOW + 5, None).await.unwrap();
     assert_eq!(s.get_server(&server("SERVER1")).await.unwrap().unwrap().last_heartbeat, Some(NOW + 5));
-    assert!(matches!(s.heartbeat(&server("NOPE"), NOW).await, Err(StoreError::UnknownServer(_))));
+    assert!(matches!(s.heartbeat(&server("NOPE"), NOW, None).await, Err(StoreError::UnknownServer(_))));
 
     let patched = s
         .update_server(
@@ -1443,7 +1446,10 @@ async fn a_move_changes_host_registry_and_counts_and_fences_the_old_runner(f: Fi
     assert!(s.acquire_bot(&bot.id, &old, 1, NOW).await.unwrap());
 
     let activity = NewActivity::new(&a, "bot_moved", "SERVER0 -> SERVER1").for_bot(&bot.id, &bot.phone);
-    let moved = s.move_bot(&bot.id, &b, &SideEffects::activity(activity), NOW).await.unwrap();
+    let moved = s
+        .move_bot(&MoveRequest::admin(bot.id.clone(), b.clone()), &SideEffects::activity(activity), NOW)
+        .await
+        .unwrap();
     assert_eq!((moved.from.as_str(), moved.bot.server.as_str()), ("SERVER0", "SERVER1"));
     let count = |name: &'static str| async move {
         s.list_servers().await.unwrap().into_iter().find(|x| x.name.as_str() == name).unwrap().current_bot_count
@@ -1469,24 +1475,141 @@ async fn a_move_changes_host_registry_and_counts_and_fences_the_old_runner(f: Fi
     assert!(s.save_session_state(&bot.id, &old, 1, &session_snapshot(1, "final"), NOW).await.unwrap());
     // The new host waits for it, and a second move waits for the first.
     assert!(!s.acquire_bot(&bot.id, &new, 1, NOW).await.unwrap(), "two runners at once");
-    let again = s.move_bot(&bot.id, &a, &effects("bot_moved"), NOW).await.unwrap_err();
+    let again =
+        s.move_bot(&MoveRequest::admin(bot.id.clone(), a.clone()), &effects("bot_moved"), NOW).await.unwrap_err();
     assert!(matches!(again, StoreError::Conflict(ref m) if m.contains("under way")), "{again:?}");
     s.release_bot(&bot.id, &old).await.unwrap();
     assert!(s.acquire_bot(&bot.id, &new, 1, NOW).await.unwrap());
     assert_eq!(s.load_session_state(&bot.id, 1).await.unwrap().unwrap().archive, b"final");
 
     // Refused moves change nothing.
-    let same = s.move_bot(&bot.id, &b, &effects("bot_moved"), NOW).await.unwrap_err();
+    let same =
+        s.move_bot(&MoveRequest::admin(bot.id.clone(), b.clone()), &effects("bot_moved"), NOW).await.unwrap_err();
     assert!(matches!(same, StoreError::Conflict(_)), "{same:?}");
     let other = registered_and_approved(s, "254700000421", "SERVER0").await;
     let notified_before = s.pending_notifications().await.unwrap();
     let told = effects("bot_moved").notify(&other.phone, "moved");
-    let full = s.move_bot(&other.id, &b, &told, NOW).await.unwrap_err();
+    let full = s.move_bot(&MoveRequest::admin(other.id.clone(), b.clone()), &told, NOW).await.unwrap_err();
     assert!(matches!(full, StoreError::ServerFull(_)), "{full:?}");
-    let unknown = s.move_bot(&other.id, &server("SERVER9"), &told, NOW).await.unwrap_err();
+    let unknown = s.move_bot(&MoveRequest::admin(other.id.clone(), server("SERVER9")), &told, NOW).await.unwrap_err();
     assert!(matches!(unknown, StoreError::UnknownServer(_)), "{unknown:?}");
     assert_eq!((count("SERVER0").await, count("SERVER1").await), (1, 1));
     assert_eq!(s.pending_notifications().await.unwrap(), notified_before, "effects of refused moves");
+}
+
+fn wall_clock_ms() -> Millis {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    Millis::try_from(since.as_millis()).unwrap()
+}
+
+/// The conditions of a planned move are checked in its transaction: the
+/// source (compare-and-set), the target's pace, and for a failover that the
+/// source's node lease is still gone by the database's clock.
+async fn moves_are_conditional_paced_and_a_failover_waits_for_the_lost_lease(f: Fixture) {
+    let s = &*f.store;
+    add_server(s, "SERVER0", 10).await;
+    add_server(s, "SERVER1", 10).await;
+    add_server(s, "SERVER2", 10).await;
+    let (a, b, c) = (server("SERVER0"), server("SERVER1"), server("SERVER2"));
+    let mut bots = Vec::new();
+    for n in 0..4 {
+        bots.push(registered_and_approved(s, &format!("25470000050{n}"), "SERVER0").await);
+    }
+    let plan = |bot: &BotRecord, from: &ServerName, to: &ServerName| MoveRequest {
+        bot: bot.id.clone(),
+        from: Some(from.clone()),
+        to: to.clone(),
+        reason: MoveReason::Evacuation,
+        pace_per_min: Some(1),
+        lost_for_ms: None,
+    };
+    s.move_bot(&plan(&bots[0], &a, &b), &effects("bot_moved"), NOW).await.unwrap();
+    // Planned from a stale snapshot (it left SERVER0 already): refused.
+    let stale = s.move_bot(&plan(&bots[0], &a, &c), &effects("bot_moved"), NOW).await.unwrap_err();
+    assert!(matches!(stale, StoreError::Conflict(ref m) if m.contains("left SERVER0")), "{stale:?}");
+    // SERVER1 took its one move this minute; SERVER2 has pace left.
+    let paced = s.move_bot(&plan(&bots[1], &a, &b), &effects("bot_moved"), NOW + 59_000).await.unwrap_err();
+    assert!(matches!(paced, StoreError::Paced(ref t) if t == &b), "{paced:?}");
+    s.move_bot(&plan(&bots[1], &a, &c), &effects("bot_moved"), NOW + 59_000).await.unwrap();
+    s.move_bot(&plan(&bots[1], &c, &b), &effects("bot_moved"), NOW + 61_000).await.unwrap();
+    let moved = s.list_bots(&BotFilter { server: Some(b.clone()), ..BotFilter::default() }).await.unwrap();
+    assert_eq!(moved.bots.len(), 2);
+    assert!(moved.bots.iter().all(|bot| bot.moved_at.is_some()), "arrivals are marked for the new host's pace");
+
+    // Failover: only while SERVER0's lease is gone, by the database's clock.
+    s.start_node_lease(&a, wall_clock_ms(), 30_000).await.unwrap();
+    let failover = |bot: &BotRecord| MoveRequest {
+        reason: MoveReason::Failover,
+        pace_per_min: None,
+        lost_for_ms: Some(60_000),
+        ..plan(bot, &a, &c)
+    };
+    assert!(s.lost_servers(60_000).await.unwrap().is_empty(), "a held lease is not lost");
+    let held = s.move_bot(&failover(&bots[2]), &effects("bot_failed_over"), NOW).await.unwrap_err();
+    assert!(matches!(held, StoreError::Conflict(ref m) if m.contains("lease")), "{held:?}");
+    // The lease ran out long ago (written with an old time).
+    s.start_node_lease(&a, NOW, 30_000).await.unwrap();
+    assert_eq!(s.lost_servers(60_000).await.unwrap(), vec![a.clone()]);
+    s.move_bot(&failover(&bots[2]), &effects("bot_failed_over"), NOW).await.unwrap();
+    s.move_bot(&failover(&bots[3]), &effects("bot_failed_over"), NOW).await.unwrap();
+    assert!(s.lost_servers(60_000).await.unwrap().is_empty(), "nothing approved is left on it");
+    assert_consistent(s).await;
+    let servers = s.list_servers().await.unwrap();
+    let count = |name: &str| servers.iter().find(|x| x.name.as_str() == name).unwrap().current_bot_count;
+    assert_eq!((count("SERVER0"), count("SERVER1"), count("SERVER2")), (0, 2, 2));
+}
+
+/// Power actions, load reports and evacuation progress as admins see them.
+async fn power_load_and_evacuation_are_recorded(f: Fixture) {
+    let s = &*f.store;
+    add_server(s, "SERVER0", 10).await;
+    let a = server("SERVER0");
+    let pending = register(s, "254700000510", "SERVER0").await.unwrap().bot;
+    let refused = s.set_power(&pending.id, PowerAction::Restart, &effects("bot_restarted"), NOW).await.unwrap_err();
+    assert!(matches!(refused, StoreError::Conflict(ref m) if m.contains("not approved")), "{refused:?}");
+    let bot = registered_and_approved(s, "254700000511", "SERVER0").await;
+    assert_eq!((bot.desired_state, bot.power_seq), (DesiredState::Running, 0));
+    let stopped = s.set_power(&bot.id, PowerAction::Stop, &effects("bot_stopped"), NOW).await.unwrap();
+    assert_eq!(stopped.desired_state, DesiredState::Stopped);
+    let to_run = s.bots_to_run(&a).await.unwrap().bots;
+    assert!(to_run.iter().all(|b| b.id != bot.id), "a stopped bot is not one to run");
+    // A failed bot restarts without a re-approval: `loading` again.
+    let lease = s.start_node_lease(&a, NOW, 30_000).await.unwrap();
+    assert!(s.acquire_bot(&bot.id, &lease, 1, NOW).await.unwrap());
+    let failed = RuntimeReport {
+        bot_id: bot.id.clone(),
+        runner: lease.clone(),
+        version: 1,
+        status: RuntimeStatus::Failed,
+        restarts: 0,
+        last_error: Some("crashed".into()),
+        invalid_reason: None,
+    };
+    assert!(s.report_runtime(&failed, NOW).await.unwrap());
+    let restarted = s.set_power(&bot.id, PowerAction::Restart, &effects("bot_restarted"), NOW).await.unwrap();
+    assert_eq!(
+        (restarted.desired_state, restarted.power_seq, restarted.status),
+        (DesiredState::Running, 1, RuntimeStatus::Loading)
+    );
+    assert!(s.bots_to_run(&a).await.unwrap().bots.iter().any(|b| b.id == bot.id));
+
+    let load = ServerLoad { cpu_percent: 37, memory_available_bytes: 3 << 30, bots_running: 1 };
+    s.heartbeat(&a, NOW, Some(load)).await.unwrap();
+    s.heartbeat(&a, NOW + 1, None).await.unwrap();
+    assert_eq!(s.get_server(&a).await.unwrap().unwrap().load, Some(load), "a beat without figures keeps the last");
+
+    let evacuating = s.start_evacuation(&a, NOW).await.unwrap();
+    assert_eq!(evacuating.status, ServerStatus::Draining);
+    assert_eq!(evacuating.evacuation, Some(Evacuation { started_at: NOW, stuck: 0 }));
+    s.record_evacuation(&a, 2, false).await.unwrap();
+    assert_eq!(s.get_server(&a).await.unwrap().unwrap().evacuation.map(|e| e.stuck), Some(2));
+    // Made active again by an admin: the evacuation is over.
+    let patch = ServerPatch { max_bot_count: None, status: Some(ServerStatus::Active) };
+    assert_eq!(s.update_server(&a, &patch, NOW).await.unwrap().evacuation, None);
+    s.start_evacuation(&a, NOW).await.unwrap();
+    s.record_evacuation(&a, 0, true).await.unwrap();
+    assert_eq!(s.get_server(&a).await.unwrap().unwrap().evacuation, None, "done");
+    assert!(matches!(s.start_evacuation(&server("NOPE"), NOW).await, Err(StoreError::UnknownServer(_))));
 }
 
 /// Eight moves race for one free slot: exactly one wins, counts stay exact.
@@ -1502,7 +1625,9 @@ async fn concurrent_moves_never_overfill_the_target(f: Fixture) {
         .iter()
         .map(|bot| {
             let (s, id) = (s.clone(), bot.id.clone());
-            tokio::spawn(async move { s.move_bot(&id, &server("SERVER1"), &effects("bot_moved"), NOW).await })
+            tokio::spawn(async move {
+                s.move_bot(&MoveRequest::admin(id.clone(), server("SERVER1")), &effects("bot_moved"), NOW).await
+            })
         })
         .collect();
     let mut won = 0;

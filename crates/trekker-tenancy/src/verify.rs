@@ -110,6 +110,8 @@ mod tests {
             base_url: None,
             last_heartbeat: None,
             description: None,
+            load: None,
+            evacuation: None,
         }
     }
 

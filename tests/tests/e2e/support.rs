@@ -100,6 +100,7 @@ pub fn fast_runtime(driver: Option<Arc<dyn trekker_runtime::BotDriver>>) -> Over
         backoff_max: Duration::from_millis(200),
         crash_limit: 3,
         crash_window: Duration::from_secs(60),
+        arrivals_per_min: 6000,
     };
     Overrides { driver, tuning: Some(tuning), sweep_every: Some(Duration::from_millis(200)), ..Overrides::default() }
 }

@@ -27,6 +27,9 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/api/admin/bots/{id}/approve", post(approve_bot))
         .route("/api/admin/bots/{id}/reject", post(reject_bot))
         .route("/api/admin/bots/{id}/move", post(move_bot))
+        .route("/api/admin/bots/{id}/restart", post(restart_bot))
+        .route("/api/admin/bots/{id}/stop", post(stop_bot))
+        .route("/api/admin/servers/{name}/evacuate", post(evacuate_server))
         .route("/api/admin/bots/{id}/messages", post(send_message))
         .route("/api/admin/activities", get(list_activities))
         .route("/api/admin/capacity-warnings", get(capacity_warnings))
@@ -205,7 +208,8 @@ pub struct MoveBody {
 /// it; it never runs on both. The guest is told.
 #[utoipa::path(post, path = "/api/admin/bots/{id}/move", tag = "admin",
     security(("admin" = [])), request_body = MoveBody,
-    responses((status = 202, description = "`{success, botId, from, to}`: the move is committed; the bot restarts there"),
+    responses((status = 202, description = "`{success, botId, from, to}`: the move is committed; the bot \
+            restarts there"),
         (status = 404, body = ErrorBody, description = "NOT_FOUND or UNKNOWN_SERVER"),
         (status = 409, body = ErrorBody, description = "SERVER_FULL, or CONFLICT: the same server, a target not \
             active or offline, a move of this bot under way")))]
@@ -223,6 +227,51 @@ pub(crate) async fn move_bot(
         "from": moved.from.as_str(),
         "to": moved.bot.server.as_str(),
     });
+    Ok((StatusCode::ACCEPTED, Json(answer)))
+}
+
+/// Restarts a running bot, or starts a stopped or `failed` one (its crash
+/// count cleared), and keeps it running.
+#[utoipa::path(post, path = "/api/admin/bots/{id}/restart", tag = "admin", security(("admin" = [])),
+    responses((status = 202, description = "`{success, message, bot}`: its host restarts it"),
+        (status = 404, body = ErrorBody, description = "NOT_FOUND"),
+        (status = 409, body = ErrorBody, description = "CONFLICT: the bot is not approved")))]
+pub(crate) async fn restart_bot(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let bot = state.trekker.restart_bot(&id).await?;
+    Ok((StatusCode::ACCEPTED, bot_answer("Bot restarting on its host.", &bot)))
+}
+
+/// Stops a bot and keeps it stopped (across node restarts and moves) until
+/// a restart.
+#[utoipa::path(post, path = "/api/admin/bots/{id}/stop", tag = "admin", security(("admin" = [])),
+    responses((status = 202, description = "`{success, message, bot}`: its host stops it"),
+        (status = 404, body = ErrorBody, description = "NOT_FOUND"),
+        (status = 409, body = ErrorBody, description = "CONFLICT: the bot is not approved")))]
+pub(crate) async fn stop_bot(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let bot = state.trekker.stop_bot(&id).await?;
+    Ok((StatusCode::ACCEPTED, bot_answer("Bot stopping; it stays stopped until restarted.", &bot)))
+}
+
+/// Drains a server: it becomes `draining` and its bots move, at most
+/// MOVES_PER_MIN a minute per target, to servers placement chooses.
+#[utoipa::path(post, path = "/api/admin/servers/{name}/evacuate", tag = "admin", security(("admin" = [])),
+    responses((status = 202, description = "`{success, server, bots}`: how many bots will move"),
+        (status = 404, body = ErrorBody, description = "NOT_FOUND")))]
+pub(crate) async fn evacuate_server(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let (server, bots) = state.trekker.evacuate_server(&name).await?;
+    let answer = json!({ "success": true, "server": server.name.as_str(), "bots": bots });
     Ok((StatusCode::ACCEPTED, Json(answer)))
 }
 

@@ -47,6 +47,8 @@ pub struct BotDetail {
     pub approval_date: Option<String>,
     pub invalid_reason: Option<String>,
     pub last_error: Option<String>,
+    /// running | stopped: what an admin wants (POST .../restart, .../stop).
+    pub desired_state: &'static str,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -62,6 +64,7 @@ impl From<&BotRecord> for BotDetail {
             approval_date: bot.approval_date.map(iso_datetime),
             invalid_reason: bot.invalid_reason.clone(),
             last_error: bot.last_error.clone(),
+            desired_state: bot.desired_state.as_str(),
             created_at: iso_datetime(bot.created_at),
             updated_at: iso_datetime(bot.updated_at),
         }
@@ -189,15 +192,48 @@ pub struct ServerAdmin {
     pub last_heartbeat: Option<String>,
     pub base_url: Option<String>,
     pub description: Option<String>,
+    /// As reported with the node's last heartbeat; null before the first.
+    pub load: Option<LoadView>,
+    /// The evacuation under way; null when none.
+    pub evacuation: Option<EvacuationView>,
+}
+
+/// A node's load (`load` of a server).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadView {
+    pub cpu_percent: i64,
+    pub memory_available_bytes: i64,
+    pub bots_running: i64,
+}
+
+/// An evacuation's progress (`evacuation` of a server).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EvacuationView {
+    /// Bots still on the server.
+    pub left: i64,
+    /// Of those, bots that fit on no other server (they stay).
+    pub stuck: i64,
 }
 
 impl From<&ServerView> for ServerAdmin {
     fn from(view: &ServerView) -> Self {
+        let server = &view.server;
         Self {
             public: view.into(),
-            last_heartbeat: view.server.last_heartbeat.map(iso_datetime),
-            base_url: view.server.base_url.clone(),
-            description: view.server.description.clone(),
+            last_heartbeat: server.last_heartbeat.map(iso_datetime),
+            base_url: server.base_url.clone(),
+            description: server.description.clone(),
+            load: server.load.map(|l| LoadView {
+                cpu_percent: l.cpu_percent,
+                memory_available_bytes: l.memory_available_bytes,
+                bots_running: l.bots_running,
+            }),
+            evacuation: server.evacuation.map(|e| EvacuationView {
+                left: server.current_bot_count,
+                stuck: e.stuck.min(server.current_bot_count),
+            }),
         }
     }
 }

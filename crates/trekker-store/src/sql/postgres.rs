@@ -22,6 +22,14 @@ macro_rules! lock_row {
     };
 }
 
+/// The database's own clock in epoch milliseconds: every node that asks
+/// reads the same time (failover does not trust one node's clock).
+macro_rules! db_now_ms {
+    () => {
+        "CAST(extract(epoch FROM clock_timestamp()) * 1000 AS BIGINT)"
+    };
+}
+
 /// Locks the claimed queue rows, passing over rows another worker holds.
 macro_rules! claim_lock {
     () => {

@@ -4,7 +4,7 @@
 
 use std::str::FromStr;
 
-use trekker_domain::{ApprovalStatus, BotId, PhoneNumber, RuntimeStatus, ServerName, ServerStatus};
+use trekker_domain::{ApprovalStatus, BotId, DesiredState, PhoneNumber, RuntimeStatus, ServerName, ServerStatus};
 
 use crate::error::StoreError;
 use crate::model::*;
@@ -13,14 +13,15 @@ macro_rules! bot_columns {
     () => {
         "id, name, phone_number, server_name, approval_status, status, credentials_version, \
          credentials_updated_at, approval_date, expires_at, invalid_reason, restarts, last_error, \
-         created_at, updated_at, account_key, adv_timestamp"
+         created_at, updated_at, account_key, adv_timestamp, desired_state, power_seq, moved_at"
     };
 }
 pub(crate) use bot_columns;
 
 macro_rules! server_columns {
     () => {
-        "server_name, max_bot_count, current_bot_count, server_status, base_url, last_heartbeat, description"
+        "server_name, max_bot_count, current_bot_count, server_status, base_url, last_heartbeat, description, \
+         load_cpu_percent, load_memory_available, load_bots_running, evacuation_started_at, evacuation_stuck"
     };
 }
 pub(crate) use server_columns;
@@ -44,6 +45,9 @@ pub(crate) struct BotRow {
     pub(crate) updated_at: i64,
     pub(crate) account_key: Option<Vec<u8>>,
     pub(crate) adv_timestamp: Option<i64>,
+    pub(crate) desired_state: String,
+    pub(crate) power_seq: i64,
+    pub(crate) moved_at: Option<i64>,
 }
 
 pub(crate) fn corrupt(what: &str, value: &str) -> StoreError {
@@ -76,6 +80,10 @@ impl TryFrom<BotRow> for BotRecord {
                 .map(|key| <[u8; 32]>::try_from(key.as_slice()).map_err(|_| corrupt("account key", "not 32 bytes")))
                 .transpose()?,
             adv_timestamp: row.adv_timestamp,
+            desired_state: DesiredState::from_str(&row.desired_state)
+                .map_err(|_| corrupt("desired state", &row.desired_state))?,
+            power_seq: row.power_seq,
+            moved_at: row.moved_at,
         })
     }
 }
@@ -89,6 +97,11 @@ pub(crate) struct ServerRow {
     pub(crate) base_url: Option<String>,
     pub(crate) last_heartbeat: Option<i64>,
     pub(crate) description: Option<String>,
+    pub(crate) load_cpu_percent: Option<i64>,
+    pub(crate) load_memory_available: Option<i64>,
+    pub(crate) load_bots_running: Option<i64>,
+    pub(crate) evacuation_started_at: Option<i64>,
+    pub(crate) evacuation_stuck: i64,
 }
 
 impl TryFrom<ServerRow> for ServerSnapshot {
@@ -104,6 +117,15 @@ impl TryFrom<ServerRow> for ServerSnapshot {
             base_url: row.base_url,
             last_heartbeat: row.last_heartbeat,
             description: row.description,
+            load: match (row.load_cpu_percent, row.load_memory_available, row.load_bots_running) {
+                (Some(cpu_percent), Some(memory_available_bytes), Some(bots_running)) => {
+                    Some(ServerLoad { cpu_percent, memory_available_bytes, bots_running })
+                }
+                _ => None,
+            },
+            evacuation: row
+                .evacuation_started_at
+                .map(|started_at| Evacuation { started_at, stuck: row.evacuation_stuck }),
         })
     }
 }

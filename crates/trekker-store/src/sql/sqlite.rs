@@ -16,6 +16,13 @@ macro_rules! lock_row {
     };
 }
 
+/// The database's own clock in epoch milliseconds (see the PostgreSQL twin).
+macro_rules! db_now_ms {
+    () => {
+        "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)"
+    };
+}
+
 /// Claims need no lock either, for the same reason.
 macro_rules! claim_lock {
     () => {

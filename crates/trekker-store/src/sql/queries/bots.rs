@@ -389,15 +389,20 @@ impl BotStore for SqlStore<Db> {
 
     async fn move_bot(
         &self,
-        id: &BotId,
-        to: &ServerName,
+        request: &MoveRequest,
         effects: &SideEffects,
         now: Millis,
     ) -> Result<MovedBot, StoreError> {
+        let (id, to) = (&request.bot, &request.to);
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
         let (approval, row) = lock_approval_in(&mut tx, id).await?;
         let from = ServerName::parse(&row.server_name).map_err(|_| corrupt("server name", &row.server_name))?;
         let refuse = |message: String| Err(StoreError::Conflict(message));
+        if request.from.as_ref().is_some_and(|expected| expected != &from) {
+            // Planned from a stale snapshot: another node moved it first.
+            tx.rollback().await?;
+            return refuse(format!("The bot has left {} already.", request.from.as_ref().map_or("", |s| s.as_str())));
+        }
         if &from == to {
             tx.rollback().await?;
             return refuse(format!("The bot is already on {to}."));
@@ -413,18 +418,47 @@ impl BotStore for SqlStore<Db> {
             tx.rollback().await?;
             return refuse(format!("A move of this bot is under way: {old_host} has not let it go yet."));
         }
+        // Both server rows, in name order: moves between the same two
+        // servers in opposite directions never deadlock, and the pace and
+        // lease checks below read rows no other move changes meanwhile.
+        let mut names = [from.as_str(), to.as_str()];
+        names.sort_unstable();
+        for name in names {
+            sqlx::query(concat!("SELECT server_name FROM server_registry WHERE server_name = $1 ", lock_row!()))
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?;
+        }
+        if let Some(lost_for_ms) = request.lost_for_ms {
+            let lost: Option<String> = sqlx::query_scalar(concat!(
+                "SELECT server_name FROM server_registry WHERE server_name = $1 AND lease_until IS NOT NULL \
+                 AND lease_until < ",
+                db_now_ms!(),
+                " - $2"
+            ))
+            .bind(from.as_str())
+            .bind(lost_for_ms)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if lost.is_none() {
+                tx.rollback().await?;
+                return refuse(format!("{from} holds its node lease again: its bots stay."));
+            }
+        }
+        if let Some(pace) = request.pace_per_min {
+            let recent: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM bot_moves WHERE to_server = $1 AND moved_at > $2")
+                    .bind(to.as_str())
+                    .bind(now - 60_000)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            if recent >= pace {
+                tx.rollback().await?;
+                return Err(StoreError::Paced(to.clone()));
+            }
+        }
         if approval.occupies_slot() {
             let pending = i64::from(approval == ApprovalStatus::Pending);
-            // Both server rows, in name order: moves between the same two
-            // servers in opposite directions never deadlock.
-            let mut names = [from.as_str(), to.as_str()];
-            names.sort_unstable();
-            for name in names {
-                sqlx::query(concat!("SELECT server_name FROM server_registry WHERE server_name = $1 ", lock_row!()))
-                    .bind(name)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            }
             // The target's slot: one conditional UPDATE, as for a registration (invariant 2).
             let reserved: Option<i64> = sqlx::query_scalar(
                 "UPDATE server_registry SET current_bot_count = current_bot_count + 1, \
@@ -470,16 +504,59 @@ impl BotStore for SqlStore<Db> {
         }
         // The runner stays: only it may save the session as it stops the
         // bot, and `server_name` no longer being its node refuses its status.
-        sqlx::query("UPDATE bot_instances SET server_name = $2, updated_at = $3 WHERE id = $1")
+        sqlx::query("UPDATE bot_instances SET server_name = $2, moved_at = $3, updated_at = $3 WHERE id = $1")
             .bind(id.as_str())
             .bind(to.as_str())
             .bind(now)
             .execute(&mut *tx)
             .await?;
+        sqlx::query(
+            "INSERT INTO bot_moves (bot_id, from_server, to_server, reason, moved_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id.as_str())
+        .bind(from.as_str())
+        .bind(to.as_str())
+        .bind(request.reason.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
         insert_effects_in(&mut tx, effects, None, now).await?;
         let bot = fetch_bot_in(&mut tx, id.as_str()).await?;
         tx.commit().await?;
         Ok(MovedBot { bot, from })
+    }
+
+    async fn set_power(
+        &self,
+        id: &BotId,
+        action: PowerAction,
+        effects: &SideEffects,
+        now: Millis,
+    ) -> Result<BotRecord, StoreError> {
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        let (approval, _) = lock_approval_in(&mut tx, id).await?;
+        if approval != ApprovalStatus::Approved {
+            tx.rollback().await?;
+            return Err(StoreError::Conflict(format!(
+                "The bot is {}, not approved: approve it first.",
+                approval.as_str()
+            )));
+        }
+        let sql = match action {
+            // A failed or errored bot is asked to start again: `loading`
+            // tells a host that has not seen the failure itself too.
+            PowerAction::Restart => {
+                "UPDATE bot_instances SET desired_state = 'running', power_seq = power_seq + 1, \
+                 status = CASE WHEN status IN ('failed', 'error') THEN 'loading' ELSE status END, updated_at = $2 \
+                 WHERE id = $1"
+            }
+            PowerAction::Stop => "UPDATE bot_instances SET desired_state = 'stopped', updated_at = $2 WHERE id = $1",
+        };
+        sqlx::query(sql).bind(id.as_str()).bind(now).execute(&mut *tx).await?;
+        insert_effects_in(&mut tx, effects, None, now).await?;
+        let bot = fetch_bot_in(&mut tx, id.as_str()).await?;
+        tx.commit().await?;
+        Ok(bot)
     }
 
     async fn delete_bot(&self, id: &BotId, effects: &SideEffects, now: Millis) -> Result<BotRecord, StoreError> {

@@ -121,7 +121,7 @@ impl RuntimeStore for SqlStore<Db> {
         let rows: Vec<BotRow> = sqlx::query_as(concat!(
             "SELECT ",
             bot_columns!(),
-            " FROM bot_instances WHERE server_name = $1 AND approval_status = 'approved'"
+            " FROM bot_instances WHERE server_name = $1 AND approval_status = 'approved' AND desired_state = 'running'"
         ))
         .bind(node.as_str())
         .fetch_all(&self.pool)

@@ -41,12 +41,20 @@ impl ServerStore for SqlStore<Db> {
         row.try_into()
     }
 
-    async fn heartbeat(&self, server: &ServerName, now: Millis) -> Result<(), StoreError> {
-        let done = sqlx::query("UPDATE server_registry SET last_heartbeat = $2 WHERE server_name = $1")
-            .bind(server.as_str())
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
+    async fn heartbeat(&self, server: &ServerName, now: Millis, load: Option<ServerLoad>) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE server_registry SET last_heartbeat = $2, \
+             load_cpu_percent = COALESCE(CAST($3 AS BIGINT), load_cpu_percent), \
+             load_memory_available = COALESCE(CAST($4 AS BIGINT), load_memory_available), \
+             load_bots_running = COALESCE(CAST($5 AS BIGINT), load_bots_running) WHERE server_name = $1",
+        )
+        .bind(server.as_str())
+        .bind(now)
+        .bind(load.map(|l| l.cpu_percent))
+        .bind(load.map(|l| l.memory_available_bytes))
+        .bind(load.map(|l| l.bots_running))
+        .execute(&self.pool)
+        .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::UnknownServer(server.clone()));
         }
@@ -77,7 +85,9 @@ impl ServerStore for SqlStore<Db> {
         }
         let row: Option<ServerRow> = sqlx::query_as(concat!(
             "UPDATE server_registry SET max_bot_count = COALESCE(CAST($2 AS BIGINT), max_bot_count), \
-             server_status = COALESCE(CAST($3 AS TEXT), server_status), updated_at = $4 \
+             server_status = COALESCE(CAST($3 AS TEXT), server_status), updated_at = $4, \
+             evacuation_started_at = CASE WHEN CAST($3 AS TEXT) IS NOT NULL AND CAST($3 AS TEXT) <> 'draining' \
+             THEN NULL ELSE evacuation_started_at END \
              WHERE server_name = $1 RETURNING ",
             server_columns!()
         ))
@@ -88,5 +98,46 @@ impl ServerStore for SqlStore<Db> {
         .fetch_optional(&self.pool)
         .await?;
         row.ok_or_else(|| StoreError::UnknownServer(server.clone()))?.try_into()
+    }
+
+    async fn start_evacuation(&self, server: &ServerName, now: Millis) -> Result<ServerSnapshot, StoreError> {
+        let row: Option<ServerRow> = sqlx::query_as(concat!(
+            "UPDATE server_registry SET server_status = 'draining', \
+             evacuation_started_at = COALESCE(evacuation_started_at, $2), evacuation_stuck = 0, updated_at = $2 \
+             WHERE server_name = $1 RETURNING ",
+            server_columns!()
+        ))
+        .bind(server.as_str())
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.ok_or_else(|| StoreError::UnknownServer(server.clone()))?.try_into()
+    }
+
+    async fn record_evacuation(&self, server: &ServerName, stuck: i64, done: bool) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE server_registry SET evacuation_stuck = $2, \
+             evacuation_started_at = CASE WHEN $3 THEN NULL ELSE evacuation_started_at END \
+             WHERE server_name = $1 AND evacuation_started_at IS NOT NULL",
+        )
+        .bind(server.as_str())
+        .bind(stuck)
+        .bind(done)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn lost_servers(&self, lost_for_ms: i64) -> Result<Vec<ServerName>, StoreError> {
+        let names: Vec<String> = sqlx::query_scalar(concat!(
+            "SELECT server_name FROM server_registry s WHERE lease_until IS NOT NULL AND lease_until < ",
+            db_now_ms!(),
+            " - $1 AND EXISTS (SELECT 1 FROM bot_instances b WHERE b.server_name = s.server_name \
+             AND b.approval_status = 'approved') ORDER BY server_name"
+        ))
+        .bind(lost_for_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        names.iter().map(|n| ServerName::parse(n).map_err(|_| corrupt("server", n))).collect()
     }
 }

@@ -1,0 +1,371 @@
+//! A fleet that heals itself (invariant 11): admin moves and power actions,
+//! evacuations, failover of lost nodes, and the optional balancer.
+//!
+//! Every node runs the same [`run`] loop. Nothing here is coordinated by
+//! messages between nodes: each move is one store transaction that checks
+//! its own conditions (the bot is still where the plan saw it, the target
+//! has room and pace left, the lost node's lease is still gone), so however
+//! many nodes plan the same move from their snapshots, it happens once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use trekker_domain::{ApprovalStatus, BotId, GuestMessage, ServerName, ServerStatus};
+use trekker_placement::{Balance, Candidate, Liveness, MostFreeSlots};
+use trekker_store::{
+    BotFilter, BotRecord, MoveReason, MoveRequest, MovedBot, NewActivity, PowerAction, ServerSnapshot, SideEffects,
+    StoreError,
+};
+
+use crate::admin::parse_bot_id;
+use crate::{AppError, Trekker};
+
+/// How the fleet heals itself (FAILOVER_AFTER_SECS, MOVES_PER_MIN,
+/// REBALANCE, BOT_MEMORY_MB).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FleetSettings {
+    /// A server whose node lease has been gone this long loses its approved
+    /// bots to other servers; 0: never.
+    pub failover_after_ms: i64,
+    /// Moves into one server per minute by evacuation and balancing.
+    pub moves_per_min: i64,
+    /// Whether the balancer runs.
+    pub rebalance: bool,
+    pub balance: Balance,
+    /// One bot's memory limit: placement skips machines with less left.
+    pub bot_memory_bytes: i64,
+}
+
+impl Default for FleetSettings {
+    fn default() -> Self {
+        Self {
+            failover_after_ms: 120_000,
+            moves_per_min: 30,
+            rebalance: false,
+            balance: Balance::default(),
+            bot_memory_bytes: 0,
+        }
+    }
+}
+
+/// Bots one pass looks at per source server: a pass stays short, the next
+/// one goes on.
+const PASS_BATCH: i64 = 500;
+
+/// What one pass of the fleet loop did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FleetPass {
+    pub failed_over: usize,
+    pub evacuated: usize,
+    pub rebalanced: usize,
+    /// Bots that fit on no other server (they stay where they are).
+    pub stuck: usize,
+}
+
+/// A server as placement sees it.
+pub(crate) fn candidate(server: &ServerSnapshot) -> Candidate {
+    Candidate {
+        name: server.name.clone(),
+        max_bot_count: server.max_bot_count,
+        current_bot_count: server.current_bot_count,
+        status: server.status,
+        last_heartbeat: server.last_heartbeat,
+        memory_available_bytes: server.load.map(|l| l.memory_available_bytes),
+        cpu_percent: server.load.map(|l| l.cpu_percent),
+    }
+}
+
+/// How a planned move ended.
+enum Outcome {
+    Moved(Box<MovedBot>),
+    /// This target cannot take it now (full, not active): try the next.
+    TargetRefused,
+    /// This target took its MOVES_PER_MIN: try the next.
+    Paced(ServerName),
+    /// The plan is stale (moved by another node, a move under way, the lost
+    /// node is back): leave the bot alone.
+    Stale,
+}
+
+impl Trekker {
+    fn liveness(&self) -> Liveness {
+        Liveness { now_ms: self.now(), heartbeat_interval_ms: self.heartbeat_interval_ms }
+    }
+
+    /// Moves a bot to `server`, or where placement chooses (never its
+    /// current host), in one transaction (invariant 11); its old host stops
+    /// it and saves its session, its new host restores and starts it. The
+    /// guest is told in the same transaction.
+    pub async fn move_bot(&self, id: &str, server: Option<&str>) -> Result<MovedBot, AppError> {
+        let bot = self.bot(id).await?;
+        let servers = self.store.servers.list_servers().await?;
+        let target = match server.map(str::trim).filter(|s| !s.is_empty()) {
+            Some(name) => {
+                let name = ServerName::parse(name).map_err(|_| AppError::UnknownServer(name.to_owned()))?;
+                let target =
+                    servers.iter().find(|s| s.name == name).ok_or(AppError::UnknownServer(name.to_string()))?;
+                if target.name == bot.server {
+                    return Err(AppError::Conflict(format!("The bot is already on {}.", bot.server)));
+                }
+                let online = self.is_server_online(target);
+                if target.status != ServerStatus::Active || !online {
+                    let liveness = if online { "online" } else { "offline" };
+                    let status = target.status.as_str();
+                    return Err(AppError::Conflict(format!(
+                        "{} does not take bots now ({status}, {liveness}).",
+                        target.name
+                    )));
+                }
+                target.name.clone()
+            }
+            None => {
+                let candidates: Vec<Candidate> =
+                    servers.iter().filter(|s| s.name != bot.server).map(candidate).collect();
+                self.placement.rank(&candidates, self.liveness()).into_iter().next().ok_or_else(|| {
+                    AppError::Conflict("No other server is active, online and has a free slot.".into())
+                })?
+            }
+        };
+        let request = MoveRequest::admin(bot.id.clone(), target);
+        let moved = self.store.bots.move_bot(&request, &self.move_effects(&bot, &request), self.now()).await?;
+        self.bots_changed();
+        tracing::info!(bot = %moved.bot.id, from = %moved.from, to = %moved.bot.server, "🚚 Bot moved");
+        Ok(moved)
+    }
+
+    /// The activity and guest message written with a move.
+    fn move_effects(&self, bot: &BotRecord, request: &MoveRequest) -> SideEffects {
+        let (action, by) = match request.reason {
+            MoveReason::Admin => ("bot_moved", "moved by an admin"),
+            MoveReason::Evacuation => ("bot_moved", "moved by the evacuation"),
+            MoveReason::Rebalance => ("bot_moved", "moved by the balancer"),
+            MoveReason::Failover => ("bot_failed_over", "failed over: its node's lease is gone"),
+        };
+        let details = format!("{by}, from {} to {}", bot.server, request.to);
+        let activity =
+            NewActivity::new(&self.node, action, details).for_bot(&bot.id, &bot.phone).with_remote(&request.to, None);
+        let message =
+            GuestMessage::Moved { bot_name: bot.name.clone(), from: bot.server.clone(), to: request.to.clone() };
+        SideEffects::activity(activity).notify(&bot.phone, message)
+    }
+
+    /// Restarts an approved bot (or starts a stopped or `failed` one, its
+    /// crash count cleared), on its host, and keeps it running.
+    pub async fn restart_bot(&self, id: &str) -> Result<BotRecord, AppError> {
+        self.power(id, PowerAction::Restart, "bot_restarted", "restarted by an admin").await
+    }
+
+    /// Stops a bot and keeps it stopped (across node restarts and moves)
+    /// until a restart.
+    pub async fn stop_bot(&self, id: &str) -> Result<BotRecord, AppError> {
+        self.power(id, PowerAction::Stop, "bot_stopped", "stopped by an admin").await
+    }
+
+    async fn power(&self, id: &str, action: PowerAction, what: &str, details: &str) -> Result<BotRecord, AppError> {
+        let id: BotId = parse_bot_id(id)?;
+        let activity = NewActivity::new(&self.node, what, details);
+        let effects = SideEffects::activity(NewActivity { bot_id: Some(id.clone()), ..activity });
+        let bot = self.store.bots.set_power(&id, action, &effects, self.now()).await.map_err(|err| match err {
+            StoreError::BotNotFound => AppError::NotFound("Bot not found.".into()),
+            other => other.into(),
+        })?;
+        self.bots_changed();
+        tracing::info!(bot = %bot.id, server = %bot.server, "🔌 {details}");
+        Ok(bot)
+    }
+
+    /// Starts evacuating `name`: it becomes `draining` and the fleet loop
+    /// moves its bots away at MOVES_PER_MIN per target. Returns the server
+    /// and how many bots will move.
+    pub async fn evacuate_server(&self, name: &str) -> Result<(ServerSnapshot, i64), AppError> {
+        let not_found = || AppError::NotFound(format!("Server {name} not found."));
+        let server = ServerName::parse(name).map_err(|_| not_found())?;
+        let snapshot = self.store.servers.start_evacuation(&server, self.now()).await.map_err(|err| match err {
+            StoreError::UnknownServer(_) => not_found(),
+            other => other.into(),
+        })?;
+        let details = format!("evacuation of {} bots started", snapshot.current_bot_count);
+        self.record(NewActivity::new(&self.node, "server_evacuation", details).with_remote(&server, None)).await;
+        self.fleet_changed.notify_one();
+        tracing::info!(server = %server, bots = snapshot.current_bot_count, "🚚 evacuation started");
+        let bots = snapshot.current_bot_count;
+        Ok((snapshot, bots))
+    }
+
+    /// One pass of the fleet loop: failover of lost servers, evacuations,
+    /// then (REBALANCE=on) the balancer.
+    pub async fn fleet_pass(&self) -> Result<FleetPass, AppError> {
+        let mut pass = FleetPass::default();
+        let mut servers = self.store.servers.list_servers().await?;
+        if self.fleet.failover_after_ms > 0 {
+            for lost in self.store.servers.lost_servers(self.fleet.failover_after_ms).await? {
+                let (moved, stuck) = self.drain(&lost, MoveReason::Failover, &mut servers).await?;
+                pass.failed_over += moved;
+                pass.stuck += stuck;
+            }
+        }
+        let evacuating: Vec<ServerName> = servers
+            .iter()
+            .filter(|s| s.evacuation.is_some() && s.status == ServerStatus::Draining)
+            .map(|s| s.name.clone())
+            .collect();
+        for source in evacuating {
+            let (moved, stuck) = self.drain(&source, MoveReason::Evacuation, &mut servers).await?;
+            pass.evacuated += moved;
+            pass.stuck += stuck;
+            let left = self.store.servers.get_server(&source).await?.map_or(0, |s| s.current_bot_count);
+            self.store.servers.record_evacuation(&source, stuck as i64, left == 0).await?;
+            if left == 0 {
+                tracing::info!(server = %source, "🚚 evacuation finished");
+            }
+        }
+        if self.fleet.rebalance {
+            pass.rebalanced = self.rebalance(&mut servers).await?;
+        }
+        if pass != FleetPass::default() {
+            self.bots_changed();
+        }
+        Ok(pass)
+    }
+
+    /// Moves the bots of `source` to where placement chooses: approved ones
+    /// on failover (only they run), every slot-holding one on evacuation.
+    /// Returns (moved, stuck).
+    async fn drain(
+        &self,
+        source: &ServerName,
+        reason: MoveReason,
+        servers: &mut [ServerSnapshot],
+    ) -> Result<(usize, usize), AppError> {
+        let approval = (reason == MoveReason::Failover).then_some(ApprovalStatus::Approved);
+        let filter =
+            BotFilter { server: Some(source.clone()), approval, status: None, after: None, limit: Some(PASS_BATCH) };
+        let page = self.store.bots.list_bots(&filter).await?;
+        let (mut moved, mut stuck) = (0, 0);
+        // Targets that took their MOVES_PER_MIN: skipped for the rest of the pass.
+        let mut paced: Vec<ServerName> = Vec::new();
+        for bot in page.bots.iter().filter(|b| b.approval.occupies_slot()) {
+            let candidates: Vec<Candidate> = servers.iter().filter(|s| &s.name != source).map(candidate).collect();
+            let ranked = self.placement.rank(&candidates, self.liveness());
+            if ranked.is_empty() {
+                stuck += 1;
+                continue;
+            }
+            let open: Vec<ServerName> = ranked.into_iter().filter(|t| !paced.contains(t)).collect();
+            if open.is_empty() {
+                // Room elsewhere, but no pace left this minute: the next pass goes on.
+                break;
+            }
+            for target in open {
+                let request = MoveRequest {
+                    bot: bot.id.clone(),
+                    from: Some(source.clone()),
+                    to: target.clone(),
+                    reason,
+                    // A failover starts bots that are down already: the new
+                    // hosts pace their starts; other moves are paced here.
+                    pace_per_min: (reason != MoveReason::Failover).then_some(self.fleet.moves_per_min),
+                    lost_for_ms: (reason == MoveReason::Failover).then_some(self.fleet.failover_after_ms),
+                };
+                match self.try_move(bot, &request).await? {
+                    Outcome::Moved(done) => {
+                        moved += 1;
+                        count_move(servers, &done.from, &target, bot.approval);
+                        let why = reason.as_str();
+                        tracing::info!(bot = %bot.id, from = %done.from, to = %target, why, "🚚 Bot moved");
+                        break;
+                    }
+                    Outcome::TargetRefused => continue,
+                    Outcome::Paced(target) => paced.push(target),
+                    Outcome::Stale => break,
+                }
+            }
+        }
+        Ok((moved, stuck))
+    }
+
+    async fn try_move(&self, bot: &BotRecord, request: &MoveRequest) -> Result<Outcome, AppError> {
+        match self.store.bots.move_bot(request, &self.move_effects(bot, request), self.now()).await {
+            Ok(moved) => Ok(Outcome::Moved(Box::new(moved))),
+            Err(StoreError::Paced(target)) => Ok(Outcome::Paced(target)),
+            Err(StoreError::ServerFull(_) | StoreError::ServerNotAccepting { .. }) => Ok(Outcome::TargetRefused),
+            Err(StoreError::Conflict(_) | StoreError::BotNotFound | StoreError::UnknownServer(_)) => Ok(Outcome::Stale),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// The balancer: a few bots from servers far above the fleet's mean use
+    /// to servers below it. Moves only approved bots that are not held by an
+    /// earlier move.
+    async fn rebalance(&self, servers: &mut [ServerSnapshot]) -> Result<usize, AppError> {
+        let candidates: Vec<Candidate> = servers.iter().map(candidate).collect();
+        let policy = MostFreeSlots { bot_memory_bytes: self.fleet.bot_memory_bytes };
+        let plan = trekker_placement::rebalance(&candidates, self.liveness(), &policy, self.fleet.balance);
+        let mut moved = 0;
+        for (from, to) in plan {
+            let filter = BotFilter {
+                server: Some(from.clone()),
+                approval: Some(ApprovalStatus::Approved),
+                status: None,
+                after: None,
+                limit: Some(1),
+            };
+            let Some(bot) = self.store.bots.list_bots(&filter).await?.bots.into_iter().next() else { continue };
+            let request = MoveRequest {
+                bot: bot.id.clone(),
+                from: Some(from.clone()),
+                to: to.clone(),
+                reason: MoveReason::Rebalance,
+                pace_per_min: Some(self.fleet.moves_per_min),
+                lost_for_ms: None,
+            };
+            if let Outcome::Moved(_) = self.try_move(&bot, &request).await? {
+                moved += 1;
+                count_move(servers, &from, &to, bot.approval);
+                tracing::info!(bot = %bot.id, %from, %to, "⚖️ Bot moved by the balancer");
+            }
+        }
+        Ok(moved)
+    }
+}
+
+/// Keeps the pass's snapshot true after a move, so the next placement
+/// spreads bots rather than piling them on the first choice.
+fn count_move(servers: &mut [ServerSnapshot], from: &ServerName, to: &ServerName, approval: ApprovalStatus) {
+    if !approval.occupies_slot() {
+        return;
+    }
+    for server in servers.iter_mut() {
+        if &server.name == from {
+            server.current_bot_count -= 1;
+        } else if &server.name == to {
+            server.current_bot_count += 1;
+        }
+    }
+}
+
+/// Runs fleet passes every `every` (and at once when woken) until `shutdown`.
+pub async fn run(trekker: Arc<Trekker>, every: Duration, shutdown: CancellationToken) {
+    let woken = trekker.fleet_changed.clone();
+    loop {
+        match trekker.fleet_pass().await {
+            Ok(pass) if pass != FleetPass::default() => {
+                tracing::info!(
+                    failed_over = pass.failed_over,
+                    evacuated = pass.evacuated,
+                    rebalanced = pass.rebalanced,
+                    stuck = pass.stuck,
+                    "fleet pass"
+                );
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = ?err, "fleet pass failed; will retry"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = woken.notified() => {}
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+}
