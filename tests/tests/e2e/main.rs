@@ -10,6 +10,7 @@ mod baileys_worker;
 mod browser;
 mod capacity_warnings;
 mod cross_server;
+mod fleet;
 mod guest_api;
 mod live_events;
 mod node;

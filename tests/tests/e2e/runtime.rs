@@ -14,17 +14,17 @@ use trekker_testkit::creds;
 
 use crate::support::{TestNode, eventually, fast_runtime, postgres_url, raw_count, raw_sql, settings, spawn_node_with};
 
-async fn status(node: &TestNode, id: &str) -> (RuntimeStatus, i64) {
+pub(crate) async fn status(node: &TestNode, id: &str) -> (RuntimeStatus, i64) {
     let bot = node.state.store.get_bot(&BotId::parse(id).unwrap()).await.unwrap().unwrap();
     (bot.status, bot.restarts)
 }
 
-async fn wait_status(node: &TestNode, id: &str, wanted: RuntimeStatus) {
+pub(crate) async fn wait_status(node: &TestNode, id: &str, wanted: RuntimeStatus) {
     eventually(Duration::from_secs(10), &format!("bot {id} {wanted}"), || async { status(node, id).await.0 == wanted })
         .await;
 }
 
-async fn register_approved(node: &TestNode, phone: &str) -> String {
+pub(crate) async fn register_approved(node: &TestNode, phone: &str) -> String {
     let created = node.register("Runner", phone, 1, None).await;
     assert_eq!(created.status, 201, "{:?}", created.body);
     let id = created.body["bot"]["id"].as_str().unwrap().to_owned();
@@ -32,7 +32,7 @@ async fn register_approved(node: &TestNode, phone: &str) -> String {
     id
 }
 
-fn simulated() -> SimulatedDriver {
+pub(crate) fn simulated() -> SimulatedDriver {
     SimulatedDriver::new(Duration::from_millis(20))
 }
 
@@ -149,10 +149,10 @@ async fn node_never_runs_more_than_its_capacity() {
 
 /// Which node runs which bot, as the drivers saw it; overlaps are violations.
 #[derive(Default)]
-struct Ledger {
-    running: Mutex<HashMap<BotId, ServerName>>,
-    starts: Mutex<Vec<(BotId, ServerName)>>,
-    violations: Mutex<Vec<String>>,
+pub(crate) struct Ledger {
+    pub(crate) running: Mutex<HashMap<BotId, ServerName>>,
+    pub(crate) starts: Mutex<Vec<(BotId, ServerName)>>,
+    pub(crate) violations: Mutex<Vec<String>>,
 }
 
 impl RunObserver for Ledger {

@@ -102,7 +102,13 @@ pub fn fast_runtime(driver: Option<Arc<dyn trekker_runtime::BotDriver>>) -> Over
         crash_window: Duration::from_secs(60),
         arrivals_per_min: 6000,
     };
-    Overrides { driver, tuning: Some(tuning), sweep_every: Some(Duration::from_millis(200)), ..Overrides::default() }
+    Overrides {
+        driver,
+        tuning: Some(tuning),
+        sweep_every: Some(Duration::from_millis(200)),
+        fleet_every: Some(Duration::from_millis(200)),
+        ..Overrides::default()
+    }
 }
 
 pub async fn spawn_node_with(settings: Settings, overrides: Overrides) -> TestNode {
