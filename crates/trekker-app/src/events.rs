@@ -136,15 +136,18 @@ impl Trekker {
             let name = view.server.name.to_string();
             // Heartbeats alone are not news: counts, capacity, status and
             // liveness are.
-            let shown =
-                |v: &ServerView| (v.server.current_bot_count, v.server.max_bot_count, v.server.status, v.online);
+            let shown = |v: &ServerView| {
+                (v.server.current_bot_count, v.server.max_bot_count, v.server.status, v.online, v.server.evacuation)
+            };
             if seen.servers.get(&name).map(shown) != Some(shown(&view)) {
                 hub.publish(LiveEvent::Server(view.clone()));
                 seen.servers.insert(name, view);
             }
         }
         let changes = self.store.runtime.fleet_changes(&seen.cursor).await?;
-        for gone in changes.departed {
+        // A bot that left one server for another (a move, a failover) is
+        // still there: the console updates its row rather than dropping it.
+        for gone in changes.departed.into_iter().filter(|id| !changes.changed.iter().any(|b| &b.id == id)) {
             hub.publish(LiveEvent::BotGone(gone));
         }
         for bot in changes.changed {

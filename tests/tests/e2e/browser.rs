@@ -2,7 +2,8 @@
 //! (Debian's `chromium` and `chromium-driver`, installed by `.ci/run`):
 //! the operator console against real nodes (log in, capacity, approve and
 //! watch the bot turn online without a reload, reject, page through 250
-//! bots, one capacity warning with two nodes watching) and the guest page
+//! bots, one capacity warning with two nodes watching, stop and restart a
+//! bot, evacuate a server and watch its bots change host) and the guest page
 //! (pair, register, the server list changing live). No JavaScript error may
 //! reach the browser's console; screenshots go to
 //! `target/browser-artifacts/` (kept, never compared pixel by pixel).
@@ -20,7 +21,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 use trekker_testkit::creds;
 
-use crate::support::{ADMIN_TOKEN, TestNode, raw_count, settings, spawn_node};
+use crate::support::{ADMIN_TOKEN, TestNode, fast_runtime, postgres_url, raw_count, settings, spawn_node};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -241,6 +242,67 @@ async fn the_console_approves_rejects_and_pages_live() {
     assert_eq!(detail.body["status"], "online", "what the page showed is what is stored");
     browser.close().await;
     node.stop().await;
+}
+
+/// The power buttons and an evacuation, live: no reload, the bots' host
+/// cells change as the fleet moves them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_console_stops_restarts_and_evacuates_live() {
+    let Some(url) = postgres_url().await else { return };
+    let Some(browser) = Browser::open("fleet").await else { return };
+    let a = crate::support::spawn_node_with(settings(&url, "SERVER0", 5), fast_runtime(None)).await;
+    let b = crate::support::spawn_node_with(settings(&url, "SERVER1", 5), fast_runtime(None)).await;
+    let mut ids = Vec::new();
+    for n in 1..=3 {
+        ids.push(crate::runtime::register_approved(&a, &creds::phone(96, n)).await);
+    }
+    log_in(&browser, &a).await;
+    browser.js("window.trekkerMark = 'same page'; window.confirm = () => true; return true").await;
+    browser.click("nav button[data-view=bots]").await;
+    let row = |id: &str| format!("document.querySelector('#bots tr[data-bot=\"{id}\"]')");
+    browser
+        .until("three bots online", "return [...document.querySelectorAll('#bots tbody .status')].filter((c) => c.textContent === 'online').length === 3")
+        .await;
+    browser.click(&format!("#bots tr[data-bot=\"{}\"] button[data-action=stop]", ids[0])).await;
+    browser
+        .until(
+            "the stopped bot offline, marked",
+            &format!("const r = {}; return !!r && r.querySelector('.status').textContent === 'offline (stopped by an admin)';", row(&ids[0])),
+        )
+        .await;
+    browser.shot("stopped").await;
+    browser.click(&format!("#bots tr[data-bot=\"{}\"] button[data-action=restart]", ids[0])).await;
+    browser
+        .until(
+            "the restarted bot online",
+            &format!("return {}.querySelector('.status').textContent === 'online';", row(&ids[0])),
+        )
+        .await;
+
+    browser.click("nav button[data-view=servers]").await;
+    browser.click("#servers tr[data-server=\"SERVER0\"] button[data-action=evacuate]").await;
+    browser
+        .until(
+            "SERVER0 emptied",
+            "const r = document.querySelector('#servers tr[data-server=\"SERVER0\"]'); \
+             return !!r && r.querySelector('.capacity').textContent.includes('0 / 5') \
+             && r.querySelector('.server-status').textContent.startsWith('draining');",
+        )
+        .await;
+    browser.shot("evacuated").await;
+    browser.click("nav button[data-view=bots]").await;
+    for id in &ids {
+        browser
+            .until(
+                "the bot on SERVER1",
+                &format!("return {}.querySelector('.server').textContent === 'SERVER1';", row(id)),
+            )
+            .await;
+    }
+    assert_eq!(browser.js("return window.trekkerMark").await, "same page", "the page never reloaded");
+    browser.close().await;
+    a.stop().await;
+    b.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
