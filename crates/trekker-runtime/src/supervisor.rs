@@ -355,9 +355,15 @@ impl Supervisor {
                 // every wanted bot, and boot brings one event per bot.
                 _ = tick.tick() => {
                     if last_poll.is_none_or(|at| at.elapsed() >= self.tuning.poll_every) {
-                        self.poll().await;
+                        // A database call that never answers (a partition
+                        // dropping packets) must not keep the loop from the
+                        // lease check below: the poll gets a quarter lease.
+                        if tokio::time::timeout(self.db_budget(), self.poll()).await.is_err() {
+                            tracing::warn!("the database did not answer the supervisor's poll in time");
+                        }
                         last_poll = Some(Instant::now());
                     }
+                    self.stop_if_lease_in_doubt().await;
                     self.start_due().await;
                 }
             }
@@ -527,6 +533,17 @@ impl Supervisor {
         self.starts_pending = true;
     }
 
+    /// Past half the lease without a renewal, whatever the database does,
+    /// no other node may be kept from the bots much longer: stop them all.
+    async fn stop_if_lease_in_doubt(&mut self) {
+        if self.lease.is_some() && self.last_renewed.is_some_and(|at| at.elapsed() > self.tuning.lease / 2) {
+            tracing::warn!("no lease renewal for half a lease: stopping every bot");
+            self.stop_everything().await;
+            // Taken again (a new epoch) once the database answers.
+            self.lease = None;
+        }
+    }
+
     /// Stops every running bot without writing anything (the lease that ran
     /// them is gone or in doubt).
     async fn stop_everything(&mut self) {
@@ -629,7 +646,12 @@ impl Supervisor {
                 return;
             }
             let restart = self.bots.get(&bot.id).is_some_and(|m| m.restarting);
-            self.start_bot(&bot, restart).await;
+            let budget = self.db_budget();
+            if tokio::time::timeout(budget, self.start_bot(&bot, restart)).await.is_err() {
+                tracing::warn!(bot = %bot.id, "the database did not answer in time; start given up for now");
+                self.starts_pending = true;
+                return;
+            }
         }
         self.at_capacity_logged = false;
     }
@@ -787,9 +809,20 @@ impl Supervisor {
     /// (else it waits for this node's lease to run out).
     async fn release(&self, id: &BotId) {
         let Some(lease) = &self.lease else { return };
-        if let Err(err) = self.store.release_bot(id, lease).await {
-            tracing::warn!(bot = %id, error = ?err, "cannot release the bot; the node lease covers it until it ends");
+        match tokio::time::timeout(self.db_budget(), self.store.release_bot(id, lease)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                tracing::warn!(bot = %id, error = ?err, "cannot release the bot; the node lease covers it until it ends");
+            }
+            Err(_) => tracing::warn!(bot = %id, "release not answered in time; the node lease covers the bot"),
         }
+    }
+
+    /// How long one of the loop's database calls may take: the loop must
+    /// come back to its lease check well within half a lease, whatever the
+    /// network does.
+    fn db_budget(&self) -> Duration {
+        self.tuning.lease / 4
     }
 
     async fn on_event(&mut self, event: DriverEvent) {
@@ -882,8 +915,10 @@ impl Supervisor {
             metrics::counter!(BOT_OOM_KILLS, "server" => self.node.to_string()).increment(1);
         }
         let exit = BotExit { at: self.clock.now_ms(), code, signal, reason, out_of_memory };
-        if let Err(err) = self.store.record_exit(id, &runner, &exit).await {
-            tracing::warn!(bot = %id, error = ?err, "cannot record how the bot ended");
+        match tokio::time::timeout(self.db_budget(), self.store.record_exit(id, &runner, &exit)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => tracing::warn!(bot = %id, error = ?err, "cannot record how the bot ended"),
+            Err(_) => tracing::warn!(bot = %id, "how the bot ended was not recorded in time"),
         }
     }
 
@@ -900,8 +935,10 @@ impl Supervisor {
         let Some(runner) = self.lease.clone() else { return };
         let report =
             RuntimeReport { bot_id: id.clone(), runner, version, status, restarts, last_error, invalid_reason };
-        if let Err(err) = self.store.report_runtime(&report, self.clock.now_ms()).await {
-            tracing::warn!(bot = %id, error = ?err, "cannot record the bot's status");
+        match tokio::time::timeout(self.db_budget(), self.store.report_runtime(&report, self.clock.now_ms())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => tracing::warn!(bot = %id, error = ?err, "cannot record the bot's status"),
+            Err(_) => tracing::warn!(bot = %id, "the bot's status was not recorded in time"),
         }
     }
 

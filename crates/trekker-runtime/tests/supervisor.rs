@@ -59,6 +59,8 @@ struct StoreState {
     lease_lost: bool,
     /// The database is unreachable for leases.
     renewal_fails: bool,
+    /// Renewals never answer (a partition that drops packets).
+    renewal_hangs: bool,
     reports: Vec<RuntimeReport>,
     /// Bot rows handed to the supervisor, in full reads and change reads.
     rows_read: usize,
@@ -146,6 +148,9 @@ fn unreachable() -> StoreError {
 #[async_trait]
 impl RuntimeStore for FakeStore {
     async fn start_node_lease(&self, node: &ServerName, _: Millis, _: i64) -> Result<NodeLease, StoreError> {
+        if self.state.lock().unwrap().renewal_hangs {
+            std::future::pending::<()>().await;
+        }
         let mut state = self.state.lock().unwrap();
         if state.renewal_fails {
             return Err(unreachable());
@@ -156,6 +161,9 @@ impl RuntimeStore for FakeStore {
     }
 
     async fn renew_node_lease(&self, lease: &NodeLease, _: Millis, _: i64) -> Result<bool, StoreError> {
+        if self.state.lock().unwrap().renewal_hangs {
+            std::future::pending::<()>().await;
+        }
         let mut state = self.state.lock().unwrap();
         if state.renewal_fails {
             return Err(unreachable());
@@ -710,6 +718,26 @@ async fn a_lost_node_lease_stops_every_bot_then_a_new_epoch_starts_them() {
     }
     assert!(reports.iter().all(|r| r.runner.epoch == 2), "{reports:?}");
     assert_eq!(driver.running().len(), 3);
+    supervisor.stop().await;
+}
+
+/// A partition that drops packets: the renewal never answers. The node
+/// still stops every bot once half its lease passed without a renewal
+/// (another node may take them after the lease), and starts them again
+/// when the database answers.
+#[tokio::test(start_paused = true)]
+async fn a_renewal_that_never_answers_still_stops_every_bot_within_half_a_lease() {
+    let store = FakeStore::with_bots(2);
+    let driver = Arc::new(FakeDriver::default());
+    let supervisor = spawn(&store, &driver, 10, tuning());
+    let_time_pass(Duration::from_millis(500)).await;
+    assert_eq!(driver.running().len(), 2);
+    store.state.lock().unwrap().renewal_hangs = true;
+    let_time_pass(Duration::from_millis(3000)).await;
+    assert!(driver.running().is_empty(), "bots still running while the renewal hangs");
+    store.state.lock().unwrap().renewal_hangs = false;
+    let_time_pass(Duration::from_secs(3)).await;
+    assert_eq!(driver.running().len(), 2);
     supervisor.stop().await;
 }
 
