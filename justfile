@@ -45,3 +45,7 @@ bench-register:
 # per-bot leases), admin pages and registration p99, full against small.
 bench-fleet:
     cargo run --release -p trekker-bench --bin bench-fleet
+
+# Failover of 1,000 simulated bots against a move-free boot (docs/benchmarks.md).
+bench-failover:
+    cargo run --release -p trekker-bench --bin bench-failover

@@ -812,7 +812,7 @@ impl Supervisor {
         match tokio::time::timeout(self.db_budget(), self.store.release_bot(id, lease)).await {
             Ok(Ok(())) => {}
             Ok(Err(err)) => {
-                tracing::warn!(bot = %id, error = ?err, "cannot release the bot; the node lease covers it until it ends");
+                tracing::warn!(bot = %id, error = ?err, "cannot release the bot; the node lease covers it");
             }
             Err(_) => tracing::warn!(bot = %id, "release not answered in time; the node lease covers the bot"),
         }

@@ -261,13 +261,21 @@ async fn the_console_stops_restarts_and_evacuates_live() {
     browser.click("nav button[data-view=bots]").await;
     let row = |id: &str| format!("document.querySelector('#bots tr[data-bot=\"{id}\"]')");
     browser
-        .until("three bots online", "return [...document.querySelectorAll('#bots tbody .status')].filter((c) => c.textContent === 'online').length === 3")
+        .until(
+            "three bots online",
+            "return [...document.querySelectorAll('#bots tbody .status')] \
+             .filter((c) => c.textContent === 'online').length === 3",
+        )
         .await;
     browser.click(&format!("#bots tr[data-bot=\"{}\"] button[data-action=stop]", ids[0])).await;
     browser
         .until(
             "the stopped bot offline, marked",
-            &format!("const r = {}; return !!r && r.querySelector('.status').textContent === 'offline (stopped by an admin)';", row(&ids[0])),
+            &format!(
+                "const r = {}; \
+                 return !!r && r.querySelector('.status').textContent === 'offline (stopped by an admin)';",
+                row(&ids[0])
+            ),
         )
         .await;
     browser.shot("stopped").await;
