@@ -83,6 +83,25 @@ impl std::fmt::Debug for AppState {
     }
 }
 
+/// An error with every cause under it, `outer: inner: root` (the SQLSTATE
+/// of a database error included): what a person needs in the log to act.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !text.ends_with(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        if let Some(code) = trekker_store::sqlstate(cause) {
+            text.push_str(&format!(" (SQLSTATE {code})"));
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// How often the fleet loop runs (failover, evacuation, balancing).
 const FLEET_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use tracing_subscriber::EnvFilter;
 use trekker_node::config::{BotDriverKind, SandboxMode, parse_command_line};
-use trekker_node::{Application, Command, Config, connect_store, install_crypto_provider};
+use trekker_node::{Application, Command, Config, connect_store, error_chain, install_crypto_provider};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -46,7 +46,7 @@ async fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,
         Command::Migrate => {
-            connect_store(&config).await.map(|_| tracing::info!("migrations applied")).map_err(|e| e.to_string())
+            connect_store(&config).await.map(|_| tracing::info!("migrations applied")).map_err(|e| error_chain(&e))
         }
         Command::Check => check(&config).await,
     };
@@ -63,7 +63,7 @@ async fn serve(config: Config) -> Result<(), String> {
     // Handlers are installed before the node says it listens: a SIGTERM
     // right after that line must shut it down gracefully, not kill it.
     let signals = wait_for_signal()?;
-    let app = Application::build(config).await.map_err(|e| format!("cannot start: {e}"))?;
+    let app = Application::build(config).await.map_err(|e| format!("cannot start: {}", error_chain(&e)))?;
     let shutdown = app.shutdown_token();
     tokio::spawn(async move {
         signals.await;
@@ -76,7 +76,9 @@ async fn serve(config: Config) -> Result<(), String> {
 /// Validates the configuration and reads the database, writing nothing.
 async fn check(config: &Config) -> Result<(), String> {
     config.check_credentials_key().map_err(|e| format!("credentials key: {e}"))?;
-    let report = trekker_store::check(config.database_url.expose()).await.map_err(|e| format!("database: {e}"))?;
+    let report = trekker_store::check(config.database_url.expose())
+        .await
+        .map_err(|e| format!("database: {}", error_chain(&e)))?;
     tracing::info!(
         server = %config.server_name,
         pending_migrations = report.pending_migrations,

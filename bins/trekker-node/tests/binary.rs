@@ -90,6 +90,23 @@ fn a_bad_setting_stops_the_start_and_names_it() {
     assert!(text.contains("CREDENTIALS_KEY"), "{text}");
 }
 
+/// A start that fails on the database says why, cause by cause, not just
+/// "database error".
+#[test]
+fn a_failed_start_prints_the_whole_cause() {
+    let output = Command::new(BINARY)
+        .env_clear()
+        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/trekker")
+        .env("CREDENTIALS_KEY", "QkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkI=")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
+    assert!(text.contains("cannot start: database"), "{text}");
+    assert!(text.to_lowercase().contains("connection refused"), "the root cause is printed: {text}");
+}
+
 /// Runs the binary in `dir` with a clean environment and `args`.
 fn run_in(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
     Command::new(BINARY)

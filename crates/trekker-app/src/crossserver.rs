@@ -473,6 +473,7 @@ mod tests {
         store.credential_outbox.expect_claim_credential_updates().returning(move |_, _, _, _| Ok(vec![claimed(edge)]));
         // The host's last beat is 31 s old (3 intervals of 10 s): offline.
         store.servers.expect_get_server().returning(|_| Ok(Some(host_row(NOW - 31_000))));
+        store.bots.expect_get_bot().returning(|_| Ok(Some(bot_record("SERVER1", ApprovalStatus::Approved))));
         store
             .credential_outbox
             .expect_finish_credential_update()

@@ -712,6 +712,8 @@ mod tests {
             .bots
             .expect_find_bot_on_server()
             .returning(|_, _| Ok(Some(bot_record("SERVER1", ApprovalStatus::Approved))));
+        // The delivery asks where the bot lives now: still SERVER1.
+        store.bots.expect_get_bot().returning(|_| Ok(Some(bot_record("SERVER1", ApprovalStatus::Approved))));
         store.credential_outbox.expect_enqueue_credential_update().times(1).returning(move |update, effects, _| {
             assert_eq!(effects.activity.remote_tenancy.as_ref().map(ServerName::as_str), Some("SERVER1"));
             *queued.lock().unwrap() = Some(update.id.clone());

@@ -62,11 +62,40 @@ impl StoreError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Database(err) => {
-                matches!(err, sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed) || is_busy(err)
+                matches!(err, sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed)
+                    || is_busy(err)
+                    || is_unavailable(err)
             }
             _ => false,
         }
     }
+
+    /// What to tell the operator when the error says a transaction pooler
+    /// sits between the node and PostgreSQL but the node does not know it.
+    pub fn pooler_hint(&self) -> Option<&'static str> {
+        let Self::Database(err) = self else { return None };
+        let code = err.as_database_error().and_then(|db| db.code())?;
+        matches!(code.as_ref(), "42P05" | "26000").then_some(
+            "this looks like a transaction pooler (PgBouncer, Supavisor, a pooled endpoint) between the node and \
+             PostgreSQL: set DATABASE_POOLER=transaction (and DATABASE_MIGRATION_URL to a direct connection)",
+        )
+    }
+}
+
+/// The SQLSTATE of a database error anywhere in a cause chain's link, for
+/// the log (`42P05`, `57014`...).
+pub fn sqlstate(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let db = err.downcast_ref::<sqlx::Error>()?.as_database_error()?;
+    db.code().map(|code| code.into_owned())
+}
+
+/// PostgreSQL says it cannot serve now: a statement cancelled by
+/// `statement_timeout`, too many connections, the server shutting down or
+/// starting, or a lost connection.
+fn is_unavailable(err: &sqlx::Error) -> bool {
+    err.as_database_error().and_then(|db| db.code()).is_some_and(|code| {
+        matches!(code.as_ref(), "57014" | "53300" | "57P01" | "57P02" | "57P03" | "53000") || code.starts_with("08")
+    })
 }
 
 fn is_busy(err: &sqlx::Error) -> bool {

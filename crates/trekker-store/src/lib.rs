@@ -20,7 +20,7 @@ mod sql;
 mod traits;
 
 pub use cipher::{CredentialCipher, KEY_LEN, Sealed};
-pub use error::StoreError;
+pub use error::{StoreError, sqlstate};
 pub use model::*;
 pub use sql::{Backend, CheckReport, SqlStore, check, connect};
 pub use sqlx::{Postgres, Sqlite};

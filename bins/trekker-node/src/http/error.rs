@@ -37,11 +37,12 @@ pub enum ErrorCode {
     IdempotencyMismatch,
     PayloadTooLarge,
     RateLimited,
+    ServiceUnavailable,
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 20] = [
         Self::InvalidInput,
         Self::InvalidSession,
         Self::InvalidCredentials,
@@ -60,6 +61,7 @@ impl ErrorCode {
         Self::IdempotencyMismatch,
         Self::PayloadTooLarge,
         Self::RateLimited,
+        Self::ServiceUnavailable,
         Self::Internal,
     ];
 
@@ -84,6 +86,7 @@ impl ErrorCode {
             Self::IdempotencyMismatch => "IDEMPOTENCY_MISMATCH",
             Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             Self::RateLimited => "RATE_LIMITED",
+            Self::ServiceUnavailable => "SERVICE_UNAVAILABLE",
             Self::Internal => "INTERNAL",
         }
     }
@@ -96,7 +99,7 @@ impl ErrorCode {
             }
             Self::UnknownServer | Self::RegistryInconsistent | Self::NotFound => S::NOT_FOUND,
             Self::ServerMismatch | Self::AccountMismatch | Self::ServerFull | Self::Conflict => S::CONFLICT,
-            Self::AllServersFull => S::SERVICE_UNAVAILABLE,
+            Self::AllServersFull | Self::ServiceUnavailable => S::SERVICE_UNAVAILABLE,
             Self::RemoteUpdateFailed => S::BAD_GATEWAY,
             Self::Unauthorized => S::UNAUTHORIZED,
             Self::Forbidden => S::FORBIDDEN,
@@ -172,9 +175,18 @@ impl ApiError {
     /// A store error that is not the caller's: logged in full, answered generically.
     pub fn from_store(err: StoreError) -> Self {
         if err.is_retryable() {
-            tracing::warn!(error = ?err, "database busy or unreachable");
-            return Self::new(ErrorCode::Internal, "The database is busy. Please try again shortly.")
-                .with_retry_after(1);
+            tracing::warn!(error = %crate::error_chain(&err), "database busy or unreachable");
+            if let Some(hint) = err.pooler_hint() {
+                tracing::error!("{hint}");
+            }
+            return Self::new(
+                ErrorCode::ServiceUnavailable,
+                "The database cannot be reached or is too busy right now. Please try again shortly.",
+            )
+            .with_retry_after(2);
+        }
+        if let Some(hint) = err.pooler_hint() {
+            tracing::error!("{hint}");
         }
         tracing::error!(error = ?err, "store error");
         Self::internal()

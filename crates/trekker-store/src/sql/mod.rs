@@ -103,6 +103,11 @@ impl SqlStore<Postgres> {
     pub async fn connect(url: &str, cipher: CredentialCipher, max_connections: u32) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(url)
             .map_err(|_| StoreError::Config("DATABASE_URL is not a valid PostgreSQL URL".into()))?;
+        // One connection first, on its own: a refusal (no server, a wrong
+        // password, too many clients) is reported as it is, at once, rather
+        // than as the pool's "timed out" after retrying it for seconds.
+        use sqlx::{ConnectOptions as _, Connection as _};
+        options.connect().await?.close().await?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
