@@ -42,6 +42,17 @@ pub enum BotDriverKind {
     Whatsapp,
 }
 
+/// What sits between the node and PostgreSQL (DATABASE_POOLER).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PoolerMode {
+    /// A direct connection, or a pooler in session mode.
+    None,
+    /// A transaction-pooling proxy (PgBouncer, Supavisor, a managed pooled
+    /// endpoint): no named statements, nothing kept across transactions,
+    /// migrations only through `migrate` and DATABASE_MIGRATION_URL.
+    Transaction,
+}
+
 /// Whether the balancer moves bots between servers (REBALANCE).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum RebalanceMode {
@@ -95,6 +106,21 @@ pub struct Settings {
     /// A file holding DATABASE_URL (systemd credentials, container secrets).
     #[arg(long, env = "DATABASE_URL_FILE")]
     pub database_url_file: Option<PathBuf>,
+    /// A direct connection for `migrate` when DATABASE_URL goes through a
+    /// transaction pooler. Secret, like DATABASE_URL.
+    #[arg(long, env = "DATABASE_MIGRATION_URL", hide_env_values = true)]
+    pub database_migration_url: Option<String>,
+    #[arg(long, env = "DATABASE_MIGRATION_URL_FILE")]
+    pub database_migration_url_file: Option<PathBuf>,
+    /// Connections this node holds at most.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
+    pub database_max_connections: u32,
+    /// `transaction`: a transaction-pooling proxy sits in front of PostgreSQL.
+    #[arg(long, env = "DATABASE_POOLER", value_enum, default_value_t = PoolerMode::None)]
+    pub database_pooler: PoolerMode,
+    /// A statement running longer is cancelled (the caller gets 503).
+    #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT_MS", default_value_t = 5000)]
+    pub database_statement_timeout_ms: u64,
     /// This node's name, stored upper-case.
     #[arg(long, env = "SERVER_NAME", default_value = "SERVER0")]
     pub server_name: String,
@@ -282,6 +308,9 @@ pub enum CredentialsKeySource {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub database_url: Secret,
+    pub database_migration_url: Option<Secret>,
+    /// How the node reaches PostgreSQL (connections, pooler, timeouts).
+    pub database: trekker_store::DbSettings,
     pub backend: Backend,
     pub server_name: ServerName,
     pub max_bot_count: i64,
@@ -372,6 +401,7 @@ pub const MIN_CLUSTER_SECRET_BYTES: usize = 32;
 /// never from a flag (`/proc/<pid>/cmdline` is readable by every user).
 pub const SECRET_FLAGS: &[(&str, &str)] = &[
     ("database_url", "DATABASE_URL"),
+    ("database_migration_url", "DATABASE_MIGRATION_URL"),
     ("cluster_secret", "CLUSTER_SECRET"),
     ("cluster_secret_previous", "CLUSTER_SECRET_PREVIOUS"),
     ("admin_token", "ADMIN_TOKEN"),
@@ -426,6 +456,11 @@ impl Config {
             settings.database_url = secret_from("DATABASE_URL", None, Some(file))?.unwrap_or_default();
             secret_files.push(file.clone());
         }
+        settings.database_migration_url = secret_from(
+            "DATABASE_MIGRATION_URL",
+            settings.database_migration_url,
+            settings.database_migration_url_file.as_ref(),
+        )?;
         settings.cluster_secret =
             secret_from("CLUSTER_SECRET", settings.cluster_secret, settings.cluster_secret_file.as_ref())?;
         settings.cluster_secret_previous = secret_from(
@@ -438,6 +473,7 @@ impl Config {
             secret_from("CREDENTIALS_KEY", settings.credentials_key, settings.credentials_key_file.as_ref())?;
         secret_files.extend(
             [
+                &settings.database_migration_url_file,
                 &settings.cluster_secret_file,
                 &settings.cluster_secret_previous_file,
                 &settings.admin_token_file,
@@ -458,6 +494,17 @@ impl Config {
         }
         if !(1..=65_536).contains(&settings.bot_disk_mb) {
             return Err(invalid("BOT_DISK_MB", "must be between 1 and 65536"));
+        }
+        if !(1..=10_000).contains(&settings.database_max_connections) {
+            return Err(invalid("DATABASE_MAX_CONNECTIONS", "must be between 1 and 10000"));
+        }
+        if !(100..=600_000).contains(&settings.database_statement_timeout_ms) {
+            return Err(invalid("DATABASE_STATEMENT_TIMEOUT_MS", "must be between 100 and 600000"));
+        }
+        if let Some(url) = &settings.database_migration_url
+            && !matches!(Backend::from_url(url), Ok(Backend::Postgres))
+        {
+            return Err(invalid("DATABASE_MIGRATION_URL", "must be a postgres:// URL (a direct connection)"));
         }
         if settings.failover_after_secs > 7 * 86_400 {
             return Err(invalid("FAILOVER_AFTER_SECS", "must be at most 604800 (a week); 0 turns failover off"));
@@ -556,8 +603,19 @@ impl Config {
             return Err(invalid("NOTIFIER", "`whatsapp` needs BOT_DRIVER=whatsapp (it sends from the bots' sessions)"));
         }
         let bot_events_webhook = bot_events_webhook(&settings)?;
+        let database = trekker_store::DbSettings {
+            max_connections: settings.database_max_connections,
+            pooler: match settings.database_pooler {
+                PoolerMode::None => trekker_store::Pooler::None,
+                PoolerMode::Transaction => trekker_store::Pooler::Transaction,
+            },
+            statement_timeout_ms: settings.database_statement_timeout_ms,
+            ..trekker_store::DbSettings::default()
+        };
         Ok(Self {
             database_url: Secret::new(settings.database_url),
+            database_migration_url: settings.database_migration_url.map(Secret::new),
+            database,
             backend,
             server_name,
             max_bot_count: i64::from(settings.max_bot_count),

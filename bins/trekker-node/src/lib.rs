@@ -5,6 +5,7 @@
 pub mod config;
 pub mod http;
 pub mod per_address;
+pub mod readiness;
 pub mod server;
 pub mod userns;
 
@@ -75,6 +76,8 @@ pub struct AppState {
     pub base_url: String,
     /// The `process` driver's bots (their usage and output), when it runs here.
     pub process_bots: Option<Arc<ProcessDriver>>,
+    /// The database as the last readiness probe found it (`/readyz`).
+    pub readiness: Arc<readiness::Readiness>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -165,7 +168,7 @@ impl Application {
 
     /// [`build`](Self::build) with some parts replaced.
     pub async fn build_with(config: Config, overrides: Overrides) -> Result<Self, StartupError> {
-        let store = connect_store(&config).await?;
+        let store = connect_store_patiently(&config).await?;
         let shutdown = CancellationToken::new();
         #[cfg(feature = "whatsapp")]
         let mut whatsapp_sessions = None;
@@ -297,6 +300,7 @@ impl Application {
             event_streams,
             base_url,
             process_bots,
+            readiness: Arc::new(readiness::Readiness::default()),
         };
         let sweep_every = overrides.sweep_every.unwrap_or(EXPIRY_SWEEP_EVERY);
         let fleet_every = overrides.fleet_every.unwrap_or(FLEET_EVERY);
@@ -360,6 +364,11 @@ impl Application {
         tasks.spawn(supervisor.run(self.state.trekker.runtime_changed.clone(), self.shutdown.clone()));
         tasks.spawn(trekker_app::crossserver::run_outbox(self.state.trekker.clone(), self.shutdown.clone()));
         tasks.spawn(trekker_app::sweeper::run(self.state.trekker.clone(), self.sweep_every, self.shutdown.clone()));
+        tasks.spawn(readiness::run_probe(
+            self.state.store.clone(),
+            self.state.readiness.clone(),
+            self.shutdown.clone(),
+        ));
         tasks.spawn(trekker_app::fleet::run(self.state.trekker.clone(), self.fleet_every, self.shutdown.clone()));
         tasks.spawn(trekker_app::events::run_event_feed(
             self.state.trekker.clone(),
@@ -382,7 +391,16 @@ impl Application {
         let served = server::serve(self.listener, router, limits, self.shutdown.clone()).await;
         self.shutdown.cancel();
         tasks.close();
-        tasks.wait().await;
+        // Bots get their stop grace; the final writes each have a budget,
+        // and all of it has this deadline (a database that hangs must not
+        // keep a SIGTERMed node alive).
+        let deadline = self.state.config.bot_stop_grace + std::time::Duration::from_secs(20);
+        if tokio::time::timeout(deadline, tasks.wait()).await.is_err() {
+            tracing::warn!(
+                secs = deadline.as_secs(),
+                "background work still running at the shutdown deadline; exiting"
+            );
+        }
         tracing::info!("stopped");
         served
     }
@@ -441,5 +459,46 @@ fn node_folders(config: &Config) -> Vec<std::path::PathBuf> {
 /// Connects the store the configuration names, and migrates it.
 pub async fn connect_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
     let cipher = config.credentials_cipher()?;
-    trekker_store::connect(config.database_url.expose(), cipher).await
+    trekker_store::connect_with(config.database_url.expose(), cipher, &config.database).await
+}
+
+/// [`connect_store`], waiting while the database is there but busy or not
+/// up yet (a full session pool, too many clients, a server starting): the
+/// node starts once it can, and a SIGTERM meanwhile stops it. Anything
+/// else (a wrong password, an unknown database, a schema behind) fails now.
+async fn connect_store_patiently(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
+    let mut wait = std::time::Duration::from_secs(1);
+    loop {
+        match connect_store(config).await {
+            Err(err) if err.is_busy_now() => {
+                let secs = wait.as_secs();
+                tracing::warn!(error = %error_chain(&err), "database busy or starting; retrying in {secs}s");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(10));
+            }
+            done => return done,
+        }
+    }
+}
+
+/// `trekker-node migrate`: applies pending migrations through
+/// DATABASE_MIGRATION_URL when set (required behind a transaction pooler,
+/// whose connections cannot hold the migration's session lock), else
+/// through DATABASE_URL. Returns how many it applied.
+pub async fn migrate(config: &Config) -> Result<usize, String> {
+    match (&config.database_migration_url, config.database.pooler) {
+        (Some(url), _) => trekker_store::migrate_postgres(url.expose(), &config.database)
+            .await
+            .map_err(|e| format!("migration through DATABASE_MIGRATION_URL: {}", error_chain(&e))),
+        (None, trekker_store::Pooler::Transaction) => Err("DATABASE_POOLER=transaction: migrations need a direct \
+            connection; set DATABASE_MIGRATION_URL (the same database, not through the pooler)"
+            .into()),
+        (None, trekker_store::Pooler::None) => {
+            let pending = match trekker_store::check(config.database_url.expose()).await {
+                Ok(report) => report.pending_migrations,
+                Err(_) => 0,
+            };
+            connect_store(config).await.map(|_| pending).map_err(|e| error_chain(&e))
+        }
+    }
 }

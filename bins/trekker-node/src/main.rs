@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use tracing_subscriber::EnvFilter;
 use trekker_node::config::{BotDriverKind, SandboxMode, parse_command_line};
-use trekker_node::{Application, Command, Config, connect_store, error_chain, install_crypto_provider};
+use trekker_node::{Application, Command, Config, error_chain, install_crypto_provider};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -45,9 +45,9 @@ async fn main() -> ExitCode {
     };
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,
-        Command::Migrate => {
-            connect_store(&config).await.map(|_| tracing::info!("migrations applied")).map_err(|e| error_chain(&e))
-        }
+        Command::Migrate => trekker_node::migrate(&config).await.map(|applied| {
+            tracing::info!(applied, "database schema up to date");
+        }),
         Command::Check => check(&config).await,
     };
     match result {
@@ -62,8 +62,16 @@ async fn main() -> ExitCode {
 async fn serve(config: Config) -> Result<(), String> {
     // Handlers are installed before the node says it listens: a SIGTERM
     // right after that line must shut it down gracefully, not kill it.
-    let signals = wait_for_signal()?;
-    let app = Application::build(config).await.map_err(|e| format!("cannot start: {}", error_chain(&e)))?;
+    let mut signals = Box::pin(wait_for_signal()?);
+    // A SIGTERM while the node is still starting (a database that does not
+    // answer, migrations) stops it too.
+    let app = tokio::select! {
+        built = Application::build(config) => built.map_err(|e| format!("cannot start: {}", error_chain(&e)))?,
+        () = &mut signals => {
+            tracing::info!("shutdown requested while starting");
+            return Ok(());
+        }
+    };
     let shutdown = app.shutdown_token();
     tokio::spawn(async move {
         signals.await;

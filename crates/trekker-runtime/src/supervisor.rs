@@ -646,27 +646,33 @@ impl Supervisor {
                 return;
             }
             let restart = self.bots.get(&bot.id).is_some_and(|m| m.restarting);
-            let budget = self.db_budget();
-            if tokio::time::timeout(budget, self.start_bot(&bot, restart)).await.is_err() {
-                tracing::warn!(bot = %bot.id, "the database did not answer in time; start given up for now");
-                self.starts_pending = true;
-                return;
-            }
+            self.start_bot(&bot, restart).await;
         }
         self.at_capacity_logged = false;
     }
 
     async fn start_bot(&mut self, bot: &BotRecord, restart: bool) {
-        let (credentials, version) = match self.store.load_credentials(&bot.id).await {
-            Ok(Some(found)) => found,
-            Ok(None) => return,
-            Err(err) => {
+        // Each database call within the loop's budget (see `db_budget`).
+        let budget = self.db_budget();
+        let loaded = tokio::time::timeout(budget, self.store.load_credentials(&bot.id)).await;
+        let (credentials, version) = match loaded {
+            Ok(Ok(Some(found))) => found,
+            Ok(Ok(None)) => return,
+            Ok(Err(err)) => {
                 tracing::warn!(bot = %bot.id, error = ?err, "cannot load credentials");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(bot = %bot.id, "credentials not read in time");
                 return;
             }
         };
         let Some(lease) = self.lease.clone() else { return };
-        match self.store.acquire_bot(&bot.id, &lease, version, self.clock.now_ms()).await {
+        let acquired =
+            tokio::time::timeout(budget, self.store.acquire_bot(&bot.id, &lease, version, self.clock.now_ms()))
+                .await
+                .unwrap_or_else(|_| Err(trekker_store::StoreError::Config("acquire not answered in time".into())));
+        match acquired {
             Ok(true) => {}
             Ok(false) => {
                 tracing::debug!(bot = %bot.id, "bot not available (moved, changed, or still run by a live lease)");
@@ -680,9 +686,9 @@ impl Supervisor {
                 return;
             }
         }
-        let session = match self.session_for(&bot.id, &lease, version).await {
-            Ok(session) => session,
-            Err(()) => {
+        let session = match tokio::time::timeout(budget, self.session_for(&bot.id, &lease, version)).await {
+            Ok(Ok(session)) => session,
+            Ok(Err(())) | Err(_) => {
                 // Starting without the saved state would lose it (the run
                 // would save over it): give the bot up and try again later.
                 self.release(&bot.id).await;

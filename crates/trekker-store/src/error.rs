@@ -70,6 +70,15 @@ impl StoreError {
         }
     }
 
+    /// The database is there but cannot take this node now: every pooled
+    /// connection taken (a session pooler full), too many clients, the
+    /// server starting up. Worth waiting for; a refused connection is not.
+    pub fn is_busy_now(&self) -> bool {
+        let Self::Database(err) = self else { return false };
+        matches!(err, sqlx::Error::PoolTimedOut)
+            || err.as_database_error().and_then(|db| db.code()).is_some_and(|c| matches!(c.as_ref(), "53300" | "57P03"))
+    }
+
     /// What to tell the operator when the error says a transaction pooler
     /// sits between the node and PostgreSQL but the node does not know it.
     pub fn pooler_hint(&self) -> Option<&'static str> {

@@ -22,6 +22,6 @@ mod traits;
 pub use cipher::{CredentialCipher, KEY_LEN, Sealed};
 pub use error::{StoreError, sqlstate};
 pub use model::*;
-pub use sql::{Backend, CheckReport, SqlStore, check, connect};
+pub use sql::{Backend, CheckReport, DbSettings, Pooler, SqlStore, check, connect, connect_with, migrate_postgres};
 pub use sqlx::{Postgres, Sqlite};
 pub use traits::*;

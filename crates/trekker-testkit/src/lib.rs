@@ -2,10 +2,13 @@
 //!
 //! - [`postgres`]: a throwaway PostgreSQL server started by the tests
 //!   themselves, migrated once into a template, one fresh database per test.
+//! - [`pgbouncer`]: a throwaway PgBouncer in front of that server, in
+//!   transaction or session mode.
 //! - [`creds`]: Baileys-shaped credentials and session IDs for any phone.
 //! - [`sqlite_store`]/[`postgres_store`]: ready, migrated stores.
 
 pub mod creds;
+pub mod pgbouncer;
 pub mod postgres;
 
 use std::sync::Arc;

@@ -121,8 +121,71 @@ fn migrate_template(server: &Server) -> Result<(), String> {
     .map_err(|_| "template migration panicked".to_owned())?
 }
 
+/// A PostgreSQL server of one test's own (a test that restarts or stops
+/// its server must not take the shared one down under the others).
+#[derive(Debug)]
+pub struct DedicatedServer {
+    /// `postgres://postgres@127.0.0.1:<port>`, without a database name.
+    pub base_url: String,
+    bin_dir: PathBuf,
+    data: PathBuf,
+    as_root: bool,
+}
+
+impl DedicatedServer {
+    /// Starts one; `None` when the PostgreSQL tests are skipped.
+    pub fn start() -> Option<Self> {
+        if postgres_skipped() {
+            announce_skip();
+            return None;
+        }
+        let (base_url, bin_dir, data) = start_server_at().expect("a dedicated PostgreSQL server");
+        Some(Self { base_url, bin_dir, data, as_root: is_root() })
+    }
+
+    /// Creates an empty database `name` on it; returns its URL.
+    pub async fn empty_database(&self, name: &str) -> String {
+        let mut admin =
+            sqlx::PgConnection::connect(&format!("{}/postgres", self.base_url)).await.expect("connect to the server");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .expect("create the database");
+        admin.close().await.ok();
+        format!("{}/{name}", self.base_url)
+    }
+
+    /// Creates database `name` on it and applies the schema; returns its URL.
+    pub async fn migrated_database(&self, name: &str) -> String {
+        let url = self.empty_database(name).await;
+        let store = SqlStore::<Postgres>::connect(&url, crate::test_cipher(), 1).await.expect("migrate");
+        store.pool().close().await;
+        url
+    }
+
+    /// Restarts the server the way a crash does (`-m immediate`: no
+    /// checkpoint, every client cut off), waiting until it accepts again.
+    pub fn crash_restart(&self) {
+        // Its output goes to the log: a pipe would be held by the server.
+        let log = self.data.with_file_name("server.log");
+        run(pg_command(self.as_root, &self.bin_dir, "pg_ctl")
+            .arg("-w")
+            .arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(log)
+            .args(["-m", "immediate", "restart"]))
+        .expect("pg_ctl restart");
+    }
+}
+
 /// Starts a server and returns its base URL.
 fn start_server() -> Result<String, String> {
+    start_server_at().map(|(base_url, ..)| base_url)
+}
+
+/// Starts a server; returns its base URL, binaries and data folder.
+fn start_server_at() -> Result<(String, PathBuf, PathBuf), String> {
     let bin_dir = find_postgres_bin().ok_or("PostgreSQL binaries (initdb, pg_ctl) not found")?;
     let as_root = is_root();
     let dir = tempfile::Builder::new().prefix("trekker-pg-").tempdir().map_err(|e| format!("temp dir: {e}"))?.keep();
@@ -156,7 +219,7 @@ fn start_server() -> Result<String, String> {
         .arg(options)
         .arg("start"))?;
     spawn_watchdog(as_root, &bin_dir, &dir, &data)?;
-    Ok(format!("postgres://postgres@127.0.0.1:{port}"))
+    Ok((format!("postgres://postgres@127.0.0.1:{port}"), bin_dir, data))
 }
 
 /// Stops the server and removes its folder once this process is gone.
@@ -231,11 +294,11 @@ fn bin_dirs() -> impl Iterator<Item = PathBuf> {
     candidates.into_iter()
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     Command::new("id").arg("-u").output().is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
 }
 
-fn free_port() -> Result<u16, String> {
+pub(crate) fn free_port() -> Result<u16, String> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("free port: {e}"))?;
     listener.local_addr().map(|a| a.port()).map_err(|e| format!("free port: {e}"))
 }

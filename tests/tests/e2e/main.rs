@@ -14,6 +14,7 @@ mod fleet;
 mod guest_api;
 mod live_events;
 mod node;
+mod pooler;
 mod registration;
 mod runtime;
 mod secrecy;

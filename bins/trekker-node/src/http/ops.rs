@@ -95,12 +95,10 @@ pub fn healthz_response() -> axum::response::Response {
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, description = "ready"), (status = 503, description = "database unreachable")))]
 pub(crate) async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    match state.store.ping().await {
-        Ok(()) => (StatusCode::OK, Json(json!({"status": "ready", "serverName": state.config.server_name.as_str()}))),
-        Err(err) => {
-            tracing::warn!(error = ?err, "readiness check failed");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable", "message": "database unreachable"})))
-        }
+    if state.readiness.is_ready(state.store.as_ref()).await {
+        (StatusCode::OK, Json(json!({"status": "ready", "serverName": state.config.server_name.as_str()})))
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable", "message": "database unreachable"})))
     }
 }
 

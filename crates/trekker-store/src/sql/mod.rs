@@ -8,9 +8,13 @@
 //! row, then registry row. Registration locks the server row first (its
 //! conditional UPDATE is the slot reservation) and creates the others.
 
+mod pool;
 mod postgres;
 mod rows;
 mod sqlite;
+
+use pool::DbPool;
+pub use pool::{DbSettings, Pooler};
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -50,7 +54,7 @@ impl Backend {
 /// A [`Store`] over a sqlx pool of `DB` (PostgreSQL or SQLite).
 #[derive(Debug)]
 pub struct SqlStore<DB: sqlx::Database> {
-    pool: Pool<DB>,
+    pool: DbPool<DB>,
     cipher: Arc<CredentialCipher>,
 }
 
@@ -62,7 +66,7 @@ impl<DB: sqlx::Database> Clone for SqlStore<DB> {
 
 impl<DB: sqlx::Database> SqlStore<DB> {
     pub fn pool(&self) -> &Pool<DB> {
-        &self.pool
+        self.pool.inner()
     }
 
     fn open_claimed(&self, rows: Vec<ClaimedRow>) -> Result<Vec<ClaimedUpdate>, StoreError> {
@@ -98,24 +102,100 @@ static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrat
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
 
 impl SqlStore<Postgres> {
-    /// Connects to PostgreSQL and applies pending migrations (sqlx takes an
-    /// advisory lock, so nodes starting together migrate once).
+    /// Connects to PostgreSQL with the default settings and applies pending
+    /// migrations (sqlx takes an advisory lock, so nodes starting together
+    /// migrate once).
     pub async fn connect(url: &str, cipher: CredentialCipher, max_connections: u32) -> Result<Self, StoreError> {
-        let options = PgConnectOptions::from_str(url)
-            .map_err(|_| StoreError::Config("DATABASE_URL is not a valid PostgreSQL URL".into()))?;
-        // One connection first, on its own: a refusal (no server, a wrong
-        // password, too many clients) is reported as it is, at once, rather
-        // than as the pool's "timed out" after retrying it for seconds.
-        use sqlx::{ConnectOptions as _, Connection as _};
-        options.connect().await?.close().await?;
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
-            .await?;
-        POSTGRES_MIGRATOR.run(&pool).await.map_err(StoreError::Migration)?;
+        let settings = DbSettings { max_connections, ..DbSettings::default() };
+        Self::connect_with(url, cipher, &settings).await
+    }
+
+    /// Connects as `settings` say. Directly (or through a session pooler)
+    /// it applies pending migrations; through a transaction pooler it
+    /// applies none (their session lock cannot work there) and refuses a
+    /// schema that is behind this binary (`trekker-node migrate` with
+    /// DATABASE_MIGRATION_URL brings it up to date).
+    pub async fn connect_with(url: &str, cipher: CredentialCipher, settings: &DbSettings) -> Result<Self, StoreError> {
+        let pool = postgres_pool(url, settings).await?;
+        let pool = match settings.pooler {
+            Pooler::None => {
+                POSTGRES_MIGRATOR.run(&pool).await.map_err(StoreError::Migration)?;
+                DbPool::direct(pool)
+            }
+            Pooler::Transaction => {
+                let pool = DbPool::behind_transaction_pooler(pool, settings.statement_timeout_ms);
+                let applied: Vec<i64> =
+                    match sqlx::query_scalar(APPLIED_MIGRATIONS).persistent(false).fetch_all(&pool).await {
+                        Ok(applied) => applied,
+                        // No migrations table: an empty database.
+                        Err(err) if crate::sqlstate(&err).as_deref() == Some("42P01") => Vec::new(),
+                        Err(err) => return Err(err.into()),
+                    };
+                let pending = POSTGRES_MIGRATOR.iter().filter(|m| !applied.contains(&m.version)).count();
+                if pending > 0 {
+                    return Err(StoreError::Config(format!(
+                        "the database schema is {pending} migration(s) behind this binary; with \
+                         DATABASE_POOLER=transaction the node applies none: run `trekker-node migrate` with \
+                         DATABASE_MIGRATION_URL set to a direct connection first"
+                    )));
+                }
+                pool
+            }
+        };
         Ok(Self { pool, cipher: Arc::new(cipher) })
     }
+}
+
+/// Applies pending PostgreSQL migrations through `url`, which must be a
+/// direct connection (or a session pooler): `trekker-node migrate`.
+pub async fn migrate_postgres(url: &str, settings: &DbSettings) -> Result<usize, StoreError> {
+    let settings = DbSettings { max_connections: 2, pooler: Pooler::None, ..*settings };
+    let pool = postgres_pool(url, &settings).await?;
+    let applied: Vec<i64> = sqlx::query_scalar(APPLIED_MIGRATIONS).fetch_all(&pool).await.unwrap_or_default();
+    let pending = POSTGRES_MIGRATOR.iter().filter(|m| !applied.contains(&m.version)).count();
+    POSTGRES_MIGRATOR.run(&pool).await.map_err(StoreError::Migration)?;
+    pool.close().await;
+    Ok(pending)
+}
+
+/// sqlx's pool for PostgreSQL as `settings` say, after one connection on
+/// its own: a refusal (no server, a wrong password, too many clients) is
+/// reported as it is, at once, rather than as the pool's "timed out" after
+/// retrying it for seconds.
+async fn postgres_pool(url: &str, settings: &DbSettings) -> Result<Pool<Postgres>, StoreError> {
+    use sqlx::{ConnectOptions as _, Connection as _};
+    let mut options = PgConnectOptions::from_str(url)
+        .map_err(|_| StoreError::Config("DATABASE_URL is not a valid PostgreSQL URL".into()))?;
+    if settings.pooler == Pooler::Transaction {
+        // A startup parameter PgBouncer refuses unless told to ignore it.
+        options = options.extra_float_digits(None);
+    }
+    let probe =
+        tokio::time::timeout(Duration::from_millis(settings.acquire_timeout_ms.max(1_000) * 2), options.connect())
+            .await
+            .map_err(|_| StoreError::Config("the database did not answer a connection in time".into()))??;
+    probe.close().await?;
+    let timeout_ms = settings.statement_timeout_ms;
+    let session_timeout = settings.pooler == Pooler::None && timeout_ms > 0;
+    let pool = PgPoolOptions::new()
+        .max_connections(settings.max_connections.max(1))
+        .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms.max(100)))
+        // An idle connection is given back soon: behind a session pooler it
+        // holds a server connection another node may be waiting for.
+        .idle_timeout(Some(Duration::from_secs(10)))
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                // Per session here; per transaction behind a transaction pooler.
+                if session_timeout {
+                    let set = format!("SET statement_timeout = {timeout_ms}");
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(set)).execute(&mut *conn).await?;
+                }
+                Ok(())
+            })
+        })
+        .connect_with(options)
+        .await?;
+    Ok(pool)
 }
 
 impl SqlStore<Sqlite> {
@@ -137,11 +217,12 @@ impl SqlStore<Sqlite> {
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(options)
             .await?;
+        let pool = DbPool::direct(pool);
         // Two processes starting on one new file can race on the schema; the
         // loser sees the winner's tables on its next try.
         let mut attempt = 0;
         loop {
-            match SQLITE_MIGRATOR.run(&pool).await {
+            match SQLITE_MIGRATOR.run(pool.inner()).await {
                 Ok(()) => break,
                 Err(_) if attempt < 3 => {
                     attempt += 1;
@@ -178,9 +259,19 @@ fn create_private_file(path: &std::path::Path) -> Result<(), StoreError> {
 
 /// Connects to the database `url` names and migrates it.
 pub async fn connect(url: &str, cipher: CredentialCipher) -> Result<Arc<dyn Store>, StoreError> {
+    connect_with(url, cipher, &DbSettings::default()).await
+}
+
+/// [`connect`] as `settings` say (PostgreSQL; SQLite takes none of them
+/// but the connection count, capped at 8).
+pub async fn connect_with(
+    url: &str,
+    cipher: CredentialCipher,
+    settings: &DbSettings,
+) -> Result<Arc<dyn Store>, StoreError> {
     Ok(match Backend::from_url(url)? {
-        Backend::Postgres => Arc::new(SqlStore::<Postgres>::connect(url, cipher, 16).await?),
-        Backend::Sqlite => Arc::new(SqlStore::<Sqlite>::connect(url, cipher, 8).await?),
+        Backend::Postgres => Arc::new(SqlStore::<Postgres>::connect_with(url, cipher, settings).await?),
+        Backend::Sqlite => Arc::new(SqlStore::<Sqlite>::connect(url, cipher, settings.max_connections.min(8)).await?),
     })
 }
 

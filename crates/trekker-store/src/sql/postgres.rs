@@ -61,6 +61,11 @@ macro_rules! json_texts {
 /// a few runs (the plan that cannot use an index behind `$1 IS NULL OR`).
 const GENERIC_PLANS: bool = true;
 
+/// Whether statements may be named (not through a transaction pooler).
+fn named_statements() -> bool {
+    super::pool::named_statements()
+}
+
 // The same files are compiled for SQLite in `sqlite.rs`, on purpose.
 #[allow(clippy::duplicate_mod)]
 #[path = "queries/mod.rs"]

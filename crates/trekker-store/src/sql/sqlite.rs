@@ -54,6 +54,11 @@ macro_rules! json_texts {
 /// asked for with the parameters bound.
 const GENERIC_PLANS: bool = false;
 
+/// Statements are always named (SQLite has no pooler in between).
+fn named_statements() -> bool {
+    true
+}
+
 // The same files are compiled for PostgreSQL in `postgres.rs`, on purpose.
 #[allow(clippy::duplicate_mod)]
 #[path = "queries/mod.rs"]

@@ -39,14 +39,14 @@ impl ActivityLog for SqlStore<Db> {
             query.push(joiner).push("id < ").push_bind(after);
         }
         query.push(" ORDER BY id DESC LIMIT ").push_bind(limit + 1);
-        let rows: Vec<ActivityRow> = query.build_query_as().fetch_all(&self.pool).await?;
+        let rows: Vec<ActivityRow> = query.build_query_as().persistent(super::named()).fetch_all(&self.pool).await?;
         let activities = rows.into_iter().map(Activity::from).collect();
         let (activities, next) = split_page(activities, limit, |a: &Activity| a.id);
         Ok(ActivityPage { activities, next })
     }
 
     async fn activities_after(&self, after: i64, limit: i64) -> Result<Vec<Activity>, StoreError> {
-        let rows: Vec<ActivityRow> = sqlx::query_as(
+        let rows: Vec<ActivityRow> = super::query_as(
             "SELECT id, occurred_at, server_name, bot_id, phone_number, action, details, remote_tenancy, \
              remote_bot_id FROM activities WHERE id > $1 ORDER BY id LIMIT $2",
         )
@@ -58,7 +58,7 @@ impl ActivityLog for SqlStore<Db> {
     }
 
     async fn last_activity_id(&self) -> Result<i64, StoreError> {
-        let last: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM activities").fetch_one(&self.pool).await?;
+        let last: Option<i64> = super::query_scalar("SELECT MAX(id) FROM activities").fetch_one(&self.pool).await?;
         Ok(last.unwrap_or(0))
     }
 }

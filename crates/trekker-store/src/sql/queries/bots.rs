@@ -64,7 +64,7 @@ impl SqlStore<Db> {
         } else {
             let select = concat!("EXPLAIN QUERY PLAN SELECT ", bot_columns!(), " FROM bot_instances");
             let mut query = bot_page(select, filter, limit);
-            query.build().fetch_all(&mut *conn).await?
+            query.build().persistent(super::named()).fetch_all(&mut *conn).await?
         };
         // The plan text is the last column on both backends.
         let lines: Vec<String> = rows
@@ -92,7 +92,7 @@ impl SqlStore<Db> {
         // The phone first: a phone that is taken is answered without
         // touching the server's row (callers insert optimistically and look
         // the phone up only when this says it is taken).
-        let claimed = sqlx::query(
+        let claimed = super::query(
             "INSERT INTO god_register (phone_number, tenancy_name, bot_id, registered_at) \
              VALUES ($1, $2, $3, $4) ON CONFLICT (phone_number) DO NOTHING",
         )
@@ -112,7 +112,7 @@ impl SqlStore<Db> {
             Err(err) => return Err(err.into()),
         };
         if claimed == 0 {
-            let holder: Option<RegistryRow> = sqlx::query_as(
+            let holder: Option<RegistryRow> = super::query_as(
                 "SELECT phone_number, tenancy_name, bot_id, registered_at FROM god_register WHERE phone_number = $1",
             )
             .bind(bot.phone.as_str())
@@ -126,7 +126,7 @@ impl SqlStore<Db> {
             return Err(StoreError::PhoneTaken { server: holder.server, bot_id: holder.bot_id });
         }
 
-        let inserted: Result<BotRow, sqlx::Error> = sqlx::query_as(concat!(
+        let inserted: Result<BotRow, sqlx::Error> = super::query_as(concat!(
             "INSERT INTO bot_instances (id, name, phone_number, server_name, approval_status, status, \
              credentials_ciphertext, credentials_nonce, credentials_key_id, credentials_version, \
              credentials_updated_at, created_at, updated_at, account_key, adv_timestamp) \
@@ -153,7 +153,7 @@ impl SqlStore<Db> {
                 // (the failed statement ended the transaction on PostgreSQL:
                 // the holder is looked up after it).
                 tx.rollback().await?;
-                let holder: Option<BotRow> = sqlx::query_as(concat!(
+                let holder: Option<BotRow> = super::query_as(concat!(
                     "SELECT ",
                     bot_columns!(),
                     " FROM bot_instances WHERE phone_number = $1 AND approval_status <> 'rejected'"
@@ -182,7 +182,7 @@ impl SqlStore<Db> {
         // that lock, and this keeps the queue short. One conditional UPDATE,
         // atomic under concurrency on both backends (invariant 2); the
         // pending cap is on the row too, exact for the same reason.
-        let free_after: Option<i64> = sqlx::query_scalar(
+        let free_after: Option<i64> = super::query_scalar(
             "UPDATE server_registry SET current_bot_count = current_bot_count + 1, \
              pending_count = pending_count + 1, updated_at = $2 \
              WHERE server_name = $1 AND server_status = 'active' AND current_bot_count < max_bot_count \
@@ -215,7 +215,7 @@ impl SqlStore<Db> {
 #[async_trait]
 impl BotStore for SqlStore<Db> {
     async fn find_registration(&self, phone: &PhoneNumber) -> Result<Option<RegistryEntry>, StoreError> {
-        let row: Option<RegistryRow> = sqlx::query_as(
+        let row: Option<RegistryRow> = super::query_as(
             "SELECT phone_number, tenancy_name, bot_id, registered_at FROM god_register WHERE phone_number = $1",
         )
         .bind(phone.as_str())
@@ -226,7 +226,7 @@ impl BotStore for SqlStore<Db> {
 
     async fn get_bot(&self, id: &BotId) -> Result<Option<BotRecord>, StoreError> {
         let row: Option<BotRow> =
-            sqlx::query_as(concat!("SELECT ", bot_columns!(), " FROM bot_instances WHERE id = $1"))
+            super::query_as(concat!("SELECT ", bot_columns!(), " FROM bot_instances WHERE id = $1"))
                 .bind(id.as_str())
                 .fetch_optional(&self.pool)
                 .await?;
@@ -238,7 +238,7 @@ impl BotStore for SqlStore<Db> {
         phone: &PhoneNumber,
         server: &ServerName,
     ) -> Result<Option<BotRecord>, StoreError> {
-        let row: Option<BotRow> = sqlx::query_as(concat!(
+        let row: Option<BotRow> = super::query_as(concat!(
             "SELECT ",
             bot_columns!(),
             " FROM bot_instances \
@@ -255,7 +255,7 @@ impl BotStore for SqlStore<Db> {
         let limit = filter.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
         let select = concat!("SELECT ", bot_columns!(), " FROM bot_instances");
         let mut query = bot_page(select, filter, limit);
-        let rows: Vec<BotRow> = query.build_query_as().fetch_all(&self.pool).await?;
+        let rows: Vec<BotRow> = query.build_query_as().persistent(super::named()).fetch_all(&self.pool).await?;
         let (bots, next) = split_page(bots(rows)?, limit, |b| BotCursor { created_at: b.created_at, id: b.id.clone() });
         Ok(BotPage { bots, next })
     }
@@ -291,7 +291,7 @@ impl BotStore for SqlStore<Db> {
             }
         };
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        let updated = sqlx::query(
+        let updated = super::query(
             "UPDATE bot_instances SET credentials_ciphertext = $2, credentials_nonce = $3, \
              credentials_key_id = $4, \
              credentials_version = COALESCE(CAST($5 AS BIGINT), credentials_version + 1), \
@@ -348,7 +348,7 @@ impl BotStore for SqlStore<Db> {
         if current == ApprovalStatus::Pending {
             leave_pending_in(&mut tx, &row.server_name, now).await?;
         }
-        sqlx::query(
+        super::query(
             "UPDATE bot_instances SET approval_status = $2, approval_date = $3, expires_at = $4, \
              updated_at = $3, status = CASE WHEN status = 'online' THEN status ELSE 'loading' END \
              WHERE id = $1",
@@ -375,7 +375,7 @@ impl BotStore for SqlStore<Db> {
         if current.occupies_slot() && !next.occupies_slot() {
             release_slot_in(&mut tx, id.as_str(), &row.phone_number, &row.server_name, now).await?;
         }
-        sqlx::query("UPDATE bot_instances SET approval_status = $2, updated_at = $3 WHERE id = $1")
+        super::query("UPDATE bot_instances SET approval_status = $2, updated_at = $3 WHERE id = $1")
             .bind(id.as_str())
             .bind(next.as_str())
             .bind(now)
@@ -408,7 +408,7 @@ impl BotStore for SqlStore<Db> {
             return refuse(format!("The bot is already on {to}."));
         }
         // An earlier move is over once the old host let the bot go.
-        let still_held: Option<String> = sqlx::query_scalar(
+        let still_held: Option<String> = super::query_scalar(
             "SELECT runner FROM bot_instances WHERE id = $1 AND runner IS NOT NULL AND runner <> server_name",
         )
         .bind(id.as_str())
@@ -424,13 +424,13 @@ impl BotStore for SqlStore<Db> {
         let mut names = [from.as_str(), to.as_str()];
         names.sort_unstable();
         for name in names {
-            sqlx::query(concat!("SELECT server_name FROM server_registry WHERE server_name = $1 ", lock_row!()))
+            super::query(concat!("SELECT server_name FROM server_registry WHERE server_name = $1 ", lock_row!()))
                 .bind(name)
                 .fetch_optional(&mut *tx)
                 .await?;
         }
         if let Some(lost_for_ms) = request.lost_for_ms {
-            let lost: Option<String> = sqlx::query_scalar(concat!(
+            let lost: Option<String> = super::query_scalar(concat!(
                 "SELECT server_name FROM server_registry WHERE server_name = $1 AND lease_until IS NOT NULL \
                  AND lease_until < ",
                 db_now_ms!(),
@@ -447,7 +447,7 @@ impl BotStore for SqlStore<Db> {
         }
         if let Some(pace) = request.pace_per_min {
             let recent: i64 =
-                sqlx::query_scalar("SELECT COUNT(*) FROM bot_moves WHERE to_server = $1 AND moved_at > $2")
+                super::query_scalar("SELECT COUNT(*) FROM bot_moves WHERE to_server = $1 AND moved_at > $2")
                     .bind(to.as_str())
                     .bind(now - 60_000)
                     .fetch_one(&mut *tx)
@@ -460,7 +460,7 @@ impl BotStore for SqlStore<Db> {
         if approval.occupies_slot() {
             let pending = i64::from(approval == ApprovalStatus::Pending);
             // The target's slot: one conditional UPDATE, as for a registration (invariant 2).
-            let reserved: Option<i64> = sqlx::query_scalar(
+            let reserved: Option<i64> = super::query_scalar(
                 "UPDATE server_registry SET current_bot_count = current_bot_count + 1, \
                  pending_count = pending_count + $3, updated_at = $2 \
                  WHERE server_name = $1 AND server_status = 'active' AND current_bot_count < max_bot_count \
@@ -482,7 +482,7 @@ impl BotStore for SqlStore<Db> {
                     Some(s) => StoreError::ServerFull(s.name),
                 });
             }
-            sqlx::query(
+            super::query(
                 "UPDATE server_registry SET current_bot_count = current_bot_count - 1, \
                  pending_count = CASE WHEN pending_count >= $3 THEN pending_count - $3 ELSE 0 END, updated_at = $2 \
                  WHERE server_name = $1 AND current_bot_count > 0",
@@ -492,7 +492,7 @@ impl BotStore for SqlStore<Db> {
             .bind(pending)
             .execute(&mut *tx)
             .await?;
-            sqlx::query("UPDATE god_register SET tenancy_name = $2 WHERE phone_number = $1 AND bot_id = $3")
+            super::query("UPDATE god_register SET tenancy_name = $2 WHERE phone_number = $1 AND bot_id = $3")
                 .bind(&row.phone_number)
                 .bind(to.as_str())
                 .bind(id.as_str())
@@ -504,13 +504,13 @@ impl BotStore for SqlStore<Db> {
         }
         // The runner stays: only it may save the session as it stops the
         // bot, and `server_name` no longer being its node refuses its status.
-        sqlx::query("UPDATE bot_instances SET server_name = $2, moved_at = $3, updated_at = $3 WHERE id = $1")
+        super::query("UPDATE bot_instances SET server_name = $2, moved_at = $3, updated_at = $3 WHERE id = $1")
             .bind(id.as_str())
             .bind(to.as_str())
             .bind(now)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
+        super::query(
             "INSERT INTO bot_moves (bot_id, from_server, to_server, reason, moved_at) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(id.as_str())
@@ -552,7 +552,7 @@ impl BotStore for SqlStore<Db> {
             }
             PowerAction::Stop => "UPDATE bot_instances SET desired_state = 'stopped', updated_at = $2 WHERE id = $1",
         };
-        sqlx::query(sql).bind(id.as_str()).bind(now).execute(&mut *tx).await?;
+        super::query(sql).bind(id.as_str()).bind(now).execute(&mut *tx).await?;
         insert_effects_in(&mut tx, effects, None, now).await?;
         let bot = fetch_bot_in(&mut tx, id.as_str()).await?;
         tx.commit().await?;
@@ -569,14 +569,14 @@ impl BotStore for SqlStore<Db> {
         if current.occupies_slot() {
             release_slot_in(&mut tx, id.as_str(), &row.phone_number, &row.server_name, now).await?;
         }
-        sqlx::query("DELETE FROM bot_instances WHERE id = $1").bind(id.as_str()).execute(&mut *tx).await?;
+        super::query("DELETE FROM bot_instances WHERE id = $1").bind(id.as_str()).execute(&mut *tx).await?;
         insert_effects_in(&mut tx, effects, None, now).await?;
         tx.commit().await?;
         Ok(record)
     }
 
     async fn stale_pending_bots(&self, created_before: Millis, limit: i64) -> Result<Vec<BotRecord>, StoreError> {
-        let rows: Vec<BotRow> = sqlx::query_as(concat!(
+        let rows: Vec<BotRow> = super::query_as(concat!(
             "SELECT ",
             bot_columns!(),
             " FROM bot_instances WHERE approval_status = 'pending' AND created_at < $1 ORDER BY created_at LIMIT $2"
@@ -590,7 +590,7 @@ impl BotStore for SqlStore<Db> {
 
     async fn expire_due_bots(&self, node: &ServerName, now: Millis) -> Result<Vec<BotRecord>, StoreError> {
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        let rows: Vec<BotRow> = sqlx::query_as(concat!(
+        let rows: Vec<BotRow> = super::query_as(concat!(
             "UPDATE bot_instances SET approval_status = 'expired', updated_at = $1 \
              WHERE approval_status = 'approved' AND expires_at IS NOT NULL AND expires_at <= $1 \
              RETURNING ",

@@ -14,7 +14,7 @@ use crate::traits::CapacityLevelStore;
 impl CapacityLevelStore for SqlStore<Db> {
     async fn capacity_levels(&self) -> Result<Vec<(String, CapacityLevel)>, StoreError> {
         let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT scope, level FROM capacity_levels ORDER BY scope").fetch_all(&self.pool).await?;
+            super::query_as("SELECT scope, level FROM capacity_levels ORDER BY scope").fetch_all(&self.pool).await?;
         rows.into_iter()
             .map(|(scope, level)| {
                 let level = CapacityLevel::from_i64(level)
@@ -33,7 +33,7 @@ impl CapacityLevelStore for SqlStore<Db> {
         now: Millis,
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        sqlx::query(
+        super::query(
             "INSERT INTO capacity_levels (scope, level, changed_at) VALUES ($1, 0, $2) ON CONFLICT (scope) DO NOTHING",
         )
         .bind(scope)
@@ -44,7 +44,7 @@ impl CapacityLevelStore for SqlStore<Db> {
         // finds it moved and writes nothing (PostgreSQL re-checks the level
         // after waiting for the winner's row lock).
         let moved =
-            sqlx::query("UPDATE capacity_levels SET level = $3, changed_at = $4 WHERE scope = $1 AND level = $2")
+            super::query("UPDATE capacity_levels SET level = $3, changed_at = $4 WHERE scope = $1 AND level = $2")
                 .bind(scope)
                 .bind(from.as_i64())
                 .bind(to.as_i64())

@@ -13,7 +13,7 @@ use crate::traits::ConsistencyStore;
 impl ConsistencyStore for SqlStore<Db> {
     async fn find_inconsistencies(&self) -> Result<Vec<Inconsistency>, StoreError> {
         let mut found = Vec::new();
-        let orphans: Vec<(String, String, String)> = sqlx::query_as(
+        let orphans: Vec<(String, String, String)> = super::query_as(
             "SELECT g.phone_number, g.tenancy_name, g.bot_id FROM god_register g \
              LEFT JOIN bot_instances b ON b.id = g.bot_id \
              WHERE b.id IS NULL OR b.approval_status = 'rejected' ORDER BY g.phone_number",
@@ -25,7 +25,7 @@ impl ConsistencyStore for SqlStore<Db> {
             server,
             bot_id,
         }));
-        let unregistered: Vec<(String, String, String)> = sqlx::query_as(
+        let unregistered: Vec<(String, String, String)> = super::query_as(
             "SELECT b.id, b.phone_number, b.server_name FROM bot_instances b \
              LEFT JOIN god_register g ON g.phone_number = b.phone_number \
              WHERE b.approval_status <> 'rejected' AND g.phone_number IS NULL ORDER BY b.id",
@@ -37,7 +37,7 @@ impl ConsistencyStore for SqlStore<Db> {
             phone,
             server,
         }));
-        let mismatched: Vec<(String, String, String, String)> = sqlx::query_as(
+        let mismatched: Vec<(String, String, String, String)> = super::query_as(
             "SELECT g.phone_number, b.id, g.tenancy_name, b.server_name FROM god_register g \
              JOIN bot_instances b ON b.id = g.bot_id \
              WHERE b.approval_status <> 'rejected' AND g.tenancy_name <> b.server_name ORDER BY b.id",
@@ -47,7 +47,7 @@ impl ConsistencyStore for SqlStore<Db> {
         found.extend(mismatched.into_iter().map(|(phone, bot_id, registry_server, bot_server)| {
             Inconsistency::ServerMismatch { phone, bot_id, registry_server, bot_server }
         }));
-        let drift: Vec<(String, i64, i64)> = sqlx::query_as(
+        let drift: Vec<(String, i64, i64)> = super::query_as(
             "SELECT s.server_name, s.current_bot_count, \
              (SELECT COUNT(*) FROM bot_instances b WHERE b.server_name = s.server_name \
               AND b.approval_status <> 'rejected') AS actual \
@@ -74,7 +74,7 @@ impl ConsistencyStore for SqlStore<Db> {
         let changed = match issue {
             // The phone is locked out by a registry row with no live bot:
             // free it.
-            Inconsistency::RegistryWithoutBot { phone, bot_id, .. } => sqlx::query(
+            Inconsistency::RegistryWithoutBot { phone, bot_id, .. } => super::query(
                 "DELETE FROM god_register WHERE phone_number = $1 AND bot_id = $2 AND NOT EXISTS \
                  (SELECT 1 FROM bot_instances b WHERE b.id = $2 AND b.approval_status <> 'rejected')",
             )
@@ -85,7 +85,7 @@ impl ConsistencyStore for SqlStore<Db> {
             .rows_affected(),
             // The bot row (with its credentials) is the truth: give it its
             // registry row back.
-            Inconsistency::BotWithoutRegistry { bot_id, .. } => sqlx::query(
+            Inconsistency::BotWithoutRegistry { bot_id, .. } => super::query(
                 "INSERT INTO god_register (phone_number, tenancy_name, bot_id, registered_at) \
                  SELECT b.phone_number, b.server_name, b.id, $2 FROM bot_instances b \
                  WHERE b.id = $1 AND b.approval_status <> 'rejected' \
@@ -97,7 +97,7 @@ impl ConsistencyStore for SqlStore<Db> {
             .await?
             .rows_affected(),
             // The bot runs where its row says: point the registry there.
-            Inconsistency::ServerMismatch { phone, bot_id, .. } => sqlx::query(
+            Inconsistency::ServerMismatch { phone, bot_id, .. } => super::query(
                 "UPDATE god_register SET tenancy_name = \
                  (SELECT b.server_name FROM bot_instances b WHERE b.id = $2) \
                  WHERE phone_number = $1 AND bot_id = $2 AND EXISTS \
@@ -111,11 +111,11 @@ impl ConsistencyStore for SqlStore<Db> {
             // Lock the server row first so no registration slips in between
             // the count and the write.
             Inconsistency::CountDrift { server, .. } => {
-                sqlx::query(concat!("SELECT server_name FROM server_registry WHERE server_name = $1 ", lock_row!()))
+                super::query(concat!("SELECT server_name FROM server_registry WHERE server_name = $1 ", lock_row!()))
                     .bind(server)
                     .execute(&mut *tx)
                     .await?;
-                sqlx::query(
+                super::query(
                     "UPDATE server_registry SET pending_count = \
                      (SELECT COUNT(*) FROM bot_instances b WHERE b.server_name = $1 \
                       AND b.approval_status = 'pending') WHERE server_name = $1",
@@ -123,7 +123,7 @@ impl ConsistencyStore for SqlStore<Db> {
                 .bind(server)
                 .execute(&mut *tx)
                 .await?;
-                sqlx::query(
+                super::query(
                     "UPDATE server_registry SET updated_at = $2, current_bot_count = \
                      (SELECT COUNT(*) FROM bot_instances b WHERE b.server_name = $1 \
                       AND b.approval_status <> 'rejected') \

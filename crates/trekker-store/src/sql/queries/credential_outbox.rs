@@ -21,7 +21,7 @@ impl CredentialOutbox for SqlStore<Db> {
         let sealed = self.seal(&update.id, &update.credentials)?;
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
         // Locking the bot row serializes version numbers per bot.
-        let stored: Option<i64> = sqlx::query_scalar(concat!(
+        let stored: Option<i64> = super::query_scalar(concat!(
             "SELECT credentials_version FROM bot_instances WHERE id = $1 AND approval_status <> 'rejected' ",
             lock_row!()
         ))
@@ -29,7 +29,7 @@ impl CredentialOutbox for SqlStore<Db> {
         .fetch_optional(&mut *tx)
         .await?;
         let stored = stored.ok_or(StoreError::BotNotFound)?;
-        let queued: Option<i64> = sqlx::query_scalar(
+        let queued: Option<i64> = super::query_scalar(
             "SELECT MAX(credentials_version) FROM credential_update_outbox \
              WHERE bot_id = $1 AND status IN ('pending', 'delivered')",
         )
@@ -37,14 +37,14 @@ impl CredentialOutbox for SqlStore<Db> {
         .fetch_one(&mut *tx)
         .await?;
         let version = stored.max(queued.unwrap_or(0)) + 1;
-        sqlx::query(
+        super::query(
             "UPDATE credential_update_outbox SET status = 'superseded', claimed_by = NULL, claimed_until = NULL \
              WHERE bot_id = $1 AND status = 'pending'",
         )
         .bind(update.bot_id.as_str())
         .execute(&mut *tx)
         .await?;
-        let row: OutboxRow = sqlx::query_as(concat!(
+        let row: OutboxRow = super::query_as(concat!(
             "INSERT INTO credential_update_outbox (id, bot_id, phone_number, source_server, target_server, \
              credentials_ciphertext, credentials_nonce, credentials_key_id, credentials_version, status, \
              attempts, next_attempt_at, created_at) \
@@ -76,7 +76,7 @@ impl CredentialOutbox for SqlStore<Db> {
         limit: i64,
     ) -> Result<Vec<ClaimedUpdate>, StoreError> {
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        let rows: Vec<ClaimedRow> = sqlx::query_as(concat!(
+        let rows: Vec<ClaimedRow> = super::query_as(concat!(
             "UPDATE credential_update_outbox SET claimed_by = $1, claimed_until = $2 + $3, attempts = attempts + 1 \
              WHERE id IN (SELECT id FROM credential_update_outbox WHERE status = 'pending' \
              AND next_attempt_at <= $2 AND (claimed_until IS NULL OR claimed_until <= $2) \
@@ -103,7 +103,7 @@ impl CredentialOutbox for SqlStore<Db> {
         now: Millis,
         lease_ms: i64,
     ) -> Result<Option<ClaimedUpdate>, StoreError> {
-        let rows: Vec<ClaimedRow> = sqlx::query_as(concat!(
+        let rows: Vec<ClaimedRow> = super::query_as(concat!(
             "UPDATE credential_update_outbox SET claimed_by = $2, claimed_until = $3 + $4, attempts = attempts + 1 \
              WHERE id = $1 AND status = 'pending' AND (claimed_until IS NULL OR claimed_until <= $3) RETURNING ",
             outbox_columns!(),
@@ -131,7 +131,7 @@ impl CredentialOutbox for SqlStore<Db> {
             DeliveryOutcome::Failed { error } => ("failed", None, Some(error.as_str()), None),
             DeliveryOutcome::Expired => ("expired", None, Some("not delivered within 24 hours"), None),
         };
-        let done = sqlx::query(
+        let done = super::query(
             "UPDATE credential_update_outbox SET status = $3, claimed_by = NULL, claimed_until = NULL, \
              next_attempt_at = COALESCE(CAST($4 AS BIGINT), next_attempt_at), \
              last_error = COALESCE(CAST($5 AS TEXT), last_error), \
@@ -151,7 +151,7 @@ impl CredentialOutbox for SqlStore<Db> {
 
     async fn get_credential_update(&self, id: &str) -> Result<Option<CredentialUpdate>, StoreError> {
         let row: Option<OutboxRow> =
-            sqlx::query_as(concat!("SELECT ", outbox_columns!(), " FROM credential_update_outbox WHERE id = $1"))
+            super::query_as(concat!("SELECT ", outbox_columns!(), " FROM credential_update_outbox WHERE id = $1"))
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await?;
@@ -167,15 +167,18 @@ impl CredentialOutbox for SqlStore<Db> {
         let limit = limit.clamp(1, MAX_PAGE);
         let filters = [("status", status.map(|s| s.as_str().to_owned()))];
         let select = concat!("SELECT ", outbox_columns!(), " FROM credential_update_outbox");
-        let rows: Vec<OutboxRow> =
-            newest_first(select, &filters, after, limit).build_query_as().fetch_all(&self.pool).await?;
+        let rows: Vec<OutboxRow> = newest_first(select, &filters, after, limit)
+            .build_query_as()
+            .persistent(super::named())
+            .fetch_all(&self.pool)
+            .await?;
         let updates = rows.into_iter().map(CredentialUpdate::try_from).collect::<Result<Vec<_>, _>>()?;
         let (updates, next) = split_page(updates, limit, |u| (u.created_at, u.id.clone()));
         Ok(UpdatePage { updates, next })
     }
 
     async fn credential_outbox_depth(&self) -> Result<i64, StoreError> {
-        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM credential_update_outbox WHERE status = 'pending'")
+        let count: i64 = super::query_scalar("SELECT COUNT(*) FROM credential_update_outbox WHERE status = 'pending'")
             .fetch_one(&self.pool)
             .await?;
         Ok(count)

@@ -112,7 +112,7 @@ impl DeviceStateStore for SqlStore<Db> {
         let hashes: Vec<String> =
             keys.iter().map(|key| format!("\"{}\"", self.device_key_hash(id, space, key))).collect();
         let hashes = format!("[{}]", hashes.join(","));
-        let rows: Vec<ValueRow> = sqlx::query_as(concat!(
+        let rows: Vec<ValueRow> = super::query_as(concat!(
             "SELECT key_hash, sealed_value, value_nonce, value_key_id FROM bot_device_state \
              WHERE bot_id = $1 AND space = $2 AND credentials_version = $3 AND key_hash IN ",
             json_texts!("$4")
@@ -132,7 +132,7 @@ impl DeviceStateStore for SqlStore<Db> {
         version: i64,
         space: &str,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let rows: Vec<ValueRow> = sqlx::query_as(
+        let rows: Vec<ValueRow> = super::query_as(
             "SELECT key_hash, sealed_value, value_nonce, value_key_id FROM bot_device_state \
              WHERE bot_id = $1 AND space = $2 AND credentials_version = $3",
         )
@@ -178,7 +178,7 @@ impl DeviceStateStore for SqlStore<Db> {
         for write in planned {
             match write {
                 Planned::Put { space, key_hash, sealed } => {
-                    sqlx::query(
+                    super::query(
                         "INSERT INTO bot_device_state (bot_id, space, key_hash, credentials_version, sealed_value, \
                          value_nonce, value_key_id) VALUES ($1, $2, $3, $4, $5, $6, $7) \
                          ON CONFLICT (bot_id, space, key_hash) DO UPDATE SET \
@@ -196,7 +196,7 @@ impl DeviceStateStore for SqlStore<Db> {
                     .await?;
                 }
                 Planned::Delete { space, key_hash } => {
-                    sqlx::query("DELETE FROM bot_device_state WHERE bot_id = $1 AND space = $2 AND key_hash = $3")
+                    super::query("DELETE FROM bot_device_state WHERE bot_id = $1 AND space = $2 AND key_hash = $3")
                         .bind(id.as_str())
                         .bind(space)
                         .bind(key_hash)
@@ -204,14 +204,14 @@ impl DeviceStateStore for SqlStore<Db> {
                         .await?;
                 }
                 Planned::Clear { space } => {
-                    sqlx::query("DELETE FROM bot_device_state WHERE bot_id = $1 AND space = $2")
+                    super::query("DELETE FROM bot_device_state WHERE bot_id = $1 AND space = $2")
                         .bind(id.as_str())
                         .bind(space)
                         .execute(&mut *tx)
                         .await?;
                 }
                 Planned::Reset => {
-                    sqlx::query("DELETE FROM bot_device_state WHERE bot_id = $1")
+                    super::query("DELETE FROM bot_device_state WHERE bot_id = $1")
                         .bind(id.as_str())
                         .execute(&mut *tx)
                         .await?;
@@ -223,7 +223,7 @@ impl DeviceStateStore for SqlStore<Db> {
     }
 
     async fn device_state_info(&self, id: &BotId) -> Result<Option<DeviceStateInfo>, StoreError> {
-        let (keys, bytes): (i64, Option<i64>) = sqlx::query_as(
+        let (keys, bytes): (i64, Option<i64>) = super::query_as(
             "SELECT COUNT(*), CAST(SUM(LENGTH(s.sealed_value)) AS BIGINT) FROM bot_device_state s \
              JOIN bot_instances b ON b.id = s.bot_id \
              WHERE s.bot_id = $1 AND s.credentials_version = b.credentials_version",

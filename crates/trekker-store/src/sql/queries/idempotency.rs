@@ -20,7 +20,7 @@ impl IdempotencyStore for SqlStore<Db> {
         stale_after_ms: i64,
         ttl_ms: i64,
     ) -> Result<IdempotencyBegin, StoreError> {
-        let inserted = sqlx::query(
+        let inserted = super::query(
             "INSERT INTO idempotency_keys (idempotency_key, fingerprint, state, created_at, expires_at) \
              VALUES ($1, $2, 'in_progress', $3, $4) ON CONFLICT (idempotency_key) DO NOTHING",
         )
@@ -33,7 +33,7 @@ impl IdempotencyStore for SqlStore<Db> {
         if inserted.rows_affected() == 1 {
             return Ok(IdempotencyBegin::Started);
         }
-        let row: Option<IdempotencyRow> = sqlx::query_as(
+        let row: Option<IdempotencyRow> = super::query_as(
             "SELECT fingerprint, state, response_status, response_body, created_at FROM idempotency_keys \
              WHERE idempotency_key = $1",
         )
@@ -50,7 +50,7 @@ impl IdempotencyStore for SqlStore<Db> {
             return Ok(IdempotencyBegin::Done { status, body: row.response_body.unwrap_or_default() });
         }
         if row.created_at <= now.saturating_sub(stale_after_ms) {
-            let taken = sqlx::query(
+            let taken = super::query(
                 "UPDATE idempotency_keys SET created_at = $2 WHERE idempotency_key = $1 \
                  AND state = 'in_progress' AND created_at = $3",
             )
@@ -67,7 +67,7 @@ impl IdempotencyStore for SqlStore<Db> {
     }
 
     async fn finish_idempotent(&self, key: &str, status: u16, body: &str) -> Result<(), StoreError> {
-        sqlx::query(
+        super::query(
             "UPDATE idempotency_keys SET state = 'done', response_status = $2, response_body = $3 \
              WHERE idempotency_key = $1",
         )
@@ -80,7 +80,7 @@ impl IdempotencyStore for SqlStore<Db> {
     }
 
     async fn abandon_idempotent(&self, key: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM idempotency_keys WHERE idempotency_key = $1 AND state = 'in_progress'")
+        super::query("DELETE FROM idempotency_keys WHERE idempotency_key = $1 AND state = 'in_progress'")
             .bind(key)
             .execute(&self.pool)
             .await?;
@@ -89,7 +89,7 @@ impl IdempotencyStore for SqlStore<Db> {
 
     async fn purge_idempotency_keys(&self, now: Millis) -> Result<u64, StoreError> {
         let done =
-            sqlx::query("DELETE FROM idempotency_keys WHERE expires_at < $1").bind(now).execute(&self.pool).await?;
+            super::query("DELETE FROM idempotency_keys WHERE expires_at < $1").bind(now).execute(&self.pool).await?;
         Ok(done.rows_affected())
     }
 }

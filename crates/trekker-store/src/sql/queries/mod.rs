@@ -33,7 +33,7 @@ mod session_state;
 
 use trekker_domain::{ApprovalStatus, BotId, PhoneNumber, ServerName};
 
-use super::{BEGIN_WRITE, CHANGE_CURSOR, Db, GENERIC_PLANS};
+use super::{BEGIN_WRITE, CHANGE_CURSOR, Db, GENERIC_PLANS, named_statements};
 use crate::error::StoreError;
 use crate::model::*;
 use crate::sql::rows::*;
@@ -50,7 +50,7 @@ pub(super) async fn lock_if_run_by(
     version: i64,
     now: Millis,
 ) -> Result<bool, StoreError> {
-    let runner: Option<String> = sqlx::query_scalar(concat!(
+    let runner: Option<String> = query_scalar(concat!(
         "SELECT b.id FROM bot_instances b WHERE b.id = $1 AND b.runner = $2 AND b.runner_epoch = $3 \
          AND b.credentials_version = $5 AND ",
         own_lease_live!(),
@@ -127,6 +127,35 @@ pub(super) fn json_integers(values: &[i64]) -> String {
 }
 
 /// Appends the dialect's "integers of a JSON array" subquery
+/// Whether statements are named and cached per connection: always, but
+/// never through a transaction pooler (`sql/pool.rs`).
+pub(super) fn named() -> bool {
+    named_statements()
+}
+
+type Arguments = <Db as sqlx::Database>::Arguments;
+type Row = <Db as sqlx::Database>::Row;
+
+/// `sqlx::query`, named or not as the connection allows (every statement
+/// of the store is made here or by the three below).
+pub(super) fn query<'q>(sql: impl sqlx::SqlSafeStr) -> sqlx::query::Query<'q, Db, Arguments> {
+    sqlx::query(sql).persistent(named())
+}
+
+pub(super) fn query_as<'q, O>(sql: impl sqlx::SqlSafeStr) -> sqlx::query::QueryAs<'q, Db, O, Arguments>
+where
+    O: for<'r> sqlx::FromRow<'r, Row>,
+{
+    sqlx::query_as(sql).persistent(named())
+}
+
+pub(super) fn query_scalar<'q, O>(sql: impl sqlx::SqlSafeStr) -> sqlx::query::QueryScalar<'q, Db, O, Arguments>
+where
+    (O,): for<'r> sqlx::FromRow<'r, Row>,
+{
+    sqlx::query_scalar(sql).persistent(named())
+}
+
 /// (`json_bigints!`) with `json` bound in it.
 pub(super) fn push_json_bigints(query: &mut sqlx::QueryBuilder<Db>, json: String) {
     const BIND: &str = "$JSON";
@@ -139,7 +168,7 @@ pub(super) fn push_json_bigints(query: &mut sqlx::QueryBuilder<Db>, json: String
 type Conn = <Db as sqlx::Database>::Connection;
 
 pub(super) async fn fetch_bot_in(conn: &mut Conn, id: &str) -> Result<BotRecord, StoreError> {
-    let row: Option<BotRow> = sqlx::query_as(concat!("SELECT ", bot_columns!(), " FROM bot_instances WHERE id = $1"))
+    let row: Option<BotRow> = query_as(concat!("SELECT ", bot_columns!(), " FROM bot_instances WHERE id = $1"))
         .bind(id)
         .fetch_optional(&mut *conn)
         .await?;
@@ -148,7 +177,7 @@ pub(super) async fn fetch_bot_in(conn: &mut Conn, id: &str) -> Result<BotRecord,
 
 pub(super) async fn fetch_server_in(conn: &mut Conn, name: &str) -> Result<Option<ServerSnapshot>, StoreError> {
     let row: Option<ServerRow> =
-        sqlx::query_as(concat!("SELECT ", server_columns!(), " FROM server_registry WHERE server_name = $1"))
+        query_as(concat!("SELECT ", server_columns!(), " FROM server_registry WHERE server_name = $1"))
             .bind(name)
             .fetch_optional(&mut *conn)
             .await?;
@@ -156,7 +185,7 @@ pub(super) async fn fetch_server_in(conn: &mut Conn, name: &str) -> Result<Optio
 }
 
 pub(super) async fn insert_activity_in(conn: &mut Conn, activity: &NewActivity, now: Millis) -> Result<(), StoreError> {
-    sqlx::query(
+    query(
         "INSERT INTO activities (occurred_at, server_name, bot_id, phone_number, action, details, \
          remote_tenancy, remote_bot_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
@@ -193,7 +222,7 @@ pub(super) async fn insert_notification_in(
     now: Millis,
 ) -> Result<(), StoreError> {
     if let Some(notification) = &effects.notification {
-        sqlx::query(
+        query(
             "INSERT INTO notification_outbox (phone_number, message, next_attempt_at, created_at) \
              VALUES ($1, $2, $3, $3)",
         )
@@ -214,7 +243,7 @@ pub(super) async fn release_slot_in(
     server: &str,
     now: Millis,
 ) -> Result<(), StoreError> {
-    sqlx::query(
+    query(
         "UPDATE server_registry SET current_bot_count = current_bot_count - 1, updated_at = $2 \
          WHERE server_name = $1 AND current_bot_count > 0",
     )
@@ -222,7 +251,7 @@ pub(super) async fn release_slot_in(
     .bind(now)
     .execute(&mut *conn)
     .await?;
-    sqlx::query("DELETE FROM god_register WHERE phone_number = $1 AND bot_id = $2")
+    query("DELETE FROM god_register WHERE phone_number = $1 AND bot_id = $2")
         .bind(phone)
         .bind(bot_id)
         .execute(&mut *conn)
@@ -232,7 +261,7 @@ pub(super) async fn release_slot_in(
 
 /// A bot of `server` stops waiting for approval (approved, rejected, deleted).
 pub(super) async fn leave_pending_in(conn: &mut Conn, server: &str, now: Millis) -> Result<(), StoreError> {
-    sqlx::query(
+    query(
         "UPDATE server_registry SET pending_count = pending_count - 1, updated_at = $2 \
          WHERE server_name = $1 AND pending_count > 0",
     )
@@ -245,7 +274,7 @@ pub(super) async fn leave_pending_in(conn: &mut Conn, server: &str, now: Millis)
 
 /// Reads a bot's approval state for an admin transition, locked.
 pub(super) async fn lock_approval_in(conn: &mut Conn, id: &BotId) -> Result<(ApprovalStatus, ApprovalRow), StoreError> {
-    let row: Option<ApprovalRow> = sqlx::query_as(concat!(
+    let row: Option<ApprovalRow> = query_as(concat!(
         "SELECT approval_status, server_name, phone_number FROM bot_instances WHERE id = $1 ",
         lock_row!()
     ))

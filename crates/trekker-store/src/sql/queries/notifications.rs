@@ -41,7 +41,7 @@ impl SqlStore<Db> {
         limit: i64,
     ) -> Result<Vec<Notification>, StoreError> {
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        let mut query = sqlx::query_as::<_, NotificationRow>(sql).bind(worker).bind(now).bind(lease_ms).bind(limit);
+        let mut query = super::query_as::<NotificationRow>(sql).bind(worker).bind(now).bind(lease_ms).bind(limit);
         if let Some(node) = node {
             query = query.bind(node);
         }
@@ -93,7 +93,7 @@ impl NotificationOutbox for SqlStore<Db> {
             NotificationOutcome::Retry { retry_at, error } => ("pending", Some(*retry_at), Some(error.as_str())),
             NotificationOutcome::Failed { error } => ("failed", None, Some(error.as_str())),
         };
-        let done = sqlx::query(
+        let done = super::query(
             "UPDATE notification_outbox SET status = $3, claimed_by = NULL, claimed_until = NULL, \
              next_attempt_at = COALESCE(CAST($4 AS BIGINT), next_attempt_at), \
              last_error = COALESCE(CAST($5 AS TEXT), last_error), \
@@ -116,7 +116,7 @@ impl NotificationOutbox for SqlStore<Db> {
             return Ok(0);
         }
         let ids = json_integers(ids);
-        let done = sqlx::query(concat!(
+        let done = super::query(concat!(
             "UPDATE notification_outbox SET status = 'sent', claimed_by = NULL, claimed_until = NULL, sent_at = $2 \
              WHERE claimed_by = $1 AND status = 'pending' AND id IN ",
             json_bigints!("$3")
@@ -130,7 +130,7 @@ impl NotificationOutbox for SqlStore<Db> {
     }
 
     async fn pending_notifications(&self) -> Result<i64, StoreError> {
-        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM notification_outbox WHERE status = 'pending'")
+        let count: i64 = super::query_scalar("SELECT COUNT(*) FROM notification_outbox WHERE status = 'pending'")
             .fetch_one(&self.pool)
             .await?;
         Ok(count)

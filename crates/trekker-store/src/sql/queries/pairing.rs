@@ -14,7 +14,7 @@ use crate::traits::PairingStore;
 #[async_trait]
 impl PairingStore for SqlStore<Db> {
     async fn create_pairing(&self, pairing: &NewPairing) -> Result<(), StoreError> {
-        sqlx::query(
+        super::query(
             "INSERT INTO pairing_requests (id, phone_number, pairing_code, status, created_at, expires_at, \
              updated_at) VALUES ($1, $2, $3, 'pending', $4, $5, $4)",
         )
@@ -30,7 +30,7 @@ impl PairingStore for SqlStore<Db> {
 
     async fn take_pairing(&self, id: &str, now: Millis) -> Result<Option<PairingRecord>, StoreError> {
         // One statement: of two pollers racing, only one gets the session.
-        let paired: Option<PairingRow> = sqlx::query_as(concat!(
+        let paired: Option<PairingRow> = super::query_as(concat!(
             "DELETE FROM pairing_requests WHERE id = $1 AND status = 'paired' RETURNING ",
             pairing_columns!()
         ))
@@ -41,7 +41,7 @@ impl PairingStore for SqlStore<Db> {
         let row = match paired {
             Some(row) => Some(row),
             None => {
-                sqlx::query_as(concat!("SELECT ", pairing_columns!(), " FROM pairing_requests WHERE id = $1"))
+                super::query_as(concat!("SELECT ", pairing_columns!(), " FROM pairing_requests WHERE id = $1"))
                     .bind(id)
                     .fetch_optional(&self.pool)
                     .await?
@@ -76,7 +76,7 @@ impl PairingStore for SqlStore<Db> {
     }
 
     async fn purge_pairings(&self, before: Millis) -> Result<u64, StoreError> {
-        let done = sqlx::query("DELETE FROM pairing_requests WHERE status <> 'paired' AND expires_at < $1")
+        let done = super::query("DELETE FROM pairing_requests WHERE status <> 'paired' AND expires_at < $1")
             .bind(before)
             .execute(&self.pool)
             .await?;
@@ -85,7 +85,7 @@ impl PairingStore for SqlStore<Db> {
 
     async fn complete_pairing(&self, id: &str, credentials: &Credentials, now: Millis) -> Result<(), StoreError> {
         let sealed = self.seal(id, credentials)?;
-        let done = sqlx::query(
+        let done = super::query(
             "UPDATE pairing_requests SET status = 'paired', session_ciphertext = $2, session_nonce = $3, \
              session_key_id = $4, updated_at = $5 WHERE id = $1 AND status = 'pending' AND expires_at > $5",
         )
@@ -103,7 +103,7 @@ impl PairingStore for SqlStore<Db> {
     }
 
     async fn fail_pairing(&self, id: &str, message: &str, now: Millis) -> Result<(), StoreError> {
-        let done = sqlx::query(
+        let done = super::query(
             "UPDATE pairing_requests SET status = 'failed', message = $2, updated_at = $3 \
              WHERE id = $1 AND status = 'pending'",
         )

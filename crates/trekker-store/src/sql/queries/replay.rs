@@ -11,7 +11,7 @@ use crate::traits::ReplayGuard;
 #[async_trait]
 impl ReplayGuard for SqlStore<Db> {
     async fn remember_jti(&self, issuer: &str, jti: &str, expires_at: Millis) -> Result<bool, StoreError> {
-        let done = sqlx::query(
+        let done = super::query(
             "INSERT INTO replay_guard (issuer, jti, expires_at) VALUES ($1, $2, $3) \
              ON CONFLICT (issuer, jti) DO NOTHING",
         )
@@ -24,7 +24,7 @@ impl ReplayGuard for SqlStore<Db> {
     }
 
     async fn purge_replay_records(&self, now: Millis) -> Result<u64, StoreError> {
-        let done = sqlx::query("DELETE FROM replay_guard WHERE expires_at < $1").bind(now).execute(&self.pool).await?;
+        let done = super::query("DELETE FROM replay_guard WHERE expires_at < $1").bind(now).execute(&self.pool).await?;
         Ok(done.rows_affected())
     }
 }

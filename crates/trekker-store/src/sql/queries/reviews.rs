@@ -25,7 +25,7 @@ impl ReviewStore for SqlStore<Db> {
         let (account_key, adv_timestamp) = ownership(&review.credentials)?;
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
         // One open review per bot: the newer change replaces the older.
-        sqlx::query(
+        super::query(
             "UPDATE credential_reviews SET status = 'superseded', decided_at = $2 \
              WHERE bot_id = $1 AND status = 'open'",
         )
@@ -33,7 +33,7 @@ impl ReviewStore for SqlStore<Db> {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        let row: ReviewRow = sqlx::query_as(concat!(
+        let row: ReviewRow = super::query_as(concat!(
             "INSERT INTO credential_reviews (id, bot_id, phone_number, account_key, adv_timestamp, \
              credentials_ciphertext, credentials_nonce, credentials_key_id, status, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'open', $9) RETURNING ",
@@ -58,8 +58,11 @@ impl ReviewStore for SqlStore<Db> {
     async fn list_reviews(&self, after: Option<(Millis, String)>, limit: i64) -> Result<ReviewPage, StoreError> {
         let limit = limit.clamp(1, MAX_PAGE);
         let select = concat!("SELECT ", review_columns!(), " FROM credential_reviews");
-        let rows: Vec<ReviewRow> =
-            newest_first(select, &[], after, limit).build_query_as().fetch_all(&self.pool).await?;
+        let rows: Vec<ReviewRow> = newest_first(select, &[], after, limit)
+            .build_query_as()
+            .persistent(super::named())
+            .fetch_all(&self.pool)
+            .await?;
         let reviews = rows.into_iter().map(CredentialReview::try_from).collect::<Result<Vec<_>, _>>()?;
         let (reviews, next) = split_page(reviews, limit, |r| (r.created_at, r.id.clone()));
         Ok(ReviewPage { reviews, next })
@@ -67,7 +70,7 @@ impl ReviewStore for SqlStore<Db> {
 
     async fn approve_review(&self, id: &str, effects: &SideEffects, now: Millis) -> Result<BotRecord, StoreError> {
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        let row: Option<(String, Vec<u8>, Vec<u8>, String)> = sqlx::query_as(
+        let row: Option<(String, Vec<u8>, Vec<u8>, String)> = super::query_as(
             "UPDATE credential_reviews SET status = 'approved', decided_at = $2 WHERE id = $1 AND status = 'open' \
              RETURNING bot_id, credentials_ciphertext, credentials_nonce, credentials_key_id",
         )
@@ -84,7 +87,7 @@ impl ReviewStore for SqlStore<Db> {
         let sealed = self.seal(bot.as_str(), &credentials)?;
         let (account_key, adv_timestamp) = ownership(&credentials)?;
         // The admin's decision pins the new account, whatever was pinned.
-        let updated = sqlx::query(
+        let updated = super::query(
             "UPDATE bot_instances SET credentials_ciphertext = $2, credentials_nonce = $3, credentials_key_id = $4, \
              credentials_version = credentials_version + 1, credentials_updated_at = $5, updated_at = $5, \
              invalid_reason = NULL, account_key = $6, adv_timestamp = $7, \
@@ -118,7 +121,7 @@ impl ReviewStore for SqlStore<Db> {
         now: Millis,
     ) -> Result<CredentialReview, StoreError> {
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        let row: Option<ReviewRow> = sqlx::query_as(concat!(
+        let row: Option<ReviewRow> = super::query_as(concat!(
             "UPDATE credential_reviews SET status = 'rejected', decided_at = $2, credentials_ciphertext = $3 \
              WHERE id = $1 AND status = 'open' RETURNING ",
             review_columns!()

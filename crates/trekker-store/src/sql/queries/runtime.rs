@@ -32,7 +32,7 @@ impl SqlStore<Db> {
     /// Where the change feed stands now; taken before a read, so whatever
     /// commits during the read is read again next time, never lost.
     async fn change_cursor(&self) -> Result<ChangeCursor, StoreError> {
-        let text: String = sqlx::query_scalar(CHANGE_CURSOR).fetch_one(&self.pool).await?;
+        let text: String = super::query_scalar(CHANGE_CURSOR).fetch_one(&self.pool).await?;
         ChangeCursor::parse(&text).ok_or_else(|| corrupt("change cursor", &text))
     }
 
@@ -56,18 +56,19 @@ impl SqlStore<Db> {
         let mut query = sqlx::QueryBuilder::new("SELECT bot_id FROM bot_departures WHERE ");
         on_server(&mut query);
         query.push("change_seq >= ").push_bind(cursor.from).push(" ORDER BY change_seq");
-        let mut departed: Vec<String> = query.build_query_scalar().fetch_all(&self.pool).await?;
+        let mut departed: Vec<String> =
+            query.build_query_scalar().persistent(super::named()).fetch_all(&self.pool).await?;
         let mut query = sqlx::QueryBuilder::new(concat!("SELECT ", bot_columns!(), " FROM bot_instances WHERE "));
         on_server(&mut query);
         query.push("change_seq >= ").push_bind(cursor.from);
-        let mut rows: Vec<BotRow> = query.build_query_as().fetch_all(&self.pool).await?;
+        let mut rows: Vec<BotRow> = query.build_query_as().persistent(super::named()).fetch_all(&self.pool).await?;
         if !cursor.pending.is_empty() {
             let pending = json_integers(&cursor.pending);
             let mut query = sqlx::QueryBuilder::new("SELECT bot_id FROM bot_departures WHERE ");
             on_server(&mut query);
             query.push("change_seq IN ");
             push_json_bigints(&mut query, pending.clone());
-            let late: Vec<String> = query.build_query_scalar().fetch_all(&self.pool).await?;
+            let late: Vec<String> = query.build_query_scalar().persistent(super::named()).fetch_all(&self.pool).await?;
             // Departures are applied before rows, so their order is kept
             // only among themselves: late ones first (they are older).
             departed.splice(0..0, late);
@@ -75,7 +76,8 @@ impl SqlStore<Db> {
             on_server(&mut query);
             query.push("change_seq IN ");
             push_json_bigints(&mut query, pending);
-            let late_rows: Vec<BotRow> = query.build_query_as().fetch_all(&self.pool).await?;
+            let late_rows: Vec<BotRow> =
+                query.build_query_as().persistent(super::named()).fetch_all(&self.pool).await?;
             rows.extend(late_rows);
         }
         let departed =
@@ -87,7 +89,7 @@ impl SqlStore<Db> {
 #[async_trait]
 impl RuntimeStore for SqlStore<Db> {
     async fn start_node_lease(&self, node: &ServerName, now: Millis, lease_ms: i64) -> Result<NodeLease, StoreError> {
-        let epoch: Option<i64> = sqlx::query_scalar(
+        let epoch: Option<i64> = super::query_scalar(
             "UPDATE server_registry SET epoch = epoch + 1, lease_until = $2 + $3 WHERE server_name = $1 \
              RETURNING epoch",
         )
@@ -101,7 +103,7 @@ impl RuntimeStore for SqlStore<Db> {
     }
 
     async fn renew_node_lease(&self, lease: &NodeLease, now: Millis, lease_ms: i64) -> Result<bool, StoreError> {
-        let done = sqlx::query(
+        let done = super::query(
             "UPDATE server_registry SET lease_until = $3 + $4 \
              WHERE server_name = $1 AND epoch = $2 AND lease_until >= $3",
         )
@@ -118,7 +120,7 @@ impl RuntimeStore for SqlStore<Db> {
         // The cursor first: anything committed after it is read again by
         // the next `bot_changes`, never lost.
         let cursor = self.change_cursor().await?;
-        let rows: Vec<BotRow> = sqlx::query_as(concat!(
+        let rows: Vec<BotRow> = super::query_as(concat!(
             "SELECT ",
             bot_columns!(),
             " FROM bot_instances WHERE server_name = $1 AND approval_status = 'approved' AND desired_state = 'running'"
@@ -142,7 +144,7 @@ impl RuntimeStore for SqlStore<Db> {
     }
 
     async fn load_credentials(&self, id: &BotId) -> Result<Option<(Credentials, i64)>, StoreError> {
-        let row: Option<SealedRow> = sqlx::query_as(
+        let row: Option<SealedRow> = super::query_as(
             "SELECT credentials_ciphertext, credentials_nonce, credentials_key_id, credentials_version \
              FROM bot_instances WHERE id = $1",
         )
@@ -159,7 +161,7 @@ impl RuntimeStore for SqlStore<Db> {
     }
 
     async fn acquire_bot(&self, id: &BotId, lease: &NodeLease, version: i64, now: Millis) -> Result<bool, StoreError> {
-        let done = sqlx::query(concat!(
+        let done = super::query(concat!(
             "UPDATE bot_instances SET runner = $2, runner_epoch = $3 \
              WHERE id = $1 AND server_name = $2 AND approval_status = 'approved' AND credentials_version = $5 AND ",
             own_lease_live!(),
@@ -177,7 +179,7 @@ impl RuntimeStore for SqlStore<Db> {
     }
 
     async fn release_bot(&self, id: &BotId, lease: &NodeLease) -> Result<(), StoreError> {
-        sqlx::query(
+        super::query(
             "UPDATE bot_instances SET runner = NULL, runner_epoch = NULL \
              WHERE id = $1 AND runner = $2 AND runner_epoch = $3",
         )
@@ -190,7 +192,7 @@ impl RuntimeStore for SqlStore<Db> {
     }
 
     async fn report_runtime(&self, report: &RuntimeReport, now: Millis) -> Result<bool, StoreError> {
-        let done = sqlx::query(concat!(
+        let done = super::query(concat!(
             "UPDATE bot_instances SET status = $6, restarts = restarts + $7, \
              last_error = COALESCE(CAST($8 AS TEXT), last_error), \
              invalid_reason = COALESCE(CAST($9 AS TEXT), invalid_reason), updated_at = $4 \
@@ -214,7 +216,7 @@ impl RuntimeStore for SqlStore<Db> {
     }
 
     async fn record_exit(&self, id: &BotId, runner: &NodeLease, exit: &BotExit) -> Result<bool, StoreError> {
-        let done = sqlx::query(concat!(
+        let done = super::query(concat!(
             "UPDATE bot_instances SET last_exit_at = $4, last_exit_code = $5, last_exit_signal = $6, \
              last_exit_reason = $7, oom_kills = oom_kills + $8 \
              WHERE id = $1 AND server_name = $2 AND ",
@@ -237,7 +239,7 @@ impl RuntimeStore for SqlStore<Db> {
 
     async fn bot_exits(&self, id: &BotId) -> Result<BotExits, StoreError> {
         type Row = (Option<i64>, Option<i32>, Option<i32>, Option<String>, i64);
-        let row: Option<Row> = sqlx::query_as(
+        let row: Option<Row> = super::query_as(
             "SELECT last_exit_at, last_exit_code, last_exit_signal, last_exit_reason, oom_kills \
              FROM bot_instances WHERE id = $1",
         )
@@ -251,7 +253,7 @@ impl RuntimeStore for SqlStore<Db> {
 
     async fn purge_departures(&self, before: Millis) -> Result<u64, StoreError> {
         let done =
-            sqlx::query("DELETE FROM bot_departures WHERE departed_at < $1").bind(before).execute(&self.pool).await?;
+            super::query("DELETE FROM bot_departures WHERE departed_at < $1").bind(before).execute(&self.pool).await?;
         Ok(done.rows_affected())
     }
 }

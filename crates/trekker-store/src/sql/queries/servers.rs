@@ -13,7 +13,7 @@ use crate::traits::ServerStore;
 #[async_trait]
 impl ServerStore for SqlStore<Db> {
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        super::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
 
@@ -21,7 +21,7 @@ impl ServerStore for SqlStore<Db> {
         if server.max_bot_count < 0 {
             return Err(StoreError::InvalidInput("max_bot_count must not be negative".into()));
         }
-        let row: ServerRow = sqlx::query_as(concat!(
+        let row: ServerRow = super::query_as(concat!(
             "INSERT INTO server_registry (server_name, max_bot_count, current_bot_count, server_status, \
              base_url, last_heartbeat, description, created_at, updated_at) \
              VALUES ($1, $2, 0, 'active', $3, $4, $5, $4, $4) \
@@ -42,7 +42,7 @@ impl ServerStore for SqlStore<Db> {
     }
 
     async fn heartbeat(&self, server: &ServerName, now: Millis, load: Option<ServerLoad>) -> Result<(), StoreError> {
-        let done = sqlx::query(
+        let done = super::query(
             "UPDATE server_registry SET last_heartbeat = $2, \
              load_cpu_percent = COALESCE(CAST($3 AS BIGINT), load_cpu_percent), \
              load_memory_available = COALESCE(CAST($4 AS BIGINT), load_memory_available), \
@@ -63,7 +63,7 @@ impl ServerStore for SqlStore<Db> {
 
     async fn list_servers(&self) -> Result<Vec<ServerSnapshot>, StoreError> {
         let rows: Vec<ServerRow> =
-            sqlx::query_as(concat!("SELECT ", server_columns!(), " FROM server_registry ORDER BY server_name"))
+            super::query_as(concat!("SELECT ", server_columns!(), " FROM server_registry ORDER BY server_name"))
                 .fetch_all(&self.pool)
                 .await?;
         rows.into_iter().map(ServerSnapshot::try_from).collect()
@@ -83,7 +83,7 @@ impl ServerStore for SqlStore<Db> {
         if patch.max_bot_count.is_some_and(|max| max < 0) {
             return Err(StoreError::InvalidInput("maxBotCount must not be negative".into()));
         }
-        let row: Option<ServerRow> = sqlx::query_as(concat!(
+        let row: Option<ServerRow> = super::query_as(concat!(
             "UPDATE server_registry SET max_bot_count = COALESCE(CAST($2 AS BIGINT), max_bot_count), \
              server_status = COALESCE(CAST($3 AS TEXT), server_status), updated_at = $4, \
              evacuation_started_at = CASE WHEN CAST($3 AS TEXT) IS NOT NULL AND CAST($3 AS TEXT) <> 'draining' \
@@ -101,7 +101,7 @@ impl ServerStore for SqlStore<Db> {
     }
 
     async fn start_evacuation(&self, server: &ServerName, now: Millis) -> Result<ServerSnapshot, StoreError> {
-        let row: Option<ServerRow> = sqlx::query_as(concat!(
+        let row: Option<ServerRow> = super::query_as(concat!(
             "UPDATE server_registry SET server_status = 'draining', \
              evacuation_started_at = COALESCE(evacuation_started_at, $2), evacuation_stuck = 0, updated_at = $2 \
              WHERE server_name = $1 RETURNING ",
@@ -115,7 +115,7 @@ impl ServerStore for SqlStore<Db> {
     }
 
     async fn record_evacuation(&self, server: &ServerName, stuck: i64, done: bool) -> Result<(), StoreError> {
-        sqlx::query(
+        super::query(
             "UPDATE server_registry SET evacuation_stuck = $2, \
              evacuation_started_at = CASE WHEN $3 THEN NULL ELSE evacuation_started_at END \
              WHERE server_name = $1 AND evacuation_started_at IS NOT NULL",
@@ -129,7 +129,7 @@ impl ServerStore for SqlStore<Db> {
     }
 
     async fn lost_servers(&self, lost_for_ms: i64) -> Result<Vec<ServerName>, StoreError> {
-        let names: Vec<String> = sqlx::query_scalar(concat!(
+        let names: Vec<String> = super::query_scalar(concat!(
             "SELECT server_name FROM server_registry s WHERE lease_until IS NOT NULL AND lease_until < ",
             db_now_ms!(),
             " - $1 AND EXISTS (SELECT 1 FROM bot_instances b WHERE b.server_name = s.server_name \

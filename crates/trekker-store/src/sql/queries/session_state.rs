@@ -30,7 +30,7 @@ struct StateRow {
 #[async_trait]
 impl SessionStateStore for SqlStore<Db> {
     async fn load_session_state(&self, id: &BotId, version: i64) -> Result<Option<SessionSnapshot>, StoreError> {
-        let row: Option<StateRow> = sqlx::query_as(
+        let row: Option<StateRow> = super::query_as(
             "SELECT generation, state_ciphertext, state_nonce, state_key_id, size_bytes, file_count \
              FROM bot_session_state WHERE bot_id = $1 AND credentials_version = $2",
         )
@@ -69,7 +69,7 @@ impl SessionStateStore for SqlStore<Db> {
         }
         // The generation rule and the write succeed or fail together; a
         // refused write changes nothing.
-        let done = sqlx::query(
+        let done = super::query(
             "INSERT INTO bot_session_state (bot_id, credentials_version, generation, state_ciphertext, \
              state_nonce, state_key_id, size_bytes, file_count, synced_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
@@ -105,7 +105,7 @@ impl SessionStateStore for SqlStore<Db> {
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
         // Whatever the credentials version: the refusal is about the run.
-        let phone: Option<String> = sqlx::query_scalar(concat!(
+        let phone: Option<String> = super::query_scalar(concat!(
             "UPDATE bot_instances SET last_error = $5, updated_at = $4 \
              WHERE id = $1 AND runner = $2 AND runner_epoch = $3 AND ",
             own_lease_live!(),
@@ -130,7 +130,7 @@ impl SessionStateStore for SqlStore<Db> {
     }
 
     async fn session_state_info(&self, id: &BotId) -> Result<Option<SessionStateInfo>, StoreError> {
-        let row: Option<(i64, i64, i64, i64, i64)> = sqlx::query_as(
+        let row: Option<(i64, i64, i64, i64, i64)> = super::query_as(
             "SELECT s.credentials_version, s.generation, s.size_bytes, s.file_count, s.synced_at \
              FROM bot_session_state s JOIN bot_instances b ON b.id = s.bot_id \
              WHERE s.bot_id = $1 AND s.credentials_version = b.credentials_version",
