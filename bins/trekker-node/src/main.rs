@@ -66,7 +66,15 @@ async fn serve(config: Config) -> Result<(), String> {
     // A SIGTERM while the node is still starting (a database that does not
     // answer, migrations) stops it too.
     let app = tokio::select! {
-        built = Application::build(config) => built.map_err(|e| format!("cannot start: {}", error_chain(&e)))?,
+        built = Application::build(config) => built.map_err(|e| {
+            let text = error_chain(&e);
+            // Named statements clashing or missing: a transaction pooler.
+            if text.contains("SQLSTATE 42P05") || text.contains("SQLSTATE 26000") {
+                format!("cannot start: {text}; this looks like a transaction pooler: set DATABASE_POOLER=transaction")
+            } else {
+                format!("cannot start: {text}")
+            }
+        })?,
         () = &mut signals => {
             tracing::info!("shutdown requested while starting");
             return Ok(());

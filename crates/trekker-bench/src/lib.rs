@@ -50,6 +50,12 @@ impl BenchNode {
     /// Starts node `name` on `database_url` with room for `capacity` bots,
     /// no rate limit, the simulated pairing and bot drivers.
     pub fn start(database_url: &str, name: &str, capacity: u32) -> Self {
+        Self::start_with(database_url, name, capacity, false)
+    }
+
+    /// [`start`](Self::start), with `transaction_pooler` telling the node
+    /// a transaction pooler sits in front of the database.
+    pub fn start_with(database_url: &str, name: &str, capacity: u32, transaction_pooler: bool) -> Self {
         trekker_node::install_crypto_provider();
         let mut settings: Settings = Config::defaults();
         settings.database_url = database_url.to_owned();
@@ -62,6 +68,9 @@ impl BenchNode {
         settings.cluster_secret = Some("bench-cluster-secret-0123456789abcdef".to_owned());
         settings.rate_limit_per_min = 0;
         settings.pending_max_percent = 100;
+        if transaction_pooler {
+            settings.database_pooler = trekker_node::config::PoolerMode::Transaction;
+        }
         let config = Config::from_settings(settings).expect("valid bench config");
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

@@ -1,7 +1,9 @@
 //! `bench-register`: registrations per second through a real node over
 //! HTTP (unique phones, validly signed sessions) at 1, 8 and 32 clients,
 //! against what the same database commits of the same writes through
-//! pgbench, in one run. Prints a table; asserts nothing about speed.
+//! pgbench, in one run; and the same through PgBouncer in transaction mode
+//! (`DATABASE_POOLER=transaction`), when Debian's pgbouncer is installed.
+//! Prints a table; asserts nothing about speed.
 //!
 //! `BENCH_SECS` (default 10) per level; `BENCH_MAX_REGISTRATIONS` (default
 //! 40,000) sessions built per level before any timing.
@@ -29,6 +31,8 @@ fn main() {
 
     println!("building {} signed sessions...", per_level as usize * LEVELS.len());
     let bodies: Vec<Vec<String>> = (0..LEVELS.len()).map(|i| registration_bodies(20 + i as u32, per_level)).collect();
+    let pooled_bodies: Vec<Vec<String>> =
+        (0..LEVELS.len()).map(|i| registration_bodies(30 + i as u32, per_level)).collect();
     let url = client.block_on(postgres_database());
     client.block_on(async {
         let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
@@ -58,21 +62,61 @@ fn main() {
     }
     drop(node);
 
+    // The same through PgBouncer in transaction mode (8 server connections).
+    let bouncer = trekker_testkit::pgbouncer::start(
+        &trekker_testkit::postgres::TestDatabase { url: url.clone() },
+        trekker_testkit::pgbouncer::PoolMode::Transaction,
+        8,
+    );
+    let mut pooled_figures: Vec<Option<RunFigures>> = Vec::new();
+    if let Some(bouncer) = &bouncer {
+        let node = BenchNode::start_with(&bouncer.url, "SERVER1", 1_000_000, true);
+        let register = node.url("/api/guest/register-bot");
+        for (clients, bodies) in LEVELS.iter().zip(pooled_bodies) {
+            let figures = client.block_on(post_load(&register, bodies, *clients, Duration::from_secs(seconds), 201));
+            println!(
+                "node through PgBouncer (transaction), {clients} clients: {:.0} registrations/s (p50 {} ms, p99 {} ms, \
+                 {} failed)",
+                figures.per_second(),
+                ms(figures.quantile(0.5)),
+                ms(figures.quantile(0.99)),
+                figures.failures
+            );
+            pooled_figures.push(Some(figures));
+        }
+        drop(node);
+    } else {
+        pooled_figures.resize_with(LEVELS.len(), || None);
+    }
+
     let script = std::env::temp_dir().join(format!("trekker-register-{}.sql", std::process::id()));
     std::fs::write(&script, REGISTRATION_SQL).expect("pgbench script");
     let database: Vec<Option<f64>> = LEVELS.iter().map(|clients| pgbench(&url, &script, *clients, seconds)).collect();
     let _ = std::fs::remove_file(&script);
 
     println!();
-    println!("| clients | node registrations/s | p50 ms | p99 ms | failed | pgbench tx/s | node / database |");
-    println!("|---|---|---|---|---|---|---|");
-    for ((clients, figures), database) in LEVELS.iter().zip(&node_figures).zip(&database) {
+    println!(
+        "| clients | node registrations/s | p50 ms | p99 ms | failed | pgbench tx/s | node / database | \
+         through PgBouncer (transaction) /s | p99 ms | pooled / direct |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for (((clients, figures), database), pooled) in LEVELS.iter().zip(&node_figures).zip(&database).zip(&pooled_figures)
+    {
         let (tps, ratio) = match database {
             Some(tps) => (format!("{tps:.0}"), format!("{:.2}", figures.per_second() / tps)),
             None => ("-".to_owned(), "-".to_owned()),
         };
+        let pooled = match pooled {
+            Some(p) => format!(
+                "{:.0} | {} | {:.2}",
+                p.per_second(),
+                ms(p.quantile(0.99)),
+                p.per_second() / figures.per_second()
+            ),
+            None => "- | - | -".to_owned(),
+        };
         println!(
-            "| {clients} | {:.0} | {} | {} | {} | {tps} | {ratio} |",
+            "| {clients} | {:.0} | {} | {} | {} | {tps} | {ratio} | {pooled} |",
             figures.per_second(),
             ms(figures.quantile(0.5)),
             ms(figures.quantile(0.99)),

@@ -297,7 +297,8 @@ pub async fn check(url: &str) -> Result<CheckReport, StoreError> {
                 .connect_with(options)
                 .await?;
             sqlx::query("SELECT 1").execute(&pool).await?;
-            let applied = sqlx::query_scalar(APPLIED_MIGRATIONS).fetch_all(&pool).await;
+            // Unnamed: `check` may run through a transaction pooler.
+            let applied = sqlx::query_scalar(APPLIED_MIGRATIONS).persistent(false).fetch_all(&pool).await;
             pool.close().await;
             applied
         }
@@ -308,7 +309,8 @@ pub async fn check(url: &str) -> Result<CheckReport, StoreError> {
                 .read_only(true);
             let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await?;
             sqlx::query("SELECT 1").execute(&pool).await?;
-            let applied = sqlx::query_scalar(APPLIED_MIGRATIONS).fetch_all(&pool).await;
+            // Unnamed: `check` may run through a transaction pooler.
+            let applied = sqlx::query_scalar(APPLIED_MIGRATIONS).persistent(false).fetch_all(&pool).await;
             pool.close().await;
             applied
         }
