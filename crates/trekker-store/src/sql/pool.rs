@@ -131,12 +131,14 @@ where
     /// Begins a transaction with `statement` (BEGIN, or the dialect's write
     /// begin); through a pooler, sets its statement timeout first thing.
     pub(crate) async fn begin_with(&self, statement: &'static str) -> Result<Transaction<'static, DB>, sqlx::Error> {
-        let mut tx = self.pool.begin_with(statement).await?;
-        if let Some(timeout_ms) = self.pooled {
-            let set = format!("SET LOCAL statement_timeout = {timeout_ms}");
-            sqlx::raw_sql(sqlx::AssertSqlSafe(set)).execute(&mut *tx).await?;
+        match self.pooled {
+            None => self.pool.begin_with(statement).await,
+            // One round trip: the simple protocol takes both statements.
+            Some(timeout_ms) => {
+                let begin = format!("{statement}; SET LOCAL statement_timeout = {timeout_ms}");
+                self.pool.begin_with(sqlx::AssertSqlSafe(begin)).await
+            }
         }
-        Ok(tx)
     }
 
     pub(crate) async fn begin(&self) -> Result<Transaction<'static, DB>, sqlx::Error> {
