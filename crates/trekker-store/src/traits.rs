@@ -515,6 +515,13 @@ pub trait CapacityLevelStore: Send + Sync + 'static {
     /// Every scope's level as last moved (scopes never moved are normal).
     async fn capacity_levels(&self) -> Result<Vec<(String, CapacityLevel)>, StoreError>;
 
+    /// One scope's level (normal if never moved): one row.
+    async fn capacity_level(&self, scope: &str) -> Result<CapacityLevel, StoreError>;
+
+    /// Takes `duty` for `node` until `now + ttl_ms` if it is free, lapsed or
+    /// already `node`'s (one conditional upsert); true when `node` holds it.
+    async fn hold_duty(&self, duty: &str, node: &ServerName, now: Millis, ttl_ms: i64) -> Result<bool, StoreError>;
+
     /// Moves `scope` from `from` to `to`, only if it is still at `from`; the
     /// call that moves it writes `effects` (the warning) in the same
     /// transaction. True when this call moved it.

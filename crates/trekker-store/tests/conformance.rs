@@ -232,6 +232,7 @@ conformance_cases!(
     notifications_are_claimed_once,
     hosted_notifications_go_to_the_hosting_node,
     a_capacity_level_moves_once_however_many_try,
+    a_duty_has_one_holder_until_it_lapses,
     the_fleet_feed_sees_every_server_and_new_activities,
     concurrent_reservations_never_overfill,
     concurrent_same_phone_registers_once,
@@ -1789,6 +1790,33 @@ async fn hosted_notifications_go_to_the_hosting_node(f: Fixture) {
     assert_eq!(phones(mine), vec![here.phone.to_string(), gone.phone.to_string(), gone.phone.to_string()]);
     let theirs = s.claim_hosted_notifications("w1", &server("SERVER1"), NOW, 30_000, 100).await.unwrap();
     assert_eq!(phones(theirs), vec![there.phone.to_string()], "the rest is claimed already");
+}
+
+/// A fleet duty (`duty_leases`): taken when free, renewed by its holder,
+/// refused to others until it lapses, then taken over; eight nodes asking
+/// at once get one holder. One scope's level reads as normal until moved.
+async fn a_duty_has_one_holder_until_it_lapses(f: Fixture) {
+    use trekker_domain::capacity::CapacityLevel::{Normal, Warning};
+    let s = f.store.clone();
+    let (a, b) = (server("SERVER0"), server("SERVER1"));
+    assert!(s.hold_duty("fleet_capacity", &a, NOW, 30_000).await.unwrap());
+    assert!(s.hold_duty("fleet_capacity", &a, NOW + 10_000, 30_000).await.unwrap(), "renewed by its holder");
+    assert!(!s.hold_duty("fleet_capacity", &b, NOW + 39_000, 30_000).await.unwrap(), "held until NOW + 40 s");
+    assert!(s.hold_duty("other_duty", &b, NOW, 30_000).await.unwrap(), "duties are apart");
+    assert!(s.hold_duty("fleet_capacity", &b, NOW + 40_001, 30_000).await.unwrap(), "lapsed: taken over");
+    assert!(!s.hold_duty("fleet_capacity", &a, NOW + 40_002, 30_000).await.unwrap());
+    let askers: Vec<_> = (0..8)
+        .map(|n| {
+            let s = s.clone();
+            tokio::spawn(async move { s.hold_duty("race", &server(&format!("NODE{n}")), NOW, 30_000).await.unwrap() })
+        })
+        .collect();
+    let held = join_all(askers).await.into_iter().filter(|r| *r.as_ref().unwrap()).count();
+    assert_eq!(held, 1, "one holder however many ask at once");
+    assert_eq!(s.capacity_level("SERVER0").await.unwrap(), Normal);
+    add_server(&*s, "SERVER0", 5).await;
+    assert!(s.move_capacity_level("SERVER0", Normal, Warning, None, NOW).await.unwrap());
+    assert_eq!(s.capacity_level("SERVER0").await.unwrap(), Warning);
 }
 
 async fn a_capacity_level_moves_once_however_many_try(f: Fixture) {

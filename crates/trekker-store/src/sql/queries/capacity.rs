@@ -2,6 +2,7 @@
 //! compare-and-set; the move and its warning commit together.
 
 use async_trait::async_trait;
+use trekker_domain::ServerName;
 use trekker_domain::capacity::CapacityLevel;
 
 use super::{BEGIN_WRITE, Db, insert_effects_in};
@@ -22,6 +23,31 @@ impl CapacityLevelStore for SqlStore<Db> {
                 Ok((scope, level))
             })
             .collect()
+    }
+
+    async fn capacity_level(&self, scope: &str) -> Result<CapacityLevel, StoreError> {
+        let level: Option<i64> = super::query_scalar("SELECT level FROM capacity_levels WHERE scope = $1")
+            .bind(scope)
+            .fetch_optional(&self.pool)
+            .await?;
+        let level = level.unwrap_or(0);
+        CapacityLevel::from_i64(level)
+            .ok_or_else(|| StoreError::Corrupt(format!("capacity level {level} of `{scope}`")))
+    }
+
+    async fn hold_duty(&self, duty: &str, node: &ServerName, now: Millis, ttl_ms: i64) -> Result<bool, StoreError> {
+        let held: Option<String> = super::query_scalar(
+            "INSERT INTO duty_leases (duty, holder, until) VALUES ($1, $2, $3 + $4) \
+             ON CONFLICT (duty) DO UPDATE SET holder = excluded.holder, until = excluded.until \
+             WHERE duty_leases.holder = excluded.holder OR duty_leases.until < $3 RETURNING holder",
+        )
+        .bind(duty)
+        .bind(node.as_str())
+        .bind(now)
+        .bind(ttl_ms)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(held.is_some())
     }
 
     async fn move_capacity_level(
