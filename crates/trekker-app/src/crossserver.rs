@@ -33,6 +33,10 @@ pub const OUTBOX_MAX_AGE_MS: i64 = 24 * 60 * 60 * 1000;
 pub const MAX_VERSION_LEAP: i64 = 1_000;
 /// Idle poll of the outbox dispatcher.
 const POLL_EVERY: Duration = Duration::from_millis(500);
+/// The idle poll's cap: an outbox with nothing due is read at most this
+/// often, so an update queued while its host was away is tried again
+/// within this bound (no wake-up: the asking request itself tries first).
+const POLL_AT_MOST: Duration = Duration::from_secs(5);
 
 /// Sends credentials to the node hosting a bot.
 #[async_trait]
@@ -371,6 +375,7 @@ impl Trekker {
 /// Delivers queued updates until `shutdown` (every node runs one).
 pub async fn run_outbox(trekker: Arc<Trekker>, shutdown: CancellationToken) {
     let worker = format!("{}-outbox-{:08x}", trekker.node, random_u128() as u32);
+    let mut backoff = crate::idle::IdleBackoff::new(POLL_EVERY, POLL_AT_MOST);
     loop {
         let attempted = match trekker.deliver_queued_updates(&worker).await {
             Ok(count) => count,
@@ -379,10 +384,13 @@ pub async fn run_outbox(trekker: Arc<Trekker>, shutdown: CancellationToken) {
                 0
             }
         };
+        if attempted > 0 {
+            backoff.busy();
+        }
         if attempted == 0 || shutdown.is_cancelled() {
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(POLL_EVERY) => {}
+                () = tokio::time::sleep(backoff.idle()) => {}
             }
         }
     }

@@ -11,6 +11,7 @@ mod error;
 pub mod events;
 pub mod fleet;
 pub mod idempotency;
+mod idle;
 pub mod liveness;
 pub mod load;
 pub mod messaging;

@@ -21,8 +21,10 @@ pub const MAX_ATTEMPTS: i64 = 8;
 const LEASE_MS: i64 = 60_000;
 /// How long one send may take.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
-/// Idle poll, for messages queued by other nodes.
+/// Idle poll, for messages queued by other nodes (and retries): from the
+/// first, doubled while nothing is found, up to the second.
 const POLL_EVERY: Duration = Duration::from_secs(1);
+const POLL_AT_MOST: Duration = Duration::from_secs(15);
 /// How long a wake-up waits for more messages before claiming.
 const GATHER: Duration = Duration::from_millis(20);
 /// Messages claimed (and sent concurrently) at once.
@@ -116,6 +118,7 @@ pub fn retry_delay_ms(attempts: i64) -> i64 {
 pub async fn run_dispatcher(trekker: Arc<Trekker>, notifier: Arc<dyn Notifier>, shutdown: CancellationToken) {
     let worker = format!("{}-{:08x}", trekker.node, random_u128() as u32);
     tracing::info!(notifier = notifier.name(), %worker, "notification dispatcher started");
+    let mut backoff = crate::idle::IdleBackoff::new(POLL_EVERY, POLL_AT_MOST);
     loop {
         let outbox = &trekker.store.notifications;
         let claimed = if notifier.hosted_only() {
@@ -131,16 +134,20 @@ pub async fn run_dispatcher(trekker: Arc<Trekker>, notifier: Arc<dyn Notifier>, 
             }
         };
         let idle = batch.is_empty();
+        if !idle {
+            backoff.busy();
+        }
         deliver_batch(&trekker, &*notifier, &worker, batch).await;
         if idle {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = trekker.notifications_queued.notified() => {
+                    backoff.busy();
                     // Let the messages of a burst of registrations gather:
                     // one claim and one "sent" write serve them all.
                     tokio::time::sleep(GATHER).await;
                 }
-                () = tokio::time::sleep(POLL_EVERY) => {}
+                () = tokio::time::sleep(backoff.idle()) => {}
             }
         } else if shutdown.is_cancelled() {
             break;
@@ -325,6 +332,33 @@ mod tests {
             outcome_of(Broken::Hangs, MAX_ATTEMPTS).await,
             NotificationOutcome::Failed { error: "timed out".into() }
         );
+    }
+
+    /// An idle dispatcher looks less and less often (1, 2, 4, 8, then every
+    /// 15 s), and a message queued on this node wakes it at once.
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_dispatcher_backs_off_and_a_local_message_wakes_it() {
+        let claims = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut store = Mocks::default();
+        let counted = claims.clone();
+        store.notifications.expect_claim_notifications().returning(move |_, _, _, _| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(Vec::new())
+        });
+        let trekker = Arc::new(trekker(store));
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run_dispatcher(trekker.clone(), Arc::new(LogNotifier), shutdown.clone()));
+        let count = || claims.load(std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(60_500)).await;
+        // At 0, 1, 3, 7, 15, 30, 45 and 60 s: 8 reads in a minute, not 61.
+        assert_eq!(count(), 8);
+        trekker.notifications_queued.notify_one();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(count(), 9, "a local message is looked for at once");
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        assert_eq!(count(), 10, "and the wait starts short again");
+        shutdown.cancel();
+        task.await.unwrap();
     }
 
     #[test]

@@ -288,6 +288,12 @@ async fn the_console_stops_restarts_and_evacuates_live() {
         .await;
 
     browser.click("nav button[data-view=servers]").await;
+    browser
+        .until(
+            "the evacuate button",
+            "return !!document.querySelector('#servers tr[data-server=\"SERVER0\"] button[data-action=evacuate]')",
+        )
+        .await;
     browser.click("#servers tr[data-server=\"SERVER0\"] button[data-action=evacuate]").await;
     browser
         .until(
