@@ -267,7 +267,10 @@ async fn the_console_stops_restarts_and_evacuates_live() {
              .filter((c) => c.textContent === 'online').length === 3",
         )
         .await;
-    browser.click(&format!("#bots tr[data-bot=\"{}\"] button[data-action=stop]", ids[0])).await;
+    // Clicked in the page (rows are redrawn by live events: a WebDriver
+    // click could land on a row just replaced).
+    let press = |css: String| format!("document.querySelector('{css}').click(); return true");
+    browser.js(&press(format!("#bots tr[data-bot=\"{}\"] button[data-action=stop]", ids[0]))).await;
     browser
         .until(
             "the stopped bot offline, marked",
@@ -279,7 +282,7 @@ async fn the_console_stops_restarts_and_evacuates_live() {
         )
         .await;
     browser.shot("stopped").await;
-    browser.click(&format!("#bots tr[data-bot=\"{}\"] button[data-action=restart]", ids[0])).await;
+    browser.js(&press(format!("#bots tr[data-bot=\"{}\"] button[data-action=restart]", ids[0]))).await;
     browser
         .until(
             "the restarted bot online",
@@ -294,7 +297,7 @@ async fn the_console_stops_restarts_and_evacuates_live() {
             "return !!document.querySelector('#servers tr[data-server=\"SERVER0\"] button[data-action=evacuate]')",
         )
         .await;
-    browser.click("#servers tr[data-server=\"SERVER0\"] button[data-action=evacuate]").await;
+    browser.js(&press("#servers tr[data-server=\"SERVER0\"] button[data-action=evacuate]".to_owned())).await;
     browser
         .until(
             "SERVER0 emptied",
