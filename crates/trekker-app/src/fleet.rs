@@ -1,11 +1,14 @@
 //! A fleet that heals itself (invariant 11): admin moves and power actions,
 //! evacuations, failover of lost nodes, and the optional balancer.
 //!
-//! Every node runs the same [`run`] loop. Nothing here is coordinated by
-//! messages between nodes: each move is one store transaction that checks
-//! its own conditions (the bot is still where the plan saw it, the target
-//! has room and pace left, the lost node's lease is still gone), so however
-//! many nodes plan the same move from their snapshots, it happens once.
+//! Every node runs the same [`run`] loop; the node holding the
+//! `fleet_moves` duty (a lease row, taken over three heartbeats after its
+//! holder stops) does the passes, so a quiet fleet reads the fleet once
+//! per pass, not once per node. Correctness does not rest on the duty:
+//! each move is one store transaction that checks its own conditions (the
+//! bot is still where the plan saw it, the target has room and pace left,
+//! the lost node's lease is still gone), so however many nodes plan the
+//! same move from their snapshots (a duty changing hands), it happens once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +51,11 @@ impl Default for FleetSettings {
         }
     }
 }
+
+/// The duty of running fleet passes: one node at a time reads the fleet
+/// for failover, evacuation and balancing (issue 22: N nodes each reading
+/// every server every pass would cost the database N squared).
+pub const FLEET_MOVES_DUTY: &str = "fleet_moves";
 
 /// Bots one pass looks at per source server: a pass stays short, the next
 /// one goes on.
@@ -197,6 +205,10 @@ impl Trekker {
     /// then (REBALANCE=on) the balancer.
     pub async fn fleet_pass(&self) -> Result<FleetPass, AppError> {
         let mut pass = FleetPass::default();
+        let ttl_ms = self.heartbeat_interval_ms.saturating_mul(3);
+        if !self.store.capacity.hold_duty(FLEET_MOVES_DUTY, &self.node, self.now(), ttl_ms).await? {
+            return Ok(pass);
+        }
         let mut servers = self.store.servers.list_servers().await?;
         if self.fleet.failover_after_ms > 0 {
             for lost in self.store.servers.lost_servers(self.fleet.failover_after_ms).await? {
@@ -367,5 +379,24 @@ pub async fn run(trekker: Arc<Trekker>, every: Duration, shutdown: CancellationT
             () = woken.notified() => {}
             () = tokio::time::sleep(every) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::{Mocks, trekker};
+
+    /// Only the duty holder reads the fleet: the mocks have no listing, so
+    /// a pass that read it would fail here.
+    #[tokio::test]
+    async fn a_node_without_the_duty_reads_nothing_of_the_fleet() {
+        let mut store = Mocks::default();
+        store
+            .capacity
+            .expect_hold_duty()
+            .withf(|duty, _, _, _| duty == FLEET_MOVES_DUTY)
+            .returning(|_, _, _, _| Ok(false));
+        assert_eq!(trekker(store).fleet_pass().await.unwrap(), FleetPass::default());
     }
 }
