@@ -108,6 +108,12 @@ impl Trekker {
         // anything is queued (the host checks again when it applies).
         self.check_ownership(&bot, credentials).await?;
         tracing::info!(bot = %bot.id, "🌐 Cross-server credential update: {} → {}", self.node, host);
+        // A host that missed its heartbeats is not waited for: the outbox
+        // takes the update at once. Otherwise this request delivers it
+        // itself, and the outbox leaves it alone meanwhile (else both race
+        // for it and the guest is told "queued" for an update that went).
+        let online = self.reachable_base_url(host).await?.is_some();
+        let lease_ms = self.cross_server_budget_ms() + 5_000;
         let update = NewCredentialUpdate {
             id: format!("{:032x}", random_u128()),
             bot_id: bot.id.clone(),
@@ -115,6 +121,7 @@ impl Trekker {
             source: self.node.clone(),
             target: host.clone(),
             credentials: credentials.clone(),
+            held_for_ms: if online { lease_ms } else { 0 },
         };
         let activity = NewActivity::new(
             &self.node,
@@ -133,13 +140,11 @@ impl Trekker {
                 .increment(1);
             Ok(RegisterOutcome::CrossServerQueued { bot, host: host.clone(), update_id: queued.id.clone() })
         };
-        // A host that missed its heartbeats is not waited for.
-        if self.reachable_base_url(host).await?.is_none() {
+        if !online {
             tracing::info!(%host, update = %queued.id, "host offline; update queued");
             return queued_answer(bot);
         };
         let worker = format!("{}-ask-{:08x}", self.node, random_u128() as u32);
-        let lease_ms = self.cross_server_budget_ms() + 5_000;
         let Some(claimed) =
             self.store.credential_outbox.claim_credential_update(&queued.id, &worker, self.now(), lease_ms).await?
         else {

@@ -1,7 +1,11 @@
-//! The expiry sweeper: every node moves approved bots whose approval ran
-//! out to `expired` (the store's single UPDATE makes each bot expire once,
-//! whichever node gets there first, and writes each bot's activity in the
-//! same transaction). Nothing else is freed.
+//! The expiry sweeper: moves approved bots whose approval ran out to
+//! `expired` (the store's single UPDATE makes each bot expire once, and
+//! writes each bot's activity in the same transaction; nothing else is
+//! freed), rejects bots nobody approved in time, and purges records past
+//! their time. Every statement of a sweep is fleet-wide, so only the node
+//! holding the `fleet_sweep` duty sweeps (issue 22); the others ask for the
+//! duty and do nothing else. Each step stays safe if two nodes sweep at
+//! once (a duty changing hands).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,9 +69,30 @@ impl Trekker {
 /// every few minutes anyway).
 pub const DEPARTURES_KEPT_MS: i64 = 24 * 3600 * 1000;
 
-/// Runs sweeps every `every` until `shutdown`.
+/// The duty of sweeping for the whole fleet.
+pub const FLEET_SWEEP_DUTY: &str = "fleet_sweep";
+
+impl Trekker {
+    /// Whether this node sweeps now (it holds, or just took, the duty; a
+    /// lapsed holder is replaced three heartbeats or sweep intervals later).
+    pub async fn holds_sweep_duty(&self, every: Duration) -> Result<bool, crate::AppError> {
+        let every_ms = i64::try_from(every.as_millis()).unwrap_or(i64::MAX);
+        let ttl_ms = self.heartbeat_interval_ms.max(every_ms).saturating_mul(3);
+        Ok(self.store.capacity.hold_duty(FLEET_SWEEP_DUTY, &self.node, self.now(), ttl_ms).await?)
+    }
+}
+
+/// Runs sweeps every `every` until `shutdown`, on the duty holder only.
 pub async fn run(trekker: Arc<Trekker>, every: Duration, shutdown: CancellationToken) {
     crate::run_every(every, shutdown, || async {
+        match trekker.holds_sweep_duty(every).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(err) => {
+                tracing::warn!(error = ?err, "cannot ask for the sweep duty; will retry");
+                return;
+            }
+        }
         if let Err(err) = trekker.expire_due_bots().await {
             tracing::warn!(error = ?err, "expiry sweep failed; will retry");
         }
@@ -89,6 +114,25 @@ mod tests {
 
     use super::*;
     use crate::test_support::{Mocks, NOW, bot_record, trekker};
+
+    /// A node without the duty asks for it and reads nothing else (the
+    /// mocks have nothing more to offer).
+    #[tokio::test]
+    async fn only_the_duty_holder_sweeps() {
+        let mut store = Mocks::default();
+        store
+            .capacity
+            .expect_hold_duty()
+            .withf(|duty, _, _, ttl| duty == FLEET_SWEEP_DUTY && *ttl >= 30_000)
+            .returning(|_, _, _, _| Ok(false));
+        let trekker = Arc::new(trekker(store));
+        assert!(!trekker.holds_sweep_duty(Duration::from_secs(30)).await.unwrap());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run(trekker, Duration::from_millis(10), shutdown.clone()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        shutdown.cancel();
+        task.await.unwrap();
+    }
 
     #[tokio::test]
     async fn bots_nobody_approved_in_time_are_rejected_and_their_guests_told() {

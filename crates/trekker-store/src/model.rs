@@ -372,6 +372,9 @@ pub struct NewCredentialUpdate {
     /// The node hosting the bot.
     pub target: ServerName,
     pub credentials: trekker_domain::Credentials,
+    /// The outbox leaves it alone this long: the asking request delivers it
+    /// itself first (0: the outbox may try it at once).
+    pub held_for_ms: i64,
 }
 
 /// Where a queued credential update stands.

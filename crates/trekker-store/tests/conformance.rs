@@ -238,6 +238,7 @@ conformance_cases!(
     concurrent_same_phone_registers_once,
     concurrent_churn_keeps_counts_true,
     outbox_versions_supersede_and_claims,
+    an_update_held_by_its_request_is_left_to_it,
     idempotency_and_replay_guard,
     node_leases_fence_runners,
     the_change_feed_says_what_changed_and_nothing_when_quiet,
@@ -864,7 +865,30 @@ fn outbox_update(id: &str, bot: &BotRecord, variant: u32) -> NewCredentialUpdate
         source: server("SERVER1"),
         target: bot.server.clone(),
         credentials: creds::credentials(bot.phone.as_str(), variant),
+        held_for_ms: 0,
     }
+}
+
+/// An update the asking request delivers itself is not claimed by the
+/// outbox meanwhile, but the request claims it by id at once.
+async fn an_update_held_by_its_request_is_left_to_it(f: Fixture) {
+    let s = f.store.clone();
+    add_server(&*s, "SERVER0", 5).await;
+    let bot = register(&*s, "254700000290", "SERVER0").await.unwrap().bot;
+    let held = NewCredentialUpdate { held_for_ms: 10_000, ..outbox_update("h1", &bot, 2) };
+    s.enqueue_credential_update(&held, &effects("queued"), NOW).await.unwrap();
+    assert!(s.claim_credential_updates("outbox", NOW + 9_999, 30_000, 10).await.unwrap().is_empty());
+    assert!(s.claim_credential_update("h1", "request", NOW, 15_000).await.unwrap().is_some());
+    s.finish_credential_update(
+        "h1",
+        "request",
+        DeliveryOutcome::Retry { retry_at: NOW + 1, error: "later".into() },
+        NOW,
+    )
+    .await
+    .unwrap();
+    let claimed = s.claim_credential_updates("outbox", NOW + 1, 30_000, 10).await.unwrap();
+    assert_eq!(claimed.len(), 1, "given back, the outbox takes it");
 }
 
 async fn outbox_versions_supersede_and_claims(f: Fixture) {

@@ -48,7 +48,7 @@ impl CredentialOutbox for SqlStore<Db> {
             "INSERT INTO credential_update_outbox (id, bot_id, phone_number, source_server, target_server, \
              credentials_ciphertext, credentials_nonce, credentials_key_id, credentials_version, status, \
              attempts, next_attempt_at, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', 0, $10, $10) RETURNING ",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', 0, $10 + $11, $10) RETURNING ",
             outbox_columns!()
         ))
         .bind(&update.id)
@@ -61,6 +61,7 @@ impl CredentialOutbox for SqlStore<Db> {
         .bind(&sealed.key_id)
         .bind(version)
         .bind(now)
+        .bind(update.held_for_ms.clamp(0, 600_000))
         .fetch_one(&mut *tx)
         .await?;
         insert_effects_in(&mut tx, effects, None, now).await?;
