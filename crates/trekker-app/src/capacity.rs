@@ -161,25 +161,9 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use mockall::predicate::eq;
-    use trekker_domain::ServerName;
-    use trekker_store::ServerSnapshot;
 
     use super::*;
-    use crate::test_support::{Mocks, NOW, trekker};
-
-    fn server(name: &str, max: i64, used: i64) -> ServerSnapshot {
-        ServerSnapshot {
-            name: ServerName::parse(name).unwrap(),
-            max_bot_count: max,
-            current_bot_count: used,
-            status: ServerStatus::Active,
-            base_url: None,
-            last_heartbeat: Some(NOW),
-            description: None,
-            load: None,
-            evacuation: None,
-        }
-    }
+    use crate::test_support::{Mocks, server_snapshot as server, trekker};
 
     /// A node without the fleet duty reads its own row and level only: the
     /// mocks have no fleet listing, so a scan would fail the test.

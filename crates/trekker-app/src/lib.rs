@@ -282,6 +282,21 @@ pub(crate) mod test_support {
     pub const PHONE: &str = "254712345678";
 
     /// Bot `bot-1` of [`PHONE`] on `server`.
+    /// An active server seen now, `used` of `max` slots taken.
+    pub fn server_snapshot(server: &str, max: i64, used: i64) -> trekker_store::ServerSnapshot {
+        trekker_store::ServerSnapshot {
+            name: ServerName::parse(server).unwrap(),
+            max_bot_count: max,
+            current_bot_count: used,
+            status: trekker_domain::ServerStatus::Active,
+            base_url: None,
+            last_heartbeat: Some(NOW),
+            description: None,
+            load: None,
+            evacuation: None,
+        }
+    }
+
     pub fn bot_record(server: &str, approval: trekker_domain::ApprovalStatus) -> trekker_store::BotRecord {
         trekker_store::BotRecord {
             id: BotId::parse("bot-1").unwrap(),

@@ -389,7 +389,6 @@ impl Trekker {
 #[cfg(test)]
 mod tests {
     use crate::test_support::Mocks;
-    use trekker_domain::ServerStatus;
     use trekker_store::{Registered, ServerSnapshot};
     use trekker_testkit::creds;
 
@@ -418,17 +417,7 @@ mod tests {
     }
 
     fn snapshot(server: &str, max: i64, used: i64) -> ServerSnapshot {
-        ServerSnapshot {
-            name: name(server),
-            max_bot_count: max,
-            current_bot_count: used,
-            status: ServerStatus::Active,
-            base_url: None,
-            last_heartbeat: Some(NOW),
-            description: None,
-            load: None,
-            evacuation: None,
-        }
+        crate::test_support::server_snapshot(server, max, used)
     }
 
     fn registered(bot: &NewBot, free: i64) -> Registered {
