@@ -119,7 +119,8 @@ pub trait BotStore: Send + Sync + 'static {
     -> Result<MovedBot, StoreError>;
 
     /// Restarts or stops an approved bot (`desiredState`), with `effects`;
-    /// `Conflict` when the bot is not approved.
+    /// `Conflict` when a bot that is not approved is asked to restart (a
+    /// stop holds for any bot: one still waiting stays stopped once approved).
     async fn set_power(
         &self,
         id: &BotId,

@@ -1592,6 +1592,9 @@ async fn power_load_and_evacuation_are_recorded(f: Fixture) {
     let pending = register(s, "254700000510", "SERVER0").await.unwrap().bot;
     let refused = s.set_power(&pending.id, PowerAction::Restart, &effects("bot_restarted"), NOW).await.unwrap_err();
     assert!(matches!(refused, StoreError::Conflict(ref m) if m.contains("not approved")), "{refused:?}");
+    // A stop holds for a bot still waiting: it stays stopped once approved.
+    let waiting = s.set_power(&pending.id, PowerAction::Stop, &effects("bot_stopped"), NOW).await.unwrap();
+    assert_eq!(waiting.desired_state, DesiredState::Stopped);
     let bot = registered_and_approved(s, "254700000511", "SERVER0").await;
     assert_eq!((bot.desired_state, bot.power_seq), (DesiredState::Running, 0));
     let stopped = s.set_power(&bot.id, PowerAction::Stop, &effects("bot_stopped"), NOW).await.unwrap();

@@ -75,6 +75,8 @@ async fn stop_keeps_a_bot_stopped_and_restart_runs_it_again() {
     let pending_id = pending.body["bot"]["id"].as_str().unwrap().to_owned();
     let refused = a.admin(Method::POST, &format!("/api/admin/bots/{pending_id}/restart"), None).await;
     assert_eq!((refused.status, refused.code()), (409, "CONFLICT"));
+    let held = a.admin(Method::POST, &format!("/api/admin/bots/{pending_id}/stop"), None).await;
+    assert_eq!((held.status, &held.body["bot"]["desiredState"]), (202, &json!("stopped")), "{:?}", held.body);
     let missing = a.admin(Method::POST, "/api/admin/bots/nope/stop", None).await;
     assert_eq!((missing.status, missing.code()), (404, "NOT_FOUND"));
     let stranger = a.client.post(a.url(&format!("/api/admin/bots/{id}/stop"))).send().await.unwrap();

@@ -249,8 +249,7 @@ pub(crate) async fn restart_bot(
 /// a restart.
 #[utoipa::path(post, path = "/api/admin/bots/{id}/stop", tag = "admin", security(("admin" = [])),
     responses((status = 202, description = "`{success, message, bot}`: its host stops it"),
-        (status = 404, body = ErrorBody, description = "NOT_FOUND"),
-        (status = 409, body = ErrorBody, description = "CONFLICT: the bot is not approved")))]
+        (status = 404, body = ErrorBody, description = "NOT_FOUND")))]
 pub(crate) async fn stop_bot(
     _: Admin,
     State(state): State<AppState>,

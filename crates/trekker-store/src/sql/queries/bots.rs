@@ -535,7 +535,9 @@ impl BotStore for SqlStore<Db> {
     ) -> Result<BotRecord, StoreError> {
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
         let (approval, _) = lock_approval_in(&mut tx, id).await?;
-        if approval != ApprovalStatus::Approved {
+        // A stop holds for any bot (one waiting for approval stays stopped
+        // once approved); only an approved bot can be started.
+        if action == PowerAction::Restart && approval != ApprovalStatus::Approved {
             tx.rollback().await?;
             return Err(StoreError::Conflict(format!(
                 "The bot is {}, not approved: approve it first.",
