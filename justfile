@@ -41,8 +41,16 @@ bench:
 bench-register:
     cargo run --release -p trekker-bench --bin bench-register
 
-# A 1,000 x 1,000-bot fleet: a quiet node's database cost (now and with
-# per-bot leases), admin pages and registration p99, full against small.
+# Where the node's CPU goes while guests register (a flat profile of the
+# node's threads; perf is Debian's linux-perf; docs/benchmarks.md).
+profile-register:
+    cargo build --release -p trekker-bench --bin bench-register
+    BENCH_SECS=5 BENCH_MAX_REGISTRATIONS=10000 perf record -F 499 -o target/register.perf -- target/release/bench-register
+    perf report -i target/register.perf --comms node --no-children --sort sym --percentage relative --stdio | head -60
+
+# A 1,000 x 1,000-bot fleet: two real quiet nodes' database time per second
+# (headroom for 1,000 nodes), the quiet poll now and with per-bot leases,
+# admin pages, and registrations full against empty.
 bench-fleet:
     cargo run --release -p trekker-bench --bin bench-fleet
 

@@ -360,7 +360,8 @@ impl Application {
             every: self.state.config.bot_state_sync,
             limit: self.state.config.bot_state_max_bytes,
         })
-        .with_running_counter(self.bots_running.clone());
+        .with_running_counter(self.bots_running.clone())
+        .with_renewal_stamp(self.state.trekker.lease_renewed_at.clone());
         tasks.spawn(supervisor.run(self.state.trekker.runtime_changed.clone(), self.shutdown.clone()));
         tasks.spawn(trekker_app::crossserver::run_outbox(self.state.trekker.clone(), self.shutdown.clone()));
         tasks.spawn(trekker_app::sweeper::run(self.state.trekker.clone(), self.sweep_every, self.shutdown.clone()));

@@ -202,6 +202,7 @@ impl Trekker {
         let effects = SideEffects::activity(NewActivity { bot_id: Some(id.clone()), ..activity });
         let rejected = self.store.bots.reject_bot(&id, &effects, self.now()).await?;
         self.bots_changed();
+        self.capacity_touched(&rejected.server);
         tracing::info!(bot = %rejected.id, "🚫 Bot rejected; phone and slot freed");
         Ok(rejected)
     }
@@ -213,6 +214,7 @@ impl Trekker {
         let effects = SideEffects::activity(NewActivity { bot_id: Some(id.clone()), ..activity });
         let deleted = self.store.bots.delete_bot(&id, &effects, self.now()).await?;
         self.bots_changed();
+        self.capacity_touched(&deleted.server);
         tracing::info!(bot = %deleted.id, "🗑️ Bot deleted; phone and slot freed");
         Ok(deleted)
     }

@@ -5,26 +5,33 @@
 //! notification to ADMIN_PHONE when set) in the same transaction, so each
 //! crossing warns exactly once however many nodes see it.
 //!
-//! What a check reads is bounded (issue 22): a node reads its own server's
-//! row and level (after each of its changes, and every heartbeat); the one
-//! node holding the `fleet_capacity` duty (a lease row, taken over when
-//! its holder stops renewing) also reads every server and level, for the
-//! other servers and the cluster. A quiet fleet of N nodes reads about 3N
-//! rows per interval, not N squared.
+//! What a check reads is bounded (issue 22). Right after a node changed
+//! counts (at most one check per [`CHANGE_CHECK_GAP`], so a burst of
+//! registrations costs one), it reads the row and level of each server it
+//! changed: its own, or the one it placed a bot on or moved one from. Every
+//! heartbeat the one node holding the `fleet_capacity` duty (a lease row,
+//! taken over when its holder stops renewing) reads every server and level,
+//! for the cluster and for whatever a change check missed. A quiet node
+//! reads nothing for capacity (it knows the duty's holder and until when);
+//! the fleet reads N rows per interval, not N squared.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use trekker_domain::ServerStatus;
 use trekker_domain::capacity::CapacityLevel;
+use trekker_domain::{ServerName, ServerStatus};
 use trekker_store::{CLUSTER_SCOPE, NewActivity, SideEffects};
 
 use crate::{AppError, Trekker};
 
 /// The duty of checking every server and the cluster.
 pub const FLEET_CAPACITY_DUTY: &str = "fleet_capacity";
+
+/// The least time between two checks that a change asked for: later
+/// changes of a burst wait for it and are checked together.
+pub const CHANGE_CHECK_GAP: Duration = Duration::from_millis(500);
 
 /// Capacity warnings this node recorded, by scope kind and level.
 pub const CAPACITY_WARNINGS: &str = "trekker_capacity_warnings_total";
@@ -64,10 +71,46 @@ impl Trekker {
     /// Moves the capacity level of every scope that crossed a line since it
     /// was last recorded; the crossings this call recorded (another node may
     /// have recorded the others).
+    ///
+    /// The heartbeat's check, on the `fleet_capacity` duty holder only:
+    /// every server and the cluster. Other nodes check nothing here: a
+    /// server's count changes only by a change some node checks right after
+    /// (see [`check_changed_capacity`](Self::check_changed_capacity)), and
+    /// this sweep catches whatever that missed (a node that died between
+    /// the two) within an interval.
     pub async fn check_capacity(&self) -> Result<Vec<CapacityCrossing>, AppError> {
         let ttl_ms = self.heartbeat_interval_ms.saturating_mul(3);
-        let whole_fleet = self.store.capacity.hold_duty(FLEET_CAPACITY_DUTY, &self.node, self.now(), ttl_ms).await?;
-        let (scopes, recorded) = if whole_fleet { self.fleet_scopes().await? } else { self.own_scope().await? };
+        if !self.store.capacity.hold_duty(FLEET_CAPACITY_DUTY, &self.node, self.now(), ttl_ms).await? {
+            return Ok(Vec::new());
+        }
+        let (scopes, recorded) = self.fleet_scopes().await?;
+        self.record_crossings(scopes, &recorded).await
+    }
+
+    /// The check after a change: the servers whose counts this node changed
+    /// since the last one (one row and one level each, no duty, no scan).
+    pub async fn check_changed_capacity(&self) -> Result<Vec<CapacityCrossing>, AppError> {
+        let touched = std::mem::take(&mut *self.capacity_touched.lock().unwrap_or_else(|e| e.into_inner()));
+        if touched.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (scopes, recorded) = self.server_scopes(&touched).await?;
+        self.record_crossings(scopes, &recorded).await
+    }
+
+    /// Notes that this node changed `server`'s count, for the watch's next
+    /// change check.
+    pub(crate) fn capacity_touched(&self, server: &ServerName) {
+        self.capacity_touched.lock().unwrap_or_else(|e| e.into_inner()).insert(server.clone());
+        self.capacity_changed.notify_one();
+    }
+
+    /// Moves the level of every scope of `scopes` that crossed a line.
+    async fn record_crossings(
+        &self,
+        scopes: Vec<(String, i64, i64)>,
+        recorded: &HashMap<String, CapacityLevel>,
+    ) -> Result<Vec<CapacityCrossing>, AppError> {
         let mut crossings = Vec::new();
         for (scope, used, capacity) in scopes {
             let from = recorded.get(&scope).copied().unwrap_or(CapacityLevel::Normal);
@@ -119,18 +162,20 @@ impl Trekker {
         Ok((scopes, recorded))
     }
 
-    /// This node's own server: one row and its level.
-    async fn own_scope(&self) -> Result<Scopes, AppError> {
-        let Some(server) = self.store.servers.get_server(&self.node).await? else {
-            return Ok((Vec::new(), HashMap::new()));
-        };
-        if server.status == ServerStatus::Inactive {
-            return Ok((Vec::new(), HashMap::new()));
+    /// The given servers: one row and its level each (inactive or unknown
+    /// servers are skipped).
+    async fn server_scopes<'a>(&self, servers: impl IntoIterator<Item = &'a ServerName>) -> Result<Scopes, AppError> {
+        let (mut scopes, mut recorded) = (Vec::new(), HashMap::new());
+        for name in servers {
+            let Some(server) = self.store.servers.get_server(name).await? else { continue };
+            if server.status == ServerStatus::Inactive {
+                continue;
+            }
+            let scope = server.name.to_string();
+            recorded.insert(scope.clone(), self.store.capacity.capacity_level(&scope).await?);
+            scopes.push((scope, server.current_bot_count, server.max_bot_count));
         }
-        let scope = server.name.to_string();
-        let level = self.store.capacity.capacity_level(&scope).await?;
-        let recorded = HashMap::from([(scope.clone(), level)]);
-        Ok((vec![(scope, server.current_bot_count, server.max_bot_count)], recorded))
+        Ok((scopes, recorded))
     }
 }
 
@@ -142,16 +187,29 @@ impl Trekker {
     }
 }
 
-/// Checks capacity every `every`, and soon after a bot changes on this node.
+/// Checks capacity every `every`, and the servers this node changed soon
+/// after it changed them (at most once per [`CHANGE_CHECK_GAP`]).
 pub async fn run_capacity_watch(trekker: Arc<Trekker>, every: Duration, shutdown: CancellationToken) {
+    let mut next_tick = tokio::time::Instant::now();
     loop {
-        if let Err(err) = trekker.check_capacity().await {
-            tracing::warn!(error = ?err, "capacity check failed; will retry");
-        }
         tokio::select! {
             () = shutdown.cancelled() => break,
-            () = trekker.capacity_changed.notified() => {}
-            () = tokio::time::sleep(every) => {}
+            () = tokio::time::sleep_until(next_tick) => {
+                next_tick = tokio::time::Instant::now() + every;
+                if let Err(err) = trekker.check_capacity().await {
+                    tracing::warn!(error = ?err, "capacity check failed; will retry");
+                }
+            }
+            () = trekker.capacity_changed.notified() => {
+                if let Err(err) = trekker.check_changed_capacity().await {
+                    tracing::warn!(error = ?err, "capacity check failed; will retry");
+                }
+                // A burst's later changes wait here and are checked together.
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(CHANGE_CHECK_GAP) => {}
+                }
+            }
         }
     }
 }
@@ -165,29 +223,46 @@ mod tests {
     use super::*;
     use crate::test_support::{Mocks, server_snapshot as server, trekker};
 
-    /// A node without the fleet duty reads its own row and level only: the
-    /// mocks have no fleet listing, so a scan would fail the test.
+    /// A node without the fleet duty reads nothing on its interval: the
+    /// mocks have no listing, no server row and no level.
     #[tokio::test]
-    async fn a_node_without_the_duty_reads_only_its_own_server() {
+    async fn a_node_without_the_duty_reads_nothing_on_its_interval() {
         let mut store = Mocks::default();
         store
             .capacity
             .expect_hold_duty()
             .withf(|duty, _, _, ttl| duty == FLEET_CAPACITY_DUTY && *ttl == 30_000)
+            .times(1)
             .returning(|_, _, _, _| Ok(false));
-        store.servers.expect_get_server().times(1).returning(|_| Ok(Some(server("SERVER0", 10, 9))));
-        store.capacity.expect_capacity_level().with(eq("SERVER0")).times(1).returning(|_| Ok(CapacityLevel::Normal));
+        assert!(trekker(store).check_capacity().await.unwrap().is_empty());
+    }
+
+    /// After a change, a node checks the servers it changed, and only
+    /// those: no duty, no listing (the mocks have neither), each server
+    /// once however many changes, nothing when nothing changed.
+    #[tokio::test]
+    async fn a_change_check_reads_only_the_servers_this_node_changed() {
+        let mut store = Mocks::default();
+        let name = |n: &str| trekker_domain::ServerName::parse(n).unwrap();
+        store
+            .servers
+            .expect_get_server()
+            .withf(|server| server.as_str() == "SERVER1")
+            .times(1)
+            .returning(|_| Ok(Some(server("SERVER1", 10, 10))));
+        store.capacity.expect_capacity_level().with(eq("SERVER1")).times(1).returning(|_| Ok(CapacityLevel::Normal));
         store
             .capacity
             .expect_move_capacity_level()
-            .withf(|scope, from, to, _, _| {
-                scope == "SERVER0" && *from == CapacityLevel::Normal && *to != CapacityLevel::Normal
-            })
+            .withf(|scope, _, to, _, _| scope == "SERVER1" && *to == CapacityLevel::Full)
             .times(1)
             .returning(|_, _, _, _, _| Ok(true));
-        let crossings = trekker(store).check_capacity().await.unwrap();
-        assert_eq!(crossings.len(), 1);
-        assert_eq!(crossings[0].scope, "SERVER0");
+        let trekker = trekker(store);
+        trekker.capacity_touched(&name("SERVER1"));
+        trekker.capacity_touched(&name("SERVER1"));
+        let crossings = trekker.check_changed_capacity().await.unwrap();
+        assert_eq!(crossings.iter().map(|c| c.scope.as_str()).collect::<Vec<_>>(), ["SERVER1"]);
+        assert!(trekker.check_changed_capacity().await.unwrap().is_empty(), "nothing changed since");
     }
 
     /// The duty holder checks every server and the cluster.

@@ -1,10 +1,12 @@
 //! Live events for the guest page and the operator console (Server-Sent
 //! Events): what a node learns of the cluster, as it learns it.
 //!
-//! One feed per node ([`run_event_feed`]) reads, once a second and only
-//! while someone listens: the servers (counts, capacity, liveness), the
-//! fleet-wide bot change feed, and new activities (capacity warnings,
-//! credential reviews). It publishes what changed on an [`EventHub`]; each
+//! One feed per node ([`run_event_feed`]) reads, only while someone
+//! listens: the servers (counts, capacity, liveness), the fleet-wide bot
+//! change feed, and new activities (capacity warnings, credential reviews).
+//! It reads once a second while it finds news, and backs off to
+//! [`FEED_IDLE_MAX`] while it finds none; a change this node makes wakes it
+//! at once, one made elsewhere shows within that bound (issue 22). It publishes what changed on an [`EventHub`]; each
 //! stream subscribes to it. A stream that falls behind is told to resync
 //! (it reloads what it shows), and a new or reconnected stream starts from a
 //! snapshot, so nothing shown stays stale.
@@ -21,11 +23,14 @@ use trekker_store::{Activity, BotRecord, ChangeCursor};
 
 use crate::Trekker;
 use crate::admin::ServerView;
+use crate::idle::IdleBackoff;
 
 /// Events a stream may fall behind by before it is told to resync.
 const BACKLOG: usize = 1024;
 /// Activities read per tick at most (the rest next tick).
 const ACTIVITIES_PER_TICK: i64 = 200;
+/// The longest a feed that finds nothing waits before it reads again.
+pub const FEED_IDLE_MAX: Duration = Duration::from_secs(8);
 
 /// What changed.
 #[derive(Debug, Clone)]
@@ -63,6 +68,8 @@ pub struct EventHub {
     next_id: AtomicU64,
     /// Wakes an idle feed when a stream arrives.
     arrived: tokio::sync::Notify,
+    /// Wakes a backed-off feed when this node changed something.
+    changed: tokio::sync::Notify,
     /// Whether the feed holds a baseline (it publishes every change after).
     following: tokio::sync::watch::Sender<bool>,
     /// Cancelled when the node shuts down: every stream ends (an open
@@ -76,6 +83,7 @@ impl Default for EventHub {
             sender: broadcast::Sender::new(BACKLOG),
             next_id: AtomicU64::new(1),
             arrived: tokio::sync::Notify::new(),
+            changed: tokio::sync::Notify::new(),
             following: tokio::sync::watch::Sender::new(false),
             closed: CancellationToken::new(),
         }
@@ -94,6 +102,12 @@ impl EventHub {
         // feed recovers).
         let _ = tokio::time::timeout(Duration::from_secs(5), following.wait_for(|on| *on)).await;
         events
+    }
+
+    /// Tells the feed this node changed something it shows: it reads now,
+    /// not after its back-off.
+    pub fn wake(&self) {
+        self.changed.notify_one();
     }
 
     /// Cancelled when the node shuts down.
@@ -130,8 +144,10 @@ impl Trekker {
         })
     }
 
-    /// Publishes what changed since `seen`, and moves it on.
-    async fn feed_tick(&self, seen: &mut Seen, hub: &EventHub) -> Result<(), crate::AppError> {
+    /// Publishes what changed since `seen`, and moves it on; whether there
+    /// was anything.
+    async fn feed_tick(&self, seen: &mut Seen, hub: &EventHub) -> Result<bool, crate::AppError> {
+        let mut news = false;
         for view in self.servers().await? {
             let name = view.server.name.to_string();
             // Heartbeats alone are not news: counts, capacity, status and
@@ -140,6 +156,7 @@ impl Trekker {
                 (v.server.current_bot_count, v.server.max_bot_count, v.server.status, v.online, v.server.evacuation)
             };
             if seen.servers.get(&name).map(shown) != Some(shown(&view)) {
+                news = true;
                 hub.publish(LiveEvent::Server(view.clone()));
                 seen.servers.insert(name, view);
             }
@@ -148,13 +165,16 @@ impl Trekker {
         // A bot that left one server for another (a move, a failover) is
         // still there: the console updates its row rather than dropping it.
         for gone in changes.departed.into_iter().filter(|id| !changes.changed.iter().any(|b| &b.id == id)) {
+            news = true;
             hub.publish(LiveEvent::BotGone(gone));
         }
         for bot in changes.changed {
+            news = true;
             hub.publish(LiveEvent::Bot(Box::new(bot)));
         }
         seen.cursor = changes.cursor;
         for activity in self.store.activities.activities_after(seen.last_activity, ACTIVITIES_PER_TICK).await? {
+            news = true;
             seen.last_activity = seen.last_activity.max(activity.id);
             match activity.action.as_str() {
                 "capacity_warning" | "capacity_recovered" => hub.publish(LiveEvent::Warning(activity)),
@@ -162,26 +182,38 @@ impl Trekker {
                 _ => {}
             }
         }
-        Ok(())
+        Ok(news)
     }
 }
 
-/// Feeds `hub` every `every` while it has listeners, until `shutdown`.
+/// Feeds `hub` while it has listeners, every `every` while there is news
+/// and backing off to [`FEED_IDLE_MAX`] while there is none, until
+/// `shutdown`.
 pub async fn run_event_feed(trekker: Arc<Trekker>, hub: Arc<EventHub>, every: Duration, shutdown: CancellationToken) {
     let mut seen: Option<Seen> = None;
+    let mut backoff = IdleBackoff::new(every, FEED_IDLE_MAX);
     loop {
+        let mut wait = every;
         if hub.listeners() == 0 {
             // Nobody watching: read nothing; start afresh when someone comes.
             seen = None;
             hub.following.send_replace(false);
+            backoff.busy();
         } else {
             let result = match &mut seen {
-                None => trekker.start_feed().await.map(|start| seen = Some(start)),
+                None => trekker.start_feed().await.map(|start| {
+                    seen = Some(start);
+                    true
+                }),
                 Some(state) => trekker.feed_tick(state, &hub).await,
             };
             match result {
-                Ok(()) => {
+                Ok(news) => {
                     hub.following.send_replace(true);
+                    if news {
+                        backoff.busy();
+                    }
+                    wait = backoff.idle();
                 }
                 Err(err) => tracing::warn!(error = ?err, "live event feed failed; will retry"),
             }
@@ -190,8 +222,54 @@ pub async fn run_event_feed(trekker: Arc<Trekker>, hub: Arc<EventHub>, every: Du
         tokio::select! {
             () = shutdown.cancelled() => break,
             () = hub.arrived.notified(), if idle => {}
-            () = tokio::time::sleep(every) => {}
+            () = hub.changed.notified(), if !idle => backoff.busy(),
+            () = tokio::time::sleep(wait) => {}
         }
     }
     hub.closed.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::atomic::AtomicUsize;
+
+    use trekker_store::{BotChanges, ChangeCursor};
+
+    use super::*;
+    use crate::test_support::{Mocks, trekker};
+
+    /// A console open on a quiet cluster: the feed reads less and less
+    /// often, up to its bound; a change this node makes is read at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_feed_backs_off_and_a_local_change_wakes_it() {
+        let reads = Arc::new(AtomicUsize::new(0));
+        let mut store = Mocks::default();
+        store.servers.expect_list_servers().returning(|| Ok(Vec::new()));
+        store.runtime.expect_fleet_cursor().returning(|| Ok(ChangeCursor::default()));
+        store.activities.expect_last_activity_id().returning(|| Ok(0));
+        store.activities.expect_activities_after().returning(|_, _| Ok(Vec::new()));
+        let counted = reads.clone();
+        store.runtime.expect_fleet_changes().returning(move |_| {
+            counted.fetch_add(1, Ordering::Relaxed);
+            Ok(BotChanges::default())
+        });
+        let trekker = Arc::new(trekker(store));
+        let hub = trekker.events.clone();
+        let shutdown = CancellationToken::new();
+        let feed = tokio::spawn(run_event_feed(trekker, hub.clone(), Duration::from_secs(1), shutdown.clone()));
+        let _listener = hub.subscribe().await;
+
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let quiet = reads.load(Ordering::Relaxed);
+        // 1 + 2 + 4 + 8 s, then every 8 s: 10 reads in a minute, not 60.
+        assert!((8..=12).contains(&quiet), "{quiet} reads in a quiet minute");
+
+        hub.wake();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(reads.load(Ordering::Relaxed), quiet + 1, "a local change is read at once");
+        shutdown.cancel();
+        feed.await.unwrap();
+    }
 }

@@ -138,6 +138,8 @@ impl Trekker {
         let request = MoveRequest::admin(bot.id.clone(), target);
         let moved = self.store.bots.move_bot(&request, &self.move_effects(&bot, &request), self.now()).await?;
         self.bots_changed();
+        self.capacity_touched(&moved.from);
+        self.capacity_touched(&moved.bot.server);
         tracing::info!(bot = %moved.bot.id, from = %moved.from, to = %moved.bot.server, "🚚 Bot moved");
         Ok(moved)
     }

@@ -105,6 +105,9 @@ pub struct Trekker {
     pub events: Arc<events::EventHub>,
     /// Wakes this node's capacity watch after a change to a bot.
     pub capacity_changed: Arc<tokio::sync::Notify>,
+    /// The servers whose counts this node changed since its capacity watch
+    /// last checked them (see `capacity`).
+    capacity_touched: std::sync::Mutex<std::collections::BTreeSet<ServerName>>,
     /// Admins are warned when a server or the cluster crosses this share
     /// of its slots, and again at 100 % (CAPACITY_WARN_PERCENT).
     pub capacity_warn_percent: u8,
@@ -131,6 +134,11 @@ pub struct Trekker {
     pub fleet_changed: Arc<tokio::sync::Notify>,
     /// Measures this node's load for its heartbeat; none: not reported.
     pub load: Option<Arc<load::LoadMeter>>,
+    /// When (epoch ms) the supervisor last renewed this node's lease, which
+    /// stamps its heartbeat too; 0: never (see `liveness`).
+    pub lease_renewed_at: Arc<std::sync::atomic::AtomicI64>,
+    /// The load the last written heartbeat carried.
+    load_written: std::sync::Mutex<Option<trekker_store::ServerLoad>>,
 }
 
 /// Placement transactions in flight per node. Measured with
@@ -160,6 +168,7 @@ impl Trekker {
             notifications_queued: Arc::new(tokio::sync::Notify::new()),
             runtime_changed: Arc::new(tokio::sync::Notify::new()),
             capacity_changed: Arc::new(tokio::sync::Notify::new()),
+            capacity_touched: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             events: Arc::new(events::EventHub::default()),
             capacity_warn_percent: 80,
             admin_phone: None,
@@ -172,6 +181,8 @@ impl Trekker {
             fleet: fleet::FleetSettings::default(),
             fleet_changed: Arc::new(tokio::sync::Notify::new()),
             load: None,
+            lease_renewed_at: Arc::new(std::sync::atomic::AtomicI64::new(0)),
+            load_written: std::sync::Mutex::new(None),
         }
     }
 
@@ -191,7 +202,8 @@ impl Trekker {
     pub(crate) fn bots_changed(&self) {
         self.runtime_changed.notify_one();
         self.notifications_queued.notify_one();
-        self.capacity_changed.notify_one();
+        self.capacity_touched(&self.node);
+        self.events.wake();
     }
 }
 

@@ -1,11 +1,16 @@
 //! This node's heartbeat: keeps its `server_registry` row fresh so other
 //! nodes place bots on it and see it online (invariant 7).
+//!
+//! The supervisor's lease renewal stamps the row's heartbeat too, and
+//! tells [`Trekker::lease_renewed_at`]: a beat that finds a renewal within
+//! the interval and a load much as last written writes nothing (a quiet
+//! node's two writes per interval become one; issue 22).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use trekker_store::{ServerRegistration, StoreError};
+use trekker_store::{ServerLoad, ServerRegistration, StoreError};
 
 use crate::{AppError, Trekker};
 
@@ -15,7 +20,21 @@ impl Trekker {
     /// cluster.
     pub async fn heartbeat(&self, registration: &ServerRegistration) -> Result<(), AppError> {
         let load = self.load.as_ref().and_then(|meter| meter.sample());
-        match self.store.servers.heartbeat(&self.node, self.now(), load).await {
+        let now = self.now();
+        let renewed_at = self.lease_renewed_at.load(std::sync::atomic::Ordering::Relaxed);
+        let stamped = renewed_at > 0 && now.saturating_sub(renewed_at) < self.heartbeat_interval_ms;
+        let skip = {
+            let mut written = self.load_written.lock().unwrap_or_else(|e| e.into_inner());
+            let skip = stamped && !load_moved(written.as_ref(), load.as_ref());
+            if !skip {
+                *written = load;
+            }
+            skip
+        };
+        if skip {
+            return Ok(());
+        }
+        match self.store.servers.heartbeat(&self.node, now, load).await {
             Ok(()) => Ok(()),
             Err(StoreError::UnknownServer(_)) => {
                 tracing::warn!(server = %self.node, "registry row missing; registering this server again");
@@ -24,6 +43,21 @@ impl Trekker {
             }
             Err(err) => Err(err.into()),
         }
+    }
+}
+
+/// Whether `now` differs from the load last written enough for placement
+/// to care: bots running, 10 points of CPU, a twentieth of free memory.
+fn load_moved(written: Option<&ServerLoad>, now: Option<&ServerLoad>) -> bool {
+    match (written, now) {
+        (None, None) => false,
+        (Some(then), Some(now)) => {
+            now.bots_running != then.bots_running
+                || (now.cpu_percent - then.cpu_percent).abs() >= 10
+                || (now.memory_available_bytes - then.memory_available_bytes).abs()
+                    >= then.memory_available_bytes.max(now.memory_available_bytes) / 20
+        }
+        _ => true,
     }
 }
 
@@ -46,7 +80,7 @@ pub async fn run(
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use mockall::predicate::eq;
+    use mockall::predicate::{always, eq};
     use trekker_domain::ServerName;
 
     use super::*;
@@ -96,5 +130,40 @@ mod tests {
         store.servers.expect_heartbeat().returning(|_, _, _| Err(StoreError::Corrupt("x".into())));
         store.servers.expect_upsert_server().never();
         assert!(matches!(trekker(store).heartbeat(&registration()).await, Err(AppError::Store(_))));
+    }
+
+    /// A lease renewal within the interval stamped the row already: the
+    /// beat writes nothing (the mock fails on any write).
+    #[tokio::test]
+    async fn a_beat_after_a_recent_renewal_writes_nothing() {
+        let mut store = Mocks::default();
+        store.servers.expect_heartbeat().never();
+        let trekker = trekker(store);
+        trekker.lease_renewed_at.store(NOW - trekker.heartbeat_interval_ms + 1, std::sync::atomic::Ordering::Relaxed);
+        trekker.heartbeat(&registration()).await.unwrap();
+    }
+
+    /// A renewal a whole interval old no longer keeps the node online:
+    /// the beat writes.
+    #[tokio::test]
+    async fn a_beat_long_after_the_last_renewal_writes() {
+        let mut store = Mocks::default();
+        store.servers.expect_heartbeat().with(always(), eq(NOW), eq(None)).times(1).returning(|_, _, _| Ok(()));
+        let trekker = trekker(store);
+        trekker.lease_renewed_at.store(NOW - trekker.heartbeat_interval_ms, std::sync::atomic::Ordering::Relaxed);
+        trekker.heartbeat(&registration()).await.unwrap();
+    }
+
+    #[test]
+    fn the_load_is_written_again_when_placement_would_care() {
+        let load =
+            |bots, cpu, memory| ServerLoad { cpu_percent: cpu, memory_available_bytes: memory, bots_running: bots };
+        let then = load(10, 20, 1_000_000);
+        assert!(!load_moved(Some(&then), Some(&load(10, 29, 951_000))), "small moves are not written");
+        assert!(load_moved(Some(&then), Some(&load(11, 20, 1_000_000))), "a bot more");
+        assert!(load_moved(Some(&then), Some(&load(10, 30, 1_000_000))), "ten points of CPU");
+        assert!(load_moved(Some(&then), Some(&load(10, 20, 950_000))), "a twentieth of memory");
+        assert!(load_moved(None, Some(&then)), "a first load");
+        assert!(!load_moved(None, None));
     }
 }

@@ -299,6 +299,7 @@ impl Trekker {
                     tracing::info!(bot = %registered.bot.id, "✅ Bot successfully auto-assigned to {target}");
                     let (from, to) = (self.node.to_string(), target.to_string());
                     metrics::counter!(telemetry::AUTO_ASSIGNMENTS, "from" => from, "to" => to).increment(1);
+                    self.capacity_touched(&target);
                     return Ok(Some(Placed::Done(Box::new(RegisterOutcome::AutoAssigned {
                         bot: registered.bot,
                         from: self.node.clone(),

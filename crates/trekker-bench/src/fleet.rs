@@ -72,6 +72,62 @@ pub async fn seed(url: &str, servers: u64, per_server: u64) {
     exec(url, "VACUUM ANALYZE".to_owned()).await;
 }
 
+/// Gives every bot of `server` real credentials (a signed creds.json of its
+/// phone, sealed under the benchmark nodes' key), so the node that runs
+/// them starts them as it would real bots. The rest of the fleet keeps
+/// placeholder bytes: nothing opens them.
+pub async fn seal_credentials(url: &str, server: &str) {
+    let mut conn = PgConnection::connect(url).await.expect("connect");
+    let bots: Vec<(String, String)> =
+        sqlx::query_as("SELECT id, phone_number FROM bot_instances WHERE server_name = $1")
+            .bind(server)
+            .fetch_all(&mut conn)
+            .await
+            .expect("bots of the server");
+    let cipher = trekker_testkit::test_cipher();
+    let mut tx = conn.begin().await.expect("begin");
+    for (id, phone) in bots {
+        let document = trekker_testkit::creds::credentials(&phone, 1);
+        let sealed = cipher.seal(&id, document.document().as_bytes()).expect("seal");
+        sqlx::query(
+            "UPDATE bot_instances SET credentials_ciphertext = $2, credentials_nonce = $3, credentials_key_id = $4 \
+             WHERE id = $1",
+        )
+        .bind(&id)
+        .bind(sealed.ciphertext)
+        .bind(sealed.nonce)
+        .bind(sealed.key_id)
+        .execute(&mut *tx)
+        .await
+        .expect("seal a bot's credentials");
+    }
+    tx.commit().await.expect("commit");
+}
+
+/// Waits until `count` bots of `servers` run under their node's current
+/// lease (the nodes booted them all), at most 10 minutes.
+pub async fn wait_until_running(url: &str, servers: &[&str], count: u64) {
+    let mut conn = PgConnection::connect(url).await.expect("connect");
+    let names: Vec<String> = servers.iter().map(|s| (*s).to_owned()).collect();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(600) {
+        let running: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM bot_instances b JOIN server_registry s ON s.server_name = b.server_name \
+             WHERE b.server_name = ANY($1) AND b.runner_epoch = s.epoch AND b.status = 'online'",
+        )
+        .bind(&names)
+        .fetch_one(&mut conn)
+        .await
+        .expect("running bots");
+        if running as u64 >= count {
+            println!("{count} bots running after {:.0} s", started.elapsed().as_secs_f64());
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!("the nodes did not boot their bots in 10 minutes");
+}
+
 /// Polls per second that `workers` concurrent nodes sustain for `span`,
 /// each node polling as `poll` does.
 pub async fn polls_per_second<F, Fut>(workers: u64, span: Duration, poll: F) -> f64

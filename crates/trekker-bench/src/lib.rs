@@ -18,6 +18,7 @@ use trekker_node::config::{Config, Settings};
 use trekker_node::{Application, Overrides};
 
 pub mod fleet;
+pub mod statements;
 
 /// The admin token of benchmark nodes.
 pub const ADMIN_TOKEN: &str = "bench-admin-token";
@@ -220,10 +221,16 @@ pub async fn post_load(
     RunFigures { requests: latencies.len(), failures, elapsed, latencies }
 }
 
+/// What one pgbench run committed.
+#[derive(Debug, Clone, Copy)]
+pub struct PgbenchRun {
+    pub per_second: f64,
+    pub transactions: u64,
+}
+
 /// Runs pgbench with `script` at `clients` for `seconds` against
-/// `database_url` (prepared statements, as the node's driver uses) and
-/// returns its transactions per second.
-pub fn pgbench(database_url: &str, script: &Path, clients: usize, seconds: u64) -> Option<f64> {
+/// `database_url` (prepared statements, as the node's driver uses).
+pub fn pgbench(database_url: &str, script: &Path, clients: usize, seconds: u64) -> Option<PgbenchRun> {
     let Some(pgbench) = trekker_testkit::postgres::postgres_tool("pgbench") else {
         println!("pgbench not found beside initdb");
         return None;
@@ -246,10 +253,52 @@ pub fn pgbench(database_url: &str, script: &Path, clients: usize, seconds: u64) 
         .lines()
         .find(|line| line.starts_with("tps = "))
         .and_then(|line| line.trim_start_matches("tps = ").split_whitespace().next()?.parse().ok());
-    if tps.is_none() || !output.status.success() {
+    let transactions = text
+        .lines()
+        .find_map(|line| line.strip_prefix("number of transactions actually processed: "))
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok());
+    if tps.is_none() || transactions.is_none() || !output.status.success() {
         println!("pgbench failed: {text}\n{}", String::from_utf8_lossy(&output.stderr));
     }
-    tps
+    Some(PgbenchRun { per_second: tps?, transactions: transactions? })
+}
+
+/// CPU seconds this process spent in threads named `node` (the benchmark
+/// node's runtime), so the load generator's own work is left out: the
+/// process's total less every other live thread's.
+pub fn node_cpu_seconds() -> f64 {
+    fn ticks(stat: &str) -> Option<u64> {
+        // Fields after the parenthesised name; utime and stime are 14 and 15.
+        let rest = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    }
+    let total = std::fs::read_to_string("/proc/self/stat").ok().and_then(|s| ticks(&s)).unwrap_or(0);
+    let mut others = 0;
+    for task in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+        let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if name.trim() != "node" {
+            others += std::fs::read_to_string(task.path().join("stat")).ok().and_then(|s| ticks(&s)).unwrap_or(0);
+        }
+    }
+    // Clock ticks are 1/100 s on Linux (USER_HZ).
+    total.saturating_sub(others) as f64 / 100.0
+}
+
+/// Waits until every guest message is sent (at most 30 s).
+pub async fn outbox_drained(url: &str) {
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url).await.expect("connect");
+    for _ in 0..300 {
+        let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM notification_outbox WHERE status = 'pending'")
+            .fetch_one(&mut conn)
+            .await
+            .expect("outbox count");
+        if pending == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("the outbox did not drain in 30 s");
 }
 
 /// Milliseconds with two decimals, for tables.

@@ -30,7 +30,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ring::rand::{SecureRandom, SystemRandom};
@@ -46,6 +46,10 @@ use trekker_store::{
 
 use crate::driver::{BotDriver, BotEvent, BotSpec, DriverEvent, OUT_OF_MEMORY, RunningBot, SessionSync, StateSink};
 use crate::state::{Snapshot, StateError};
+
+/// How long a bot whose credentials cannot be opened waits before they are
+/// read again.
+const UNREADABLE_CREDENTIALS_RETRY: Duration = Duration::from_secs(30);
 
 /// Counter: session folders saved, by `server`.
 pub const STATE_SYNCS: &str = "trekker_bot_state_syncs_total";
@@ -257,6 +261,8 @@ pub struct Supervisor {
     running: usize,
     /// The same count, shared with the node's load report.
     running_shared: Arc<AtomicUsize>,
+    /// Where the time of the last lease renewal goes (the node's heartbeat).
+    renewal_stamp: Option<Arc<AtomicI64>>,
     /// Start tokens for bots that arrived by a move, and when they were counted.
     arrival_tokens: f64,
     arrivals_at: Instant,
@@ -316,12 +322,21 @@ impl Supervisor {
             at_capacity_logged: false,
             running: 0,
             running_shared: Arc::new(AtomicUsize::new(0)),
+            renewal_stamp: None,
             arrival_tokens: 1.0,
             arrivals_at: Instant::now(),
             starts_pending: true,
             session: None,
             stops: tokio::task::JoinSet::new(),
         }
+    }
+
+    /// Writes the time (epoch ms) of each lease renewal to `stamp`: a
+    /// renewal is also the node's heartbeat, so the heartbeat loop need not
+    /// write again (see `trekker_app::liveness`).
+    pub fn with_renewal_stamp(mut self, stamp: Arc<AtomicI64>) -> Self {
+        self.renewal_stamp = Some(stamp);
+        self
     }
 
     /// Keeps the count of running bots in `counter` too (the node's load report).
@@ -410,6 +425,9 @@ impl Supervisor {
         match self.store.renew_node_lease(&lease, now, lease_ms).await {
             Ok(true) => {
                 self.last_renewed = Some(Instant::now());
+                if let Some(stamp) = &self.renewal_stamp {
+                    stamp.store(now, Ordering::Relaxed);
+                }
                 true
             }
             Ok(false) => {
@@ -659,11 +677,18 @@ impl Supervisor {
             Ok(Ok(Some(found))) => found,
             Ok(Ok(None)) => return,
             Ok(Err(err)) => {
-                tracing::warn!(bot = %bot.id, error = ?err, "cannot load credentials");
+                // Unreadable credentials (another key, corrupt) stay so until an
+                // operator acts: asked again at every tick, a thousand such bots
+                // cost the database thousands of reads a second (issue 22).
+                tracing::warn!(bot = %bot.id, error = ?err, "cannot load credentials; trying again later");
+                let retry_at = Instant::now() + UNREADABLE_CREDENTIALS_RETRY;
+                self.bots.entry(bot.id.clone()).or_insert_with(Managed::new).restart_at = Some(retry_at);
                 return;
             }
             Err(_) => {
                 tracing::warn!(bot = %bot.id, "credentials not read in time");
+                let retry_at = Instant::now() + self.tuning.poll_every;
+                self.bots.entry(bot.id.clone()).or_insert_with(Managed::new).restart_at = Some(retry_at);
                 return;
             }
         };

@@ -67,6 +67,10 @@ struct StoreState {
     full_reads: usize,
     renewals: usize,
     exits: Vec<(BotId, BotExit)>,
+    /// Bots whose credentials cannot be opened (another key), and how
+    /// often any bot's credentials were read.
+    unreadable: HashSet<BotId>,
+    credential_reads: usize,
 }
 
 impl StoreState {
@@ -209,7 +213,11 @@ impl RuntimeStore for FakeStore {
     }
 
     async fn load_credentials(&self, id: &BotId) -> Result<Option<(Credentials, i64)>, StoreError> {
-        let state = self.state.lock().unwrap();
+        let mut state = self.state.lock().unwrap();
+        state.credential_reads += 1;
+        if state.unreadable.contains(id) {
+            return Err(StoreError::Decrypt);
+        }
         Ok(state
             .bots
             .iter()
@@ -759,5 +767,22 @@ async fn without_renewals_for_half_a_lease_every_bot_stops() {
     store.state.lock().unwrap().renewal_fails = false;
     let_time_pass(Duration::from_secs(2)).await;
     assert_eq!(driver.running().len(), 2);
+    supervisor.stop().await;
+}
+
+/// Credentials that cannot be opened stay so until an operator acts: the
+/// bot is tried again every 30 s, not at every tick (a thousand such bots
+/// once cost the database thousands of reads a second), and the others run.
+#[tokio::test(start_paused = true)]
+async fn unreadable_credentials_are_read_again_rarely() {
+    let store = FakeStore::with_bots(2);
+    store.state.lock().unwrap().unreadable.insert(bot_id(1));
+    let driver = Arc::new(FakeDriver::default());
+    let supervisor = spawn(&store, &driver, 100, tuning());
+    let_time_pass(Duration::from_secs(60)).await;
+    let reads = store.state.lock().unwrap().credential_reads;
+    // Bot 2 once; bot 1 at 0, 30 and 60 s at most.
+    assert!(reads <= 4, "{reads} credential reads in a minute");
+    assert_eq!(driver.all_starts(), 1, "the readable bot runs");
     supervisor.stop().await;
 }

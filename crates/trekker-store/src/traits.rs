@@ -380,8 +380,10 @@ pub trait RuntimeStore: Send + Sync + 'static {
     async fn start_node_lease(&self, node: &ServerName, now: Millis, lease_ms: i64) -> Result<NodeLease, StoreError>;
 
     /// Extends the lease until `now + lease_ms`, only if it is still this
-    /// epoch's and has not run out. False: the node lost its bots (another
-    /// node may have taken them) and must stop them and start a new lease.
+    /// epoch's and has not run out, and stamps the node's heartbeat with
+    /// `now` (a node that holds its lease is alive: one write, not two).
+    /// False: the node lost its bots (another node may have taken them) and
+    /// must stop them and start a new lease.
     async fn renew_node_lease(&self, lease: &NodeLease, now: Millis, lease_ms: i64) -> Result<bool, StoreError>;
 
     /// The approved bots `node` hosts, in full, with a change cursor taken

@@ -996,6 +996,8 @@ async fn node_leases_fence_runners(f: Fixture) {
     assert!(s.acquire_bot(&bot.id, &a1, 1, NOW).await.unwrap());
     assert!(s.acquire_bot(&bot.id, &a1, 1, NOW + 1).await.unwrap(), "re-entrant for the runner");
     assert!(s.renew_node_lease(&a1, NOW + 10_000, lease_ms).await.unwrap());
+    let stamped = s.get_server(&a).await.unwrap().unwrap().last_heartbeat;
+    assert_eq!(stamped, Some(NOW + 10_000), "a renewal is the node's heartbeat too");
 
     // The bot moves to SERVER1: B waits while A's lease lives, however
     // often it renews, and takes the bot once the lease has run out.
@@ -1007,6 +1009,8 @@ async fn node_leases_fence_runners(f: Fixture) {
     // A stalled past its lease: it cannot renew it, release or report on
     // the bot B runs now.
     assert!(!s.renew_node_lease(&a1, NOW + 40_002, lease_ms).await.unwrap(), "a lease that ran out stays over");
+    let stamped = s.get_server(&a).await.unwrap().unwrap().last_heartbeat;
+    assert_eq!(stamped, Some(NOW + 10_000), "a lost lease stamps nothing");
     s.release_bot(&bot.id, &a1).await.unwrap();
     let report = |runner: &NodeLease, version| RuntimeReport {
         bot_id: bot.id.clone(),

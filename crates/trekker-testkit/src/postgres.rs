@@ -204,11 +204,16 @@ fn start_server_at() -> Result<(String, PathBuf, PathBuf), String> {
         "--no-instructions",
     ]))?;
     let port = free_port()?;
-    let options = format!(
+    let mut options = format!(
         "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
          -c full_page_writes=off -c max_connections=400",
         dir.display()
     );
+    // The benchmarks read each statement's database time from it
+    // (docs/benchmarks.md); a server without the contrib module runs without.
+    if has_pg_stat_statements(&bin_dir) {
+        options.push_str(" -c shared_preload_libraries=pg_stat_statements");
+    }
     run(pg_command(as_root, &bin_dir, "pg_ctl")
         .arg("-w")
         .arg("-D")
@@ -220,6 +225,13 @@ fn start_server_at() -> Result<(String, PathBuf, PathBuf), String> {
         .arg("start"))?;
     spawn_watchdog(as_root, &bin_dir, &dir, &data)?;
     Ok((format!("postgres://postgres@127.0.0.1:{port}"), bin_dir, data))
+}
+
+/// Whether the server's library folder has `pg_stat_statements`.
+fn has_pg_stat_statements(bin_dir: &Path) -> bool {
+    // `initdb` may be a link on PATH into the versioned folder.
+    let Ok(initdb) = std::fs::canonicalize(bin_dir.join("initdb")) else { return false };
+    initdb.parent().and_then(Path::parent).is_some_and(|dir| dir.join("lib").join("pg_stat_statements.so").is_file())
 }
 
 /// Stops the server and removes its folder once this process is gone.

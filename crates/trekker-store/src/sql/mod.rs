@@ -16,6 +16,7 @@ mod sqlite;
 use pool::DbPool;
 pub use pool::{DbSettings, Pooler};
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,11 +57,14 @@ impl Backend {
 pub struct SqlStore<DB: sqlx::Database> {
     pool: DbPool<DB>,
     cipher: Arc<CredentialCipher>,
+    /// Duties held by another node, and until when, as last read: no need
+    /// to ask before then (see `hold_duty`).
+    others_duties: Arc<std::sync::Mutex<HashMap<String, (String, i64)>>>,
 }
 
 impl<DB: sqlx::Database> Clone for SqlStore<DB> {
     fn clone(&self) -> Self {
-        Self { pool: self.pool.clone(), cipher: self.cipher.clone() }
+        Self { pool: self.pool.clone(), cipher: self.cipher.clone(), others_duties: self.others_duties.clone() }
     }
 }
 
@@ -142,7 +146,7 @@ impl SqlStore<Postgres> {
                 pool
             }
         };
-        Ok(Self { pool, cipher: Arc::new(cipher) })
+        Ok(Self { pool, cipher: Arc::new(cipher), others_duties: Arc::default() })
     }
 }
 
@@ -231,7 +235,7 @@ impl SqlStore<Sqlite> {
                 Err(err) => return Err(StoreError::Migration(err)),
             }
         }
-        Ok(Self { pool, cipher: Arc::new(cipher) })
+        Ok(Self { pool, cipher: Arc::new(cipher), others_duties: Arc::default() })
     }
 }
 

@@ -36,10 +36,11 @@ macro_rules! claim_lock {
 /// number at or above it, and none is ever running while we read.
 const CHANGE_CURSOR: &str = "SELECT (seq + 1) || ':' || (seq + 1) || ':' FROM bot_change_counter WHERE id = 1";
 
-/// The integers of the JSON array bound as `$param`, as a subquery.
-macro_rules! json_bigints {
+/// "Is one of the integers of the JSON array bound as `$param`", to
+/// follow a column.
+macro_rules! in_json_bigints {
     ($param:literal) => {
-        concat!("(SELECT value FROM json_each(", $param, "))")
+        concat!(" IN (SELECT value FROM json_each(", $param, "))")
     };
 }
 

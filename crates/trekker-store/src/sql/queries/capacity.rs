@@ -1,6 +1,8 @@
 //! [`CapacityLevelStore`] methods: each scope's capacity level, moved by
 //! compare-and-set; the move and its warning commit together.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use trekker_domain::ServerName;
 use trekker_domain::capacity::CapacityLevel;
@@ -36,6 +38,29 @@ impl CapacityLevelStore for SqlStore<Db> {
     }
 
     async fn hold_duty(&self, duty: &str, node: &ServerName, now: Millis, ttl_ms: i64) -> Result<bool, StoreError> {
+        // Most callers are not the holder: what they last read settles it
+        // until the holder's lease ends (it can only be renewed meanwhile),
+        // and a read settles it after, where the upsert would try an insert
+        // and lock the row (six times the cost; issue 22). The upsert below
+        // stays the only writer.
+        let others = |duties: &HashMap<String, (String, Millis)>| {
+            duties.get(duty).is_some_and(|(holder, until)| holder != node.as_str() && *until >= now)
+        };
+        if others(&self.others_duties.lock().unwrap_or_else(|e| e.into_inner())) {
+            return Ok(false);
+        }
+        let current: Option<(String, Millis)> =
+            super::query_as("SELECT holder, until FROM duty_leases WHERE duty = $1")
+                .bind(duty)
+                .fetch_optional(&self.pool)
+                .await?;
+        if let Some(current) = current {
+            let mut duties = self.others_duties.lock().unwrap_or_else(|e| e.into_inner());
+            duties.insert(duty.to_owned(), current);
+            if others(&duties) {
+                return Ok(false);
+            }
+        }
         let held: Option<String> = super::query_scalar(
             "INSERT INTO duty_leases (duty, holder, until) VALUES ($1, $2, $3 + $4) \
              ON CONFLICT (duty) DO UPDATE SET holder = excluded.holder, until = excluded.until \

@@ -1,6 +1,6 @@
 //! The SQL of the store, one module per aggregate, compiled once per
 //! backend (the parent module names `Db`, `BEGIN_WRITE`, `CHANGE_CURSOR`,
-//! `GENERIC_PLANS`, `lock_row!`, `claim_lock!` and `json_bigints!`).
+//! `GENERIC_PLANS`, `lock_row!`, `claim_lock!` and `in_json_bigints!`).
 //! This file holds the statements several aggregates run inside their own
 //! transactions, and the paged listing builder.
 //!
@@ -121,12 +121,11 @@ pub(super) fn newest_first(
 }
 
 /// `values` as a JSON array of integers, bound as text where a list is
-/// needed (SQLite has no arrays; see `json_bigints!`).
+/// needed (SQLite has no arrays; see `in_json_bigints!`).
 pub(super) fn json_integers(values: &[i64]) -> String {
     format!("[{}]", values.iter().map(i64::to_string).collect::<Vec<_>>().join(","))
 }
 
-/// Appends the dialect's "integers of a JSON array" subquery
 /// Whether statements are named and cached per connection: always, but
 /// never through a transaction pooler (`sql/pool.rs`).
 pub(super) fn named() -> bool {
@@ -156,10 +155,11 @@ where
     sqlx::query_scalar(sql).persistent(named())
 }
 
-/// (`json_bigints!`) with `json` bound in it.
-pub(super) fn push_json_bigints(query: &mut sqlx::QueryBuilder<Db>, json: String) {
+/// Appends the dialect's "is one of the integers of a JSON array"
+/// predicate (`in_json_bigints!`) with `json` bound in it.
+pub(super) fn push_in_json_bigints(query: &mut sqlx::QueryBuilder<Db>, json: String) {
     const BIND: &str = "$JSON";
-    let template = json_bigints!("$JSON");
+    let template = in_json_bigints!("$JSON");
     let (before, after) = template.split_once(BIND).unwrap_or((template, ""));
     query.push(before).push_bind(json).push(after);
 }

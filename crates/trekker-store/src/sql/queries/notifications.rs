@@ -14,7 +14,10 @@ use crate::traits::NotificationOutbox;
 
 /// Claims due messages (`$1` worker, `$2` now, `$3` lease, `$4` limit), with
 /// `$filter` on the candidates `n`: one statement per filter, each planned on
-/// its own.
+/// its own. Oldest due first, in the order of the due index, so the scan
+/// stops at the limit: ordered by id, every entry the index kept since the
+/// last vacuum (each message sent since) was read and sorted on every claim
+/// (2,449 pages for 29 messages after a minute of registrations; issue 22).
 macro_rules! claim_statement {
     ($filter:literal) => {
         concat!(
@@ -22,7 +25,7 @@ macro_rules! claim_statement {
              WHERE id IN (SELECT n.id FROM notification_outbox n WHERE n.status = 'pending' \
              AND n.next_attempt_at <= $2 AND (n.claimed_until IS NULL OR n.claimed_until <= $2)",
             $filter,
-            " ORDER BY n.id LIMIT $4 ",
+            " ORDER BY n.next_attempt_at, n.id LIMIT $4 ",
             claim_lock!(),
             ") RETURNING id, phone_number, message, attempts, created_at"
         )
@@ -118,8 +121,8 @@ impl NotificationOutbox for SqlStore<Db> {
         let ids = json_integers(ids);
         let done = super::query(concat!(
             "UPDATE notification_outbox SET status = 'sent', claimed_by = NULL, claimed_until = NULL, sent_at = $2 \
-             WHERE claimed_by = $1 AND status = 'pending' AND id IN ",
-            json_bigints!("$3")
+             WHERE claimed_by = $1 AND status = 'pending' AND id",
+            in_json_bigints!("$3")
         ))
         .bind(worker)
         .bind(now)
