@@ -38,23 +38,31 @@ pub struct DeviceIdentity {
     /// When WhatsApp signed this device's identity (seconds); a later
     /// pairing of the same account has a larger one.
     pub timestamp: u64,
+    /// The device's number on the account (`rawId`).
     pub raw_id: u32,
+    /// Which of the account's keys signed it (`keyIndex`).
     pub key_index: u32,
 }
 
 /// Why `creds.account` does not prove an account.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AccountError {
+    /// `…` is missing; pair the phone again.
     #[error("`{0}` is missing; pair the phone again")]
     Missing(&'static str),
+    /// `…` is not a 32-byte key.
     #[error("`{0}` is not a 32-byte key")]
     BadKey(&'static str),
+    /// `…` is not a 64-byte signature.
     #[error("`{0}` is not a 64-byte signature")]
     BadSignatureBytes(&'static str),
+    /// `account.details` is not a device identity.
     #[error("`account.details` is not a device identity")]
     BadDetails,
+    /// `account.accountSignature` does not verify: the session was not signed by this WhatsApp account.
     #[error("`account.accountSignature` does not verify: the session was not signed by this WhatsApp account")]
     AccountSignature,
+    /// `account.deviceSignature` does not verify: the device key does not match this session.
     #[error("`account.deviceSignature` does not verify: the device key does not match this session")]
     DeviceSignature,
 }
@@ -135,8 +143,11 @@ pub fn xeddsa_sign(private: &[u8; 32], message: &[u8]) -> [u8; 64] {
 /// What WhatsApp puts in a device identity when it pairs a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IdentityDetails {
+    /// The device's number on the account (`rawId`).
     pub raw_id: u32,
+    /// When WhatsApp signed the identity (seconds).
     pub timestamp: u64,
+    /// Which of the account's keys signed it (`keyIndex`).
     pub key_index: u32,
 }
 

@@ -12,11 +12,16 @@ use std::str::FromStr;
 
 use crate::UnknownVariant;
 
+/// Where a bot stands with the admins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ApprovalStatus {
+    /// Registered, waiting for an admin.
     Pending,
+    /// Approved until its expiry: it runs.
     Approved,
+    /// Rejected by an admin; its phone and slot are free.
     Rejected,
+    /// Its approval ran out.
     Expired,
 }
 
@@ -24,13 +29,17 @@ pub enum ApprovalStatus {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("a bot that is {from} cannot be {action}")]
 pub struct ApprovalTransitionError {
+    /// The status the bot had.
     pub from: ApprovalStatus,
+    /// What was asked (`approve`, `reject`, ...).
     pub action: &'static str,
 }
 
 impl ApprovalStatus {
+    /// Every status.
     pub const ALL: [ApprovalStatus; 4] = [Self::Pending, Self::Approved, Self::Rejected, Self::Expired];
 
+    /// The status as stored and sent (`pending`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
@@ -46,6 +55,15 @@ impl ApprovalStatus {
     }
 
     /// Approving is allowed from pending, expired, and approved (renewal).
+    ///
+    /// ```
+    /// use trekker_domain::ApprovalStatus;
+    ///
+    /// assert_eq!(ApprovalStatus::Pending.approve(), Ok(ApprovalStatus::Approved));
+    /// assert_eq!(ApprovalStatus::Expired.approve(), Ok(ApprovalStatus::Approved), "a renewal");
+    /// let refused = ApprovalStatus::Rejected.approve().unwrap_err();
+    /// assert_eq!(refused.from, ApprovalStatus::Rejected);
+    /// ```
     pub fn approve(self) -> Result<Self, ApprovalTransitionError> {
         match self {
             Self::Pending | Self::Approved | Self::Expired => Ok(Self::Approved),

@@ -14,6 +14,7 @@ pub const HYSTERESIS_POINTS: i64 = 5;
 /// How full a server (or the cluster) is, as far as warnings go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum CapacityLevel {
+    /// Below the warning line.
     Normal,
     /// At or past the warning line.
     Warning,
@@ -22,6 +23,7 @@ pub enum CapacityLevel {
 }
 
 impl CapacityLevel {
+    /// The level as shown (`normal`, `warning`, `full`).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Normal => "normal",
@@ -39,6 +41,7 @@ impl CapacityLevel {
         }
     }
 
+    /// The level stored as `value`, if it is one.
     pub fn from_i64(value: i64) -> Option<Self> {
         match value {
             0 => Some(Self::Normal),
@@ -51,6 +54,19 @@ impl CapacityLevel {
     /// The level of `used` of `capacity` slots for a scope now at `self`,
     /// with the warning line at `warn_percent`. No slots: nothing to warn
     /// about.
+    ///
+    /// A level moves up at its line and back down only 5 points below it,
+    /// so a server hovering at the line does not warn at every bot:
+    ///
+    /// ```
+    /// use trekker_domain::capacity::CapacityLevel;
+    ///
+    /// let level = CapacityLevel::Normal.next(80, 100, 80);
+    /// assert_eq!(level, CapacityLevel::Warning);
+    /// assert_eq!(level.next(77, 100, 80), CapacityLevel::Warning, "within the hysteresis");
+    /// assert_eq!(level.next(74, 100, 80), CapacityLevel::Normal);
+    /// assert_eq!(level.next(100, 100, 80), CapacityLevel::Full);
+    /// ```
     pub fn next(self, used: i64, capacity: i64, warn_percent: u8) -> Self {
         if capacity <= 0 {
             return Self::Normal;

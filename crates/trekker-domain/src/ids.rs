@@ -5,10 +5,13 @@ use std::fmt;
 /// Why a server name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ServerNameError {
+    /// Server name is empty.
     #[error("server name is empty")]
     Empty,
+    /// Server name is longer than 64 characters.
     #[error("server name is longer than 64 characters")]
     TooLong,
+    /// Server name may contain only letters, digits, '_' and '-'.
     #[error("server name may contain only letters, digits, '_' and '-'")]
     InvalidCharacter,
 }
@@ -33,6 +36,7 @@ impl ServerName {
         Ok(Self(trimmed.to_ascii_uppercase()))
     }
 
+    /// The name as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -61,6 +65,7 @@ pub struct BotIdError;
 pub struct BotId(String);
 
 impl BotId {
+    /// Checks a bot id: 1 to 64 letters, digits, `-` or `_`.
     pub fn parse(input: &str) -> Result<Self, BotIdError> {
         let ok = !input.is_empty()
             && input.len() <= 64
@@ -77,6 +82,7 @@ impl BotId {
         Self(format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32]))
     }
 
+    /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -5,10 +5,12 @@
 use crate::ids::ServerName;
 use crate::phone::PhoneNumber;
 
+/// The session is usable and its phone has no bot yet.
 pub fn credentials_valid_new() -> String {
     "Credentials are valid. This phone number is not registered yet and can be registered.".to_owned()
 }
 
+/// The phone's bot is on `server` (this node): registering replaces its credentials.
 pub fn credentials_valid_update(server: &ServerName) -> String {
     format!(
         "Credentials are valid. This phone number is already registered on {server}; \
@@ -16,6 +18,7 @@ pub fn credentials_valid_update(server: &ServerName) -> String {
     )
 }
 
+/// The phone's bot is on `host`: registering forwards the credentials there.
 pub fn credentials_valid_cross_server(host: &ServerName) -> String {
     format!(
         "Credentials are valid. This phone number is registered on {host}; \
@@ -23,6 +26,7 @@ pub fn credentials_valid_cross_server(host: &ServerName) -> String {
     )
 }
 
+/// The phone has a bot, but another WhatsApp account signed this session.
 pub fn credentials_valid_other_account() -> String {
     "Credentials are valid, but this phone number is registered with a session of another WhatsApp account. \
      Registering them would wait for an admin's review."
@@ -43,30 +47,37 @@ pub fn older_session() -> String {
         .to_owned()
 }
 
+/// The session belongs to another phone than the one typed.
 pub fn phone_mismatch(in_session: &PhoneNumber, given: &PhoneNumber) -> String {
     format!("Credentials phone number mismatch. The session belongs to +{in_session} but you provided +{given}.")
 }
 
+/// The registry and the bot rows disagree about `server`; an admin must repair it.
 pub fn registry_inconsistent(server: &ServerName) -> String {
     format!("Bot found in registry on {server} but not in database. Please contact support.")
 }
 
+/// The guest chose `requested`, but the phone's bot lives on `hosted_on`.
 pub fn server_mismatch(hosted_on: &ServerName, requested: &ServerName) -> String {
     format!("This phone number is registered on {hosted_on}. Cannot move to {requested}.")
 }
 
+/// `server` has no free slot.
 pub fn server_full(server: &ServerName) -> String {
     format!("Server {server} is at capacity. Choose another server or leave the choice to us.")
 }
 
+/// No server is named `server`.
 pub fn unknown_server(server: &str) -> String {
     format!("Server {server} does not exist.")
 }
 
+/// No server of the cluster has a free slot.
 pub fn all_servers_full() -> String {
     "All servers are at capacity. Please try again later or contact support.".to_owned()
 }
 
+/// Forwarding new credentials to `host` failed for `reason`.
 pub fn remote_update_failed(host: &ServerName, reason: &str) -> String {
     format!("Failed to update credentials on {host}: {reason}")
 }
@@ -154,9 +165,23 @@ pub enum GuestMessage {
     /// A finished text.
     Text(String),
     /// The bot was placed on `to` because `from` was full.
-    AutoAssigned { bot_name: String, from: ServerName, to: ServerName },
+    AutoAssigned {
+        /// The bot's display name.
+        bot_name: String,
+        /// The full server the guest registered on.
+        from: ServerName,
+        /// The server that took the bot.
+        to: ServerName,
+    },
     /// The bot was moved from `from` to `to`, its session with it.
-    Moved { bot_name: String, from: ServerName, to: ServerName },
+    Moved {
+        /// The bot's display name.
+        bot_name: String,
+        /// The server it left.
+        from: ServerName,
+        /// The server it runs on now.
+        to: ServerName,
+    },
 }
 
 impl GuestMessage {

@@ -5,12 +5,16 @@ use std::fmt;
 /// Why a phone number was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PhoneNumberError {
+    /// Phone number is empty.
     #[error("phone number is empty")]
     Empty,
+    /// Phone number may contain only digits, spaces, '-', '(', ')' and '+'.
     #[error("phone number may contain only digits, spaces, '-', '(', ')' and '+'")]
     InvalidCharacter,
+    /// Phone number must have 10 to 15 digits (got …).
     #[error("phone number must have 10 to 15 digits (got {0})")]
     WrongLength(usize),
+    /// Phone number must start with the country code, not 0.
     #[error("phone number must start with the country code, not 0")]
     LeadingZero,
 }
@@ -24,6 +28,15 @@ pub struct PhoneNumber(String);
 
 impl PhoneNumber {
     /// Normalises `input` (drops spaces, `-`, `(`, `)`, `+`) and checks it.
+    ///
+    /// ```
+    /// use trekker_domain::{PhoneNumber, PhoneNumberError};
+    ///
+    /// assert_eq!(PhoneNumber::parse("+254 (700) 000-001")?.as_str(), "254700000001");
+    /// assert_eq!(PhoneNumber::parse("0700000001"), Err(PhoneNumberError::LeadingZero));
+    /// assert_eq!(PhoneNumber::parse("12345"), Err(PhoneNumberError::WrongLength(5)));
+    /// # Ok::<(), PhoneNumberError>(())
+    /// ```
     pub fn parse(input: &str) -> Result<Self, PhoneNumberError> {
         let mut digits = String::with_capacity(input.len());
         for c in input.chars() {

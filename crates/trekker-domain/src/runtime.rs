@@ -5,6 +5,7 @@ use std::str::FromStr;
 
 use crate::UnknownVariant;
 
+/// What a bot is doing on its host, as the node reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RuntimeStatus {
     /// Not running (not approved yet, stopped, or its node is down).
@@ -20,8 +21,10 @@ pub enum RuntimeStatus {
 }
 
 impl RuntimeStatus {
+    /// Every status, in the order the console lists them.
     pub const ALL: [RuntimeStatus; 5] = [Self::Offline, Self::Loading, Self::Online, Self::Error, Self::Failed];
 
+    /// The status as stored and sent (`online`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Offline => "offline",
@@ -62,8 +65,10 @@ pub enum DesiredState {
 }
 
 impl DesiredState {
+    /// Both states.
     pub const ALL: [DesiredState; 2] = [Self::Running, Self::Stopped];
 
+    /// The state as stored and sent (`running`, `stopped`).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Running => "running",

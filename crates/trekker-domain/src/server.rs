@@ -17,8 +17,10 @@ pub enum ServerStatus {
 }
 
 impl ServerStatus {
+    /// Every status.
     pub const ALL: [ServerStatus; 3] = [Self::Active, Self::Draining, Self::Inactive];
 
+    /// The status as stored and sent (`active`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Active => "active",
@@ -50,6 +52,15 @@ pub const MISSED_BEATS_BEFORE_OFFLINE: i64 = 3;
 
 /// Whether a server whose last heartbeat was at `last_heartbeat_ms` is online
 /// at `now_ms`, given the cluster's heartbeat interval (invariant 7).
+///
+/// ```
+/// use trekker_domain::server::is_online;
+///
+/// let (interval, now) = (10_000, 1_700_000_000_000);
+/// assert!(is_online(Some(now - 30_000), now, interval), "three missed beats: still online");
+/// assert!(!is_online(Some(now - 30_001), now, interval));
+/// assert!(!is_online(None, now, interval), "never seen");
+/// ```
 pub fn is_online(last_heartbeat_ms: Option<i64>, now_ms: i64, heartbeat_interval_ms: i64) -> bool {
     match last_heartbeat_ms {
         Some(beat) => now_ms.saturating_sub(beat) <= heartbeat_interval_ms * MISSED_BEATS_BEFORE_OFFLINE,

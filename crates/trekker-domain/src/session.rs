@@ -38,16 +38,22 @@ const URL_SAFE_ANY_PADDING: GeneralPurpose = GeneralPurpose::new(&alphabet::URL_
 /// The session ID could not be decoded at all.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SessionError {
+    /// Session ID is empty.
     #[error("Session ID is empty.")]
     Empty,
+    /// Session ID is too large (the credentials may be at most 5 MiB).
     #[error("Session ID is too large (the credentials may be at most 5 MiB).")]
     TooLarge,
+    /// Session ID is not valid base64. Copy the whole session ID, including the TREKKER~ prefix.
     #[error("Session ID is not valid base64. Copy the whole session ID, including the TREKKER~ prefix.")]
     NotBase64,
+    /// Session ID does not decode to UTF-8 text.
     #[error("Session ID does not decode to UTF-8 text.")]
     NotUtf8,
+    /// Session ID does not decode to JSON.
     #[error("Session ID does not decode to JSON.")]
     NotJson,
+    /// Session ID does not decode to a JSON object.
     #[error("Session ID does not decode to a JSON object.")]
     NotObject,
 }
@@ -55,16 +61,22 @@ pub enum SessionError {
 /// The document decodes but is not usable Baileys credentials.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CredentialsError {
+    /// Invalid credentials: `…` is missing.
     #[error("Invalid credentials: `{0}` is missing.")]
     MissingField(&'static str),
+    /// Invalid credentials: `creds` must be a JSON object.
     #[error("Invalid credentials: `creds` must be a JSON object.")]
     CredsNotObject,
+    /// Invalid credentials: `me.id` is missing; pair the phone again.
     #[error("Invalid credentials: `me.id` is missing; pair the phone again.")]
     MissingMeId,
+    /// Invalid credentials: `me.id` does not hold a valid phone number.
     #[error("Invalid credentials: `me.id` does not hold a valid phone number.")]
     BadMeId,
+    /// Invalid credentials: the credentials are larger than 5 MiB.
     #[error("Invalid credentials: the credentials are larger than 5 MiB.")]
     TooLarge,
+    /// Invalid credentials: not valid JSON.
     #[error("Invalid credentials: not valid JSON.")]
     NotJson,
     /// `creds.account` does not prove which WhatsApp account paired the
@@ -76,8 +88,10 @@ pub enum CredentialsError {
 /// Either failure of [`Credentials::from_session_id`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SessionIdError {
+    /// The session ID itself could not be read.
     #[error(transparent)]
     Session(#[from] SessionError),
+    /// It decoded, but the credentials in it are not usable.
     #[error(transparent)]
     Credentials(#[from] CredentialsError),
 }

@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// A source of the current time in epoch milliseconds. Everything that
 /// needs "now" gets one, so tests drive time instead of sleeping.
 pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// Now, in milliseconds since the Unix epoch.
     fn now_ms(&self) -> i64;
 }
 
@@ -29,10 +30,12 @@ impl Clock for SystemClock {
 pub struct ManualClock(AtomicI64);
 
 impl ManualClock {
+    /// A clock stopped at `now_ms` (epoch milliseconds).
     pub fn new(now_ms: i64) -> Self {
         Self(AtomicI64::new(now_ms))
     }
 
+    /// Moves the clock to `now_ms`.
     pub fn set(&self, now_ms: i64) {
         self.0.store(now_ms, Ordering::SeqCst);
     }

@@ -11,12 +11,19 @@ use crate::phone::PhoneNumber;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ValidationResult {
+    /// Whether the session can be registered.
     pub is_valid: bool,
+    /// What the guest reads: why not, or what registering will do.
     pub message: String,
+    /// The phone the session belongs to, when it could be read.
     pub phone_number: Option<String>,
+    /// Whether the phone has a bot already.
     pub already_registered: bool,
+    /// Whether registering forwards the credentials to another node.
     pub cross_server_update: bool,
+    /// The server hosting the phone's bot, when the guest may be told.
     pub target_server: Option<String>,
+    /// The phone's bot, when the guest may be told.
     pub bot_id: Option<String>,
 }
 

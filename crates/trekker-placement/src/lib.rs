@@ -5,6 +5,81 @@
 //! The policy only proposes; the store's atomic reservation decides. When
 //! the first choice filled up in the meantime, the caller tries the next.
 //! [`rebalance`] is the balancer's policy (REBALANCE=on), pure in the same way.
+//!
+//! - [`Candidate`]: what placement knows of a server (slots, status, last
+//!   heartbeat, load).
+//! - [`PlacementPolicy`]: the trait a node ranks with; [`MostFreeSlots`] is
+//!   the default.
+//! - [`Liveness`]: when the ranking is made, so an offline server is never
+//!   proposed.
+//!
+//! # The default policy
+//!
+//! ```
+//! use trekker_domain::{ServerName, ServerStatus};
+//! use trekker_placement::{Candidate, Liveness, MostFreeSlots, PlacementPolicy};
+//!
+//! let now_ms = 1_700_000_000_000;
+//! let server = |name: &str, max: i64, used: i64| Candidate {
+//!     name: ServerName::parse(name).unwrap(),
+//!     max_bot_count: max,
+//!     current_bot_count: used,
+//!     status: ServerStatus::Active,
+//!     last_heartbeat: Some(now_ms),
+//!     memory_available_bytes: None,
+//!     cpu_percent: None,
+//! };
+//! let mut draining = server("SERVER3", 50, 0);
+//! draining.status = ServerStatus::Draining;
+//! let servers = [server("SERVER1", 10, 9), server("SERVER2", 10, 2), draining, server("FULL", 5, 5)];
+//! let liveness = Liveness { now_ms, heartbeat_interval_ms: 10_000 };
+//! let ranked = MostFreeSlots::default().rank(&servers, liveness);
+//! // Most free slots first; draining and full servers are never proposed.
+//! assert_eq!(ranked, [ServerName::parse("SERVER2")?, ServerName::parse("SERVER1")?]);
+//! # Ok::<(), trekker_domain::ServerNameError>(())
+//! ```
+//!
+//! # A policy of your own
+//!
+//! Any `Send + Sync + Debug` type can rank; a node takes it as an
+//! `Arc<dyn PlacementPolicy>`. This one keeps bots together: the fullest
+//! server that still has room first (`examples/custom_placement.rs` tests
+//! one against the store's mocks).
+//!
+//! ```
+//! use trekker_domain::{ServerName, ServerStatus};
+//! use trekker_placement::{Candidate, Liveness, PlacementPolicy};
+//!
+//! #[derive(Debug)]
+//! struct Pack;
+//!
+//! impl PlacementPolicy for Pack {
+//!     fn rank(&self, servers: &[Candidate], liveness: Liveness) -> Vec<ServerName> {
+//!         let mut open: Vec<&Candidate> = servers
+//!             .iter()
+//!             .filter(|s| s.status == ServerStatus::Active && s.free_slots() > 0 && liveness.is_online(s))
+//!             .collect();
+//!         open.sort_by_key(|s| (s.free_slots(), s.name.clone()));
+//!         open.into_iter().map(|s| s.name.clone()).collect()
+//!     }
+//! }
+//!
+//! let now_ms = 1_700_000_000_000;
+//! let server = |name: &str, used: i64| Candidate {
+//!     name: ServerName::parse(name).unwrap(),
+//!     max_bot_count: 10,
+//!     current_bot_count: used,
+//!     status: ServerStatus::Active,
+//!     last_heartbeat: Some(now_ms),
+//!     memory_available_bytes: None,
+//!     cpu_percent: None,
+//! };
+//! let liveness = Liveness { now_ms, heartbeat_interval_ms: 10_000 };
+//! let ranked = Pack.rank(&[server("A", 2), server("B", 8)], liveness);
+//! assert_eq!(ranked[0].as_str(), "B");
+//! ```
+
+#![warn(missing_docs)]
 
 use trekker_domain::server::is_online;
 use trekker_domain::{ServerName, ServerStatus};
@@ -12,10 +87,15 @@ use trekker_domain::{ServerName, ServerStatus};
 /// What placement needs to know about a server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
+    /// The server.
     pub name: ServerName,
+    /// Its slots.
     pub max_bot_count: i64,
+    /// Slots in use.
     pub current_bot_count: i64,
+    /// Whether it takes new bots (`active`).
     pub status: ServerStatus,
+    /// Its last heartbeat (epoch ms); none: never seen.
     pub last_heartbeat: Option<i64>,
     /// Memory the server's machine can still give, as of its last beat;
     /// none before its first load report (then not held against it).
@@ -25,6 +105,7 @@ pub struct Candidate {
 }
 
 impl Candidate {
+    /// Slots left (never negative).
     pub fn free_slots(&self) -> i64 {
         (self.max_bot_count - self.current_bot_count).max(0)
     }
@@ -43,11 +124,14 @@ impl Candidate {
 /// When the ranking is made, and how fresh a heartbeat must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Liveness {
+    /// Now, epoch milliseconds.
     pub now_ms: i64,
+    /// The cluster's heartbeat interval: three missed beats is offline.
     pub heartbeat_interval_ms: i64,
 }
 
 impl Liveness {
+    /// Whether `candidate` beat recently enough to be online now.
     pub fn is_online(&self, candidate: &Candidate) -> bool {
         is_online(candidate.last_heartbeat, self.now_ms, self.heartbeat_interval_ms)
     }
@@ -55,6 +139,7 @@ impl Liveness {
 
 /// Orders the servers that may take a new bot, best first.
 pub trait PlacementPolicy: Send + Sync + std::fmt::Debug {
+    /// The servers of `servers` that may take a new bot, best first.
     fn rank(&self, servers: &[Candidate], liveness: Liveness) -> Vec<ServerName>;
 }
 
@@ -99,7 +184,9 @@ impl PlacementPolicy for MostFreeSlots {
 /// never makes the target a source, so bots do not bounce back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Balance {
+    /// Points above the mean a source must be.
     pub above: i64,
+    /// Points below the mean a target must be.
     pub below: i64,
     /// Moves one pass proposes at most ("a few at a time").
     pub max_moves: usize,
@@ -114,6 +201,28 @@ impl Default for Balance {
 /// The balancer's proposal: moves of one bot each, `(from, to)`, among
 /// active, online servers; the target must be eligible for placement under
 /// `placement`. Empty when the fleet is within its bands.
+///
+/// ```
+/// use trekker_domain::{ServerName, ServerStatus};
+/// use trekker_placement::{rebalance, Balance, Candidate, Liveness, MostFreeSlots};
+///
+/// let now_ms = 1_700_000_000_000;
+/// let server = |name: &str, used: i64| Candidate {
+///     name: ServerName::parse(name).unwrap(),
+///     max_bot_count: 100,
+///     current_bot_count: used,
+///     status: ServerStatus::Active,
+///     last_heartbeat: Some(now_ms),
+///     memory_available_bytes: None,
+///     cpu_percent: None,
+/// };
+/// let fleet = [server("BUSY", 90), server("IDLE", 10)];
+/// let liveness = Liveness { now_ms, heartbeat_interval_ms: 10_000 };
+/// let moves = rebalance(&fleet, liveness, &MostFreeSlots::default(), Balance::default());
+/// // A few at a time, from the fullest to the emptiest.
+/// assert_eq!(moves.len(), 4);
+/// assert!(moves.iter().all(|(from, to)| from.as_str() == "BUSY" && to.as_str() == "IDLE"));
+/// ```
 pub fn rebalance(
     servers: &[Candidate],
     liveness: Liveness,

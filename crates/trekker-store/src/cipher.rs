@@ -22,8 +22,11 @@ pub const KEY_LEN: usize = 32;
 /// A sealed secret as it is stored.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Sealed {
+    /// The encrypted bytes and their tag.
     pub ciphertext: Vec<u8>,
+    /// The 12-byte nonce, random per seal.
     pub nonce: Vec<u8>,
+    /// Which key sealed it (a digest of the key, never the key).
     pub key_id: String,
 }
 
@@ -49,6 +52,7 @@ impl fmt::Debug for CredentialCipher {
 }
 
 impl CredentialCipher {
+    /// A cipher with `key` (AES-256-GCM).
     pub fn new(key: &[u8; KEY_LEN]) -> Self {
         let digest = ring::digest::digest(&ring::digest::SHA256, key);
         let key_id = digest.as_ref()[..4].iter().map(|b| format!("{b:02x}")).collect();
@@ -78,8 +82,6 @@ impl CredentialCipher {
         Ok(Self::new(&key))
     }
 
-    /// Reads the key file at `path`, or creates it (mode 0600) with a new
-    /// random key. Used beside a SQLite database when no key is configured.
     /// Loads the key of an existing key file; never creates one.
     pub fn load_key_file(path: &Path) -> Result<Self, StoreError> {
         let text = std::fs::read_to_string(path)
@@ -88,6 +90,8 @@ impl CredentialCipher {
             .map_err(|_| StoreError::Config(format!("key file {} does not hold a 32-byte base64 key", path.display())))
     }
 
+    /// Reads the key file at `path`, or creates it (mode 0600) with a new
+    /// random key. Used beside a SQLite database when no key is configured.
     pub fn load_or_create_key_file(path: &Path) -> Result<Self, StoreError> {
         match std::fs::read_to_string(path) {
             Ok(text) => Self::from_base64(&text).map_err(|_| {
@@ -104,11 +108,26 @@ impl CredentialCipher {
         }
     }
 
+    /// The key's id, stored beside what it sealed.
     pub fn key_id(&self) -> &str {
         &self.key_id
     }
 
     /// Encrypts `plaintext`, bound to `row_id`.
+    ///
+    /// What is sealed for one row opens only for that row, and only with
+    /// the same key:
+    ///
+    /// ```
+    /// use trekker_store::{CredentialCipher, KEY_LEN};
+    ///
+    /// let cipher = CredentialCipher::new(&[1; KEY_LEN]);
+    /// let sealed = cipher.seal("bot-1", b"{\"creds\": 1}")?;
+    /// assert_eq!(cipher.open("bot-1", &sealed)?, b"{\"creds\": 1}");
+    /// assert!(cipher.open("bot-2", &sealed).is_err(), "bound to its row");
+    /// assert!(CredentialCipher::new(&[2; KEY_LEN]).open("bot-1", &sealed).is_err());
+    /// # Ok::<(), trekker_store::StoreError>(())
+    /// ```
     pub fn seal(&self, row_id: &str, plaintext: &[u8]) -> Result<Sealed, StoreError> {
         let mut nonce = [0u8; NONCE_LEN];
         self.rng.fill(&mut nonce).map_err(|_| StoreError::Config("no system randomness".into()))?;

@@ -6,24 +6,46 @@
 
 use trekker_domain::{ApprovalTransitionError, BotId, ServerName, ServerStatus};
 
+/// What a store operation can fail with; the node maps each to one HTTP answer.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// Server … is not registered.
     #[error("server {0} is not registered")]
     UnknownServer(ServerName),
+    /// Server … has no free slot.
     #[error("server {0} has no free slot")]
     ServerFull(ServerName),
+    /// Server … is … and takes no new bots.
     #[error("server {server} is {status} and takes no new bots")]
-    ServerNotAccepting { server: ServerName, status: ServerStatus },
+    ServerNotAccepting {
+        /// The server.
+        server: ServerName,
+        /// Its status (draining or inactive).
+        status: ServerStatus,
+    },
+    /// The phone number is already registered on ….
     #[error("the phone number is already registered on {server}")]
-    PhoneTaken { server: ServerName, bot_id: BotId },
+    PhoneTaken {
+        /// The server hosting the phone's bot.
+        server: ServerName,
+        /// That bot.
+        bot_id: BotId,
+    },
+    /// The phone number changed hands repeatedly while it was being registered.
     #[error("the phone number changed hands repeatedly while it was being registered")]
     Contended,
+    /// Bot not found.
     #[error("bot not found")]
     BotNotFound,
+    /// Pairing request not found.
     #[error("pairing request not found")]
     PairingNotFound,
+    /// A newer credentials version (…) is already stored.
     #[error("a newer credentials version ({current}) is already stored")]
-    StaleVersion { current: i64 },
+    StaleVersion {
+        /// The version stored now.
+        current: i64,
+    },
     /// The credentials are signed by another WhatsApp account than the one
     /// pinned for the bot (invariant 8); nothing was written.
     #[error("the session is signed by another WhatsApp account")]
@@ -31,6 +53,7 @@ pub enum StoreError {
     /// Same account, but an older pairing than the stored one.
     #[error("a newer session of this WhatsApp account is already stored")]
     OlderSession,
+    /// Credential review not found or already decided.
     #[error("credential review not found or already decided")]
     ReviewNotFound,
     /// The change does not fit the bot's state (e.g. a move to its own
@@ -40,18 +63,25 @@ pub enum StoreError {
     /// The target took MOVES_PER_MIN moves within the last minute.
     #[error("server {0} takes no more moved bots this minute")]
     Paced(ServerName),
+    /// The bot's approval status does not allow the change.
     #[error(transparent)]
     Transition(#[from] ApprovalTransitionError),
+    /// Invalid value: ….
     #[error("invalid value: {0}")]
     InvalidInput(String),
+    /// Stored data is not valid: ….
     #[error("stored data is not valid: {0}")]
     Corrupt(String),
+    /// Stored credentials could not be decrypted.
     #[error("stored credentials could not be decrypted")]
     Decrypt,
+    /// Store configuration: ….
     #[error("store configuration: {0}")]
     Config(String),
+    /// Database migration failed.
     #[error("database migration failed")]
     Migration(#[source] sqlx::migrate::MigrateError),
+    /// Database error.
     #[error("database error")]
     Database(#[source] sqlx::Error),
 }

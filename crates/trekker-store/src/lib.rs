@@ -12,6 +12,56 @@
 //! in one transaction, and state changes write their audit activity and
 //! guest notification in that same transaction. Credentials are sealed with
 //! [`CredentialCipher`] before they reach a row.
+//!
+//! The traits are narrow on purpose: a use case asks for the one it needs
+//! ([`ServerStore`], [`BotStore`], [`RuntimeStore`], ...), so its unit tests
+//! mock only that. With the `mock` feature every trait has a mockall mock
+//! (`MockServerStore`, `MockBotStore`, ...).
+//!
+//! # A store on the embedded backend
+//!
+//! ```
+//! use trekker_domain::ServerName;
+//! use trekker_store::{CredentialCipher, ServerRegistration, StoreError, KEY_LEN};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let folder = tempfile::tempdir()?;
+//! let url = format!("sqlite://{}", folder.path().join("trekker.db").display());
+//! // A key of your own in production (CREDENTIALS_KEY_FILE); never this one.
+//! let cipher = CredentialCipher::new(&[7; KEY_LEN]);
+//! let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+//! runtime.block_on(async {
+//!     let store = trekker_store::connect(&url, cipher).await?;
+//!     let name = ServerName::parse("SERVER0").expect("a valid name");
+//!     let registration =
+//!         ServerRegistration { name: name.clone(), max_bot_count: 50, base_url: None, description: None };
+//!     store.upsert_server(&registration, 1_700_000_000_000).await?;
+//!     let server = store.get_server(&name).await?.expect("just written");
+//!     assert_eq!((server.max_bot_count, server.current_bot_count), (50, 0));
+//!     Ok::<(), StoreError>(())
+//! })?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Mocking one trait
+//!
+//! ```
+//! # #[cfg(feature = "mock")]
+//! # {
+//! use trekker_domain::ServerName;
+//! use trekker_store::{MockServerStore, ServerStore, StoreError};
+//!
+//! let mut servers = MockServerStore::new();
+//! servers.expect_get_server().returning(|_| Ok(None));
+//! let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+//! let found = runtime.block_on(servers.get_server(&ServerName::parse("NOWHERE").unwrap()));
+//! assert!(matches!(found, Ok(None)));
+//! # let _: Option<StoreError> = None;
+//! # }
+//! ```
+
+#![warn(missing_docs)]
 
 mod cipher;
 mod error;

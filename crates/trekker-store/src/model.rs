@@ -11,22 +11,32 @@ pub type Millis = i64;
 /// What a node writes about itself at start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerRegistration {
+    /// The server (SERVER_NAME).
     pub name: ServerName,
+    /// Its slots (MAX_BOT_COUNT).
     pub max_bot_count: i64,
+    /// Where other nodes reach it (PUBLIC_URL); none: not reachable.
     pub base_url: Option<String>,
+    /// Shown in the console.
     pub description: Option<String>,
 }
 
 /// A server's row in `server_registry`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerSnapshot {
+    /// The server.
     pub name: ServerName,
+    /// Its slots.
     pub max_bot_count: i64,
     /// Slot-occupying bots on it (all approval states but rejected).
     pub current_bot_count: i64,
+    /// Whether it takes new bots.
     pub status: ServerStatus,
+    /// Where other nodes reach it.
     pub base_url: Option<String>,
+    /// Its node's last heartbeat; none: never seen.
     pub last_heartbeat: Option<Millis>,
+    /// Shown in the console.
     pub description: Option<String>,
     /// The node's load as of its last heartbeat; none before the first.
     pub load: Option<ServerLoad>,
@@ -48,6 +58,7 @@ pub struct ServerLoad {
 /// An evacuation under way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Evacuation {
+    /// When it was asked for.
     pub started_at: Millis,
     /// Bots the last pass could place nowhere (they stay, counted).
     pub stuck: i64,
@@ -64,36 +75,57 @@ impl ServerSnapshot {
 /// An admin's change to a server.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServerPatch {
+    /// New slots; none: unchanged.
     pub max_bot_count: Option<i64>,
+    /// New status; none: unchanged.
     pub status: Option<ServerStatus>,
 }
 
 /// A row of `god_register`: which server hosts a phone's bot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegistryEntry {
+    /// The phone.
     pub phone: PhoneNumber,
+    /// The server hosting its bot.
     pub server: ServerName,
+    /// Its bot.
     pub bot_id: BotId,
+    /// When the phone was registered.
     pub registered_at: Millis,
 }
 
 /// A bot as admins and use cases see it: everything but the credentials.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BotRecord {
+    /// The bot.
     pub id: BotId,
+    /// Its display name.
     pub name: String,
+    /// Its WhatsApp phone.
     pub phone: PhoneNumber,
+    /// The server hosting it.
     pub server: ServerName,
+    /// Where it stands with the admins.
     pub approval: ApprovalStatus,
+    /// What it is doing, as its host last reported.
     pub status: RuntimeStatus,
+    /// Its credentials' version (1, then one more per update).
     pub credentials_version: i64,
+    /// When its credentials were last written.
     pub credentials_updated_at: Millis,
+    /// When it was approved.
     pub approval_date: Option<Millis>,
+    /// When its approval ends.
     pub expires_at: Option<Millis>,
+    /// Why its credentials stopped working, if they did.
     pub invalid_reason: Option<String>,
+    /// Restarts after crashes since its last good run.
     pub restarts: i64,
+    /// Why it last failed.
     pub last_error: Option<String>,
+    /// When it was registered.
     pub created_at: Millis,
+    /// When its row last changed.
     pub updated_at: Millis,
     /// The WhatsApp account that signed its credentials (invariant 8);
     /// `None` for a bot registered before ownership was recorded.
@@ -111,10 +143,15 @@ pub struct BotRecord {
 /// A new bot to place on `server`.
 #[derive(Debug, Clone)]
 pub struct NewBot {
+    /// The new bot's id.
     pub id: BotId,
+    /// Its display name.
     pub name: String,
+    /// Its phone (the credentials' own).
     pub phone: PhoneNumber,
+    /// The server to reserve a slot on.
     pub server: ServerName,
+    /// Its checked credentials (sealed before they are written).
     pub credentials: trekker_domain::Credentials,
     /// At most this share (percent) of the server's slots may hold bots
     /// waiting for approval (PENDING_MAX_PERCENT); 100 = no cap.
@@ -124,6 +161,7 @@ pub struct NewBot {
 /// A successful registration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registered {
+    /// The bot as written.
     pub bot: BotRecord,
     /// Free slots on the bot's server right after this registration.
     pub free_slots_after: i64,
@@ -142,8 +180,11 @@ pub enum VersionRule {
 /// Filters and page of the admin bot list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BotFilter {
+    /// Only bots of this server.
     pub server: Option<ServerName>,
+    /// Only bots in this approval status.
     pub approval: Option<ApprovalStatus>,
+    /// Only bots in this runtime status.
     pub status: Option<RuntimeStatus>,
     /// Continue after this bot (keyset paging: newest first, then by id).
     pub after: Option<BotCursor>,
@@ -159,14 +200,18 @@ pub const DEFAULT_PAGE: i64 = 100;
 /// Where a page of bots ends: the last bot's creation time and id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BotCursor {
+    /// The last bot shown's registration time.
     pub created_at: Millis,
+    /// The last bot shown (ties on time).
     pub id: BotId,
 }
 
 /// One page of bots, and where the next one starts (none on the last).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BotPage {
+    /// The bots of this page, newest first.
     pub bots: Vec<BotRecord>,
+    /// Where the next page starts; none: this is the last.
     pub next: Option<BotCursor>,
 }
 
@@ -174,7 +219,9 @@ pub struct BotPage {
 /// continues it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ActivityPage {
+    /// The activities of this page, newest first.
     pub activities: Vec<Activity>,
+    /// The id the next page starts below; none: this is the last.
     pub next: Option<i64>,
 }
 
@@ -183,7 +230,9 @@ pub struct ActivityPage {
 pub struct NewActivity {
     /// The node that did it.
     pub server: ServerName,
+    /// The bot it concerns, if any.
     pub bot_id: Option<BotId>,
+    /// The phone it concerns, if any.
     pub phone: Option<PhoneNumber>,
     /// A short stable verb, e.g. `registered`, `auto_assigned`, `approved`.
     pub action: String,
@@ -191,10 +240,12 @@ pub struct NewActivity {
     pub details: String,
     /// The other node, for cross-server work.
     pub remote_tenancy: Option<ServerName>,
+    /// The bot on the other server, for cross-server steps.
     pub remote_bot_id: Option<String>,
 }
 
 impl NewActivity {
+    /// An activity `action` recorded by `server`, with `details` for people.
     pub fn new(server: &ServerName, action: &str, details: impl Into<String>) -> Self {
         Self {
             server: server.clone(),
@@ -207,12 +258,14 @@ impl NewActivity {
         }
     }
 
+    /// About bot `bot_id` of `phone`.
     pub fn for_bot(mut self, bot_id: &BotId, phone: &PhoneNumber) -> Self {
         self.bot_id = Some(bot_id.clone());
         self.phone = Some(phone.clone());
         self
     }
 
+    /// A step of a cross-server update with `tenancy` (and its bot).
     pub fn with_remote(mut self, tenancy: &ServerName, bot_id: Option<&BotId>) -> Self {
         self.remote_tenancy = Some(tenancy.clone());
         self.remote_bot_id = bot_id.map(|id| id.as_str().to_owned());
@@ -223,36 +276,51 @@ impl NewActivity {
 /// A stored activity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Activity {
+    /// Its number (increasing).
     pub id: i64,
+    /// When it happened.
     pub occurred_at: Millis,
+    /// The node that recorded it.
     pub server: String,
+    /// The bot it concerns, if any.
     pub bot_id: Option<String>,
+    /// The phone it concerns, if any.
     pub phone: Option<String>,
+    /// What happened (`registered`, `approved`, ...).
     pub action: String,
+    /// A sentence for people.
     pub details: String,
+    /// The other server of a cross-server step.
     pub remote_tenancy: Option<String>,
+    /// The bot on that server.
     pub remote_bot_id: Option<String>,
 }
 
 /// A message to a guest, queued with the change that caused it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewNotification {
+    /// Who is told.
     pub phone: PhoneNumber,
+    /// What they are told.
     pub message: GuestMessage,
 }
 
 /// What a state change writes beside itself, in the same transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SideEffects {
+    /// The activity recorded with the change.
     pub activity: NewActivity,
+    /// The guest message queued with it, if any.
     pub notification: Option<NewNotification>,
 }
 
 impl SideEffects {
+    /// The change records `activity`, and tells no guest.
     pub fn activity(activity: NewActivity) -> Self {
         Self { activity, notification: None }
     }
 
+    /// And queues `message` for `phone`, in the same transaction.
     pub fn notify(mut self, phone: &PhoneNumber, message: impl Into<GuestMessage>) -> Self {
         self.notification = Some(NewNotification { phone: phone.clone(), message: message.into() });
         self
@@ -262,25 +330,33 @@ impl SideEffects {
 /// A notification claimed by a dispatcher.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notification {
+    /// Its number in the outbox.
     pub id: i64,
+    /// Who is told.
     pub phone: String,
+    /// What they are told.
     pub text: String,
     /// Attempts including the current one.
     pub attempts: i64,
+    /// When it was queued.
     pub created_at: Millis,
 }
 
 /// How a notification attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NotificationOutcome {
+    /// Delivered.
     Sent,
     /// Try again at `retry_at`.
     Retry {
+        /// When to try again.
         retry_at: Millis,
+        /// Why this attempt failed.
         error: String,
     },
     /// Give up for good.
     Failed {
+        /// Why the last attempt failed.
         error: String,
     },
 }
@@ -288,13 +364,18 @@ pub enum NotificationOutcome {
 /// The state of a pairing request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PairingStatus {
+    /// Waiting for the guest to enter the code.
     Pending,
+    /// Paired: the session is ready.
     Paired,
+    /// The code ran out unused.
     Expired,
+    /// Pairing failed (see its message).
     Failed,
 }
 
 impl PairingStatus {
+    /// The status as stored (`pending`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
@@ -312,23 +393,36 @@ impl PairingStatus {
 /// A new pairing request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewPairing {
+    /// The pairing request's id.
     pub id: String,
+    /// The phone being paired.
     pub phone: PhoneNumber,
+    /// The code the guest types on the phone.
     pub code: String,
+    /// When it was asked for.
     pub created_at: Millis,
+    /// When the code stops working.
     pub expires_at: Millis,
 }
 
 /// A stored pairing request. `credentials` is set once paired.
 #[derive(Debug, Clone)]
 pub struct PairingRecord {
+    /// The pairing request.
     pub id: String,
+    /// The phone being paired.
     pub phone: PhoneNumber,
+    /// The code the guest types on the phone.
     pub code: String,
+    /// Where it stands.
     pub status: PairingStatus,
+    /// The credentials once paired (opened from their sealed form).
     pub credentials: Option<trekker_domain::Credentials>,
+    /// Why it failed, if it did.
     pub message: Option<String>,
+    /// When it was asked for.
     pub created_at: Millis,
+    /// When the code stops working.
     pub expires_at: Millis,
 }
 
@@ -336,13 +430,43 @@ pub struct PairingRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inconsistency {
     /// A registry row whose bot row is missing (the phone is locked out).
-    RegistryWithoutBot { phone: String, server: String, bot_id: String },
+    RegistryWithoutBot {
+        /// The registered phone.
+        phone: String,
+        /// The server the registry names.
+        server: String,
+        /// The bot the registry names, which does not exist.
+        bot_id: String,
+    },
     /// A slot-occupying bot row with no registry row.
-    BotWithoutRegistry { bot_id: String, phone: String, server: String },
+    BotWithoutRegistry {
+        /// The bot.
+        bot_id: String,
+        /// Its phone, which the registry does not hold.
+        phone: String,
+        /// The server hosting it.
+        server: String,
+    },
     /// Registry and bot row name different servers.
-    ServerMismatch { phone: String, bot_id: String, registry_server: String, bot_server: String },
+    ServerMismatch {
+        /// The phone.
+        phone: String,
+        /// Its bot.
+        bot_id: String,
+        /// Where the registry says the bot is.
+        registry_server: String,
+        /// Where the bot row says it is.
+        bot_server: String,
+    },
     /// `current_bot_count` differs from the bots actually there.
-    CountDrift { server: String, recorded: i64, actual: i64 },
+    CountDrift {
+        /// The server.
+        server: String,
+        /// The count its row holds.
+        recorded: i64,
+        /// The bots that occupy its slots.
+        actual: i64,
+    },
 }
 
 impl Inconsistency {
@@ -364,13 +488,17 @@ impl Inconsistency {
 /// A cross-server credential update to queue for delivery to `target`.
 #[derive(Debug, Clone)]
 pub struct NewCredentialUpdate {
+    /// The update's id (its idempotency key).
     pub id: String,
+    /// The bot on the other server.
     pub bot_id: BotId,
+    /// The bot's phone.
     pub phone: PhoneNumber,
     /// The node the guest used.
     pub source: ServerName,
     /// The node hosting the bot.
     pub target: ServerName,
+    /// The new credentials (sealed before they are written).
     pub credentials: trekker_domain::Credentials,
     /// The outbox leaves it alone this long: the asking request delivers it
     /// itself first (0: the outbox may try it at once).
@@ -380,15 +508,20 @@ pub struct NewCredentialUpdate {
 /// Where a queued credential update stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutboxStatus {
+    /// Not delivered yet.
     Pending,
+    /// Applied by the target.
     Delivered,
+    /// Given up after its attempts.
     Failed,
+    /// Older than a day: given up.
     Expired,
     /// A newer update for the same bot replaced it before delivery.
     Superseded,
 }
 
 impl OutboxStatus {
+    /// The status as stored.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
@@ -399,6 +532,7 @@ impl OutboxStatus {
         }
     }
 
+    /// The status stored as `text`, if it is one.
     pub fn parse(text: &str) -> Option<Self> {
         [Self::Pending, Self::Delivered, Self::Failed, Self::Expired, Self::Superseded]
             .into_iter()
@@ -409,23 +543,34 @@ impl OutboxStatus {
 /// A queued credential update (without its credentials).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CredentialUpdate {
+    /// The update (its idempotency key).
     pub id: String,
+    /// The bot on the target server.
     pub bot_id: BotId,
+    /// The bot's phone.
     pub phone: PhoneNumber,
+    /// The node the guest re-paired on.
     pub source: ServerName,
+    /// The node hosting the bot.
     pub target: ServerName,
     /// The version the host stores these credentials under.
     pub version: i64,
+    /// Where its delivery stands.
     pub status: OutboxStatus,
+    /// Deliveries tried.
     pub attempts: i64,
+    /// Why the last one failed.
     pub last_error: Option<String>,
+    /// When it was queued.
     pub created_at: Millis,
+    /// When the target applied it.
     pub delivered_at: Option<Millis>,
 }
 
 /// One page of the cross-server outbox, newest first; `next` continues it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpdatePage {
+    /// The updates of this page.
     pub updates: Vec<CredentialUpdate>,
     /// The last update's creation time and id, when more follow.
     pub next: Option<(Millis, String)>,
@@ -434,6 +579,7 @@ pub struct UpdatePage {
 /// One page of credential reviews, newest first; `next` continues it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReviewPage {
+    /// The reviews of this page.
     pub reviews: Vec<CredentialReview>,
     /// The last review's creation time and id, when more follow.
     pub next: Option<(Millis, String)>,
@@ -442,20 +588,27 @@ pub struct ReviewPage {
 /// A claimed update, with its decrypted credentials, ready to send.
 #[derive(Debug, Clone)]
 pub struct ClaimedUpdate {
+    /// The update claimed for delivery.
     pub update: CredentialUpdate,
+    /// Its credentials, opened.
     pub credentials: trekker_domain::Credentials,
 }
 
 /// How a delivery attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeliveryOutcome {
+    /// The target applied it.
     Delivered,
+    /// Try again at `retry_at`; `error` says why not now.
     Retry {
+        /// When to try again.
         retry_at: Millis,
+        /// Why this attempt failed.
         error: String,
     },
     /// The host refused for good.
     Failed {
+        /// Why the last attempt failed.
         error: String,
     },
     /// Too old to deliver.
@@ -472,12 +625,18 @@ pub enum IdempotencyBegin {
     /// The key was used with another body.
     Mismatch,
     /// Already done: answer what was answered then.
-    Done { status: u16, body: String },
+    Done {
+        /// The HTTP status answered the first time.
+        status: u16,
+        /// The body answered the first time.
+        body: String,
+    },
 }
 
 /// What the hosting node reports about a bot it runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuntimeReport {
+    /// The bot reported on.
     pub bot_id: BotId,
     /// The reporting node and its lease; ignored unless the node hosts the
     /// bot and no other run of it (another node, or an earlier start of
@@ -485,6 +644,7 @@ pub struct RuntimeReport {
     pub runner: NodeLease,
     /// The credentials version the report is about; ignored if outdated.
     pub version: i64,
+    /// What it is doing now.
     pub status: RuntimeStatus,
     /// Added to the restart count.
     pub restarts: i64,
@@ -497,13 +657,18 @@ pub struct RuntimeReport {
 /// Why a bot moves; recorded with each move.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MoveReason {
+    /// An admin asked.
     Admin,
+    /// Its server is being emptied.
     Evacuation,
+    /// Its server was lost.
     Failover,
+    /// The balancer evened the fleet out.
     Rebalance,
 }
 
 impl MoveReason {
+    /// The reason as recorded (`admin`, `evacuation`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Admin => "admin",
@@ -519,11 +684,14 @@ impl MoveReason {
 /// rather than made twice.
 #[derive(Debug, Clone)]
 pub struct MoveRequest {
+    /// The bot to move.
     pub bot: BotId,
     /// Move only if the bot is still here (a compare-and-set): however many
     /// nodes plan the same move, it happens once.
     pub from: Option<ServerName>,
+    /// The server to move it to.
     pub to: ServerName,
+    /// Why (recorded with the move).
     pub reason: MoveReason,
     /// At most this many moves into `to` within a minute (MOVES_PER_MIN).
     pub pace_per_min: Option<i64>,
@@ -551,15 +719,20 @@ pub enum PowerAction {
 /// A bot after a move (invariant 11), and where it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MovedBot {
+    /// The bot as it is now, on its new server.
     pub bot: BotRecord,
+    /// The server it left.
     pub from: ServerName,
 }
 
 /// How a bot's run ended (`lastExit`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BotExit {
+    /// When it ended.
     pub at: Millis,
+    /// Its exit code, if it exited.
     pub code: Option<i32>,
+    /// The signal that ended it, if one did.
     pub signal: Option<i32>,
     /// Escaped and cut by the runtime (a bot's words may be in it).
     pub reason: String,
@@ -570,6 +743,7 @@ pub struct BotExit {
 /// What is recorded about a bot's exits.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BotExits {
+    /// The last exit, if any.
     pub last: Option<BotExit>,
     /// Runs killed for passing their memory limit, ever.
     pub oom_kills: i64,
@@ -579,23 +753,31 @@ pub struct BotExits {
 /// waiting for an admin (API.md, ACCOUNT_MISMATCH and credential reviews).
 #[derive(Debug, Clone)]
 pub struct NewReview {
+    /// The review's id.
     pub id: String,
+    /// The bot whose phone was re-paired.
     pub bot_id: BotId,
+    /// Its phone.
     pub phone: PhoneNumber,
+    /// The credentials held for review (sealed before they are written).
     pub credentials: trekker_domain::Credentials,
 }
 
 /// Where a credential review stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReviewStatus {
+    /// Waiting for an admin.
     Open,
+    /// The held credentials were applied.
     Approved,
+    /// The held credentials were discarded.
     Rejected,
     /// A newer change of the same bot replaced it before a decision.
     Superseded,
 }
 
 impl ReviewStatus {
+    /// The status as stored.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Open => "open",
@@ -613,14 +795,21 @@ impl ReviewStatus {
 /// A credential review (without its credentials).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CredentialReview {
+    /// The review.
     pub id: String,
+    /// The bot concerned.
     pub bot_id: BotId,
+    /// Its phone.
     pub phone: PhoneNumber,
     /// The account that signed the waiting credentials.
     pub account_key: [u8; 32],
+    /// When WhatsApp signed the held credentials' device (seconds).
     pub adv_timestamp: i64,
+    /// Where the review stands.
     pub status: ReviewStatus,
+    /// When it was opened.
     pub created_at: Millis,
+    /// When an admin decided.
     pub decided_at: Option<Millis>,
 }
 
@@ -629,7 +818,9 @@ pub struct CredentialReview {
 /// runs (invariant 4).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct NodeLease {
+    /// The node holding it.
     pub node: ServerName,
+    /// Its epoch: a restart or a lost lease starts a new one.
     pub epoch: i64,
 }
 
@@ -639,7 +830,9 @@ pub struct NodeLease {
 /// order). Exact: a quiet reader reads nothing, a late commit is not missed.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ChangeCursor {
+    /// Writes numbered at or above this are new.
     pub from: i64,
+    /// Writes of transactions still running when the cursor was taken: read again.
     pub pending: Vec<i64>,
 }
 
@@ -689,9 +882,11 @@ pub struct BotChanges {
 pub struct SessionSnapshot {
     /// Above every generation saved before for these credentials.
     pub generation: i64,
+    /// The folder as one tar archive.
     pub archive: Vec<u8>,
     /// Of the folder, before archiving.
     pub size_bytes: i64,
+    /// Files in it.
     pub file_count: i64,
 }
 
@@ -709,10 +904,15 @@ impl std::fmt::Debug for SessionSnapshot {
 /// What admins see of a bot's saved session state (never its content).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionStateInfo {
+    /// The credentials version it was saved under.
     pub credentials_version: i64,
+    /// Its save number (one more per save).
     pub generation: i64,
+    /// Its size.
     pub size_bytes: i64,
+    /// Files in it.
     pub file_count: i64,
+    /// When it was last saved.
     pub synced_at: Millis,
 }
 
@@ -724,6 +924,7 @@ pub const CLUSTER_SCOPE: &str = "*";
 /// for admins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeviceStateInfo {
+    /// Keys stored for the bot's device.
     pub keys: i64,
     /// Sealed, as stored.
     pub bytes: i64,
@@ -734,11 +935,26 @@ pub struct DeviceStateInfo {
 #[derive(Clone, PartialEq, Eq)]
 pub enum DeviceWrite {
     /// Sets `key` in `space` to `value`.
-    Put { space: String, key: String, value: Vec<u8> },
+    Put {
+        /// The key space (`session`, `pre-key`, ...).
+        space: String,
+        /// The key within it.
+        key: String,
+        /// The value (sealed before it is written).
+        value: Vec<u8>,
+    },
     /// Removes `key` from `space` (nothing if absent).
-    Delete { space: String, key: String },
+    Delete {
+        /// The key space.
+        space: String,
+        /// The key removed.
+        key: String,
+    },
     /// Removes every key of `space`.
-    Clear { space: String },
+    Clear {
+        /// The key space emptied.
+        space: String,
+    },
     /// Removes everything the bot keeps, of every credentials version (an
     /// import of new credentials starts from nothing).
     Reset,

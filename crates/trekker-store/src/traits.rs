@@ -33,6 +33,7 @@ pub trait ServerStore: Send + Sync + 'static {
     /// Every server, ordered by name.
     async fn list_servers(&self) -> Result<Vec<ServerSnapshot>, StoreError>;
 
+    /// One server; none when it is not registered.
     async fn get_server(&self, server: &ServerName) -> Result<Option<ServerSnapshot>, StoreError>;
 
     /// Applies an admin's change to capacity and/or status.
@@ -64,6 +65,7 @@ pub trait BotStore: Send + Sync + 'static {
     /// Which server hosts `phone`, per `god_register`.
     async fn find_registration(&self, phone: &PhoneNumber) -> Result<Option<RegistryEntry>, StoreError>;
 
+    /// One bot; none when it does not exist.
     async fn get_bot(&self, id: &BotId) -> Result<Option<BotRecord>, StoreError>;
 
     /// The slot-occupying bot of `phone` on `server`, if that server hosts it.
@@ -146,6 +148,7 @@ pub trait BotStore: Send + Sync + 'static {
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
 pub trait ActivityLog: Send + Sync + 'static {
+    /// Records `activity` on its own (most are written with their change).
     async fn append_activity(&self, activity: &NewActivity, now: Millis) -> Result<(), StoreError>;
 
     /// Activities (of one bot, if given), newest first, `limit` (at most
@@ -169,6 +172,7 @@ pub trait ActivityLog: Send + Sync + 'static {
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
 pub trait ConsistencyStore: Send + Sync + 'static {
+    /// Everything where the registry, the bot rows and the counts disagree.
     async fn find_inconsistencies(&self) -> Result<Vec<Inconsistency>, StoreError>;
 
     /// Repairs one inconsistency (each kind has one safe fix); returns
@@ -185,6 +189,7 @@ pub trait ConsistencyStore: Send + Sync + 'static {
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
 pub trait PairingStore: Send + Sync + 'static {
+    /// Stores a new pairing request, so any node can answer its status.
     async fn create_pairing(&self, pairing: &NewPairing) -> Result<(), StoreError>;
 
     /// The pairing request; a pending one past its expiry reads as expired.
@@ -289,6 +294,7 @@ pub trait CredentialOutbox: Send + Sync + 'static {
         now: Millis,
     ) -> Result<bool, StoreError>;
 
+    /// One queued cross-server update; none when unknown.
     async fn get_credential_update(&self, id: &str) -> Result<Option<CredentialUpdate>, StoreError>;
 
     /// Updates still pending delivery.

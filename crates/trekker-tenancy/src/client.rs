@@ -17,6 +17,7 @@ use crate::wire::{
     IDEMPOTENCY_HEADER,
 };
 
+/// Why a call to another node failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
     /// This node cannot call at all (no secret, no address for the host).
@@ -27,7 +28,14 @@ pub enum ClientError {
     Unreachable(String),
     /// The host answered with a refusal (4xx): its code and message.
     #[error("{message}")]
-    Refused { status: u16, code: String, message: String },
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// Its stable error code.
+        code: String,
+        /// Its message.
+        message: String,
+    },
 }
 
 impl ClientError {
@@ -36,6 +44,8 @@ impl ClientError {
     }
 }
 
+/// Calls other nodes: mints a token per request and retries, within the
+/// call's budget, only what may succeed on retry.
 #[derive(Clone)]
 pub struct CrossTenancyClient {
     http: reqwest::Client,
@@ -51,6 +61,7 @@ impl std::fmt::Debug for CrossTenancyClient {
 }
 
 impl CrossTenancyClient {
+    /// A client for node `me`; without keys (no CLUSTER_SECRET) every call fails.
     pub fn new(keys: Option<ClusterKeys>, me: ServerName, budget: Duration) -> Result<Self, ClientError> {
         // reqwest is built without a default TLS provider (one crypto
         // library per build); without one installed it panics here. Ring
@@ -66,6 +77,7 @@ impl CrossTenancyClient {
         Ok(Self { http, keys, me, budget })
     }
 
+    /// How long one call may take, retries included.
     pub fn budget(&self) -> Duration {
         self.budget
     }

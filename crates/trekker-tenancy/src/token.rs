@@ -24,15 +24,24 @@ pub const MINTED_LIFETIME_SECS: i64 = 30;
 /// The longest token id accepted (ours are 32 hex digits).
 pub const MAX_JTI_LEN: usize = 64;
 
+/// The claims of a node-to-node token (DESIGN.md, "Cross-tenancy token").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
+    /// The calling node.
     pub iss: String,
+    /// The node called.
     pub aud: String,
+    /// Issued at, epoch seconds.
     pub iat: i64,
+    /// Expires at, epoch seconds (at most 60 s after `iat`).
     pub exp: i64,
+    /// A random id, accepted once.
     pub jti: String,
+    /// The request's method.
     pub htm: String,
+    /// The request's path, without its query.
     pub htu: String,
+    /// The base64url SHA-256 of the request body.
     pub bh: String,
 }
 
@@ -40,39 +49,55 @@ pub struct Claims {
 /// Display text is safe to send back.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenRefusal {
+    /// Missing bearer token.
     #[error("missing bearer token")]
     Missing,
+    /// This node has no CLUSTER_SECRET configured.
     #[error("this node has no CLUSTER_SECRET configured")]
     NotConfigured,
+    /// Malformed token.
     #[error("malformed token")]
     Malformed,
+    /// Algorithm not allowed (HS256 only).
     #[error("algorithm not allowed (HS256 only)")]
     Algorithm,
+    /// Unknown key id.
     #[error("unknown key id")]
     UnknownKey,
+    /// Bad signature.
     #[error("bad signature")]
     Signature,
+    /// Token is for another server.
     #[error("token is for another server")]
     Audience,
+    /// Unknown issuer.
     #[error("unknown issuer")]
     Issuer,
+    /// Token expired.
     #[error("token expired")]
     Expired,
+    /// Token issued in the future.
     #[error("token issued in the future")]
     NotYetValid,
+    /// Token lifetime over 60 seconds.
     #[error("token lifetime over 60 seconds")]
     Lifetime,
+    /// Token already used.
     #[error("token already used")]
     Replayed,
+    /// Token does not match the request method.
     #[error("token does not match the request method")]
     Method,
+    /// Token does not match the request path.
     #[error("token does not match the request path")]
     Path,
+    /// Token does not match the request body.
     #[error("token does not match the request body")]
     Body,
 }
 
 impl TokenRefusal {
+    /// A short label for the refusal metric.
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Missing => "missing",
@@ -127,10 +152,12 @@ impl fmt::Debug for ClusterKeys {
 }
 
 impl ClusterKeys {
+    /// Keys from the cluster secret and, during a rotation, the previous one.
     pub fn new(current: &str, previous: Option<&str>) -> Self {
         Self { current: Key::new(current), previous: previous.map(Key::new) }
     }
 
+    /// The current secret's key id (the first 4 bytes of its SHA-256, hex).
     pub fn kid(&self) -> &str {
         &self.current.kid
     }

@@ -13,6 +13,7 @@ use crate::token::{CLOCK_SKEW_SECS, Claims, ClusterKeys, TokenRefusal};
 /// Why a request was not verified.
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
+    /// The token was refused (the caller's fault).
     #[error(transparent)]
     Refused(#[from] TokenRefusal),
     /// The database could not be asked; not the caller's fault.
@@ -20,6 +21,9 @@ pub enum VerifyError {
     Store(#[source] trekker_store::StoreError),
 }
 
+/// Verifies an incoming node-to-node request: the token (see
+/// [`crate::ClusterKeys::verify`]), then that its issuer is a registered
+/// server and that its id was never used.
 pub struct RequestVerifier {
     keys: Option<ClusterKeys>,
     me: ServerName,
@@ -36,6 +40,7 @@ impl std::fmt::Debug for RequestVerifier {
 }
 
 impl RequestVerifier {
+    /// A verifier for this node (`me`), checking issuers and token ids in `store`.
     pub fn new(
         keys: Option<ClusterKeys>,
         me: ServerName,

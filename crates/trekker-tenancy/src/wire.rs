@@ -2,8 +2,11 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Where new credentials are sent to the bot's host.
 pub const CREDENTIALS_PATH: &str = "/internal/tenants/bots/credentials";
+/// A node's signed health check.
 pub const HEALTH_PATH: &str = "/internal/tenants/health";
+/// The header that makes a repeated update apply once.
 pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
 
 /// `POST /internal/tenants/bots/credentials`. Holds a secret (`session_id`):
@@ -11,9 +14,13 @@ pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CredentialsUpdateBody {
+    /// The bot the update is for.
     pub bot_id: String,
+    /// The bot's phone.
     pub phone_number: String,
+    /// The new session ID (a secret: never logged).
     pub session_id: String,
+    /// The version these credentials take; none: the next one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_version: Option<i64>,
 }
@@ -32,10 +39,15 @@ impl std::fmt::Debug for CredentialsUpdateBody {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CredentialsUpdateAnswer {
+    /// Whether the host applied the update.
     pub success: bool,
+    /// The bot updated.
     pub bot_id: String,
+    /// The host that answered.
     pub server: String,
+    /// The version now stored.
     pub credentials_version: i64,
+    /// Whether the bot was restarted on them.
     pub restarted: bool,
 }
 
@@ -43,15 +55,19 @@ pub struct CredentialsUpdateAnswer {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HealthAnswer {
+    /// `ok` when the node serves.
     pub status: String,
+    /// The node that answered.
     pub server_name: String,
 }
 
 /// An error body from another node.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ErrorAnswer {
+    /// A stable error code (API.md).
     #[serde(default)]
     pub code: String,
+    /// What went wrong, for people.
     #[serde(default)]
     pub message: String,
 }

@@ -35,7 +35,9 @@ use crate::model::*;
 /// Which database a URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
+    /// PostgreSQL: a fleet's shared database.
     Postgres,
+    /// SQLite: the embedded default.
     Sqlite,
 }
 
@@ -69,6 +71,7 @@ impl<DB: sqlx::Database> Clone for SqlStore<DB> {
 }
 
 impl<DB: sqlx::Database> SqlStore<DB> {
+    /// The connection pool (benchmarks and tests run raw SQL on it).
     pub fn pool(&self) -> &Pool<DB> {
         self.pool.inner()
     }
@@ -282,6 +285,7 @@ pub async fn connect_with(
 /// What [`check`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckReport {
+    /// Which database it is.
     pub backend: Backend,
     /// Migrations this binary has that the database has not applied.
     pub pending_migrations: usize,

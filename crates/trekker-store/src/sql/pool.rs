@@ -40,6 +40,7 @@ pub(crate) fn named_statements() -> bool {
 pub struct DbSettings {
     /// Connections this node holds at most (DATABASE_MAX_CONNECTIONS).
     pub max_connections: u32,
+    /// What sits between the node and PostgreSQL (DATABASE_POOLER).
     pub pooler: Pooler,
     /// A statement running longer is cancelled (DATABASE_STATEMENT_TIMEOUT_MS).
     pub statement_timeout_ms: u64,
