@@ -285,4 +285,34 @@ mod tests {
         let scopes: Vec<&str> = crossings.iter().map(|c| c.scope.as_str()).collect();
         assert_eq!(scopes, ["SERVER1", "SERVER2", CLUSTER_SCOPE], "SERVER0 was full already");
     }
+
+    /// The cluster's share counts the servers that offer slots: an inactive
+    /// server's slots and bots are left out (8 of 10 is a warning; counted,
+    /// 8 of 30 would not be), and admins read the share and the slots.
+    #[tokio::test]
+    async fn the_cluster_warning_counts_only_servers_that_offer_slots() {
+        let mut store = Mocks::default();
+        store.capacity.expect_hold_duty().returning(|_, _, _, _| Ok(true));
+        store.servers.expect_list_servers().returning(|| {
+            let mut off = server("SERVER1", 20, 0);
+            off.status = ServerStatus::Inactive;
+            Ok(vec![server("SERVER0", 10, 7), off, server("SERVER2", 0, 1)])
+        });
+        store.capacity.expect_capacity_levels().returning(|| Ok(Vec::new()));
+        store
+            .capacity
+            .expect_move_capacity_level()
+            .withf(|scope, from, to, effects, _| {
+                scope == CLUSTER_SCOPE
+                    && *from == CapacityLevel::Normal
+                    && *to == CapacityLevel::Warning
+                    && effects.as_ref().is_some_and(|e| e.activity.details.contains("The cluster is 80 % full"))
+            })
+            .times(1)
+            .returning(|_, _, _, _, _| Ok(true));
+        // SERVER2 has no slots: nothing to warn about on its own.
+        let crossings = trekker(store).check_capacity().await.unwrap();
+        assert_eq!(crossings.len(), 1, "{crossings:?}");
+        assert_eq!(crossings[0].message(), "⚠️ The cluster is 80 % full (8 of 10 slots).");
+    }
 }

@@ -78,6 +78,10 @@ async fn guests_and_admins_see_the_cluster_change_live() {
         let (first, snapshot) = guests.next().await;
         assert_eq!(first, "snapshot");
         assert_eq!(snapshot["servers"].as_array().unwrap().len(), 2, "{snapshot}");
+        let admin_fields = |data: &Value| data.get("baseUrl").is_some() || data.get("description").is_some();
+        for server in snapshot["servers"].as_array().unwrap() {
+            assert!(!admin_fields(server), "guests see no admin field: {server}");
+        }
 
         let anonymous = SseReader::open(&watched, "/api/admin/events", None).await;
         assert_eq!(anonymous.status(), 401);
@@ -93,11 +97,12 @@ async fn guests_and_admins_see_the_cluster_change_live() {
         let registered = other.register("Live", &creds::phone(61, 1), 1, Some("SERVER0")).await;
         assert_eq!(registered.status, 201, "{:?}", registered.body);
         let id = registered.body["bot"]["id"].as_str().unwrap().to_owned();
-        guests
+        let seen = guests
             .until("SERVER0 holding one bot", |event, data| {
                 event == "capacity" && data["name"] == "SERVER0" && data["currentBots"] == 1
             })
             .await;
+        assert!(seen.iter().all(|(_, data)| !admin_fields(data)), "guests see no admin field: {seen:?}");
 
         // Approved through the other node, the bot starts on its host and
         // turns online: admins watch it happen.

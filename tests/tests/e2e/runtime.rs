@@ -378,7 +378,7 @@ async fn a_node_stalled_past_its_lease_loses_its_bots_to_their_new_host() {
     let lease_end: i64 = raw_count(&url, "SELECT lease_until FROM server_registry WHERE server_name = 'SERVER0'").await;
     let b_started = ledger.starts(&moved_id, "SERVER1")[0];
     assert!(b_started >= lease_end, "B started at {b_started}, A's lease ran until {lease_end}");
-    assert!(lease_end > moved_at - 3_000, "A held a live lease when the bot moved");
+    assert!(lease_end > moved_at, "A held a live lease when the bot moved: until {lease_end}, moved at {moved_at}");
     assert!(ledger.runs_on(&moved_id, "SERVER0"), "a stalled node cannot act, not even stop");
 
     // A wakes up: its lease is gone, so it stops everything it ran without
