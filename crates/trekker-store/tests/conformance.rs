@@ -251,6 +251,7 @@ conformance_cases!(
     a_failure_midway_writes_nothing,
     bot_lists_page_by_keyset_without_gaps_or_repeats,
     bot_pages_read_an_index_in_order_whatever_the_filter,
+    a_walk_through_the_pages_sees_every_bot_once_while_bots_are_added,
     session_state_is_sealed_fenced_and_kept_per_pairing,
     device_state_is_sealed_fenced_and_kept_per_pairing,
 );
@@ -1413,6 +1414,50 @@ async fn bot_pages_read_an_index_in_order_whatever_the_filter(f: Fixture) {
     let page = f.store.list_bots(&BotFilter { limit: Some(5), ..filters[2].clone() }).await.unwrap();
     let created: Vec<i64> = page.bots.iter().map(|b| b.created_at).collect();
     assert_eq!(created, [20_000, 19_996, 19_992, 19_988, 19_984]);
+}
+
+/// An admin walks the bot list page by page while guests register,
+/// through nodes whose clocks differ (one runs a minute behind): every bot
+/// that existed when the walk began is seen exactly once, pages never go
+/// back in their order (newest first, then by id), and nothing is seen twice.
+async fn a_walk_through_the_pages_sees_every_bot_once_while_bots_are_added(f: Fixture) {
+    let s = &*f.store;
+    add_server(s, "SERVER0", 1_000).await;
+    let mut existing = std::collections::HashSet::new();
+    for n in 0..45u32 {
+        let bot = new_bot(&creds::phone(71, n), "SERVER0", u128::from(n) + 1);
+        // Ten registrations share each millisecond: ties are broken by id.
+        let done = s.register_bot(&bot, &effects("registered"), NOW + i64::from(n / 10)).await.unwrap();
+        existing.insert(done.bot.id);
+    }
+    let (mut seen, mut last, mut cursor, mut added) = (Vec::new(), None, None, 0u32);
+    loop {
+        let page = s.list_bots(&BotFilter { limit: Some(10), after: cursor.clone(), ..BotFilter::default() }).await;
+        let page = page.unwrap();
+        for bot in &page.bots {
+            // Newest first, then by id.
+            let key = (std::cmp::Reverse(bot.created_at), bot.id.clone());
+            if let Some(previous) = &last {
+                assert!(&key > previous, "the walk went back: {key:?} after {previous:?}");
+            }
+            last = Some(key);
+            seen.push(bot.id.clone());
+        }
+        // Between pages: one bot from a node a minute ahead, one from a
+        // node a minute behind (it lands among the rows still to walk).
+        for offset in [60_000, -60_000] {
+            added += 1;
+            let bot = new_bot(&creds::phone(72, added), "SERVER0", 1_000 + u128::from(added));
+            s.register_bot(&bot, &effects("registered"), NOW + offset).await.unwrap();
+        }
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    let unique: std::collections::HashSet<_> = seen.iter().cloned().collect();
+    assert_eq!(unique.len(), seen.len(), "a bot was seen twice");
+    assert!(existing.is_subset(&unique), "{} of {} existing bots missed", existing.difference(&unique).count(), 45);
 }
 
 fn session_snapshot(generation: i64, content: &str) -> SessionSnapshot {
