@@ -167,3 +167,40 @@ fn render(numbered: &Numbered, audience: Audience) -> Option<Event> {
     };
     Some(Event::default().event(kind).id(numbered.id.to_string()).data(data.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use trekker_domain::BotId;
+
+    use super::*;
+
+    fn gone(id: u64) -> Numbered {
+        Numbered { id, event: LiveEvent::BotGone(BotId::parse(&format!("bot-{id}")).unwrap()) }
+    }
+
+    /// A stream that fell behind the backlog (a node booting thousands of
+    /// bots emits more than it holds) is told to resync, with how many it
+    /// missed, then goes on with what is still held; never silently skips.
+    #[tokio::test]
+    async fn a_stream_that_falls_behind_is_told_to_resync() {
+        let (sender, mut receiver) = broadcast::channel(4);
+        for id in 0..10 {
+            sender.send(gone(id)).unwrap();
+        }
+        let first = format!("{:?}", next_event(&mut receiver, Audience::Admins).await.unwrap());
+        assert!(first.contains("event: resync") && first.contains(r#"{\"missed\":6}"#), "{first}");
+        let next = format!("{:?}", next_event(&mut receiver, Audience::Admins).await.unwrap());
+        assert!(next.contains("event: botDeleted") && next.contains("bot-6"), "{next}");
+    }
+
+    /// Guests are never sent what only admins see.
+    #[tokio::test]
+    async fn guests_skip_admin_events() {
+        let (sender, mut receiver) = broadcast::channel(4);
+        sender.send(gone(1)).unwrap();
+        drop(sender);
+        assert!(next_event(&mut receiver, Audience::Guests).await.is_none(), "the admin event was skipped");
+    }
+}
