@@ -285,6 +285,30 @@ mod tests {
     const NOW: i64 = 1_700_000_000;
     const PATH: &str = "/internal/tenants/bots/credentials";
 
+    /// Known answers computed outside this code (Python's `hmac` and
+    /// `hashlib`, as another implementation of the protocol would): the key
+    /// id, the body hash and a whole token. A change of encoding, separator
+    /// or digest on both the minting and the verifying side would still
+    /// agree with itself; not with these.
+    #[test]
+    fn a_token_made_elsewhere_verifies_and_the_key_id_and_body_hash_agree() {
+        let keys = ClusterKeys::new("a cluster secret of at least 32 bytes!", None);
+        assert_eq!(keys.kid(), "191b6400");
+        let body = br#"{"botId":"b1"}"#;
+        assert_eq!(crate::body_hash(body), "tbdZibNvq7Z7nYZJi7FLShm84H_GIgsi7pGWdea7sHI");
+        let token = concat!(
+            "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6IjE5MWI2NDAwIn0.",
+            "eyJpc3MiOiJTRVJWRVIwIiwiYXVkIjoiU0VSVkVSMSIsImlhdCI6MTcwMDAwMDAwMCwiZXhwIjoxNzAwMDAwMDMwLCJqdGkiOiIwMTIz",
+            "NDU2Nzg5YWJjZGVmMDEyMzQ1Njc4OWFiY2RlZiIsImh0bSI6IlBPU1QiLCJodHUiOiIvaW50ZXJuYWwvdGVuYW50cy9ib3RzL2NyZWRl",
+            "bnRpYWxzIiwiYmgiOiJ0YmRaaWJOdnE3WjduWVpKaTdGTFNobTg0SF9HSWdzaTdwR1dkZWE3c0hJIn0.",
+            "eRNx2QSUKns7x9UJzf0j3vWLmbvcqp4w4LnTPu8qVx0"
+        );
+        let claims = keys.verify(token, "SERVER1", "POST", PATH, body, NOW + 1).unwrap();
+        assert_eq!((claims.iss.as_str(), claims.jti.as_str()), ("SERVER0", "0123456789abcdef0123456789abcdef"));
+        let forged = format!("{}A", &token[..token.len() - 1]);
+        assert!(keys.verify(&forged, "SERVER1", "POST", PATH, body, NOW + 1).is_err());
+    }
+
     fn keys() -> ClusterKeys {
         ClusterKeys::new(SECRET, None)
     }
