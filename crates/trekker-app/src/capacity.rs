@@ -315,4 +315,76 @@ mod tests {
         assert_eq!(crossings.len(), 1, "{crossings:?}");
         assert_eq!(crossings[0].message(), "⚠️ The cluster is 80 % full (8 of 10 slots).");
     }
+
+    /// A level falling back below its line is a recovery: recorded, with
+    /// its own text, and no admin is paged for it.
+    #[tokio::test]
+    async fn a_fall_below_the_line_is_recorded_as_a_recovery() {
+        let mut store = Mocks::default();
+        store.capacity.expect_hold_duty().returning(|_, _, _, _| Ok(true));
+        store.servers.expect_list_servers().returning(|| Ok(vec![server("SERVER0", 10, 2)]));
+        store.capacity.expect_capacity_levels().returning(|| {
+            Ok(vec![("SERVER0".into(), CapacityLevel::Warning), (CLUSTER_SCOPE.into(), CapacityLevel::Warning)])
+        });
+        store
+            .capacity
+            .expect_move_capacity_level()
+            .withf(|_, from, to, effects, _| {
+                *from == CapacityLevel::Warning
+                    && *to == CapacityLevel::Normal
+                    && effects.as_ref().is_some_and(|e| e.activity.action == "capacity_recovered")
+            })
+            .times(2)
+            .returning(|_, _, _, _, _| Ok(true));
+        let crossings = trekker(store).check_capacity().await.unwrap();
+        assert!(crossings.iter().all(|c| !c.is_warning()), "{crossings:?}");
+        assert_eq!(crossings[0].message(), "Server SERVER0 is back to 20 % (2 of 10 slots).");
+    }
+
+    /// The console's banner: the scopes above normal, and only those.
+    #[tokio::test]
+    async fn alerts_are_the_scopes_above_normal() {
+        let mut store = Mocks::default();
+        store.capacity.expect_capacity_levels().returning(|| {
+            Ok(vec![
+                ("SERVER0".into(), CapacityLevel::Warning),
+                ("SERVER1".into(), CapacityLevel::Normal),
+                (CLUSTER_SCOPE.into(), CapacityLevel::Full),
+            ])
+        });
+        let alerts = trekker(store).capacity_alerts().await.unwrap();
+        assert_eq!(alerts, [("SERVER0".into(), CapacityLevel::Warning), (CLUSTER_SCOPE.into(), CapacityLevel::Full)]);
+    }
+
+    /// The watch checks on its interval, whatever else happens.
+    #[tokio::test(start_paused = true)]
+    async fn the_watch_checks_every_interval() {
+        let checks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut store = Mocks::default();
+        let counted = checks.clone();
+        store.capacity.expect_hold_duty().returning(move |_, _, _, _| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(false)
+        });
+        let shutdown = CancellationToken::new();
+        let watch =
+            tokio::spawn(run_capacity_watch(Arc::new(trekker(store)), Duration::from_secs(10), shutdown.clone()));
+        tokio::time::sleep(Duration::from_secs(35)).await;
+        shutdown.cancel();
+        watch.await.unwrap();
+        assert_eq!(checks.load(std::sync::atomic::Ordering::SeqCst), 4, "at 0, 10, 20 and 30 s");
+    }
+
+    /// A warned server whose slots an admin set to 0 recovers without a
+    /// division by zero in its text.
+    #[tokio::test]
+    async fn a_warned_server_set_to_no_slots_recovers() {
+        let mut store = Mocks::default();
+        store.capacity.expect_hold_duty().returning(|_, _, _, _| Ok(true));
+        store.servers.expect_list_servers().returning(|| Ok(vec![server("SERVER0", 0, 3)]));
+        store.capacity.expect_capacity_levels().returning(|| Ok(vec![("SERVER0".into(), CapacityLevel::Warning)]));
+        store.capacity.expect_move_capacity_level().times(1).returning(|_, _, _, _, _| Ok(true));
+        let crossings = trekker(store).check_capacity().await.unwrap();
+        assert_eq!(crossings[0].message(), "Server SERVER0 is back to 0 % (3 of 0 slots).");
+    }
 }

@@ -166,4 +166,23 @@ mod tests {
         assert!(load_moved(None, Some(&then)), "a first load");
         assert!(!load_moved(None, None));
     }
+
+    /// The loop beats once per interval, the first at once.
+    #[tokio::test(start_paused = true)]
+    async fn the_loop_beats_every_interval() {
+        let beats = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut store = Mocks::default();
+        let counted = beats.clone();
+        store.servers.expect_heartbeat().returning(move |_, _, _| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        });
+        let shutdown = CancellationToken::new();
+        let every = Duration::from_secs(10);
+        let task = tokio::spawn(run(Arc::new(trekker(store)), registration(), every, shutdown.clone()));
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        shutdown.cancel();
+        task.await.unwrap();
+        assert_eq!(beats.load(std::sync::atomic::Ordering::SeqCst), 3, "at 0, 10 and 20 s");
+    }
 }
