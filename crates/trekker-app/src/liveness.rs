@@ -23,19 +23,17 @@ impl Trekker {
         let now = self.now();
         let renewed_at = self.lease_renewed_at.load(std::sync::atomic::Ordering::Relaxed);
         let stamped = renewed_at > 0 && now.saturating_sub(renewed_at) < self.heartbeat_interval_ms;
-        let skip = {
-            let mut written = self.load_written.lock().unwrap_or_else(|e| e.into_inner());
-            let skip = stamped && !load_moved(written.as_ref(), load.as_ref());
-            if !skip {
-                *written = load;
-            }
-            skip
-        };
-        if skip {
+        let written = *self.load_written.lock().unwrap_or_else(|e| e.into_inner());
+        if stamped && !load_moved(written.as_ref(), load.as_ref()) {
             return Ok(());
         }
         match self.store.servers.heartbeat(&self.node, now, load).await {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                // Only a load that reached the row counts as written: after a
+                // failed write the next beat tries again.
+                *self.load_written.lock().unwrap_or_else(|e| e.into_inner()) = load;
+                Ok(())
+            }
             Err(StoreError::UnknownServer(_)) => {
                 tracing::warn!(server = %self.node, "registry row missing; registering this server again");
                 self.store.servers.upsert_server(registration, self.now()).await?;
