@@ -94,8 +94,15 @@ impl Trekker {
         if touched.is_empty() {
             return Ok(Vec::new());
         }
-        let (scopes, recorded) = self.server_scopes(&touched).await?;
-        self.record_crossings(scopes, &recorded).await
+        let checked = match self.server_scopes(&touched).await {
+            Ok((scopes, recorded)) => self.record_crossings(scopes, &recorded).await,
+            Err(err) => Err(err),
+        };
+        if checked.is_err() {
+            // Checked again after the next change (or by the holder's sweep).
+            self.capacity_touched.lock().unwrap_or_else(|e| e.into_inner()).extend(touched);
+        }
+        checked
     }
 
     /// Notes that this node changed `server`'s count, for the watch's next
@@ -386,5 +393,18 @@ mod tests {
         store.capacity.expect_move_capacity_level().times(1).returning(|_, _, _, _, _| Ok(true));
         let crossings = trekker(store).check_capacity().await.unwrap();
         assert_eq!(crossings[0].message(), "Server SERVER0 is back to 0 % (3 of 0 slots).");
+    }
+
+    /// A change check the database failed keeps its servers for the next.
+    #[tokio::test]
+    async fn a_failed_change_check_keeps_its_servers() {
+        let mut store = Mocks::default();
+        let mut answers = vec![Ok(Some(server("SERVER0", 10, 1))), Err(trekker_store::StoreError::Decrypt)];
+        store.servers.expect_get_server().times(2).returning(move |_| answers.pop().unwrap());
+        store.capacity.expect_capacity_level().times(1).returning(|_| Ok(CapacityLevel::Normal));
+        let trekker = trekker(store);
+        trekker.capacity_touched(&trekker_domain::ServerName::parse("SERVER0").unwrap());
+        assert!(trekker.check_changed_capacity().await.is_err());
+        assert!(trekker.check_changed_capacity().await.unwrap().is_empty(), "checked again, nothing crossed");
     }
 }
