@@ -306,3 +306,43 @@ async fn the_notifier_sends_from_the_bots_own_session_or_says_why_not() {
     assert!(waiting.0.contains("not connected"), "{waiting}");
     running.stop().await;
 }
+
+/// Another node took the bot while it ran here: the first device-state
+/// write this run makes is refused, and the run reports that it ended (the
+/// supervisor then stops it) instead of running on beside the new runner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_state_write_is_fenced_reports_that_it_ended() {
+    let (store, _file) = trekker_testkit::sqlite_store().await;
+    let store: Arc<dyn Store> = store;
+    let lease = running_bot(&store).await;
+    let driver = WhatsAppDriver::new(store.clone(), Arc::new(SystemClock)).with_transport(Arc::new(NeverDials));
+    let sessions = driver.sessions();
+    let (events, mut received) = mpsc::unbounded_channel();
+    let running = driver.start(spec(&lease, 1), events).await.unwrap();
+
+    // The node restarts elsewhere in time (a new lease) and takes the bot.
+    let now = SystemClock.now_ms();
+    let next = store.start_node_lease(&lease.node, now, 600_000).await.unwrap();
+    assert!(store.acquire_bot(&bot(), &next, 1, now).await.unwrap());
+
+    // The old run's client changes its device and saves it: refused.
+    let client = sessions.client_of_phone(&phone()).expect("the bot runs here");
+    client.persistence_manager().modify_device(|device| device.push_name = "stale run".into()).await;
+    assert!(client.persistence_manager().flush().await.is_err(), "the fence refused the stale run's write");
+
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let event = received.recv().await.expect("the driver's events");
+            if let BotEvent::Exited { error, .. } = event.event {
+                return error;
+            }
+        }
+    })
+    .await
+    .expect("the fenced run reports that it ended");
+    assert!(ended.unwrap_or_default().contains("no longer runs the bot"));
+    let device = StoredDevice::new(store.clone(), Arc::new(SystemClock), bot(), next, 1);
+    assert_ne!(device.load().await.unwrap().unwrap().push_name, "stale run", "nothing of the stale run was kept");
+    running.stop().await;
+    assert_eq!(sessions.running(), 0);
+}

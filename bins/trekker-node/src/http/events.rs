@@ -12,6 +12,7 @@
 //! cap, 429 with Retry-After.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +24,7 @@ use axum::routing::get;
 use futures::Stream;
 use serde_json::json;
 use tokio::sync::{Semaphore, broadcast};
-use trekker_app::events::{LiveEvent, Numbered};
+use trekker_app::events::{EventHub, LiveEvent, Numbered};
 
 use super::extract::Admin;
 use super::views::{BotDetail, ServerAdmin, ServerPublic};
@@ -112,10 +113,7 @@ async fn open(
     })?;
     // Both slots are held for as long as the stream lives.
     let permit = (permit, address_slot);
-    // Subscribed (and the feed following) before the snapshot is read: a
-    // change in between is shown twice at worst, never lost.
-    let events = state.trekker.events.subscribe().await;
-    let servers = state.trekker.servers().await?;
+    let (events, servers) = subscribe_then_read(&state.trekker.events, state.trekker.servers()).await?;
     let snapshot = match audience {
         Audience::Guests => json!({"servers": servers.iter().map(ServerPublic::from).collect::<Vec<_>>()}),
         Audience::Admins => json!({"servers": servers.iter().map(ServerAdmin::from).collect::<Vec<_>>()}),
@@ -132,6 +130,18 @@ async fn open(
     });
     let stream = futures::StreamExt::chain(futures::stream::once(async move { Ok(first) }), rest);
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// Subscribes (and waits for the feed to follow), then reads the snapshot:
+/// a change committed while the snapshot is read arrives after it, shown
+/// twice at worst, never lost.
+async fn subscribe_then_read<T, E>(
+    hub: &EventHub,
+    read_snapshot: impl Future<Output = Result<T, E>>,
+) -> Result<(broadcast::Receiver<Numbered>, T), E> {
+    let events = hub.subscribe().await;
+    let snapshot = read_snapshot.await?;
+    Ok((events, snapshot))
 }
 
 /// The next event this audience sees; `None` when the node shuts down.
@@ -193,6 +203,24 @@ mod tests {
         assert!(first.contains("event: resync") && first.contains(r#"{\"missed\":6}"#), "{first}");
         let next = format!("{:?}", next_event(&mut receiver, Audience::Admins).await.unwrap());
         assert!(next.contains("event: botDeleted") && next.contains("bot-6"), "{next}");
+    }
+
+    /// A change published while the snapshot is being read (a console
+    /// opening as a bot is approved) still reaches the new stream.
+    #[tokio::test(start_paused = true)]
+    async fn a_change_made_while_the_snapshot_is_read_is_not_lost() {
+        let hub = EventHub::default();
+        let read_snapshot = async {
+            hub.publish(LiveEvent::BotGone(BotId::parse("bot-made-meanwhile").unwrap()));
+            Ok::<_, ()>("snapshot")
+        };
+        let (mut events, snapshot) = subscribe_then_read(&hub, read_snapshot).await.unwrap();
+        assert_eq!(snapshot, "snapshot");
+        let next = tokio::time::timeout(Duration::from_secs(1), next_event(&mut events, Audience::Admins))
+            .await
+            .expect("the change made meanwhile arrives");
+        let next = format!("{:?}", next.unwrap());
+        assert!(next.contains("event: botDeleted") && next.contains("bot-made-meanwhile"), "{next}");
     }
 
     /// Guests are never sent what only admins see.
