@@ -321,7 +321,6 @@ pub struct BotQuery {
     pub after: Option<String>,
 }
 
-/// An opaque keyset cursor: base64url of `<created_at>.<id>`.
 /// Where an inconsistency sorts: its kind's place, then what it is about.
 fn inconsistency_key(issue: &Inconsistency) -> (usize, String) {
     let kind = Inconsistency::KINDS.iter().position(|k| *k == issue.kind()).unwrap_or(usize::MAX);
@@ -355,6 +354,7 @@ fn decode_cursor(text: &str) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
+/// An opaque keyset cursor: base64url of `<created_at>.<id>`.
 pub(crate) fn format_cursor(created_at: i64, id: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{created_at}.{id}"))
 }
@@ -481,5 +481,247 @@ mod tests {
             assert_eq!(report.found, issues);
             assert_eq!((report.dry_run, report.repaired), (dry_run, usize::from(!dry_run)));
         }
+    }
+
+    fn activity(id: i64) -> Activity {
+        Activity {
+            id,
+            occurred_at: NOW,
+            server: "SERVER0".into(),
+            bot_id: None,
+            phone: None,
+            action: "approved".into(),
+            details: String::new(),
+            remote_tenancy: None,
+            remote_bot_id: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_server_list_tells_live_nodes_from_silent_ones() {
+        let mut store = Mocks::default();
+        let mut silent = crate::test_support::server_snapshot("SERVER2", 5, 0);
+        silent.last_heartbeat = Some(NOW - 60_000);
+        let servers = vec![crate::test_support::server_snapshot("SERVER1", 5, 1), silent];
+        store.servers.expect_list_servers().times(1).returning(move || Ok(servers.clone()));
+        let views = trekker(store).servers().await.unwrap();
+        let seen: Vec<(&str, bool)> = views.iter().map(|v| (v.server.name.as_str(), v.online)).collect();
+        assert_eq!(seen, [("SERVER1", true), ("SERVER2", false)]);
+    }
+
+    #[tokio::test]
+    async fn either_server_field_alone_is_a_change() {
+        for (max, status) in [(Some(3), None), (None, Some("inactive"))] {
+            let mut store = Mocks::default();
+            store.servers.expect_update_server().times(1).returning(|name, _, _| {
+                Ok(ServerSnapshot { name: name.clone(), ..crate::test_support::server_snapshot("X", 3, 0) })
+            });
+            store.activities.expect_append_activity().times(1).returning(|_, _| Ok(()));
+            assert!(trekker(store).update_server("SERVER1", max, status).await.is_ok(), "{max:?} {status:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bot_page_passes_every_filter_and_its_cursor_reads_back() {
+        let mut store = Mocks::default();
+        let after = format_cursor(NOW - 5, "bot-9");
+        store
+            .bots
+            .expect_list_bots()
+            .withf(|filter| {
+                *filter
+                    == BotFilter {
+                        server: Some(ServerName::parse("SERVER1").unwrap()),
+                        approval: Some(ApprovalStatus::Approved),
+                        status: Some(RuntimeStatus::Online),
+                        after: Some(BotCursor { created_at: NOW - 5, id: BotId::parse("bot-9").unwrap() }),
+                        limit: Some(5),
+                    }
+            })
+            .times(1)
+            .returning(|_| {
+                let next = Some(BotCursor { created_at: NOW - 7, id: BotId::parse("bot-3").unwrap() });
+                Ok(trekker_store::BotPage { bots: vec![bot_record("SERVER1", ApprovalStatus::Approved)], next })
+            });
+        // Empty parameters are absent ones: the whole list, default page.
+        store
+            .bots
+            .expect_list_bots()
+            .withf(|filter| *filter == BotFilter { limit: Some(DEFAULT_PAGE), ..BotFilter::default() })
+            .times(1)
+            .returning(|_| Ok(trekker_store::BotPage { bots: vec![], next: None }));
+        let trekker = trekker(store);
+        let query = BotQuery {
+            server: Some("server1".into()),
+            approval: Some("approved".into()),
+            status: Some("online".into()),
+            limit: Some(5),
+            after: Some(after),
+        };
+        let (bots, next) = trekker.bots(&query).await.unwrap();
+        assert_eq!(bots.len(), 1);
+        assert_eq!(parse_cursor(&next.unwrap()).unwrap(), (NOW - 7, "bot-3".to_owned()));
+        let empty = BotQuery {
+            server: Some(String::new()),
+            approval: Some(String::new()),
+            status: Some(String::new()),
+            limit: None,
+            after: Some(String::new()),
+        };
+        assert_eq!(trekker.bots(&empty).await.unwrap(), (vec![], None));
+    }
+
+    #[tokio::test]
+    async fn a_bad_list_parameter_is_refused_before_the_store() {
+        let bad = [
+            BotQuery { server: Some("no spaces allowed".into()), ..BotQuery::default() },
+            BotQuery { approval: Some("maybe".into()), ..BotQuery::default() },
+            BotQuery { status: Some("sleeping".into()), ..BotQuery::default() },
+            BotQuery { limit: Some(0), ..BotQuery::default() },
+            BotQuery { limit: Some(MAX_PAGE + 1), ..BotQuery::default() },
+            BotQuery { after: Some("not-a-cursor!".into()), ..BotQuery::default() },
+            BotQuery { after: Some(format_cursor(NOW, "has space")), ..BotQuery::default() },
+        ];
+        for query in bad {
+            let err = trekker(Mocks::default()).bots(&query).await.unwrap_err();
+            assert!(matches!(err, AppError::InvalidInput(_)), "{query:?}: {err:?}");
+        }
+        let t = trekker(Mocks::default());
+        assert!(t.credential_updates(Some("lost"), None, None).await.is_err());
+        assert!(t.credential_updates(None, Some(-1), None).await.is_err());
+        assert!(t.activities(Some("bot id?"), None, None).await.is_err());
+        assert!(t.activities(None, None, Some(&format_cursor(NOW, "bot-1"))).await.is_err(), "not an activity cursor");
+        assert!(t.inconsistency_page(None, Some("%%%")).await.is_err());
+    }
+
+    #[test]
+    fn page_sizes_run_from_one_to_the_maximum() {
+        assert_eq!(page_size(None).unwrap(), DEFAULT_PAGE);
+        assert_eq!(page_size(Some(1)).unwrap(), 1);
+        assert_eq!(page_size(Some(MAX_PAGE)).unwrap(), MAX_PAGE);
+        for refused in [0, -1, MAX_PAGE + 1, i64::MIN, i64::MAX] {
+            assert!(page_size(Some(refused)).is_err(), "{refused}");
+        }
+    }
+
+    #[test]
+    fn cursors_are_bounded_and_read_back_exactly() {
+        assert_eq!(parse_cursor(&format_cursor(-3, "bot-1")).unwrap(), (-3, "bot-1".to_owned()));
+        // 192 bytes are 256 base64 characters: the longest cursor read.
+        let longest = "x".repeat(192);
+        let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&longest);
+        assert_eq!(encoded.len(), 256);
+        assert_eq!(decode_cursor(&encoded).as_deref(), Some(longest.as_str()));
+        let too_long = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("x".repeat(193));
+        assert_eq!(decode_cursor(&too_long), None);
+        for text in ["1.", ".bot-1", "x.bot-1", "1.bot 1", "1", "1.bot-1/2"] {
+            let cursor = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text);
+            assert!(parse_cursor(&cursor).is_err(), "{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn outbox_and_activity_pages_pass_their_filters_and_cursors() {
+        let mut store = Mocks::default();
+        store
+            .credential_outbox
+            .expect_list_credential_updates()
+            .withf(|status, after, limit| {
+                *status == Some(OutboxStatus::Failed) && *after == Some((NOW, "cmd-1".to_owned())) && *limit == 7
+            })
+            .times(1)
+            .returning(|_, _, _| {
+                Ok(trekker_store::UpdatePage { updates: vec![], next: Some((NOW - 1, "cmd-0".into())) })
+            });
+        store
+            .credential_outbox
+            .expect_list_credential_updates()
+            .withf(|status, after, limit| status.is_none() && after.is_none() && *limit == DEFAULT_PAGE)
+            .times(1)
+            .returning(|_, _, _| Ok(trekker_store::UpdatePage { updates: vec![], next: None }));
+        store
+            .activities
+            .expect_list_activities()
+            .withf(|bot, after, limit| {
+                bot.as_ref().map(BotId::as_str) == Some("bot-1") && *after == Some(41) && *limit == 2
+            })
+            .times(1)
+            .returning(|_, _, _| Ok(trekker_store::ActivityPage { activities: vec![activity(40)], next: Some(40) }));
+        store
+            .activities
+            .expect_list_activities()
+            .withf(|bot, after, limit| bot.is_none() && after.is_none() && *limit == DEFAULT_PAGE)
+            .times(1)
+            .returning(|_, _, _| Ok(trekker_store::ActivityPage { activities: vec![], next: None }));
+        let t = trekker(store);
+        let after = format_cursor(NOW, "cmd-1");
+        let (_, next) = t.credential_updates(Some("failed"), Some(7), Some(&after)).await.unwrap();
+        assert_eq!(parse_cursor(&next.unwrap()).unwrap(), (NOW - 1, "cmd-0".to_owned()));
+        assert_eq!(t.credential_updates(Some(""), None, Some("")).await.unwrap().1, None);
+
+        let after = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("a41");
+        let (activities, next) = t.activities(Some("bot-1"), Some(2), Some(&after)).await.unwrap();
+        assert_eq!(activities, vec![activity(40)]);
+        assert_eq!(parse_activity_cursor(&next.unwrap()).unwrap(), 40);
+        assert_eq!(t.activities(Some(""), None, Some("")).await.unwrap(), (vec![], None));
+    }
+
+    #[tokio::test]
+    async fn inconsistencies_are_paged_in_a_stable_order_without_repeats() {
+        let drift = |server: &str| Inconsistency::CountDrift { server: server.into(), recorded: 1, actual: 0 };
+        let orphan = |phone: &str| Inconsistency::RegistryWithoutBot {
+            phone: phone.into(),
+            server: "SERVER0".into(),
+            bot_id: "b".into(),
+        };
+        let found = vec![drift("SERVER9"), orphan("254700000002"), drift("SERVER1"), orphan("254700000001")];
+        let mut store = Mocks::default();
+        let all = found.clone();
+        store.consistency.expect_find_inconsistencies().returning(move || Ok(all.clone()));
+        let t = trekker(store);
+        let mut seen = Vec::new();
+        let mut after: Option<String> = None;
+        for _ in 0..4 {
+            let (page, total, next) = t.inconsistency_page(Some(3), after.as_deref()).await.unwrap();
+            assert_eq!(total, 4);
+            assert!(page.len() <= 3);
+            seen.extend(page);
+            after = next;
+            if after.is_none() {
+                break;
+            }
+        }
+        let mut expected = found.clone();
+        expected.sort_by_key(inconsistency_key);
+        assert_eq!(seen, expected, "every inconsistency once, kind by kind");
+        assert_ne!(
+            inconsistency_key(&expected[0]).0,
+            inconsistency_key(&expected[3]).0,
+            "sorted by kind first, then subject"
+        );
+        // A page exactly as long as what is left is the last one.
+        let (page, _, next) = t.inconsistency_page(Some(4), None).await.unwrap();
+        assert_eq!((page.len(), next), (4, None));
+    }
+
+    #[tokio::test]
+    async fn a_rejection_or_deletion_is_recorded_against_its_bot() {
+        let mut store = Mocks::default();
+        let for_bot_1 = |effects: &SideEffects| effects.activity.bot_id.as_ref().map(BotId::as_str) == Some("bot-1");
+        store
+            .bots
+            .expect_reject_bot()
+            .withf(move |_, effects, _| for_bot_1(effects))
+            .times(1)
+            .returning(|_, _, _| Ok(bot_record("SERVER0", ApprovalStatus::Rejected)));
+        store
+            .bots
+            .expect_delete_bot()
+            .withf(move |_, effects, _| for_bot_1(effects))
+            .times(1)
+            .returning(|_, _, _| Ok(bot_record("SERVER0", ApprovalStatus::Approved)));
+        let t = trekker(store);
+        t.reject_bot("bot-1").await.unwrap();
+        t.delete_bot("bot-1").await.unwrap();
     }
 }

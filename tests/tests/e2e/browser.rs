@@ -19,6 +19,7 @@ use std::time::Duration;
 use fantoccini::wd::WebDriverCompatibleCommand;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
+use trekker_app::events::LiveEvent;
 use trekker_testkit::creds;
 
 use crate::support::{ADMIN_TOKEN, TestNode, fast_runtime, postgres_url, raw_count, settings, spawn_node};
@@ -390,6 +391,67 @@ async fn a_guest_pairs_registers_and_sees_servers_change_live() {
     browser.until("two bots on SERVER0", &format!("{row} return !!row && row.cells[1].textContent === '2 / 5'")).await;
     assert_eq!(browser.js("return window.trekkerMark").await, "same page");
     browser.shot("guest").await;
+    browser.close().await;
+    node.stop().await;
+}
+
+/// Publishes more than a stream's backlog without yielding: on this test's
+/// single thread no stream reads meanwhile, so every open stream falls
+/// behind and is told to resync (as when a node boots thousands of bots).
+async fn flood_past_the_backlog(node: &TestNode) {
+    let real = node.state.trekker.servers().await.expect("servers");
+    for _ in 0..3_000 {
+        node.state.trekker.events.publish(LiveEvent::Server(real[0].clone()));
+    }
+}
+
+/// How many requests to `path` the page has finished (Resource Timing).
+fn finished_requests(path: &str) -> String {
+    format!("performance.getEntriesByType('resource').filter((e) => new URL(e.name).pathname === '{path}').length")
+}
+
+/// A page whose stream fell behind the node's backlog reloads what it
+/// shows, on the same page and the same stream. One thread: the node, its
+/// streams and this test take turns, so the flood is never read meanwhile.
+#[tokio::test(flavor = "current_thread")]
+async fn pages_that_fall_behind_reload_what_they_show() {
+    let Some(browser) = Browser::open("resync").await else { return };
+    let database = trekker_testkit::sqlite_database();
+    let node = spawn_node(settings(&database.url, "SERVER0", 5)).await;
+    let listed = "return !!document.querySelector('#servers tr[data-server=\"SERVER0\"]')";
+
+    log_in(&browser, &node).await;
+    browser.until("SERVER0 listed", listed).await;
+    browser.js("window.trekkerMark = 'same page'; return true").await;
+    let loads = browser.js(&format!("return {}", finished_requests("/api/admin/servers"))).await;
+    let streams = browser.js(&format!("return {}", finished_requests("/api/admin/events"))).await;
+    flood_past_the_backlog(&node).await;
+    browser
+        .until(
+            "the console reloads its servers",
+            &format!("return {} > {loads}", finished_requests("/api/admin/servers")),
+        )
+        .await;
+    assert_eq!(browser.js("return window.trekkerMark").await, "same page", "the console did not reload");
+    assert_eq!(
+        browser.js(&format!("return {}", finished_requests("/api/admin/events"))).await,
+        streams,
+        "the stream stayed open: the resync, not a reconnect, reloaded the servers"
+    );
+
+    browser.client.goto(&node.url("/")).await.unwrap();
+    browser.until("the live server list", "return document.getElementById('servers').dataset.live === 'yes'").await;
+    browser.until("SERVER0 listed", listed).await;
+    browser.js("window.trekkerMark = 'same page'; return true").await;
+    let loads = browser.js(&format!("return {}", finished_requests("/api/servers/available"))).await;
+    flood_past_the_backlog(&node).await;
+    browser
+        .until(
+            "the guest page reloads its servers",
+            &format!("return {} > {loads}", finished_requests("/api/servers/available")),
+        )
+        .await;
+    assert_eq!(browser.js("return window.trekkerMark").await, "same page", "the guest page did not reload");
     browser.close().await;
     node.stop().await;
 }
