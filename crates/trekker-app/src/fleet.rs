@@ -386,8 +386,247 @@ pub async fn run(trekker: Arc<Trekker>, every: Duration, shutdown: CancellationT
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Mutex;
+
     use super::*;
-    use crate::test_support::{Mocks, trekker};
+    use crate::test_support::{Mocks, NOW, bot_record, server_snapshot, trekker};
+
+    /// A move as the store was asked for it: bot, target, pace, lost-for.
+    type Asked = (String, String, Option<i64>, Option<i64>);
+
+    fn bot_on(server: &str, n: u32, approval: ApprovalStatus) -> BotRecord {
+        BotRecord { id: BotId::parse(&format!("bot-{n}")).unwrap(), ..bot_record(server, approval) }
+    }
+
+    /// The store answers every move with `answer(target)`, and records it.
+    fn moves_answered(
+        store: &mut Mocks,
+        answer: impl Fn(&str) -> Result<(), StoreError> + Send + 'static,
+    ) -> Arc<Mutex<Vec<Asked>>> {
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let seen = asked.clone();
+        store.bots.expect_move_bot().returning(move |request, effects, _| {
+            assert_eq!(effects.activity.bot_id.as_ref(), Some(&request.bot), "the move is recorded against its bot");
+            let to = request.to.as_str().to_owned();
+            seen.lock().unwrap().push((
+                request.bot.as_str().to_owned(),
+                to.clone(),
+                request.pace_per_min,
+                request.lost_for_ms,
+            ));
+            answer(&to)?;
+            let from = request.from.clone().unwrap_or_else(|| ServerName::parse("HOME").unwrap());
+            Ok(MovedBot {
+                bot: BotRecord { server: request.to.clone(), ..bot_on(from.as_str(), 0, ApprovalStatus::Approved) },
+                from,
+            })
+        });
+        asked
+    }
+
+    fn holds_the_duty(store: &mut Mocks) {
+        store.capacity.expect_hold_duty().returning(|_, _, _, _| Ok(true));
+    }
+
+    #[test]
+    fn a_move_counts_a_slot_out_of_its_source_and_into_its_target() {
+        let mut servers = vec![server_snapshot("A", 5, 2), server_snapshot("B", 5, 2), server_snapshot("C", 5, 2)];
+        let (a, b) = (ServerName::parse("A").unwrap(), ServerName::parse("B").unwrap());
+        count_move(&mut servers, &a, &b, ApprovalStatus::Pending);
+        let counts: Vec<i64> = servers.iter().map(|s| s.current_bot_count).collect();
+        assert_eq!(counts, [1, 3, 2]);
+        count_move(&mut servers, &a, &b, ApprovalStatus::Rejected);
+        assert_eq!(servers.iter().map(|s| s.current_bot_count).collect::<Vec<_>>(), [1, 3, 2], "holds no slot");
+    }
+
+    /// A lost server's approved bots go where placement puts them, one at a
+    /// time: the pass counts each move, so two bots spread over two equal
+    /// servers instead of piling onto the first.
+    #[tokio::test]
+    async fn a_failover_spreads_a_lost_servers_approved_bots() {
+        let mut store = Mocks::default();
+        holds_the_duty(&mut store);
+        let mut lost = server_snapshot("LOST", 10, 2);
+        lost.last_heartbeat = Some(NOW - 600_000);
+        let servers = vec![lost, server_snapshot("A", 10, 8), server_snapshot("B", 10, 8)];
+        store.servers.expect_list_servers().times(1).returning(move || Ok(servers.clone()));
+        store
+            .servers
+            .expect_lost_servers()
+            .withf(|after| *after == FleetSettings::default().failover_after_ms)
+            .returning(|_| Ok(vec![ServerName::parse("LOST").unwrap()]));
+        store
+            .bots
+            .expect_list_bots()
+            .withf(|filter| {
+                filter.server.as_ref().map(ServerName::as_str) == Some("LOST")
+                    && filter.approval == Some(ApprovalStatus::Approved)
+                    && filter.limit == Some(PASS_BATCH)
+            })
+            .returning(|_| {
+                let bots =
+                    vec![bot_on("LOST", 1, ApprovalStatus::Approved), bot_on("LOST", 2, ApprovalStatus::Approved)];
+                Ok(trekker_store::BotPage { bots, next: None })
+            });
+        let asked = moves_answered(&mut store, |_| Ok(()));
+        let pass = trekker(store).fleet_pass().await.unwrap();
+        assert_eq!(pass, FleetPass { failed_over: 2, ..FleetPass::default() });
+        let lost_for = Some(FleetSettings::default().failover_after_ms);
+        assert_eq!(
+            *asked.lock().unwrap(),
+            [("bot-1".into(), "A".into(), None, lost_for), ("bot-2".into(), "B".into(), None, lost_for)]
+        );
+    }
+
+    /// An evacuation tries the next target when one is full, skips a target
+    /// that took its moves for the minute, and stops when no target is left
+    /// this minute; what it could not move is recorded on the server.
+    #[tokio::test]
+    async fn an_evacuation_tries_the_next_target_and_respects_the_pace() {
+        let mut store = Mocks::default();
+        holds_the_duty(&mut store);
+        let mut source = server_snapshot("SRC", 10, 3);
+        source.status = ServerStatus::Draining;
+        source.evacuation = Some(trekker_store::Evacuation { started_at: NOW, stuck: 0 });
+        let servers = vec![source, server_snapshot("A", 10, 5), server_snapshot("B", 10, 9)];
+        store.servers.expect_list_servers().times(1).returning(move || Ok(servers.clone()));
+        store.servers.expect_lost_servers().returning(|_| Ok(vec![]));
+        store
+            .bots
+            .expect_list_bots()
+            .withf(|filter| filter.server.as_ref().map(ServerName::as_str) == Some("SRC") && filter.approval.is_none())
+            .returning(|_| {
+                let bots = vec![
+                    bot_on("SRC", 1, ApprovalStatus::Rejected),
+                    bot_on("SRC", 2, ApprovalStatus::Pending),
+                    bot_on("SRC", 3, ApprovalStatus::Approved),
+                    bot_on("SRC", 4, ApprovalStatus::Approved),
+                ];
+                Ok(trekker_store::BotPage { bots, next: None })
+            });
+        // A is full after all (its count was stale), then out of pace.
+        let refusals = Arc::new(Mutex::new(0));
+        let asked = moves_answered(&mut store, move |to| {
+            let mut seen = refusals.lock().unwrap();
+            *seen += 1;
+            match (to, *seen) {
+                ("A", 1) => Err(StoreError::ServerFull(ServerName::parse("A").unwrap())),
+                ("A", _) => Err(StoreError::Paced(ServerName::parse("A").unwrap())),
+                _ => Ok(()),
+            }
+        });
+        store.servers.expect_get_server().returning(|_| Ok(Some(server_snapshot("SRC", 10, 2))));
+        store
+            .servers
+            .expect_record_evacuation()
+            .withf(|server, stuck, done| server.as_str() == "SRC" && *stuck == 0 && !*done)
+            .times(1)
+            .returning(|_, _, _| Ok(()));
+        let pass = trekker(store).fleet_pass().await.unwrap();
+        assert_eq!(pass, FleetPass { evacuated: 1, ..FleetPass::default() });
+        let pace = Some(FleetSettings::default().moves_per_min);
+        assert_eq!(
+            *asked.lock().unwrap(),
+            [
+                ("bot-2".into(), "A".into(), pace, None),
+                ("bot-2".into(), "B".into(), pace, None),
+                ("bot-3".into(), "A".into(), pace, None),
+            ],
+            "the rejected bot holds no slot; bot-4 waits: B is full now and A is out of pace"
+        );
+    }
+
+    /// Bots that fit nowhere stay and are counted; an emptied server's
+    /// evacuation is recorded as done.
+    #[tokio::test]
+    async fn an_evacuation_counts_what_fits_nowhere_and_finishes_when_empty() {
+        for (left, done) in [(2, false), (0, true)] {
+            let mut store = Mocks::default();
+            holds_the_duty(&mut store);
+            let mut source = server_snapshot("SRC", 10, 2);
+            source.status = ServerStatus::Draining;
+            source.evacuation = Some(trekker_store::Evacuation { started_at: NOW, stuck: 0 });
+            let servers = vec![source, server_snapshot("FULL", 3, 3)];
+            store.servers.expect_list_servers().returning(move || Ok(servers.clone()));
+            store.servers.expect_lost_servers().returning(|_| Ok(vec![]));
+            store.bots.expect_list_bots().returning(|_| {
+                let bots = vec![bot_on("SRC", 1, ApprovalStatus::Approved), bot_on("SRC", 2, ApprovalStatus::Pending)];
+                Ok(trekker_store::BotPage { bots, next: None })
+            });
+            store.servers.expect_get_server().returning(move |_| Ok(Some(server_snapshot("SRC", 10, left))));
+            store
+                .servers
+                .expect_record_evacuation()
+                .withf(move |_, stuck, finished| *stuck == 2 && *finished == done)
+                .times(1)
+                .returning(|_, _, _| Ok(()));
+            let pass = trekker(store).fleet_pass().await.unwrap();
+            assert_eq!(pass, FleetPass { stuck: 2, ..FleetPass::default() });
+        }
+    }
+
+    #[tokio::test]
+    async fn an_admin_move_goes_only_where_a_bot_can_run() {
+        let mut offline = server_snapshot("GONE", 10, 0);
+        offline.last_heartbeat = Some(NOW - 600_000);
+        let mut draining = server_snapshot("DRAIN", 10, 0);
+        draining.status = ServerStatus::Draining;
+        let servers = vec![server_snapshot("HOME", 10, 1), offline, draining, server_snapshot("OPEN", 10, 9)];
+        for (target, refused) in [
+            (Some("home"), "already on HOME"),
+            (Some("gone"), "(active, offline)"),
+            (Some("drain"), "(draining, online)"),
+            (Some("nowhere"), ""),
+        ] {
+            let mut store = Mocks::default();
+            store.bots.expect_get_bot().returning(|_| Ok(Some(bot_on("HOME", 1, ApprovalStatus::Approved))));
+            let listed = servers.clone();
+            store.servers.expect_list_servers().returning(move || Ok(listed.clone()));
+            let err = trekker(store).move_bot("bot-1", target).await.unwrap_err();
+            match err {
+                AppError::Conflict(text) => assert!(text.contains(refused), "{target:?}: {text}"),
+                AppError::UnknownServer(_) => assert_eq!(target, Some("nowhere")),
+                other => panic!("{target:?}: {other:?}"),
+            }
+        }
+        // Named or chosen by placement (never the current host): OPEN.
+        for target in [Some(" open "), None, Some("")] {
+            let mut store = Mocks::default();
+            store.bots.expect_get_bot().returning(|_| Ok(Some(bot_on("HOME", 1, ApprovalStatus::Approved))));
+            let listed = servers.clone();
+            store.servers.expect_list_servers().returning(move || Ok(listed.clone()));
+            let asked = moves_answered(&mut store, |_| Ok(()));
+            let moved = trekker(store).move_bot("bot-1", target).await.unwrap();
+            assert_eq!(moved.bot.server.as_str(), "OPEN");
+            assert_eq!(asked.lock().unwrap()[0].1, "OPEN", "{target:?}");
+        }
+        // Nowhere else to go.
+        let mut store = Mocks::default();
+        store.bots.expect_get_bot().returning(|_| Ok(Some(bot_on("HOME", 1, ApprovalStatus::Approved))));
+        store.servers.expect_list_servers().returning(|| Ok(vec![server_snapshot("HOME", 10, 1)]));
+        assert!(matches!(trekker(store).move_bot("bot-1", None).await, Err(AppError::Conflict(_))));
+    }
+
+    #[tokio::test]
+    async fn power_actions_are_recorded_against_their_bot() {
+        let mut store = Mocks::default();
+        store
+            .bots
+            .expect_set_power()
+            .withf(|id, action, effects, _| {
+                id.as_str() == "bot-1"
+                    && *action == PowerAction::Stop
+                    && effects.activity.bot_id.as_ref().map(BotId::as_str) == Some("bot-1")
+            })
+            .times(1)
+            .returning(|_, _, _, _| Ok(bot_on("HOME", 1, ApprovalStatus::Approved)));
+        store.bots.expect_set_power().returning(|_, _, _, _| Err(StoreError::BotNotFound));
+        let t = trekker(store);
+        t.stop_bot("bot-1").await.unwrap();
+        assert!(matches!(t.restart_bot("bot-2").await, Err(AppError::NotFound(_))));
+    }
 
     /// Only the duty holder reads the fleet: the mocks have no listing, so
     /// a pass that read it would fail here.
