@@ -584,4 +584,111 @@ mod tests {
             }
         }
     }
+
+    const HOUR_MS: i64 = 60 * 60 * 1000;
+
+    /// A remote that is never reached.
+    #[derive(Debug)]
+    struct Unreachable;
+
+    #[async_trait]
+    impl RemoteCredentials for Unreachable {
+        async fn update_bot_credentials(
+            &self,
+            _: &ServerName,
+            _: &str,
+            _: &str,
+            _: &CredentialsUpdateBody,
+        ) -> Result<CredentialsUpdateAnswer, ClientError> {
+            Err(ClientError::Unreachable("connection refused".into()))
+        }
+    }
+
+    #[test]
+    fn retries_back_off_from_a_quarter_second_to_five_with_jitter() {
+        for (attempts, base) in [(-3, 250), (0, 250), (1, 500), (2, 1_000), (4, 4_000), (5, 5_000), (60, 5_000)] {
+            let delays: Vec<i64> = (0..300).map(|_| retry_delay_ms(attempts)).collect();
+            let (least, most) = (*delays.iter().min().unwrap(), *delays.iter().max().unwrap());
+            assert!(least >= base / 2 && most <= base, "{attempts}: {least}..={most} outside {}..={base}", base / 2);
+            assert!(most - least > base / 8, "{attempts}: jittered over the upper half ({least}..={most})");
+        }
+    }
+
+    /// Updates are given up after a day: 23 hours old is tried, 25 is not.
+    #[tokio::test]
+    async fn a_day_is_how_long_an_update_waits_for_its_host() {
+        for (age, expires) in [(23 * HOUR_MS, false), (25 * HOUR_MS, true)] {
+            let mut store = Mocks::default();
+            let created = NOW - age;
+            store
+                .credential_outbox
+                .expect_claim_credential_updates()
+                .returning(move |_, _, _, _| Ok(vec![claimed(created)]));
+            store.servers.expect_get_server().returning(|_| Ok(Some(host_row(NOW - 31_000))));
+            store.bots.expect_get_bot().returning(|_| Ok(Some(bot_record("SERVER1", ApprovalStatus::Approved))));
+            store
+                .credential_outbox
+                .expect_finish_credential_update()
+                .withf(move |_, _, outcome, _| (*outcome == DeliveryOutcome::Expired) == expires)
+                .times(1)
+                .returning(|_, _, _, _| Ok(true));
+            let mut trekker = trekker(store);
+            trekker.remote = Arc::new(NeverCalled);
+            trekker.deliver_queued_updates("w").await.unwrap();
+        }
+    }
+
+    /// A claim outlives one delivery attempt (the budget plus 5 s), and a
+    /// host that did not answer is tried again after the backoff, later.
+    #[tokio::test]
+    async fn an_unreached_host_is_retried_after_the_backoff() {
+        let mut store = Mocks::default();
+        store
+            .credential_outbox
+            .expect_claim_credential_updates()
+            .withf(|worker, now, lease_ms, _| worker == "w" && *now == NOW && *lease_ms == 5_000 + 5_000)
+            .returning(|_, _, _, _| Ok(vec![claimed(NOW)]));
+        store.servers.expect_get_server().returning(|_| Ok(Some(host_row(NOW))));
+        store.bots.expect_get_bot().returning(|_| Ok(Some(bot_record("SERVER1", ApprovalStatus::Approved))));
+        store
+            .credential_outbox
+            .expect_finish_credential_update()
+            .withf(|_, _, outcome, _| {
+                // One earlier attempt: 500 ms, jittered over its upper half.
+                matches!(outcome, DeliveryOutcome::Retry { retry_at, .. } if (NOW + 250..=NOW + 500).contains(retry_at))
+            })
+            .times(1)
+            .returning(|_, _, _, _| Ok(true));
+        let mut trekker = trekker(store);
+        trekker.remote = Arc::new(Unreachable);
+        assert_eq!(trekker.deliver_queued_updates("w").await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_update_id_is_looked_up_only_when_it_could_be_one() {
+        for refused in ["", "with space", "dash-ed", &"a".repeat(65)] {
+            let err = trekker(Mocks::default()).credential_update(refused).await.unwrap_err();
+            assert!(matches!(err, AppError::NotFound(_)), "{refused:?}");
+        }
+        let mut store = Mocks::default();
+        store.credential_outbox.expect_get_credential_update().times(1).returning(|_| Ok(Some(claimed(NOW).update)));
+        let longest = "a".repeat(64);
+        assert_eq!(trekker(store).credential_update(&longest).await.unwrap().id, "u1");
+    }
+
+    /// The lowest version, and the largest leap, are still applied.
+    #[tokio::test]
+    async fn versions_at_the_edges_are_applied() {
+        for version in [1, 1 + MAX_VERSION_LEAP] {
+            let mut store = Mocks::default();
+            store.bots.expect_get_bot().returning(|_| Ok(Some(bot_record("SERVER0", ApprovalStatus::Approved))));
+            store
+                .bots
+                .expect_update_credentials()
+                .withf(move |_, _, rule, _, _| *rule == VersionRule::Exactly(version))
+                .times(1)
+                .returning(|_, _, _, _, _| Ok(bot_record("SERVER0", ApprovalStatus::Approved)));
+            trekker(store).apply_remote_credentials(&peer(), &body(Some(version), 2)).await.unwrap();
+        }
+    }
 }
