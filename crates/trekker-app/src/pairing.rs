@@ -279,4 +279,62 @@ mod tests {
         let foreign = other_cluster.start(&phone).await.unwrap().outcome.await.unwrap();
         assert_ne!(foreign.identity().account_key, credentials.identity().account_key);
     }
+
+    #[test]
+    fn pairing_codes_draw_eight_characters_of_the_whole_alphabet() {
+        let codes: Vec<String> = (0..200).map(|_| pairing_code()).collect();
+        let letters: std::collections::HashSet<char> =
+            codes.iter().flat_map(|c| c.chars()).filter(|c| *c != '-').collect();
+        assert!(letters.len() > 28, "8 characters of 32 each, drawn apart: {letters:?}");
+        assert!(letters.iter().all(|c| !"01IO".contains(*c)), "no look-alikes");
+        let distinct: std::collections::HashSet<&String> = codes.iter().collect();
+        assert_eq!(distinct.len(), codes.len());
+    }
+
+    #[test]
+    fn simulated_keys_are_random_and_the_provider_says_it_is_simulated() {
+        assert_ne!(random_bytes().unwrap(), random_bytes().unwrap());
+        assert_ne!(random_bytes().unwrap(), [0; 32]);
+        let key = random_key().unwrap();
+        assert_eq!(base64::engine::general_purpose::STANDARD.decode(&key).unwrap().len(), 32);
+        let provider = SimulatedPairing { delay: Duration::from_millis(1), account_secret: [1; 32] };
+        assert_eq!(provider.name(), "simulated");
+        assert!(!format!("{provider:?}").contains("account_secret: [1"), "the secret is not in Debug");
+    }
+
+    #[tokio::test]
+    async fn a_pairing_request_lasts_its_ttl_and_its_id_is_checked_before_the_store() {
+        use crate::test_support::{Mocks, NOW, trekker};
+        let mut store = crate::test_support::Mocks::default();
+        store
+            .pairings
+            .expect_create_pairing()
+            .withf(|pairing| pairing.created_at == NOW && pairing.expires_at == NOW + 60_000)
+            .times(1)
+            .returning(|_| Ok(()));
+        let provider: Arc<dyn PairingProvider> =
+            Arc::new(SimulatedPairing { delay: Duration::from_secs(3600), account_secret: [1; 32] });
+        let ticket = trekker(store).request_pairing(&provider, "254712345678").await.unwrap();
+        assert_eq!((ticket.expires_in, ticket.request_id.len()), (60, 32));
+
+        for refused in ["", "has space", "dash-ed", &"a".repeat(65)] {
+            let err = trekker(Mocks::default()).pairing_state(refused).await.unwrap_err();
+            assert!(matches!(err, AppError::NotFound(_)), "{refused:?}");
+        }
+        let mut store = Mocks::default();
+        store.pairings.expect_take_pairing().times(1).returning(|id, _| {
+            Ok(Some(trekker_store::PairingRecord {
+                id: id.to_owned(),
+                phone: PhoneNumber::parse("254712345678").unwrap(),
+                code: "ABCD-EFGH".into(),
+                status: PairingStatus::Pending,
+                credentials: None,
+                message: None,
+                created_at: NOW,
+                expires_at: NOW + 60_000,
+            }))
+        });
+        let state = trekker(store).pairing_state(&"a".repeat(64)).await.unwrap();
+        assert!(matches!(state, PairingState::Pending), "{state:?}");
+    }
 }

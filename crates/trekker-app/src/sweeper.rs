@@ -158,4 +158,85 @@ mod tests {
         });
         assert_eq!(trekker(store).reject_stale_pending().await.unwrap(), 1);
     }
+
+    #[tokio::test]
+    async fn a_sweep_counts_what_expired() {
+        let mut store = Mocks::default();
+        store
+            .bots
+            .expect_expire_due_bots()
+            .withf(|node, now| node.as_str() == "SERVER0" && *now == NOW)
+            .returning(|_, _| Ok(vec![bot_record("SERVER0", ApprovalStatus::Expired); 2]));
+        assert_eq!(trekker(store).expire_due_bots().await.unwrap(), 2);
+    }
+
+    /// Replay records and idempotency keys go at their own expiry, ended
+    /// pairings a minute after theirs, departures after a day.
+    #[tokio::test]
+    async fn each_kind_of_record_is_purged_at_its_own_age() {
+        let mut store = Mocks::default();
+        store.replay.expect_purge_replay_records().withf(|now| *now == NOW).returning(|_| Ok(1));
+        store.idempotency.expect_purge_idempotency_keys().withf(|now| *now == NOW).returning(|_| Ok(20));
+        store.pairings.expect_purge_pairings().withf(|before| *before == NOW - 60_000).returning(|_| Ok(300));
+        store.runtime.expect_purge_departures().withf(|before| *before == NOW - 86_400_000).returning(|_| Ok(4_000));
+        assert_eq!(trekker(store).purge_expired_records().await.unwrap(), 4_321);
+    }
+
+    /// The duty outlives three of the longer of the heartbeat and the sweep
+    /// interval, so a live holder keeps it between its sweeps.
+    #[tokio::test]
+    async fn the_sweep_duty_outlives_three_intervals() {
+        for (every_secs, ttl_ms) in [(1, 30_000), (60, 180_000)] {
+            let mut store = Mocks::default();
+            store
+                .capacity
+                .expect_hold_duty()
+                .withf(move |_, node, now, ttl| node.as_str() == "SERVER0" && *now == NOW && *ttl == ttl_ms)
+                .returning(|_, _, _, _| Ok(true));
+            assert!(trekker(store).holds_sweep_duty(Duration::from_secs(every_secs)).await.unwrap());
+        }
+    }
+
+    /// The holder sweeps on its interval: expiry, stale pending, purges.
+    #[tokio::test(start_paused = true)]
+    async fn the_duty_holder_sweeps_every_interval() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let sweeps = Arc::new(AtomicUsize::new(0));
+        let mut store = Mocks::default();
+        store.capacity.expect_hold_duty().returning(|_, _, _, _| Ok(true));
+        let counted = sweeps.clone();
+        store.bots.expect_expire_due_bots().returning(move |_, _| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Ok(vec![])
+        });
+        store.bots.expect_stale_pending_bots().returning(|_, _| Ok(vec![]));
+        store.replay.expect_purge_replay_records().returning(|_| Ok(0));
+        store.idempotency.expect_purge_idempotency_keys().returning(|_| Ok(0));
+        store.pairings.expect_purge_pairings().returning(|_| Ok(0));
+        store.runtime.expect_purge_departures().returning(|_| Ok(0));
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run(Arc::new(trekker(store)), Duration::from_secs(10), shutdown.clone()));
+        tokio::time::sleep(Duration::from_secs(35)).await;
+        shutdown.cancel();
+        task.await.unwrap();
+        assert!((3..=4).contains(&sweeps.load(Ordering::SeqCst)), "{}", sweeps.load(Ordering::SeqCst));
+    }
+
+    /// Rejections wake what follows bots (the supervisor, the notifier, the
+    /// live feed); a sweep that rejected nothing wakes nobody.
+    #[tokio::test]
+    async fn only_a_sweep_that_rejected_something_wakes_the_node() {
+        for stale in [0, 1] {
+            let mut store = Mocks::default();
+            store
+                .bots
+                .expect_stale_pending_bots()
+                .returning(move |_, _| Ok(vec![bot_record("SERVER0", ApprovalStatus::Pending); stale]));
+            store.bots.expect_reject_bot().returning(|_, _, _| Ok(bot_record("SERVER0", ApprovalStatus::Rejected)));
+            let trekker = trekker(store);
+            assert_eq!(trekker.reject_stale_pending().await.unwrap(), stale);
+            let woken = tokio::time::timeout(Duration::from_millis(1), trekker.runtime_changed.notified()).await;
+            assert_eq!(woken.is_ok(), stale > 0, "{stale} rejected");
+        }
+    }
 }
