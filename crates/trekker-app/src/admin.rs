@@ -691,14 +691,9 @@ mod tests {
                 break;
             }
         }
-        let mut expected = found.clone();
-        expected.sort_by_key(inconsistency_key);
+        // Kinds in `Inconsistency::KINDS` order, then by subject.
+        let expected = vec![orphan("254700000001"), orphan("254700000002"), drift("SERVER1"), drift("SERVER9")];
         assert_eq!(seen, expected, "every inconsistency once, kind by kind");
-        assert_ne!(
-            inconsistency_key(&expected[0]).0,
-            inconsistency_key(&expected[3]).0,
-            "sorted by kind first, then subject"
-        );
         // A page exactly as long as what is left is the last one.
         let (page, _, next) = t.inconsistency_page(Some(4), None).await.unwrap();
         assert_eq!((page.len(), next), (4, None));

@@ -691,4 +691,57 @@ mod tests {
             trekker(store).apply_remote_credentials(&peer(), &body(Some(version), 2)).await.unwrap();
         }
     }
+
+    /// The asking request holds the update it delivers itself for one
+    /// attempt (the budget plus 5 s, so the outbox leaves it alone); an
+    /// offline host's update is the outbox's at once.
+    #[tokio::test]
+    async fn the_asking_request_holds_its_update_only_while_it_delivers_it() {
+        for (beat, held) in [(NOW, 10_000), (NOW - 31_000, 0)] {
+            let mut store = Mocks::default();
+            store.servers.expect_get_server().returning(move |_| Ok(Some(host_row(beat))));
+            store
+                .credential_outbox
+                .expect_enqueue_credential_update()
+                .withf(move |update, _, _| update.held_for_ms == held && update.target.as_str() == "SERVER1")
+                .times(1)
+                .returning(|_, _, _| Ok(claimed(NOW).update));
+            store
+                .credential_outbox
+                .expect_claim_credential_update()
+                .withf(|id, _, _, lease_ms| id == "u1" && *lease_ms == 10_000)
+                .returning(|_, _, _, _| Ok(None));
+            let mut trekker = trekker(store);
+            trekker.remote = Arc::new(NeverCalled);
+            let bot = bot_record("SERVER1", ApprovalStatus::Approved);
+            let outcome = trekker.cross_server_update(&peer(), bot, &creds::credentials(PHONE, 2)).await.unwrap();
+            assert!(matches!(outcome, RegisterOutcome::CrossServerQueued { .. }), "{outcome:?}");
+        }
+    }
+
+    /// The dispatcher claims again at once while it finds work, and waits
+    /// (backing off) only when the outbox has nothing due.
+    #[tokio::test(start_paused = true)]
+    async fn the_dispatcher_drains_without_pausing_then_idles() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let claims = Arc::new(AtomicUsize::new(0));
+        let counted = claims.clone();
+        let mut store = Mocks::default();
+        store.credential_outbox.expect_claim_credential_updates().returning(move |_, _, _, _| {
+            // Three busy claims (each finds an update too old to send), then nothing.
+            let n = counted.fetch_add(1, Ordering::SeqCst);
+            Ok(if n < 3 { vec![claimed(NOW - OUTBOX_MAX_AGE_MS - 1)] } else { vec![] })
+        });
+        store.credential_outbox.expect_finish_credential_update().returning(|_, _, _, _| Ok(true));
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run_outbox(Arc::new(trekker(store)), shutdown.clone()));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(claims.load(Ordering::SeqCst), 4, "three busy claims back to back, then the first idle one");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let idle = claims.load(Ordering::SeqCst) - 4;
+        // 0.5, 1, 2, 4 s, then every 5 s: about 14 claims in a minute, not 120.
+        assert!((10..=16).contains(&idle), "{idle} idle claims in a minute");
+        shutdown.cancel();
+        task.await.unwrap();
+    }
 }

@@ -272,4 +272,113 @@ mod tests {
         shutdown.cancel();
         feed.await.unwrap();
     }
+
+    fn activity(id: i64, action: &str) -> trekker_store::Activity {
+        trekker_store::Activity {
+            id,
+            occurred_at: crate::test_support::NOW,
+            server: "SERVER0".into(),
+            bot_id: None,
+            phone: None,
+            action: action.into(),
+            details: String::new(),
+            remote_tenancy: None,
+            remote_bot_id: None,
+        }
+    }
+
+    fn view(server: &str, used: i64) -> ServerView {
+        ServerView { server: crate::test_support::server_snapshot(server, 10, used), online: true }
+    }
+
+    /// One tick publishes what changed and only that: a server whose counts
+    /// moved (a newer heartbeat alone is no news), bots that left (not one
+    /// that left and came back: it is updated), changed bots, and warnings
+    /// and reviews among the new activities. A tick with nothing new
+    /// publishes nothing.
+    #[tokio::test]
+    async fn a_tick_publishes_what_changed_and_nothing_else() {
+        use crate::test_support::{NOW, bot_record};
+        use trekker_domain::ApprovalStatus;
+
+        let mut store = Mocks::default();
+        let mut ticks = 0;
+        store.servers.expect_list_servers().returning(move || {
+            let mut beat = crate::test_support::server_snapshot("SERVER0", 10, 1);
+            beat.last_heartbeat = Some(NOW - 1_000);
+            Ok(vec![beat, crate::test_support::server_snapshot("SERVER1", 10, 3)])
+        });
+        store.runtime.expect_fleet_changes().returning(move |_| {
+            ticks += 1;
+            if ticks > 1 {
+                return Ok(BotChanges::default());
+            }
+            let back = bot_record("SERVER1", ApprovalStatus::Approved);
+            Ok(BotChanges {
+                cursor: ChangeCursor::default(),
+                changed: vec![back],
+                departed: vec![BotId::parse("bot-2").unwrap(), BotId::parse("bot-1").unwrap()],
+            })
+        });
+        store.activities.expect_activities_after().returning(|after, limit| {
+            assert_eq!(limit, ACTIVITIES_PER_TICK);
+            Ok(match after {
+                5 => vec![
+                    activity(6, "capacity_warning"),
+                    activity(7, "credential_review_opened"),
+                    activity(8, "registered"),
+                ],
+                _ => Vec::new(),
+            })
+        });
+        let trekker = trekker(store);
+        let hub = EventHub::default();
+        let mut received = hub.sender.subscribe();
+        let mut seen = Seen {
+            servers: [view("SERVER0", 1), view("SERVER1", 2)]
+                .into_iter()
+                .map(|v| (v.server.name.to_string(), v))
+                .collect(),
+            cursor: ChangeCursor::default(),
+            last_activity: 5,
+        };
+        assert!(trekker.feed_tick(&mut seen, &hub).await.unwrap());
+        let mut shown = Vec::new();
+        while let Ok(numbered) = received.try_recv() {
+            shown.push(match numbered.event {
+                LiveEvent::Server(v) => format!("server {} {}", v.server.name, v.server.current_bot_count),
+                LiveEvent::BotGone(id) => format!("gone {id}"),
+                LiveEvent::Bot(bot) => format!("bot {}", bot.id),
+                LiveEvent::Warning(a) => format!("warning {}", a.id),
+                LiveEvent::Review(a) => format!("review {}", a.id),
+            });
+        }
+        assert_eq!(shown, ["server SERVER1 3", "gone bot-2", "bot bot-1", "warning 6", "review 7"]);
+        assert_eq!(seen.last_activity, 8);
+
+        assert!(!trekker.feed_tick(&mut seen, &hub).await.unwrap(), "nothing new");
+        assert!(received.try_recv().is_err());
+    }
+
+    #[test]
+    fn only_server_events_are_public() {
+        assert!(LiveEvent::Server(view("SERVER0", 1)).is_public());
+        assert!(!LiveEvent::BotGone(BotId::parse("bot-1").unwrap()).is_public());
+        assert!(!LiveEvent::Warning(activity(1, "capacity_warning")).is_public());
+    }
+
+    /// Shutting the hub down ends every stream; the listener count is what
+    /// keeps the feed reading.
+    #[tokio::test]
+    async fn the_hub_counts_its_listeners_and_closes_their_streams() {
+        let hub = EventHub::default();
+        assert_eq!(hub.listeners(), 0);
+        let closed = hub.closed();
+        let _one = hub.sender.subscribe();
+        let _two = hub.sender.subscribe();
+        assert_eq!(hub.listeners(), 2);
+        assert!(!closed.is_cancelled());
+        hub.closed.cancel();
+        assert!(closed.is_cancelled(), "the token streams hold is the hub's own");
+    }
 }

@@ -640,4 +640,93 @@ mod tests {
             .returning(|_, _, _, _| Ok(false));
         assert_eq!(trekker(store).fleet_pass().await.unwrap(), FleetPass::default());
     }
+
+    /// FAILOVER_AFTER_SECS=0 turns failover off: lost servers are not even
+    /// looked for. A lost server's bots that fit nowhere are counted stuck.
+    #[tokio::test]
+    async fn failover_can_be_turned_off_and_counts_what_fits_nowhere() {
+        let mut store = Mocks::default();
+        holds_the_duty(&mut store);
+        store.servers.expect_list_servers().returning(|| Ok(vec![server_snapshot("LOST", 10, 1)]));
+        let mut off = trekker(store);
+        off.fleet.failover_after_ms = 0;
+        assert_eq!(off.fleet_pass().await.unwrap(), FleetPass::default(), "no lost server was looked for");
+
+        let mut store = Mocks::default();
+        holds_the_duty(&mut store);
+        store.servers.expect_list_servers().returning(|| Ok(vec![server_snapshot("LOST", 10, 1)]));
+        store.servers.expect_lost_servers().returning(|_| Ok(vec![ServerName::parse("LOST").unwrap()]));
+        store.bots.expect_list_bots().returning(|_| {
+            Ok(trekker_store::BotPage { bots: vec![bot_on("LOST", 1, ApprovalStatus::Approved)], next: None })
+        });
+        let t = trekker(store);
+        assert_eq!(t.fleet_pass().await.unwrap(), FleetPass { stuck: 1, ..FleetPass::default() });
+        let woken = tokio::time::timeout(Duration::from_millis(1), t.runtime_changed.notified()).await;
+        assert!(woken.is_ok(), "a pass that did something wakes the node");
+    }
+
+    /// A server that was evacuated and then made active again is no longer
+    /// drained, and a pass that did nothing wakes nobody.
+    #[tokio::test]
+    async fn only_a_draining_server_is_evacuated() {
+        let mut store = Mocks::default();
+        holds_the_duty(&mut store);
+        let mut reopened = server_snapshot("SRC", 10, 3);
+        reopened.evacuation = Some(trekker_store::Evacuation { started_at: NOW, stuck: 0 });
+        store.servers.expect_list_servers().returning(move || Ok(vec![reopened.clone()]));
+        store.servers.expect_lost_servers().returning(|_| Ok(vec![]));
+        let t = trekker(store);
+        assert_eq!(t.fleet_pass().await.unwrap(), FleetPass::default());
+        let woken = tokio::time::timeout(Duration::from_millis(1), t.runtime_changed.notified()).await;
+        assert!(woken.is_err(), "nothing moved, nobody woken");
+    }
+
+    /// REBALANCE=on: a bot moves from a crowded server to an empty one, and
+    /// the pass counts it.
+    #[tokio::test]
+    async fn the_balancer_moves_an_approved_bot_off_a_crowded_server() {
+        let mut store = Mocks::default();
+        holds_the_duty(&mut store);
+        store
+            .servers
+            .expect_list_servers()
+            .returning(|| Ok(vec![server_snapshot("FULL", 10, 10), server_snapshot("EMPTY", 10, 0)]));
+        store.servers.expect_lost_servers().returning(|_| Ok(vec![]));
+        store
+            .bots
+            .expect_list_bots()
+            .withf(|filter| {
+                filter.server.as_ref().map(ServerName::as_str) == Some("FULL")
+                    && filter.approval == Some(ApprovalStatus::Approved)
+            })
+            .returning(|_| {
+                Ok(trekker_store::BotPage { bots: vec![bot_on("FULL", 1, ApprovalStatus::Approved)], next: None })
+            });
+        let asked = moves_answered(&mut store, |_| Ok(()));
+        let mut t = trekker(store);
+        t.fleet.rebalance = true;
+        let pass = t.fleet_pass().await.unwrap();
+        assert!(pass.rebalanced >= 1, "{pass:?}");
+        assert_eq!(pass.rebalanced, asked.lock().unwrap().len());
+        assert!(asked.lock().unwrap().iter().all(|(_, to, _, _)| to == "EMPTY"));
+    }
+
+    /// The loop runs a pass on its interval until shut down.
+    #[tokio::test(start_paused = true)]
+    async fn the_fleet_loop_runs_a_pass_every_interval() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let passes = Arc::new(AtomicUsize::new(0));
+        let counted = passes.clone();
+        let mut store = Mocks::default();
+        store.capacity.expect_hold_duty().returning(move |_, _, _, _| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Ok(false)
+        });
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run(Arc::new(trekker(store)), Duration::from_secs(10), shutdown.clone()));
+        tokio::time::sleep(Duration::from_secs(35)).await;
+        shutdown.cancel();
+        task.await.unwrap();
+        assert_eq!(passes.load(Ordering::SeqCst), 4, "at 0, 10, 20 and 30 s");
+    }
 }

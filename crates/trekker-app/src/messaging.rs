@@ -78,3 +78,76 @@ impl Trekker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Mutex;
+
+    use trekker_domain::ApprovalStatus;
+
+    use super::*;
+    use crate::test_support::{Mocks, bot_record, trekker};
+
+    /// A messenger that records what it was asked and answers `answer`.
+    #[derive(Debug)]
+    struct Recording {
+        asked: Mutex<Vec<(String, Option<String>, String)>>,
+        answer: fn() -> Result<String, MessengerError>,
+    }
+
+    #[async_trait]
+    impl BotMessenger for Recording {
+        async fn send_text(&self, bot: &BotId, to: Option<&PhoneNumber>, text: &str) -> Result<String, MessengerError> {
+            let to = to.map(|p| p.as_str().to_owned());
+            self.asked.lock().unwrap().push((bot.as_str().to_owned(), to, text.to_owned()));
+            (self.answer)()
+        }
+    }
+
+    fn recording(answer: fn() -> Result<String, MessengerError>) -> Recording {
+        Recording { asked: Mutex::new(Vec::new()), answer }
+    }
+
+    fn with_bot() -> Mocks {
+        let mut store = Mocks::default();
+        store.bots.expect_get_bot().returning(|_| Ok(Some(bot_record("SERVER1", ApprovalStatus::Approved))));
+        store
+    }
+
+    #[tokio::test]
+    async fn a_message_of_up_to_the_limit_is_sent_and_its_id_returned() {
+        let messenger = recording(|| Ok("3EB0ABC".into()));
+        let longest = "é".repeat(MAX_TEXT_CHARS);
+        let t = trekker(with_bot());
+        assert_eq!(t.send_bot_message(&messenger, "bot-1", Some(" 254700000002 "), &longest).await.unwrap(), "3EB0ABC");
+        assert_eq!(t.send_bot_message(&messenger, "bot-1", Some(""), "hi").await.unwrap(), "3EB0ABC");
+        let asked = messenger.asked.lock().unwrap();
+        assert_eq!(asked[0], ("bot-1".into(), Some("254700000002".into()), longest));
+        assert_eq!(asked[1], ("bot-1".into(), None, "hi".into()), "no number: the bot's own chat");
+    }
+
+    #[tokio::test]
+    async fn a_bad_message_is_refused_before_anything_is_sent() {
+        let messenger = recording(|| Ok("never".into()));
+        let too_long = "a".repeat(MAX_TEXT_CHARS + 1);
+        for (to, text) in [(Some("not a phone"), "hi"), (None, "   "), (None, too_long.as_str())] {
+            let err = trekker(Mocks::default()).send_bot_message(&messenger, "bot-1", to, text).await.unwrap_err();
+            assert!(matches!(err, AppError::InvalidInput(_)), "{to:?}: {err:?}");
+        }
+        assert!(messenger.asked.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_bot_hosted_elsewhere_or_a_refusal_is_a_conflict_that_says_why() {
+        let elsewhere = recording(|| Err(MessengerError::NotRunningHere));
+        let err = trekker(with_bot()).send_bot_message(&elsewhere, "bot-1", None, "hi").await.unwrap_err();
+        assert!(matches!(&err, AppError::Conflict(text) if text.contains("hosted on SERVER1")), "{err:?}");
+        let refused = recording(|| Err(MessengerError::Refused("no session for the recipient".into())));
+        let err = trekker(with_bot()).send_bot_message(&refused, "bot-1", None, "hi").await.unwrap_err();
+        assert!(matches!(&err, AppError::Conflict(text) if text.starts_with("WhatsApp did not take")), "{err:?}");
+        let unsupported = NoMessenger.send_text(&BotId::parse("bot-1").unwrap(), None, "hi").await;
+        assert!(matches!(unsupported, Err(MessengerError::Unsupported)));
+    }
+}

@@ -90,3 +90,115 @@ fn review_id(id: &str) -> Result<&str, AppError> {
     }
     Ok(id)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use trekker_domain::ApprovalStatus;
+    use trekker_store::ReviewStatus;
+    use trekker_testkit::creds;
+
+    use super::*;
+    use crate::test_support::{Mocks, NOW, PHONE, bot_record, trekker};
+
+    /// `bot-1` pinned to its own account, paired as variant 3.
+    fn pinned_bot() -> BotRecord {
+        let mut bot = bot_record("SERVER0", ApprovalStatus::Approved);
+        bot.adv_timestamp = Some(creds::adv_timestamp(3) as i64);
+        bot
+    }
+
+    fn review(id: &str) -> CredentialReview {
+        CredentialReview {
+            id: id.into(),
+            bot_id: pinned_bot().id,
+            phone: pinned_bot().phone,
+            account_key: [7; 32],
+            adv_timestamp: 0,
+            status: ReviewStatus::Open,
+            created_at: NOW,
+            decided_at: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_same_account_at_the_same_or_a_later_pairing_may_change_the_bot() {
+        for variant in [3, 4] {
+            let (t, bot, credentials) = (trekker(Mocks::default()), pinned_bot(), creds::credentials(PHONE, variant));
+            assert!(t.check_ownership(&bot, &credentials).await.is_ok(), "variant {variant}");
+        }
+        // Nothing pinned yet (registered before ownership was recorded).
+        let mut unpinned = pinned_bot();
+        unpinned.account_key = None;
+        let other = Credentials::from_session_id(&creds::session_id_of_account(PHONE, 1, "someone else")).unwrap();
+        assert!(trekker(Mocks::default()).check_ownership(&unpinned, &other).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_older_pairing_of_the_same_account_is_refused() {
+        let err = trekker(Mocks::default()).check_ownership(&pinned_bot(), &creds::credentials(PHONE, 2)).await;
+        assert!(matches!(err, Err(AppError::OlderSession)), "{err:?}");
+    }
+
+    /// Another account's session waits for an admin, sealed in a review;
+    /// the answer names the review.
+    #[tokio::test]
+    async fn another_account_opens_a_review_and_is_refused() {
+        let other = Credentials::from_session_id(&creds::session_id_of_account(PHONE, 9, "someone else")).unwrap();
+        let mut store = Mocks::default();
+        let held = other.clone();
+        store
+            .reviews
+            .expect_open_review()
+            .withf(move |review, effects, _| {
+                review.bot_id.as_str() == "bot-1"
+                    && review.credentials == held
+                    && effects.activity.action == "credential_review_opened"
+            })
+            .times(1)
+            .returning(|_, _, _| Ok(review("r1")));
+        let err = trekker(store).check_ownership(&pinned_bot(), &other).await;
+        assert!(matches!(&err, Err(AppError::AccountMismatch { review_id: Some(id) }) if id == "r1"), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn review_pages_and_ids_are_checked_before_the_store() {
+        for refused in ["", "with space", "dash-ed", &"a".repeat(65)] {
+            let err = trekker(Mocks::default()).approve_review(refused).await.unwrap_err();
+            assert!(matches!(err, AppError::NotFound(_)), "{refused:?}");
+            let err = trekker(Mocks::default()).reject_review(refused).await.unwrap_err();
+            assert!(matches!(err, AppError::NotFound(_)), "{refused:?}");
+        }
+        let longest = "a".repeat(64);
+        let mut store = Mocks::default();
+        let expected = longest.clone();
+        store
+            .reviews
+            .expect_reject_review()
+            .withf(move |id, _, _| id == expected)
+            .times(1)
+            .returning(|id, _, _| Ok(review(id)));
+        store
+            .reviews
+            .expect_list_reviews()
+            .withf(|after, limit| *after == Some((NOW, "r9".to_owned())) && *limit == 3)
+            .times(1)
+            .returning(|_, _| {
+                Ok(trekker_store::ReviewPage { reviews: vec![review("r8")], next: Some((NOW - 1, "r8".into())) })
+            });
+        store
+            .reviews
+            .expect_list_reviews()
+            .withf(|after, limit| after.is_none() && *limit == trekker_store::DEFAULT_PAGE)
+            .times(1)
+            .returning(|_, _| Ok(trekker_store::ReviewPage { reviews: vec![], next: None }));
+        let t = trekker(store);
+        assert_eq!(t.reject_review(&longest).await.unwrap().id, longest);
+        let after = crate::admin::format_cursor(NOW, "r9");
+        let (reviews, next) = t.credential_reviews(Some(3), Some(&after)).await.unwrap();
+        assert_eq!(reviews, vec![review("r8")]);
+        assert_eq!(crate::admin::parse_cursor(&next.unwrap()).unwrap(), (NOW - 1, "r8".to_owned()));
+        assert_eq!(t.credential_reviews(None, Some("")).await.unwrap(), (vec![], None));
+    }
+}

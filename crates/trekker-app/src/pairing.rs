@@ -299,7 +299,12 @@ mod tests {
         assert_eq!(base64::engine::general_purpose::STANDARD.decode(&key).unwrap().len(), 32);
         let provider = SimulatedPairing { delay: Duration::from_millis(1), account_secret: [1; 32] };
         assert_eq!(provider.name(), "simulated");
-        assert!(!format!("{provider:?}").contains("account_secret: [1"), "the secret is not in Debug");
+        let shown = format!("{provider:?}");
+        assert!(shown.starts_with("SimulatedPairing") && !shown.contains("secret"), "{shown}");
+        let paired = PairingState::Paired { session_id: "TREKKER~secret".into() };
+        assert_eq!(format!("{paired:?}"), "Paired { session_id: <redacted> }");
+        let failed = PairingState::Failed { message: "no".into() };
+        assert_eq!(format!("{failed:?}"), r#"Failed { message: "no" }"#);
     }
 
     #[tokio::test]
