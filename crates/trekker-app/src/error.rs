@@ -87,3 +87,16 @@ pub(crate) fn capitalise(text: &str) -> String {
         None => String::new(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::capitalise;
+
+    /// Reasons from below start a sentence in an answer.
+    #[test]
+    fn a_reason_starts_with_a_capital() {
+        assert_eq!(capitalise("the bot is not running"), "The bot is not running");
+        assert_eq!(capitalise("élan"), "Élan");
+        assert_eq!(capitalise(""), "");
+    }
+}

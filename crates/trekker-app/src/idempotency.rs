@@ -188,4 +188,14 @@ mod tests {
             assert!(matches!(err, AppError::InvalidInput(_)), "{key:?}: {err:?}");
         }
     }
+
+    /// A command id outlives every retry of it: the outbox retries an
+    /// update for a day, so a retry on its last attempt still finds the
+    /// first answer (and applies nothing twice); it is not kept much longer.
+    #[test]
+    fn a_command_id_outlives_its_last_retry() {
+        let outbox_retries_for = crate::crossserver::OUTBOX_MAX_AGE_MS;
+        assert!(IDEMPOTENCY_TTL_MS > outbox_retries_for, "{IDEMPOTENCY_TTL_MS}");
+        assert!(IDEMPOTENCY_TTL_MS <= outbox_retries_for + 2 * 3_600_000, "{IDEMPOTENCY_TTL_MS}");
+    }
 }

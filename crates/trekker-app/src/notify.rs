@@ -334,7 +334,10 @@ mod tests {
     async fn a_send_that_never_answers_times_out_and_is_retried_then_given_up() {
         let started = tokio::time::Instant::now();
         match outcome_of(Broken::Hangs, 1).await {
-            NotificationOutcome::Retry { error, .. } => assert_eq!(error, "timed out"),
+            NotificationOutcome::Retry { error, retry_at } => {
+                assert_eq!(error, "timed out");
+                assert!((NOW + 1_000..=NOW + 2_000).contains(&retry_at), "{retry_at}");
+            }
             other => panic!("{other:?}"),
         }
         assert_eq!(started.elapsed(), SEND_TIMEOUT, "gave up at the send timeout, not before");
