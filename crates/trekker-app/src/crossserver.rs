@@ -298,7 +298,7 @@ impl Trekker {
     /// The guest's view of a queued update.
     pub async fn credential_update(&self, id: &str) -> Result<CredentialUpdate, AppError> {
         let unknown = || AppError::NotFound("Credential update not found.".into());
-        if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        if !crate::is_opaque_id(id) {
             return Err(unknown());
         }
         self.store.credential_outbox.get_credential_update(id).await?.ok_or_else(unknown)

@@ -233,6 +233,13 @@ pub(crate) fn random_u128() -> u128 {
     u128::from_le_bytes(bytes)
 }
 
+/// Whether `id` can be an id this node gave out (pairing requests, outbox
+/// updates, reviews: random hex): 1 to 64 ASCII letters and digits. Checked
+/// before any store read, so a hostile id costs nothing.
+pub(crate) fn is_opaque_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
 pub(crate) fn new_bot_id() -> BotId {
     BotId::from_random_bits(random_u128())
 }

@@ -85,7 +85,7 @@ impl Trekker {
 }
 
 fn review_id(id: &str) -> Result<&str, AppError> {
-    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+    if !crate::is_opaque_id(id) {
         return Err(AppError::NotFound("Credential review not found or already decided.".into()));
     }
     Ok(id)

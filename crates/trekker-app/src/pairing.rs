@@ -231,7 +231,7 @@ impl Trekker {
 
     pub async fn pairing_state(&self, request_id: &str) -> Result<PairingState, AppError> {
         let unknown = || AppError::NotFound("Pairing request not found.".into());
-        if request_id.is_empty() || request_id.len() > 64 || !request_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        if !crate::is_opaque_id(request_id) {
             return Err(unknown());
         }
         // A paired request answers once with its session ID, then is gone.
