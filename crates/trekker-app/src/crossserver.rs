@@ -744,4 +744,35 @@ mod tests {
         shutdown.cancel();
         task.await.unwrap();
     }
+
+    /// After work, a dispatcher that had backed off to its cap looks again
+    /// soon (an update queued for a host that just came back often has
+    /// followers), not only after the longest idle wait.
+    #[tokio::test(start_paused = true)]
+    async fn work_resets_the_dispatchers_idle_backoff() {
+        use std::sync::Mutex;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let work = Arc::new(AtomicBool::new(false));
+        let claims_at = Arc::new(Mutex::new(Vec::new()));
+        let (offered, recorded) = (work.clone(), claims_at.clone());
+        let mut store = Mocks::default();
+        store.credential_outbox.expect_claim_credential_updates().returning(move |_, _, _, _| {
+            let found = offered.swap(false, Ordering::SeqCst);
+            recorded.lock().unwrap().push((tokio::time::Instant::now(), found));
+            Ok(if found { vec![claimed(NOW - OUTBOX_MAX_AGE_MS - 1)] } else { vec![] })
+        });
+        store.credential_outbox.expect_finish_credential_update().returning(|_, _, _, _| Ok(true));
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run_outbox(Arc::new(trekker(store)), shutdown.clone()));
+        tokio::time::sleep(Duration::from_secs(30)).await; // backed off to its cap
+        work.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        shutdown.cancel();
+        task.await.unwrap();
+        let claims = claims_at.lock().unwrap();
+        let busy = claims.iter().position(|(_, found)| *found).expect("the work was claimed");
+        // The busy claim, one more at once (it found nothing), then the shortest wait.
+        let after = claims[busy + 2].0 - claims[busy + 1].0;
+        assert_eq!(after, POLL_EVERY, "waited {after:?} after work");
+    }
 }

@@ -79,6 +79,8 @@ mod tests {
         // A counter that went backwards (a reset) reads as idle, not as a panic.
         assert_eq!(cpu_percent((500, 2000), (100, 1000)), 0);
         assert_eq!(cpu_jiffies("cpu  1 2\n"), None);
+        // Kernels before 2.5.41 write only user, nice, system and idle.
+        assert_eq!(cpu_jiffies("cpu  10 0 5 85\n"), Some((15, 100)));
         assert_eq!(memory_available("MemTotal: 10 kB\nMemAvailable:   2048 kB\n"), Some(2 << 20));
         assert_eq!(memory_available("MemTotal: 10 kB\n"), None);
     }

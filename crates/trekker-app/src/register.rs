@@ -507,6 +507,23 @@ mod tests {
         assert_eq!(outcome.bot().server.as_str(), "SERVER0");
     }
 
+    /// A name of exactly the limit (counted in characters, not bytes) is a
+    /// name; one more character is refused (above).
+    #[tokio::test]
+    async fn a_bot_name_of_exactly_the_limit_is_accepted() {
+        let longest = "é".repeat(MAX_BOT_NAME_CHARS);
+        let mut store = Mocks::default();
+        let expected = longest.clone();
+        store
+            .bots
+            .expect_register_bot()
+            .withf(move |bot, _, _| bot.name == expected)
+            .times(1)
+            .returning(|bot, _, _| Ok(registered(bot, 4)));
+        let outcome = trekker(store).register_bot(RegisterRequest { bot_name: longest, ..request(None) }).await;
+        assert_eq!(outcome.unwrap().kind(), "registered");
+    }
+
     #[tokio::test]
     async fn full_node_auto_assigns_to_most_free_and_skips_one_that_filled_meanwhile() {
         let mut store = Mocks::default();
