@@ -270,4 +270,82 @@ mod tests {
         assert!(logs.tail(&BotId::parse("bot_0").unwrap(), 10).is_empty(), "the oldest retired ring went");
         assert_eq!(logs.tail(&bot, 1).len(), 1, "a ring that is not retired stays");
     }
+
+    #[tokio::test]
+    async fn lines_split_at_every_newline_and_an_empty_line_is_a_line() {
+        let mut reader = tokio::io::BufReader::with_capacity(4, &b"one\ntwo\n\nfour\n"[..]);
+        let mut read = Vec::new();
+        // Bounded: a reader that stopped consuming its newlines would loop.
+        while let Some(line) = next_line(&mut reader).await.unwrap() {
+            read.push(String::from_utf8(line.bytes).unwrap());
+            assert!(read.len() <= 4, "{read:?}");
+        }
+        assert_eq!(read, ["one", "two", "", "four"]);
+    }
+
+    #[test]
+    fn a_ring_holds_exactly_its_size() {
+        let logs = BotLogs::new();
+        let bot = BotId::parse("bot_a").unwrap();
+        let kib = RawLine { bytes: vec![b'z'; 1024], truncated: false };
+        for _ in 0..128 {
+            logs.push(&bot, LogStream::Stdout, &kib);
+        }
+        assert_eq!(logs.tail(&bot, 1000).len(), 128, "128 KiB fit exactly");
+        logs.push(&bot, LogStream::Stderr, &RawLine { bytes: b"!".to_vec(), truncated: false });
+        let tail = logs.tail(&bot, 1000);
+        assert_eq!(tail.len(), 128, "one byte more pushes the oldest line out");
+        assert_eq!(tail.last().unwrap().text, "!");
+    }
+
+    #[test]
+    fn a_cut_line_says_so_once() {
+        let logs = BotLogs::new();
+        let bot = BotId::parse("bot_a").unwrap();
+        for (text, truncated) in [("cut here", true), ("already marked…", true), ("whole", false)] {
+            logs.push(&bot, LogStream::Stdout, &RawLine { bytes: text.as_bytes().to_vec(), truncated });
+        }
+        let texts: Vec<String> = logs.tail(&bot, 10).into_iter().map(|l| l.text).collect();
+        assert_eq!(texts, ["cut here…", "already marked…", "whole"]);
+    }
+
+    /// A crashed bot's reason is its last stderr line, not its last line.
+    #[test]
+    fn the_last_line_of_a_stream_is_found_among_the_others() {
+        let logs = BotLogs::new();
+        let bot = BotId::parse("bot_a").unwrap();
+        assert_eq!(logs.tail_of(&bot, LogStream::Stderr), None);
+        let line = |text: &str| RawLine { bytes: text.as_bytes().to_vec(), truncated: false };
+        logs.push(&bot, LogStream::Stderr, &line("Error: bad MAC"));
+        logs.push(&bot, LogStream::Stdout, &line("still printing"));
+        assert_eq!(logs.tail_of(&bot, LogStream::Stderr).as_deref(), Some("Error: bad MAC"));
+        let before = now_ms();
+        logs.node_line(&bot, "stopped");
+        let last = logs.tail(&bot, 1).pop().unwrap();
+        assert!(last.at >= before && last.at <= now_ms(), "stamped now: {}", last.at);
+    }
+
+    /// Retiring the same bot twice keeps one place in the queue; exactly
+    /// RETIRED_RINGS retired rings are kept.
+    #[test]
+    fn retired_rings_are_counted_once_each() {
+        let logs = BotLogs::new();
+        let first = BotId::parse("bot_first").unwrap();
+        logs.node_line(&first, "started");
+        logs.retire(&first);
+        logs.retire(&first);
+        for n in 1..RETIRED_RINGS {
+            let other = BotId::parse(&format!("bot_{n}")).unwrap();
+            logs.node_line(&other, "started");
+            logs.retire(&other);
+        }
+        assert_eq!(logs.tail(&first, 1).len(), 1, "RETIRED_RINGS retired rings, the first among them");
+        let unknown = BotId::parse("bot_never_ran").unwrap();
+        logs.retire(&unknown);
+        assert_eq!(logs.tail(&first, 1).len(), 1, "a bot with no ring takes no place");
+        let last = BotId::parse("bot_last").unwrap();
+        logs.node_line(&last, "started");
+        logs.retire(&last);
+        assert!(logs.tail(&first, 1).is_empty(), "one more pushes the oldest out");
+    }
 }

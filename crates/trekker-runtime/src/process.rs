@@ -629,4 +629,65 @@ mod tests {
         assert_eq!(describe(status(137 << 8), true, false).1, Some(9));
         assert_eq!(describe(status(137 << 8), true, true).2, "out of memory");
     }
+
+    /// A bot run without a sandbox gets the contract's environment and
+    /// nothing else of the node's, its registered creds.json in a private
+    /// AUTH_DIR under a private root, and its output in the driver's ring.
+    #[tokio::test]
+    async fn a_started_bot_sees_the_contract_and_its_output_is_kept() {
+        use std::os::unix::fs::PermissionsExt;
+        use trekker_domain::{PhoneNumber, ServerName};
+
+        let work = tempfile::tempdir().unwrap();
+        let script = work.path().join("bot.sh");
+        std::fs::write(
+            &script,
+            "env | cut -d= -f1 | sort | tr '\\n' ' '; echo\n\
+             echo \"id=$BOT_ID phone=$PHONE_NUMBER server=$SERVER_NAME version=$CREDENTIALS_VERSION\"\n\
+             stat -c 'auth=%a' \"$AUTH_DIR\"\n\
+             head -c 1 \"$AUTH_DIR/creds.json\"; echo\n",
+        )
+        .unwrap();
+        let root = work.path().join("bots/auth");
+        let driver = ProcessDriver::new(&format!("sh {}", script.display()), &root, Duration::from_secs(2)).unwrap();
+        assert_eq!(std::fs::metadata(&root).unwrap().permissions().mode() & 0o777, 0o700, "a private root");
+
+        let phone = "254700000777";
+        let spec = BotSpec {
+            bot_id: BotId::parse("bot-env").unwrap(),
+            runner: trekker_store::NodeLease { node: ServerName::parse("SERVER3").unwrap(), epoch: 1 },
+            phone: PhoneNumber::parse(phone).unwrap(),
+            server: ServerName::parse("SERVER3").unwrap(),
+            credentials: trekker_testkit::creds::credentials(phone, 2),
+            version: 2,
+            generation: 1,
+            session: None,
+        };
+        let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
+        let running = driver.start(spec.clone(), events).await.unwrap();
+        let exited = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                if let BotEvent::Exited { code, .. } = received.recv().await.unwrap().event {
+                    return code;
+                }
+            }
+        })
+        .await
+        .expect("the bot ends");
+        running.stop().await;
+        assert_eq!(exited, Some(0));
+
+        let kept = driver.logs().tail(&spec.bot_id, 100);
+        assert_eq!(kept[0].stream, LogStream::Node, "the node says when it started the bot");
+        let lines: Vec<String> = kept.into_iter().filter(|l| l.stream == LogStream::Stdout).map(|l| l.text).collect();
+        let names: Vec<&str> = lines[0].split_whitespace().collect();
+        let contract = ["AUTH_DIR", "BOT_ID", "CREDENTIALS_VERSION", "PHONE_NUMBER", "SERVER_NAME"];
+        // What the node passes on (PATH, HOME, LANG, TZ) and what sh sets itself.
+        let allowed = ["HOME", "LANG", "OLDPWD", "PATH", "PWD", "SHLVL", "TZ", "_"];
+        assert!(contract.iter().all(|name| names.contains(name)), "{names:?}");
+        assert!(names.iter().all(|name| contract.contains(name) || allowed.contains(name)), "{names:?}");
+        assert_eq!(lines[1], format!("id=bot-env phone={phone} server=SERVER3 version=2"));
+        assert_eq!(lines[2], "auth=700");
+        assert_eq!(lines[3], "{", "the registered creds.json is in AUTH_DIR");
+    }
 }
