@@ -690,4 +690,58 @@ mod tests {
         assert_eq!(lines[2], "auth=700");
         assert_eq!(lines[3], "{", "the registered creds.json is in AUTH_DIR");
     }
+
+    /// What each running bot's folder holds is measured and summed for the
+    /// node (`/metrics`); a bot that stopped is no longer counted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_bots_folder_is_measured_and_the_node_sums_them() {
+        use trekker_domain::{PhoneNumber, ServerName};
+
+        let work = tempfile::tempdir().unwrap();
+        let script = work.path().join("bot.sh");
+        std::fs::write(
+            &script,
+            "case \"$BOT_ID\" in bot-small) n=30000 ;; *) n=50000 ;; esac\n\
+             head -c \"$n\" /dev/zero > \"$AUTH_DIR/blob\"\nexec sleep 60\n",
+        )
+        .unwrap();
+        let command = format!("sh {}", script.display());
+        let driver = ProcessDriver::new(&command, work.path().join("auth"), Duration::from_secs(2)).unwrap();
+        let mut running = Vec::new();
+        for (id, phone) in [("bot-small", "254700000781"), ("bot-large", "254700000782")] {
+            let spec = BotSpec {
+                bot_id: BotId::parse(id).unwrap(),
+                runner: trekker_store::NodeLease { node: ServerName::parse("SERVER3").unwrap(), epoch: 1 },
+                phone: PhoneNumber::parse(phone).unwrap(),
+                server: ServerName::parse("SERVER3").unwrap(),
+                credentials: trekker_testkit::creds::credentials(phone, 1),
+                version: 1,
+                generation: 1,
+                session: None,
+            };
+            let (events, _received) = tokio::sync::mpsc::unbounded_channel();
+            running.push((driver.start(spec, events).await.unwrap(), BotId::parse(id).unwrap()));
+        }
+        let disk = |id: &BotId| driver.resources(id).map(|r| r.disk_bytes);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !running.iter().zip([30_000, 50_000]).all(|((_, id), size)| disk(id).is_some_and(|d| d >= size)) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never measured: {:?}",
+                running.iter().map(|(_, id)| disk(id)).collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (small, large) = (disk(&running[0].1).unwrap(), disk(&running[1].1).unwrap());
+        assert!(small < large, "{small} {large}");
+        assert_eq!(driver.totals().disk_bytes, small + large);
+        assert_eq!(driver.resources(&BotId::parse("bot-elsewhere").unwrap()), None);
+        let (first, first_id) = running.remove(0);
+        first.stop().await;
+        assert_eq!(driver.resources(&first_id), None, "a stopped bot is not counted");
+        assert_eq!(driver.totals().disk_bytes, large);
+        for (bot, _) in running {
+            bot.stop().await;
+        }
+    }
 }
