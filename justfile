@@ -19,7 +19,7 @@ mutants:
 
 # Mutation testing of the use cases and the supervisor on their unit tests
 # (mocks, the paused clock). In place, on the warm target dir: about 4 s a
-# mutant for the use cases, 10 s for the supervisor; do not edit the crate
+# mutant for the use cases, 19 s for the runtime; do not edit the crate
 # while it runs. `just mutants-runtime 0/3` runs one third.
 mutants-app:
     cargo mutants -p trekker-app --in-place --timeout 60
