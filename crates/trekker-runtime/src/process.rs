@@ -744,4 +744,54 @@ mod tests {
             bot.stop().await;
         }
     }
+
+    /// A saved folder comes back as it was; one that lost its creds.json
+    /// (it cannot log in) gets the registered credentials.
+    #[tokio::test]
+    async fn a_saved_folder_is_restored_unless_it_lacks_its_credentials() {
+        use trekker_domain::{PhoneNumber, ServerName};
+
+        struct Quiet;
+        #[async_trait]
+        impl crate::driver::StateSink for Quiet {
+            async fn save(&self, _: &state::Snapshot) -> bool {
+                true
+            }
+            async fn refuse(&self, _: &state::StateError) {}
+        }
+        let work = tempfile::tempdir().unwrap();
+        let saved = |files: &[(&str, &str)]| {
+            let dir = tempfile::tempdir_in(work.path()).unwrap();
+            for (name, text) in files {
+                std::fs::write(dir.path().join(name), text).unwrap();
+            }
+            Arc::new(state::snapshot(dir.path(), 1 << 20).unwrap().archive)
+        };
+        let phone = "254700000790";
+        let registered = trekker_testkit::creds::credentials(phone, 1);
+        for (archive, creds, kept) in [
+            (saved(&[("creds.json", "{\"saved\":1}"), ("keys.json", "k")]), "{\"saved\":1}".to_owned(), true),
+            (saved(&[("keys.json", "k")]), registered.creds_json().to_owned(), false),
+        ] {
+            let spec = BotSpec {
+                bot_id: BotId::parse("bot-restore").unwrap(),
+                runner: trekker_store::NodeLease { node: ServerName::parse("SERVER3").unwrap(), epoch: 1 },
+                phone: PhoneNumber::parse(phone).unwrap(),
+                server: ServerName::parse("SERVER3").unwrap(),
+                credentials: registered.clone(),
+                version: 1,
+                generation: 1,
+                session: Some(SessionSync {
+                    restore: Some(archive),
+                    sink: Arc::new(Quiet),
+                    every: Duration::from_secs(10),
+                    limit: 1 << 20,
+                }),
+            };
+            let auth = work.path().join("auth");
+            prepare_auth_dir(&auth, &spec).await.unwrap();
+            assert_eq!(std::fs::read_to_string(auth.join("creds.json")).unwrap(), creds);
+            assert!(auth.join("keys.json").exists() || !kept, "the saved folder's other files are back");
+        }
+    }
 }
