@@ -630,13 +630,27 @@ mod tests {
         assert_eq!(describe(status(137 << 8), true, true).2, "out of memory");
     }
 
+    /// Bot `id` of `phone` on SERVER3, its credentials `version`.
+    fn spec(id: &str, phone: &str, version: u32, session: Option<SessionSync>) -> BotSpec {
+        use trekker_domain::{PhoneNumber, ServerName};
+        BotSpec {
+            bot_id: BotId::parse(id).unwrap(),
+            runner: trekker_store::NodeLease { node: ServerName::parse("SERVER3").unwrap(), epoch: 1 },
+            phone: PhoneNumber::parse(phone).unwrap(),
+            server: ServerName::parse("SERVER3").unwrap(),
+            credentials: trekker_testkit::creds::credentials(phone, version),
+            version: i64::from(version),
+            generation: 1,
+            session,
+        }
+    }
+
     /// A bot run without a sandbox gets the contract's environment and
     /// nothing else of the node's, its registered creds.json in a private
     /// AUTH_DIR under a private root, and its output in the driver's ring.
     #[tokio::test]
     async fn a_started_bot_sees_the_contract_and_its_output_is_kept() {
         use std::os::unix::fs::PermissionsExt;
-        use trekker_domain::{PhoneNumber, ServerName};
 
         let work = tempfile::tempdir().unwrap();
         let script = work.path().join("bot.sh");
@@ -653,16 +667,7 @@ mod tests {
         assert_eq!(std::fs::metadata(&root).unwrap().permissions().mode() & 0o777, 0o700, "a private root");
 
         let phone = "254700000777";
-        let spec = BotSpec {
-            bot_id: BotId::parse("bot-env").unwrap(),
-            runner: trekker_store::NodeLease { node: ServerName::parse("SERVER3").unwrap(), epoch: 1 },
-            phone: PhoneNumber::parse(phone).unwrap(),
-            server: ServerName::parse("SERVER3").unwrap(),
-            credentials: trekker_testkit::creds::credentials(phone, 2),
-            version: 2,
-            generation: 1,
-            session: None,
-        };
+        let spec = spec("bot-env", phone, 2, None);
         let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
         let running = driver.start(spec.clone(), events).await.unwrap();
         let exited = tokio::time::timeout(Duration::from_secs(20), async {
@@ -695,8 +700,6 @@ mod tests {
     /// node (`/metrics`); a bot that stopped is no longer counted.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn each_bots_folder_is_measured_and_the_node_sums_them() {
-        use trekker_domain::{PhoneNumber, ServerName};
-
         let work = tempfile::tempdir().unwrap();
         let script = work.path().join("bot.sh");
         std::fs::write(
@@ -709,16 +712,7 @@ mod tests {
         let driver = ProcessDriver::new(&command, work.path().join("auth"), Duration::from_secs(2)).unwrap();
         let mut running = Vec::new();
         for (id, phone) in [("bot-small", "254700000781"), ("bot-large", "254700000782")] {
-            let spec = BotSpec {
-                bot_id: BotId::parse(id).unwrap(),
-                runner: trekker_store::NodeLease { node: ServerName::parse("SERVER3").unwrap(), epoch: 1 },
-                phone: PhoneNumber::parse(phone).unwrap(),
-                server: ServerName::parse("SERVER3").unwrap(),
-                credentials: trekker_testkit::creds::credentials(phone, 1),
-                version: 1,
-                generation: 1,
-                session: None,
-            };
+            let spec = spec(id, phone, 1, None);
             let (events, _received) = tokio::sync::mpsc::unbounded_channel();
             running.push((driver.start(spec, events).await.unwrap(), BotId::parse(id).unwrap()));
         }
@@ -749,8 +743,6 @@ mod tests {
     /// (it cannot log in) gets the registered credentials.
     #[tokio::test]
     async fn a_saved_folder_is_restored_unless_it_lacks_its_credentials() {
-        use trekker_domain::{PhoneNumber, ServerName};
-
         struct Quiet;
         #[async_trait]
         impl crate::driver::StateSink for Quiet {
@@ -773,21 +765,13 @@ mod tests {
             (saved(&[("creds.json", "{\"saved\":1}"), ("keys.json", "k")]), "{\"saved\":1}".to_owned(), true),
             (saved(&[("keys.json", "k")]), registered.creds_json().to_owned(), false),
         ] {
-            let spec = BotSpec {
-                bot_id: BotId::parse("bot-restore").unwrap(),
-                runner: trekker_store::NodeLease { node: ServerName::parse("SERVER3").unwrap(), epoch: 1 },
-                phone: PhoneNumber::parse(phone).unwrap(),
-                server: ServerName::parse("SERVER3").unwrap(),
-                credentials: registered.clone(),
-                version: 1,
-                generation: 1,
-                session: Some(SessionSync {
-                    restore: Some(archive),
-                    sink: Arc::new(Quiet),
-                    every: Duration::from_secs(10),
-                    limit: 1 << 20,
-                }),
+            let session = SessionSync {
+                restore: Some(archive),
+                sink: Arc::new(Quiet),
+                every: Duration::from_secs(10),
+                limit: 1 << 20,
             };
+            let spec = spec("bot-restore", phone, 1, Some(session));
             let auth = work.path().join("auth");
             prepare_auth_dir(&auth, &spec).await.unwrap();
             assert_eq!(std::fs::read_to_string(auth.join("creds.json")).unwrap(), creds);
