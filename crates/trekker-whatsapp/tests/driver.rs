@@ -325,10 +325,13 @@ async fn a_run_whose_state_write_is_fenced_reports_that_it_ended() {
     let next = store.start_node_lease(&lease.node, now, 600_000).await.unwrap();
     assert!(store.acquire_bot(&bot(), &next, 1, now).await.unwrap());
 
-    // The old run's client changes its device and saves it: refused.
+    // The old run's client changes its device and saves it: refused. The
+    // client's own background saver races this flush for the dirty flag, so
+    // whichever of the two writes first is the one refused; the event and
+    // the stored device below are what must hold either way.
     let client = sessions.client_of_phone(&phone()).expect("the bot runs here");
     client.persistence_manager().modify_device(|device| device.push_name = "stale run".into()).await;
-    assert!(client.persistence_manager().flush().await.is_err(), "the fence refused the stale run's write");
+    let _ = client.persistence_manager().flush().await;
 
     let ended = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
