@@ -739,18 +739,209 @@ mod tests {
         }
     }
 
+    /// A driver running `body` as a shell script, with `grace` to stop.
+    fn script_driver(work: &Path, body: &str, grace: Duration) -> ProcessDriver {
+        let script = work.join("bot.sh");
+        std::fs::write(&script, body).unwrap();
+        ProcessDriver::new(&format!("sh {}", script.display()), work.join("auth"), grace).unwrap()
+    }
+
+    /// The next event that ends the run (an exit or a logout), and the
+    /// statuses seen before it.
+    async fn ending(received: &mut mpsc::UnboundedReceiver<DriverEvent>) -> (BotEvent, Vec<BotEvent>) {
+        let mut before = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match received.recv().await.expect("the driver's events").event {
+                    event @ (BotEvent::Exited { .. } | BotEvent::LoggedOut { .. }) => return (event, before),
+                    status => before.push(status),
+                }
+            }
+        })
+        .await
+        .expect("the run ends")
+    }
+
+    /// Waits until the bot printed a line starting with `prefix`; its rest.
+    async fn printed(driver: &ProcessDriver, bot: &BotId, prefix: &str) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let lines = driver.logs().tail(bot, 100);
+            if let Some(line) = lines.iter().find(|l| l.stream == LogStream::Stdout && l.text.starts_with(prefix)) {
+                return line.text[prefix.len()..].to_owned();
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the bot never printed {prefix:?}: {lines:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether `pid` is a live process (a zombie waiting for its reaper is not).
+    fn alive(pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
+    }
+
+    async fn until_dead(pid: i32) -> bool {
+        for _ in 0..250 {
+            if !alive(pid) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    /// Records what the driver saved and refused of a session folder.
+    #[derive(Default)]
+    struct Recorder {
+        saved: Mutex<Vec<state::Snapshot>>,
+        refused: Mutex<Vec<String>>,
+    }
+
+    #[async_trait]
+    impl crate::driver::StateSink for Recorder {
+        async fn save(&self, snapshot: &state::Snapshot) -> bool {
+            self.saved.lock().unwrap().push(snapshot.clone());
+            true
+        }
+        async fn refuse(&self, error: &state::StateError) {
+            self.refused.lock().unwrap().push(error.to_string());
+        }
+    }
+
+    /// Exit 40 is a logout, exit 0 a stop on purpose, anything else a
+    /// crash whose reason carries what the bot said last on stderr.
+    #[tokio::test]
+    async fn the_exit_code_decides_what_the_supervisor_is_told() {
+        let cases = [
+            ("echo bye >&2; exit 40", BotEvent::LoggedOut { reason: None }),
+            ("echo fine >&2; exit 0", BotEvent::Exited { code: Some(0), signal: None, error: None }),
+            (
+                "echo starting; echo 'cannot open db' >&2; exit 3",
+                BotEvent::Exited {
+                    code: Some(3),
+                    signal: None,
+                    error: Some("exited with code 3; last on stderr: cannot open db".into()),
+                },
+            ),
+        ];
+        for (body, expected) in cases {
+            let work = tempfile::tempdir().unwrap();
+            let driver = script_driver(work.path(), body, Duration::from_secs(5));
+            assert_eq!(driver.name(), "process");
+            let (events, mut received) = mpsc::unbounded_channel();
+            let running = driver.start(spec("bot-exit", "254700000791", 1, None), events).await.unwrap();
+            assert_eq!(ending(&mut received).await.0, expected, "{body}");
+            running.stop().await;
+        }
+    }
+
+    /// Status lines on stdout reach the supervisor; a line cut at the
+    /// length limit is never read as one, whatever it starts with.
+    #[tokio::test]
+    async fn status_lines_on_stdout_reach_the_supervisor_but_cut_ones_do_not() {
+        let work = tempfile::tempdir().unwrap();
+        let padding = " ".repeat(output::MAX_LINE_BYTES);
+        let body =
+            format!("echo '{{\"event\":\"logged_out\"}}{padding}'\necho '{{\"event\":\"connected\"}}'\nexit 0\n");
+        let driver = script_driver(work.path(), &body, Duration::from_secs(5));
+        let (events, mut received) = mpsc::unbounded_channel();
+        let running = driver.start(spec("bot-status", "254700000792", 1, None), events).await.unwrap();
+        let (ended, statuses) = ending(&mut received).await;
+        running.stop().await;
+        assert_eq!(ended, BotEvent::Exited { code: Some(0), signal: None, error: None });
+        assert_eq!(statuses, vec![BotEvent::Connected]);
+    }
+
+    /// Stop sends SIGTERM first: a bot that handles it ends on its own terms.
+    #[tokio::test]
+    async fn stop_lets_a_bot_that_handles_sigterm_end_cleanly() {
+        let work = tempfile::tempdir().unwrap();
+        let body = "trap 'echo bye; exit 0' TERM\necho ready\nwhile :; do sleep 0.1; done\n";
+        let driver = script_driver(work.path(), body, Duration::from_secs(20));
+        let bot = BotId::parse("bot-polite").unwrap();
+        let (events, mut received) = mpsc::unbounded_channel();
+        let running = driver.start(spec(bot.as_str(), "254700000793", 1, None), events).await.unwrap();
+        printed(&driver, &bot, "ready").await;
+        running.stop().await;
+        assert_eq!(ending(&mut received).await.0, BotEvent::Exited { code: Some(0), signal: None, error: None });
+    }
+
+    /// A bot that ignores SIGTERM is killed after the grace period, with
+    /// every process it started; one that exits leaves no process behind.
+    #[tokio::test]
+    async fn nothing_a_bot_started_outlives_it() {
+        let work = tempfile::tempdir().unwrap();
+        let body = "trap '' TERM\nsleep 1000 &\necho \"child $!\"\nwhile :; do sleep 0.1; done\n";
+        let driver = script_driver(work.path(), body, Duration::from_millis(300));
+        let bot = BotId::parse("bot-stubborn").unwrap();
+        let (events, mut received) = mpsc::unbounded_channel();
+        let running = driver.start(spec(bot.as_str(), "254700000794", 1, None), events).await.unwrap();
+        let child: i32 = printed(&driver, &bot, "child ").await.parse().unwrap();
+        running.stop().await;
+        let (ended, _) = ending(&mut received).await;
+        let left = !until_dead(child).await;
+        let _ = nix::sys::signal::kill(Pid::from_raw(child), Signal::SIGKILL);
+        assert!(matches!(ended, BotEvent::Exited { code: None, signal: Some(9), .. }), "{ended:?}");
+        assert!(!left, "the process the bot started was killed");
+
+        let work = tempfile::tempdir().unwrap();
+        let driver = script_driver(work.path(), "sleep 1000 &\necho \"child $!\"\nexit 0\n", Duration::from_secs(5));
+        let bot = BotId::parse("bot-leaver").unwrap();
+        let (events, mut received) = mpsc::unbounded_channel();
+        let running = driver.start(spec(bot.as_str(), "254700000795", 1, None), events).await.unwrap();
+        let child: i32 = printed(&driver, &bot, "child ").await.parse().unwrap();
+        ending(&mut received).await;
+        let left = !until_dead(child).await;
+        let _ = nix::sys::signal::kill(Pid::from_raw(child), Signal::SIGKILL);
+        running.stop().await;
+        assert!(!left, "what the bot left running ended with it");
+    }
+
+    /// The session folder is saved when it changed (never twice the same),
+    /// a folder over the limit is refused once for as long as it stays so,
+    /// and a restored folder counts as saved.
+    #[tokio::test]
+    async fn a_session_folder_is_saved_when_it_changed_and_refused_once() {
+        let run = |body: &'static str, limit: u64, restore: Option<Arc<Vec<u8>>>| async move {
+            let work = tempfile::tempdir().unwrap();
+            let driver = script_driver(work.path(), body, Duration::from_secs(5));
+            let recorder = Arc::new(Recorder::default());
+            let session = SessionSync { restore, sink: recorder.clone(), every: Duration::from_millis(50), limit };
+            let (events, mut received) = mpsc::unbounded_channel();
+            let running = driver.start(spec("bot-folder", "254700000796", 1, Some(session)), events).await.unwrap();
+            ending(&mut received).await;
+            running.stop().await;
+            let saved = std::mem::take(&mut *recorder.saved.lock().unwrap());
+            let refused = std::mem::take(&mut *recorder.refused.lock().unwrap());
+            (saved, refused)
+        };
+
+        let (saved, refused) = run("sleep 0.3; echo one > \"$AUTH_DIR/a\"; sleep 0.5; exit 0", 1 << 20, None).await;
+        assert!(refused.is_empty(), "{refused:?}");
+        assert!(!saved.is_empty(), "the folder was saved");
+        assert!(saved.windows(2).all(|pair| pair[0].digest != pair[1].digest), "{} saves", saved.len());
+        let last = tempfile::tempdir().unwrap();
+        state::restore(&saved.last().unwrap().archive, &last.path().join("f"), 1 << 20).unwrap();
+        assert_eq!(std::fs::read_to_string(last.path().join("f/a")).unwrap(), "one\n");
+
+        let body = "head -c 8000 /dev/zero > \"$AUTH_DIR/big\"; sleep 0.5; exit 0";
+        let (_, refused) = run(body, 4096, None).await;
+        assert_eq!(refused.len(), 1, "{refused:?}");
+
+        let restored = {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("creds.json"), "{}").unwrap();
+            Arc::new(state::snapshot(dir.path(), 1 << 20).unwrap().archive)
+        };
+        let (saved, _) = run("sleep 0.3; exit 0", 1 << 20, Some(restored)).await;
+        assert!(saved.is_empty(), "the restored folder is what the database holds: {} saves", saved.len());
+    }
+
     /// A saved folder comes back as it was; one that lost its creds.json
     /// (it cannot log in) gets the registered credentials.
     #[tokio::test]
     async fn a_saved_folder_is_restored_unless_it_lacks_its_credentials() {
-        struct Quiet;
-        #[async_trait]
-        impl crate::driver::StateSink for Quiet {
-            async fn save(&self, _: &state::Snapshot) -> bool {
-                true
-            }
-            async fn refuse(&self, _: &state::StateError) {}
-        }
         let work = tempfile::tempdir().unwrap();
         let saved = |files: &[(&str, &str)]| {
             let dir = tempfile::tempdir_in(work.path()).unwrap();
@@ -767,7 +958,7 @@ mod tests {
         ] {
             let session = SessionSync {
                 restore: Some(archive),
-                sink: Arc::new(Quiet),
+                sink: Arc::new(Recorder::default()),
                 every: Duration::from_secs(10),
                 limit: 1 << 20,
             };
