@@ -842,15 +842,66 @@ mod tests {
     async fn status_lines_on_stdout_reach_the_supervisor_but_cut_ones_do_not() {
         let work = tempfile::tempdir().unwrap();
         let padding = " ".repeat(output::MAX_LINE_BYTES);
-        let body =
-            format!("echo '{{\"event\":\"logged_out\"}}{padding}'\necho '{{\"event\":\"connected\"}}'\nexit 0\n");
+        let body = format!(
+            "echo '{{\"event\":\"logged_out\"}}{padding}'\necho '{{\"event\":\"connected\"}}'\nexec sleep 60\n"
+        );
         let driver = script_driver(work.path(), &body, Duration::from_secs(5));
         let (events, mut received) = mpsc::unbounded_channel();
         let running = driver.start(spec("bot-status", "254700000792", 1, None), events).await.unwrap();
-        let (ended, statuses) = ending(&mut received).await;
+        let first = tokio::time::timeout(Duration::from_secs(20), received.recv()).await.expect("a status").unwrap();
         running.stop().await;
-        assert_eq!(ended, BotEvent::Exited { code: Some(0), signal: None, error: None });
-        assert_eq!(statuses, vec![BotEvent::Connected]);
+        assert_eq!(first.event, BotEvent::Connected);
+    }
+
+    /// AUTH_DIR may reach BOT_DISK_MB; past it the bot is stopped, and its
+    /// last error says why.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bot_whose_folder_grows_past_the_disk_limit_is_stopped() {
+        // The stop is decided at the measurement that first sees the whole
+        // file: the run ends then, or it goes on measured full.
+        let run = |name: &'static str, limit: Option<u64>| async move {
+            let work = tempfile::tempdir().unwrap();
+            let body = "head -c 40000 /dev/urandom > \"$AUTH_DIR/blob\"\nexec sleep 60\n";
+            let mut driver = script_driver(work.path(), body, Duration::from_secs(5));
+            if let Some(bytes) = limit {
+                driver = driver.with_disk_limit(bytes);
+            }
+            let bot = BotId::parse(name).unwrap();
+            let (events, mut received) = mpsc::unbounded_channel();
+            let running = driver.start(spec(name, "254700000797", 1, None), events).await.unwrap();
+            let deadline = tokio::time::Instant::now() + WATCH_EVERY * 5;
+            let outcome = loop {
+                if let Ok(DriverEvent { event: ended @ BotEvent::Exited { .. }, .. }) = received.try_recv() {
+                    break Err(ended);
+                }
+                if let Some(size) = driver.resources(&bot).map(|r| r.disk_bytes).filter(|size| *size >= 40_000) {
+                    if limit.is_none() {
+                        break Ok(size);
+                    }
+                    // Measured full: the stop, if any, is on its way.
+                    let stop = tokio::time::timeout(WATCH_EVERY, async {
+                        while let Some(event) = received.recv().await {
+                            if let BotEvent::Exited { .. } = event.event {
+                                return event.event;
+                            }
+                        }
+                        std::future::pending().await
+                    });
+                    break stop.await.map_or(Ok(size), Err);
+                }
+                assert!(tokio::time::Instant::now() < deadline, "{name} was never measured");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            running.stop().await;
+            outcome
+        };
+        let size = run("bot-unlimited", None).await.expect("no limit, no stop");
+        let (at_limit, past_limit) = tokio::join!(run("bot-at-limit", Some(size)), run("bot-past", Some(size - 1)));
+        assert_eq!(at_limit, Ok(size), "reaching the limit is allowed");
+        let Err(BotEvent::Exited { error: Some(reason), .. }) = past_limit else {
+            panic!("a bot past the limit is stopped: {past_limit:?}")
+        };
+        assert!(reason.starts_with("AUTH_DIR holds 0 MiB, over BOT_DISK_MB (0 MiB)"), "{reason}");
     }
 
     /// Stop sends SIGTERM first: a bot that handles it ends on its own terms.
