@@ -225,6 +225,21 @@ pub struct Settings {
     /// HMAC-SHA256 key of the events webhook's signatures (16 bytes or more).
     #[arg(long, env = "BOT_EVENTS_WEBHOOK_SECRET", hide_env_values = true)]
     pub bot_events_webhook_secret: Option<String>,
+    /// The WhatsApp Web version the in-process clients announce (driver,
+    /// pairing, notifier) until a refresh reads WhatsApp's current one; a
+    /// connect never fetches it itself.
+    #[cfg(feature = "whatsapp")]
+    #[arg(long, env = "WHATSAPP_WEB_VERSION", default_value_t = trekker_whatsapp::web_version::PINNED)]
+    pub whatsapp_web_version: trekker_whatsapp::web_version::Version,
+    /// Hours between refreshes of that version, in the background; 0: never
+    /// (the configured one stays).
+    #[cfg(feature = "whatsapp")]
+    #[arg(long, env = "WHATSAPP_WEB_VERSION_REFRESH_HOURS", default_value_t = 24)]
+    pub whatsapp_web_version_refresh_hours: u32,
+    /// Where the refresh reads the version (WhatsApp Web's sw.js, or a mirror).
+    #[cfg(feature = "whatsapp")]
+    #[arg(long, env = "WHATSAPP_WEB_VERSION_URL", default_value = trekker_whatsapp::web_version::SW_JS_URL)]
+    pub whatsapp_web_version_url: String,
     /// Requests per minute per client address to /api/pair and
     /// /api/guest/register-bot; 0 turns the limit off.
     #[arg(long, env = "RATE_LIMIT_PER_MIN", default_value_t = 30)]
@@ -345,6 +360,8 @@ pub struct Config {
     pub notify_webhook_url: Option<String>,
     /// The events webhook of the `whatsapp` driver: URL and signing key.
     pub bot_events_webhook: Option<(String, Secret)>,
+    #[cfg(feature = "whatsapp")]
+    pub whatsapp_web: WhatsAppWeb,
     pub rate_limit_per_min: u32,
     pub pending_ttl: Duration,
     pub pending_max_percent: u32,
@@ -353,6 +370,17 @@ pub struct Config {
     pub http_max_connections: usize,
     pub http_max_connections_per_address: usize,
     pub http_header_timeout: Duration,
+}
+
+/// Which WhatsApp Web version the in-process clients announce, and how it
+/// is kept current.
+#[cfg(feature = "whatsapp")]
+#[derive(Debug, Clone)]
+pub struct WhatsAppWeb {
+    pub version: trekker_whatsapp::web_version::Version,
+    /// `None`: never refreshed.
+    pub refresh_every: Option<Duration>,
+    pub refresh_url: String,
 }
 
 /// A setting that cannot be used, and why (never its value if secret).
@@ -603,6 +631,16 @@ impl Config {
             return Err(invalid("NOTIFIER", "`whatsapp` needs BOT_DRIVER=whatsapp (it sends from the bots' sessions)"));
         }
         let bot_events_webhook = bot_events_webhook(&settings)?;
+        #[cfg(feature = "whatsapp")]
+        let whatsapp_web = {
+            check_http_url("WHATSAPP_WEB_VERSION_URL", &settings.whatsapp_web_version_url)?;
+            let hours = u64::from(settings.whatsapp_web_version_refresh_hours);
+            WhatsAppWeb {
+                version: settings.whatsapp_web_version,
+                refresh_every: (hours > 0).then(|| Duration::from_secs(hours * 3600)),
+                refresh_url: settings.whatsapp_web_version_url.clone(),
+            }
+        };
         let database = trekker_store::DbSettings {
             max_connections: settings.database_max_connections,
             pooler: match settings.database_pooler {
@@ -649,6 +687,8 @@ impl Config {
             notifier: settings.notifier,
             notify_webhook_url: settings.notify_webhook_url,
             bot_events_webhook,
+            #[cfg(feature = "whatsapp")]
+            whatsapp_web,
             rate_limit_per_min: settings.rate_limit_per_min,
             pending_ttl: Duration::from_secs(u64::from(settings.pending_ttl_hours) * 3600),
             pending_max_percent: settings.pending_max_percent,
@@ -820,6 +860,25 @@ mod tests {
             Some("https://bots.example/events")
         );
         assert!(!format!("{config:?}").contains(secret), "the secret is never printed");
+
+        let web = with(&[]).unwrap().whatsapp_web;
+        assert_eq!(
+            (web.version, web.refresh_every),
+            (trekker_whatsapp::web_version::PINNED, Some(Duration::from_secs(86_400)))
+        );
+        assert_eq!(web.refresh_url, "https://web.whatsapp.com/sw.js");
+        let pinned =
+            with(&["--whatsapp-web-version", "2.3000.1015901307", "--whatsapp-web-version-refresh-hours", "0"]);
+        let web = pinned.unwrap().whatsapp_web;
+        assert_eq!((web.version.revision, web.refresh_every), (1_015_901_307, None));
+        assert!(
+            Cli::try_parse_from(["trekker-node", "--whatsapp-web-version", "2.3000"]).is_err(),
+            "a version is three numbers"
+        );
+        assert_eq!(
+            with(&["--whatsapp-web-version-url", "ftp://mirror/sw.js"]).unwrap_err().setting,
+            "WHATSAPP_WEB_VERSION_URL"
+        );
     }
 
     #[test]

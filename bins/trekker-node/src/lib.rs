@@ -172,6 +172,8 @@ impl Application {
         let shutdown = CancellationToken::new();
         #[cfg(feature = "whatsapp")]
         let mut whatsapp_sessions = None;
+        #[cfg(feature = "whatsapp")]
+        let web_version = whatsapp_web_version(&config, &shutdown)?;
         let mut process_bots = None;
         let driver: Arc<dyn BotDriver> = match overrides.driver {
             Some(driver) => driver,
@@ -188,7 +190,8 @@ impl Application {
                 #[cfg(feature = "whatsapp")]
                 BotDriverKind::Whatsapp => {
                     let clock: Arc<dyn trekker_app::Clock> = Arc::new(trekker_app::SystemClock);
-                    let mut driver = trekker_whatsapp::driver::WhatsAppDriver::new(store.clone(), clock);
+                    let mut driver = trekker_whatsapp::driver::WhatsAppDriver::new(store.clone(), clock)
+                        .with_web_version(web_version.clone());
                     if let Some((url, secret)) = &config.bot_events_webhook {
                         let secret = secret.expose().as_bytes().to_vec();
                         let webhook =
@@ -256,7 +259,10 @@ impl Application {
                 Arc::new(SimulatedPairing::new(secret))
             }
             #[cfg(feature = "whatsapp")]
-            PairingProviderKind::Whatsapp => Arc::new(trekker_whatsapp::pairing::WhatsAppPairing::default()),
+            PairingProviderKind::Whatsapp => Arc::new(trekker_whatsapp::pairing::WhatsAppPairing {
+                web_version: web_version.clone(),
+                ..Default::default()
+            }),
         };
         let notifier: Arc<dyn Notifier> = match (&config.notifier, &config.notify_webhook_url) {
             (NotifierKind::Webhook, Some(url)) => Arc::new(
@@ -265,11 +271,10 @@ impl Application {
             ),
             #[cfg(feature = "whatsapp")]
             (NotifierKind::Whatsapp, _) => match &whatsapp_sessions {
-                Some(sessions) => Arc::new(trekker_whatsapp::notifier::WhatsAppNotifier::new(
-                    sessions.clone(),
-                    store.clone(),
-                    store.clone(),
-                )),
+                Some(sessions) => Arc::new(
+                    trekker_whatsapp::notifier::WhatsAppNotifier::new(sessions.clone(), store.clone(), store.clone())
+                        .with_web_version(web_version.clone()),
+                ),
                 None => {
                     let reason = "`whatsapp` needs the `whatsapp` bot driver".to_owned();
                     return Err(StartupError::Config(ConfigError { setting: "NOTIFIER", reason }));
@@ -409,6 +414,26 @@ impl Application {
 
 /// The `process` driver, sandboxed unless BOT_SANDBOX=off. A sandbox is
 /// proven (a sandboxed `id -u`) before the node serves.
+/// The WhatsApp Web version the in-process clients announce; refreshed in
+/// the background while this node uses WhatsApp at all.
+#[cfg(feature = "whatsapp")]
+fn whatsapp_web_version(
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> Result<trekker_whatsapp::web_version::WebVersion, StartupError> {
+    let web = &config.whatsapp_web;
+    let version = trekker_whatsapp::web_version::WebVersion::pinned(web.version);
+    let uses_whatsapp = config.bot_driver == BotDriverKind::Whatsapp
+        || config.pairing_provider == PairingProviderKind::Whatsapp
+        || config.notifier == NotifierKind::Whatsapp;
+    if let (true, Some(every)) = (uses_whatsapp, web.refresh_every) {
+        version.spawn_refresh(web.refresh_url.clone(), every, shutdown.clone()).map_err(|e| {
+            StartupError::Config(ConfigError { setting: "WHATSAPP_WEB_VERSION_URL", reason: e.to_string() })
+        })?;
+    }
+    Ok(version)
+}
+
 async fn process_driver(config: &Config) -> Result<ProcessDriver, StartupError> {
     let driver = ProcessDriver::new(
         config.bot_command.as_deref().unwrap_or_default(),

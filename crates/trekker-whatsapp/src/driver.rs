@@ -29,6 +29,7 @@ use crate::events::{status_of, webhook_payloads};
 use crate::session::device_from_creds;
 use crate::storage::StoredDevice;
 use crate::transport::Transports;
+use crate::web_version::WebVersion;
 use crate::webhook::EventsWebhook;
 
 /// How long a message send may take.
@@ -120,6 +121,7 @@ pub struct WhatsAppDriver {
     transport: Option<Arc<dyn TransportFactory>>,
     webhook: Option<EventsWebhook>,
     sessions: Arc<Sessions>,
+    web_version: WebVersion,
 }
 
 impl std::fmt::Debug for WhatsAppDriver {
@@ -130,7 +132,21 @@ impl std::fmt::Debug for WhatsAppDriver {
 
 impl WhatsAppDriver {
     pub fn new(store: Arc<dyn DeviceStateStore>, clock: Arc<dyn Clock>) -> Self {
-        Self { store, clock, transport: None, webhook: None, sessions: Arc::new(Sessions::default()) }
+        Self {
+            store,
+            clock,
+            transport: None,
+            webhook: None,
+            sessions: Arc::new(Sessions::default()),
+            web_version: WebVersion::default(),
+        }
+    }
+
+    /// Bots announce `version` (the node's, refreshed): a connect never
+    /// waits on WhatsApp Web's own page.
+    pub fn with_web_version(mut self, version: WebVersion) -> Self {
+        self.web_version = version;
+        self
     }
 
     /// Connections through `transport` instead of WhatsApp's WebSocket.
@@ -218,6 +234,7 @@ impl BotDriver for WhatsAppDriver {
         let bot = Bot::builder()
             .with_backend_arc(device.clone())
             .with_transport_factory(Transports(self.transport.clone()))
+            .with_version(self.web_version.current().as_tuple())
             .on_event(on_event)
             .build()
             .await

@@ -19,4 +19,6 @@ pub mod storage;
 #[cfg(feature = "whatsapp")]
 mod transport;
 #[cfg(feature = "whatsapp")]
+pub mod web_version;
+#[cfg(feature = "whatsapp")]
 pub mod webhook;

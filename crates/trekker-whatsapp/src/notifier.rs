@@ -28,6 +28,7 @@ use whatsapp_rust::wacore::store::traits::DeviceStore;
 use crate::driver::{Sessions, send_from};
 use crate::session::device_from_creds;
 use crate::transport::Transports;
+use crate::web_version::WebVersion;
 
 /// How long a short-lived connection may take to come up, by default.
 const CONNECT_WITHIN: Duration = Duration::from_secs(20);
@@ -39,6 +40,7 @@ pub struct WhatsAppNotifier {
     runtime: Arc<dyn RuntimeStore>,
     transport: Option<Arc<dyn TransportFactory>>,
     connect_within: Duration,
+    web_version: WebVersion,
 }
 
 impl std::fmt::Debug for WhatsAppNotifier {
@@ -50,7 +52,20 @@ impl std::fmt::Debug for WhatsAppNotifier {
 impl WhatsAppNotifier {
     /// Sends from the sessions of this node's `BOT_DRIVER=whatsapp`.
     pub fn new(sessions: Arc<Sessions>, bots: Arc<dyn BotStore>, runtime: Arc<dyn RuntimeStore>) -> Self {
-        Self { sessions, bots, runtime, transport: None, connect_within: CONNECT_WITHIN }
+        Self {
+            sessions,
+            bots,
+            runtime,
+            transport: None,
+            connect_within: CONNECT_WITHIN,
+            web_version: WebVersion::default(),
+        }
+    }
+
+    /// Short-lived connections announce `version` (the node's, refreshed).
+    pub fn with_web_version(mut self, version: WebVersion) -> Self {
+        self.web_version = version;
+        self
     }
 
     /// Short-lived connections through `transport`, given `within` to come
@@ -95,6 +110,7 @@ impl WhatsAppNotifier {
         let client = Bot::builder()
             .with_backend(backend)
             .with_transport_factory(Transports(self.transport.clone()))
+            .with_version(self.web_version.current().as_tuple())
             .on_event(move |event, _| {
                 let outcome = match &*event {
                     Event::Connected(_) => Some(Ok(())),

@@ -23,6 +23,7 @@ use whatsapp_rust::wacore::store::{Device, InMemoryBackend};
 
 use crate::session::creds_from_device;
 use crate::transport::Transports;
+use crate::web_version::WebVersion;
 
 /// Real pairing through WhatsApp (see the module header).
 #[derive(Clone)]
@@ -34,6 +35,8 @@ pub struct WhatsAppPairing {
     /// How connections to WhatsApp are made: WhatsApp's WebSocket unless
     /// replaced (tests use one that reaches nothing).
     pub transport: Option<Arc<dyn TransportFactory>>,
+    /// The WhatsApp Web version the pairing client announces.
+    pub web_version: WebVersion,
 }
 
 impl std::fmt::Debug for WhatsAppPairing {
@@ -42,13 +45,19 @@ impl std::fmt::Debug for WhatsAppPairing {
             .field("code_within", &self.code_within)
             .field("deadline", &self.deadline)
             .field("transport_replaced", &self.transport.is_some())
+            .field("web_version", &self.web_version.current())
             .finish()
     }
 }
 
 impl Default for WhatsAppPairing {
     fn default() -> Self {
-        Self { code_within: Duration::from_secs(20), deadline: Duration::from_secs(60), transport: None }
+        Self {
+            code_within: Duration::from_secs(20),
+            deadline: Duration::from_secs(60),
+            transport: None,
+            web_version: WebVersion::default(),
+        }
     }
 }
 
@@ -111,6 +120,7 @@ impl PairingProvider for WhatsAppPairing {
         let bot = Bot::builder()
             .with_backend(InMemoryBackend::new())
             .with_transport_factory(Transports(self.transport.clone()))
+            .with_version(self.web_version.current().as_tuple())
             .with_pair_code(options)
             .on_event(move |event, client| {
                 let (code_slot, paired_slot) = (code_slot.clone(), paired_slot.clone());

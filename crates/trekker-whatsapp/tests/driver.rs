@@ -20,6 +20,7 @@ use trekker_testkit::creds;
 use trekker_whatsapp::driver::WhatsAppDriver;
 use trekker_whatsapp::events::{status_of, webhook_payloads};
 use trekker_whatsapp::storage::StoredDevice;
+use trekker_whatsapp::web_version::{Version, WebVersion};
 use trekker_whatsapp::webhook::{EventsWebhook, SIGNATURE_HEADER, TIMESTAMP_HEADER, signature, verify};
 use whatsapp_rust::async_channel::Receiver;
 use whatsapp_rust::transport::{Transport, TransportEvent, TransportFactory};
@@ -194,6 +195,36 @@ impl TransportFactory for NeverDials {
     }
 }
 
+/// A server that says nothing and keeps what the client sent it.
+#[derive(Clone, Default)]
+struct Listens {
+    sent: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    /// Kept open: a closed event channel would read as a disconnect.
+    events: Arc<std::sync::Mutex<Vec<whatsapp_rust::async_channel::Sender<TransportEvent>>>>,
+}
+
+#[whatsapp_rust::async_trait]
+impl Transport for Listens {
+    async fn send(&self, data: whatsapp_rust::bytes::Bytes) -> Result<(), whatsapp_rust::anyhow::Error> {
+        self.sent.lock().unwrap().push(data.to_vec());
+        Ok(())
+    }
+
+    async fn disconnect(&self) {}
+}
+
+#[whatsapp_rust::async_trait]
+impl TransportFactory for Listens {
+    async fn create_transport(
+        &self,
+    ) -> Result<(Arc<dyn Transport>, Receiver<TransportEvent>), whatsapp_rust::anyhow::Error> {
+        let (tx, rx) = whatsapp_rust::async_channel::unbounded();
+        tx.send(TransportEvent::Connected).await?;
+        self.events.lock().unwrap().push(tx);
+        Ok((Arc::new(self.clone()), rx))
+    }
+}
+
 async fn running_bot(store: &Arc<dyn Store>) -> NodeLease {
     let node = ServerName::parse("SERVER0").unwrap();
     let now = SystemClock.now_ms();
@@ -348,4 +379,41 @@ async fn a_run_whose_state_write_is_fenced_reports_that_it_ended() {
     assert_ne!(device.load().await.unwrap().unwrap().push_name, "stale run", "nothing of the stale run was kept");
     running.stop().await;
     assert_eq!(sessions.running(), 0);
+}
+
+/// Nothing on this machine reaches web.whatsapp.com: a client that fetched
+/// WhatsApp Web's version before connecting would never say a word to the
+/// server. Built with the node's version, it starts the handshake at once
+/// and announces that version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bot_connects_without_fetching_whatsapp_webs_version() {
+    let (store, _file) = trekker_testkit::sqlite_store().await;
+    let store: Arc<dyn Store> = store;
+    let lease = running_bot(&store).await;
+    let server = Listens::default();
+    let version: Version = "2.3000.1012345678".parse().unwrap();
+    let driver = WhatsAppDriver::new(store.clone(), Arc::new(SystemClock))
+        .with_transport(Arc::new(server.clone()))
+        .with_web_version(WebVersion::pinned(version));
+    let (events, _received) = mpsc::unbounded_channel();
+    let running = driver.start(spec(&lease, 1), events).await.unwrap();
+
+    let hello = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            if let Some(first) = server.sent.lock().unwrap().first() {
+                return first.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the client began the handshake");
+    assert!(hello.starts_with(b"WA"), "the connection header comes first: {:?}", &hello[..hello.len().min(8)]);
+    let client = driver.sessions().client_of_phone(&phone()).expect("the bot runs here");
+    let device = client.persistence_manager().get_device_snapshot();
+    let announced = (device.app_version_primary, device.app_version_secondary, device.app_version_tertiary);
+    assert_eq!(announced, version.as_tuple());
+    // The server hangs up (else the stop waits out the handshake's timeout).
+    server.events.lock().unwrap().clear();
+    running.stop().await;
 }

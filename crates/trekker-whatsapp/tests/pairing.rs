@@ -33,6 +33,7 @@ async fn a_pairing_without_a_code_fails_with_a_clear_message() {
         code_within: Duration::from_secs(3),
         deadline: Duration::from_secs(3),
         transport: Some(Arc::new(Unreachable)),
+        ..Default::default()
     };
     let phone = PhoneNumber::parse("254700000001").unwrap();
     let started = tokio::time::timeout(Duration::from_secs(60), provider.start(&phone)).await;
