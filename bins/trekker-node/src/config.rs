@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use trekker_domain::ServerName;
+use trekker_domain::governor::SendPolicy;
 use trekker_store::{Backend, CredentialCipher};
 
 /// The command line of `trekker-node`.
@@ -211,6 +212,21 @@ pub struct Settings {
     /// and the last good state kept.
     #[arg(long, env = "BOT_STATE_MAX_MB", default_value_t = 16)]
     pub bot_state_max_mb: u64,
+    /// Messages a bot may send a minute, on average, once its number is
+    /// warmed up (the ban-risk governor; docs/whatsapp.md); 0: no limit.
+    #[arg(long, env = "BOT_SENDS_PER_MIN", default_value_t = SendPolicy::default().sends_per_min)]
+    pub bot_sends_per_min: u32,
+    /// Messages that may leave at once after a quiet while.
+    #[arg(long, env = "BOT_SEND_BURST", default_value_t = SendPolicy::default().send_burst)]
+    pub bot_send_burst: u32,
+    /// People a bot never wrote to (and who never wrote to it) it may reach
+    /// per 24 h once warmed up; 0: no limit.
+    #[arg(long, env = "BOT_NEW_CONTACTS_PER_DAY", default_value_t = SendPolicy::default().new_contacts_per_day)]
+    pub bot_new_contacts_per_day: u32,
+    /// Days after pairing until a number gets its whole limits (10 % on the
+    /// first day, growing evenly); 0: no warm-up.
+    #[arg(long, env = "BOT_WARMUP_DAYS", default_value_t = SendPolicy::default().warmup_days)]
+    pub bot_warmup_days: u32,
     #[arg(long, env = "PAIRING_PROVIDER", value_enum, default_value_t = PairingProviderKind::Simulated)]
     pub pairing_provider: PairingProviderKind,
     #[arg(long, env = "NOTIFIER", value_enum, default_value_t = NotifierKind::Log)]
@@ -345,6 +361,8 @@ pub struct Config {
     pub bot_state_sync: Duration,
     /// In bytes.
     pub bot_state_max_bytes: u64,
+    /// The ban-risk governor's limits of every bot.
+    pub send_policy: SendPolicy,
     pub bot_sandbox: SandboxMode,
     pub bot_limits: trekker_runtime::sandbox::Limits,
     /// In bytes.
@@ -672,6 +690,12 @@ impl Config {
             bot_stop_grace: Duration::from_secs(settings.bot_stop_grace_secs),
             bot_state_sync: Duration::from_secs(settings.bot_state_sync_secs),
             bot_state_max_bytes: settings.bot_state_max_mb * 1024 * 1024,
+            send_policy: SendPolicy {
+                sends_per_min: settings.bot_sends_per_min,
+                send_burst: settings.bot_send_burst,
+                new_contacts_per_day: settings.bot_new_contacts_per_day,
+                warmup_days: settings.bot_warmup_days,
+            },
             bot_sandbox: settings.bot_sandbox,
             bot_limits: trekker_runtime::sandbox::Limits {
                 memory_bytes: settings.bot_memory_mb * 1024 * 1024,
@@ -812,6 +836,14 @@ mod tests {
                 if p.to_str() == Some("trekker.db.key")));
         assert_eq!(config.heartbeat_interval, Duration::from_secs(10));
         assert_eq!(config.rate_limit_per_min, 30);
+        assert_eq!(config.send_policy, SendPolicy::default());
+        assert_eq!(
+            (config.send_policy.sends_per_min, config.send_policy.new_contacts_per_day, config.send_policy.warmup_days),
+            (20, 250, 14)
+        );
+        let args = ["--database-url", "sqlite://x.db", "--bot-sends-per-min", "0", "--bot-new-contacts-per-day", "40"];
+        let config = Config::from_settings(settings(&args)).unwrap();
+        assert_eq!((config.send_policy.sends_per_min, config.send_policy.new_contacts_per_day), (0, 40));
     }
 
     #[test]

@@ -191,7 +191,8 @@ impl Application {
                 BotDriverKind::Whatsapp => {
                     let clock: Arc<dyn trekker_app::Clock> = Arc::new(trekker_app::SystemClock);
                     let mut driver = trekker_whatsapp::driver::WhatsAppDriver::new(store.clone(), clock)
-                        .with_web_version(web_version.clone());
+                        .with_web_version(web_version.clone())
+                        .with_send_policy(config.send_policy);
                     if let Some((url, secret)) = &config.bot_events_webhook {
                         let secret = secret.expose().as_bytes().to_vec();
                         let webhook =
@@ -440,7 +441,8 @@ async fn process_driver(config: &Config) -> Result<ProcessDriver, StartupError> 
         config.bot_auth_dir.clone(),
         config.bot_stop_grace,
     )
-    .map_err(|e| StartupError::Config(ConfigError { setting: "BOT_COMMAND", reason: e.0 }))?;
+    .map_err(|e| StartupError::Config(ConfigError { setting: "BOT_COMMAND", reason: e.0 }))?
+    .with_send_policy(config.send_policy);
     if config.bot_sandbox == config::SandboxMode::Off {
         tracing::warn!(
             "BOT_SANDBOX=off: bots run as the node's user and can read its secrets, files and memory; \

@@ -38,6 +38,9 @@ pub enum AppError {
     AccountMismatch { review_id: Option<String> },
     #[error("{}", messages::older_session())]
     OlderSession,
+    /// A limit that protects the bot's number from WhatsApp bans.
+    #[error("{reason}")]
+    Throttled { reason: String, retry_after_secs: u64 },
     /// Not the caller's fault; the HTTP layer logs it and answers generically.
     #[error("internal error")]
     Store(#[source] StoreError),

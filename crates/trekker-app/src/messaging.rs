@@ -23,6 +23,10 @@ pub enum MessengerError {
     /// WhatsApp did not take the message.
     #[error("WhatsApp did not take the message: {0}")]
     Refused(String),
+    /// The bot's ban-risk governor holds the message back: `reason` says
+    /// which limit, `retry_after_secs` when a send may go again.
+    #[error("{reason}")]
+    Throttled { reason: String, retry_after_secs: u64 },
 }
 
 /// Sends texts from the bots running on this node.
@@ -67,6 +71,9 @@ impl Trekker {
         let bot = self.bot(id).await?;
         match messenger.send_text(&bot.id, to.as_ref(), text).await {
             Ok(message_id) => Ok(message_id),
+            Err(MessengerError::Throttled { reason, retry_after_secs }) => {
+                Err(AppError::Throttled { reason: format!("{}.", crate::error::capitalise(&reason)), retry_after_secs })
+            }
             Err(MessengerError::NotRunningHere) => Err(AppError::Conflict(format!(
                 "Bot {} is not running on {} (it is hosted on {}, status {}): send from its hosting node.",
                 bot.id.as_str(),
@@ -147,6 +154,15 @@ mod tests {
         let refused = recording(|| Err(MessengerError::Refused("no session for the recipient".into())));
         let err = trekker(with_bot()).send_bot_message(&refused, "bot-1", None, "hi").await.unwrap_err();
         assert!(matches!(&err, AppError::Conflict(text) if text.starts_with("WhatsApp did not take")), "{err:?}");
+        let held = recording(|| {
+            Err(MessengerError::Throttled {
+                reason: "sending is on hold: WhatsApp answered 463".into(),
+                retry_after_secs: 90,
+            })
+        });
+        let err = trekker(with_bot()).send_bot_message(&held, "bot-1", None, "hi").await.unwrap_err();
+        let AppError::Throttled { reason, retry_after_secs: 90 } = &err else { panic!("{err:?}") };
+        assert_eq!(reason, "Sending is on hold: WhatsApp answered 463.");
         let unsupported = NoMessenger.send_text(&BotId::parse("bot-1").unwrap(), None, "hi").await;
         assert!(matches!(unsupported, Err(MessengerError::Unsupported)));
     }

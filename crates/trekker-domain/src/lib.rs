@@ -57,6 +57,7 @@
 pub mod account;
 pub mod approval;
 pub mod capacity;
+pub mod governor;
 pub mod ids;
 pub mod messages;
 pub mod phone;

@@ -57,6 +57,7 @@ fn spec(n: u32) -> BotSpec {
         version: 1,
         generation: u64::from(n) + 1,
         session: None,
+        paired_at: 0,
     }
 }
 

@@ -27,6 +27,9 @@ pub struct BotSpec {
     /// Where the bot's session folder comes from and goes to, for drivers
     /// that keep one (invariant 9); `None`: not kept.
     pub session: Option<SessionSync>,
+    /// When the number's device was paired (unix ms; its registration when
+    /// the credentials do not say): the send governor's warm-up counts from it.
+    pub paired_at: i64,
 }
 
 /// A running bot's session folder: restored before start, saved while it
@@ -93,6 +96,10 @@ pub enum BotEvent {
     /// WhatsApp banned the account for a while (`reason` says why and for
     /// how long): the bot stopped and is not restarted.
     Banned { reason: String },
+    /// WhatsApp answered a send with a rate or new-contact limit (429, 463,
+    /// 475): the bot stays connected and sends nothing until the hold ends
+    /// (`reason` says which and until when).
+    Held { reason: String },
     /// The bot ended. `code` 0: stopped on purpose; anything else (or a
     /// `signal`): a crash, `error` says why (e.g. `out of memory`).
     Exited { code: Option<i32>, signal: Option<i32>, error: Option<String> },

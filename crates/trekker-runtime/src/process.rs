@@ -4,10 +4,13 @@
 //!
 //! - BOT_COMMAND is split on whitespace (no shell) and run with only the
 //!   contract's environment: BOT_ID, PHONE_NUMBER, AUTH_DIR, SERVER_NAME,
-//!   CREDENTIALS_VERSION, plus PATH, HOME, LANG and TZ. AUTH_DIR (mode
-//!   0700) holds `creds.json` (mode 0600).
+//!   CREDENTIALS_VERSION, the send governor's figures (BOT_SENDS_PER_MIN,
+//!   BOT_SEND_BURST, BOT_NEW_CONTACTS_PER_DAY, BOT_WARMUP_DAYS,
+//!   BOT_PAIRED_AT), plus PATH, HOME, LANG and TZ. AUTH_DIR (mode 0700)
+//!   holds `creds.json` (mode 0600).
 //! - stdout carries JSON lines: `{"event":"connected"}`,
-//!   `{"event":"disconnected","reason":"..."}`, `{"event":"logged_out"}`.
+//!   `{"event":"disconnected","reason":"..."}`, `{"event":"logged_out"}`,
+//!   `{"event":"held","reason":"..."}` (WhatsApp limited its sends).
 //!   Every line of stdout and stderr goes to the bot's ring
 //!   ([`crate::output`]), never to the node's own log.
 //! - Exit code 0: stopped on purpose; 40: logged out; anything else: crash.
@@ -40,6 +43,7 @@ use tokio::io::{AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot, watch};
 use trekker_domain::BotId;
+use trekker_domain::governor::SendPolicy;
 
 use crate::driver::{BotDriver, BotEvent, BotSpec, DriverError, DriverEvent, RunningBot, SessionSync};
 use crate::output::{self, BotLogs, LogStream};
@@ -88,6 +92,8 @@ pub struct ProcessDriver {
     resources: Arc<Mutex<HashMap<BotId, Resources>>>,
     /// Largest AUTH_DIR while running (BOT_DISK_MB); none: not watched.
     disk_limit: Option<u64>,
+    /// The limits the bot is asked to keep (it enforces them itself).
+    send_policy: SendPolicy,
 }
 
 impl ProcessDriver {
@@ -107,6 +113,7 @@ impl ProcessDriver {
             logs: BotLogs::new(),
             resources: Arc::default(),
             disk_limit: None,
+            send_policy: SendPolicy::default(),
         })
     }
 
@@ -115,6 +122,12 @@ impl ProcessDriver {
     pub fn with_sandbox(mut self, sandbox: Arc<Sandbox>) -> Self {
         self.disk_limit = Some(sandbox.config().disk_bytes);
         self.sandbox = Some(sandbox);
+        self
+    }
+
+    /// The send governor's figures every bot gets in its environment.
+    pub fn with_send_policy(mut self, policy: SendPolicy) -> Self {
+        self.send_policy = policy;
         self
     }
 
@@ -153,6 +166,11 @@ impl ProcessDriver {
             ("AUTH_DIR", auth_dir.to_string_lossy().into_owned()),
             ("SERVER_NAME", spec.server.as_str().to_owned()),
             ("CREDENTIALS_VERSION", spec.version.to_string()),
+            ("BOT_SENDS_PER_MIN", self.send_policy.sends_per_min.to_string()),
+            ("BOT_SEND_BURST", self.send_policy.send_burst.to_string()),
+            ("BOT_NEW_CONTACTS_PER_DAY", self.send_policy.new_contacts_per_day.to_string()),
+            ("BOT_WARMUP_DAYS", self.send_policy.warmup_days.to_string()),
+            ("BOT_PAIRED_AT", spec.paired_at.to_string()),
         ];
         if self.sandbox.is_some() {
             env.extend([("PATH", crate::sandbox::PATH.to_owned()), ("HOME", "/tmp".to_owned())]);
@@ -240,6 +258,9 @@ fn parse_status_line(line: &[u8]) -> Option<BotEvent> {
             reason: status.reason.as_deref().map_or_else(|| "disconnected".into(), output::reason),
         }),
         "logged_out" => Some(BotEvent::LoggedOut { reason: None }),
+        "held" => Some(BotEvent::Held {
+            reason: status.reason.as_deref().map_or_else(|| "held by WhatsApp".into(), output::reason),
+        }),
         _ => None,
     }
 }
@@ -612,6 +633,14 @@ mod tests {
             Some(BotEvent::Disconnected { reason: "stream error".into() })
         );
         assert_eq!(parse_status_line(br#"{"event":"logged_out"}"#), Some(BotEvent::LoggedOut { reason: None }));
+        assert_eq!(
+            parse_status_line(br#"{"event":"held","reason":"WhatsApp answered 463"}"#),
+            Some(BotEvent::Held { reason: "WhatsApp answered 463".into() })
+        );
+        assert_eq!(
+            parse_status_line(br#"{"event":"held"}"#),
+            Some(BotEvent::Held { reason: "held by WhatsApp".into() })
+        );
         assert_eq!(parse_status_line(b"plain log line"), None);
         assert_eq!(parse_status_line(br#"{"event":"dancing"}"#), None);
         let huge = format!(r#"{{"event":"disconnected","reason":"{}\u001b[2J"}}"#, "x".repeat(100_000));
@@ -642,6 +671,7 @@ mod tests {
             version: i64::from(version),
             generation: 1,
             session,
+            paired_at: 1_800_000_000_000,
         }
     }
 
@@ -659,11 +689,15 @@ mod tests {
             "env | cut -d= -f1 | sort | tr '\\n' ' '; echo\n\
              echo \"id=$BOT_ID phone=$PHONE_NUMBER server=$SERVER_NAME version=$CREDENTIALS_VERSION\"\n\
              stat -c 'auth=%a' \"$AUTH_DIR\"\n\
-             head -c 1 \"$AUTH_DIR/creds.json\"; echo\n",
+             head -c 1 \"$AUTH_DIR/creds.json\"; echo\n\
+             echo \"limits=$BOT_SENDS_PER_MIN/$BOT_SEND_BURST/$BOT_NEW_CONTACTS_PER_DAY/$BOT_WARMUP_DAYS since=$BOT_PAIRED_AT\"\n",
         )
         .unwrap();
         let root = work.path().join("bots/auth");
-        let driver = ProcessDriver::new(&format!("sh {}", script.display()), &root, Duration::from_secs(2)).unwrap();
+        let policy = SendPolicy { sends_per_min: 12, send_burst: 3, new_contacts_per_day: 40, warmup_days: 7 };
+        let driver = ProcessDriver::new(&format!("sh {}", script.display()), &root, Duration::from_secs(2))
+            .unwrap()
+            .with_send_policy(policy);
         assert_eq!(std::fs::metadata(&root).unwrap().permissions().mode() & 0o777, 0o700, "a private root");
 
         let phone = "254700000777";
@@ -686,7 +720,18 @@ mod tests {
         assert_eq!(kept[0].stream, LogStream::Node, "the node says when it started the bot");
         let lines: Vec<String> = kept.into_iter().filter(|l| l.stream == LogStream::Stdout).map(|l| l.text).collect();
         let names: Vec<&str> = lines[0].split_whitespace().collect();
-        let contract = ["AUTH_DIR", "BOT_ID", "CREDENTIALS_VERSION", "PHONE_NUMBER", "SERVER_NAME"];
+        let contract = [
+            "AUTH_DIR",
+            "BOT_ID",
+            "BOT_NEW_CONTACTS_PER_DAY",
+            "BOT_PAIRED_AT",
+            "BOT_SEND_BURST",
+            "BOT_SENDS_PER_MIN",
+            "BOT_WARMUP_DAYS",
+            "CREDENTIALS_VERSION",
+            "PHONE_NUMBER",
+            "SERVER_NAME",
+        ];
         // What the node passes on (PATH, HOME, LANG, TZ) and what sh sets itself.
         let allowed = ["HOME", "LANG", "OLDPWD", "PATH", "PWD", "SHLVL", "TZ", "_"];
         assert!(contract.iter().all(|name| names.contains(name)), "{names:?}");
@@ -694,6 +739,7 @@ mod tests {
         assert_eq!(lines[1], format!("id=bot-env phone={phone} server=SERVER3 version=2"));
         assert_eq!(lines[2], "auth=700");
         assert_eq!(lines[3], "{", "the registered creds.json is in AUTH_DIR");
+        assert_eq!(lines[4], "limits=12/3/40/7 since=1800000000000", "the send governor's figures");
     }
 
     /// What each running bot's folder holds is measured and summed for the

@@ -741,6 +741,9 @@ impl Supervisor {
             version,
             generation,
             session,
+            // The device's own pairing time (ADV, seconds) says best how new
+            // the number is here.
+            paired_at: bot.adv_timestamp.and_then(|secs| secs.checked_mul(1000)).unwrap_or(bot.created_at),
         };
         match self.driver.start(spec, self.events_tx.clone()).await {
             Ok(handle) => {
@@ -886,6 +889,12 @@ impl Supervisor {
                 tracing::warn!(bot = %id, "another client took over the bot's WhatsApp connection: stopped");
                 let error = "another client took over this WhatsApp session (stream replaced); stopped".to_owned();
                 self.hold(&id, Hold::Stopped, Some((RuntimeStatus::Offline, Some(error), None)));
+            }
+            BotEvent::Held { reason } => {
+                // Still connected: nothing to restart, and a restart or a
+                // re-pair would not lift WhatsApp's limit. Only said.
+                tracing::warn!(bot = %id, %reason, "WhatsApp limited the bot's sends: holding them");
+                self.report(&id, version, RuntimeStatus::Online, 0, Some(reason), None).await;
             }
             BotEvent::Banned { reason } => {
                 tracing::warn!(bot = %id, %reason, "WhatsApp banned the bot's account: not restarting");

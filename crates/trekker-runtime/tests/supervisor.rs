@@ -273,6 +273,8 @@ enum Behaviour {
     ExitsCleanly,
     IsReplaced,
     IsBanned,
+    /// Connects, then WhatsApp limits its sends.
+    IsHeld,
 }
 
 /// When, which bot, which credentials version, and "start" or "stop".
@@ -285,6 +287,8 @@ struct FakeDriver {
     behaviour: Mutex<HashMap<BotId, Behaviour>>,
     /// How long stopping each bot takes (a bot that will not die).
     stop_takes: Mutex<HashMap<BotId, Duration>>,
+    /// The pairing time each bot was last started with.
+    paired_at: Mutex<HashMap<BotId, i64>>,
 }
 
 impl FakeDriver {
@@ -342,6 +346,7 @@ impl BotDriver for FakeDriver {
         events: mpsc::UnboundedSender<DriverEvent>,
     ) -> Result<Box<dyn RunningBot>, DriverError> {
         self.log.lock().unwrap().push((Instant::now(), spec.bot_id.clone(), spec.version, "start"));
+        self.paired_at.lock().unwrap().insert(spec.bot_id.clone(), spec.paired_at);
         let behaviour = self.behaviour.lock().unwrap().get(&spec.bot_id).copied().unwrap_or(Behaviour::Connects);
         let event = match behaviour {
             Behaviour::Connects => BotEvent::Connected,
@@ -350,6 +355,14 @@ impl BotDriver for FakeDriver {
             Behaviour::IsReplaced => BotEvent::Replaced,
             Behaviour::IsBanned => BotEvent::Banned { reason: "sent to too many people; for 3600 s".into() },
             Behaviour::ExitsCleanly => BotEvent::Exited { code: Some(0), signal: None, error: None },
+            Behaviour::IsHeld => {
+                let _ = events.send(DriverEvent {
+                    bot_id: spec.bot_id.clone(),
+                    generation: spec.generation,
+                    event: BotEvent::Connected,
+                });
+                BotEvent::Held { reason: "WhatsApp answered 463 (reach-out timelock)".into() }
+            }
         };
         let _ = events.send(DriverEvent { bot_id: spec.bot_id.clone(), generation: spec.generation, event });
         let stop_takes = self.stop_takes.lock().unwrap().get(&spec.bot_id).copied().unwrap_or_default();
@@ -592,6 +605,27 @@ async fn a_replaced_stream_stops_the_bot_and_says_why() {
     let report = store.last_report(&id);
     assert_eq!(report.status, RuntimeStatus::Offline);
     assert!(report.last_error.unwrap().contains("stream replaced"));
+    supervisor.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_held_bot_stays_online_says_why_and_is_not_restarted() {
+    let store = FakeStore::with_bots(2);
+    let driver = Arc::new(FakeDriver::default());
+    let (held, paired) = (bot_id(1), bot_id(2));
+    driver.set(&held, Behaviour::IsHeld);
+    // The device's pairing time (seconds) counts; without it, the registration.
+    store.edit(&held, |bot| bot.created_at = 42);
+    store.edit(&paired, |bot| bot.adv_timestamp = Some(1_700_000_000));
+    let supervisor = spawn(&store, &driver, 10, tuning());
+    let_time_pass(Duration::from_secs(600)).await;
+    assert_eq!(driver.starts(&held).len(), 1, "a restart would not lift WhatsApp's limit");
+    let report = store.last_report(&held);
+    assert_eq!(report.status, RuntimeStatus::Online, "still connected, receiving");
+    assert!(report.last_error.unwrap().contains("463"));
+    let paired_at = driver.paired_at.lock().unwrap().clone();
+    assert_eq!(paired_at.get(&held), Some(&42));
+    assert_eq!(paired_at.get(&paired), Some(&1_700_000_000_000));
     supervisor.stop().await;
 }
 

@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use trekker_app::messaging::{BotMessenger, MessengerError};
+use trekker_domain::governor::SendPolicy;
 use trekker_domain::time::Clock;
 use trekker_domain::{BotId, PhoneNumber};
 use trekker_runtime::{BotDriver, BotEvent, BotSpec, DriverError, DriverEvent, RunningBot};
@@ -26,6 +27,7 @@ use whatsapp_rust::transport::TransportFactory;
 use whatsapp_rust::wacore::store::traits::DeviceStore;
 
 use crate::events::{status_of, webhook_payloads};
+use crate::governed::{SendGuard, governed_event};
 use crate::session::device_from_creds;
 use crate::storage::StoredDevice;
 use crate::transport::Transports;
@@ -45,6 +47,7 @@ struct Live {
     generation: u64,
     phone: PhoneNumber,
     client: Arc<Client>,
+    guard: Arc<SendGuard>,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -59,9 +62,9 @@ impl Sessions {
         self.live.lock().map_or(0, |live| live.len())
     }
 
-    fn insert(&self, bot: BotId, generation: u64, phone: PhoneNumber, client: Arc<Client>) {
+    fn insert(&self, bot: BotId, generation: u64, phone: PhoneNumber, client: Arc<Client>, guard: Arc<SendGuard>) {
         if let Ok(mut live) = self.live.lock() {
-            live.insert(bot, Live { generation, phone, client });
+            live.insert(bot, Live { generation, phone, client, guard });
         }
     }
 
@@ -74,14 +77,34 @@ impl Sessions {
         }
     }
 
-    fn client_of_bot(&self, bot: &BotId) -> Option<Arc<Client>> {
-        self.live.lock().ok()?.get(bot).map(|l| l.client.clone())
+    fn client_of_bot(&self, bot: &BotId) -> Option<(Arc<Client>, Arc<SendGuard>)> {
+        self.live.lock().ok()?.get(bot).map(|l| (l.client.clone(), l.guard.clone()))
     }
 
     /// The client of the bot of `phone`, if it runs here.
     pub fn client_of_phone(&self, phone: &PhoneNumber) -> Option<Arc<Client>> {
-        self.live.lock().ok()?.values().find(|l| &l.phone == phone).map(|l| l.client.clone())
+        self.live_of_phone(phone).map(|(client, _)| client)
     }
+
+    pub(crate) fn live_of_phone(&self, phone: &PhoneNumber) -> Option<(Arc<Client>, Arc<SendGuard>)> {
+        self.live.lock().ok()?.values().find(|l| &l.phone == phone).map(|l| (l.client.clone(), l.guard.clone()))
+    }
+}
+
+/// Sends `text` from a running bot to `to` (`None`: its own chat), if its
+/// governor lets it go now.
+pub(crate) async fn send_governed(
+    client: &Client,
+    guard: &SendGuard,
+    to: Option<&PhoneNumber>,
+    text: &str,
+) -> Result<String, MessengerError> {
+    guard.admit(to)?;
+    let sent = send_from(client, to, text).await?;
+    if let Some(phone) = to {
+        guard.know(phone.as_str());
+    }
+    Ok(sent)
 }
 
 /// Sends `text` from `client` to `to` (`None`: the account's own chat).
@@ -106,11 +129,11 @@ pub(crate) async fn send_from(client: &Client, to: Option<&PhoneNumber>, text: &
 #[async_trait]
 impl BotMessenger for Sessions {
     async fn send_text(&self, bot: &BotId, to: Option<&PhoneNumber>, text: &str) -> Result<String, MessengerError> {
-        let client = self.client_of_bot(bot).ok_or(MessengerError::NotRunningHere)?;
+        let (client, guard) = self.client_of_bot(bot).ok_or(MessengerError::NotRunningHere)?;
         if !client.is_connected() {
             return Err(MessengerError::Refused("the bot is not connected to WhatsApp right now".into()));
         }
-        send_from(&client, to, text).await
+        send_governed(&client, &guard, to, text).await
     }
 }
 
@@ -122,6 +145,7 @@ pub struct WhatsAppDriver {
     webhook: Option<EventsWebhook>,
     sessions: Arc<Sessions>,
     web_version: WebVersion,
+    send_policy: SendPolicy,
 }
 
 impl std::fmt::Debug for WhatsAppDriver {
@@ -139,7 +163,14 @@ impl WhatsAppDriver {
             webhook: None,
             sessions: Arc::new(Sessions::default()),
             web_version: WebVersion::default(),
+            send_policy: SendPolicy::default(),
         }
+    }
+
+    /// Every bot's sends are governed by `policy` (BOT_SENDS_PER_MIN, ...).
+    pub fn with_send_policy(mut self, policy: SendPolicy) -> Self {
+        self.send_policy = policy;
+        self
     }
 
     /// Bots announce `version` (the node's, refreshed): a connect never
@@ -216,12 +247,17 @@ impl BotDriver for WhatsAppDriver {
             tracing::info!(bot = %spec.bot_id, version = spec.version, "WhatsApp session imported (credentials)");
         }
         let (bot_id, generation, phone) = (spec.bot_id.clone(), spec.generation, spec.phone.clone());
+        let guard = Arc::new(SendGuard::new(self.send_policy, spec.paired_at, self.clock.clone()));
         let on_event = {
-            let (bot_id, phone, events, webhook) =
-                (bot_id.clone(), phone.clone(), events.clone(), self.webhook.clone());
+            let (bot_id, phone, events, webhook, guard) =
+                (bot_id.clone(), phone.clone(), events.clone(), self.webhook.clone(), guard.clone());
             move |event: Arc<whatsapp_rust::types::events::Event>, _client: Arc<Client>| {
                 if let Some(status) = status_of(&event) {
                     let _ = events.send(DriverEvent { bot_id: bot_id.clone(), generation, event: status });
+                }
+                if let Some(reason) = governed_event(&guard, &event) {
+                    let event = BotEvent::Held { reason };
+                    let _ = events.send(DriverEvent { bot_id: bot_id.clone(), generation, event });
                 }
                 if let Some(webhook) = &webhook {
                     for payload in webhook_payloads(&bot_id, &phone, &event) {
@@ -240,7 +276,7 @@ impl BotDriver for WhatsAppDriver {
             .await
             .map_err(|e| DriverError(format!("cannot build the WhatsApp client: {e}")))?;
         let handle = bot.spawn();
-        self.sessions.insert(bot_id.clone(), generation, phone, handle.client());
+        self.sessions.insert(bot_id.clone(), generation, phone, handle.client(), guard);
         // Another node took the bot: this run must end.
         let watch = CancellationToken::new();
         let (lost, stopped, id) = (device.lost(), watch.clone(), bot_id.clone());

@@ -79,6 +79,7 @@ fn status_payload(event: &BotEvent) -> Value {
         BotEvent::LoggedOut { reason } => json!({"status": "logged_out", "reason": reason}),
         BotEvent::Replaced => json!({"status": "replaced"}),
         BotEvent::Banned { reason } => json!({"status": "banned", "reason": reason}),
+        BotEvent::Held { reason } => json!({"status": "held", "reason": reason}),
         BotEvent::Exited { code, error, .. } => json!({"status": "exited", "code": code, "reason": error}),
     }
 }

@@ -7,6 +7,8 @@ pub mod driver;
 #[cfg(feature = "whatsapp")]
 pub mod events;
 #[cfg(feature = "whatsapp")]
+mod governed;
+#[cfg(feature = "whatsapp")]
 mod hex;
 #[cfg(feature = "whatsapp")]
 pub mod notifier;

@@ -25,7 +25,7 @@ use whatsapp_rust::types::events::Event;
 use whatsapp_rust::wacore::store::InMemoryBackend;
 use whatsapp_rust::wacore::store::traits::DeviceStore;
 
-use crate::driver::{Sessions, send_from};
+use crate::driver::{Sessions, send_from, send_governed};
 use crate::session::device_from_creds;
 use crate::transport::Transports;
 use crate::web_version::WebVersion;
@@ -153,9 +153,11 @@ impl Notifier for WhatsAppNotifier {
 
     async fn send(&self, phone: &str, text: &str) -> Result<(), NotifyError> {
         let phone = PhoneNumber::parse(phone).map_err(|e| NotifyError(format!("not a phone number: {e}")))?;
-        match self.sessions.client_of_phone(&phone) {
-            Some(client) if client.is_connected() => {
-                send_from(&client, None, text).await.map(|_| ()).map_err(|e| NotifyError(e.to_string()))
+        match self.sessions.live_of_phone(&phone) {
+            // Governed like any send: a held or busy bot makes the message
+            // wait, and the outbox retries it.
+            Some((client, guard)) if client.is_connected() => {
+                send_governed(&client, &guard, None, text).await.map(|_| ()).map_err(|e| NotifyError(e.to_string()))
             }
             Some(_) => Err(NotifyError("the bot is not connected to WhatsApp yet".into())),
             None => self.send_once(&phone, text).await,

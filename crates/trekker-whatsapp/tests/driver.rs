@@ -256,6 +256,7 @@ fn spec(lease: &NodeLease, generation: u64) -> BotSpec {
         version: 1,
         generation,
         session: None,
+        paired_at: SystemClock.now_ms(),
     }
 }
 

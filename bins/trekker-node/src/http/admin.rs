@@ -287,7 +287,9 @@ pub struct MessageBody {
 #[utoipa::path(post, path = "/api/admin/bots/{id}/messages", tag = "admin", security(("admin" = [])),
     request_body = MessageBody,
     responses((status = 200, description = "sent: `{success, messageId}`"), (status = 400, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 429, description = "the bot's send governor holds it back (RATE_LIMITED, Retry-After)",
+            body = ErrorBody)))]
 pub(crate) async fn send_message(
     _: Admin,
     State(state): State<AppState>,

@@ -217,6 +217,9 @@ impl From<AppError> for ApiError {
                 return Self { review_id, ..Self::new(C::AccountMismatch, message) };
             }
             AppError::OlderSession => C::Conflict,
+            AppError::Throttled { retry_after_secs, .. } => {
+                return Self::new(C::RateLimited, message).with_retry_after(retry_after_secs.max(1));
+            }
             AppError::Store(err) => return Self::from_store(err),
         };
         Self::new(code, message)
