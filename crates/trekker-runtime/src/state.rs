@@ -408,6 +408,48 @@ mod tests {
         assert!(matches!(snapshot(deep.path(), 16 * MIB), Err(StateError::TooDeep(_))));
     }
 
+    /// The limits are inclusive: a folder of exactly `limit` bytes, or
+    /// exactly MAX_DEPTH folders deep, is kept; one byte or one folder more
+    /// is not.
+    #[test]
+    fn limits_hold_at_their_bounds() {
+        // Two files of 600 bytes: 512 of header and 1,024 of blocks each.
+        let big = folder(&[("a", &[0u8; 600]), ("b", &[0u8; 600])]);
+        assert_eq!(snapshot(big.path(), 3072).map(|s| s.files), Ok(2));
+        assert!(matches!(snapshot(big.path(), 3071), Err(StateError::TooLarge { .. })));
+
+        let nest = |levels: usize| {
+            let deep = folder(&[]);
+            let mut path = deep.path().to_path_buf();
+            for _ in 0..levels {
+                path.push("d");
+            }
+            fs::create_dir_all(&path).unwrap();
+            fs::write(path.join("f"), b"x").unwrap();
+            deep
+        };
+        assert_eq!(snapshot(nest(MAX_DEPTH).path(), 1 << 20).map(|s| s.files), Ok(1));
+        assert!(matches!(snapshot(nest(MAX_DEPTH + 1).path(), 1 << 20), Err(StateError::TooDeep(_))));
+    }
+
+    /// Metrics count refusals by kind: each kind has a label of its own.
+    #[test]
+    fn each_refusal_has_its_own_label() {
+        let errors = [
+            StateError::TooLarge { bytes: 2, limit: 1 },
+            StateError::NotARegularFile(String::new()),
+            StateError::Unreadable(String::new()),
+            StateError::TooDeep(String::new()),
+            StateError::BadName(String::new()),
+            StateError::BadArchive(String::new()),
+            StateError::Io(String::new()),
+        ];
+        let labels: std::collections::HashSet<&str> = errors.iter().map(StateError::kind).collect();
+        assert_eq!(labels.len(), errors.len(), "{labels:?}");
+        assert!(labels.iter().all(|l| l.chars().all(|c| c.is_ascii_lowercase() || c == '_')), "{labels:?}");
+        assert_eq!(errors[0].kind(), "too_large");
+    }
+
     #[test]
     fn a_link_where_the_folder_was_is_not_followed() {
         let outside = folder(&[("secret", b"node secret")]);

@@ -289,6 +289,8 @@ struct FakeDriver {
     stop_takes: Mutex<HashMap<BotId, Duration>>,
     /// The pairing time each bot was last started with.
     paired_at: Mutex<HashMap<BotId, i64>>,
+    /// Each start's event channel and generation, to send late events.
+    runs: Mutex<Vec<(BotId, u64, mpsc::UnboundedSender<DriverEvent>)>>,
 }
 
 impl FakeDriver {
@@ -347,6 +349,7 @@ impl BotDriver for FakeDriver {
     ) -> Result<Box<dyn RunningBot>, DriverError> {
         self.log.lock().unwrap().push((Instant::now(), spec.bot_id.clone(), spec.version, "start"));
         self.paired_at.lock().unwrap().insert(spec.bot_id.clone(), spec.paired_at);
+        self.runs.lock().unwrap().push((spec.bot_id.clone(), spec.generation, events.clone()));
         let behaviour = self.behaviour.lock().unwrap().get(&spec.bot_id).copied().unwrap_or(Behaviour::Connects);
         let event = match behaviour {
             Behaviour::Connects => BotEvent::Connected,
@@ -657,6 +660,50 @@ async fn new_credentials_restart_the_bot_on_the_new_version() {
     assert_eq!(driver.starts(&bot_id(2)).len(), 1, "the other bot is left alone");
     let restarted = store.last_report(&bot_id(1));
     assert_eq!((restarted.status, restarted.version), (RuntimeStatus::Online, 5));
+    supervisor.stop().await;
+}
+
+/// An event of an earlier run (here a logout that arrives after the bot
+/// was restarted on new credentials) says nothing of the run now.
+#[tokio::test(start_paused = true)]
+async fn a_late_event_of_an_earlier_run_is_ignored() {
+    let store = FakeStore::with_bots(1);
+    let driver = Arc::new(FakeDriver::default());
+    let id = bot_id(1);
+    let supervisor = spawn(&store, &driver, 10, tuning());
+    let_time_pass(Duration::from_millis(500)).await;
+    store.edit(&id, |bot| bot.credentials_version = 2);
+    let_time_pass(Duration::from_millis(500)).await;
+    let runs = driver.runs.lock().unwrap().clone();
+    assert_eq!(runs.len(), 2, "restarted on the new credentials");
+    let (_, old_generation, old_events) = &runs[0];
+    let late = BotEvent::LoggedOut { reason: Some("device removed".into()) };
+    old_events.send(DriverEvent { bot_id: id.clone(), generation: *old_generation, event: late }).unwrap();
+    let_time_pass(Duration::from_secs(60)).await;
+    let report = store.last_report(&id);
+    assert_eq!((report.status, report.version), (RuntimeStatus::Online, 2));
+    assert_eq!(driver.running().len(), 1, "the current run goes on");
+    supervisor.stop().await;
+}
+
+/// Crashes further apart than the crash window never add up to a failed
+/// bot: each one is restarted.
+#[tokio::test(start_paused = true)]
+async fn crashes_further_apart_than_the_window_never_fail_the_bot() {
+    let store = FakeStore::with_bots(1);
+    let driver = Arc::new(FakeDriver::default());
+    let id = bot_id(1);
+    driver.set(&id, Behaviour::Crashes);
+    let tuning = SupervisorTuning {
+        backoff_min: Duration::from_secs(4),
+        backoff_max: Duration::from_secs(4),
+        crash_window: Duration::from_secs(1),
+        ..tuning()
+    };
+    let supervisor = spawn(&store, &driver, 10, tuning);
+    let_time_pass(Duration::from_secs(60)).await;
+    assert!(driver.starts(&id).len() > 8, "restarted after every crash: {}", driver.starts(&id).len());
+    assert_ne!(store.last_report(&id).status, RuntimeStatus::Failed);
     supervisor.stop().await;
 }
 
