@@ -106,6 +106,15 @@ pub fn bot_moved(bot_name: &str, from: &ServerName, to: &ServerName) -> String {
     )
 }
 
+/// Sent to the bot's owner when WhatsApp logged its session out: the bot
+/// waits for a new session and is not restarted until then.
+pub fn logged_out(bot_name: &str) -> String {
+    format!(
+        "Your bot \"{bot_name}\" was logged out of WhatsApp (its linked device was removed or expired) and has \
+         stopped. Pair your phone again and register the new session ID with the same phone number to bring it back."
+    )
+}
+
 /// Sent to the guest when the bot's credentials were replaced.
 pub fn credentials_updated(bot_name: &str, server: &ServerName, restarting: bool) -> String {
     if restarting {

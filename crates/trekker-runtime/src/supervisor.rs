@@ -39,9 +39,10 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use trekker_domain::time::Clock;
-use trekker_domain::{ApprovalStatus, BotId, DesiredState, RuntimeStatus, ServerName};
+use trekker_domain::{ApprovalStatus, BotId, DesiredState, PhoneNumber, RuntimeStatus, ServerName, messages};
 use trekker_store::{
-    BotExit, BotRecord, ChangeCursor, NodeLease, RuntimeReport, RuntimeStore, SessionSnapshot, SessionStateStore,
+    BotExit, BotRecord, ChangeCursor, NewActivity, NodeLease, RuntimeReport, RuntimeStore, SessionSnapshot,
+    SessionStateStore, SideEffects,
 };
 
 use crate::driver::{BotDriver, BotEvent, BotSpec, DriverEvent, OUT_OF_MEMORY, RunningBot, SessionSync, StateSink};
@@ -213,6 +214,8 @@ struct Managed {
     power_seq: i64,
     /// The arrival (`moved_at`) this node has started the bot since.
     arrival: Option<i64>,
+    /// The bot's name and phone when last started: whom to tell, and how.
+    owner: Option<(String, PhoneNumber)>,
 }
 
 impl Managed {
@@ -229,6 +232,7 @@ impl Managed {
             restarting: false,
             power_seq: 0,
             arrival: None,
+            owner: None,
         }
     }
 }
@@ -731,6 +735,7 @@ impl Supervisor {
         managed.restarting = false;
         managed.power_seq = managed.power_seq.max(bot.power_seq);
         managed.arrival = bot.moved_at;
+        managed.owner = Some((bot.name.clone(), bot.phone.clone()));
         self.report(&bot.id, version, RuntimeStatus::Loading, i64::from(restart), None, None).await;
         let spec = BotSpec {
             bot_id: bot.id.clone(),
@@ -882,6 +887,14 @@ impl Supervisor {
                 tracing::warn!(bot = %id, "bot logged out of WhatsApp: not restarting");
                 let said = reason.map(|r| format!(" ({r})")).unwrap_or_default();
                 let reason = format!("logged out of WhatsApp{said}; pair the phone again");
+                // Said once, with the report that takes the run's status:
+                // the owner is the one who can pair again.
+                if let Some((name, phone)) = self.bots.get(&id).and_then(|m| m.owner.clone()) {
+                    let activity = NewActivity::new(&self.node, "logged_out", reason.clone()).for_bot(&id, &phone);
+                    let effects = SideEffects::activity(activity).notify(&phone, messages::logged_out(&name));
+                    let status = (RuntimeStatus::Error, Some("logged out".into()), Some(reason.clone()));
+                    self.report_with(&id, version, status, Some(effects)).await;
+                }
                 let report = (RuntimeStatus::Error, Some("logged out".into()), Some(reason));
                 self.hold(&id, Hold::LoggedOut, Some(report));
             }
@@ -894,7 +907,13 @@ impl Supervisor {
                 // Still connected: nothing to restart, and a restart or a
                 // re-pair would not lift WhatsApp's limit. Only said.
                 tracing::warn!(bot = %id, %reason, "WhatsApp limited the bot's sends: holding them");
-                self.report(&id, version, RuntimeStatus::Online, 0, Some(reason), None).await;
+                let activity = NewActivity::new(&self.node, "held", reason.clone());
+                let activity = match self.bots.get(&id).and_then(|m| m.owner.clone()) {
+                    Some((_, phone)) => activity.for_bot(&id, &phone),
+                    None => activity,
+                };
+                let status = (RuntimeStatus::Online, Some(reason), None);
+                self.report_with(&id, version, status, Some(SideEffects::activity(activity))).await;
             }
             BotEvent::Banned { reason } => {
                 tracing::warn!(bot = %id, %reason, "WhatsApp banned the bot's account: not restarting");
@@ -971,10 +990,39 @@ impl Supervisor {
         last_error: Option<String>,
         invalid_reason: Option<String>,
     ) {
+        self.write_report(id, version, (status, restarts, last_error, invalid_reason), None).await;
+    }
+
+    /// A report with what it says to people (see [`RuntimeReport::effects`]).
+    async fn report_with(
+        &self,
+        id: &BotId,
+        version: i64,
+        (status, last_error, invalid_reason): (RuntimeStatus, Option<String>, Option<String>),
+        effects: Option<SideEffects>,
+    ) {
+        self.write_report(id, version, (status, 0, last_error, invalid_reason), effects).await;
+    }
+
+    async fn write_report(
+        &self,
+        id: &BotId,
+        version: i64,
+        (status, restarts, last_error, invalid_reason): (RuntimeStatus, i64, Option<String>, Option<String>),
+        effects: Option<SideEffects>,
+    ) {
         // Without a lease nothing is written: another node may run the bot.
         let Some(runner) = self.lease.clone() else { return };
-        let report =
-            RuntimeReport { bot_id: id.clone(), runner, version, status, restarts, last_error, invalid_reason };
+        let report = RuntimeReport {
+            bot_id: id.clone(),
+            runner,
+            version,
+            status,
+            restarts,
+            last_error,
+            invalid_reason,
+            effects,
+        };
         match tokio::time::timeout(self.db_budget(), self.store.report_runtime(&report, self.clock.now_ms())).await {
             Ok(Ok(_)) => {}
             Ok(Err(err)) => tracing::warn!(bot = %id, error = ?err, "cannot record the bot's status"),

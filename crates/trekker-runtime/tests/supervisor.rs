@@ -110,6 +110,18 @@ impl FakeStore {
         self.state.lock().unwrap().reports.iter().rev().find(|r| &r.bot_id == id).map(|r| r.status)
     }
 
+    /// What the reports about `id` said to people: (activity, message to whom).
+    fn told(&self, id: &BotId) -> Vec<(String, Option<(String, String)>)> {
+        let state = self.state.lock().unwrap();
+        let effects = state.reports.iter().filter(|r| &r.bot_id == id).filter_map(|r| r.effects.clone());
+        effects
+            .map(|e| {
+                let told = e.notification.map(|n| (n.phone.as_str().to_owned(), n.message.render(None)));
+                (e.activity.action, told)
+            })
+            .collect()
+    }
+
     fn last_report(&self, id: &BotId) -> RuntimeReport {
         self.state.lock().unwrap().reports.iter().rev().find(|r| &r.bot_id == id).cloned().unwrap()
     }
@@ -575,6 +587,14 @@ async fn a_logged_out_bot_is_not_restarted_until_an_admin_acts() {
     assert_eq!(report.status, RuntimeStatus::Error);
     let reason = report.invalid_reason.unwrap();
     assert!(reason.contains("pair the phone again") && reason.contains("device removed"), "{reason}");
+    // The owner is told once, in the report's transaction, and it is recorded.
+    let told = store.told(&id);
+    assert_eq!(told.len(), 1, "{told:?}");
+    let (action, message) = &told[0];
+    assert_eq!(action, "logged_out");
+    let (to, text) = message.clone().expect("the owner is told");
+    assert_eq!(to, phone(1));
+    assert!(text.contains("\"bot 1\" was logged out") && text.contains("Pair your phone again"), "{text}");
     // An admin action sets the bot `loading`: it starts again.
     driver.set(&id, Behaviour::Connects);
     store.edit(&id, |bot| bot.status = RuntimeStatus::Loading);
@@ -626,6 +646,7 @@ async fn a_held_bot_stays_online_says_why_and_is_not_restarted() {
     let report = store.last_report(&held);
     assert_eq!(report.status, RuntimeStatus::Online, "still connected, receiving");
     assert!(report.last_error.unwrap().contains("463"));
+    assert_eq!(store.told(&held), vec![("held".to_owned(), None)], "recorded as an activity, nobody messaged");
     let paired_at = driver.paired_at.lock().unwrap().clone();
     assert_eq!(paired_at.get(&held), Some(&42));
     assert_eq!(paired_at.get(&paired), Some(&1_700_000_000_000));

@@ -652,6 +652,9 @@ pub struct RuntimeReport {
     pub last_error: Option<String>,
     /// Replaces `invalid_reason` when set.
     pub invalid_reason: Option<String>,
+    /// Recorded with the report, in its transaction, only when the report
+    /// is taken (an activity, and a message to the bot's owner).
+    pub effects: Option<SideEffects>,
 }
 
 /// Why a bot moves; recorded with each move.

@@ -1028,6 +1028,7 @@ async fn node_leases_fence_runners(f: Fixture) {
         restarts: 1,
         last_error: Some("crashed once".into()),
         invalid_reason: None,
+        effects: None,
     };
     assert!(!s.report_runtime(&report(&a1, 1), NOW).await.unwrap(), "only the host reports");
     assert!(!s.report_runtime(&report(&b1, 1), NOW + 80_000).await.unwrap(), "only under a live lease");
@@ -1047,6 +1048,23 @@ async fn node_leases_fence_runners(f: Fixture) {
     assert!(s.acquire_bot(&bot.id, &b2, 1, NOW + 41_000).await.unwrap(), "a new epoch takes over at once");
     assert!(!s.acquire_bot(&bot.id, &b1, 1, NOW + 41_000).await.unwrap(), "the old epoch cannot take it back");
     assert!(!s.report_runtime(&report(&b1, 1), NOW).await.unwrap(), "a stale runner cannot report");
+    // What a report says to people (an activity, the owner's message) is
+    // written with it, and only when it is taken.
+    let pending_before = s.pending_notifications().await.unwrap();
+    let telling = |runner: &NodeLease| RuntimeReport {
+        effects: Some(
+            SideEffects::activity(NewActivity::new(&b, "logged_out", "device removed").for_bot(&bot.id, &bot.phone))
+                .notify(&bot.phone, "Pair again"),
+        ),
+        ..report(runner, 1)
+    };
+    assert!(!s.report_runtime(&telling(&b1), NOW + 41_100).await.unwrap());
+    let logged_out = |activities: Vec<Activity>| activities.into_iter().filter(|a| a.action == "logged_out").count();
+    assert_eq!(logged_out(s.list_activities(Some(bot.id.clone()), None, 50).await.unwrap().activities), 0);
+    assert_eq!(s.pending_notifications().await.unwrap(), pending_before, "a refused report tells nobody");
+    assert!(s.report_runtime(&telling(&b2), NOW + 41_100).await.unwrap());
+    assert_eq!(logged_out(s.list_activities(Some(bot.id.clone()), None, 50).await.unwrap().activities), 1);
+    assert_eq!(s.pending_notifications().await.unwrap(), pending_before + 1, "the owner is told");
     // How a run ended is fenced the same way; memory kills add up.
     let exit = |reason: &str, out_of_memory| BotExit {
         at: NOW + 41_500,
@@ -1544,6 +1562,7 @@ async fn a_move_changes_host_registry_and_counts_and_fences_the_old_runner(f: Fi
 
     // The old runner: no status any more, but its last save still lands.
     let report = RuntimeReport {
+        effects: None,
         bot_id: bot.id.clone(),
         runner: old.clone(),
         version: 1,
@@ -1661,6 +1680,7 @@ async fn power_load_and_evacuation_are_recorded(f: Fixture) {
     let lease = s.start_node_lease(&a, NOW, 30_000).await.unwrap();
     assert!(s.acquire_bot(&bot.id, &lease, 1, NOW).await.unwrap());
     let failed = RuntimeReport {
+        effects: None,
         bot_id: bot.id.clone(),
         runner: lease.clone(),
         version: 1,

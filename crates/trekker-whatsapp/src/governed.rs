@@ -59,10 +59,16 @@ impl SendGuard {
     }
 
     /// WhatsApp answered `code`: the hold's reason for the bot's status
-    /// when the code is a limit, with when it ends.
+    /// when the code is a limit that starts or lengthens a hold (every
+    /// message nacked under one hold says it only once).
     pub(crate) fn limited(&self, code: &str) -> Option<String> {
         let now = self.clock.now_ms();
-        let held = self.governor.lock().unwrap_or_else(PoisonError::into_inner).hold(code, now)?;
+        let mut governor = self.governor.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = governor.held(now);
+        let held = governor.hold(code, now)?;
+        if before.as_ref() == Some(&held) {
+            return None;
+        }
         let minutes = ceil_div(held.retry_after_ms(now), 60_000);
         Some(format!("{held}; no sends for {minutes} min"))
     }
@@ -184,6 +190,8 @@ mod tests {
         assert_eq!(governed_event(&guard, &ack("receipt", Some("463"))), None, "not a message's nack");
         let held = governed_event(&guard, &ack("message", Some("463"))).expect("a 463 nack holds the bot");
         assert!(held.contains("463"), "{held}");
+        clock.advance(1);
+        assert_eq!(governed_event(&guard, &ack("message", Some("429"))), None, "a shorter hold changes nothing");
         assert!(guard.admit(None).is_err());
         clock.advance(86_400_000);
         assert!(guard.admit(None).is_ok());

@@ -117,6 +117,9 @@ async fn logged_out_bot_goes_to_error_without_restarts() {
     let bot = node.state.store.get_bot(&BotId::parse(&id).unwrap()).await.unwrap().unwrap();
     assert_eq!((bot.status, bot.restarts), (RuntimeStatus::Error, 0));
     assert!(bot.invalid_reason.as_deref().unwrap().contains("logged out"));
+    // Recorded, once, and its owner told to pair again (the outbox's message).
+    let activities = node.state.store.list_activities(Some(bot.id.clone()), None, 50).await.unwrap().activities;
+    assert_eq!(activities.iter().filter(|a| a.action == "logged_out").count(), 1, "{activities:?}");
     node.stop().await;
 }
 

@@ -9,7 +9,7 @@
 use async_trait::async_trait;
 use trekker_domain::{BotId, Credentials, ServerName};
 
-use super::{CHANGE_CURSOR, Db, json_integers, push_in_json_bigints};
+use super::{BEGIN_WRITE, CHANGE_CURSOR, Db, json_integers, push_in_json_bigints};
 use crate::cipher::Sealed;
 use crate::error::StoreError;
 use crate::model::*;
@@ -212,27 +212,18 @@ impl RuntimeStore for SqlStore<Db> {
     }
 
     async fn report_runtime(&self, report: &RuntimeReport, now: Millis) -> Result<bool, StoreError> {
-        let done = super::query(concat!(
-            "UPDATE bot_instances SET status = $6, restarts = restarts + $7, \
-             last_error = COALESCE(CAST($8 AS TEXT), last_error), \
-             invalid_reason = COALESCE(CAST($9 AS TEXT), invalid_reason), updated_at = $4 \
-             WHERE id = $1 AND server_name = $2 AND credentials_version = $5 AND ",
-            own_lease_live!(),
-            " AND ",
-            runner_free_or!()
-        ))
-        .bind(report.bot_id.as_str())
-        .bind(report.runner.node.as_str())
-        .bind(report.runner.epoch)
-        .bind(now)
-        .bind(report.version)
-        .bind(report.status.as_str())
-        .bind(report.restarts)
-        .bind(report.last_error.as_deref())
-        .bind(report.invalid_reason.as_deref())
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        let Some(effects) = &report.effects else {
+            // One statement, no transaction: the common case stays one round trip.
+            return apply_report(&self.pool, report, now).await;
+        };
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        let taken = apply_report(&mut *tx, report, now).await?;
+        // A report refused by the fence says nothing, to anyone.
+        if taken {
+            super::insert_effects_in(&mut tx, effects, None, now).await?;
+        }
+        tx.commit().await?;
+        Ok(taken)
     }
 
     async fn record_exit(&self, id: &BotId, runner: &NodeLease, exit: &BotExit) -> Result<bool, StoreError> {
@@ -276,4 +267,33 @@ impl RuntimeStore for SqlStore<Db> {
             super::query("DELETE FROM bot_departures WHERE departed_at < $1").bind(before).execute(&self.pool).await?;
         Ok(done.rows_affected())
     }
+}
+
+/// Writes a report if this node's live lease runs the bot at its version.
+async fn apply_report<'e>(
+    executor: impl sqlx::Executor<'e, Database = Db>,
+    report: &RuntimeReport,
+    now: Millis,
+) -> Result<bool, StoreError> {
+    let done = super::query(concat!(
+        "UPDATE bot_instances SET status = $6, restarts = restarts + $7, \
+         last_error = COALESCE(CAST($8 AS TEXT), last_error), \
+         invalid_reason = COALESCE(CAST($9 AS TEXT), invalid_reason), updated_at = $4 \
+         WHERE id = $1 AND server_name = $2 AND credentials_version = $5 AND ",
+        own_lease_live!(),
+        " AND ",
+        runner_free_or!()
+    ))
+    .bind(report.bot_id.as_str())
+    .bind(report.runner.node.as_str())
+    .bind(report.runner.epoch)
+    .bind(now)
+    .bind(report.version)
+    .bind(report.status.as_str())
+    .bind(report.restarts)
+    .bind(report.last_error.as_deref())
+    .bind(report.invalid_reason.as_deref())
+    .execute(executor)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
