@@ -80,6 +80,23 @@ impl fmt::Debug for BotSpec {
     }
 }
 
+/// Bot `id` of `phone` on SERVER3, its credentials `version` (tests).
+#[cfg(test)]
+pub(crate) fn test_spec(id: &str, phone: &str, version: u32, session: Option<SessionSync>) -> BotSpec {
+    use trekker_domain::{PhoneNumber, ServerName};
+    BotSpec {
+        bot_id: BotId::parse(id).expect("a bot id"),
+        runner: NodeLease { node: ServerName::parse("SERVER3").expect("a name"), epoch: 1 },
+        phone: PhoneNumber::parse(phone).expect("a phone"),
+        server: ServerName::parse("SERVER3").expect("a name"),
+        credentials: trekker_testkit::creds::credentials(phone, version),
+        version: i64::from(version),
+        generation: 1,
+        session,
+        paired_at: 1_800_000_000_000,
+    }
+}
+
 /// What happened to a running bot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BotEvent {

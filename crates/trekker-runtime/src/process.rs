@@ -624,6 +624,7 @@ impl Run {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::driver::test_spec as spec;
 
     #[test]
     fn status_lines() {
@@ -657,22 +658,6 @@ mod tests {
         // bwrap's way of saying the bot was killed by SIGKILL.
         assert_eq!(describe(status(137 << 8), true, false).1, Some(9));
         assert_eq!(describe(status(137 << 8), true, true).2, "out of memory");
-    }
-
-    /// Bot `id` of `phone` on SERVER3, its credentials `version`.
-    fn spec(id: &str, phone: &str, version: u32, session: Option<SessionSync>) -> BotSpec {
-        use trekker_domain::{PhoneNumber, ServerName};
-        BotSpec {
-            bot_id: BotId::parse(id).unwrap(),
-            runner: trekker_store::NodeLease { node: ServerName::parse("SERVER3").unwrap(), epoch: 1 },
-            phone: PhoneNumber::parse(phone).unwrap(),
-            server: ServerName::parse("SERVER3").unwrap(),
-            credentials: trekker_testkit::creds::credentials(phone, version),
-            version: i64::from(version),
-            generation: 1,
-            session,
-            paired_at: 1_800_000_000_000,
-        }
     }
 
     /// A bot run without a sandbox gets the contract's environment and

@@ -124,3 +124,54 @@ impl BotDriver for SimulatedDriver {
         Ok(Box::new(SimulatedBot { stop, task, spec, observer: self.observer.clone() }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::driver::test_spec;
+
+    #[derive(Default)]
+    struct Watch(Mutex<Vec<String>>);
+
+    impl RunObserver for Watch {
+        fn started(&self, bot: &BotId, node: &ServerName) {
+            self.0.lock().unwrap().push(format!("start {bot} on {node}"));
+        }
+        fn stopped(&self, bot: &BotId, node: &ServerName) {
+            self.0.lock().unwrap().push(format!("stop {bot} on {node}"));
+        }
+    }
+
+    /// Each fault shows as the event it stands for; a healed phone runs on;
+    /// the observer sees every start and stop.
+    #[tokio::test(start_paused = true)]
+    async fn faults_become_events_and_runs_are_observed() {
+        let watch = Arc::new(Watch::default());
+        let driver = SimulatedDriver::new(Duration::from_millis(10)).with_observer(watch.clone());
+        assert_eq!(driver.name(), "simulated");
+        let phone = "254700000880";
+        let cases = [
+            (Some(Fault::LogOutAfter(Duration::from_secs(1))), Some(BotEvent::LoggedOut { reason: None })),
+            (
+                Some(Fault::CrashAfter(Duration::from_secs(1))),
+                Some(BotEvent::Exited { code: Some(1), signal: None, error: Some("simulated crash".into()) }),
+            ),
+            (None, None),
+        ];
+        for (fault, expected) in cases {
+            driver.set_fault(phone, fault);
+            let (events, mut received) = mpsc::unbounded_channel();
+            let running = driver.start(test_spec("bot-sim", phone, 1, None), events).await.unwrap();
+            assert_eq!(received.recv().await.unwrap().event, BotEvent::Connected);
+            let next = tokio::time::timeout(Duration::from_secs(60), received.recv()).await.ok().flatten();
+            assert_eq!(next.map(|e| e.event), expected, "{fault:?}");
+            running.stop().await;
+        }
+        let seen = watch.0.lock().unwrap().clone();
+        assert_eq!(seen.len(), 6, "{seen:?}");
+        assert_eq!(seen[0], "start bot-sim on SERVER3");
+        assert_eq!(seen[1], "stop bot-sim on SERVER3");
+    }
+}

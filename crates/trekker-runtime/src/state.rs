@@ -429,6 +429,9 @@ mod tests {
             deep
         };
         assert_eq!(snapshot(nest(MAX_DEPTH).path(), 1 << 20).map(|s| s.files), Ok(1));
+        let nested = nest(3);
+        fs::write(nested.path().join("d/d/d/blob"), vec![7u8; 40_000]).unwrap();
+        assert!(disk_usage(nested.path(), u64::MAX) >= 40_000, "what is deep down counts");
         assert!(matches!(snapshot(nest(MAX_DEPTH + 1).path(), 1 << 20), Err(StateError::TooDeep(_))));
     }
 

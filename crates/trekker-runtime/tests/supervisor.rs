@@ -67,6 +67,8 @@ struct StoreState {
     full_reads: usize,
     renewals: usize,
     exits: Vec<(BotId, BotExit)>,
+    /// Bots whose runner lease this node gave up.
+    released: Vec<BotId>,
     /// Bots whose credentials cannot be opened (another key), and how
     /// often any bot's credentials were read.
     unreadable: HashSet<BotId>,
@@ -245,7 +247,8 @@ impl RuntimeStore for FakeStore {
         Ok(!state.taken.contains(id) && lease.epoch == state.epoch && !state.lease_lost)
     }
 
-    async fn release_bot(&self, _: &BotId, _: &NodeLease) -> Result<(), StoreError> {
+    async fn release_bot(&self, id: &BotId, _: &NodeLease) -> Result<(), StoreError> {
+        self.state.lock().unwrap().released.push(id.clone());
         Ok(())
     }
 
@@ -479,6 +482,9 @@ async fn crashes_back_off_exponentially_then_the_bot_is_held_failed() {
     let exits = store.state.lock().unwrap().exits.clone();
     assert_eq!(exits.len(), 4, "every crash is recorded as the bot's last exit");
     assert!(exits.iter().all(|(bot, exit)| bot == &id && exit.code == Some(1) && exit.reason == "boom"));
+    // Held failed, the bot's runner lease is given up: after a move another
+    // node may take it at once.
+    assert_eq!(store.state.lock().unwrap().released, vec![id.clone()]);
     // Held: an hour later it has not been started again.
     let_time_pass(Duration::from_secs(3600)).await;
     assert_eq!(driver.starts(&id).len(), 4);

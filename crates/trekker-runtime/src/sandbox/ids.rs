@@ -157,6 +157,38 @@ mod tests {
         assert_eq!(mapped_range("0 999 1\n"), None, "only the node itself");
     }
 
+    /// The lock folder lives in a shared /tmp: only a private folder of
+    /// the node's own user is used, never a link or one others may write.
+    #[test]
+    fn the_lock_folder_must_be_the_nodes_own() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let fresh = tmp.path().join("fresh");
+        private_dir(&fresh).unwrap();
+        assert_eq!(fs::metadata(&fresh).unwrap().permissions().mode() & 0o777, 0o700);
+        private_dir(&fresh).unwrap();
+
+        let shared = tmp.path().join("shared");
+        fs::create_dir(&shared).unwrap();
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(private_dir(&shared).unwrap_err().to_string().contains("not a private folder"));
+        let group = tmp.path().join("group");
+        fs::create_dir(&group).unwrap();
+        fs::set_permissions(&group, fs::Permissions::from_mode(0o720)).unwrap();
+        assert!(private_dir(&group).is_err(), "writable by its group");
+        let readable = tmp.path().join("readable");
+        fs::create_dir(&readable).unwrap();
+        fs::set_permissions(&readable, fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(private_dir(&readable).is_ok(), "others may read, not write");
+
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&fresh, &link).unwrap();
+        assert!(private_dir(&PathBuf::from(&link)).is_err(), "a link is refused");
+        let file = tmp.path().join("file");
+        fs::write(&file, b"").unwrap();
+        assert!(private_dir(&file).is_err(), "not a folder");
+    }
+
     #[test]
     fn an_id_is_held_by_one_holder_at_a_time() {
         let dir = tempfile::tempdir().unwrap();

@@ -362,6 +362,21 @@ mod tests {
 
     use super::*;
 
+    /// Paths are shown to the sandbox as they really are (links resolved);
+    /// words that are not absolute paths, or do not exist, stay as given.
+    #[test]
+    fn absolute_paths_are_resolved_and_other_words_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().canonicalize().unwrap().join("real");
+        std::fs::create_dir(&real).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert_eq!(canonical(&link.display().to_string()), real.display().to_string());
+        assert_eq!(canonical("bot.js"), "bot.js");
+        assert_eq!(canonical("--flag=/x"), "--flag=/x");
+        assert_eq!(canonical("/no/such/file"), "/no/such/file");
+    }
+
     #[test]
     fn a_command_whose_folder_holds_the_nodes_files_is_refused() {
         let node = tempfile::tempdir().unwrap();
