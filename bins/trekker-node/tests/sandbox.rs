@@ -356,8 +356,14 @@ fn a_hostile_bot_is_contained_and_its_neighbour_runs_on() {
     let env = read(&hostile.dir.join("out-env"));
     let names: HashSet<&str> = env.lines().filter_map(|l| l.split('=').next()).collect();
     let allowed = ["BOT_ID", "PHONE_NUMBER", "AUTH_DIR", "SERVER_NAME", "CREDENTIALS_VERSION", "PATH", "HOME", "PWD"];
+    // The send governor's figures (docs/bot-process-contract.md): public, and the same for every bot.
+    let governor =
+        ["BOT_SENDS_PER_MIN", "BOT_SEND_BURST", "BOT_NEW_CONTACTS_PER_DAY", "BOT_WARMUP_DAYS", "BOT_PAIRED_AT"];
     let shell = ["SHLVL", "_", "OLDPWD"];
-    assert!(names.iter().all(|n| allowed.contains(n) || shell.contains(n)), "the bot's environment: {names:?}");
+    assert!(
+        names.iter().all(|n| allowed.contains(n) || shell.contains(n) || governor.contains(n)),
+        "the bot's environment: {names:?}"
+    );
     let probe = read(&hostile.dir.join("out-probe"));
     let result = |name: &str| probe.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or("").to_owned();
     for refused in [
