@@ -675,7 +675,8 @@ mod tests {
              echo \"id=$BOT_ID phone=$PHONE_NUMBER server=$SERVER_NAME version=$CREDENTIALS_VERSION\"\n\
              stat -c 'auth=%a' \"$AUTH_DIR\"\n\
              head -c 1 \"$AUTH_DIR/creds.json\"; echo\n\
-             echo \"limits=$BOT_SENDS_PER_MIN/$BOT_SEND_BURST/$BOT_NEW_CONTACTS_PER_DAY/$BOT_WARMUP_DAYS since=$BOT_PAIRED_AT\"\n",
+             echo \"limits=$BOT_SENDS_PER_MIN/$BOT_SEND_BURST/$BOT_NEW_CONTACTS_PER_DAY/$BOT_WARMUP_DAYS\" \
+               \"since=$BOT_PAIRED_AT\"\n",
         )
         .unwrap();
         let root = work.path().join("bots/auth");

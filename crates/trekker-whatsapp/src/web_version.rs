@@ -160,7 +160,8 @@ impl WebVersion {
                 let wait = match this.refresh(&http, &url).await {
                     Ok(_) => every,
                     Err(error) => {
-                        tracing::warn!(%error, version = %this.current(), "WhatsApp Web version not refreshed; keeping the one in use");
+                        let version = this.current();
+                        tracing::warn!(%error, %version, "WhatsApp Web version not refreshed; keeping the one in use");
                         every.min(RETRY_AFTER_FAILURE)
                     }
                 };
