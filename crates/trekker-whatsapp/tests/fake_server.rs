@@ -1,13 +1,14 @@
-//! fake-server, first step: an in-process Noise IK responder over the
-//! transport seam, built from wacore's public pieces (as whatsapp-rust's
-//! own `tests/handshake_integration.rs` does). A bot registered with a
-//! Baileys `creds.json` and started by the driver logs in to it: what the
-//! fake decrypts from the client's hello (its static key and its login
-//! payload) must be the creds' noise key, phone and device. WhatsApp's
-//! root key cannot be replaced, so the device is seeded with a cached
-//! server certificate naming the fake's key, which IK trusts without
-//! re-checking the chain. Post-login (the `<success>` stanza, pre-keys,
-//! app-state sync) is not served yet.
+//! fake-server: an in-process WhatsApp server over the transport seam,
+//! built from wacore's public pieces (as whatsapp-rust's own
+//! `tests/handshake_integration.rs` does). A bot registered with a Baileys
+//! `creds.json` and started by the driver logs in to it by Noise IK: what
+//! the fake decrypts from the client's hello must be the creds' noise key,
+//! phone and device. WhatsApp's root key cannot be replaced, so the device
+//! is seeded with a cached server certificate naming the fake's key, which
+//! IK trusts without re-checking the chain. Serving the login, the fake
+//! answers IK, says `<success>`, reads every stanza the client sends and
+//! answers each query with an empty result. Not served yet: the app-state
+//! sync (so the client never reports `Connected`), messages, receipts.
 
 #![cfg(feature = "whatsapp")]
 #![allow(clippy::unwrap_used)] // Tests fail loudly by design.
@@ -26,13 +27,19 @@ use trekker_testkit::creds;
 use trekker_whatsapp::driver::WhatsAppDriver;
 use trekker_whatsapp::session::device_from_creds;
 use trekker_whatsapp::storage::StoredDevice;
+use whatsapp_rust::NodeBuilder;
 use whatsapp_rust::async_channel::{Receiver, Sender};
 use whatsapp_rust::buffa::Message as _;
 use whatsapp_rust::transport::{Transport, TransportEvent, TransportFactory};
-use whatsapp_rust::wacore::handshake::NoiseHandshake;
+use whatsapp_rust::wacore::framing;
+use whatsapp_rust::wacore::handshake::{NoiseCipher, NoiseHandshake};
 use whatsapp_rust::wacore::libsignal::protocol::PrivateKey;
 use whatsapp_rust::wacore::store::{CachedNoiseCert, CachedServerCertChain};
+use whatsapp_rust::wacore_binary::Node;
 use whatsapp_rust::wacore_binary::consts::{NOISE_PATTERN_IK, WA_CONN_HEADER};
+use whatsapp_rust::wacore_binary::marshal::{marshal, unmarshal_ref};
+use whatsapp_rust::wacore_binary::node::NodeContent;
+use whatsapp_rust::wacore_binary::util::unpack;
 use whatsapp_rust::waproto::whatsapp as wa;
 
 const PHONE: &str = "254700000960";
@@ -53,14 +60,24 @@ struct Login {
 #[derive(Clone)]
 struct FakeServer {
     private: [u8; 32],
+    /// Whether it completes the login (else it only reads the hello).
+    serves_login: bool,
     logins: Arc<Mutex<Vec<Result<Login, String>>>>,
+    /// Every stanza logged-in clients sent, decrypted.
+    stanzas: Arc<Mutex<Vec<Node>>>,
     /// Kept open: a closed event channel would read as a disconnect.
     events: Arc<Mutex<Vec<Sender<TransportEvent>>>>,
 }
 
 impl FakeServer {
     fn new(seed: u8) -> Self {
-        Self { private: [seed; 32], logins: Arc::default(), events: Arc::default() }
+        Self {
+            private: [seed; 32],
+            serves_login: false,
+            logins: Arc::default(),
+            stanzas: Arc::default(),
+            events: Arc::default(),
+        }
     }
 
     fn public(&self) -> [u8; 32] {
@@ -68,8 +85,9 @@ impl FakeServer {
         private.public_key().unwrap().public_key_bytes().try_into().unwrap()
     }
 
-    /// The IK responder's first half: the client's static key and payload.
-    fn read_hello(&self, raw: &[u8]) -> Result<Login, String> {
+    /// The IK responder's first half: the client's static key and payload
+    /// (and the handshake, to answer).
+    fn read_hello(&self, raw: &[u8]) -> Result<(Login, Accepting), String> {
         let body = raw.strip_prefix(&WA_CONN_HEADER[..]).ok_or("no connection header")?;
         let length = body.get(..3).ok_or("no frame")?;
         let length = (usize::from(length[0]) << 16) | (usize::from(length[1]) << 8) | usize::from(length[2]);
@@ -87,7 +105,38 @@ impl FakeServer {
         noise.mix_shared_secret(&self.private, &client_static).map_err(|e| e.to_string())?;
         let payload = noise.decrypt(&encrypted_payload).map_err(|e| format!("payload: {e}"))?;
         let payload = wa::ClientPayload::decode_from_slice(&payload).map_err(|e| e.to_string())?;
-        Ok(Login { client_static, username: payload.username, device: payload.device, passive: payload.passive })
+        let login = Login {
+            client_static: client_static.clone(),
+            username: payload.username,
+            device: payload.device,
+            passive: payload.passive,
+        };
+        Ok((login, Accepting { noise, client_ephemeral: ephemeral, client_static }))
+    }
+
+    /// The IK responder's second half: the server's hello, and the two
+    /// transport ciphers (client to server, server to client).
+    fn answer_hello(&self, accepting: Accepting) -> Result<(Vec<u8>, NoiseCipher, NoiseCipher), String> {
+        let Accepting { mut noise, client_ephemeral, client_static } = accepting;
+        let ephemeral = PrivateKey::deserialize(&[self.private[0].wrapping_add(100); 32]).map_err(|e| e.to_string())?;
+        let ephemeral_public = ephemeral.public_key().map_err(|e| e.to_string())?.public_key_bytes().to_vec();
+        let ephemeral = ephemeral.serialize().to_vec();
+        noise.authenticate(&ephemeral_public);
+        noise.mix_shared_secret(&ephemeral, &client_ephemeral).map_err(|e| e.to_string())?;
+        noise.mix_shared_secret(&ephemeral, &client_static).map_err(|e| e.to_string())?;
+        let certificate = noise.encrypt(b"fake certificate").map_err(|e| e.to_string())?;
+        let hello = wa::HandshakeMessage {
+            server_hello: whatsapp_rust::buffa::MessageField::some(wa::handshake_message::ServerHello {
+                ephemeral: Some(ephemeral_public),
+                r#static: None,
+                payload: Some(certificate),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let frame = framing::encode_frame(&hello.encode_to_vec(), None).map_err(|e| e.to_string())?;
+        let (from_client, to_client) = noise.finish().map_err(|e| e.to_string())?;
+        Ok((frame, from_client, to_client))
     }
 
     async fn next_login(&self) -> Result<Login, String> {
@@ -103,16 +152,74 @@ impl FakeServer {
         .expect("a client said hello")
     }
 
+    /// Waits for a stanza `matches` picks out.
+    async fn stanza(&self, what: &str, matches: impl Fn(&Node) -> bool) -> Node {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                if let Some(found) = self.stanzas.lock().unwrap().iter().find(|n| matches(n)) {
+                    return found.clone();
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            let seen: Vec<String> = self.stanzas.lock().unwrap().iter().map(|n| n.tag.to_string()).collect();
+            panic!("the client never sent {what}; it sent {seen:?}")
+        })
+    }
+
     /// Hangs up on every client (else a stop waits out the handshake).
     fn hang_up(&self) {
-        self.events.lock().unwrap().clear();
+        for events in self.events.lock().unwrap().drain(..) {
+            events.close();
+        }
     }
 }
 
-/// One connection to the fake: every send is a client frame.
+/// The server's half of a handshake between hello and answer.
+struct Accepting {
+    noise: NoiseHandshake,
+    client_ephemeral: Vec<u8>,
+    client_static: Vec<u8>,
+}
+
+/// A logged-in connection: the transport ciphers and their counters.
+struct Live {
+    decoder: framing::FrameDecoder,
+    from_client: (NoiseCipher, u32),
+    to_client: (NoiseCipher, u32),
+}
+
+/// One connection to the fake.
 struct Connection {
     server: FakeServer,
+    to_client: Sender<TransportEvent>,
+    live: Mutex<Option<Live>>,
     said_hello: Mutex<bool>,
+}
+
+impl Connection {
+    /// Encrypts, frames and sends `node` to the client.
+    fn say(&self, live: &mut Live, node: &Node) {
+        // Marshalled with its leading flag byte (0: not compressed).
+        let plain = marshal(node).unwrap();
+        let (cipher, counter) = &mut live.to_client;
+        let sealed = cipher.encrypt_with_counter(*counter, &plain).unwrap();
+        *counter += 1;
+        let frame = framing::encode_frame(&sealed, None).unwrap();
+        let _ = self.to_client.try_send(TransportEvent::DataReceived(frame.into()));
+    }
+
+    /// What the fake answers a client's stanza: every query an empty result.
+    fn answer(&self, live: &mut Live, stanza: &Node) {
+        if stanza.tag != "iq" {
+            return;
+        }
+        let id = stanza.attrs().optional_string("id").map(|id| id.to_string()).unwrap_or_default();
+        let result = NodeBuilder::new("iq").attr("type", "result").attr("id", id).attr("from", "s.whatsapp.net");
+        self.say(live, &result.build());
+    }
 }
 
 #[whatsapp_rust::async_trait]
@@ -121,7 +228,43 @@ impl Transport for Connection {
         let mut said_hello = self.said_hello.lock().unwrap();
         if !*said_hello {
             *said_hello = true;
-            self.server.logins.lock().unwrap().push(self.server.read_hello(&data));
+            let hello = self.server.read_hello(&data);
+            let accepted = hello.map(|(login, accepting)| {
+                self.server.logins.lock().unwrap().push(Ok(login));
+                self.server.answer_hello(accepting)
+            });
+            match accepted {
+                Ok(Ok((frame, from_client, to_client))) if self.server.serves_login => {
+                    let _ = self.to_client.try_send(TransportEvent::DataReceived(frame.into()));
+                    let mut live = Live {
+                        decoder: framing::FrameDecoder::new(),
+                        from_client: (from_client, 0),
+                        to_client: (to_client, 0),
+                    };
+                    let success = NodeBuilder::new("success")
+                        .attr("t", (SystemClock.now_ms() / 1000).to_string())
+                        .attr("lid", "100000000000001@lid")
+                        .build();
+                    self.say(&mut live, &success);
+                    *self.live.lock().unwrap() = Some(live);
+                }
+                Ok(_) => {}
+                Err(error) => self.server.logins.lock().unwrap().push(Err(error)),
+            }
+            return Ok(());
+        }
+        drop(said_hello);
+        let mut live = self.live.lock().unwrap();
+        let Some(live) = live.as_mut() else { return Ok(()) };
+        live.decoder.feed(&data);
+        while let Some(frame) = live.decoder.decode_frame() {
+            let mut plain = frame.to_vec();
+            let (cipher, counter) = &live.from_client;
+            cipher.decrypt_in_place_with_counter(*counter, &mut plain).unwrap();
+            live.from_client.1 += 1;
+            let stanza = unmarshal_ref(&unpack(&plain).unwrap()).unwrap().to_owned();
+            self.server.stanzas.lock().unwrap().push(stanza.clone());
+            self.answer(live, &stanza);
         }
         Ok(())
     }
@@ -136,8 +279,10 @@ impl TransportFactory for FakeServer {
     ) -> Result<(Arc<dyn Transport>, Receiver<TransportEvent>), whatsapp_rust::anyhow::Error> {
         let (tx, rx) = whatsapp_rust::async_channel::unbounded();
         tx.send(TransportEvent::Connected).await?;
-        self.events.lock().unwrap().push(tx);
-        Ok((Arc::new(Connection { server: self.clone(), said_hello: Mutex::new(false) }), rx))
+        self.events.lock().unwrap().push(tx.clone());
+        let connection =
+            Connection { server: self.clone(), to_client: tx, live: Mutex::new(None), said_hello: Mutex::new(false) };
+        Ok((Arc::new(connection), rx))
     }
 }
 
@@ -237,4 +382,51 @@ async fn fake_server_cannot_read_a_login_meant_for_another_key() {
     running.stop().await;
     let error = login.expect_err("the wrong key reads nothing");
     assert!(error.starts_with("static:"), "{error}");
+}
+
+/// The content of `name` in `node`, as bytes.
+fn bytes_of(node: &Node, name: &str) -> Vec<u8> {
+    match node.get_optional_child(name).map(|child| &child.content) {
+        Some(Some(NodeContent::Bytes(bytes))) => bytes.clone(),
+        other => panic!("no bytes in <{name}>: {other:?}"),
+    }
+}
+
+/// Logged in (the fake answers IK and says `<success>`), the bot uploads a
+/// batch of pre-keys made from the creds' own identity, registration id and
+/// signed pre-key (an imported device has none on the server); the
+/// pre-keys it uploads are kept in the bot's own storage first (else the
+/// first message of a contact could not be decrypted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_server_a_logged_in_bot_uploads_pre_keys_of_its_own_identity() {
+    let (store, _file) = trekker_testkit::sqlite_store().await;
+    let store: Arc<dyn Store> = store;
+    let server = FakeServer { serves_login: true, ..FakeServer::new(7) };
+    let (spec, document) = bot_knowing(&store, server.public()).await;
+    let bot = spec.bot_id.clone();
+    let driver = WhatsAppDriver::new(store.clone(), Arc::new(SystemClock)).with_transport(Arc::new(server.clone()));
+    let (events, _received) = mpsc::unbounded_channel();
+    let running = driver.start(spec, events).await.unwrap();
+    let attr = |node: &Node, name: &str| node.attrs().optional_string(name).map(|v| v.to_string());
+    let is_encrypt = |node: &Node, kind: &str| {
+        node.tag == "iq"
+            && attr(node, "xmlns").as_deref() == Some("encrypt")
+            && attr(node, "type").as_deref() == Some(kind)
+    };
+    let upload = server.stanza("a pre-key upload", |n| is_encrypt(n, "set")).await;
+    server.hang_up();
+    running.stop().await;
+
+    let registration = u32::try_from(document["registrationId"].as_u64().unwrap()).unwrap();
+    assert_eq!(bytes_of(&upload, "registration"), registration.to_be_bytes());
+    assert_eq!(bytes_of(&upload, "identity"), buffer(&document["signedIdentityKey"]["public"]));
+    let signed = upload.get_optional_child("skey").expect("the signed pre-key");
+    let key_id = u32::try_from(document["signedPreKey"]["keyId"].as_u64().unwrap()).unwrap();
+    assert_eq!(bytes_of(signed, "id"), key_id.to_be_bytes()[1..]);
+    assert_eq!(bytes_of(signed, "value"), buffer(&document["signedPreKey"]["keyPair"]["public"]));
+    assert_eq!(bytes_of(signed, "signature"), buffer(&document["signedPreKey"]["signature"]));
+    let uploaded = upload.get_optional_child("list").and_then(|list| list.children()).map_or(0, <[Node]>::len);
+    assert!(uploaded > 0, "a batch of one-time pre-keys");
+    let kept = store.device_state_scan(&bot, 1, "prekey").await.unwrap().len();
+    assert!(kept >= uploaded, "{uploaded} uploaded, {kept} kept in the database");
 }
