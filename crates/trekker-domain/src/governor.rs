@@ -10,7 +10,7 @@
 //! numbers are told to grow slowly. So each bot has two token buckets, for
 //! sends and for new contacts, both scaled by a warm-up factor that grows
 //! from 10 % to 100 % over the first `warmup_days` after the number was
-//! registered; and a nack or stream error with one of those codes holds
+//! registered; and a nack of a sent message with one of those codes holds
 //! every send until the hold ends. Time is given, never read: the same
 //! input always gives the same answer.
 
@@ -101,7 +101,7 @@ impl fmt::Display for Throttle {
     }
 }
 
-/// What WhatsApp meant by a nack or stream error code, and how long the
+/// What WhatsApp meant by a nack's error code, and how long the
 /// bot then holds: `None` for codes that say nothing of rates.
 pub fn hold_for(code: &str) -> Option<(i64, &'static str)> {
     match code {

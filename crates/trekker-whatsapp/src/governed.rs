@@ -1,8 +1,10 @@
 //! The ban-risk governor on an in-process bot's sends
 //! ([`trekker_domain::governor`] holds the rules): every send through the
 //! admin endpoint or the notifier asks it first, who counts as a new
-//! contact is remembered here, and WhatsApp's limit codes (a nack of a sent
-//! message, or a 429 stream error) put the bot on hold.
+//! contact is remembered here, and WhatsApp's limit codes on a nack of a
+//! sent message put the bot on hold. (A 429 stream error is whatsapp-rust's
+//! own to handle: it stops sending and reconnects with a longer backoff,
+//! and dispatches no event; the fake-server suite shows it.)
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -75,8 +77,8 @@ impl SendGuard {
 }
 
 /// What an event of the bot's client means for its governor: senders of
-/// incoming messages become known; a limit code holds the bot (the reason,
-/// for its status).
+/// incoming messages become known; a limit code on a nacked message holds
+/// the bot (the reason, for its status).
 pub(crate) fn governed_event(guard: &SendGuard, event: &Event) -> Option<String> {
     match event {
         Event::Messages(batch) => {
@@ -93,7 +95,6 @@ pub(crate) fn governed_event(guard: &SendGuard, event: &Event) -> Option<String>
         Event::ServerAck(ack) if ack.class.as_deref().is_none_or(|class| class == "message") => {
             guard.limited(ack.error.as_deref()?)
         }
-        Event::StreamError(error) => guard.limited(&error.code),
         _ => None,
     }
 }
@@ -152,7 +153,7 @@ mod tests {
 
     #[test]
     fn the_clients_events_teach_contacts_and_hold_on_limit_codes() {
-        use whatsapp_rust::types::events::{BatchOrigin, MessageBatch, ServerAck, StreamError};
+        use whatsapp_rust::types::events::{BatchOrigin, MessageBatch, ServerAck};
         use whatsapp_rust::wacore::types::events::InboundMessage;
         use whatsapp_rust::wacore::types::message::{MessageInfo, MessageSource};
 
@@ -195,9 +196,8 @@ mod tests {
         assert!(guard.admit(None).is_err());
         clock.advance(86_400_000);
         assert!(guard.admit(None).is_ok());
-        let stream = Event::StreamError(StreamError::builder().code("429".into()).build());
-        assert!(governed_event(&guard, &stream).is_some_and(|reason| reason.contains("429")));
-        assert!(guard.admit(None).is_err(), "a 429 stream error holds the bot too");
+        assert!(governed_event(&guard, &ack("message", Some("429"))).is_some_and(|reason| reason.contains("429")));
+        assert!(guard.admit(None).is_err(), "a 429 nack holds the bot too");
     }
 
     #[test]

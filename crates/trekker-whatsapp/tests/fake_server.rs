@@ -21,7 +21,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use trekker_domain::time::{Clock, SystemClock};
 use trekker_domain::{BotId, PhoneNumber, ServerName};
-use trekker_runtime::{BotDriver, BotSpec};
+use trekker_runtime::{BotDriver, BotEvent, BotSpec};
 use trekker_store::{NewActivity, NewBot, ServerRegistration, SideEffects, Store};
 use trekker_testkit::creds;
 use trekker_whatsapp::driver::WhatsAppDriver;
@@ -62,6 +62,9 @@ struct FakeServer {
     private: [u8; 32],
     /// Whether it completes the login (else it only reads the hello).
     serves_login: bool,
+    /// Said instead of `<success>` (a `<failure>`), or right after it.
+    instead_of_success: Option<Node>,
+    after_success: Option<Node>,
     logins: Arc<Mutex<Vec<Result<Login, String>>>>,
     /// Every stanza logged-in clients sent, decrypted.
     stanzas: Arc<Mutex<Vec<Node>>>,
@@ -74,6 +77,8 @@ impl FakeServer {
         Self {
             private: [seed; 32],
             serves_login: false,
+            instead_of_success: None,
+            after_success: None,
             logins: Arc::default(),
             stanzas: Arc::default(),
             events: Arc::default(),
@@ -245,7 +250,10 @@ impl Transport for Connection {
                         .attr("t", (SystemClock.now_ms() / 1000).to_string())
                         .attr("lid", "100000000000001@lid")
                         .build();
-                    self.say(&mut live, &success);
+                    self.say(&mut live, self.server.instead_of_success.as_ref().unwrap_or(&success));
+                    if let Some(then) = &self.server.after_success {
+                        self.say(&mut live, then);
+                    }
                     *self.live.lock().unwrap() = Some(live);
                 }
                 Ok(_) => {}
@@ -429,4 +437,42 @@ async fn fake_server_a_logged_in_bot_uploads_pre_keys_of_its_own_identity() {
     assert!(uploaded > 0, "a batch of one-time pre-keys");
     let kept = store.device_state_scan(&bot, 1, "prekey").await.unwrap().len();
     assert!(kept >= uploaded, "{uploaded} uploaded, {kept} kept in the database");
+}
+
+/// What WhatsApp says to end a session reaches the bot's status: a 401
+/// stream error is a logout, 409 another client taking the stream, a 402
+/// `<failure>` a temporary ban with its length. (A 429 stream error is
+/// whatsapp-rust's own to handle: it dispatches no event at all.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_server_stream_errors_and_failures_reach_the_bots_status() {
+    let stream_error = |code: &str| NodeBuilder::new("stream:error").attr("code", code.to_owned()).build();
+    let ban = NodeBuilder::new("failure").attr("reason", "402").attr("code", "101").attr("expire", "3600").build();
+    let cases: [(Option<Node>, Option<Node>, fn(&BotEvent) -> bool); 3] = [
+        (None, Some(stream_error("401")), |e| matches!(e, BotEvent::LoggedOut { .. })),
+        (None, Some(stream_error("409")), |e| matches!(e, BotEvent::Replaced)),
+        (Some(ban), None, |e| matches!(e, BotEvent::Banned { reason } if reason.ends_with("for 3600 s"))),
+    ];
+    for (instead_of_success, after_success, expected) in cases {
+        let (store, _file) = trekker_testkit::sqlite_store().await;
+        let store: Arc<dyn Store> = store;
+        let server = FakeServer { serves_login: true, instead_of_success, after_success, ..FakeServer::new(7) };
+        let (spec, _) = bot_knowing(&store, server.public()).await;
+        let driver = WhatsAppDriver::new(store.clone(), Arc::new(SystemClock)).with_transport(Arc::new(server.clone()));
+        let (events, mut received) = mpsc::unbounded_channel();
+        let running = driver.start(spec, events).await.unwrap();
+        let mut seen = Vec::new();
+        let found = tokio::time::timeout(Duration::from_secs(15), async {
+            while let Some(event) = received.recv().await {
+                if expected(&event.event) {
+                    return true;
+                }
+                seen.push(event.event);
+            }
+            false
+        })
+        .await;
+        server.hang_up();
+        running.stop().await;
+        assert_eq!(found, Ok(true), "{:?}; saw {seen:?}", server.instead_of_success.or(server.after_success));
+    }
 }
