@@ -447,7 +447,9 @@ async fn fake_server_a_logged_in_bot_uploads_pre_keys_of_its_own_identity() {
 async fn fake_server_stream_errors_and_failures_reach_the_bots_status() {
     let stream_error = |code: &str| NodeBuilder::new("stream:error").attr("code", code.to_owned()).build();
     let ban = NodeBuilder::new("failure").attr("reason", "402").attr("code", "101").attr("expire", "3600").build();
-    let cases: [(Option<Node>, Option<Node>, fn(&BotEvent) -> bool); 3] = [
+    /// Said instead of `<success>`, said after it, and the event it must give.
+    type Case = (Option<Node>, Option<Node>, fn(&BotEvent) -> bool);
+    let cases: [Case; 3] = [
         (None, Some(stream_error("401")), |e| matches!(e, BotEvent::LoggedOut { .. })),
         (None, Some(stream_error("409")), |e| matches!(e, BotEvent::Replaced)),
         (Some(ban), None, |e| matches!(e, BotEvent::Banned { reason } if reason.ends_with("for 3600 s"))),
