@@ -6,9 +6,10 @@
 //! phone and device. WhatsApp's root key cannot be replaced, so the device
 //! is seeded with a cached server certificate naming the fake's key, which
 //! IK trusts without re-checking the chain. Serving the login, the fake
-//! answers IK, says `<success>`, reads every stanza the client sends and
-//! answers each query with an empty result. Not served yet: the app-state
-//! sync (so the client never reports `Connected`), messages, receipts.
+//! answers IK, says `<success>` and the end of offline delivery, reads
+//! every stanza the client sends, and answers device queries (no device for
+//! anyone) and every other query (an empty result). Not served yet: the
+//! app-state sync, messages, receipts.
 
 #![cfg(feature = "whatsapp")]
 #![allow(clippy::unwrap_used)] // Tests fail loudly by design.
@@ -19,6 +20,7 @@ use std::time::Duration;
 use base64::Engine;
 use serde_json::Value;
 use tokio::sync::mpsc;
+use trekker_app::messaging::BotMessenger;
 use trekker_domain::time::{Clock, SystemClock};
 use trekker_domain::{BotId, PhoneNumber, ServerName};
 use trekker_runtime::{BotDriver, BotEvent, BotSpec};
@@ -216,13 +218,24 @@ impl Connection {
         let _ = self.to_client.try_send(TransportEvent::DataReceived(frame.into()));
     }
 
-    /// What the fake answers a client's stanza: every query an empty result.
+    /// What the fake answers a client's stanza: a device query says every
+    /// user asked about has no device; any other query an empty result.
     fn answer(&self, live: &mut Live, stanza: &Node) {
         if stanza.tag != "iq" {
             return;
         }
         let id = stanza.attrs().optional_string("id").map(|id| id.to_string()).unwrap_or_default();
-        let result = NodeBuilder::new("iq").attr("type", "result").attr("id", id).attr("from", "s.whatsapp.net");
+        let mut result = NodeBuilder::new("iq").attr("type", "result").attr("id", id).attr("from", "s.whatsapp.net");
+        let asked = stanza.get_optional_child("usync").and_then(|usync| usync.get_optional_child("list"));
+        if let Some(list) = asked {
+            let users = list.get_children_by_tag("user").filter_map(|user| {
+                let jid = user.attrs().optional_string("jid")?.to_string();
+                let devices = NodeBuilder::new("devices").children([NodeBuilder::new("device-list").build()]);
+                Some(NodeBuilder::new("user").attr("jid", jid).children([devices.build()]).build())
+            });
+            let list = NodeBuilder::new("list").children(users.collect::<Vec<_>>()).build();
+            result = result.children([NodeBuilder::new("usync").children([list]).build()]);
+        }
         self.say(live, &result.build());
     }
 }
@@ -253,6 +266,11 @@ impl Transport for Connection {
                     self.say(&mut live, self.server.instead_of_success.as_ref().unwrap_or(&success));
                     if let Some(then) = &self.server.after_success {
                         self.say(&mut live, then);
+                    }
+                    if self.server.instead_of_success.is_none() {
+                        // No messages were waiting: offline delivery is over.
+                        let offline = NodeBuilder::new("offline").attr("count", "0").build();
+                        self.say(&mut live, &NodeBuilder::new("ib").children([offline]).build());
                     }
                     *self.live.lock().unwrap() = Some(live);
                 }
@@ -477,4 +495,46 @@ async fn fake_server_stream_errors_and_failures_reach_the_bots_status() {
         running.stop().await;
         assert_eq!(found, Ok(true), "{:?}; saw {seen:?}", server.instead_of_success.or(server.after_success));
     }
+}
+
+/// Logged in with nothing waiting offline, a bot whose device knows its
+/// push name goes online. A text to someone with no WhatsApp device (the
+/// fake lists no device for anyone, and has no keys to give) is an error
+/// that names WhatsApp's refusal, never the id of a message that reached
+/// nobody (whatsapp-rust #1298: with 0.7.0 and this server the send fails
+/// on the missing keys; this guards the admin endpoint across upgrades).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_server_a_bot_goes_online_and_a_send_that_reaches_no_device_fails() {
+    let (store, _file) = trekker_testkit::sqlite_store().await;
+    let store: Arc<dyn Store> = store;
+    let server = FakeServer { serves_login: true, ..FakeServer::new(7) };
+    let (spec, _) = bot_knowing(&store, server.public()).await;
+    let bot = spec.bot_id.clone();
+    let driver = WhatsAppDriver::new(store.clone(), Arc::new(SystemClock)).with_transport(Arc::new(server.clone()));
+    let (events, mut received) = mpsc::unbounded_channel();
+    let running = driver.start(spec, events).await.unwrap();
+    let online = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Some(event) = received.recv().await {
+            if event.event == BotEvent::Connected {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(online, Ok(true), "the bot never went online");
+
+    let nobody = PhoneNumber::parse("254711000777").unwrap();
+    let sent = driver.sessions().send_text(&bot, Some(&nobody), "hello").await;
+    server.hang_up();
+    running.stop().await;
+    let error = sent.expect_err("nothing was delivered");
+    assert!(error.to_string().starts_with("WhatsApp did not take the message"), "{error}");
+    let asked = server.stanzas.lock().unwrap().iter().any(|n| {
+        n.get_optional_child("usync").and_then(|u| u.get_optional_child("list")).is_some_and(|list| {
+            list.get_children_by_tag("user")
+                .any(|u| u.attrs().optional_string("jid").is_some_and(|j| j.to_string().starts_with(nobody.as_str())))
+        })
+    });
+    assert!(asked, "the client asked the server for the recipient's devices");
 }
