@@ -538,3 +538,51 @@ async fn fake_server_a_bot_goes_online_and_a_send_that_reaches_no_device_fails()
     });
     assert!(asked, "the client asked the server for the recipient's devices");
 }
+
+/// A stopped bot starts again from what it stored, not from its creds: the
+/// same device logs in, and the pre-keys it uploaded the first time are
+/// not uploaded again (the device remembers the server holds them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_server_a_restarted_bot_logs_in_from_its_stored_state() {
+    let (store, _file) = trekker_testkit::sqlite_store().await;
+    let store: Arc<dyn Store> = store;
+    let server = FakeServer { serves_login: true, ..FakeServer::new(7) };
+    let (spec, document) = bot_knowing(&store, server.public()).await;
+    let is_upload = |n: &Node| {
+        n.tag == "iq"
+            && n.attrs().optional_string("xmlns").is_some_and(|x| x == "encrypt")
+            && n.get_optional_child("list").is_some()
+    };
+    let driver = WhatsAppDriver::new(store.clone(), Arc::new(SystemClock)).with_transport(Arc::new(server.clone()));
+    for run in 1..=2u64 {
+        let (events, mut received) = mpsc::unbounded_channel();
+        let running = driver.start(BotSpec { generation: run, ..spec.clone() }, events).await.unwrap();
+        let online = tokio::time::timeout(Duration::from_secs(15), async {
+            while let Some(event) = received.recv().await {
+                if event.event == BotEvent::Connected {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(online.is_ok(), "run {run} never went online");
+        // The key digest check comes after the upload, if there is one.
+        let digests =
+            || server.stanzas.lock().unwrap().iter().filter(|n| n.get_optional_child("digest").is_some()).count();
+        tokio::time::timeout(Duration::from_secs(15), async {
+            while digests() < usize::try_from(run).unwrap() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the pre-key digest is checked at every login");
+        server.hang_up();
+        running.stop().await;
+        let uploads = server.stanzas.lock().unwrap().iter().filter(|n| is_upload(n)).count();
+        assert_eq!(uploads, 1, "after run {run}: pre-keys are uploaded once, by the first run");
+    }
+    let logins = server.logins.lock().unwrap().clone();
+    assert_eq!(logins.len(), 2);
+    let noise = buffer(&document["noiseKey"]["public"]);
+    assert!(logins.iter().all(|login| login.as_ref().is_ok_and(|l| l.client_static == noise)), "{logins:?}");
+}
