@@ -61,6 +61,8 @@ struct StoreState {
     renewal_fails: bool,
     /// Renewals never answer (a partition that drops packets).
     renewal_hangs: bool,
+    /// How long a status report takes to answer (a database far away).
+    report_latency: Duration,
     reports: Vec<RuntimeReport>,
     /// Bot rows handed to the supervisor, in full reads and change reads.
     rows_read: usize,
@@ -262,6 +264,8 @@ impl RuntimeStore for FakeStore {
     }
 
     async fn report_runtime(&self, report: &RuntimeReport, _: Millis) -> Result<bool, StoreError> {
+        let latency = self.state.lock().unwrap().report_latency;
+        tokio::time::sleep(latency).await;
         let mut state = self.state.lock().unwrap();
         if let Some(bot) =
             state.bots.iter_mut().find(|b| b.id == report.bot_id && b.credentials_version == report.version)
@@ -656,6 +660,19 @@ async fn a_held_bot_stays_online_says_why_and_is_not_restarted() {
     let paired_at = driver.paired_at.lock().unwrap().clone();
     assert_eq!(paired_at.get(&held), Some(&42));
     assert_eq!(paired_at.get(&paired), Some(&1_700_000_000_000));
+    supervisor.stop().await;
+}
+
+/// A database that takes a moment to answer is waited for, within the
+/// loop's budget (a quarter of the lease): the status is still recorded.
+#[tokio::test(start_paused = true)]
+async fn a_slow_database_is_waited_for_within_the_budget() {
+    let store = FakeStore::with_bots(1);
+    store.state.lock().unwrap().report_latency = Duration::from_millis(200);
+    let driver = Arc::new(FakeDriver::default());
+    let supervisor = spawn(&store, &driver, 10, tuning());
+    let_time_pass(Duration::from_secs(5)).await;
+    assert_eq!(store.last_report(&bot_id(1)).status, RuntimeStatus::Online);
     supervisor.stop().await;
 }
 
