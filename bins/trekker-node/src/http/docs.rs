@@ -134,4 +134,56 @@ mod tests {
             "#/components/schemas/ErrorCode"
         );
     }
+
+    /// `/a/{requestId}/b` and `/a/{request_id}/b` alike: `/a/{}/b`.
+    fn unnamed_parameters(path: &str) -> String {
+        path.split('/').map(|part| if part.starts_with('{') { "{}" } else { part }).collect::<Vec<_>>().join("/")
+    }
+
+    /// docs/api.md, the contract clients are written against, names every
+    /// operation a node serves and every error code with its status; what it
+    /// names beyond them is marked planned.
+    #[test]
+    fn docs_api_md_matches_the_document() {
+        let contract = include_str!("../../../../docs/api.md");
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let mut served = std::collections::BTreeSet::new();
+        for (path, operations) in doc["paths"].as_object().unwrap() {
+            for method in operations.as_object().unwrap().keys() {
+                served.insert(format!("{} {}", method.to_uppercase(), unnamed_parameters(path)));
+            }
+        }
+        let mut named = std::collections::BTreeSet::new();
+        // A heading marked planned covers its section, a bullet marked so
+        // (at its start) covers the bullet's lines.
+        let (mut planned_section, mut planned_item) = (false, false);
+        for line in contract.lines() {
+            if line.starts_with('#') {
+                (planned_section, planned_item) = (line.contains("*(planned)*"), false);
+            } else if line.starts_with("- ") || line.is_empty() {
+                planned_item = line.starts_with("- *(planned)*");
+            }
+            if planned_section || planned_item {
+                continue;
+            }
+            for piece in line.split('`').skip(1).step_by(2) {
+                let mut words = piece.split_whitespace();
+                if let (Some(method @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE")), Some(path)) =
+                    (words.next(), words.next())
+                {
+                    named.insert(format!("{method} {}", unnamed_parameters(path.split('?').next().unwrap())));
+                }
+            }
+        }
+        let unnamed: Vec<_> = served.difference(&named).collect();
+        // The console and the document itself are served, not described.
+        let pages = ["GET /admin", "GET /api/openapi.json"];
+        let unserved: Vec<_> = named.difference(&served).filter(|op| !pages.contains(&op.as_str())).collect();
+        assert!(unnamed.is_empty(), "served but not in docs/api.md: {unnamed:?}");
+        assert!(unserved.is_empty(), "in docs/api.md, not served and not marked planned: {unserved:?}");
+        for code in ErrorCode::ALL {
+            let row = format!("| {} | {} |", code.as_str(), code.status().as_u16());
+            assert!(contract.contains(&row), "docs/api.md's error table lacks {row}");
+        }
+    }
 }
