@@ -7,6 +7,7 @@
 mod admin_api;
 mod attacks;
 mod baileys_worker;
+mod bot_logs;
 mod browser;
 mod capacity_warnings;
 mod cross_server;

@@ -18,7 +18,7 @@ use crate::AppState;
         pairing::request_pairing, pairing::pairing_status,
         admin::list_servers, admin::update_server, admin::list_bots, admin::get_bot, admin::approve_bot,
         admin::reject_bot, admin::move_bot, admin::restart_bot, admin::stop_bot, admin::evacuate_server,
-        admin::send_message, admin::delete_bot, admin::list_activities, admin::capacity_warnings,
+        admin::send_message, admin::bot_logs, admin::delete_bot, admin::list_activities, admin::capacity_warnings,
         admin::inconsistencies, admin::repair,
         admin::list_reviews, admin::approve_review, admin::reject_review, admin::list_credential_updates,
         events::public_events, events::admin_events,

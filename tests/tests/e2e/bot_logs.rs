@@ -1,0 +1,74 @@
+//! `GET /api/admin/bots/{id}/logs` through real nodes with `process` bots:
+//! what a bot printed (escaped, oldest first, the last `limit` lines) and
+//! the node's own lines about it come from its host; another node names
+//! the host; bad limits and unknown bots are refused with their codes.
+
+use std::time::Duration;
+
+use trekker_node::config::{BotDriverKind, SandboxMode};
+use trekker_testkit::creds;
+
+use crate::support::{eventually, fast_runtime, settings, spawn_node_with};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bots_output_is_read_from_its_host() {
+    let database = trekker_testkit::sqlite_database();
+    let work = tempfile::tempdir().unwrap();
+    let script = work.path().join("bot.sh");
+    std::fs::write(
+        &script,
+        "for n in 1 2 3 4 5; do echo \"line $n\"; done\nprintf 'bell \\007 done\\n' >&2\nexec sleep 60\n",
+    )
+    .unwrap();
+    let node_settings = |name: &str| {
+        let mut s = settings(&database.url, name, 5);
+        s.bot_driver = BotDriverKind::Process;
+        s.bot_command = Some(format!("sh {}", script.display()));
+        s.bot_sandbox = SandboxMode::Off;
+        s.bot_auth_dir = work.path().join(format!("auth-{name}"));
+        s
+    };
+    let host = spawn_node_with(node_settings("SERVER0"), fast_runtime(None)).await;
+    let other = spawn_node_with(node_settings("SERVER1"), fast_runtime(None)).await;
+    let created = host.register("Talker", &creds::phone(71, 1), 1, None).await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    let id = created.body["bot"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(host.approve(&id).await.status, 200);
+
+    let logs = |limit: &str| {
+        let (node, id) = (&host, id.clone());
+        let query = if limit.is_empty() { String::new() } else { format!("?limit={limit}") };
+        async move { node.admin(reqwest::Method::GET, &format!("/api/admin/bots/{id}/logs{query}"), None).await }
+    };
+    eventually(Duration::from_secs(20), "the bot's stderr line", || async {
+        logs("").await.body["lines"].as_array().is_some_and(|lines| lines.iter().any(|l| l["stream"] == "stderr"))
+    })
+    .await;
+    let all = logs("").await;
+    assert_eq!(all.status, 200, "{:?}", all.body);
+    assert_eq!((all.body["botId"].as_str(), all.body["server"].as_str()), (Some(id.as_str()), Some("SERVER0")));
+    let lines = all.body["lines"].as_array().unwrap();
+    assert_eq!(lines[0]["stream"], "node", "the node says when it started the bot");
+    let stdout: Vec<&str> =
+        lines.iter().filter(|l| l["stream"] == "stdout").map(|l| l["text"].as_str().unwrap()).collect();
+    assert_eq!(stdout, ["line 1", "line 2", "line 3", "line 4", "line 5"], "oldest first");
+    let stderr = lines.iter().find(|l| l["stream"] == "stderr").unwrap()["text"].as_str().unwrap();
+    assert!(!stderr.contains('\u{7}') && stderr.starts_with("bell ") && stderr.ends_with(" done"), "{stderr:?}");
+    assert!(lines.iter().all(|l| l["at"].as_i64().is_some_and(|at| at > 0)));
+
+    let last_two = logs("2").await;
+    let texts: Vec<&str> =
+        last_two.body["lines"].as_array().unwrap().iter().map(|l| l["text"].as_str().unwrap()).collect();
+    assert_eq!(texts.len(), 2, "{texts:?}");
+    assert_eq!(texts[1], stderr, "the last lines");
+    for bad in ["0", "2001", "-1", "many"] {
+        assert_eq!(logs(bad).await.status, 400, "limit {bad}");
+    }
+    let elsewhere = other.admin(reqwest::Method::GET, &format!("/api/admin/bots/{id}/logs"), None).await;
+    assert_eq!((elsewhere.status, elsewhere.body["code"].as_str()), (409, Some("CONFLICT")));
+    assert!(elsewhere.body["message"].as_str().unwrap().contains("SERVER0"), "{:?}", elsewhere.body);
+    let unknown = host.admin(reqwest::Method::GET, "/api/admin/bots/no-such-bot/logs", None).await;
+    assert_eq!(unknown.status, 404);
+    other.stop().await;
+    host.stop().await;
+}
