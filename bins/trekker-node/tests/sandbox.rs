@@ -47,7 +47,10 @@ struct Machine {
 
 fn skip(why: &str) -> Option<Machine> {
     assert!(std::env::var_os("TREKKER_REQUIRE_SANDBOX").is_none(), "the sandbox suite cannot run: {why}");
-    eprintln!("SKIPPED (no sandbox here: {why}): set TREKKER_REQUIRE_SANDBOX=1 to make this fail");
+    trekker_testkit::announce_skip(
+        &format!("no sandbox here: {why}"),
+        "did not run; set TREKKER_REQUIRE_SANDBOX=1 to make this fail",
+    );
     None
 }
 

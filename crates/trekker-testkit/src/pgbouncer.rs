@@ -55,10 +55,7 @@ pub fn start(database: &TestDatabase, mode: PoolMode, pool_size: u32) -> Option<
             std::env::var_os("TREKKER_REQUIRE_PGBOUNCER").is_none(),
             "TREKKER_REQUIRE_PGBOUNCER is set but {PGBOUNCER} is missing (apt-get install pgbouncer)"
         );
-        let test = std::thread::current().name().unwrap_or("a PgBouncer test").to_owned();
-        let line = format!("SKIPPED (no {PGBOUNCER}): {test} did not run through PgBouncer\n");
-        use std::io::Write as _;
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        crate::announce_skip(&format!("no {PGBOUNCER}"), "did not run through PgBouncer");
         return None;
     }
     let (host_port, name) = database.url.trim_start_matches("postgres://").split_once('/').expect("a database URL");

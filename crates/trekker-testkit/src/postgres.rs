@@ -68,13 +68,8 @@ pub fn postgres_skipped() -> bool {
     std::env::var("TREKKER_SKIP_POSTGRES").is_ok_and(|v| v == "1")
 }
 
-/// Writes "SKIPPED <test>" straight to the process's stderr: libtest
-/// captures `eprintln!`, not writes to the stream itself.
 fn announce_skip() {
-    use std::io::Write as _;
-    let test = std::thread::current().name().unwrap_or("a PostgreSQL test").to_owned();
-    let line = format!("SKIPPED (TREKKER_SKIP_POSTGRES=1): {test} did not run against PostgreSQL\n");
-    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    crate::announce_skip("TREKKER_SKIP_POSTGRES=1", "did not run against PostgreSQL");
 }
 
 fn start_or_find_server() -> Result<Server, String> {

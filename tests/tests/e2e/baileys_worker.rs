@@ -51,10 +51,7 @@ fn worker_available() -> bool {
     }
     let why = if node { "`npm ci` in examples/baileys-worker failed" } else { "Node.js is not installed" };
     assert!(std::env::var_os("TREKKER_REQUIRE_BAILEYS").is_none(), "TREKKER_REQUIRE_BAILEYS is set, but: {why}");
-    use std::io::Write as _;
-    let test = std::thread::current().name().unwrap_or("a Baileys worker test").to_owned();
-    let line = format!("SKIPPED ({why}): {test} did not run the reference Baileys worker\n");
-    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    trekker_testkit::announce_skip(why, "did not run the reference Baileys worker");
     false
 }
 

@@ -62,9 +62,12 @@ impl Browser {
                 "TREKKER_REQUIRE_BROWSER is set but {CHROMIUM} or {CHROMEDRIVER} is missing \
                  (apt-get install chromium chromium-driver)"
             );
-            eprintln!(
-                "\n*** SKIPPED browser test `{test}`: no {CHROMIUM} / {CHROMEDRIVER} here. \
-                 Install Debian's chromium and chromium-driver, or set TREKKER_REQUIRE_BROWSER to make this fail. ***\n"
+            trekker_testkit::announce_skip(
+                &format!("no {CHROMIUM} / {CHROMEDRIVER} here"),
+                &format!(
+                    "({test}) did not run in a browser: install Debian's chromium and chromium-driver, \
+                     or set TREKKER_REQUIRE_BROWSER to make this fail"
+                ),
             );
             return None;
         }
