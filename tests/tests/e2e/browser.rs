@@ -215,8 +215,12 @@ async fn the_console_approves_rejects_and_pages_live() {
     browser.click("#prev").await;
     browser.until("back on page 1", "return document.getElementById('page-label').textContent === 'Page 1'").await;
 
-    // No reload from here on: a mark on the window survives.
+    // No reload from here on: a mark on the window survives. And no
+    // reconnect: a stream that ended after its snapshot would reconnect and
+    // refetch the lists, and the rows would change all the same.
     browser.js("window.trekkerMark = 'same page'; return true").await;
+    let streams = browser.js(&format!("return {}", finished_requests("/api/admin/events"))).await;
+    let lists = browser.js(&format!("return {}", finished_requests("/api/admin/bots"))).await;
     let (approve, reject) = (ids[249].clone(), ids[248].clone());
     browser.click(&format!("#bots tr[data-bot=\"{approve}\"] button")).await;
     browser
@@ -241,6 +245,16 @@ async fn the_console_approves_rejects_and_pages_live() {
         )
         .await;
     assert_eq!(browser.js("return window.trekkerMark").await, "same page", "the page never reloaded");
+    assert_eq!(
+        browser.js(&format!("return {}", finished_requests("/api/admin/events"))).await,
+        streams,
+        "the live stream stayed open"
+    );
+    assert_eq!(
+        browser.js(&format!("return {}", finished_requests("/api/admin/bots"))).await,
+        lists,
+        "the rows changed by live events, not by fetching the list again"
+    );
     browser.shot("bots").await;
     let detail = node.admin(reqwest::Method::GET, &format!("/api/admin/bots/{approve}"), None).await;
     assert_eq!(detail.body["status"], "online", "what the page showed is what is stored");
