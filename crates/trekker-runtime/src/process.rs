@@ -360,6 +360,24 @@ async fn forward_status(mut latest: watch::Receiver<Option<BotEvent>>, send: imp
     }
 }
 
+/// What a run uses: its cgroup's figures (a sandbox's; none without one)
+/// and its folder's size.
+fn resources_of(usage: Option<Usage>, memory_limit: Option<u64>, disk_bytes: u64) -> Resources {
+    Resources {
+        memory_bytes: usage.map(|u| u.memory_bytes),
+        memory_limit_bytes: memory_limit,
+        cpu_seconds: usage.map(|u| u.cpu_nanos as f64 / 1e9),
+        pids: usage.map(|u| u.pids),
+        disk_bytes,
+        oom_kills: usage.map_or(0, |u| u.oom_kills),
+    }
+}
+
+/// Whether the kernel killed something of the run for its memory limit.
+fn killed_for_memory(usage: Option<Usage>) -> bool {
+    usage.is_some_and(|u| u.oom_kills > 0)
+}
+
 /// Why the run ended, for the supervisor and the bot's log.
 fn describe(
     status: Option<std::process::ExitStatus>,
@@ -533,7 +551,7 @@ impl Run {
         let _ = tokio::time::timeout(DRAIN, async { while readers.join_next().await.is_some() {} }).await;
         readers.abort_all();
         forwarder.abort();
-        let oom = tree.usage().is_some_and(|u| u.oom_kills > 0);
+        let oom = killed_for_memory(tree.usage());
         self.resources.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.bot_id);
         if let Some(cell) = tree.cell {
             let _ = tokio::task::spawn_blocking(move || drop(cell)).await;
@@ -587,15 +605,7 @@ impl Run {
             let measured = tokio::task::spawn_blocking(move || state::disk_usage(&dir, limit.unwrap_or(u64::MAX)))
                 .await
                 .unwrap_or_default();
-            let usage = tree.usage();
-            let resources = Resources {
-                memory_bytes: usage.map(|u| u.memory_bytes),
-                memory_limit_bytes: self.memory_limit,
-                cpu_seconds: usage.map(|u| u.cpu_nanos as f64 / 1e9),
-                pids: usage.map(|u| u.pids),
-                disk_bytes: measured,
-                oom_kills: usage.map_or(0, |u| u.oom_kills),
-            };
+            let resources = resources_of(tree.usage(), self.memory_limit, measured);
             self.resources
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -647,6 +657,37 @@ mod tests {
         let huge = format!(r#"{{"event":"disconnected","reason":"{}\u001b[2J"}}"#, "x".repeat(100_000));
         let Some(BotEvent::Disconnected { reason }) = parse_status_line(huge.as_bytes()) else { panic!() };
         assert_eq!(reason.chars().count(), output::MAX_REASON_CHARS + 1, "a reason is cut");
+    }
+
+    /// A sandboxed run's cgroup figures become its resources (CPU in
+    /// seconds), an out-of-memory kill is noticed, and the node's totals add
+    /// every bot's figures up.
+    #[test]
+    fn cgroup_figures_become_resources_and_add_up() {
+        let usage = Usage { memory_bytes: 3 << 20, cpu_nanos: 2_500_000_000, pids: 4, oom_kills: 0 };
+        let one = resources_of(Some(usage), Some(512 << 20), 9000);
+        assert_eq!(
+            one,
+            Resources {
+                memory_bytes: Some(3 << 20),
+                memory_limit_bytes: Some(512 << 20),
+                cpu_seconds: Some(2.5),
+                pids: Some(4),
+                disk_bytes: 9000,
+                oom_kills: 0,
+            }
+        );
+        assert_eq!(resources_of(None, None, 7), Resources { disk_bytes: 7, ..Resources::default() });
+        assert!(!killed_for_memory(Some(usage)) && !killed_for_memory(None));
+        assert!(killed_for_memory(Some(Usage { oom_kills: 1, ..usage })));
+
+        let driver = ProcessDriver::new("true", tempfile::tempdir().unwrap().path(), Duration::from_secs(1)).unwrap();
+        let other =
+            Resources { memory_bytes: Some(1 << 20), cpu_seconds: Some(0.5), pids: Some(2), disk_bytes: 1000, ..one };
+        driver.resources.lock().unwrap().insert(BotId::parse("bot-a").unwrap(), one);
+        driver.resources.lock().unwrap().insert(BotId::parse("bot-b").unwrap(), other);
+        driver.resources.lock().unwrap().insert(BotId::parse("bot-c").unwrap(), resources_of(None, None, 10));
+        assert_eq!(driver.totals(), Totals { memory_bytes: 4 << 20, cpu_seconds: 3.0, pids: 6, disk_bytes: 10_010 },);
     }
 
     #[test]
