@@ -159,6 +159,25 @@ mod tests {
 
     /// The lock folder lives in a shared /tmp: only a private folder of
     /// the node's own user is used, never a link or one others may write.
+    /// A root node takes root's range from /etc/subuid (by name or uid), if
+    /// it is large enough.
+    #[test]
+    fn roots_subordinate_range_is_read_by_name_or_uid() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            fs::write(&path, text).unwrap();
+            path.display().to_string()
+        };
+        let range = RANGE.to_string();
+        let by_name = file("a", &format!("alice:100000:{range}\nroot:300000:{range}\n"));
+        assert_eq!(subordinate_range(&by_name), Some((300_000, RANGE)));
+        assert_eq!(subordinate_range(&file("b", &format!("0:500000:{range}\n"))), Some((500_000, RANGE)));
+        assert_eq!(subordinate_range(&file("c", "root:300000:100\n")), None, "too small a range");
+        assert_eq!(subordinate_range(&file("d", &format!("alice:100000:{range}\n"))), None, "not root's");
+        assert_eq!(subordinate_range(&dir.path().join("missing").display().to_string()), None);
+    }
+
     #[test]
     fn the_lock_folder_must_be_the_nodes_own() {
         use std::os::unix::fs::PermissionsExt;

@@ -365,6 +365,13 @@ mod tests {
     /// Paths are shown to the sandbox as they really are (links resolved);
     /// words that are not absolute paths, or do not exist, stay as given.
     #[test]
+    fn programs_are_found_on_the_path_or_in_the_system_folders() {
+        let sh = find_program("sh").expect("sh is installed");
+        assert!(sh.is_file() && sh.ends_with("sh"), "{sh:?}");
+        assert_eq!(find_program("no-such-program-trekker"), None);
+    }
+
+    #[test]
     fn absolute_paths_are_resolved_and_other_words_kept() {
         let dir = tempfile::tempdir().unwrap();
         let real = dir.path().canonicalize().unwrap().join("real");
