@@ -1,21 +1,28 @@
 //! Memory per in-process WhatsApp session: N whatsapp-rust clients built
 //! from imported devices (synthetic credentials), each spawned over a
-//! transport that never dials, so nothing leaves the machine. Prints the
-//! resident memory before and after, and per session.
+//! transport that never dials, so nothing leaves the machine; with
+//! `CONNECTED=1`, each logs in to the in-process fake server
+//! (`tests/support/fake_server.rs`: IK login, pre-key upload, online) and
+//! the reading is taken once all are online. Prints the resident memory
+//! before and after, and per session.
 //!
 //! `cargo bench -p trekker-whatsapp --features whatsapp --bench sessions_memory`
-//! (`SESSIONS=2000` for more; default 500).
+//! (`SESSIONS=2000` for more; default 500; `CONNECTED=1`).
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)] // A benchmark binary.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use whatsapp_rust::async_channel::Receiver;
 use whatsapp_rust::bot::Bot;
 use whatsapp_rust::transport::{Transport, TransportEvent, TransportFactory};
 use whatsapp_rust::wacore::store::InMemoryBackend;
 use whatsapp_rust::wacore::store::traits::DeviceStore;
+
+#[path = "../tests/support/fake_server.rs"]
+mod fake_server;
 
 /// Dialling never completes: the client exists, idle, as a bot between
 /// connection attempts does.
@@ -36,22 +43,48 @@ fn resident_kib() -> u64 {
     pages * 4
 }
 
+/// Where the sessions connect: nowhere, or the fake server (and how many
+/// of them went online).
+enum Network {
+    Never,
+    Fake(Box<fake_server::FakeServer>, Arc<AtomicUsize>),
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let sessions: usize = std::env::var("SESSIONS").ok().and_then(|n| n.parse().ok()).unwrap_or(500);
+    let network = if std::env::var("CONNECTED").is_ok_and(|v| v == "1") {
+        let server =
+            fake_server::FakeServer { serves_login: true, keeps_stanzas: false, ..fake_server::FakeServer::new(7) };
+        Network::Fake(Box::new(server), Arc::new(AtomicUsize::new(0)))
+    } else {
+        Network::Never
+    };
     // Warm up the allocator and the library's statics with one session.
     let mut handles = Vec::with_capacity(sessions + 1);
-    handles.push(start(0).await);
+    handles.push(start(0, &network).await);
+    wait_online(&network, 1).await;
     let before = resident_kib();
     let started = Instant::now();
     for n in 1..=sessions {
-        handles.push(start(n).await);
+        handles.push(start(n, &network).await);
     }
-    let elapsed = started.elapsed();
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let built = started.elapsed();
+    wait_online(&network, sessions + 1).await;
+    let online = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let after = resident_kib();
     let per_session = (after.saturating_sub(before)) as f64 / sessions as f64;
-    println!("sessions: {sessions} built and spawned in {:.2} s (no connection)", elapsed.as_secs_f64());
+    match &network {
+        Network::Never => {
+            println!("sessions: {sessions} built and spawned in {:.2} s (no connection)", built.as_secs_f64());
+        }
+        Network::Fake(..) => println!(
+            "sessions: {sessions} built in {:.2} s, all logged in to the fake server and online after {:.2} s",
+            built.as_secs_f64(),
+            online.as_secs_f64()
+        ),
+    }
     println!("resident: {:.1} MiB before, {:.1} MiB after", before as f64 / 1024.0, after as f64 / 1024.0);
     println!("per session: {per_session:.0} KiB ({:.2} MiB)", per_session / 1024.0);
     for handle in handles {
@@ -59,12 +92,44 @@ async fn main() {
     }
 }
 
-async fn start(n: usize) -> whatsapp_rust::bot::BotHandle {
+/// Waits until `count` sessions went online (at once without a network).
+async fn wait_online(network: &Network, count: usize) {
+    let Network::Fake(_, online) = network else { return };
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while online.load(Ordering::Relaxed) < count {
+        assert!(Instant::now() < deadline, "only {} of {count} online", online.load(Ordering::Relaxed));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn start(n: usize, network: &Network) -> whatsapp_rust::bot::BotHandle {
     let phone = format!("2547{:08}", n);
     let creds = trekker_testkit::creds::creds_json(&phone, 1);
-    let device = trekker_whatsapp::session::device_from_creds(&creds).unwrap();
+    let mut device = trekker_whatsapp::session::device_from_creds(&creds).unwrap();
     let backend = InMemoryBackend::new();
-    backend.save(&device).await.unwrap();
-    let bot = Bot::builder().with_backend(backend).with_transport_factory(NeverDials).build().await.unwrap();
+    let bot = match network {
+        Network::Never => {
+            backend.save(&device).await.unwrap();
+            Bot::builder().with_backend(backend).with_transport_factory(NeverDials).build().await.unwrap()
+        }
+        Network::Fake(server, online) => {
+            device.server_cert_chain = Some(fake_server::cached_chain(server.public()));
+            backend.save(&device).await.unwrap();
+            let online = online.clone();
+            Bot::builder()
+                .with_backend(backend)
+                .with_transport_factory((**server).clone())
+                .with_version(trekker_whatsapp::web_version::PINNED.as_tuple())
+                .on_event(move |event, _| {
+                    if matches!(&*event, whatsapp_rust::types::events::Event::Connected(_)) {
+                        online.fetch_add(1, Ordering::Relaxed);
+                    }
+                    async {}
+                })
+                .build()
+                .await
+                .unwrap()
+        }
+    };
     bot.spawn()
 }
