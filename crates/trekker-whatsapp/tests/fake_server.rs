@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use trekker_app::messaging::BotMessenger;
 use trekker_domain::time::{Clock, SystemClock};
 use trekker_domain::{BotId, PhoneNumber, ServerName};
-use trekker_runtime::{BotDriver, BotEvent, BotSpec};
+use trekker_runtime::{BotDriver, BotEvent, BotSpec, DriverEvent};
 use trekker_store::{NewActivity, NewBot, ServerRegistration, SideEffects, Store};
 use trekker_testkit::creds;
 use trekker_whatsapp::driver::WhatsAppDriver;
@@ -43,6 +43,26 @@ fn buffer(value: &Value) -> Vec<u8> {
         Value::Array(bytes) => bytes.iter().map(|b| u8::try_from(b.as_u64().unwrap()).unwrap()).collect(),
         _ => base64::engine::general_purpose::STANDARD.decode(value.as_str().unwrap()).unwrap(),
     }
+}
+
+/// Waits (15 s at most) for the driver's event that `wanted` picks out;
+/// else the events seen meanwhile.
+async fn until_event(
+    received: &mut mpsc::UnboundedReceiver<DriverEvent>,
+    wanted: impl Fn(&BotEvent) -> bool,
+) -> Result<(), Vec<BotEvent>> {
+    let mut seen = Vec::new();
+    let found = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Some(event) = received.recv().await {
+            if wanted(&event.event) {
+                return true;
+            }
+            seen.push(event.event);
+        }
+        false
+    })
+    .await;
+    if found == Ok(true) { Ok(()) } else { Err(seen) }
 }
 
 /// A bot of PHONE registered and taken by this node; its stored device is
@@ -197,20 +217,11 @@ async fn fake_server_stream_errors_and_failures_reach_the_bots_status() {
         let driver = WhatsAppDriver::new(store.clone(), Arc::new(SystemClock)).with_transport(Arc::new(server.clone()));
         let (events, mut received) = mpsc::unbounded_channel();
         let running = driver.start(spec, events).await.unwrap();
-        let mut seen = Vec::new();
-        let found = tokio::time::timeout(Duration::from_secs(15), async {
-            while let Some(event) = received.recv().await {
-                if expected(&event.event) {
-                    return true;
-                }
-                seen.push(event.event);
-            }
-            false
-        })
-        .await;
+        let found = until_event(&mut received, expected).await;
         server.hang_up();
         running.stop().await;
-        assert_eq!(found, Ok(true), "{:?}; saw {seen:?}", server.instead_of_success.or(server.after_success));
+        let said = server.instead_of_success.or(server.after_success);
+        assert!(found.is_ok(), "{said:?}; saw {:?}", found.unwrap_err());
     }
 }
 
@@ -230,16 +241,8 @@ async fn fake_server_a_bot_goes_online_and_a_send_that_reaches_no_device_fails()
     let driver = WhatsAppDriver::new(store.clone(), Arc::new(SystemClock)).with_transport(Arc::new(server.clone()));
     let (events, mut received) = mpsc::unbounded_channel();
     let running = driver.start(spec, events).await.unwrap();
-    let online = tokio::time::timeout(Duration::from_secs(15), async {
-        while let Some(event) = received.recv().await {
-            if event.event == BotEvent::Connected {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(online, Ok(true), "the bot never went online");
+    let online = until_event(&mut received, |event| *event == BotEvent::Connected).await;
+    assert!(online.is_ok(), "the bot never went online: {online:?}");
 
     let nobody = PhoneNumber::parse("254711000777").unwrap();
     let sent = driver.sessions().send_text(&bot, Some(&nobody), "hello").await;
@@ -274,15 +277,8 @@ async fn fake_server_a_restarted_bot_logs_in_from_its_stored_state() {
     for run in 1..=2u64 {
         let (events, mut received) = mpsc::unbounded_channel();
         let running = driver.start(BotSpec { generation: run, ..spec.clone() }, events).await.unwrap();
-        let online = tokio::time::timeout(Duration::from_secs(15), async {
-            while let Some(event) = received.recv().await {
-                if event.event == BotEvent::Connected {
-                    return;
-                }
-            }
-        })
-        .await;
-        assert!(online.is_ok(), "run {run} never went online");
+        let online = until_event(&mut received, |event| *event == BotEvent::Connected).await;
+        assert!(online.is_ok(), "run {run} never went online: {online:?}");
         // The key digest check comes after the upload, if there is one.
         let digests =
             || server.stanzas.lock().unwrap().iter().filter(|n| n.get_optional_child("digest").is_some()).count();
