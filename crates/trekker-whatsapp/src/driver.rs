@@ -246,6 +246,16 @@ impl BotDriver for WhatsAppDriver {
                 .map_err(|e| DriverError(format!("cannot store the imported session: {e}")))?;
             tracing::info!(bot = %spec.bot_id, version = spec.version, "WhatsApp session imported (credentials)");
         }
+        // whatsapp-rust 0.7 treats a device without a push name as freshly
+        // paired and holds `Connected` until the critical app-state sync
+        // brings one (whatsapp-rust #1291): a session imported without
+        // `me.name` could stay `loading` for good. Such a device announces
+        // its own number instead, which every contact already sees.
+        let nameless = device
+            .load()
+            .await
+            .map_err(|e| DriverError(format!("cannot read the bot's state: {e}")))?
+            .is_some_and(|stored| stored.push_name.is_empty());
         let (bot_id, generation, phone) = (spec.bot_id.clone(), spec.generation, spec.phone.clone());
         let guard = Arc::new(SendGuard::new(self.send_policy, spec.paired_at, self.clock.clone()));
         let on_event = {
@@ -267,14 +277,15 @@ impl BotDriver for WhatsAppDriver {
                 async {}
             }
         };
-        let bot = Bot::builder()
+        let mut builder = Bot::builder()
             .with_backend_arc(device.clone())
             .with_transport_factory(Transports(self.transport.clone()))
             .with_version(self.web_version.current().as_tuple())
-            .on_event(on_event)
-            .build()
-            .await
-            .map_err(|e| DriverError(format!("cannot build the WhatsApp client: {e}")))?;
+            .on_event(on_event);
+        if nameless {
+            builder = builder.with_push_name(format!("+{phone}"));
+        }
+        let bot = builder.build().await.map_err(|e| DriverError(format!("cannot build the WhatsApp client: {e}")))?;
         let handle = bot.spawn();
         self.sessions.insert(bot_id.clone(), generation, phone, handle.client(), guard);
         // Another node took the bot: this run must end.

@@ -29,6 +29,7 @@ use trekker_whatsapp::driver::WhatsAppDriver;
 use trekker_whatsapp::session::device_from_creds;
 use trekker_whatsapp::storage::StoredDevice;
 use whatsapp_rust::NodeBuilder;
+use whatsapp_rust::wacore::store::Device;
 use whatsapp_rust::wacore_binary::Node;
 use whatsapp_rust::wacore_binary::node::NodeContent;
 
@@ -68,6 +69,15 @@ async fn until_event(
 /// A bot of PHONE registered and taken by this node; its stored device is
 /// the creds' import, seeded with a certificate for `server_key`.
 async fn bot_knowing(store: &Arc<dyn Store>, server_key: [u8; 32]) -> (BotSpec, Value) {
+    bot_whose_device(store, server_key, |_| {}).await
+}
+
+/// [`bot_knowing`], with its imported device changed by `change` first.
+async fn bot_whose_device(
+    store: &Arc<dyn Store>,
+    server_key: [u8; 32],
+    change: impl FnOnce(&mut Device),
+) -> (BotSpec, Value) {
     let node = ServerName::parse("SERVER0").unwrap();
     let now = SystemClock.now_ms();
     let registration = ServerRegistration { name: node.clone(), max_bot_count: 10, base_url: None, description: None };
@@ -91,6 +101,7 @@ async fn bot_knowing(store: &Arc<dyn Store>, server_key: [u8; 32]) -> (BotSpec, 
     let document: Value = serde_json::from_str(credentials.document()).unwrap();
     let mut device = device_from_creds(&document).unwrap();
     device.server_cert_chain = Some(cached_chain(server_key));
+    change(&mut device);
     let stored = StoredDevice::new(store.clone(), Arc::new(SystemClock), id.clone(), lease.clone(), 1);
     stored.import(&device).await.unwrap();
     let spec = BotSpec {
@@ -298,4 +309,27 @@ async fn fake_server_a_restarted_bot_logs_in_from_its_stored_state() {
     assert_eq!(logins.len(), 2);
     let noise = buffer(&document["noiseKey"]["public"]);
     assert!(logins.iter().all(|login| login.as_ref().is_ok_and(|l| l.client_static == noise)), "{logins:?}");
+}
+
+/// A session imported without a push name (a `creds.json` with no
+/// `me.name`) still goes online: whatsapp-rust 0.7 would hold it for the
+/// critical app-state sync, which this server (like a session whose
+/// app-state keys never came) does not serve (#1291). It announces the
+/// number itself as its name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_server_a_session_without_a_push_name_goes_online_under_its_number() {
+    let (store, _file) = trekker_testkit::sqlite_store().await;
+    let store: Arc<dyn Store> = store;
+    let server = FakeServer { serves_login: true, ..FakeServer::new(7) };
+    let (spec, _) = bot_whose_device(&store, server.public(), |device| device.push_name.clear()).await;
+    let driver = WhatsAppDriver::new(store.clone(), Arc::new(SystemClock)).with_transport(Arc::new(server.clone()));
+    let (events, mut received) = mpsc::unbounded_channel();
+    let running = driver.start(spec, events).await.unwrap();
+    let online = until_event(&mut received, |event| *event == BotEvent::Connected).await;
+    let presence = if online.is_ok() { Some(server.stanza("a presence", |n| n.tag == "presence").await) } else { None };
+    server.hang_up();
+    running.stop().await;
+    assert!(online.is_ok(), "the bot never went online: {online:?}");
+    let name = presence.unwrap().attrs().optional_string("name").map(|n| n.to_string());
+    assert_eq!(name.as_deref(), Some(format!("+{PHONE}").as_str()));
 }
