@@ -8,6 +8,7 @@
 //! that session ID to the guest's own chat, and closes. Nothing of the
 //! connection outlives the pairing.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use async_trait::async_trait;
 use tokio::sync::oneshot;
 use trekker_app::pairing::{PairingProvider, PairingSession};
 use trekker_domain::{Credentials, PhoneNumber};
+use whatsapp_rust::Client;
 use whatsapp_rust::bot::Bot;
 use whatsapp_rust::pair_code::PairCodeOptions;
 use whatsapp_rust::transport::TransportFactory;
@@ -24,6 +26,38 @@ use whatsapp_rust::wacore::store::{Device, InMemoryBackend};
 use crate::session::creds_from_device;
 use crate::transport::Transports;
 use crate::web_version::WebVersion;
+
+/// How long the paired device has, once the phone confirmed, to be online
+/// again (whatsapp-rust holds `Connected` for the critical app-state sync,
+/// which brings the push name); past it, a logged-in device will do.
+const ONLINE_WITHIN: Duration = Duration::from_secs(30);
+/// How long it then has to put its pre-keys on the server.
+const PRE_KEYS_WITHIN: Duration = Duration::from_secs(20);
+
+/// The end of a pairing the phone confirmed: waits until `client` is
+/// online as the new device (after WhatsApp's reconnect; `online_within`,
+/// then at least logged in) and its pre-keys are on the server
+/// (`keys_within`), and only then gives the device to export, so a session
+/// ID never names a device that cannot receive messages yet.
+pub async fn settle_paired_device(
+    client: &Client,
+    online_within: Duration,
+    keys_within: Duration,
+) -> Result<Device, String> {
+    if client.wait_for_connected(online_within).await.is_err() && !client.is_logged_in() {
+        return Err("the phone confirmed, but the new device did not come online in time".into());
+    }
+    let keys_on_server = tokio::time::timeout(keys_within, async {
+        while !client.persistence_manager().get_device_snapshot().server_has_prekeys {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    if keys_on_server.is_err() {
+        return Err("the new device could not publish its keys to WhatsApp in time".into());
+    }
+    Ok(client.persistence_manager().get_device_snapshot().to_serializable())
+}
 
 /// Real pairing through WhatsApp (see the module header).
 #[derive(Clone)]
@@ -117,13 +151,18 @@ impl PairingProvider for WhatsAppPairing {
         let (code_slot, paired_slot): (Slot<_>, Slot<_>) =
             (Arc::new(Mutex::new(Some(code_tx))), Arc::new(Mutex::new(Some(paired_tx))));
         let options = PairCodeOptions { phone_number: phone.to_string(), ..Default::default() };
+        // The phone's confirmation is not the end: the client reconnects as
+        // the new device, and only once it is online and its pre-keys are on
+        // the server is the device worth exporting.
+        let confirmed = Arc::new(AtomicBool::new(false));
+        let confirmed_seen = confirmed.clone();
         let bot = Bot::builder()
             .with_backend(InMemoryBackend::new())
             .with_transport_factory(Transports(self.transport.clone()))
             .with_version(self.web_version.current().as_tuple())
             .with_pair_code(options)
             .on_event(move |event, client| {
-                let (code_slot, paired_slot) = (code_slot.clone(), paired_slot.clone());
+                let (code_slot, paired_slot, confirmed) = (code_slot.clone(), paired_slot.clone(), confirmed.clone());
                 async move {
                     match pairing_step(&event) {
                         Some(PairingStep::Code(code)) => fill(&code_slot, Ok(code)),
@@ -132,8 +171,12 @@ impl PairingProvider for WhatsAppPairing {
                             fill(&paired_slot, Err(message));
                         }
                         Some(PairingStep::Paired { platform }) => {
-                            let device = client.persistence_manager().get_device_snapshot().to_serializable();
-                            fill(&paired_slot, Ok((Arc::new(device), platform)));
+                            confirmed.store(true, Ordering::SeqCst);
+                            // Off the event loop: settling waits for the reconnect.
+                            tokio::spawn(async move {
+                                let settled = settle_paired_device(&client, ONLINE_WITHIN, PRE_KEYS_WITHIN).await;
+                                fill(&paired_slot, settled.map(|device| (Arc::new(device), platform)));
+                            });
                         }
                         None => {}
                     }
@@ -156,8 +199,17 @@ impl PairingProvider for WhatsAppPairing {
         };
         let deadline = self.deadline;
         let outcome = Box::pin(async move {
-            let paired = match tokio::time::timeout(deadline, paired_rx).await {
+            let mut paired_rx = paired_rx;
+            let mut paired = tokio::time::timeout(deadline, &mut paired_rx).await;
+            if paired.is_err() && confirmed_seen.load(Ordering::SeqCst) {
+                // Confirmed just in time: the device gets its own budget.
+                paired = tokio::time::timeout(ONLINE_WITHIN + PRE_KEYS_WITHIN, &mut paired_rx).await;
+            }
+            let paired = match paired {
                 Ok(Ok(result)) => result,
+                _ if confirmed_seen.load(Ordering::SeqCst) => {
+                    Err("the phone confirmed, but the new device did not come online in time".to_owned())
+                }
                 _ => Err("the pairing code was not confirmed in time".to_owned()),
             };
             let credentials = paired.and_then(|(device, platform)| {

@@ -11,7 +11,7 @@
 #[path = "support/fake_server.rs"]
 mod support;
 
-use support::{FakeServer, cached_chain};
+use support::{FakeServer, cached_chain, is_pre_key_upload};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,10 +26,15 @@ use trekker_runtime::{BotDriver, BotEvent, BotSpec, DriverEvent};
 use trekker_store::{NewActivity, NewBot, ServerRegistration, SideEffects, Store};
 use trekker_testkit::creds;
 use trekker_whatsapp::driver::WhatsAppDriver;
+use trekker_whatsapp::pairing::settle_paired_device;
 use trekker_whatsapp::session::device_from_creds;
 use trekker_whatsapp::storage::StoredDevice;
+use trekker_whatsapp::web_version::WebVersion;
 use whatsapp_rust::NodeBuilder;
+use whatsapp_rust::bot::{Bot, BotHandle};
 use whatsapp_rust::wacore::store::Device;
+use whatsapp_rust::wacore::store::InMemoryBackend;
+use whatsapp_rust::wacore::store::traits::DeviceStore as _;
 use whatsapp_rust::wacore_binary::Node;
 use whatsapp_rust::wacore_binary::node::NodeContent;
 
@@ -279,11 +284,7 @@ async fn fake_server_a_restarted_bot_logs_in_from_its_stored_state() {
     let store: Arc<dyn Store> = store;
     let server = FakeServer { serves_login: true, ..FakeServer::new(7) };
     let (spec, document) = bot_knowing(&store, server.public()).await;
-    let is_upload = |n: &Node| {
-        n.tag == "iq"
-            && n.attrs().optional_string("xmlns").is_some_and(|x| x == "encrypt")
-            && n.get_optional_child("list").is_some()
-    };
+    let is_upload = is_pre_key_upload;
     let driver = WhatsAppDriver::new(store.clone(), Arc::new(SystemClock)).with_transport(Arc::new(server.clone()));
     for run in 1..=2u64 {
         let (events, mut received) = mpsc::unbounded_channel();
@@ -332,4 +333,68 @@ async fn fake_server_a_session_without_a_push_name_goes_online_under_its_number(
     assert!(online.is_ok(), "the bot never went online: {online:?}");
     let name = presence.unwrap().attrs().optional_string("name").map(|n| n.to_string());
     assert_eq!(name.as_deref(), Some(format!("+{PHONE}").as_str()));
+}
+
+/// A client of the creds' device over the fake, with an in-memory store
+/// (as a pairing's), spawned; `change` edits the device first.
+async fn in_memory_client(server: &FakeServer, change: impl FnOnce(&mut Device)) -> BotHandle {
+    let document: Value = serde_json::from_str(creds::credentials(PHONE, VARIANT).document()).unwrap();
+    let mut device = device_from_creds(&document).unwrap();
+    device.server_cert_chain = Some(cached_chain(server.public()));
+    change(&mut device);
+    let backend = InMemoryBackend::new();
+    backend.save(&device).await.unwrap();
+    let bot = Bot::builder()
+        .with_backend(backend)
+        .with_transport_factory(server.clone())
+        .with_version(WebVersion::default().current().as_tuple())
+        .build()
+        .await
+        .unwrap();
+    bot.spawn()
+}
+
+/// A pairing exports its device (and sends the session ID) only once the
+/// device is online again and its pre-keys are on the server: with the
+/// upload answered, the export says the server holds them; with it never
+/// answered, there is no export, only a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_server_a_paired_device_is_exported_only_with_its_pre_keys_on_the_server() {
+    for answers_uploads in [true, false] {
+        let server = FakeServer { serves_login: true, answers_uploads, ..FakeServer::new(7) };
+        let handle = in_memory_client(&server, |device| device.server_has_prekeys = false).await;
+        let settled = settle_paired_device(&handle.client(), Duration::from_secs(15), Duration::from_secs(3)).await;
+        server.hang_up();
+        handle.shutdown().await;
+        if answers_uploads {
+            let device = settled.map_err(|e| e.to_string()).unwrap();
+            assert!(device.server_has_prekeys, "exported before the server held its pre-keys");
+            assert!(server.stanzas.lock().unwrap().iter().any(is_pre_key_upload));
+        } else {
+            let error = settled.err().expect("the keys never reached the server");
+            assert!(error.contains("could not publish its keys"), "{error}");
+        }
+    }
+}
+
+/// A confirmed device that never logs in again is no session; one that
+/// logs in but waits on the critical sync (no push name yet) is exported
+/// once its budget is out (the bot's first start names it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_server_a_paired_device_is_exported_once_logged_in_even_without_a_push_name() {
+    let silent = FakeServer::new(7);
+    let handle = in_memory_client(&silent, |_| {}).await;
+    let settled = settle_paired_device(&handle.client(), Duration::from_secs(2), Duration::from_secs(2)).await;
+    silent.hang_up();
+    handle.shutdown().await;
+    let error = settled.err().expect("the device never logged in");
+    assert!(error.contains("did not come online"), "{error}");
+
+    let server = FakeServer { serves_login: true, ..FakeServer::new(7) };
+    let handle = in_memory_client(&server, |device| device.push_name.clear()).await;
+    let settled = settle_paired_device(&handle.client(), Duration::from_secs(2), Duration::from_secs(15)).await;
+    server.hang_up();
+    handle.shutdown().await;
+    let device = settled.map_err(|e| e.to_string()).unwrap();
+    assert_eq!(device.pn.map(|pn| pn.user.to_string()), Some(PHONE.to_owned()));
 }

@@ -49,6 +49,8 @@ pub struct FakeServer {
     /// Said instead of `<success>` (a `<failure>`), or right after it.
     pub instead_of_success: Option<Node>,
     pub after_success: Option<Node>,
+    /// Whether it answers a pre-key upload (else the upload never ends).
+    pub answers_uploads: bool,
     pub logins: Arc<Mutex<Vec<Result<Login, String>>>>,
     /// Every stanza logged-in clients sent, decrypted (unless not kept:
     /// a benchmark's memory reading must not count them).
@@ -65,6 +67,7 @@ impl FakeServer {
             serves_login: false,
             instead_of_success: None,
             after_success: None,
+            answers_uploads: true,
             logins: Arc::default(),
             stanzas: Arc::default(),
             keeps_stanzas: true,
@@ -206,7 +209,7 @@ impl Connection {
     /// What the fake answers a client's stanza: a device query says every
     /// user asked about has no device; any other query an empty result.
     fn answer(&self, live: &mut Live, stanza: &Node) {
-        if stanza.tag != "iq" {
+        if stanza.tag != "iq" || (!self.server.answers_uploads && is_pre_key_upload(stanza)) {
             return;
         }
         let id = stanza.attrs().optional_string("id").map(|id| id.to_string()).unwrap_or_default();
@@ -297,6 +300,14 @@ impl TransportFactory for FakeServer {
             Connection { server: self.clone(), to_client: tx, live: Mutex::new(None), said_hello: Mutex::new(false) };
         Ok((Arc::new(connection), rx))
     }
+}
+
+/// Whether `stanza` is a client's pre-key upload.
+pub fn is_pre_key_upload(stanza: &Node) -> bool {
+    stanza.tag == "iq"
+        && stanza.attrs().optional_string("xmlns").is_some_and(|x| x == "encrypt")
+        && stanza.attrs().optional_string("type").is_some_and(|t| t == "set")
+        && stanza.get_optional_child("list").is_some()
 }
 
 /// A certificate cached as if an earlier XX login had verified it.
