@@ -1,9 +1,10 @@
 //! The fake-server suite: bots registered with Baileys `creds.json` and
 //! started by the driver log in to an in-process WhatsApp server
 //! (`support/fake_server.rs`) over the transport seam: what the server
-//! sees at login, the pre-key upload, going online, a send that reaches
-//! nobody, the stream errors and failures that end a session, and a
-//! restart from stored state.
+//! sees at login, the pre-key upload, going online (also without a push
+//! name), a send that reaches nobody, the stream errors and failures that
+//! end a session, a restart from stored state, the runner fence stopping a
+//! live client, and a pairing's device settled before it is exported.
 
 #![cfg(feature = "whatsapp")]
 #![allow(clippy::unwrap_used)] // Tests fail loudly by design.
@@ -397,4 +398,44 @@ async fn fake_server_a_paired_device_is_exported_once_logged_in_even_without_a_p
     handle.shutdown().await;
     let device = settled.map_err(|e| e.to_string()).unwrap();
     assert_eq!(device.pn.map(|pn| pn.user.to_string()), Some(PHONE.to_owned()));
+}
+
+/// Another node took the bot while its client was online here: the next
+/// write the live client makes (new pre-keys, after the server says its
+/// pool ran low) is refused by the runner fence, the run reports that it
+/// ended, and none of those keys reach the new runner's state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_server_a_live_client_whose_bot_was_taken_is_fenced_out() {
+    let (store, _file) = trekker_testkit::sqlite_store().await;
+    let store: Arc<dyn Store> = store;
+    let server = FakeServer { serves_login: true, ..FakeServer::new(7) };
+    let (spec, _) = bot_knowing(&store, server.public()).await;
+    let (bot, old) = (spec.bot_id.clone(), spec.runner.clone());
+    let driver = WhatsAppDriver::new(store.clone(), Arc::new(SystemClock)).with_transport(Arc::new(server.clone()));
+    let (events, mut received) = mpsc::unbounded_channel();
+    let running = driver.start(spec, events).await.unwrap();
+    let online = until_event(&mut received, |event| *event == BotEvent::Connected).await;
+    assert!(online.is_ok(), "the bot never went online: {online:?}");
+    server.stanza("the first pre-key upload", is_pre_key_upload).await;
+    let stored_keys = || async { store.device_state_scan(&bot, 1, "prekey").await.unwrap().len() };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = stored_keys().await;
+
+    let now = SystemClock.now_ms();
+    let next = store.start_node_lease(&old.node, now, 600_000).await.unwrap();
+    assert!(store.acquire_bot(&bot, &next, 1, now).await.unwrap());
+    let low = NodeBuilder::new("count").attr("value", "2").build();
+    server.push(
+        &NodeBuilder::new("notification")
+            .attr("type", "encrypt")
+            .attr("from", "s.whatsapp.net")
+            .attr("id", "low-1")
+            .children([low])
+            .build(),
+    );
+    let ended = until_event(&mut received, |event| matches!(event, BotEvent::Exited { .. })).await;
+    server.hang_up();
+    running.stop().await;
+    assert!(ended.is_ok(), "the fenced run never reported its end: {ended:?}");
+    assert_eq!(stored_keys().await, before, "no key of the fenced run was stored");
 }

@@ -12,7 +12,7 @@
 
 #![allow(dead_code)] // Each user takes the parts it needs.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use trekker_domain::time::{Clock, SystemClock};
@@ -58,6 +58,8 @@ pub struct FakeServer {
     pub keeps_stanzas: bool,
     /// Kept open: a closed event channel would read as a disconnect.
     pub events: Arc<Mutex<Vec<Sender<TransportEvent>>>>,
+    /// Every connection, to say something to logged-in clients unasked.
+    pub connections: Arc<Mutex<Vec<Weak<Connection>>>>,
 }
 
 impl FakeServer {
@@ -72,6 +74,16 @@ impl FakeServer {
             stanzas: Arc::default(),
             keeps_stanzas: true,
             events: Arc::default(),
+            connections: Arc::default(),
+        }
+    }
+
+    /// Says `node` to every logged-in client, as the server does unasked.
+    pub fn push(&self, node: &Node) {
+        for connection in self.connections.lock().unwrap().iter().filter_map(Weak::upgrade) {
+            if let Some(live) = connection.live.lock().unwrap().as_mut() {
+                connection.say(live, node);
+            }
         }
     }
 
@@ -187,7 +199,7 @@ struct Live {
 }
 
 /// One connection to the fake.
-struct Connection {
+pub struct Connection {
     server: FakeServer,
     to_client: Sender<TransportEvent>,
     live: Mutex<Option<Live>>,
@@ -298,7 +310,9 @@ impl TransportFactory for FakeServer {
         self.events.lock().unwrap().push(tx.clone());
         let connection =
             Connection { server: self.clone(), to_client: tx, live: Mutex::new(None), said_hello: Mutex::new(false) };
-        Ok((Arc::new(connection), rx))
+        let connection = Arc::new(connection);
+        self.connections.lock().unwrap().push(Arc::downgrade(&connection));
+        Ok((connection, rx))
     }
 }
 
