@@ -8,6 +8,7 @@
 //! - [`sqlite_store`]/[`postgres_store`]: ready, migrated stores.
 
 pub mod creds;
+pub mod http;
 pub mod pgbouncer;
 pub mod postgres;
 

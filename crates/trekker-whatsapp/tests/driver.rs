@@ -8,7 +8,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use trekker_app::messaging::{BotMessenger, MessengerError};
@@ -138,33 +137,11 @@ fn the_webhook_signature_matches_openssl_s_hmac() {
     assert!(verify(b"trekker-webhook-secret", "1700000000", expected, body, 1_700_000_000, 300));
 }
 
-/// Reads one HTTP request from `listener` and answers 200.
-async fn receive_one(listener: tokio::net::TcpListener) -> (String, Vec<u8>) {
-    let (mut socket, _) = listener.accept().await.unwrap();
-    let mut request = Vec::new();
-    let mut buffer = [0u8; 4096];
-    loop {
-        let read = socket.read(&mut buffer).await.unwrap();
-        request.extend_from_slice(&buffer[..read]);
-        let text = String::from_utf8_lossy(&request).to_string();
-        if let Some(end) = text.find("\r\n\r\n") {
-            let length: usize = text
-                .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
-                .unwrap_or(0);
-            if request.len() >= end + 4 + length {
-                socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await.unwrap();
-                return (text[..end].to_owned(), request[end + 4..end + 4 + length].to_vec());
-            }
-        }
-    }
-}
-
 #[tokio::test]
 async fn webhook_events_arrive_signed() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/events", listener.local_addr().unwrap());
-    let received = tokio::spawn(receive_one(listener));
+    let received = tokio::spawn(async move { trekker_testkit::http::receive_request(&listener).await });
     let shutdown = CancellationToken::new();
     let webhook = EventsWebhook::start(url, b"shared-with-the-receiver".to_vec(), shutdown.clone());
     webhook.post(serde_json::json!({"type": "status", "data": {"status": "online"}}));

@@ -4,7 +4,10 @@
 //! sees at login, the pre-key upload, going online (also without a push
 //! name), a send that reaches nobody, the stream errors and failures that
 //! end a session, a restart from stored state, the runner fence stopping a
-//! live client, and a pairing's device settled before it is exported.
+//! live client, a pairing's device settled before it is exported, and,
+//! with a second whatsapp-rust client as the peer, messages both ways (the
+//! peer decrypts the bot's; the peer's reaches the signed events webhook)
+//! and WhatsApp's 463/475 limits holding the bot.
 
 #![cfg(feature = "whatsapp")]
 #![allow(clippy::unwrap_used)] // Tests fail loudly by design.
@@ -20,10 +23,11 @@ use std::time::Duration;
 use base64::Engine;
 use serde_json::Value;
 use tokio::sync::mpsc;
-use trekker_app::messaging::BotMessenger;
+use tokio_util::sync::CancellationToken;
+use trekker_app::messaging::{BotMessenger, MessengerError};
 use trekker_domain::time::{Clock, SystemClock};
 use trekker_domain::{BotId, PhoneNumber, ServerName};
-use trekker_runtime::{BotDriver, BotEvent, BotSpec, DriverEvent};
+use trekker_runtime::{BotDriver, BotEvent, BotSpec, DriverEvent, RunningBot};
 use trekker_store::{NewActivity, NewBot, ServerRegistration, SideEffects, Store};
 use trekker_testkit::creds;
 use trekker_whatsapp::driver::WhatsAppDriver;
@@ -31,8 +35,11 @@ use trekker_whatsapp::pairing::settle_paired_device;
 use trekker_whatsapp::session::device_from_creds;
 use trekker_whatsapp::storage::StoredDevice;
 use trekker_whatsapp::web_version::WebVersion;
+use trekker_whatsapp::webhook::{EventsWebhook, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify};
 use whatsapp_rust::NodeBuilder;
 use whatsapp_rust::bot::{Bot, BotHandle};
+use whatsapp_rust::prelude::MessageExt as _;
+use whatsapp_rust::types::events::Event;
 use whatsapp_rust::wacore::store::Device;
 use whatsapp_rust::wacore::store::InMemoryBackend;
 use whatsapp_rust::wacore::store::traits::DeviceStore as _;
@@ -339,7 +346,20 @@ async fn fake_server_a_session_without_a_push_name_goes_online_under_its_number(
 /// A client of the creds' device over the fake, with an in-memory store
 /// (as a pairing's), spawned; `change` edits the device first.
 async fn in_memory_client(server: &FakeServer, change: impl FnOnce(&mut Device)) -> BotHandle {
-    let document: Value = serde_json::from_str(creds::credentials(PHONE, VARIANT).document()).unwrap();
+    peer_client(server, PHONE, VARIANT, change, Arc::default()).await
+}
+
+/// A whatsapp-rust client of `phone`'s test credentials (`variant`) over
+/// the fake, with an in-memory store, spawned; the texts it receives are
+/// added to `texts`.
+async fn peer_client(
+    server: &FakeServer,
+    phone: &str,
+    variant: u32,
+    change: impl FnOnce(&mut Device),
+    texts: Arc<std::sync::Mutex<Vec<String>>>,
+) -> BotHandle {
+    let document: Value = serde_json::from_str(creds::credentials(phone, variant).document()).unwrap();
     let mut device = device_from_creds(&document).unwrap();
     device.server_cert_chain = Some(cached_chain(server.public()));
     change(&mut device);
@@ -349,6 +369,13 @@ async fn in_memory_client(server: &FakeServer, change: impl FnOnce(&mut Device))
         .with_backend(backend)
         .with_transport_factory(server.clone())
         .with_version(WebVersion::default().current().as_tuple())
+        .on_event(move |event, _client| {
+            if let Event::Messages(batch) = &*event {
+                let received = batch.messages.iter().filter_map(|inbound| inbound.message.text_content());
+                texts.lock().unwrap().extend(received.map(str::to_owned));
+            }
+            async {}
+        })
         .build()
         .await
         .unwrap();
@@ -438,4 +465,158 @@ async fn fake_server_a_live_client_whose_bot_was_taken_is_fenced_out() {
     running.stop().await;
     assert!(ended.is_ok(), "the fenced run never reported its end: {ended:?}");
     assert_eq!(stored_keys().await, before, "no key of the fenced run was stored");
+}
+
+const PEER: &str = "254711000555";
+/// The peer's creds' variant: device 0, a primary (the fake lists it as
+/// WhatsApp lists a phone; companions need a key index, which it has too).
+const PEER_VARIANT: u32 = 50;
+
+/// Starts the bot of `spec` with `driver` and, once it is online, a peer
+/// of PEER (a primary device, as a phone is) whose received texts go to
+/// `texts`; returns when both have their pre-keys on the fake.
+async fn bot_and_peer(
+    server: &FakeServer,
+    driver: &WhatsAppDriver,
+    spec: BotSpec,
+    texts: Arc<std::sync::Mutex<Vec<String>>>,
+) -> (Box<dyn RunningBot>, mpsc::UnboundedReceiver<DriverEvent>, BotHandle) {
+    let (events, mut received) = mpsc::unbounded_channel();
+    let running = driver.start(spec, events).await.unwrap();
+    let online = until_event(&mut received, |event| *event == BotEvent::Connected).await;
+    assert!(online.is_ok(), "the bot never went online: {online:?}");
+    let peer = peer_client(server, PEER, PEER_VARIANT, |_| {}, texts).await;
+    peer.client().wait_for_connected(Duration::from_secs(15)).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(15), async {
+        while server.uploads.lock().unwrap().len() < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("both clients uploaded their pre-keys");
+    (running, received, peer)
+}
+
+/// Waits (15 s at most) until `texts` holds `text`.
+async fn until_text(texts: &std::sync::Mutex<Vec<String>>, text: &str) -> Result<(), Vec<String>> {
+    let found = tokio::time::timeout(Duration::from_secs(15), async {
+        while !texts.lock().unwrap().iter().any(|t| t == text) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    found.map_err(|_| texts.lock().unwrap().clone())
+}
+
+/// A message sent through the admin path reaches a real peer: a second
+/// whatsapp-rust client, logged in to the same fake, fetches nothing but
+/// what WhatsApp would relay, decrypts it and reads the text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_server_a_bots_message_is_received_and_decrypted_by_a_peer() {
+    let (store, _file) = trekker_testkit::sqlite_store().await;
+    let store: Arc<dyn Store> = store;
+    let server = FakeServer { serves_login: true, ..FakeServer::new(7) };
+    let (spec, _) = bot_knowing(&store, server.public()).await;
+    let bot = spec.bot_id.clone();
+    let driver = WhatsAppDriver::new(store.clone(), Arc::new(SystemClock)).with_transport(Arc::new(server.clone()));
+    let peer_texts = Arc::default();
+    let (running, _received, peer) = bot_and_peer(&server, &driver, spec, Arc::clone(&peer_texts)).await;
+
+    let to = PhoneNumber::parse(PEER).unwrap();
+    let sent = driver.sessions().send_text(&bot, Some(&to), "hello peer").await;
+    let arrived = until_text(&peer_texts, "hello peer").await;
+    server.hang_up();
+    peer.shutdown().await;
+    running.stop().await;
+    assert!(sent.is_ok(), "{sent:?}");
+    assert!(arrived.is_ok(), "the peer never read it: {arrived:?}");
+}
+
+/// A message a real peer sends to the bot arrives as the signed events
+/// webhook: decrypted by the bot's driver, with the text and the sender.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_server_a_peers_message_reaches_the_events_webhook_signed() {
+    let (store, _file) = trekker_testkit::sqlite_store().await;
+    let store: Arc<dyn Store> = store;
+    let server = FakeServer { serves_login: true, ..FakeServer::new(7) };
+    let (spec, _) = bot_knowing(&store, server.public()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/events", listener.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    let webhook = EventsWebhook::start(url, b"shared-with-the-receiver".to_vec(), shutdown.clone());
+    let driver = WhatsAppDriver::new(store.clone(), Arc::new(SystemClock))
+        .with_transport(Arc::new(server.clone()))
+        .with_webhook(webhook);
+    let (running, _received, peer) = bot_and_peer(&server, &driver, spec.clone(), Arc::default()).await;
+
+    let sent = peer.client().send_text(whatsapp_rust::Jid::pn(PHONE), "hi bot").await;
+    let message = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            let (head, body) = trekker_testkit::http::receive_request(&listener).await;
+            let payload: Value = serde_json::from_slice(&body).unwrap();
+            if payload["type"] == "message" {
+                return (head, body, payload);
+            }
+        }
+    })
+    .await;
+    server.hang_up();
+    peer.shutdown().await;
+    running.stop().await;
+    shutdown.cancel();
+    assert!(sent.is_ok(), "the peer's send: {:?}", sent.err());
+    let (head, body, payload) = message.expect("the bot's webhook posted the peer's message");
+    let header = |name: &str| {
+        head.lines().find_map(|l| {
+            let (key, value) = l.split_once(':')?;
+            key.eq_ignore_ascii_case(name).then(|| value.trim().to_owned())
+        })
+    };
+    let (timestamp, signed) = (header(TIMESTAMP_HEADER).unwrap(), header(SIGNATURE_HEADER).unwrap());
+    let now = SystemClock.now_ms() / 1000;
+    assert!(verify(b"shared-with-the-receiver", &timestamp, &signed, &body, now, 300), "{head}");
+    assert_eq!(payload["botId"], spec.bot_id.as_str());
+    assert_eq!(payload["data"]["text"], "hi bot");
+    let sender = payload["data"]["sender"].as_str().unwrap();
+    assert!(sender.starts_with(PEER), "{sender}");
+}
+
+/// WhatsApp's limit codes, on cue: with the fake nacking messages with
+/// 463 (reach-out timelock) or 475 (message capping), the bot's send is
+/// taken, then the nack holds the bot (a `held` event naming the code) and
+/// its next send is refused by the governor before it reaches WhatsApp.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_server_a_463_or_475_nack_holds_the_bot_and_its_next_send() {
+    for code in ["463", "475"] {
+        let (store, _file) = trekker_testkit::sqlite_store().await;
+        let store: Arc<dyn Store> = store;
+        let server = FakeServer { serves_login: true, ..FakeServer::new(7) };
+        let (spec, _) = bot_knowing(&store, server.public()).await;
+        let bot = spec.bot_id.clone();
+        let driver = WhatsAppDriver::new(store.clone(), Arc::new(SystemClock)).with_transport(Arc::new(server.clone()));
+        let (running, mut received, peer) = bot_and_peer(&server, &driver, spec, Arc::default()).await;
+        *server.nacks_messages.lock().unwrap() = Some(code.to_owned());
+
+        let to = PhoneNumber::parse(PEER).unwrap();
+        let first = driver.sessions().send_text(&bot, Some(&to), "first").await;
+        let held =
+            until_event(&mut received, |event| matches!(event, BotEvent::Held { reason } if reason.contains(code)))
+                .await;
+        let next = driver.sessions().send_text(&bot, Some(&to), "second").await;
+        let messages = || server.stanzas.lock().unwrap().iter().filter(|n| n.tag == "message").count();
+        let sent_to_whatsapp = messages();
+        server.hang_up();
+        peer.shutdown().await;
+        running.stop().await;
+        assert!(first.is_ok(), "{code}: the first send was taken before the nack: {first:?}");
+        assert!(held.is_ok(), "{code}: the nack never held the bot: {held:?}");
+        match next {
+            Err(MessengerError::Throttled { reason, retry_after_secs }) => {
+                assert!(reason.contains(code), "{reason}");
+                assert!(retry_after_secs > 3600, "a {code} hold lasts a day: {retry_after_secs}");
+            }
+            other => panic!("{code}: the held bot sent again: {other:?}"),
+        }
+        assert_eq!(sent_to_whatsapp, 1, "{code}: only the first message reached WhatsApp");
+    }
 }

@@ -5,13 +5,18 @@
 //! replaced, so a device is seeded with a cached server certificate naming
 //! the fake's key ([`cached_chain`]), which IK trusts without re-checking
 //! the chain. Serving the login, the fake answers IK, says `<success>` and
-//! the end of offline delivery, reads every stanza the client sends, and
-//! answers device queries (no device for anyone) and every other query (an
-//! empty result). Not served yet: the app-state sync, messages, receipts.
+//! the end of offline delivery, and reads every stanza the client sends.
+//! Between the clients logged in to it, it is WhatsApp's relay: a device
+//! query lists the devices logged in as the user asked about, a pre-key
+//! query hands out the bundle that device uploaded, and a message is acked
+//! (or nacked with a code, on cue) and handed to each device it was
+//! encrypted for. Every other query gets an empty result. Not served: the
+//! app-state sync, receipts, groups, pairing.
 //! Shared by `tests/fake_server.rs` and `benches/sessions_memory.rs`.
 
 #![allow(dead_code)] // Each user takes the parts it needs.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -24,10 +29,10 @@ use whatsapp_rust::wacore::framing;
 use whatsapp_rust::wacore::handshake::{NoiseCipher, NoiseHandshake};
 use whatsapp_rust::wacore::libsignal::protocol::PrivateKey;
 use whatsapp_rust::wacore::store::{CachedNoiseCert, CachedServerCertChain};
-use whatsapp_rust::wacore_binary::Node;
 use whatsapp_rust::wacore_binary::consts::{NOISE_PATTERN_IK, WA_CONN_HEADER};
 use whatsapp_rust::wacore_binary::marshal::{marshal, unmarshal_ref};
 use whatsapp_rust::wacore_binary::util::unpack;
+use whatsapp_rust::wacore_binary::{Jid, Node};
 use whatsapp_rust::waproto::whatsapp as wa;
 
 /// What the fake learned from a client's hello.
@@ -60,6 +65,12 @@ pub struct FakeServer {
     pub events: Arc<Mutex<Vec<Sender<TransportEvent>>>>,
     /// Every connection, to say something to logged-in clients unasked.
     pub connections: Arc<Mutex<Vec<Weak<Connection>>>>,
+    /// Each logged-in device's pre-key upload, by (user, device): the
+    /// bundles the fake hands to whoever writes to that device.
+    pub uploads: Arc<Mutex<HashMap<(u64, u16), Node>>>,
+    /// When set, a client's message is refused with this code (a nack)
+    /// instead of relayed.
+    pub nacks_messages: Arc<Mutex<Option<String>>>,
 }
 
 impl FakeServer {
@@ -75,7 +86,21 @@ impl FakeServer {
             keeps_stanzas: true,
             events: Arc::default(),
             connections: Arc::default(),
+            uploads: Arc::default(),
+            nacks_messages: Arc::default(),
         }
+    }
+
+    /// The live connections logged in as `user` (and `device`, if given).
+    fn logged_in(&self, user: u64, device: Option<u16>) -> Vec<Arc<Connection>> {
+        let connections = self.connections.lock().unwrap();
+        let live = connections.iter().filter_map(Weak::upgrade);
+        live.filter(|c| {
+            c.login.lock().unwrap().as_ref().is_some_and(|login| {
+                login.username == Some(user) && device.is_none_or(|d| login.device == Some(u32::from(d)))
+            })
+        })
+        .collect()
     }
 
     /// Says `node` to every logged-in client, as the server does unasked.
@@ -204,6 +229,8 @@ pub struct Connection {
     to_client: Sender<TransportEvent>,
     live: Mutex<Option<Live>>,
     said_hello: Mutex<bool>,
+    /// Who logged in on it (once the login is served).
+    login: Mutex<Option<Login>>,
 }
 
 impl Connection {
@@ -218,25 +245,148 @@ impl Connection {
         let _ = self.to_client.try_send(TransportEvent::DataReceived(frame.into()));
     }
 
-    /// What the fake answers a client's stanza: a device query says every
-    /// user asked about has no device; any other query an empty result.
-    fn answer(&self, live: &mut Live, stanza: &Node) {
-        if stanza.tag != "iq" || (!self.server.answers_uploads && is_pre_key_upload(stanza)) {
-            return;
+    /// Who is logged in on this connection: (user, device).
+    fn who(&self) -> Option<(u64, u16)> {
+        let login = self.login.lock().unwrap();
+        let login = login.as_ref()?;
+        Some((login.username?, u16::try_from(login.device.unwrap_or(0)).ok()?))
+    }
+
+    /// What the fake answers a client's stanza (see [`Self::answer_query`]
+    /// and [`Self::relay`]); what it must say to other clients comes back,
+    /// to be said once this connection's lock is released.
+    fn answer(&self, live: &mut Live, stanza: &Node) -> Vec<(Arc<Connection>, Node)> {
+        match stanza.tag.as_ref() {
+            "message" => self.relay(live, stanza),
+            "iq" => {
+                self.answer_query(live, stanza);
+                Vec::new()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// A device query lists the devices logged in as each user asked about
+    /// (none for anyone else); a pre-key query hands out the bundle that
+    /// device uploaded; an upload is kept (and answered unless the fake
+    /// is told not to); any other query gets an empty result.
+    fn answer_query(&self, live: &mut Live, stanza: &Node) {
+        if is_pre_key_upload(stanza) {
+            if let Some(who) = self.who() {
+                self.server.uploads.lock().unwrap().insert(who, stanza.clone());
+            }
+            if !self.server.answers_uploads {
+                return;
+            }
         }
         let id = stanza.attrs().optional_string("id").map(|id| id.to_string()).unwrap_or_default();
         let mut result = NodeBuilder::new("iq").attr("type", "result").attr("id", id).attr("from", "s.whatsapp.net");
         let asked = stanza.get_optional_child("usync").and_then(|usync| usync.get_optional_child("list"));
         if let Some(list) = asked {
             let users = list.get_children_by_tag("user").filter_map(|user| {
-                let jid = user.attrs().optional_string("jid")?.to_string();
-                let devices = NodeBuilder::new("devices").children([NodeBuilder::new("device-list").build()]);
-                Some(NodeBuilder::new("user").attr("jid", jid).children([devices.build()]).build())
+                let jid = user.attrs().optional_jid("jid")?;
+                Some(self.server.devices_of(&jid))
             });
             let list = NodeBuilder::new("list").children(users.collect::<Vec<_>>()).build();
             result = result.children([NodeBuilder::new("usync").children([list]).build()]);
         }
+        let is_key_fetch = stanza.attrs().optional_string("xmlns").is_some_and(|x| x == "encrypt")
+            && stanza.attrs().optional_string("type").is_some_and(|t| t == "get");
+        if let Some(keys) = stanza.get_optional_child("key").filter(|_| is_key_fetch) {
+            let bundles = keys.get_children_by_tag("user").filter_map(|user| {
+                let jid = user.attrs().optional_jid("jid")?;
+                self.server.bundle_of(&jid)
+            });
+            result = result.children([NodeBuilder::new("list").children(bundles.collect::<Vec<_>>()).build()]);
+        }
         self.say(live, &result.build());
+    }
+
+    /// A client's message: acknowledged to the sender (or refused with the
+    /// fake's nack code) and handed to each device it was encrypted for,
+    /// from the sender's own device, as WhatsApp delivers it.
+    fn relay(&self, live: &mut Live, message: &Node) -> Vec<(Arc<Connection>, Node)> {
+        let id = message.attrs().optional_string("id").map(|id| id.to_string()).unwrap_or_default();
+        let to = message.attrs().optional_string("to").map(|to| to.to_string()).unwrap_or_default();
+        let mut ack = NodeBuilder::new("ack").attr("class", "message").attr("id", id.clone()).attr("from", to);
+        let nack = self.server.nacks_messages.lock().unwrap().clone();
+        if let Some(code) = nack {
+            self.say(live, &ack.attr("error", code).build());
+            return Vec::new();
+        }
+        let now = (SystemClock.now_ms() / 1000).to_string();
+        ack = ack.attr("t", now.clone());
+        self.say(live, &ack.build());
+        let Some((user, device)) = self.who() else { return Vec::new() };
+        let kind = message.attrs().optional_string("type").map(|t| t.to_string()).unwrap_or_default();
+        let identity = message.get_optional_child("device-identity").cloned();
+        let mut deliveries = Vec::new();
+        let participants = message.get_optional_child("participants").map(|p| p.get_children_by_tag("to"));
+        for to in participants.into_iter().flatten() {
+            let Some(jid) = to.attrs().optional_jid("jid") else { continue };
+            let Ok(target) = jid.user.parse::<u64>() else { continue };
+            let encrypted: Vec<Node> = to.get_children_by_tag("enc").cloned().collect();
+            let mut children = encrypted;
+            children.extend(identity.clone());
+            let delivered = NodeBuilder::new("message")
+                .attr("from", format!("{user}:{device}@s.whatsapp.net"))
+                .attr("id", id.clone())
+                .attr("t", now.clone())
+                .attr("type", kind.clone())
+                .children(children)
+                .build();
+            for connection in self.server.logged_in(target, Some(jid.device)) {
+                deliveries.push((connection, delivered.clone()));
+            }
+        }
+        deliveries
+    }
+}
+
+impl FakeServer {
+    /// `<user>` of a device query's answer: the devices logged in as
+    /// `jid`'s user, with a key index list naming them (the test
+    /// credentials' key index is their device id).
+    fn devices_of(&self, jid: &Jid) -> Node {
+        let mut ids: Vec<u16> = match jid.user.parse::<u64>() {
+            Ok(user) => self.logged_in(user, None).iter().filter_map(|c| c.who()).map(|(_, d)| d).collect(),
+            Err(_) => Vec::new(),
+        };
+        ids.sort_unstable();
+        ids.dedup();
+        let devices = ids.iter().map(|&id| {
+            let device = NodeBuilder::new("device").attr("id", id.to_string());
+            if id == 0 { device } else { device.attr("key-index", id.to_string()) }.build()
+        });
+        let devices = devices.collect::<Vec<_>>();
+        let mut children = vec![NodeBuilder::new("device-list").children(devices).build()];
+        if ids.iter().any(|&id| id != 0) {
+            let details = wa::ADVKeyIndexList {
+                raw_id: Some(1),
+                timestamp: Some(SystemClock.now_ms().unsigned_abs() / 1000),
+                current_index: ids.iter().copied().max().map(u32::from),
+                valid_indexes: ids.iter().copied().map(u32::from).collect(),
+                ..Default::default()
+            };
+            let signed = wa::ADVSignedKeyIndexList { details: Some(details.encode_to_vec()), ..Default::default() };
+            children.push(NodeBuilder::new("key-index-list").attr("ts", "1000").bytes(signed.encode_to_vec()).build());
+        }
+        let user = NodeBuilder::new("user").attr("jid", jid.clone());
+        user.children([NodeBuilder::new("devices").children(children).build()]).build()
+    }
+
+    /// `<user>` of a pre-key query's answer: the bundle `jid`'s device
+    /// uploaded (its first one-time key), if it uploaded one.
+    fn bundle_of(&self, jid: &Jid) -> Option<Node> {
+        let user = jid.user.parse::<u64>().ok()?;
+        let upload = self.uploads.lock().unwrap().get(&(user, jid.device))?.clone();
+        let mut children: Vec<Node> = ["registration", "type", "identity", "skey"]
+            .iter()
+            .filter_map(|tag| upload.get_optional_child(tag).cloned())
+            .collect();
+        children.extend(upload.get_optional_child("list").and_then(|l| l.get_optional_child("key")).cloned());
+        let jid = format!("{user}:{}@s.whatsapp.net", jid.device);
+        Some(NodeBuilder::new("user").attr("jid", jid).children(children).build())
     }
 }
 
@@ -248,20 +398,22 @@ impl Transport for Connection {
             *said_hello = true;
             let hello = self.server.read_hello(&data);
             let accepted = hello.map(|(login, accepting)| {
-                self.server.logins.lock().unwrap().push(Ok(login));
-                self.server.answer_hello(accepting)
+                self.server.logins.lock().unwrap().push(Ok(login.clone()));
+                (login, self.server.answer_hello(accepting))
             });
             match accepted {
-                Ok(Ok((frame, from_client, to_client))) if self.server.serves_login => {
+                Ok((login, Ok((frame, from_client, to_client)))) if self.server.serves_login => {
                     let _ = self.to_client.try_send(TransportEvent::DataReceived(frame.into()));
                     let mut live = Live {
                         decoder: framing::FrameDecoder::new(),
                         from_client: (from_client, 0),
                         to_client: (to_client, 0),
                     };
+                    let user = login.username.unwrap_or_default();
+                    *self.login.lock().unwrap() = Some(login);
                     let success = NodeBuilder::new("success")
                         .attr("t", (SystemClock.now_ms() / 1000).to_string())
-                        .attr("lid", "100000000000001@lid")
+                        .attr("lid", format!("{}@lid", 100_000_000_000_000 + user % 1_000_000_000_000))
                         .build();
                     self.say(&mut live, self.server.instead_of_success.as_ref().unwrap_or(&success));
                     if let Some(then) = &self.server.after_success {
@@ -280,19 +432,29 @@ impl Transport for Connection {
             return Ok(());
         }
         drop(said_hello);
-        let mut live = self.live.lock().unwrap();
-        let Some(live) = live.as_mut() else { return Ok(()) };
-        live.decoder.feed(&data);
-        while let Some(frame) = live.decoder.decode_frame() {
-            let mut plain = frame.to_vec();
-            let (cipher, counter) = &live.from_client;
-            cipher.decrypt_in_place_with_counter(*counter, &mut plain).unwrap();
-            live.from_client.1 += 1;
-            let stanza = unmarshal_ref(&unpack(&plain).unwrap()).unwrap().to_owned();
-            if self.server.keeps_stanzas {
-                self.server.stanzas.lock().unwrap().push(stanza.clone());
+        let mut deliveries = Vec::new();
+        {
+            let mut live = self.live.lock().unwrap();
+            let Some(live) = live.as_mut() else { return Ok(()) };
+            live.decoder.feed(&data);
+            while let Some(frame) = live.decoder.decode_frame() {
+                let mut plain = frame.to_vec();
+                let (cipher, counter) = &live.from_client;
+                cipher.decrypt_in_place_with_counter(*counter, &mut plain).unwrap();
+                live.from_client.1 += 1;
+                let stanza = unmarshal_ref(&unpack(&plain).unwrap()).unwrap().to_owned();
+                if self.server.keeps_stanzas {
+                    self.server.stanzas.lock().unwrap().push(stanza.clone());
+                }
+                deliveries.extend(self.answer(live, &stanza));
             }
-            self.answer(live, &stanza);
+        }
+        // Said with this connection's lock released: two clients writing
+        // to each other at once must not wait on each other's lock.
+        for (connection, node) in deliveries {
+            if let Some(live) = connection.live.lock().unwrap().as_mut() {
+                connection.say(live, &node);
+            }
         }
         Ok(())
     }
@@ -308,8 +470,13 @@ impl TransportFactory for FakeServer {
         let (tx, rx) = whatsapp_rust::async_channel::unbounded();
         tx.send(TransportEvent::Connected).await?;
         self.events.lock().unwrap().push(tx.clone());
-        let connection =
-            Connection { server: self.clone(), to_client: tx, live: Mutex::new(None), said_hello: Mutex::new(false) };
+        let connection = Connection {
+            server: self.clone(),
+            to_client: tx,
+            live: Mutex::new(None),
+            said_hello: Mutex::new(false),
+            login: Mutex::default(),
+        };
         let connection = Arc::new(connection);
         self.connections.lock().unwrap().push(Arc::downgrade(&connection));
         Ok((connection, rx))
