@@ -66,6 +66,9 @@ pub struct WhatsAppPairing {
     pub code_within: Duration,
     /// How long the guest has to confirm the code on the phone.
     pub deadline: Duration,
+    /// How long the confirmed device has to be online again before a
+    /// logged-in one is taken as it is (see [`settle_paired_device`]).
+    pub online_within: Duration,
     /// How connections to WhatsApp are made: WhatsApp's WebSocket unless
     /// replaced (tests use one that reaches nothing).
     pub transport: Option<Arc<dyn TransportFactory>>,
@@ -78,6 +81,7 @@ impl std::fmt::Debug for WhatsAppPairing {
         f.debug_struct("WhatsAppPairing")
             .field("code_within", &self.code_within)
             .field("deadline", &self.deadline)
+            .field("online_within", &self.online_within)
             .field("transport_replaced", &self.transport.is_some())
             .field("web_version", &self.web_version.current())
             .finish()
@@ -89,6 +93,7 @@ impl Default for WhatsAppPairing {
         Self {
             code_within: Duration::from_secs(20),
             deadline: Duration::from_secs(60),
+            online_within: ONLINE_WITHIN,
             transport: None,
             web_version: WebVersion::default(),
         }
@@ -156,6 +161,7 @@ impl PairingProvider for WhatsAppPairing {
         // the server is the device worth exporting.
         let confirmed = Arc::new(AtomicBool::new(false));
         let confirmed_seen = confirmed.clone();
+        let online_within = self.online_within;
         let bot = Bot::builder()
             .with_backend(InMemoryBackend::new())
             .with_transport_factory(Transports(self.transport.clone()))
@@ -167,6 +173,15 @@ impl PairingProvider for WhatsAppPairing {
                     match pairing_step(&event) {
                         Some(PairingStep::Code(code)) => fill(&code_slot, Ok(code)),
                         Some(PairingStep::Failed(message)) => {
+                            // The same event ends a pairing whose code was
+                            // given (the phone's half failed): say so.
+                            let code_given = code_slot.lock().is_ok_and(|slot| slot.is_none());
+                            let message = match &*event {
+                                Event::PairingCodeError(error) if code_given => {
+                                    format!("WhatsApp refused the pairing: {}", error.error)
+                                }
+                                _ => message,
+                            };
                             fill(&code_slot, Err(message.clone()));
                             fill(&paired_slot, Err(message));
                         }
@@ -174,7 +189,7 @@ impl PairingProvider for WhatsAppPairing {
                             confirmed.store(true, Ordering::SeqCst);
                             // Off the event loop: settling waits for the reconnect.
                             tokio::spawn(async move {
-                                let settled = settle_paired_device(&client, ONLINE_WITHIN, PRE_KEYS_WITHIN).await;
+                                let settled = settle_paired_device(&client, online_within, PRE_KEYS_WITHIN).await;
                                 fill(&paired_slot, settled.map(|device| (Arc::new(device), platform)));
                             });
                         }
@@ -203,7 +218,7 @@ impl PairingProvider for WhatsAppPairing {
             let mut paired = tokio::time::timeout(deadline, &mut paired_rx).await;
             if paired.is_err() && confirmed_seen.load(Ordering::SeqCst) {
                 // Confirmed just in time: the device gets its own budget.
-                paired = tokio::time::timeout(ONLINE_WITHIN + PRE_KEYS_WITHIN, &mut paired_rx).await;
+                paired = tokio::time::timeout(online_within + PRE_KEYS_WITHIN, &mut paired_rx).await;
             }
             let paired = match paired {
                 Ok(Ok(result)) => result,

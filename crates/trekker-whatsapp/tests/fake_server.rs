@@ -34,15 +34,10 @@ use trekker_whatsapp::driver::WhatsAppDriver;
 use trekker_whatsapp::pairing::settle_paired_device;
 use trekker_whatsapp::session::device_from_creds;
 use trekker_whatsapp::storage::StoredDevice;
-use trekker_whatsapp::web_version::WebVersion;
 use trekker_whatsapp::webhook::{EventsWebhook, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify};
 use whatsapp_rust::NodeBuilder;
-use whatsapp_rust::bot::{Bot, BotHandle};
-use whatsapp_rust::prelude::MessageExt as _;
-use whatsapp_rust::types::events::Event;
+use whatsapp_rust::bot::BotHandle;
 use whatsapp_rust::wacore::store::Device;
-use whatsapp_rust::wacore::store::InMemoryBackend;
-use whatsapp_rust::wacore::store::traits::DeviceStore as _;
 use whatsapp_rust::wacore_binary::Node;
 use whatsapp_rust::wacore_binary::node::NodeContent;
 
@@ -346,40 +341,7 @@ async fn fake_server_a_session_without_a_push_name_goes_online_under_its_number(
 /// A client of the creds' device over the fake, with an in-memory store
 /// (as a pairing's), spawned; `change` edits the device first.
 async fn in_memory_client(server: &FakeServer, change: impl FnOnce(&mut Device)) -> BotHandle {
-    peer_client(server, PHONE, VARIANT, change, Arc::default()).await
-}
-
-/// A whatsapp-rust client of `phone`'s test credentials (`variant`) over
-/// the fake, with an in-memory store, spawned; the texts it receives are
-/// added to `texts`.
-async fn peer_client(
-    server: &FakeServer,
-    phone: &str,
-    variant: u32,
-    change: impl FnOnce(&mut Device),
-    texts: Arc<std::sync::Mutex<Vec<String>>>,
-) -> BotHandle {
-    let document: Value = serde_json::from_str(creds::credentials(phone, variant).document()).unwrap();
-    let mut device = device_from_creds(&document).unwrap();
-    device.server_cert_chain = Some(cached_chain(server.public()));
-    change(&mut device);
-    let backend = InMemoryBackend::new();
-    backend.save(&device).await.unwrap();
-    let bot = Bot::builder()
-        .with_backend(backend)
-        .with_transport_factory(server.clone())
-        .with_version(WebVersion::default().current().as_tuple())
-        .on_event(move |event, _client| {
-            if let Event::Messages(batch) = &*event {
-                let received = batch.messages.iter().filter_map(|inbound| inbound.message.text_content());
-                texts.lock().unwrap().extend(received.map(str::to_owned));
-            }
-            async {}
-        })
-        .build()
-        .await
-        .unwrap();
-    bot.spawn()
+    support::peer::client(server, PHONE, VARIANT, change, Arc::default()).await
 }
 
 /// A pairing exports its device (and sends the session ID) only once the
@@ -485,7 +447,7 @@ async fn bot_and_peer(
     let running = driver.start(spec, events).await.unwrap();
     let online = until_event(&mut received, |event| *event == BotEvent::Connected).await;
     assert!(online.is_ok(), "the bot never went online: {online:?}");
-    let peer = peer_client(server, PEER, PEER_VARIANT, |_| {}, texts).await;
+    let peer = support::peer::client(server, PEER, PEER_VARIANT, |_| {}, texts).await;
     peer.client().wait_for_connected(Duration::from_secs(15)).await.unwrap();
     tokio::time::timeout(Duration::from_secs(15), async {
         while server.uploads.lock().unwrap().len() < 2 {
@@ -495,17 +457,6 @@ async fn bot_and_peer(
     .await
     .expect("both clients uploaded their pre-keys");
     (running, received, peer)
-}
-
-/// Waits (15 s at most) until `texts` holds `text`.
-async fn until_text(texts: &std::sync::Mutex<Vec<String>>, text: &str) -> Result<(), Vec<String>> {
-    let found = tokio::time::timeout(Duration::from_secs(15), async {
-        while !texts.lock().unwrap().iter().any(|t| t == text) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    found.map_err(|_| texts.lock().unwrap().clone())
 }
 
 /// A message sent through the admin path reaches a real peer: a second
@@ -524,7 +475,7 @@ async fn fake_server_a_bots_message_is_received_and_decrypted_by_a_peer() {
 
     let to = PhoneNumber::parse(PEER).unwrap();
     let sent = driver.sessions().send_text(&bot, Some(&to), "hello peer").await;
-    let arrived = until_text(&peer_texts, "hello peer").await;
+    let arrived = support::peer::until_text(&peer_texts, "hello peer").await;
     server.hang_up();
     peer.shutdown().await;
     running.stop().await;

@@ -17,6 +17,8 @@
 
 #[path = "fake_handshake.rs"]
 mod handshake;
+#[path = "fake_peer.rs"]
+pub mod peer;
 #[path = "fake_phone.rs"]
 pub mod phone;
 #[path = "fake_relay.rs"]
