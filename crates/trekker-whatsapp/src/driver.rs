@@ -21,10 +21,12 @@ use trekker_domain::time::Clock;
 use trekker_domain::{BotId, PhoneNumber};
 use trekker_runtime::{BotDriver, BotEvent, BotSpec, DriverError, DriverEvent, RunningBot};
 use trekker_store::DeviceStateStore;
-use whatsapp_rust::Client;
 use whatsapp_rust::bot::{Bot, BotHandle};
 use whatsapp_rust::transport::TransportFactory;
+use whatsapp_rust::wacore::proto_helpers::MessageBuilderExt as _;
 use whatsapp_rust::wacore::store::traits::DeviceStore;
+use whatsapp_rust::wacore_binary::Node;
+use whatsapp_rust::{Client, NodeFilter, SendOptions};
 
 use crate::events::{status_of, webhook_payloads};
 use crate::governed::{SendGuard, governed_event};
@@ -119,11 +121,37 @@ pub(crate) async fn send_from(client: &Client, to: Option<&PhoneNumber>, text: &
             .map(|own| own.to_non_ad())
             .ok_or_else(|| MessengerError::Refused("the session has no phone number yet".into()))?,
     };
-    match tokio::time::timeout(SEND_WITHIN, client.send_text(to, text)).await {
-        Ok(Ok(sent)) => Ok(sent.message_id),
+    // whatsapp-rust 0.7 answers success for a message it encrypted for no
+    // device of the recipient (#1298, #1361; fixed after 0.7.0): what went
+    // on the wire says whether anyone can read it.
+    let id = client.generate_message_id();
+    let mut on_the_wire = client.wait_for_sent_node(NodeFilter::tag("message").attr("id", id.clone()));
+    let message = whatsapp_rust::waproto::whatsapp::Message::text(text);
+    let sending = client.send_message_with_options(to, message, SendOptions::default().with_message_id(id));
+    match tokio::time::timeout(SEND_WITHIN, sending).await {
+        Ok(Ok(sent)) => match on_the_wire.try_recv() {
+            Ok(Some(stanza)) if !reaches_the_addressee(&stanza) => {
+                Err(MessengerError::Refused("it reached no device of the recipient".into()))
+            }
+            _ => Ok(sent.message_id),
+        },
         Ok(Err(error)) => Err(MessengerError::Refused(error.to_string())),
         Err(_) => Err(MessengerError::Refused(format!("no answer within {} s", SEND_WITHIN.as_secs()))),
     }
+}
+
+/// Whether a `<message>` stanza carries something encrypted for a device
+/// of its addressee (its `to` user, in whatever addressing it uses): an
+/// `<enc>` of its own, or in a `<participants>` entry of that user.
+pub(crate) fn reaches_the_addressee(stanza: &Node) -> bool {
+    if stanza.get_optional_child("enc").is_some() {
+        return true;
+    }
+    let addressee = stanza.attrs().optional_jid("to").map(|jid| jid.user);
+    let entries = stanza.get_optional_child("participants").map(|p| p.get_children_by_tag("to"));
+    entries.into_iter().flatten().any(|entry| {
+        entry.get_optional_child("enc").is_some() && entry.attrs().optional_jid("jid").map(|jid| jid.user) == addressee
+    })
 }
 
 #[async_trait]
@@ -302,5 +330,36 @@ impl BotDriver for WhatsAppDriver {
             }
         });
         Ok(Box::new(RunningWhatsApp { handle, sessions: self.sessions.clone(), bot_id, generation, watch }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use whatsapp_rust::NodeBuilder;
+
+    fn entry(jid: &str, encrypted: bool) -> Node {
+        let enc = encrypted.then(|| NodeBuilder::new("enc").attr("type", "msg").bytes(vec![1]).build());
+        NodeBuilder::new("to").attr("jid", jid).children(enc).build()
+    }
+
+    fn message(entries: Vec<Node>) -> Node {
+        let participants = NodeBuilder::new("participants").children(entries).build();
+        NodeBuilder::new("message").attr("to", "254711000555@s.whatsapp.net").children([participants]).build()
+    }
+
+    #[test]
+    fn a_message_reaches_its_addressee_only_through_one_of_its_devices() {
+        assert!(reaches_the_addressee(&message(vec![entry("254711000555:2@s.whatsapp.net", true)])));
+        assert!(!reaches_the_addressee(&message(Vec::new())), "encrypted for nobody");
+        let own_copy_only = message(vec![entry("254700000960:1@s.whatsapp.net", true)]);
+        assert!(!reaches_the_addressee(&own_copy_only), "only the sender's own device can read it");
+        let unencrypted = message(vec![entry("254711000555@s.whatsapp.net", false)]);
+        assert!(!reaches_the_addressee(&unencrypted));
+        let direct = NodeBuilder::new("message")
+            .attr("to", "254711000555@s.whatsapp.net")
+            .children([NodeBuilder::new("enc").bytes(vec![1]).build()])
+            .build();
+        assert!(reaches_the_addressee(&direct));
     }
 }

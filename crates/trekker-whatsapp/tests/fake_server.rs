@@ -25,12 +25,14 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use trekker_app::messaging::{BotMessenger, MessengerError};
+use trekker_app::notify::Notifier as _;
 use trekker_domain::time::{Clock, SystemClock};
 use trekker_domain::{BotId, PhoneNumber, ServerName};
 use trekker_runtime::{BotDriver, BotEvent, BotSpec, DriverEvent, RunningBot};
 use trekker_store::{NewActivity, NewBot, ServerRegistration, SideEffects, Store};
 use trekker_testkit::creds;
 use trekker_whatsapp::driver::WhatsAppDriver;
+use trekker_whatsapp::notifier::WhatsAppNotifier;
 use trekker_whatsapp::pairing::settle_paired_device;
 use trekker_whatsapp::session::device_from_creds;
 use trekker_whatsapp::storage::StoredDevice;
@@ -248,8 +250,8 @@ async fn fake_server_stream_errors_and_failures_reach_the_bots_status() {
 /// push name goes online. A text to someone with no WhatsApp device (the
 /// fake lists no device for anyone, and has no keys to give) is an error
 /// that names WhatsApp's refusal, never the id of a message that reached
-/// nobody (whatsapp-rust #1298: with 0.7.0 and this server the send fails
-/// on the missing keys; this guards the admin endpoint across upgrades).
+/// nobody (here whatsapp-rust refuses by itself; for the case where it
+/// does not, see `..._encrypted_for_no_device_is_not_reported_sent`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fake_server_a_bot_goes_online_and_a_send_that_reaches_no_device_fails() {
     let (store, _file) = trekker_testkit::sqlite_store().await;
@@ -443,11 +445,22 @@ async fn bot_and_peer(
     spec: BotSpec,
     texts: Arc<std::sync::Mutex<Vec<String>>>,
 ) -> (Box<dyn RunningBot>, mpsc::UnboundedReceiver<DriverEvent>, BotHandle) {
+    bot_and_client_of(server, driver, spec, PEER, texts).await
+}
+
+/// [`bot_and_peer`], the peer being the primary device of `phone`.
+async fn bot_and_client_of(
+    server: &FakeServer,
+    driver: &WhatsAppDriver,
+    spec: BotSpec,
+    phone: &str,
+    texts: Arc<std::sync::Mutex<Vec<String>>>,
+) -> (Box<dyn RunningBot>, mpsc::UnboundedReceiver<DriverEvent>, BotHandle) {
     let (events, mut received) = mpsc::unbounded_channel();
     let running = driver.start(spec, events).await.unwrap();
     let online = until_event(&mut received, |event| *event == BotEvent::Connected).await;
     assert!(online.is_ok(), "the bot never went online: {online:?}");
-    let peer = support::peer::client(server, PEER, PEER_VARIANT, |_| {}, texts).await;
+    let peer = support::peer::client(server, phone, PEER_VARIANT, |_| {}, texts).await;
     peer.client().wait_for_connected(Duration::from_secs(15)).await.unwrap();
     tokio::time::timeout(Duration::from_secs(15), async {
         while server.uploads.lock().unwrap().len() < 2 {
@@ -570,4 +583,58 @@ async fn fake_server_a_463_or_475_nack_holds_the_bot_and_its_next_send() {
         }
         assert_eq!(sent_to_whatsapp, 1, "{code}: only the first message reached WhatsApp");
     }
+}
+
+/// `NOTIFIER=whatsapp` with the bot running here: the guest's message
+/// leaves from the bot's live session and arrives in the account's own
+/// chat, where a real client on the account's phone decrypts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_server_the_notifier_sends_from_the_running_bot_to_the_guests_own_chat() {
+    let (store, _file) = trekker_testkit::sqlite_store().await;
+    let store: Arc<dyn Store> = store;
+    let server = FakeServer { serves_login: true, ..FakeServer::new(7) };
+    let (spec, _) = bot_knowing(&store, server.public()).await;
+    let driver = WhatsAppDriver::new(store.clone(), Arc::new(SystemClock)).with_transport(Arc::new(server.clone()));
+    let notifier = WhatsAppNotifier::new(driver.sessions(), store.clone(), store.clone());
+    let own_chat = Arc::default();
+    let (running, _received, phone) = bot_and_client_of(&server, &driver, spec, PHONE, Arc::clone(&own_chat)).await;
+
+    let sent = notifier.send(PHONE, "Your bot is approved").await;
+    let arrived = support::peer::until_text(&own_chat, "Your bot is approved").await;
+    server.hang_up();
+    phone.shutdown().await;
+    running.stop().await;
+    assert!(sent.is_ok(), "{sent:?}");
+    assert!(arrived.is_ok(), "the guest's own chat never got it: {arrived:?}");
+}
+
+/// whatsapp-rust 0.7 answers success for a message it encrypted for no
+/// device (#1298): a guest's message to the account's own chat, from a bot
+/// whose account has no other device online, goes out with no recipient
+/// and comes back with a message id. The notifier (like the admin path)
+/// reads the stanza and reports it undelivered, so the outbox retries
+/// instead of recording a delivery that never happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_server_a_message_encrypted_for_no_device_is_not_reported_sent() {
+    let (store, _file) = trekker_testkit::sqlite_store().await;
+    let store: Arc<dyn Store> = store;
+    let server = FakeServer { serves_login: true, ..FakeServer::new(7) };
+    let (spec, _) = bot_knowing(&store, server.public()).await;
+    let driver = WhatsAppDriver::new(store.clone(), Arc::new(SystemClock)).with_transport(Arc::new(server.clone()));
+    let notifier = WhatsAppNotifier::new(driver.sessions(), store.clone(), store.clone());
+    let (events, mut received) = mpsc::unbounded_channel();
+    let running = driver.start(spec, events).await.unwrap();
+    let online = until_event(&mut received, |event| *event == BotEvent::Connected).await;
+    assert!(online.is_ok(), "the bot never went online: {online:?}");
+
+    let sent = notifier.send(PHONE, "Your bot is approved").await;
+    let on_the_wire: Vec<Node> =
+        server.stanzas.lock().unwrap().iter().filter(|n| n.tag == "message").cloned().collect();
+    server.hang_up();
+    running.stop().await;
+    let error = sent.expect_err("nobody could read it");
+    assert!(error.0.contains("reached no device"), "{error}");
+    assert_eq!(on_the_wire.len(), 1, "whatsapp-rust did send it: {on_the_wire:?}");
+    let participants = on_the_wire[0].get_optional_child("participants").and_then(|p| p.children().map(<[_]>::len));
+    assert_eq!(participants.unwrap_or_default(), 0, "encrypted for nobody");
 }
