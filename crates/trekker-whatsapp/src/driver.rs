@@ -228,6 +228,7 @@ impl WhatsAppDriver {
 
 struct RunningWhatsApp {
     handle: BotHandle,
+    device: Arc<StoredDevice>,
     sessions: Arc<Sessions>,
     bot_id: BotId,
     generation: u64,
@@ -239,8 +240,20 @@ impl RunningBot for RunningWhatsApp {
     async fn stop(self: Box<Self>) {
         self.watch.cancel();
         self.sessions.remove(&self.bot_id, self.generation);
-        // Disconnects and flushes the device state before returning.
+        let client = self.handle.client();
+        // Disconnects and flushes the device state before returning...
         self.handle.shutdown().await;
+        // ... unless whatsapp-rust's background saver had taken the dirty
+        // flag and its write was cut short by the shutdown: the flush then
+        // finds nothing to do, and the last change (the pre-keys being on
+        // the server, a ratchet step) would be lost. The device as it ended
+        // is written once more (fenced like every write).
+        let ended = client.persistence_manager().get_device_snapshot().to_serializable();
+        if let Err(error) = self.device.save(&ended).await
+            && !self.device.fenced_out()
+        {
+            tracing::warn!(bot = %self.bot_id, %error, "the bot's device state could not be saved at its stop");
+        }
     }
 }
 
@@ -329,7 +342,7 @@ impl BotDriver for WhatsAppDriver {
                 }
             }
         });
-        Ok(Box::new(RunningWhatsApp { handle, sessions: self.sessions.clone(), bot_id, generation, watch }))
+        Ok(Box::new(RunningWhatsApp { handle, device, sessions: self.sessions.clone(), bot_id, generation, watch }))
     }
 }
 

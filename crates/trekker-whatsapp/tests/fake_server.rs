@@ -596,8 +596,16 @@ async fn fake_server_the_notifier_sends_from_the_running_bot_to_the_guests_own_c
     let (spec, _) = bot_knowing(&store, server.public()).await;
     let driver = WhatsAppDriver::new(store.clone(), Arc::new(SystemClock)).with_transport(Arc::new(server.clone()));
     let notifier = WhatsAppNotifier::new(driver.sessions(), store.clone(), store.clone());
+    // The phone is online first, as it is in life: the bot's own device
+    // list (fetched at its login) names it.
     let own_chat = Arc::default();
-    let (running, _received, phone) = bot_and_client_of(&server, &driver, spec, PHONE, Arc::clone(&own_chat)).await;
+    let phone = support::peer::client(&server, PHONE, PEER_VARIANT, |_| {}, Arc::clone(&own_chat)).await;
+    phone.client().wait_for_connected(Duration::from_secs(15)).await.unwrap();
+    server.stanza("the phone's pre-keys", is_pre_key_upload).await;
+    let (events, mut received) = mpsc::unbounded_channel();
+    let running = driver.start(spec, events).await.unwrap();
+    let online = until_event(&mut received, |event| *event == BotEvent::Connected).await;
+    assert!(online.is_ok(), "the bot never went online: {online:?}");
 
     let sent = notifier.send(PHONE, "Your bot is approved").await;
     let arrived = support::peer::until_text(&own_chat, "Your bot is approved").await;
