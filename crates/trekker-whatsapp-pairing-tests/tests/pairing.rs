@@ -11,6 +11,7 @@
 #![cfg(feature = "fake-pairing")]
 #![allow(clippy::unwrap_used)] // Tests fail loudly by design.
 
+mod common;
 #[path = "../../trekker-whatsapp/tests/support/fake_server.rs"]
 mod support;
 
@@ -21,10 +22,10 @@ use support::FakeServer;
 use support::phone::LINKED_DEVICE;
 use tokio::sync::mpsc;
 use trekker_app::pairing::{PairingProvider, PairingSession};
-use trekker_domain::time::{Clock, SystemClock};
-use trekker_domain::{BotId, Credentials, PhoneNumber, ServerName};
-use trekker_runtime::{BotDriver, BotEvent, BotSpec};
-use trekker_store::{NewActivity, NewBot, ServerRegistration, SideEffects, Store};
+use trekker_domain::PhoneNumber;
+use trekker_domain::time::SystemClock;
+use trekker_runtime::{BotDriver, BotEvent};
+use trekker_store::Store;
 use trekker_whatsapp::driver::WhatsAppDriver;
 use trekker_whatsapp::pairing::WhatsAppPairing;
 
@@ -54,39 +55,6 @@ async fn type_code(server: &FakeServer, code: &str) {
     tokio::task::spawn_blocking(move || server.type_code(PHONE, &code)).await.unwrap().unwrap();
 }
 
-/// Registers `credentials` as an approved bot of PHONE taken by this node.
-async fn registered(store: &Arc<dyn Store>, credentials: Credentials) -> BotSpec {
-    let node = ServerName::parse("SERVER0").unwrap();
-    let now = SystemClock.now_ms();
-    let registration = ServerRegistration { name: node.clone(), max_bot_count: 10, base_url: None, description: None };
-    store.upsert_server(&registration, now).await.unwrap();
-    let (id, phone) = (BotId::from_random_bits(0xfa17), PhoneNumber::parse(PHONE).unwrap());
-    let new = NewBot {
-        id: id.clone(),
-        name: "paired".into(),
-        phone: phone.clone(),
-        server: node.clone(),
-        credentials: credentials.clone(),
-        pending_share_percent: 100,
-    };
-    let effects = SideEffects::activity(NewActivity::new(&node, "registered", "test"));
-    store.register_bot(&new, &effects, now).await.unwrap();
-    store.approve_bot(&id, now + 86_400_000, &effects, now).await.unwrap();
-    let lease = store.start_node_lease(&node, now, 600_000).await.unwrap();
-    assert!(store.acquire_bot(&id, &lease, 1, now).await.unwrap());
-    BotSpec {
-        bot_id: id,
-        runner: lease,
-        phone,
-        server: node,
-        credentials,
-        version: 1,
-        generation: 1,
-        session: None,
-        paired_at: now,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fake_server_a_code_typed_on_the_phone_links_a_device_that_registers_and_starts() {
     let server = FakeServer { serves_login: true, ..FakeServer::new(9) };
@@ -113,7 +81,7 @@ async fn fake_server_a_code_typed_on_the_phone_links_a_device_that_registers_and
     // export carries no push name.
     let (store, _file) = trekker_testkit::sqlite_store().await;
     let store: Arc<dyn Store> = store;
-    let spec = registered(&store, credentials).await;
+    let spec = common::registered(&store, PHONE, credentials).await;
     let driver = WhatsAppDriver::new(store.clone(), Arc::new(SystemClock)).with_transport(Arc::new(server.clone()));
     let (events, mut received) = mpsc::unbounded_channel();
     let running = driver.start(spec, events).await.unwrap();
