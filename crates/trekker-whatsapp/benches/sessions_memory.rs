@@ -3,11 +3,13 @@
 //! transport that never dials, so nothing leaves the machine; with
 //! `CONNECTED=1`, each logs in to the in-process fake server
 //! (`tests/support/fake_server.rs`: IK login, pre-key upload, online) and
-//! the reading is taken once all are online. Prints the resident memory
-//! before and after, and per session.
+//! the reading is taken once all are online; with `MESSAGES=n` as well,
+//! each then sends `n` texts to the next session (a ring, so every session
+//! holds two Signal sessions) and the reading waits until all arrived,
+//! decrypted. Prints the resident memory before and after, and per session.
 //!
 //! `cargo bench -p trekker-whatsapp --features whatsapp --bench sessions_memory`
-//! (`SESSIONS=2000` for more; default 500; `CONNECTED=1`).
+//! (`SESSIONS=2000` for more; default 500; `CONNECTED=1`; `MESSAGES=3`).
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)] // A benchmark binary.
 
@@ -47,7 +49,8 @@ fn resident_kib() -> u64 {
 /// of them went online).
 enum Network {
     Never,
-    Fake(Box<fake_server::FakeServer>, Arc<AtomicUsize>),
+    /// The server, how many sessions went online, how many texts arrived.
+    Fake(Box<fake_server::FakeServer>, Arc<AtomicUsize>, Arc<AtomicUsize>),
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -56,7 +59,7 @@ async fn main() {
     let network = if std::env::var("CONNECTED").is_ok_and(|v| v == "1") {
         let server =
             fake_server::FakeServer { serves_login: true, keeps_stanzas: false, ..fake_server::FakeServer::new(7) };
-        Network::Fake(Box::new(server), Arc::new(AtomicUsize::new(0)))
+        Network::Fake(Box::new(server), Arc::default(), Arc::default())
     } else {
         Network::Never
     };
@@ -72,6 +75,8 @@ async fn main() {
     let built = started.elapsed();
     wait_online(&network, sessions + 1).await;
     let online = started.elapsed();
+    let messages: usize = std::env::var("MESSAGES").ok().and_then(|n| n.parse().ok()).unwrap_or(0);
+    let exchanged = exchange(&network, &handles, messages).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = resident_kib();
     let per_session = (after.saturating_sub(before)) as f64 / sessions as f64;
@@ -85,6 +90,9 @@ async fn main() {
             online.as_secs_f64()
         ),
     }
+    if let Some(took) = exchanged {
+        println!("messages: {messages} from each session to the next, all decrypted after {:.2} s", took.as_secs_f64());
+    }
     println!("resident: {:.1} MiB before, {:.1} MiB after", before as f64 / 1024.0, after as f64 / 1024.0);
     println!("per session: {per_session:.0} KiB ({:.2} MiB)", per_session / 1024.0);
     for handle in handles {
@@ -92,9 +100,43 @@ async fn main() {
     }
 }
 
+/// Each session sends `count` texts to the next one (the last to the
+/// first); returns once every text arrived, with the time it took.
+async fn exchange(network: &Network, handles: &[whatsapp_rust::bot::BotHandle], count: usize) -> Option<Duration> {
+    let Network::Fake(server, _, received) = network else { return None };
+    if count == 0 {
+        return None;
+    }
+    let started = Instant::now();
+    let sessions = handles.len();
+    // Online comes before the pre-key upload ends: wait for every bundle.
+    while server.uploads.lock().unwrap().len() < sessions {
+        assert!(started.elapsed() < Duration::from_secs(600), "not every session uploaded its pre-keys");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for round in 0..count {
+        for (n, handle) in handles.iter().enumerate() {
+            let next = whatsapp_rust::Jid::pn(phone_of((n + 1) % sessions));
+            handle.client().send_text(next, format!("message {round} from {n}")).await.unwrap();
+        }
+    }
+    let expected = sessions * count;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while received.load(Ordering::Relaxed) < expected {
+        assert!(Instant::now() < deadline, "only {} of {expected} texts arrived", received.load(Ordering::Relaxed));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Some(started.elapsed())
+}
+
+/// Session `n`'s number.
+fn phone_of(n: usize) -> String {
+    format!("2547{n:08}")
+}
+
 /// Waits until `count` sessions went online (at once without a network).
 async fn wait_online(network: &Network, count: usize) {
-    let Network::Fake(_, online) = network else { return };
+    let Network::Fake(_, online, _) = network else { return };
     let deadline = Instant::now() + Duration::from_secs(600);
     while online.load(Ordering::Relaxed) < count {
         assert!(Instant::now() < deadline, "only {} of {count} online", online.load(Ordering::Relaxed));
@@ -103,7 +145,7 @@ async fn wait_online(network: &Network, count: usize) {
 }
 
 async fn start(n: usize, network: &Network) -> whatsapp_rust::bot::BotHandle {
-    let phone = format!("2547{:08}", n);
+    let phone = phone_of(n);
     let creds = trekker_testkit::creds::creds_json(&phone, 1);
     let mut device = trekker_whatsapp::session::device_from_creds(&creds).unwrap();
     let backend = InMemoryBackend::new();
@@ -112,17 +154,23 @@ async fn start(n: usize, network: &Network) -> whatsapp_rust::bot::BotHandle {
             backend.save(&device).await.unwrap();
             Bot::builder().with_backend(backend).with_transport_factory(NeverDials).build().await.unwrap()
         }
-        Network::Fake(server, online) => {
+        Network::Fake(server, online, received) => {
             device.server_cert_chain = Some(fake_server::cached_chain(server.public()));
             backend.save(&device).await.unwrap();
-            let online = online.clone();
+            let (online, received) = (online.clone(), received.clone());
             Bot::builder()
                 .with_backend(backend)
                 .with_transport_factory((**server).clone())
                 .with_version(trekker_whatsapp::web_version::PINNED.as_tuple())
                 .on_event(move |event, _| {
-                    if matches!(&*event, whatsapp_rust::types::events::Event::Connected(_)) {
-                        online.fetch_add(1, Ordering::Relaxed);
+                    match &*event {
+                        whatsapp_rust::types::events::Event::Connected(_) => {
+                            online.fetch_add(1, Ordering::Relaxed);
+                        }
+                        whatsapp_rust::types::events::Event::Messages(batch) => {
+                            received.fetch_add(batch.messages.len(), Ordering::Relaxed);
+                        }
+                        _ => {}
                     }
                     async {}
                 })

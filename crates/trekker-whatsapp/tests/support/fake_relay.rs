@@ -5,6 +5,7 @@
 //! device it was encrypted for. Every other query gets an empty result;
 //! the pairing stages go to [`super::phone`].
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use trekker_domain::time::Clock as _;
@@ -51,7 +52,7 @@ impl Connection {
         }
         if is_pre_key_upload(stanza) {
             if let Some(who) = self.who() {
-                self.server.uploads.lock().unwrap().insert(who, stanza.clone());
+                self.server.uploads.lock().unwrap().insert(who, bundle_source(stanza));
             }
             if !self.server.answers_uploads {
                 return;
@@ -154,16 +155,33 @@ impl FakeServer {
     }
 
     /// `<user>` of a pre-key query's answer: the bundle `jid`'s device
-    /// uploaded (its first one-time key), if it uploaded one.
+    /// uploaded, with one of its one-time keys, handed out once (as
+    /// WhatsApp does), if it uploaded one.
     fn bundle_of(&self, jid: &Jid) -> Option<Node> {
         let user = jid.user.parse::<u64>().ok()?;
-        let upload = self.uploads.lock().unwrap().get(&(user, jid.device))?.clone();
-        let mut children: Vec<Node> = ["registration", "type", "identity", "skey"]
-            .iter()
-            .filter_map(|tag| upload.get_optional_child(tag).cloned())
-            .collect();
-        children.extend(upload.get_optional_child("list").and_then(|l| l.get_optional_child("key")).cloned());
+        let mut uploads = self.uploads.lock().unwrap();
+        let bundle = uploads.get_mut(&(user, jid.device))?;
+        let mut children = bundle.base.clone();
+        children.extend(bundle.one_time.pop_front());
         let jid = format!("{user}:{}@s.whatsapp.net", jid.device);
         Some(NodeBuilder::new("user").attr("jid", jid).children(children).build())
     }
+}
+
+/// What the fake keeps of a device's pre-key upload: its identity and
+/// signed pre-key, and a few one-time keys (not hundreds per device: a
+/// memory benchmark runs in the same process).
+pub struct Bundle {
+    base: Vec<Node>,
+    one_time: VecDeque<Node>,
+}
+
+fn bundle_source(upload: &Node) -> Bundle {
+    const KEPT_ONE_TIME_KEYS: usize = 8;
+    let base = ["registration", "type", "identity", "skey"]
+        .iter()
+        .filter_map(|tag| upload.get_optional_child(tag).cloned())
+        .collect();
+    let keys = upload.get_optional_child("list").map(|list| list.get_children_by_tag("key").take(KEPT_ONE_TIME_KEYS));
+    Bundle { base, one_time: keys.into_iter().flatten().cloned().collect() }
 }

@@ -72,7 +72,7 @@ pub struct FakeServer {
     pub connections: Arc<Mutex<Vec<Weak<Connection>>>>,
     /// Each logged-in device's pre-key upload, by (user, device): the
     /// bundles the fake hands to whoever writes to that device.
-    pub uploads: Arc<Mutex<HashMap<(u64, u16), Node>>>,
+    pub uploads: Arc<Mutex<HashMap<(u64, u16), relay::Bundle>>>,
     /// When set, a client's message is refused with this code (a nack)
     /// instead of relayed.
     pub nacks_messages: Arc<Mutex<Option<String>>>,
