@@ -901,23 +901,25 @@ impl Supervisor {
             BotEvent::Replaced => {
                 tracing::warn!(bot = %id, "another client took over the bot's WhatsApp connection: stopped");
                 let error = "another client took over this WhatsApp session (stream replaced); stopped".to_owned();
+                // An activity for the operators, nobody messaged: any
+                // connection of this session would take the stream back.
+                let status = (RuntimeStatus::Offline, Some(error.clone()), None);
+                self.report_with(&id, version, status, Some(self.alert(&id, "replaced", &error))).await;
                 self.hold(&id, Hold::Stopped, Some((RuntimeStatus::Offline, Some(error), None)));
             }
             BotEvent::Held { reason } => {
                 // Still connected: nothing to restart, and a restart or a
                 // re-pair would not lift WhatsApp's limit. Only said.
                 tracing::warn!(bot = %id, %reason, "WhatsApp limited the bot's sends: holding them");
-                let activity = NewActivity::new(&self.node, "held", reason.clone());
-                let activity = match self.bots.get(&id).and_then(|m| m.owner.clone()) {
-                    Some((_, phone)) => activity.for_bot(&id, &phone),
-                    None => activity,
-                };
+                let effects = self.alert(&id, "held", &reason);
                 let status = (RuntimeStatus::Online, Some(reason), None);
-                self.report_with(&id, version, status, Some(SideEffects::activity(activity))).await;
+                self.report_with(&id, version, status, Some(effects)).await;
             }
             BotEvent::Banned { reason } => {
                 tracing::warn!(bot = %id, %reason, "WhatsApp banned the bot's account: not restarting");
                 let error = format!("banned by WhatsApp: {reason}");
+                let status = (RuntimeStatus::Failed, Some(error.clone()), None);
+                self.report_with(&id, version, status, Some(self.alert(&id, "banned", &error))).await;
                 self.hold(&id, Hold::Failed, Some((RuntimeStatus::Failed, Some(error), None)));
             }
             BotEvent::Exited { code: Some(0), .. } => {
@@ -930,6 +932,17 @@ impl Supervisor {
                 self.begin_stop(&id, AfterStop::Crash(error.unwrap_or_else(|| "crashed".into())));
             }
         }
+    }
+
+    /// An activity `action` about bot `id` (with its phone when known),
+    /// written with the report that says it: what operators are alerted by.
+    fn alert(&self, id: &BotId, action: &str, details: &str) -> SideEffects {
+        let activity = NewActivity::new(&self.node, action, details.to_owned());
+        let activity = match self.bots.get(id).and_then(|m| m.owner.clone()) {
+            Some((_, phone)) => activity.for_bot(id, &phone),
+            None => activity,
+        };
+        SideEffects::activity(activity)
     }
 
     async fn on_crash(&mut self, id: &BotId, error: String) {

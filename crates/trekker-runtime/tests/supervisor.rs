@@ -638,6 +638,9 @@ async fn a_replaced_stream_stops_the_bot_and_says_why() {
     let report = store.last_report(&id);
     assert_eq!(report.status, RuntimeStatus::Offline);
     assert!(report.last_error.unwrap().contains("stream replaced"));
+    // Operators are alerted (an activity); nobody is messaged: any
+    // connection of the session would fight the other client for it.
+    assert_eq!(store.told(&id), vec![("replaced".to_owned(), None)]);
     supervisor.stop().await;
 }
 
@@ -688,6 +691,7 @@ async fn a_banned_account_fails_without_restarts() {
     let report = store.last_report(&id);
     assert_eq!(report.status, RuntimeStatus::Failed);
     assert!(report.last_error.unwrap().contains("banned by WhatsApp: sent to too many people"));
+    assert_eq!(store.told(&id), vec![("banned".to_owned(), None)], "an activity alerts the operators");
     supervisor.stop().await;
 }
 
