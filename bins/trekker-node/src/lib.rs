@@ -2,6 +2,7 @@
 //! share one start-up path ([`Application::build`] binds, possibly port 0,
 //! and reports the address; [`Application::run`] serves until stopped).
 
+pub mod access;
 pub mod config;
 pub mod http;
 pub mod per_address;
@@ -78,6 +79,8 @@ pub struct AppState {
     pub process_bots: Option<Arc<ProcessDriver>>,
     /// The database as the last readiness probe found it (`/readyz`).
     pub readiness: Arc<readiness::Readiness>,
+    /// Who calls the admin API (the bootstrap token, the API keys).
+    pub keys: Arc<access::ApiKeys>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -289,7 +292,13 @@ impl Application {
         let driver_messenger: Option<Arc<dyn BotMessenger>> = None;
         let messenger = overrides.messenger.or(driver_messenger).unwrap_or_else(|| Arc::new(NoMessenger));
         let event_streams = http::events::StreamSlots::new(config.http_max_connections_per_address > 0);
+        let keys = Arc::new(access::ApiKeys::new(
+            store.clone(),
+            Arc::new(trekker_app::SystemClock),
+            config.admin_token.as_ref().map(|token| token.expose().to_owned()),
+        ));
         let state = AppState {
+            keys,
             rate_limiter: GuestRateLimiter::new(config.rate_limit_per_min),
             metrics: {
                 let handle = http::metrics_handle();
@@ -377,6 +386,7 @@ impl Application {
             self.shutdown.clone(),
         ));
         tasks.spawn(trekker_app::fleet::run(self.state.trekker.clone(), self.fleet_every, self.shutdown.clone()));
+        tasks.spawn(access::run_use_recorder(self.state.keys.clone(), self.shutdown.clone()));
         tasks.spawn(trekker_app::events::run_event_feed(
             self.state.trekker.clone(),
             self.state.trekker.events.clone(),

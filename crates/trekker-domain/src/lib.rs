@@ -54,6 +54,7 @@
 
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod account;
 pub mod approval;
 pub mod capacity;

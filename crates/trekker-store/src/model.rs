@@ -973,3 +973,56 @@ impl std::fmt::Debug for DeviceWrite {
         }
     }
 }
+
+/// An API key of the admin API as stored: its secret only as a hash
+/// (`trekker_domain::access`). `Debug` leaves the hash out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    /// The id the key's token names.
+    pub id: String,
+    /// What its holder called it (shown in lists and the audit).
+    pub name: String,
+    /// What it may do.
+    pub role: trekker_domain::access::Role,
+    /// SHA-256 of the token's secret.
+    pub secret_hash: Vec<u8>,
+    /// Who made it: a key's name, or `bootstrap`.
+    pub created_by: String,
+    /// When it was made.
+    pub created_at: Millis,
+    /// When it stops working; `None`: never.
+    pub expires_at: Option<Millis>,
+    /// When it was revoked; `None`: it was not.
+    pub revoked_at: Option<Millis>,
+    /// When a node last saw it used (recorded in batches, so a little late).
+    pub last_used_at: Option<Millis>,
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKey")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("expires_at", &self.expires_at)
+            .field("revoked_at", &self.revoked_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ApiKey {
+    /// Whether the key opens the API at `now`: not revoked, not expired.
+    pub fn usable_at(&self, now: Millis) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|expires| now < expires)
+    }
+}
+
+/// One page of API keys, newest first, and the id the next page starts
+/// after.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyPage {
+    /// This page's keys, newest first.
+    pub keys: Vec<ApiKey>,
+    /// The id the next page starts after; none: this is the last.
+    pub next: Option<String>,
+}

@@ -544,6 +544,29 @@ pub trait CapacityLevelStore: Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
 }
 
+/// `api_keys`: the admin API's keys (issue 24).
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait ApiKeyStore: Send + Sync + 'static {
+    /// Stores a new key (its id is random: a clash is `StoreError::Conflict`).
+    async fn create_api_key(&self, key: &ApiKey) -> Result<(), StoreError>;
+
+    /// The key `id`, revoked or not.
+    async fn api_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError>;
+
+    /// Keys newest first, `limit` (at most [`MAX_PAGE`]) of them after the
+    /// key `after`.
+    async fn list_api_keys(&self, after: Option<String>, limit: i64) -> Result<ApiKeyPage, StoreError>;
+
+    /// Revokes the key `id` at `now`; false when there is no such key or
+    /// it was revoked already (the first revocation's time stays).
+    async fn revoke_api_key(&self, id: &str, now: Millis) -> Result<bool, StoreError>;
+
+    /// Records when keys were last used (one statement per key, never
+    /// moving a time back).
+    async fn record_api_key_use(&self, uses: &[(String, Millis)]) -> Result<(), StoreError>;
+}
+
 /// Everything Trekker keeps in its database: the union of the narrow
 /// traits, implemented for every type that implements them all.
 pub trait Store:
@@ -561,6 +584,7 @@ pub trait Store:
     + SessionStateStore
     + DeviceStateStore
     + CapacityLevelStore
+    + ApiKeyStore
 {
 }
 
@@ -579,5 +603,6 @@ impl<T> Store for T where
         + SessionStateStore
         + DeviceStateStore
         + CapacityLevelStore
+        + ApiKeyStore
 {
 }

@@ -254,6 +254,7 @@ conformance_cases!(
     a_walk_through_the_pages_sees_every_bot_once_while_bots_are_added,
     session_state_is_sealed_fenced_and_kept_per_pairing,
     device_state_is_sealed_fenced_and_kept_per_pairing,
+    api_keys_are_found_by_id_paged_revoked_once_and_their_use_recorded,
 );
 
 const NOW: Millis = 1_700_000_000_000;
@@ -1973,4 +1974,65 @@ async fn the_fleet_feed_sees_every_server_and_new_activities(f: Fixture) {
     assert_eq!(new, vec!["registered", "registered", "deleted"], "oldest first");
     let last = s.last_activity_id().await.unwrap();
     assert!(s.activities_after(last, 10).await.unwrap().is_empty());
+}
+
+fn api_key(id: &str, role: trekker_domain::access::Role, created_at: Millis) -> ApiKey {
+    ApiKey {
+        id: id.to_owned(),
+        name: format!("key {id}"),
+        role,
+        secret_hash: vec![id.len() as u8; 32],
+        created_by: "bootstrap".into(),
+        created_at,
+        expires_at: Some(created_at + 86_400_000),
+        revoked_at: None,
+        last_used_at: None,
+    }
+}
+
+async fn api_keys_are_found_by_id_paged_revoked_once_and_their_use_recorded(f: Fixture) {
+    use trekker_domain::access::Role;
+    let s = &*f.store;
+    let keys = [("00000000000000a1", Role::Viewer, NOW), ("00000000000000a2", Role::Operator, NOW + 1)];
+    let keys = keys.map(|(id, role, at)| api_key(id, role, at));
+    for key in &keys {
+        s.create_api_key(key).await.unwrap();
+    }
+    let admin = api_key("00000000000000a3", Role::Admin, NOW + 1);
+    s.create_api_key(&admin).await.unwrap();
+    assert!(matches!(s.create_api_key(&admin).await, Err(StoreError::Conflict(_))), "an id names one key");
+    assert_eq!(s.api_key(&admin.id).await.unwrap(), Some(admin.clone()), "found by id, hash and role kept");
+    assert_eq!(s.api_key("00000000000000ff").await.unwrap(), None);
+
+    // Newest first, ties by id; pages neither skip nor repeat.
+    let first = s.list_api_keys(None, 2).await.unwrap();
+    let ids: Vec<&str> = first.keys.iter().map(|k| k.id.as_str()).collect();
+    assert_eq!(ids, ["00000000000000a3", "00000000000000a2"]);
+    let rest = s.list_api_keys(first.next.clone(), 2).await.unwrap();
+    assert_eq!(rest.keys.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(), ["00000000000000a1"]);
+    assert_eq!(rest.next, None);
+
+    // Revoked once, by one of many racing callers; the first time stays.
+    let racing = (0..8).map(|n| {
+        let store = f.store.clone();
+        async move { store.revoke_api_key("00000000000000a2", NOW + 10 + n).await.unwrap() }
+    });
+    let won = join_all(racing).await.into_iter().filter(|revoked| *revoked).count();
+    assert_eq!(won, 1);
+    let revoked = s.api_key("00000000000000a2").await.unwrap().unwrap();
+    let at = revoked.revoked_at.unwrap();
+    assert!(!revoked.usable_at(at), "a revoked key opens nothing");
+    assert!(!s.revoke_api_key("00000000000000a2", NOW + 99).await.unwrap());
+    assert_eq!(s.api_key("00000000000000a2").await.unwrap().unwrap().revoked_at, Some(at));
+    assert!(!s.revoke_api_key("00000000000000ff", NOW).await.unwrap());
+    let viewer = s.api_key("00000000000000a1").await.unwrap().unwrap();
+    assert!(viewer.usable_at(NOW) && !viewer.usable_at(NOW + 86_400_000), "expired at its expiry");
+
+    // Use is recorded in batches and never moves back.
+    s.record_api_key_use(&[("00000000000000a1".into(), NOW + 500), ("00000000000000a3".into(), NOW + 7)])
+        .await
+        .unwrap();
+    s.record_api_key_use(&[("00000000000000a1".into(), NOW + 400)]).await.unwrap();
+    assert_eq!(s.api_key("00000000000000a1").await.unwrap().unwrap().last_used_at, Some(NOW + 500));
+    assert_eq!(s.api_key("00000000000000a3").await.unwrap().unwrap().last_used_at, Some(NOW + 7));
 }

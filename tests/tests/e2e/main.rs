@@ -13,6 +13,7 @@ mod capacity_warnings;
 mod cross_server;
 mod fleet;
 mod guest_api;
+mod keys;
 mod live_events;
 mod node;
 mod pooler;

@@ -156,7 +156,18 @@ impl TestNode {
 
     /// An admin call with the test admin token.
     pub async fn admin(&self, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> Answer {
-        let mut request = self.client.request(method, self.url(path)).bearer_auth(ADMIN_TOKEN);
+        self.call_as(ADMIN_TOKEN, method, path, body).await
+    }
+
+    /// An admin call with `token` (an API key, or anything else).
+    pub async fn call_as(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Answer {
+        let mut request = self.client.request(method, self.url(path)).bearer_auth(token);
         if let Some(body) = body {
             request = request.json(&body);
         }

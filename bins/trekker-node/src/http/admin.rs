@@ -12,7 +12,7 @@ use trekker_store::Inconsistency;
 use utoipa::ToSchema;
 
 use super::error::ErrorCode;
-use super::extract::{Admin, ApiJson};
+use super::extract::{Admin, ApiJson, Operator, Viewer};
 use super::views::{
     BotDetail, BotWithState, DeviceStateView, LastExitView, ResourcesView, ServerAdmin, SessionStateView,
 };
@@ -62,7 +62,7 @@ pub struct AdminServerList {
 #[utoipa::path(get, path = "/api/admin/servers", tag = "admin", security(("admin" = [])),
     responses((status = 200, body = AdminServerList), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody)))]
-pub(crate) async fn list_servers(_: Admin, State(state): State<AppState>) -> Result<Json<AdminServerList>, ApiError> {
+pub(crate) async fn list_servers(_: Viewer, State(state): State<AppState>) -> Result<Json<AdminServerList>, ApiError> {
     let servers: Vec<ServerAdmin> = state.trekker.servers().await?.iter().map(ServerAdmin::from).collect();
     Ok(Json(AdminServerList { count: servers.len(), servers }))
 }
@@ -114,7 +114,7 @@ pub struct AdminBotList {
         ("after" = Option<String>, Query, description = "the `next` of the previous page")),
     responses((status = 200, body = AdminBotList), (status = 400, body = ErrorBody)))]
 pub(crate) async fn list_bots(
-    _: Admin,
+    _: Viewer,
     State(state): State<AppState>,
     Query(query): Query<BotQuery>,
 ) -> Result<Json<AdminBotList>, ApiError> {
@@ -134,7 +134,7 @@ pub(crate) async fn list_bots(
 #[utoipa::path(get, path = "/api/admin/bots/{id}", tag = "admin", security(("admin" = [])),
     responses((status = 200, body = BotWithState), (status = 404, body = ErrorBody)))]
 pub(crate) async fn get_bot(
-    _: Admin,
+    _: Viewer,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<BotWithState>, ApiError> {
@@ -175,7 +175,7 @@ fn bot_answer(message: &str, bot: &trekker_store::BotRecord) -> Json<Value> {
     responses((status = 200, description = "approved"), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)))]
 pub(crate) async fn approve_bot(
-    _: Admin,
+    _: Operator,
     State(state): State<AppState>,
     Path(id): Path<String>,
     body: Bytes,
@@ -190,7 +190,7 @@ pub(crate) async fn approve_bot(
     responses((status = 200, description = "rejected"), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)))]
 pub(crate) async fn reject_bot(
-    _: Admin,
+    _: Operator,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
@@ -216,7 +216,7 @@ pub struct MoveBody {
         (status = 409, body = ErrorBody, description = "SERVER_FULL, or CONFLICT: the same server, a target not \
             active or offline, a move of this bot under way")))]
 pub(crate) async fn move_bot(
-    _: Admin,
+    _: Operator,
     State(state): State<AppState>,
     Path(id): Path<String>,
     body: Bytes,
@@ -239,7 +239,7 @@ pub(crate) async fn move_bot(
         (status = 404, body = ErrorBody, description = "NOT_FOUND"),
         (status = 409, body = ErrorBody, description = "CONFLICT: the bot is not approved")))]
 pub(crate) async fn restart_bot(
-    _: Admin,
+    _: Operator,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -253,7 +253,7 @@ pub(crate) async fn restart_bot(
     responses((status = 202, description = "`{success, message, bot}`: its host stops it"),
         (status = 404, body = ErrorBody, description = "NOT_FOUND")))]
 pub(crate) async fn stop_bot(
-    _: Admin,
+    _: Operator,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -293,7 +293,7 @@ pub struct MessageBody {
         (status = 429, description = "the bot's send governor holds it back (RATE_LIMITED, Retry-After)",
             body = ErrorBody)))]
 pub(crate) async fn send_message(
-    _: Admin,
+    _: Operator,
     State(state): State<AppState>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<MessageBody>,
@@ -345,7 +345,7 @@ pub(crate) struct PageQuery {
     params(("limit" = Option<i64>, Query), ("after" = Option<String>, Query)),
     responses((status = 200, description = "{inconsistencies, count, total, next}"), (status = 400, body = ErrorBody)))]
 pub(crate) async fn inconsistencies(
-    _: Admin,
+    _: Viewer,
     State(state): State<AppState>,
     Query(query): Query<PageQuery>,
 ) -> Result<Json<Value>, ApiError> {
@@ -397,7 +397,7 @@ pub struct LogsQuery {
     responses((status = 200, description = "{botId, server, lines: [{at, stream, text}]}"),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(crate) async fn bot_logs(
-    _: Admin,
+    _: Viewer,
     State(state): State<AppState>,
     Path(id): Path<String>,
     Query(query): Query<LogsQuery>,
@@ -425,7 +425,7 @@ pub(crate) async fn bot_logs(
     params(("bot" = Option<String>, Query), ("limit" = Option<i64>, Query), ("after" = Option<String>, Query)),
     responses((status = 200, description = "{activities, count, next}"), (status = 400, body = ErrorBody)))]
 pub(crate) async fn list_activities(
-    _: Admin,
+    _: Viewer,
     State(state): State<AppState>,
     Query(query): Query<ActivityQuery>,
 ) -> Result<Json<Value>, ApiError> {
@@ -440,7 +440,7 @@ pub(crate) async fn list_activities(
 /// The servers (and `*`, the cluster) past CAPACITY_WARN_PERCENT or full now.
 #[utoipa::path(get, path = "/api/admin/capacity-warnings", tag = "admin", security(("admin" = [])),
     responses((status = 200, description = "{warnings: [{scope, level}]}"), (status = 401, body = ErrorBody)))]
-pub(crate) async fn capacity_warnings(_: Admin, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn capacity_warnings(_: Viewer, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let alerts = state.trekker.capacity_alerts().await?;
     let warnings: Vec<Value> =
         alerts.iter().map(|(scope, level)| json!({"scope": scope, "level": level.as_str()})).collect();
@@ -487,7 +487,7 @@ fn review_json(review: &trekker_store::CredentialReview) -> Value {
     params(("limit" = Option<i64>, Query), ("after" = Option<String>, Query)),
     responses((status = 200, description = "{reviews, count, next}"), (status = 401, body = ErrorBody)))]
 pub(crate) async fn list_reviews(
-    _: Admin,
+    _: Viewer,
     State(state): State<AppState>,
     Query(query): Query<PageQuery>,
 ) -> Result<Json<Value>, ApiError> {
@@ -501,7 +501,7 @@ pub(crate) async fn list_reviews(
     security(("admin" = [])),
     responses((status = 200, description = "{success, message, bot}"), (status = 404, body = ErrorBody)))]
 pub(crate) async fn approve_review(
-    _: Admin,
+    _: Operator,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
@@ -514,7 +514,7 @@ pub(crate) async fn approve_review(
     security(("admin" = [])),
     responses((status = 200, description = "{success, message, review}"), (status = 404, body = ErrorBody)))]
 pub(crate) async fn reject_review(
-    _: Admin,
+    _: Operator,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
@@ -535,7 +535,7 @@ pub(crate) struct UpdateQuery {
     params(("status" = Option<String>, Query), ("limit" = Option<i64>, Query), ("after" = Option<String>, Query)),
     responses((status = 200, description = "{updates, count, next}"), (status = 400, body = ErrorBody)))]
 pub(crate) async fn list_credential_updates(
-    _: Admin,
+    _: Viewer,
     State(state): State<AppState>,
     Query(query): Query<UpdateQuery>,
 ) -> Result<Json<Value>, ApiError> {

@@ -6,7 +6,7 @@ use axum::routing::get;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{ErrorCode, admin, events, guest, internal, ops, pairing};
+use super::{ErrorCode, admin, events, guest, internal, keys, ops, pairing};
 use crate::AppState;
 
 #[derive(Debug, OpenApi)]
@@ -21,6 +21,7 @@ use crate::AppState;
         admin::send_message, admin::bot_logs, admin::delete_bot, admin::list_activities, admin::capacity_warnings,
         admin::inconsistencies, admin::repair,
         admin::list_reviews, admin::approve_review, admin::reject_review, admin::list_credential_updates,
+        keys::create_key, keys::list_keys, keys::revoke_key,
         events::public_events, events::admin_events,
         ops::healthz, ops::readyz, ops::metrics,
     ),
@@ -38,7 +39,10 @@ impl Modify for AdminAuth {
         components.add_security_scheme(
             "admin",
             SecurityScheme::Http(
-                HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some("ADMIN_TOKEN")).build(),
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("ADMIN_TOKEN, or an API key (`trk_...`) of a role that may call the endpoint"))
+                    .build(),
             ),
         );
     }
@@ -64,6 +68,7 @@ mod tests {
             include_str!("events.rs"),
             include_str!("guest.rs"),
             include_str!("internal.rs"),
+            include_str!("keys.rs"),
             include_str!("ops.rs"),
             include_str!("pairing.rs"),
         ];

@@ -26,7 +26,7 @@ use serde_json::json;
 use tokio::sync::{Semaphore, broadcast};
 use trekker_app::events::{EventHub, LiveEvent, Numbered};
 
-use super::extract::Admin;
+use super::extract::Viewer;
 use super::views::{BotDetail, ServerAdmin, ServerPublic};
 use super::{ApiError, ErrorCode};
 use crate::AppState;
@@ -92,7 +92,7 @@ pub(crate) async fn public_events(
         `warning`, `review` events"), (status = 401, body = super::ErrorBody),
         (status = 429, body = super::ErrorBody)))]
 pub(crate) async fn admin_events(
-    _: Admin,
+    _: Viewer,
     State(state): State<AppState>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     open(state, Audience::Admins, None).await

@@ -1,5 +1,5 @@
 //! Extractors whose rejections speak API.md's error format: JSON bodies,
-//! the admin bearer token, and the client address.
+//! the admin API's callers by role, and the client address.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -9,8 +9,11 @@ use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use serde::de::DeserializeOwned;
 
+use trekker_domain::access::Role;
+
 use super::{ApiError, ErrorCode};
 use crate::AppState;
+use crate::access::{Caller, Refusal};
 
 /// `Json<T>` whose rejections are INVALID_INPUT (400) or PAYLOAD_TOO_LARGE
 /// (413). The message never quotes the body: it may hold a credential.
@@ -42,54 +45,79 @@ pub(crate) fn json_rejection(rejection: &JsonRejection) -> ApiError {
     }
 }
 
-/// An authenticated admin (`Authorization: Bearer <ADMIN_TOKEN>`).
-#[derive(Debug, Clone, Copy)]
-pub struct Admin;
-
-impl FromRequestParts<AppState> for Admin {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let Some(expected) = &state.config.admin_token else {
-            return Err(ApiError::new(
-                ErrorCode::Forbidden,
-                "The admin API is disabled on this node: set ADMIN_TOKEN to enable it.",
-            ));
-        };
-        let presented = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim);
-        match presented {
-            Some(token) if tokens_match(token, expected.expose()) => Ok(Admin),
-            _ => Err(ApiError::new(ErrorCode::Unauthorized, "A valid admin bearer token is required.")),
+/// The caller of an admin endpoint, whatever its role
+/// (`Authorization: Bearer <ADMIN_TOKEN or an API key>`).
+async fn caller(parts: &Parts, state: &AppState) -> Result<Caller, ApiError> {
+    let bearer = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim);
+    state.keys.caller(bearer).await.map_err(|refusal| match refusal {
+        Refusal::Disabled => {
+            ApiError::new(ErrorCode::Forbidden, "The admin API is disabled on this node: set ADMIN_TOKEN to enable it.")
         }
+        Refusal::Unauthenticated => {
+            ApiError::new(ErrorCode::Unauthorized, "A valid admin bearer token or API key is required.")
+        }
+        Refusal::Unavailable(error) => {
+            tracing::warn!(error = %crate::error_chain(&error), "the API keys could not be read");
+            ApiError::new(ErrorCode::ServiceUnavailable, "The API keys cannot be read right now; try again.")
+        }
+    })
+}
+
+/// A caller of role `needed` or above; 403 FORBIDDEN for the others.
+async fn caller_with(parts: &Parts, state: &AppState, needed: Role) -> Result<Caller, ApiError> {
+    let caller = caller(parts, state).await?;
+    if caller.role.includes(needed) {
+        Ok(caller)
+    } else {
+        Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!("This key's role ({}) may not do this; it takes the {needed} role.", caller.role),
+        ))
     }
 }
 
-/// Compares in constant time: both sides are hashed first, so neither the
-/// content nor the length of the token leaks through timing.
-fn tokens_match(presented: &str, expected: &str) -> bool {
-    let a = ring::digest::digest(&ring::digest::SHA256, presented.as_bytes());
-    let b = ring::digest::digest(&ring::digest::SHA256, expected.as_bytes());
-    a.as_ref().iter().zip(b.as_ref()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+macro_rules! role_extractor {
+    ($(#[$doc:meta])* $name:ident, $role:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone)]
+        pub struct $name(
+            /// Who it is (the audit's actor).
+            #[allow(dead_code)] // Read by the handlers that record their caller.
+            pub Caller,
+        );
+
+        impl FromRequestParts<AppState> for $name {
+            type Rejection = ApiError;
+
+            async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+                caller_with(parts, state, $role).await.map(Self)
+            }
+        }
+    };
 }
+
+role_extractor!(
+    /// A caller that may read (role `viewer` or above).
+    Viewer,
+    Role::Viewer
+);
+role_extractor!(
+    /// A caller that may act on bots (role `operator` or above).
+    Operator,
+    Role::Operator
+);
+role_extractor!(
+    /// A caller that may do everything (role `admin`).
+    Admin,
+    Role::Admin
+);
 
 /// The client's address (the TCP peer; proxies are not trusted).
 pub(crate) fn client_ip(request: &Request) -> IpAddr {
     request.extensions().get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip()).unwrap_or(IpAddr::from([0, 0, 0, 0]))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::tokens_match;
-
-    #[test]
-    fn token_comparison() {
-        assert!(tokens_match("secret", "secret"));
-        assert!(!tokens_match("secret", "secreT"));
-        assert!(!tokens_match("", "secret"));
-    }
 }

@@ -9,6 +9,7 @@ pub mod events;
 mod extract;
 mod guest;
 mod internal;
+mod keys;
 mod ops;
 mod pairing;
 pub mod ratelimit;
@@ -38,6 +39,7 @@ pub fn router(state: AppState) -> Router {
         .merge(guest::router())
         .merge(pairing::router())
         .merge(admin::router())
+        .merge(keys::router())
         .merge(events::router())
         .merge(internal::router())
         .merge(ops::router())

@@ -342,3 +342,36 @@ macro_rules! pairing_columns {
     };
 }
 pub(crate) use pairing_columns;
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct ApiKeyRow {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) role: String,
+    pub(crate) secret_hash: Vec<u8>,
+    pub(crate) created_by: String,
+    pub(crate) created_at: i64,
+    pub(crate) expires_at: Option<i64>,
+    pub(crate) revoked_at: Option<i64>,
+    pub(crate) last_used_at: Option<i64>,
+}
+
+impl TryFrom<ApiKeyRow> for ApiKey {
+    type Error = StoreError;
+
+    fn try_from(row: ApiKeyRow) -> Result<Self, StoreError> {
+        let role = trekker_domain::access::Role::parse(&row.role)
+            .map_err(|_| StoreError::Corrupt(format!("api key {} has the unknown role {:?}", row.id, row.role)))?;
+        Ok(ApiKey {
+            id: row.id,
+            name: row.name,
+            role,
+            secret_hash: row.secret_hash,
+            created_by: row.created_by,
+            created_at: row.created_at,
+            expires_at: row.expires_at,
+            revoked_at: row.revoked_at,
+            last_used_at: row.last_used_at,
+        })
+    }
+}

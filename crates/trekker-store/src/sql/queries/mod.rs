@@ -17,6 +17,7 @@ macro_rules! own_lease_live {
 }
 
 mod activities;
+mod api_keys;
 mod bots;
 mod capacity;
 mod consistency;

@@ -1,0 +1,127 @@
+//! `/api/admin/keys`: the admin API's keys, made, listed and revoked by
+//! admins (`crate::access` checks them on every call).
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use trekker_domain::access::Role;
+use trekker_domain::time::iso_datetime;
+use trekker_store::ApiKey;
+use utoipa::ToSchema;
+
+use super::extract::{Admin, ApiJson};
+use super::{ApiError, ErrorBody, ErrorCode};
+use crate::AppState;
+
+/// The longest key name.
+const MAX_NAME_CHARS: usize = 100;
+/// The longest life a key may be given, in days (ten years).
+const MAX_EXPIRES_IN_DAYS: u32 = 3650;
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/admin/keys", get(list_keys).post(create_key))
+        .route("/api/admin/keys/{id}", delete(revoke_key))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct NewKeyBody {
+    name: String,
+    /// `admin`, `operator` or `viewer`.
+    role: String,
+    /// Days until it stops working (1 to 3650); absent: never.
+    expires_in_days: Option<u32>,
+}
+
+fn key_json(key: &ApiKey) -> Value {
+    json!({
+        "id": key.id,
+        "name": key.name,
+        "role": key.role.as_str(),
+        "createdBy": key.created_by,
+        "createdAt": iso_datetime(key.created_at),
+        "expiresAt": key.expires_at.map(iso_datetime),
+        "revokedAt": key.revoked_at.map(iso_datetime),
+        "lastUsedAt": key.last_used_at.map(iso_datetime),
+    })
+}
+
+fn unavailable(error: &trekker_store::StoreError) -> ApiError {
+    tracing::warn!(error = %crate::error_chain(error), "the API keys could not be written or read");
+    ApiError::new(ErrorCode::ServiceUnavailable, "The API keys cannot be reached right now; try again.")
+}
+
+/// Makes a key. Its token is in this answer only: it is stored as a hash.
+#[utoipa::path(post, path = "/api/admin/keys", tag = "admin", security(("admin" = [])), request_body = NewKeyBody,
+    responses((status = 201, description = "{id, name, role, token, expiresAt}"), (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody)))]
+pub(crate) async fn create_key(
+    Admin(caller): Admin,
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<NewKeyBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let name = body.name.trim();
+    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS || name.chars().any(char::is_control) {
+        return Err(ApiError::invalid_input(format!("name must be 1 to {MAX_NAME_CHARS} printable characters")));
+    }
+    let role = Role::parse(&body.role).map_err(|e| ApiError::invalid_input(e.to_string()))?;
+    if body.expires_in_days.is_some_and(|days| days == 0 || days > MAX_EXPIRES_IN_DAYS) {
+        return Err(ApiError::invalid_input(format!("expiresInDays must be 1 to {MAX_EXPIRES_IN_DAYS}")));
+    }
+    let mut random = [0u8; 40];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random).map_err(|_| ApiError::internal())?;
+    let (key, token) =
+        state.keys.create(name, role, body.expires_in_days, &caller, random).await.map_err(|e| unavailable(&e))?;
+    tracing::info!(key = %key.id, name = %key.name, role = %key.role, by = %caller.name, "API key created");
+    let answer = json!({
+        "id": key.id,
+        "name": key.name,
+        "role": key.role.as_str(),
+        "token": token.expose(),
+        "expiresAt": key.expires_at.map(iso_datetime),
+    });
+    Ok((StatusCode::CREATED, Json(answer)))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct KeyPageQuery {
+    limit: Option<i64>,
+    after: Option<String>,
+}
+
+/// The keys, newest first (revoked ones too); never a token.
+#[utoipa::path(get, path = "/api/admin/keys", tag = "admin", security(("admin" = [])),
+    params(("limit" = Option<i64>, Query), ("after" = Option<String>, Query)),
+    responses((status = 200, description = "{keys, count, next}"), (status = 403, body = ErrorBody)))]
+pub(crate) async fn list_keys(
+    _: Admin,
+    State(state): State<AppState>,
+    Query(query): Query<KeyPageQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=trekker_store::MAX_PAGE).contains(&limit) {
+        return Err(ApiError::invalid_input(format!("limit must be 1 to {}", trekker_store::MAX_PAGE)));
+    }
+    let page = state.store.list_api_keys(query.after, limit).await.map_err(|e| unavailable(&e))?;
+    let keys: Vec<Value> = page.keys.iter().map(key_json).collect();
+    Ok(Json(json!({"count": keys.len(), "keys": keys, "next": page.next})))
+}
+
+/// Revokes a key: this node refuses it at once, every node within a second.
+#[utoipa::path(delete, path = "/api/admin/keys/{id}", tag = "admin", security(("admin" = [])),
+    responses((status = 200, description = "{success, id}"), (status = 404, body = ErrorBody)))]
+pub(crate) async fn revoke_key(
+    Admin(caller): Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if !state.keys.revoke(&id).await.map_err(|e| unavailable(&e))? {
+        return Err(ApiError::not_found("No live API key has this id."));
+    }
+    tracing::info!(key = %id, by = %caller.name, "API key revoked");
+    Ok(Json(json!({"success": true, "id": id})))
+}
