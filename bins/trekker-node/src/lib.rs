@@ -81,6 +81,8 @@ pub struct AppState {
     pub readiness: Arc<readiness::Readiness>,
     /// Who calls the admin API (the bootstrap token, the API keys).
     pub keys: Arc<access::ApiKeys>,
+    /// Calls other nodes (a bot's logs from its host).
+    pub peers: CrossTenancyClient,
 }
 
 impl std::fmt::Debug for AppState {
@@ -236,6 +238,7 @@ impl Application {
         let verifier = Arc::new(RequestVerifier::new(keys, config.server_name.clone(), store.clone(), store.clone()));
         let mut trekker = Trekker::new(store.clone(), config.server_name.clone(), heartbeat_ms);
         store.upsert_server(&registration, trekker.now()).await?;
+        let peers = client.clone();
         trekker.remote = Arc::new(client);
         trekker.cross_server_budget = config.cross_server_timeout;
         trekker.pending_ttl_ms = i64::try_from(config.pending_ttl.as_millis()).unwrap_or(i64::MAX);
@@ -299,6 +302,7 @@ impl Application {
         ));
         let state = AppState {
             keys,
+            peers,
             rate_limiter: GuestRateLimiter::new(config.rate_limit_per_min),
             metrics: {
                 let handle = http::metrics_handle();

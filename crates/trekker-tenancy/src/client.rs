@@ -13,8 +13,8 @@ use trekker_domain::ServerName;
 
 use crate::token::ClusterKeys;
 use crate::wire::{
-    CREDENTIALS_PATH, CredentialsUpdateAnswer, CredentialsUpdateBody, ErrorAnswer, HEALTH_PATH, HealthAnswer,
-    IDEMPOTENCY_HEADER,
+    BotLogsAnswer, BotLogsQuery, CREDENTIALS_PATH, CredentialsUpdateAnswer, CredentialsUpdateBody, ErrorAnswer,
+    HEALTH_PATH, HealthAnswer, IDEMPOTENCY_HEADER, LOGS_PATH,
 };
 
 /// Why a call to another node failed.
@@ -100,6 +100,19 @@ impl CrossTenancyClient {
     /// Asks `target` whether it is healthy (a signed GET).
     pub async fn health(&self, target: &ServerName, base_url: &str) -> Result<HealthAnswer, ClientError> {
         let text = self.call(target, base_url, reqwest::Method::GET, HEALTH_PATH, Vec::new(), None).await?;
+        serde_json::from_str(&text)
+            .map_err(|_| ClientError::Unreachable(format!("{target} answered an unreadable body")))
+    }
+
+    /// Asks `target`, the bot's host, for the bot's last lines.
+    pub async fn bot_logs(
+        &self,
+        target: &ServerName,
+        base_url: &str,
+        query: &BotLogsQuery,
+    ) -> Result<BotLogsAnswer, ClientError> {
+        let bytes = serde_json::to_vec(query).map_err(|e| ClientError::Misconfigured(format!("encode body: {e}")))?;
+        let text = self.call(target, base_url, reqwest::Method::POST, LOGS_PATH, bytes, None).await?;
         serde_json::from_str(&text)
             .map_err(|_| ClientError::Unreachable(format!("{target} answered an unreadable body")))
     }

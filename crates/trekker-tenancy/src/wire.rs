@@ -6,6 +6,9 @@ use serde::{Deserialize, Serialize};
 pub const CREDENTIALS_PATH: &str = "/internal/tenants/bots/credentials";
 /// A node's signed health check.
 pub const HEALTH_PATH: &str = "/internal/tenants/health";
+/// Where a node asks a bot's host for the bot's recent output (a POST, so
+/// that the question is in the signed body).
+pub const LOGS_PATH: &str = "/internal/tenants/bots/logs";
 /// The header that makes a repeated update apply once.
 pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
 
@@ -59,6 +62,39 @@ pub struct HealthAnswer {
     pub status: String,
     /// The node that answered.
     pub server_name: String,
+}
+
+/// `POST /internal/tenants/bots/logs`: the last `limit` lines of a bot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BotLogsQuery {
+    /// The bot asked about.
+    pub bot_id: String,
+    /// How many of its last lines (1 to 2000).
+    pub limit: u32,
+}
+
+/// The host's answer: the bot's lines, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BotLogsAnswer {
+    /// The bot.
+    pub bot_id: String,
+    /// The host that answered.
+    pub server: String,
+    /// Its lines, oldest first.
+    pub lines: Vec<BotLogLine>,
+}
+
+/// One line a bot printed, or one the node wrote about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BotLogLine {
+    /// When (unix milliseconds).
+    pub at: i64,
+    /// `stdout`, `stderr` or `node`.
+    pub stream: String,
+    /// The line, control characters escaped.
+    pub text: String,
 }
 
 /// An error body from another node.

@@ -11,7 +11,6 @@ use serde_json::{Value, json};
 use trekker_store::Inconsistency;
 use utoipa::ToSchema;
 
-use super::error::ErrorCode;
 use super::extract::{Admin, ApiJson, Operator, Viewer};
 use super::views::{
     BotDetail, BotWithState, DeviceStateView, LastExitView, ResourcesView, ServerAdmin, SessionStateView,
@@ -32,7 +31,6 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/api/admin/bots/{id}/stop", post(stop_bot))
         .route("/api/admin/servers/{name}/evacuate", post(evacuate_server))
         .route("/api/admin/bots/{id}/messages", post(send_message))
-        .route("/api/admin/bots/{id}/logs", get(bot_logs))
         .route("/api/admin/activities", get(list_activities))
         .route("/api/admin/capacity-warnings", get(capacity_warnings))
         .route("/api/admin/registry/inconsistencies", get(inconsistencies))
@@ -377,47 +375,6 @@ fn activity_json(activity: &trekker_store::Activity) -> Value {
         "remoteServer": activity.remote_tenancy,
         "remoteBotId": activity.remote_bot_id,
     })
-}
-
-/// Lines a bot's log page holds by default, and at most.
-const LOG_LINES_DEFAULT: u32 = 200;
-const LOG_LINES_MAX: u32 = 2000;
-
-#[derive(Debug, Default, Deserialize, ToSchema)]
-pub struct LogsQuery {
-    /// 1 to 2000, default 200: the last lines.
-    limit: Option<u32>,
-}
-
-/// The last lines a bot printed and this node's lines about it (start,
-/// stop, exit and why), oldest first. The bot's host answers; another node
-/// names the host (forwarding is planned).
-#[utoipa::path(get, path = "/api/admin/bots/{id}/logs", tag = "admin", security(("admin" = [])),
-    params(("limit" = Option<u32>, Query)),
-    responses((status = 200, description = "{botId, server, lines: [{at, stream, text}]}"),
-        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub(crate) async fn bot_logs(
-    _: Viewer,
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    Query(query): Query<LogsQuery>,
-) -> Result<Json<Value>, ApiError> {
-    let limit = query.limit.unwrap_or(LOG_LINES_DEFAULT);
-    if !(1..=LOG_LINES_MAX).contains(&limit) {
-        return Err(ApiError::invalid_input(format!("limit must be between 1 and {LOG_LINES_MAX}.")));
-    }
-    let bot = state.trekker.bot(&id).await?;
-    if bot.server != state.config.server_name {
-        return Err(ApiError::new(
-            ErrorCode::Conflict,
-            format!("Bot {} is hosted on {}: read its logs from that node.", bot.id.as_str(), bot.server),
-        ));
-    }
-    let lines =
-        state.process_bots.as_ref().map(|driver| driver.logs().tail(&bot.id, limit as usize)).unwrap_or_default();
-    let lines: Vec<Value> =
-        lines.iter().map(|line| json!({"at": line.at, "stream": line.stream.as_str(), "text": line.text})).collect();
-    Ok(Json(json!({"botId": bot.id.as_str(), "server": bot.server.as_str(), "lines": lines})))
 }
 
 /// The audit log (of one bot with `bot`), newest first.

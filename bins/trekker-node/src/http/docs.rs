@@ -6,7 +6,7 @@ use axum::routing::get;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{ErrorCode, admin, events, guest, internal, keys, ops, pairing};
+use super::{ErrorCode, admin, events, guest, internal, keys, logs, ops, pairing};
 use crate::AppState;
 
 #[derive(Debug, OpenApi)]
@@ -18,7 +18,7 @@ use crate::AppState;
         pairing::request_pairing, pairing::pairing_status,
         admin::list_servers, admin::update_server, admin::list_bots, admin::get_bot, admin::approve_bot,
         admin::reject_bot, admin::move_bot, admin::restart_bot, admin::stop_bot, admin::evacuate_server,
-        admin::send_message, admin::bot_logs, admin::delete_bot, admin::list_activities, admin::capacity_warnings,
+        admin::send_message, logs::bot_logs, logs::logs_for_peer, admin::delete_bot, admin::list_activities, admin::capacity_warnings,
         admin::inconsistencies, admin::repair,
         admin::list_reviews, admin::approve_review, admin::reject_review, admin::list_credential_updates,
         keys::create_key, keys::list_keys, keys::revoke_key,
@@ -69,12 +69,14 @@ mod tests {
             include_str!("guest.rs"),
             include_str!("internal.rs"),
             include_str!("keys.rs"),
+            include_str!("logs.rs"),
             include_str!("ops.rs"),
             include_str!("pairing.rs"),
         ];
         let constants = [
             ("CREDENTIALS_PATH", trekker_tenancy::wire::CREDENTIALS_PATH),
             ("HEALTH_PATH", trekker_tenancy::wire::HEALTH_PATH),
+            ("LOGS_PATH", trekker_tenancy::wire::LOGS_PATH),
         ];
         let mut routes = std::collections::BTreeSet::new();
         for source in sources {

@@ -65,6 +65,11 @@ impl ErrorCode {
         Self::Internal,
     ];
 
+    /// The code `wire` names (as another node sent it), if it is one.
+    pub fn from_wire(wire: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|code| code.as_str() == wire)
+    }
+
     /// The code as clients see it, e.g. `INVALID_INPUT`.
     pub fn as_str(self) -> &'static str {
         match self {

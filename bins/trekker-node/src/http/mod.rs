@@ -10,6 +10,7 @@ mod extract;
 mod guest;
 mod internal;
 mod keys;
+mod logs;
 mod ops;
 mod pairing;
 pub mod ratelimit;
@@ -40,6 +41,7 @@ pub fn router(state: AppState) -> Router {
         .merge(pairing::router())
         .merge(admin::router())
         .merge(keys::router())
+        .merge(logs::router())
         .merge(events::router())
         .merge(internal::router())
         .merge(ops::router())

@@ -1,0 +1,134 @@
+//! A bot's recent output: `GET /api/admin/bots/{id}/logs` answers from any
+//! node. The host reads the per-bot ring its runtime keeps; another node
+//! asks the host over the signed node-to-node protocol
+//! (`POST /internal/tenants/bots/logs`, the question in the signed body)
+//! and passes the answer on, or says why it cannot.
+
+use axum::extract::{Path, Query, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use trekker_domain::ServerName;
+use trekker_store::BotRecord;
+use trekker_tenancy::ClientError;
+use trekker_tenancy::wire::{BotLogLine, BotLogsAnswer, BotLogsQuery, LOGS_PATH};
+use utoipa::ToSchema;
+
+use super::extract::Viewer;
+use super::internal::NodeCall;
+use super::{ApiError, ErrorBody, ErrorCode};
+use crate::AppState;
+
+/// Lines a bot's log page holds by default, and at most.
+const LOG_LINES_DEFAULT: u32 = 200;
+const LOG_LINES_MAX: u32 = 2000;
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new().route("/api/admin/bots/{id}/logs", get(bot_logs)).route(LOGS_PATH, post(logs_for_peer))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct LogsQuery {
+    /// 1 to 2000, default 200: the last lines.
+    limit: Option<u32>,
+}
+
+fn checked_limit(limit: u32) -> Result<u32, ApiError> {
+    if (1..=LOG_LINES_MAX).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::invalid_input(format!("limit must be between 1 and {LOG_LINES_MAX}.")))
+    }
+}
+
+/// What this node, the bot's host, holds of its output.
+fn local_logs(state: &AppState, bot: &BotRecord, limit: u32) -> BotLogsAnswer {
+    let tail = state.process_bots.as_ref().map(|driver| driver.logs().tail(&bot.id, limit as usize));
+    let lines = tail
+        .unwrap_or_default()
+        .into_iter()
+        .map(|line| BotLogLine { at: line.at, stream: line.stream.as_str().to_owned(), text: line.text })
+        .collect();
+    BotLogsAnswer { bot_id: bot.id.as_str().to_owned(), server: bot.server.as_str().to_owned(), lines }
+}
+
+/// Asks `host` for the bot's lines.
+async fn remote_logs(
+    state: &AppState,
+    bot: &BotRecord,
+    host: &ServerName,
+    limit: u32,
+) -> Result<BotLogsAnswer, ApiError> {
+    let server = state.store.get_server(host).await.map_err(ApiError::from_store)?;
+    let base_url = server.and_then(|s| s.base_url).unwrap_or_default();
+    let query = BotLogsQuery { bot_id: bot.id.as_str().to_owned(), limit };
+    state.peers.bot_logs(host, &base_url, &query).await.map_err(|error| match error {
+        // The bot is gone, moved or the question was bad: the host's word.
+        // Anything else (a refused token) is this node's trouble with the
+        // host, not the caller's: their key was fine.
+        ClientError::Refused { status, code, message } => match ErrorCode::from_wire(&code) {
+            Some(code @ (ErrorCode::NotFound | ErrorCode::Conflict | ErrorCode::InvalidInput)) => {
+                ApiError::new(code, message)
+            }
+            _ => {
+                tracing::warn!(%host, status, %code, "the bot's host refused this node's logs call");
+                ApiError::new(
+                    ErrorCode::ServiceUnavailable,
+                    format!("Bot {} is hosted on {host}, which refused this node ({code}).", bot.id.as_str()),
+                )
+            }
+        },
+        ClientError::Unreachable(why) => ApiError::new(
+            ErrorCode::ServiceUnavailable,
+            format!("Bot {} is hosted on {host}, which did not answer: {why}.", bot.id.as_str()),
+        ),
+        ClientError::Misconfigured(why) => ApiError::new(
+            ErrorCode::Conflict,
+            format!("Bot {} is hosted on {host}, which this node cannot ask: {why}.", bot.id.as_str()),
+        ),
+    })
+}
+
+/// The last lines a bot printed and its host's lines about it (start,
+/// stop, exit and why), oldest first, from any node.
+#[utoipa::path(get, path = "/api/admin/bots/{id}/logs", tag = "admin", security(("admin" = [])),
+    params(("limit" = Option<u32>, Query)),
+    responses((status = 200, description = "{botId, server, lines: [{at, stream, text}]}"),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+pub(crate) async fn bot_logs(
+    _: Viewer,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<LogsQuery>,
+) -> Result<Json<BotLogsAnswer>, ApiError> {
+    let limit = checked_limit(query.limit.unwrap_or(LOG_LINES_DEFAULT))?;
+    let bot = state.trekker.bot(&id).await?;
+    if bot.server == state.config.server_name {
+        return Ok(Json(local_logs(&state, &bot, limit)));
+    }
+    let host = bot.server.clone();
+    remote_logs(&state, &bot, &host, limit).await.map(Json)
+}
+
+/// Another node asks for the lines of a bot hosted here.
+#[utoipa::path(post, path = "/internal/tenants/bots/logs", tag = "internal",
+    responses((status = 200, description = "{botId, server, lines}"), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(crate) async fn logs_for_peer(
+    State(state): State<AppState>,
+    call: NodeCall,
+) -> Result<Json<BotLogsAnswer>, ApiError> {
+    let query: BotLogsQuery = serde_json::from_slice(&call.body)
+        .map_err(|_| ApiError::invalid_input("The request body is not a logs query."))?;
+    let limit = checked_limit(query.limit)?;
+    let bot = state.trekker.bot(&query.bot_id).await?;
+    if bot.server != state.config.server_name {
+        // Moved meanwhile: the asking node learns the host from the answer.
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!("Bot {} is hosted on {} now, not here.", bot.id.as_str(), bot.server),
+        ));
+    }
+    Ok(Json(local_logs(&state, &bot, limit)))
+}
