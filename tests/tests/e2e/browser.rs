@@ -153,8 +153,15 @@ impl Browser {
             .collect()
     }
 
-    async fn close(mut self) {
-        let errors = self.errors().await;
+    async fn close(self) {
+        self.close_expecting(&[]).await;
+    }
+
+    /// Closes the browser; the page may have logged only errors that
+    /// contain one of `expected` (a refusal the test caused on purpose).
+    async fn close_expecting(mut self, expected: &[&str]) {
+        let mut errors = self.errors().await;
+        errors.retain(|error| !expected.iter().any(|e| error.contains(e)));
         let _ = self.client.clone().close().await;
         let _ = self.driver.kill();
         let _ = self.driver.wait();
@@ -163,10 +170,80 @@ impl Browser {
 }
 
 async fn log_in(browser: &Browser, node: &TestNode) {
+    log_in_with(browser, node, ADMIN_TOKEN).await;
+}
+
+async fn log_in_with(browser: &Browser, node: &TestNode, token: &str) {
     browser.client.goto(&node.url("/admin")).await.unwrap();
-    browser.type_into("#token", ADMIN_TOKEN).await;
+    browser.type_into("#token", token).await;
     browser.click("#login-form button[type=submit]").await;
     browser.until("logged in, live", "return document.getElementById('live').textContent.includes('live')").await;
+}
+
+/// An API key of `role` made with the bootstrap token.
+async fn api_key(node: &TestNode, name: &str, role: &str) -> (String, String) {
+    let body = serde_json::json!({"name": name, "role": role});
+    let made = node.admin(reqwest::Method::POST, "/api/admin/keys", Some(body)).await;
+    assert_eq!(made.status, 201, "{:?}", made.body);
+    (made.body["id"].as_str().unwrap().to_owned(), made.body["token"].as_str().unwrap().to_owned())
+}
+
+/// A viewer's key logs in and sees no action it may not take; an
+/// operator's approves a bot but deletes nothing; a key revoked while its
+/// console is open is logged out at its next call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_console_shows_each_key_only_what_its_role_may_do() {
+    let Some(browser) = Browser::open("console-roles").await else { return };
+    let database = trekker_testkit::sqlite_database();
+    let node = spawn_node(settings(&database.url, "SERVER0", 5)).await;
+    let created = node.register("Waiting", &creds::phone(74, 1), 1, None).await;
+    let bot = created.body["bot"]["id"].as_str().unwrap().to_owned();
+    let (_, viewer) = api_key(&node, "Vera", "viewer").await;
+    let (operator_id, operator) = api_key(&node, "Otto", "operator").await;
+    let row_buttons = format!(
+        "return [...document.querySelectorAll('#bots tr[data-bot=\"{bot}\"] button')].map((b) => b.textContent)"
+    );
+
+    log_in_with(&browser, &node, &viewer).await;
+    assert_eq!(browser.js("return document.getElementById('whoami').textContent").await, "Vera (viewer)");
+    browser.until("servers drawn", "return !!document.querySelector('#servers tr[data-server=\"SERVER0\"]')").await;
+    assert_eq!(browser.js("return document.querySelectorAll('#servers tbody button').length").await, 0);
+    browser.click("nav button[data-view=bots]").await;
+    browser.until("the bot listed", &format!("return !!document.querySelector('#bots tr[data-bot=\"{bot}\"]')")).await;
+    assert_eq!(browser.js(&row_buttons).await, serde_json::json!([]), "a viewer gets no action");
+    assert_eq!(browser.js("return document.getElementById('repair').hidden").await, true);
+    browser.shot("viewer").await;
+    browser.click("#logout").await;
+
+    log_in_with(&browser, &node, &operator).await;
+    assert_eq!(browser.js("return document.getElementById('whoami').textContent").await, "Otto (operator)");
+    browser.click("nav button[data-view=bots]").await;
+    browser.until("the bot listed", &format!("return !!document.querySelector('#bots tr[data-bot=\"{bot}\"]')")).await;
+    assert_eq!(browser.js(&row_buttons).await, serde_json::json!(["Approve", "Reject"]), "no Delete for an operator");
+    browser.click(&format!("#bots tr[data-bot=\"{bot}\"] button")).await;
+    browser
+        .until(
+            "approved by the operator",
+            &format!(
+                "return document.querySelector('#bots tr[data-bot=\"{bot}\"] .approval').textContent === 'approved'"
+            ),
+        )
+        .await;
+    let stored = node.admin(reqwest::Method::GET, &format!("/api/admin/bots/{bot}"), None).await;
+    assert_eq!(stored.body["approvalStatus"], "approved", "{:?}", stored.body);
+
+    // Revoked while the console is open: its next call logs it out.
+    let revoked = node.admin(reqwest::Method::DELETE, &format!("/api/admin/keys/{operator_id}"), None).await;
+    assert_eq!(revoked.status, 200);
+    browser.click("nav button[data-view=servers]").await;
+    browser.until("logged out", "return !document.getElementById('login').hidden").await;
+    let said = browser.js("return document.getElementById('error').textContent").await;
+    assert_eq!(said, "The token was refused.");
+    assert_eq!(browser.js("return sessionStorage.length").await, 0, "the key is gone from the tab");
+    browser
+        .close_expecting(&["/api/admin/servers - Failed to load resource: the server responded with a status of 401"])
+        .await;
+    node.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

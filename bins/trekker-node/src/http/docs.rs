@@ -21,7 +21,7 @@ use crate::AppState;
         admin::send_message, logs::bot_logs, logs::logs_for_peer, admin::delete_bot, admin::list_activities, admin::capacity_warnings,
         admin::inconsistencies, admin::repair,
         admin::list_reviews, admin::approve_review, admin::reject_review, admin::list_credential_updates,
-        keys::create_key, keys::list_keys, keys::revoke_key,
+        keys::create_key, keys::list_keys, keys::revoke_key, keys::whoami,
         events::public_events, events::admin_events,
         ops::healthz, ops::readyz, ops::metrics,
     ),

@@ -12,7 +12,7 @@ use trekker_domain::time::iso_datetime;
 use trekker_store::ApiKey;
 use utoipa::ToSchema;
 
-use super::extract::{Admin, ApiJson};
+use super::extract::{Admin, ApiJson, Viewer};
 use super::{ApiError, ErrorBody, ErrorCode};
 use crate::AppState;
 
@@ -25,6 +25,7 @@ pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/api/admin/keys", get(list_keys).post(create_key))
         .route("/api/admin/keys/{id}", delete(revoke_key))
+        .route("/api/admin/me", get(whoami))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -124,4 +125,12 @@ pub(crate) async fn revoke_key(
     }
     tracing::info!(key = %id, by = %caller.name, "API key revoked");
     Ok(Json(json!({"success": true, "id": id})))
+}
+
+/// Who the caller is: the key's name, id and role (`bootstrap`, no id, for
+/// ADMIN_TOKEN). The console draws only what the role may do.
+#[utoipa::path(get, path = "/api/admin/me", tag = "admin", security(("admin" = [])),
+    responses((status = 200, description = "{name, role, keyId}"), (status = 401, body = ErrorBody)))]
+pub(crate) async fn whoami(Viewer(caller): Viewer) -> Json<Value> {
+    Json(json!({"name": caller.name, "role": caller.role.as_str(), "keyId": caller.key_id}))
 }
