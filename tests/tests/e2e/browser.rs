@@ -188,6 +188,40 @@ async fn api_key(node: &TestNode, name: &str, role: &str) -> (String, String) {
     (made.body["id"].as_str().unwrap().to_owned(), made.body["token"].as_str().unwrap().to_owned())
 }
 
+/// The bootstrap admin makes a key in the console (its token shown once)
+/// and revokes it; the key's holder is refused from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_admin_makes_and_revokes_keys_in_the_console() {
+    let Some(browser) = Browser::open("console-keys").await else { return };
+    let database = trekker_testkit::sqlite_database();
+    let node = spawn_node(settings(&database.url, "SERVER0", 5)).await;
+    log_in(&browser, &node).await;
+    assert_eq!(browser.js("return document.getElementById('whoami').textContent").await, "bootstrap (admin)");
+    browser.click("nav button[data-view=keys]").await;
+    browser.type_into("#key-name", "Night shift").await;
+    browser.js("document.getElementById('key-role').value = 'operator'; return true").await;
+    browser.click("#key-form button[type=submit]").await;
+    browser.until("the new token shown", "return !document.getElementById('new-key').hidden").await;
+    let token = browser.js("return document.getElementById('new-key-token').textContent").await;
+    let token = token.as_str().unwrap().to_owned();
+    assert!(token.starts_with("trk_"), "{token}");
+    browser
+        .until("the key listed", "return document.querySelector('#keys tbody').textContent.includes('Night shift')")
+        .await;
+    let table = browser.js("return document.getElementById('keys').textContent").await;
+    assert!(!table.as_str().unwrap().contains(&token[21..]), "the list never shows a secret");
+    let me = node.call_as(&token, reqwest::Method::GET, "/api/admin/me", None).await;
+    assert_eq!((me.body["name"].as_str(), me.body["role"].as_str()), (Some("Night shift"), Some("operator")));
+    browser.js("window.confirm = () => true; return true").await;
+    browser.click("#keys tbody button").await;
+    browser.until("no Revoke left", "return document.querySelectorAll('#keys tbody button').length === 0").await;
+    let refused = node.call_as(&token, reqwest::Method::GET, "/api/admin/me", None).await;
+    assert_eq!(refused.status, 401, "revoked from the console");
+    browser.shot("keys").await;
+    browser.close().await;
+    node.stop().await;
+}
+
 /// A viewer's key logs in and sees no action it may not take; an
 /// operator's approves a bot but deletes nothing; a key revoked while its
 /// console is open is logged out at its next call.
@@ -217,6 +251,8 @@ async fn the_console_shows_each_key_only_what_its_role_may_do() {
 
     log_in_with(&browser, &node, &operator).await;
     assert_eq!(browser.js("return document.getElementById('whoami').textContent").await, "Otto (operator)");
+    let keys_hidden = browser.js("return document.querySelector('nav button[data-view=keys]').hidden").await;
+    assert_eq!(keys_hidden, true, "an operator sees no key management");
     browser.click("nav button[data-view=bots]").await;
     browser.until("the bot listed", &format!("return !!document.querySelector('#bots tr[data-bot=\"{bot}\"]')")).await;
     assert_eq!(browser.js(&row_buttons).await, serde_json::json!(["Approve", "Reject"]), "no Delete for an operator");
