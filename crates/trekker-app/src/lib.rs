@@ -19,6 +19,7 @@ pub mod notify;
 pub mod ownership;
 pub mod pairing;
 pub mod register;
+pub mod stats;
 pub mod sweeper;
 pub mod telemetry;
 pub mod validate;

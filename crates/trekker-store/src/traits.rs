@@ -300,6 +300,10 @@ pub trait CredentialOutbox: Send + Sync + 'static {
     /// Updates still pending delivery.
     async fn credential_outbox_depth(&self) -> Result<i64, StoreError>;
 
+    /// Updates queued at or after `since`, newest first, `limit` at most
+    /// (the cross-server statistics).
+    async fn credential_updates_since(&self, since: Millis, limit: i64) -> Result<Vec<CredentialUpdate>, StoreError>;
+
     /// One page of the outbox (of one status, if given), newest first,
     /// continuing after `after` (creation time and id).
     async fn list_credential_updates(

@@ -936,6 +936,11 @@ async fn outbox_versions_supersede_and_claims(f: Fixture) {
     // A delivered version still counts: the next update goes above it.
     let third = s.enqueue_credential_update(&outbox_update("u3", &bot, 4), &effects("queued"), NOW + 7).await.unwrap();
     assert_eq!(third.version, 4);
+    // The statistics' read: the window's updates, newest first, bounded.
+    let ids = |updates: Vec<CredentialUpdate>| updates.into_iter().map(|u| u.id).collect::<Vec<_>>();
+    assert_eq!(ids(s.credential_updates_since(NOW + 1, 10).await.unwrap()), ["u3", "u2"]);
+    assert_eq!(ids(s.credential_updates_since(NOW, 1).await.unwrap()), ["u3"]);
+    assert!(s.credential_updates_since(NOW + 8, 10).await.unwrap().is_empty());
     assert!(s.get_credential_update("nope").await.unwrap().is_none());
     let missing = NewCredentialUpdate { bot_id: BotId::parse("ghost").unwrap(), ..outbox_update("u4", &bot, 5) };
     assert!(matches!(

@@ -98,6 +98,19 @@ async fn seed_test_1_re_pair_on_another_node_updates_the_host() {
     let on_asker =
         activities.iter().find(|x| x.server == "SERVER1" && x.action == "cross_server_update_delivered").unwrap();
     assert_eq!(on_asker.remote_tenancy.as_deref(), Some("SERVER0"));
+    // The cross-server statistics count it, from any node.
+    let stats = b.admin(reqwest::Method::GET, "/api/admin/stats/cross-server", None).await;
+    assert_eq!(stats.status, 200, "{:?}", stats.body);
+    let buckets = stats.body["buckets"].as_array().unwrap();
+    assert_eq!(buckets.len(), 1, "{:?}", stats.body);
+    assert_eq!((buckets[0]["server"].as_str(), buckets[0]["counts"]["delivered"].as_u64()), (Some("SERVER0"), Some(1)));
+    assert!(buckets[0]["latencyMs"]["p95"].as_i64().is_some_and(|ms| ms >= 0), "{:?}", buckets[0]);
+    assert_eq!((stats.body["hours"].as_u64(), stats.body["truncated"].as_bool()), (Some(24), Some(false)));
+    for hours in ["0", "721", "x"] {
+        let refused =
+            b.admin(reqwest::Method::GET, &format!("/api/admin/stats/cross-server?hours={hours}"), None).await;
+        assert_eq!(refused.status, 400, "hours={hours}");
+    }
     a.stop().await;
     b.stop().await;
 }

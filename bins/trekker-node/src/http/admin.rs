@@ -32,6 +32,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/api/admin/servers/{name}/evacuate", post(evacuate_server))
         .route("/api/admin/bots/{id}/messages", post(send_message))
         .route("/api/admin/activities", get(list_activities))
+        .route("/api/admin/stats/cross-server", get(cross_server_stats))
         .route("/api/admin/capacity-warnings", get(capacity_warnings))
         .route("/api/admin/registry/inconsistencies", get(inconsistencies))
         .route("/api/admin/registry/repair", post(repair))
@@ -517,4 +518,44 @@ pub(crate) async fn list_credential_updates(
         })
         .collect();
     Ok(Json(json!({"count": updates.len(), "updates": updates, "next": next})))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct StatsQuery {
+    hours: Option<u32>,
+}
+
+/// Cross-server credential updates per hour and hosting server: counts by
+/// status, delivery latency p50 / p95, failures by reason.
+#[utoipa::path(get, path = "/api/admin/stats/cross-server", tag = "admin", security(("admin" = [])),
+    params(("hours" = Option<u32>, Query)),
+    responses((status = 200, description = "{hours, since, truncated, buckets}"), (status = 400, body = ErrorBody)))]
+pub(crate) async fn cross_server_stats(
+    _: Viewer,
+    State(state): State<AppState>,
+    Query(query): Query<StatsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let hours = query.hours.unwrap_or(24);
+    let stats = state.trekker.cross_server_stats(hours).await?;
+    let buckets: Vec<Value> = stats
+        .hours
+        .iter()
+        .map(|bucket| {
+            let failures: Vec<Value> =
+                bucket.failures.iter().map(|(reason, count)| json!({"reason": reason, "count": count})).collect();
+            json!({
+                "hour": trekker_domain::time::iso_datetime(bucket.hour),
+                "server": bucket.server,
+                "counts": bucket.counts,
+                "latencyMs": bucket.latency_ms.map(|(p50, p95)| json!({"p50": p50, "p95": p95})),
+                "failures": failures,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "hours": hours,
+        "since": trekker_domain::time::iso_datetime(stats.since),
+        "truncated": stats.truncated,
+        "buckets": buckets,
+    })))
 }

@@ -19,7 +19,7 @@ use crate::AppState;
         admin::list_servers, admin::update_server, admin::list_bots, admin::get_bot, admin::approve_bot,
         admin::reject_bot, admin::move_bot, admin::restart_bot, admin::stop_bot, admin::evacuate_server,
         admin::send_message, admin::delete_bot, admin::list_activities, admin::capacity_warnings,
-        admin::inconsistencies, admin::repair, logs::bot_logs, logs::logs_for_peer,
+        admin::inconsistencies, admin::repair, logs::bot_logs, logs::logs_for_peer, admin::cross_server_stats,
         admin::list_reviews, admin::approve_review, admin::reject_review, admin::list_credential_updates,
         keys::create_key, keys::list_keys, keys::revoke_key, keys::whoami,
         events::public_events, events::admin_events,

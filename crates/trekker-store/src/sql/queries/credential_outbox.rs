@@ -178,6 +178,21 @@ impl CredentialOutbox for SqlStore<Db> {
         Ok(UpdatePage { updates, next })
     }
 
+    async fn credential_updates_since(&self, since: Millis, limit: i64) -> Result<Vec<CredentialUpdate>, StoreError> {
+        // The newest first on the admin page's index, so a bound keeps the
+        // most recent hours whole.
+        let rows: Vec<OutboxRow> = super::query_as(concat!(
+            "SELECT ",
+            outbox_columns!(),
+            " FROM credential_update_outbox WHERE created_at >= $1 ORDER BY created_at DESC, id LIMIT $2"
+        ))
+        .bind(since)
+        .bind(limit.max(1))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(CredentialUpdate::try_from).collect()
+    }
+
     async fn credential_outbox_depth(&self) -> Result<i64, StoreError> {
         let count: i64 = super::query_scalar("SELECT COUNT(*) FROM credential_update_outbox WHERE status = 'pending'")
             .fetch_one(&self.pool)
