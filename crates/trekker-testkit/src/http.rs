@@ -28,3 +28,11 @@ pub async fn receive_request(listener: &tokio::net::TcpListener) -> (String, Vec
         }
     }
 }
+
+/// The value of header `name` (any case) in a request head.
+pub fn header(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.eq_ignore_ascii_case(name).then(|| value.trim().to_owned())
+    })
+}

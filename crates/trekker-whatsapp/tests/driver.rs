@@ -146,12 +146,7 @@ async fn webhook_events_arrive_signed() {
     let webhook = EventsWebhook::start(url, b"shared-with-the-receiver".to_vec(), shutdown.clone());
     webhook.post(serde_json::json!({"type": "status", "data": {"status": "online"}}));
     let (head, body) = tokio::time::timeout(Duration::from_secs(20), received).await.unwrap().unwrap();
-    let header = |name: &str| {
-        head.lines().find_map(|l| {
-            let (key, value) = l.split_once(':')?;
-            key.eq_ignore_ascii_case(name).then(|| value.trim().to_owned())
-        })
-    };
+    let header = |name: &str| trekker_testkit::http::header(&head, name);
     let (timestamp, signed) = (header(TIMESTAMP_HEADER).unwrap(), header(SIGNATURE_HEADER).unwrap());
     let now = SystemClock.now_ms() / 1000;
     assert!(verify(b"shared-with-the-receiver", &timestamp, &signed, &body, now, 300), "{head}");

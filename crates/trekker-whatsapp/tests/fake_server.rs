@@ -128,6 +128,26 @@ async fn bot_whose_device(
     (spec, document)
 }
 
+/// The usual start of a test: a store with PHONE's bot registered and
+/// taken, its device seeded for a fake that serves logins, and a driver
+/// that dials that fake.
+struct Online {
+    store: Arc<dyn Store>,
+    _file: trekker_testkit::SqliteDatabase,
+    server: FakeServer,
+    spec: BotSpec,
+    driver: WhatsAppDriver,
+}
+
+async fn logged_in_bot() -> Online {
+    let (store, _file) = trekker_testkit::sqlite_store().await;
+    let store: Arc<dyn Store> = store;
+    let server = FakeServer { serves_login: true, ..FakeServer::new(7) };
+    let (spec, _) = bot_knowing(&store, server.public()).await;
+    let driver = WhatsAppDriver::new(store.clone(), Arc::new(SystemClock)).with_transport(Arc::new(server.clone()));
+    Online { store, _file, server, spec, driver }
+}
+
 /// The server sees the creds' own account: the noise key's public half,
 /// the phone as the username, the device id from `me.id`, and an active
 /// (not passive) login.
@@ -254,12 +274,8 @@ async fn fake_server_stream_errors_and_failures_reach_the_bots_status() {
 /// does not, see `..._encrypted_for_no_device_is_not_reported_sent`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fake_server_a_bot_goes_online_and_a_send_that_reaches_no_device_fails() {
-    let (store, _file) = trekker_testkit::sqlite_store().await;
-    let store: Arc<dyn Store> = store;
-    let server = FakeServer { serves_login: true, ..FakeServer::new(7) };
-    let (spec, _) = bot_knowing(&store, server.public()).await;
+    let Online { _file, server, spec, driver, .. } = logged_in_bot().await;
     let bot = spec.bot_id.clone();
-    let driver = WhatsAppDriver::new(store.clone(), Arc::new(SystemClock)).with_transport(Arc::new(server.clone()));
     let (events, mut received) = mpsc::unbounded_channel();
     let running = driver.start(spec, events).await.unwrap();
     let online = until_event(&mut received, |event| *event == BotEvent::Connected).await;
@@ -397,12 +413,8 @@ async fn fake_server_a_paired_device_is_exported_once_logged_in_even_without_a_p
 /// ended, and none of those keys reach the new runner's state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fake_server_a_live_client_whose_bot_was_taken_is_fenced_out() {
-    let (store, _file) = trekker_testkit::sqlite_store().await;
-    let store: Arc<dyn Store> = store;
-    let server = FakeServer { serves_login: true, ..FakeServer::new(7) };
-    let (spec, _) = bot_knowing(&store, server.public()).await;
+    let Online { store, _file, server, spec, driver } = logged_in_bot().await;
     let (bot, old) = (spec.bot_id.clone(), spec.runner.clone());
-    let driver = WhatsAppDriver::new(store.clone(), Arc::new(SystemClock)).with_transport(Arc::new(server.clone()));
     let (events, mut received) = mpsc::unbounded_channel();
     let running = driver.start(spec, events).await.unwrap();
     let online = until_event(&mut received, |event| *event == BotEvent::Connected).await;
@@ -477,12 +489,8 @@ async fn bot_and_client_of(
 /// what WhatsApp would relay, decrypts it and reads the text.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fake_server_a_bots_message_is_received_and_decrypted_by_a_peer() {
-    let (store, _file) = trekker_testkit::sqlite_store().await;
-    let store: Arc<dyn Store> = store;
-    let server = FakeServer { serves_login: true, ..FakeServer::new(7) };
-    let (spec, _) = bot_knowing(&store, server.public()).await;
+    let Online { _file, server, spec, driver, .. } = logged_in_bot().await;
     let bot = spec.bot_id.clone();
-    let driver = WhatsAppDriver::new(store.clone(), Arc::new(SystemClock)).with_transport(Arc::new(server.clone()));
     let peer_texts = Arc::default();
     let (running, _received, peer) = bot_and_peer(&server, &driver, spec, Arc::clone(&peer_texts)).await;
 
@@ -530,12 +538,7 @@ async fn fake_server_a_peers_message_reaches_the_events_webhook_signed() {
     shutdown.cancel();
     assert!(sent.is_ok(), "the peer's send: {:?}", sent.err());
     let (head, body, payload) = message.expect("the bot's webhook posted the peer's message");
-    let header = |name: &str| {
-        head.lines().find_map(|l| {
-            let (key, value) = l.split_once(':')?;
-            key.eq_ignore_ascii_case(name).then(|| value.trim().to_owned())
-        })
-    };
+    let header = |name: &str| trekker_testkit::http::header(&head, name);
     let (timestamp, signed) = (header(TIMESTAMP_HEADER).unwrap(), header(SIGNATURE_HEADER).unwrap());
     let now = SystemClock.now_ms() / 1000;
     assert!(verify(b"shared-with-the-receiver", &timestamp, &signed, &body, now, 300), "{head}");
@@ -590,11 +593,7 @@ async fn fake_server_a_463_or_475_nack_holds_the_bot_and_its_next_send() {
 /// chat, where a real client on the account's phone decrypts it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fake_server_the_notifier_sends_from_the_running_bot_to_the_guests_own_chat() {
-    let (store, _file) = trekker_testkit::sqlite_store().await;
-    let store: Arc<dyn Store> = store;
-    let server = FakeServer { serves_login: true, ..FakeServer::new(7) };
-    let (spec, _) = bot_knowing(&store, server.public()).await;
-    let driver = WhatsAppDriver::new(store.clone(), Arc::new(SystemClock)).with_transport(Arc::new(server.clone()));
+    let Online { store, _file, server, spec, driver } = logged_in_bot().await;
     let notifier = WhatsAppNotifier::new(driver.sessions(), store.clone(), store.clone());
     // The phone is online first, as it is in life: the bot's own device
     // list (fetched at its login) names it.
@@ -624,11 +623,7 @@ async fn fake_server_the_notifier_sends_from_the_running_bot_to_the_guests_own_c
 /// instead of recording a delivery that never happened.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fake_server_a_message_encrypted_for_no_device_is_not_reported_sent() {
-    let (store, _file) = trekker_testkit::sqlite_store().await;
-    let store: Arc<dyn Store> = store;
-    let server = FakeServer { serves_login: true, ..FakeServer::new(7) };
-    let (spec, _) = bot_knowing(&store, server.public()).await;
-    let driver = WhatsAppDriver::new(store.clone(), Arc::new(SystemClock)).with_transport(Arc::new(server.clone()));
+    let Online { store, _file, server, spec, driver } = logged_in_bot().await;
     let notifier = WhatsAppNotifier::new(driver.sessions(), store.clone(), store.clone());
     let (events, mut received) = mpsc::unbounded_channel();
     let running = driver.start(spec, events).await.unwrap();
