@@ -134,7 +134,9 @@ impl DedicatedServer {
             announce_skip();
             return None;
         }
-        let (base_url, bin_dir, data) = start_server_at().expect("a dedicated PostgreSQL server");
+        // Its tests crash it: a commit it acknowledges must be written
+        // out first (synchronous_commit), or an immediate stop loses it.
+        let (base_url, bin_dir, data) = start_server_at(true).expect("a dedicated PostgreSQL server");
         Some(Self { base_url, bin_dir, data, as_root: is_root() })
     }
 
@@ -176,11 +178,15 @@ impl DedicatedServer {
 
 /// Starts a server and returns its base URL.
 fn start_server() -> Result<String, String> {
-    start_server_at().map(|(base_url, ..)| base_url)
+    start_server_at(false).map(|(base_url, ..)| base_url)
 }
 
-/// Starts a server; returns its base URL, binaries and data folder.
-fn start_server_at() -> Result<(String, PathBuf, PathBuf), String> {
+/// Starts a server; returns its base URL, binaries and data folder. Every
+/// server skips fsync (a test machine's crash is no test's concern); only
+/// `durable_commits` ones also write each commit's WAL before answering,
+/// which a server that is killed mid-test needs (`-m immediate` drops the
+/// WAL buffers, and with them what `synchronous_commit=off` acknowledged).
+fn start_server_at(durable_commits: bool) -> Result<(String, PathBuf, PathBuf), String> {
     let bin_dir = find_postgres_bin().ok_or("PostgreSQL binaries (initdb, pg_ctl) not found")?;
     let as_root = is_root();
     let dir = tempfile::Builder::new().prefix("trekker-pg-").tempdir().map_err(|e| format!("temp dir: {e}"))?.keep();
@@ -199,8 +205,9 @@ fn start_server_at() -> Result<(String, PathBuf, PathBuf), String> {
         "--no-instructions",
     ]))?;
     let port = free_port()?;
+    let synchronous_commit = if durable_commits { "on" } else { "off" };
     let mut options = format!(
-        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
+        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit={synchronous_commit} \
          -c full_page_writes=off -c max_connections=400",
         dir.display()
     );
