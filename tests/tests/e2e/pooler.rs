@@ -22,6 +22,9 @@ use crate::support::{TestNode, settings, spawn_node};
 const STATEMENT_TIMEOUT_MS: u64 = 3_000;
 const MARGIN: Duration = Duration::from_secs(10);
 
+/// The crash test's server capacity: more than its load can fill.
+const CRASH_CAPACITY: u32 = 50_000;
+
 async fn node(url: &str, name: &str, capacity: u32, pooler: PoolerMode, connections: u32) -> TestNode {
     let mut settings = settings(url, name, capacity);
     settings.database_pooler = pooler;
@@ -123,7 +126,9 @@ async fn a_database_crash_under_load_loses_no_acknowledged_write() {
     };
     let server = std::sync::Arc::new(server);
     let url = server.migrated_database("trekker_crash").await;
-    let a = node(&url, "SERVER0", 1_000, PoolerMode::None, 8).await;
+    // Room for every registration the load can make: a full server would
+    // answer 503 from then on, and the crash would find no write in flight.
+    let a = node(&url, "SERVER0", CRASH_CAPACITY, PoolerMode::None, 8).await;
     let load_for = Duration::from_secs(8);
     let started = Instant::now();
     // Four guests registering one after another, each with phones of its own.
@@ -158,6 +163,7 @@ async fn a_database_crash_under_load_loses_no_acknowledged_write() {
     let acknowledged: Vec<String> = results.iter().flat_map(|(phones, _)| phones.clone()).collect();
     let refused: usize = results.iter().map(|(_, refused)| refused).sum();
     assert!(acknowledged.len() > 10, "too little load to mean anything: {}", acknowledged.len());
+    assert!(acknowledged.len() < CRASH_CAPACITY as usize, "the server filled up: the crash hit no live load");
     eprintln!("{} registrations acknowledged, {refused} refused with 503 around the crash", acknowledged.len());
     // The node serves again, and holds every acknowledged bot.
     crate::support::eventually(Duration::from_secs(20), "the node ready again", || async {
