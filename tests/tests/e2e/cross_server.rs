@@ -109,7 +109,7 @@ async fn seed_test_1_re_pair_on_another_node_updates_the_host() {
     for hours in ["0", "721", "x"] {
         let refused =
             b.admin(reqwest::Method::GET, &format!("/api/admin/stats/cross-server?hours={hours}"), None).await;
-        assert_eq!(refused.status, 400, "hours={hours}");
+        assert_eq!((refused.status, refused.code()), (400, "INVALID_INPUT"), "hours={hours}: {:?}", refused.body);
     }
     a.stop().await;
     b.stop().await;

@@ -111,7 +111,8 @@ async fn bad_keys_are_refused_with_their_reason() {
     let answer = node.admin(Method::DELETE, "/api/admin/keys/0123456789abcdef", None).await;
     assert_eq!((answer.status, answer.code()), (404, "NOT_FOUND"));
     for limit in ["0", "1001", "-1", "x"] {
-        assert_eq!(node.admin(Method::GET, &format!("/api/admin/keys?limit={limit}"), None).await.status, 400);
+        let refused = node.admin(Method::GET, &format!("/api/admin/keys?limit={limit}"), None).await;
+        assert_eq!((refused.status, refused.code()), (400, "INVALID_INPUT"), "limit={limit}: {:?}", refused.body);
     }
     node.stop().await;
 }

@@ -1,7 +1,7 @@
 //! Admin endpoints (`Authorization: Bearer <ADMIN_TOKEN>`).
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, patch, post};
 use axum::{Json, Router};
@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use trekker_store::Inconsistency;
 use utoipa::ToSchema;
 
-use super::extract::{Admin, ApiJson, Operator, Viewer};
+use super::extract::{Admin, ApiJson, ApiQuery, Operator, Viewer};
 use super::views::{
     BotDetail, BotWithState, DeviceStateView, LastExitView, ResourcesView, ServerAdmin, SessionStateView,
 };
@@ -115,7 +115,7 @@ pub struct AdminBotList {
 pub(crate) async fn list_bots(
     _: Viewer,
     State(state): State<AppState>,
-    Query(query): Query<BotQuery>,
+    ApiQuery(query): ApiQuery<BotQuery>,
 ) -> Result<Json<AdminBotList>, ApiError> {
     let query = trekker_app::admin::BotQuery {
         server: query.server,
@@ -346,7 +346,7 @@ pub(crate) struct PageQuery {
 pub(crate) async fn inconsistencies(
     _: Viewer,
     State(state): State<AppState>,
-    Query(query): Query<PageQuery>,
+    ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let (page, total, next) = state.trekker.inconsistency_page(query.limit, query.after.as_deref()).await?;
     Ok(Json(json!({
@@ -385,7 +385,7 @@ fn activity_json(activity: &trekker_store::Activity) -> Value {
 pub(crate) async fn list_activities(
     _: Viewer,
     State(state): State<AppState>,
-    Query(query): Query<ActivityQuery>,
+    ApiQuery(query): ApiQuery<ActivityQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let (page, next) = state.trekker.activities(query.bot.as_deref(), query.limit, query.after.as_deref()).await?;
     Ok(Json(json!({
@@ -447,7 +447,7 @@ fn review_json(review: &trekker_store::CredentialReview) -> Value {
 pub(crate) async fn list_reviews(
     _: Viewer,
     State(state): State<AppState>,
-    Query(query): Query<PageQuery>,
+    ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let (reviews, next) = state.trekker.credential_reviews(query.limit, query.after.as_deref()).await?;
     let reviews: Vec<Value> = reviews.iter().map(review_json).collect();
@@ -495,7 +495,7 @@ pub(crate) struct UpdateQuery {
 pub(crate) async fn list_credential_updates(
     _: Viewer,
     State(state): State<AppState>,
-    Query(query): Query<UpdateQuery>,
+    ApiQuery(query): ApiQuery<UpdateQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let (updates, next) =
         state.trekker.credential_updates(query.status.as_deref(), query.limit, query.after.as_deref()).await?;
@@ -533,7 +533,7 @@ pub(crate) struct StatsQuery {
 pub(crate) async fn cross_server_stats(
     _: Viewer,
     State(state): State<AppState>,
-    Query(query): Query<StatsQuery>,
+    ApiQuery(query): ApiQuery<StatsQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let hours = query.hours.unwrap_or(24);
     let stats = state.trekker.cross_server_stats(hours).await?;

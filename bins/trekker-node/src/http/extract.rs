@@ -31,6 +31,24 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// `Query<T>` whose rejection is INVALID_INPUT (400) in the API's error
+/// body (axum's own answers in plain text).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(Self(value)),
+            Err(_) => Err(ApiError::invalid_input(
+                "A query parameter is not of the type this endpoint takes (a number where one is expected?).",
+            )),
+        }
+    }
+}
+
 pub(crate) fn json_rejection(rejection: &JsonRejection) -> ApiError {
     match rejection {
         _ if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::payload_too_large(),

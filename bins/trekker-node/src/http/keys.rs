@@ -1,7 +1,7 @@
 //! `/api/admin/keys`: the admin API's keys, made, listed and revoked by
 //! admins (`crate::access` checks them on every call).
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get};
 use axum::{Json, Router};
@@ -12,7 +12,7 @@ use trekker_domain::time::iso_datetime;
 use trekker_store::ApiKey;
 use utoipa::ToSchema;
 
-use super::extract::{Admin, ApiJson, Viewer};
+use super::extract::{Admin, ApiJson, ApiQuery, Viewer};
 use super::{ApiError, ErrorBody, ErrorCode};
 use crate::AppState;
 
@@ -101,7 +101,7 @@ pub(crate) struct KeyPageQuery {
 pub(crate) async fn list_keys(
     _: Admin,
     State(state): State<AppState>,
-    Query(query): Query<KeyPageQuery>,
+    ApiQuery(query): ApiQuery<KeyPageQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = query.limit.unwrap_or(50);
     if !(1..=trekker_store::MAX_PAGE).contains(&limit) {

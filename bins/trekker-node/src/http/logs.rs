@@ -4,7 +4,7 @@
 //! (`POST /internal/tenants/bots/logs`, the question in the signed body)
 //! and passes the answer on, or says why it cannot.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -14,7 +14,7 @@ use trekker_tenancy::ClientError;
 use trekker_tenancy::wire::{BotLogLine, BotLogsAnswer, BotLogsQuery, LOGS_PATH};
 use utoipa::ToSchema;
 
-use super::extract::Viewer;
+use super::extract::{ApiQuery, Viewer};
 use super::internal::NodeCall;
 use super::{ApiError, ErrorBody, ErrorCode};
 use crate::AppState;
@@ -100,7 +100,7 @@ pub(crate) async fn bot_logs(
     _: Viewer,
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Query(query): Query<LogsQuery>,
+    ApiQuery(query): ApiQuery<LogsQuery>,
 ) -> Result<Json<BotLogsAnswer>, ApiError> {
     let limit = checked_limit(query.limit.unwrap_or(LOG_LINES_DEFAULT))?;
     let bot = state.trekker.bot(&id).await?;

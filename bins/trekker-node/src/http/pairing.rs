@@ -1,12 +1,13 @@
 //! Pairing endpoints: request a pairing code, poll for the session ID.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use trekker_app::pairing::PairingState;
 use utoipa::ToSchema;
 
+use super::extract::ApiQuery;
 use super::{ApiError, ErrorBody};
 use crate::AppState;
 
@@ -42,7 +43,7 @@ pub struct PairingTicketBody {
         (status = 429, body = ErrorBody)))]
 pub(crate) async fn request_pairing(
     State(state): State<AppState>,
-    Query(query): Query<PairQuery>,
+    ApiQuery(query): ApiQuery<PairQuery>,
 ) -> Result<Json<PairingTicketBody>, ApiError> {
     let number = query.number.unwrap_or_default();
     let ticket = state.trekker.request_pairing(&state.pairing, &number).await?;
