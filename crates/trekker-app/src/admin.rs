@@ -301,7 +301,7 @@ impl Trekker {
 }
 
 /// A page size from a query: 1 to [`MAX_PAGE`], [`DEFAULT_PAGE`] if none.
-pub(crate) fn page_size(limit: Option<i64>) -> Result<i64, AppError> {
+pub fn page_size(limit: Option<i64>) -> Result<i64, AppError> {
     match limit {
         Some(limit) if !(1..=MAX_PAGE).contains(&limit) => {
             Err(AppError::InvalidInput(format!("limit must be between 1 and {MAX_PAGE}.")))

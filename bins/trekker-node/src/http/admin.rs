@@ -334,8 +334,8 @@ fn inconsistency_json(issue: &Inconsistency) -> Value {
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct PageQuery {
-    limit: Option<i64>,
-    after: Option<String>,
+    pub(crate) limit: Option<i64>,
+    pub(crate) after: Option<String>,
 }
 
 /// Registry rows and bot rows that disagree, and slot counts that drifted,

@@ -79,10 +79,7 @@ async fn caller(parts: &Parts, state: &AppState) -> Result<Caller, ApiError> {
         Refusal::Unauthenticated => {
             ApiError::new(ErrorCode::Unauthorized, "A valid admin bearer token or API key is required.")
         }
-        Refusal::Unavailable(error) => {
-            tracing::warn!(error = %crate::error_chain(&error), "the API keys could not be read");
-            ApiError::new(ErrorCode::ServiceUnavailable, "The API keys cannot be read right now; try again.")
-        }
+        Refusal::Unavailable(error) => ApiError::from_store(error),
     })
 }
 

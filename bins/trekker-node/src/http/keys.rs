@@ -12,8 +12,9 @@ use trekker_domain::time::iso_datetime;
 use trekker_store::ApiKey;
 use utoipa::ToSchema;
 
+use super::admin::PageQuery;
 use super::extract::{Admin, ApiJson, ApiQuery, Viewer};
-use super::{ApiError, ErrorBody, ErrorCode};
+use super::{ApiError, ErrorBody};
 use crate::AppState;
 
 /// The longest key name.
@@ -51,11 +52,6 @@ fn key_json(key: &ApiKey) -> Value {
     })
 }
 
-fn unavailable(error: &trekker_store::StoreError) -> ApiError {
-    tracing::warn!(error = %crate::error_chain(error), "the API keys could not be written or read");
-    ApiError::new(ErrorCode::ServiceUnavailable, "The API keys cannot be reached right now; try again.")
-}
-
 /// Makes a key. Its token is in this answer only: it is stored as a hash.
 #[utoipa::path(post, path = "/api/admin/keys", tag = "admin", security(("admin" = [])), request_body = NewKeyBody,
     responses((status = 201, description = "{id, name, role, token, expiresAt}"), (status = 400, body = ErrorBody),
@@ -76,7 +72,7 @@ pub(crate) async fn create_key(
     let mut random = [0u8; 40];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random).map_err(|_| ApiError::internal())?;
     let (key, token) =
-        state.keys.create(name, role, body.expires_in_days, &caller, random).await.map_err(|e| unavailable(&e))?;
+        state.keys.create(name, role, body.expires_in_days, &caller, random).await.map_err(ApiError::from_store)?;
     tracing::info!(key = %key.id, name = %key.name, role = %key.role, by = %caller.name, "API key created");
     let answer = json!({
         "id": key.id,
@@ -88,12 +84,6 @@ pub(crate) async fn create_key(
     Ok((StatusCode::CREATED, Json(answer)))
 }
 
-#[derive(Debug, Deserialize)]
-pub(crate) struct KeyPageQuery {
-    limit: Option<i64>,
-    after: Option<String>,
-}
-
 /// The keys, newest first (revoked ones too); never a token.
 #[utoipa::path(get, path = "/api/admin/keys", tag = "admin", security(("admin" = [])),
     params(("limit" = Option<i64>, Query), ("after" = Option<String>, Query)),
@@ -101,13 +91,10 @@ pub(crate) struct KeyPageQuery {
 pub(crate) async fn list_keys(
     _: Admin,
     State(state): State<AppState>,
-    ApiQuery(query): ApiQuery<KeyPageQuery>,
+    ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let limit = query.limit.unwrap_or(50);
-    if !(1..=trekker_store::MAX_PAGE).contains(&limit) {
-        return Err(ApiError::invalid_input(format!("limit must be 1 to {}", trekker_store::MAX_PAGE)));
-    }
-    let page = state.store.list_api_keys(query.after, limit).await.map_err(|e| unavailable(&e))?;
+    let limit = trekker_app::admin::page_size(query.limit)?;
+    let page = state.store.list_api_keys(query.after, limit).await.map_err(ApiError::from_store)?;
     let keys: Vec<Value> = page.keys.iter().map(key_json).collect();
     Ok(Json(json!({"count": keys.len(), "keys": keys, "next": page.next})))
 }
@@ -120,7 +107,7 @@ pub(crate) async fn revoke_key(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    if !state.keys.revoke(&id).await.map_err(|e| unavailable(&e))? {
+    if !state.keys.revoke(&id).await.map_err(ApiError::from_store)? {
         return Err(ApiError::not_found("No live API key has this id."));
     }
     tracing::info!(key = %id, by = %caller.name, "API key revoked");
