@@ -13,9 +13,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use trekker_domain::access::{KeyToken, Role};
+use trekker_domain::access::{Actor, KeyToken, Role};
 use trekker_domain::time::Clock;
-use trekker_store::{ApiKey, ApiKeyStore, Millis, StoreError};
+use trekker_store::{ApiKey, ApiKeyStore, Millis, NewActivity, StoreError};
 
 /// How long a node trusts what it read of a key.
 pub const KEY_CACHE: Duration = Duration::from_secs(1);
@@ -30,10 +30,8 @@ pub const BOOTSTRAP: &str = "bootstrap";
 /// An authenticated caller of the admin API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
-    /// The key's id; `None` for the bootstrap token.
-    pub key_id: Option<String>,
-    /// The key's name, or `bootstrap`.
-    pub name: String,
+    /// The key (its id and name), or `bootstrap`: the audit trail's actor.
+    pub actor: Actor,
     pub role: Role,
 }
 
@@ -73,7 +71,7 @@ impl ApiKeys {
         let Some(bootstrap) = &self.bootstrap else { return Err(Refusal::Disabled) };
         let presented = bearer.ok_or(Refusal::Unauthenticated)?;
         if tokens_match(presented, bootstrap) {
-            return Ok(Caller { key_id: None, name: BOOTSTRAP.to_owned(), role: Role::Admin });
+            return Ok(Caller { actor: Actor { key_id: None, name: BOOTSTRAP.to_owned() }, role: Role::Admin });
         }
         let token = KeyToken::parse(presented).ok_or(Refusal::Unauthenticated)?;
         let key = self.key(token.id()).await.map_err(Refusal::Unavailable)?.ok_or(Refusal::Unauthenticated)?;
@@ -82,7 +80,7 @@ impl ApiKeys {
             return Err(Refusal::Unauthenticated);
         }
         self.used.lock().unwrap_or_else(PoisonError::into_inner).insert(key.id.clone(), now);
-        Ok(Caller { key_id: Some(key.id), name: key.name, role: key.role })
+        Ok(Caller { actor: Actor { key_id: Some(key.id), name: key.name }, role: key.role })
     }
 
     /// The key `id`, from the cache while it is fresh.
@@ -104,13 +102,15 @@ impl ApiKeys {
         Ok(key)
     }
 
-    /// Makes a key; its token is in the answer and nowhere else.
+    /// Makes a key; its token is in the answer and nowhere else. `audit`
+    /// (the node's activity) is written with it, naming its maker.
     pub async fn create(
         &self,
         name: &str,
         role: Role,
         expires_in_days: Option<u32>,
         created_by: &Caller,
+        audit: NewActivity,
         random: [u8; 40],
     ) -> Result<(ApiKey, KeyToken), StoreError> {
         let token = KeyToken::from_random(random);
@@ -121,20 +121,23 @@ impl ApiKeys {
             name: name.to_owned(),
             role,
             secret_hash: token.secret_hash().to_vec(),
-            created_by: created_by.name.clone(),
+            created_by: created_by.actor.name.clone(),
             created_at: now,
             expires_at,
             revoked_at: None,
             last_used_at: None,
         };
-        self.store.create_api_key(&key).await?;
+        let audit = audit.by(&created_by.actor, format!("key/{}", key.id));
+        self.store.create_api_key(&key, &audit).await?;
         Ok((key, token))
     }
 
     /// Revokes the key `id`: this node refuses it from now on, the others
-    /// within [`KEY_CACHE`]. False when there is no such live key.
-    pub async fn revoke(&self, id: &str) -> Result<bool, StoreError> {
-        let revoked = self.store.revoke_api_key(id, self.clock.now_ms()).await?;
+    /// within [`KEY_CACHE`]. False when there is no such live key. `audit`
+    /// is written with the revocation, naming `by`.
+    pub async fn revoke(&self, id: &str, by: &Caller, audit: NewActivity) -> Result<bool, StoreError> {
+        let audit = audit.by(&by.actor, format!("key/{id}"));
+        let revoked = self.store.revoke_api_key(id, &audit, self.clock.now_ms()).await?;
         self.cache.lock().unwrap_or_else(PoisonError::into_inner).remove(id);
         Ok(revoked)
     }
@@ -196,6 +199,10 @@ mod tests {
         assert!(!tokens_match("", "secret"));
     }
 
+    fn audit(action: &str) -> NewActivity {
+        NewActivity::new(&trekker_domain::ServerName::parse("server1").unwrap(), action, "")
+    }
+
     async fn keys() -> (ApiKeys, Arc<ManualClock>, trekker_testkit::SqliteDatabase) {
         let (store, file) = trekker_testkit::sqlite_store().await;
         let clock = Arc::new(ManualClock::new(1_800_000_000_000));
@@ -206,10 +213,14 @@ mod tests {
     async fn a_key_opens_the_api_with_its_role_until_it_expires_or_is_revoked() {
         let (keys, clock, _file) = keys().await;
         let boot = keys.caller(Some("the-bootstrap-token")).await.unwrap();
-        assert_eq!((boot.key_id.as_deref(), boot.name.as_str(), boot.role), (None, "bootstrap", Role::Admin));
-        let (key, token) = keys.create("ops", Role::Operator, Some(1), &boot, [3; 40]).await.unwrap();
+        assert_eq!(
+            (boot.actor.key_id.as_deref(), boot.actor.name.as_str(), boot.role),
+            (None, "bootstrap", Role::Admin)
+        );
+        let (key, token) =
+            keys.create("ops", Role::Operator, Some(1), &boot, audit("key_created"), [3; 40]).await.unwrap();
         let caller = keys.caller(Some(&token.expose())).await.unwrap();
-        assert_eq!((caller.key_id.as_deref(), caller.role), (Some(key.id.as_str()), Role::Operator));
+        assert_eq!((caller.actor.key_id.as_deref(), caller.role), (Some(key.id.as_str()), Role::Operator));
         assert!(matches!(
             keys.caller(Some(&KeyToken::from_random([4; 40]).expose())).await,
             Err(Refusal::Unauthenticated)
@@ -220,21 +231,22 @@ mod tests {
         assert!(matches!(keys.caller(Some(&forged)).await, Err(Refusal::Unauthenticated)), "the secret must match");
         clock.advance(86_400_000);
         assert!(matches!(keys.caller(Some(&token.expose())).await, Err(Refusal::Unauthenticated)), "expired");
-        let (other, other_token) = keys.create("viewer", Role::Viewer, None, &boot, [5; 40]).await.unwrap();
+        let (other, other_token) =
+            keys.create("viewer", Role::Viewer, None, &boot, audit("key_created"), [5; 40]).await.unwrap();
         assert!(keys.caller(Some(&other_token.expose())).await.is_ok());
-        assert!(keys.revoke(&other.id).await.unwrap());
+        assert!(keys.revoke(&other.id, &boot, audit("key_revoked")).await.unwrap());
         assert!(
             matches!(keys.caller(Some(&other_token.expose())).await, Err(Refusal::Unauthenticated)),
             "refused at once by the node that revoked it, cache or not"
         );
-        assert!(!keys.revoke(&other.id).await.unwrap());
+        assert!(!keys.revoke(&other.id, &boot, audit("key_revoked")).await.unwrap());
     }
 
     #[tokio::test]
     async fn use_is_written_in_batches_not_per_request() {
         let (keys, clock, _file) = keys().await;
         let boot = keys.caller(Some("the-bootstrap-token")).await.unwrap();
-        let (key, token) = keys.create("ops", Role::Viewer, None, &boot, [6; 40]).await.unwrap();
+        let (key, token) = keys.create("ops", Role::Viewer, None, &boot, audit("key_created"), [6; 40]).await.unwrap();
         for _ in 0..5 {
             keys.caller(Some(&token.expose())).await.unwrap();
             clock.advance(1_000);

@@ -134,6 +134,14 @@ fn a_killed_nodes_bots_run_elsewhere_once_with_their_state_and_never_come_back()
     assert_eq!(found["count"], 0, "{found}");
     let activities = json_body(&http(&b_addr, "GET", &format!("/api/admin/activities?bot={}", ids[0]), ADMIN, ""));
     assert_eq!(activities["activities"][0]["action"], "bot_failed_over", "{activities}");
+    // On the audit trail as the cluster's own act, once per bot.
+    let trail = json_body(&http(&b_addr, "GET", "/api/admin/audit?actor=system&action=bot_failed_over", ADMIN, ""));
+    let moved: Vec<&str> = trail["entries"].as_array().unwrap().iter().map(|e| e["target"].as_str().unwrap()).collect();
+    let mut distinct = moved.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!((moved.len(), distinct.len()), (BOTS as usize, BOTS as usize), "{trail}");
+    assert!(moved.contains(&format!("bot/{}", ids[0]).as_str()), "{trail}");
 
     // The node comes back: none of its old bots start there.
     let (a, a_addr) = start_node(dir.path(), &envs(url, "SERVER0", BOTS, dir.path()));

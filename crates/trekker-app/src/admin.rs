@@ -3,10 +3,11 @@
 
 use base64::Engine as _;
 use trekker_domain::RuntimeStatus;
+use trekker_domain::access::Actor;
 use trekker_domain::{ApprovalStatus, BotId, ServerName, ServerStatus, messages, time};
 use trekker_store::{
-    Activity, BotCursor, BotFilter, BotRecord, CredentialUpdate, DEFAULT_PAGE, Inconsistency, MAX_PAGE, NewActivity,
-    OutboxStatus, ServerPatch, ServerSnapshot, SessionStateInfo, SideEffects,
+    Activity, AuditFilter, AuditMark, BotCursor, BotFilter, BotRecord, CredentialUpdate, DEFAULT_PAGE, Inconsistency,
+    MAX_PAGE, NewActivity, OutboxStatus, ServerPatch, ServerSnapshot, SessionStateInfo, SideEffects,
 };
 
 use crate::{AppError, Trekker, telemetry};
@@ -17,6 +18,10 @@ pub const DEFAULT_EXPIRATION_MONTHS: u32 = 3;
 pub const MAX_EXPIRATION_MONTHS: u32 = 120;
 /// An approval month, for expiry arithmetic (30 days; documented in the API docs).
 const MONTH_MS: i64 = 30 * 24 * 60 * 60 * 1000;
+/// The longest actor or action an audit filter takes.
+const MAX_FILTER_CHARS: usize = 100;
+/// The longest target a refused write records.
+pub const MAX_TARGET_CHARS: usize = 80;
 
 /// A server as the API shows it: the row plus whether it is online now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +67,7 @@ impl Trekker {
 
     pub async fn update_server(
         &self,
+        actor: &Actor,
         name: &str,
         max_bot_count: Option<i64>,
         status: Option<&str>,
@@ -80,12 +86,15 @@ impl Trekker {
             })
             .transpose()?;
         let patch = ServerPatch { max_bot_count, status };
-        let updated = self.store.servers.update_server(&name, &patch, self.now()).await.map_err(|err| match err {
+        let details = format!("max_bot_count={:?} status={:?}", patch.max_bot_count, patch.status.map(|s| s.as_str()));
+        let audit = NewActivity::new(&self.node, "server_updated", details)
+            .with_remote(&name, None)
+            .by(actor, AuditMark::server(&name));
+        let now = self.now();
+        let updated = self.store.servers.update_server(&name, &patch, &audit, now).await.map_err(|err| match err {
             trekker_store::StoreError::UnknownServer(_) => AppError::NotFound(format!("Server {name} not found.")),
             other => other.into(),
         })?;
-        let details = format!("max_bot_count={:?} status={:?}", patch.max_bot_count, patch.status.map(|s| s.as_str()));
-        self.record(NewActivity::new(&self.node, "server_updated", details).with_remote(&name, None)).await;
         Ok(ServerView { online: self.is_server_online(&updated), server: updated })
     }
 
@@ -173,7 +182,12 @@ impl Trekker {
 
     /// Approves a bot for `expiration_months` (default 3); its hosting node
     /// starts it. The guest is notified in the same transaction.
-    pub async fn approve_bot(&self, id: &str, expiration_months: Option<u32>) -> Result<BotRecord, AppError> {
+    pub async fn approve_bot(
+        &self,
+        actor: &Actor,
+        id: &str,
+        expiration_months: Option<u32>,
+    ) -> Result<BotRecord, AppError> {
         let months = expiration_months.unwrap_or(DEFAULT_EXPIRATION_MONTHS);
         if !(1..=MAX_EXPIRATION_MONTHS).contains(&months) {
             return Err(AppError::InvalidInput(format!(
@@ -185,7 +199,8 @@ impl Trekker {
         let expires_at = now + i64::from(months) * MONTH_MS;
         let activity = NewActivity::new(&self.node, "approved", format!("approved for {months} months"))
             .for_bot(&bot.id, &bot.phone)
-            .with_remote(&bot.server, Some(&bot.id));
+            .with_remote(&bot.server, Some(&bot.id))
+            .by(actor, AuditMark::bot(&bot.id));
         let effects = SideEffects::activity(activity)
             .notify(&bot.phone, messages::approved(&bot.name, &time::iso_date(expires_at)));
         let approved = self.store.bots.approve_bot(&bot.id, expires_at, &effects, now).await?;
@@ -196,9 +211,9 @@ impl Trekker {
     }
 
     /// Rejects a bot; its phone and slot are freed in the same transaction.
-    pub async fn reject_bot(&self, id: &str) -> Result<BotRecord, AppError> {
+    pub async fn reject_bot(&self, actor: &Actor, id: &str) -> Result<BotRecord, AppError> {
         let id = parse_bot_id(id)?;
-        let activity = NewActivity::new(&self.node, "rejected", "rejected by an admin");
+        let activity = NewActivity::new(&self.node, "rejected", "rejected by an admin").by(actor, AuditMark::bot(&id));
         let effects = SideEffects::activity(NewActivity { bot_id: Some(id.clone()), ..activity });
         let rejected = self.store.bots.reject_bot(&id, &effects, self.now()).await?;
         self.bots_changed();
@@ -208,9 +223,9 @@ impl Trekker {
     }
 
     /// Deletes a bot, freeing its phone and slot.
-    pub async fn delete_bot(&self, id: &str) -> Result<BotRecord, AppError> {
+    pub async fn delete_bot(&self, actor: &Actor, id: &str) -> Result<BotRecord, AppError> {
         let id = parse_bot_id(id)?;
-        let activity = NewActivity::new(&self.node, "deleted", "deleted by an admin");
+        let activity = NewActivity::new(&self.node, "deleted", "deleted by an admin").by(actor, AuditMark::bot(&id));
         let effects = SideEffects::activity(NewActivity { bot_id: Some(id.clone()), ..activity });
         let deleted = self.store.bots.delete_bot(&id, &effects, self.now()).await?;
         self.bots_changed();
@@ -236,6 +251,40 @@ impl Trekker {
         let page = self.store.activities.list_activities(bot, after, limit).await?;
         let next = page.next.map(|id| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("a{id}")));
         Ok((page.activities, next))
+    }
+
+    /// The audit trail (admin writes and system actions), newest first, a
+    /// page at a time, of one actor and one action when given.
+    pub async fn audit(
+        &self,
+        actor: Option<&str>,
+        action: Option<&str>,
+        limit: Option<i64>,
+        after: Option<&str>,
+    ) -> Result<(Vec<Activity>, Option<String>), AppError> {
+        let given = |value: Option<&str>, what: &str| -> Result<Option<String>, AppError> {
+            match value.map(str::trim).filter(|v| !v.is_empty()) {
+                Some(v) if v.chars().count() > MAX_FILTER_CHARS || v.chars().any(char::is_control) => Err(
+                    AppError::InvalidInput(format!("{what} must be at most {MAX_FILTER_CHARS} printable characters.")),
+                ),
+                other => Ok(other.map(str::to_owned)),
+            }
+        };
+        let filter = AuditFilter { actor: given(actor, "actor")?, action: given(action, "action")? };
+        let limit = page_size(limit)?;
+        let after = after.filter(|a| !a.is_empty()).map(parse_activity_cursor).transpose()?;
+        let page = self.store.activities.list_audit(&filter, after, limit).await?;
+        let next = page.next.map(|id| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("a{id}")));
+        Ok((page.activities, next))
+    }
+
+    /// Puts an admin write that was refused (`code`) on the audit trail: a
+    /// write that was made has its entry from its own transaction. Never
+    /// fatal; `target` is cut to [`MAX_TARGET_CHARS`] (it may be made up).
+    pub async fn record_refused(&self, actor: &Actor, action: &str, target: &str, code: &str) {
+        let target: String = target.chars().take(MAX_TARGET_CHARS).collect();
+        let activity = NewActivity::new(&self.node, action, "refused").by(actor, target).refused(code);
+        self.record(activity).await;
     }
 
     /// One page of [`Self::inconsistencies`], in a stable order (kind, then
@@ -273,12 +322,13 @@ impl Trekker {
     }
 
     /// Finds inconsistencies and, unless `dry_run`, repairs each one.
-    pub async fn repair_registry(&self, dry_run: bool) -> Result<RepairReport, AppError> {
+    pub async fn repair_registry(&self, actor: &Actor, dry_run: bool) -> Result<RepairReport, AppError> {
         let found = self.inconsistencies().await?;
         let mut repaired = 0;
         if !dry_run {
             for issue in &found {
-                let activity = NewActivity::new(&self.node, "registry_repaired", format!("{issue:?}"));
+                let activity = NewActivity::new(&self.node, "registry_repaired", format!("{issue:?}"))
+                    .by(actor, AuditMark::REGISTRY);
                 if self
                     .store
                     .consistency
@@ -293,7 +343,7 @@ impl Trekker {
     }
 
     /// Appends an activity; a failure is logged, never fatal.
-    pub(crate) async fn record(&self, activity: NewActivity) {
+    pub async fn record(&self, activity: NewActivity) {
         if let Err(err) = self.store.activities.append_activity(&activity, self.now()).await {
             tracing::warn!(error = ?err, action = %activity.action, "could not record an activity");
         }
@@ -391,13 +441,18 @@ mod tests {
                         && *expires_at == NOW + days * DAY_MS
                         && *now == NOW
                         && effects
+                            .activity
+                            .audit
+                            .as_ref()
+                            .is_some_and(|mark| mark.actor == crate::test_support::operator() && mark.result == "ok")
+                        && effects
                             .notification
                             .as_ref()
                             .is_some_and(|n| n.message.render(None).contains(&time::iso_date(NOW + days * DAY_MS)))
                 })
                 .times(1)
                 .returning(|_, _, _, _| Ok(bot_record("SERVER0", ApprovalStatus::Approved)));
-            let approved = trekker(store).approve_bot("bot-1", months).await.unwrap();
+            let approved = trekker(store).approve_bot(&crate::test_support::operator(), "bot-1", months).await.unwrap();
             assert_eq!(approved.approval, ApprovalStatus::Approved);
         }
     }
@@ -405,11 +460,14 @@ mod tests {
     #[tokio::test]
     async fn out_of_range_months_or_ids_touch_nothing() {
         for months in [0, MAX_EXPIRATION_MONTHS + 1, u32::MAX] {
-            let err = trekker(Mocks::default()).approve_bot("bot-1", Some(months)).await.unwrap_err();
+            let err = trekker(Mocks::default())
+                .approve_bot(&crate::test_support::operator(), "bot-1", Some(months))
+                .await
+                .unwrap_err();
             assert!(matches!(err, AppError::InvalidInput(_)), "{months}: {err:?}");
         }
         for id in ["", "not a bot id!", &"x".repeat(10_000)] {
-            let err = trekker(Mocks::default()).reject_bot(id).await.unwrap_err();
+            let err = trekker(Mocks::default()).reject_bot(&crate::test_support::operator(), id).await.unwrap_err();
             assert!(matches!(err, AppError::NotFound(_)), "{err:?}");
         }
     }
@@ -419,10 +477,16 @@ mod tests {
         let cases: [(Option<i64>, Option<&str>); 4] =
             [(None, None), (Some(-1), None), (Some(1_000_001), None), (None, Some("paused"))];
         for (max, status) in cases {
-            let err = trekker(Mocks::default()).update_server("SERVER1", max, status).await.unwrap_err();
+            let err = trekker(Mocks::default())
+                .update_server(&crate::test_support::operator(), "SERVER1", max, status)
+                .await
+                .unwrap_err();
             assert!(matches!(err, AppError::InvalidInput(_)), "{max:?} {status:?}: {err:?}");
         }
-        let err = trekker(Mocks::default()).update_server("no such name!", Some(1), None).await.unwrap_err();
+        let err = trekker(Mocks::default())
+            .update_server(&crate::test_support::operator(), "no such name!", Some(1), None)
+            .await
+            .unwrap_err();
         assert!(matches!(err, AppError::NotFound(_)), "{err:?}");
     }
 
@@ -432,12 +496,15 @@ mod tests {
         store
             .servers
             .expect_update_server()
-            .withf(|name, patch, _| {
+            .withf(|name, patch, audit, _| {
                 name.as_str() == "SERVER1"
                     && *patch == ServerPatch { max_bot_count: Some(7), status: Some(ServerStatus::Draining) }
+                    && audit.audit.as_ref().is_some_and(|mark| {
+                        mark.actor == crate::test_support::operator() && mark.target == "server/SERVER1"
+                    })
             })
             .times(1)
-            .returning(|name, patch, _| {
+            .returning(|name, patch, _, _| {
                 Ok(ServerSnapshot {
                     name: name.clone(),
                     max_bot_count: patch.max_bot_count.unwrap(),
@@ -450,8 +517,10 @@ mod tests {
                     evacuation: None,
                 })
             });
-        store.activities.expect_append_activity().times(1).returning(|_, _| Ok(()));
-        let view = trekker(store).update_server("server1", Some(7), Some("draining")).await.unwrap();
+        let view = trekker(store)
+            .update_server(&crate::test_support::operator(), "server1", Some(7), Some("draining"))
+            .await
+            .unwrap();
         assert_eq!((view.server.max_bot_count, view.server.status), (7, ServerStatus::Draining));
         assert!(!view.online, "a minute without a beat is offline");
     }
@@ -477,7 +546,7 @@ mod tests {
                 .expect_repair_inconsistency()
                 .times(if dry_run { 0 } else { 2 })
                 .returning(move |_, _, _| Ok(answers.pop().unwrap()));
-            let report = trekker(store).repair_registry(dry_run).await.unwrap();
+            let report = trekker(store).repair_registry(&crate::test_support::operator(), dry_run).await.unwrap();
             assert_eq!(report.found, issues);
             assert_eq!((report.dry_run, report.repaired), (dry_run, usize::from(!dry_run)));
         }
@@ -494,6 +563,7 @@ mod tests {
             details: String::new(),
             remote_tenancy: None,
             remote_bot_id: None,
+            audit: None,
         }
     }
 
@@ -513,11 +583,13 @@ mod tests {
     async fn either_server_field_alone_is_a_change() {
         for (max, status) in [(Some(3), None), (None, Some("inactive"))] {
             let mut store = Mocks::default();
-            store.servers.expect_update_server().times(1).returning(|name, _, _| {
+            store.servers.expect_update_server().times(1).returning(|name, _, _, _| {
                 Ok(ServerSnapshot { name: name.clone(), ..crate::test_support::server_snapshot("X", 3, 0) })
             });
-            store.activities.expect_append_activity().times(1).returning(|_, _| Ok(()));
-            assert!(trekker(store).update_server("SERVER1", max, status).await.is_ok(), "{max:?} {status:?}");
+            assert!(
+                trekker(store).update_server(&crate::test_support::operator(), "SERVER1", max, status).await.is_ok(),
+                "{max:?} {status:?}"
+            );
         }
     }
 
@@ -716,7 +788,7 @@ mod tests {
             .times(1)
             .returning(|_, _, _| Ok(bot_record("SERVER0", ApprovalStatus::Approved)));
         let t = trekker(store);
-        t.reject_bot("bot-1").await.unwrap();
-        t.delete_bot("bot-1").await.unwrap();
+        t.reject_bot(&crate::test_support::operator(), "bot-1").await.unwrap();
+        t.delete_bot(&crate::test_support::operator(), "bot-1").await.unwrap();
     }
 }

@@ -217,7 +217,12 @@ impl Trekker {
             // no-op, as the idempotency key would over HTTP.
             self.apply_remote_credentials(&update.source, &body).await.map_err(|err| match err {
                 AppError::Store(store) => ClientError::Unreachable(format!("database: {store}")),
-                refused => ClientError::Refused { status: 409, code: String::new(), message: refused.to_string() },
+                refused => ClientError::Refused {
+                    status: 409,
+                    code: String::new(),
+                    message: refused.to_string(),
+                    retry_after_secs: None,
+                },
             })
         } else {
             self.remote.update_bot_credentials(&host, &base_url, &update.id, &body).await

@@ -275,6 +275,7 @@ mod tests {
 
     fn activity(id: i64, action: &str) -> trekker_store::Activity {
         trekker_store::Activity {
+            audit: None,
             id,
             occurred_at: crate::test_support::NOW,
             server: "SERVER0".into(),

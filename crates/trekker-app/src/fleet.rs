@@ -14,11 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+use trekker_domain::access::Actor;
 use trekker_domain::{ApprovalStatus, BotId, GuestMessage, ServerName, ServerStatus};
 use trekker_placement::{Balance, Candidate, Liveness, MostFreeSlots};
 use trekker_store::{
-    BotFilter, BotRecord, MoveReason, MoveRequest, MovedBot, NewActivity, PowerAction, ServerSnapshot, SideEffects,
-    StoreError,
+    AuditMark, BotFilter, BotRecord, MoveReason, MoveRequest, MovedBot, NewActivity, PowerAction, ServerSnapshot,
+    SideEffects, StoreError,
 };
 
 use crate::admin::parse_bot_id;
@@ -105,7 +106,7 @@ impl Trekker {
     /// current host), in one transaction (invariant 11); its old host stops
     /// it and saves its session, its new host restores and starts it. The
     /// guest is told in the same transaction.
-    pub async fn move_bot(&self, id: &str, server: Option<&str>) -> Result<MovedBot, AppError> {
+    pub async fn move_bot(&self, actor: &Actor, id: &str, server: Option<&str>) -> Result<MovedBot, AppError> {
         let bot = self.bot(id).await?;
         let servers = self.store.servers.list_servers().await?;
         let target = match server.map(str::trim).filter(|s| !s.is_empty()) {
@@ -136,7 +137,7 @@ impl Trekker {
             }
         };
         let request = MoveRequest::admin(bot.id.clone(), target);
-        let moved = self.store.bots.move_bot(&request, &self.move_effects(&bot, &request), self.now()).await?;
+        let moved = self.store.bots.move_bot(&request, &self.move_effects(actor, &bot, &request), self.now()).await?;
         self.bots_changed();
         self.capacity_touched(&moved.from);
         self.capacity_touched(&moved.bot.server);
@@ -144,8 +145,9 @@ impl Trekker {
         Ok(moved)
     }
 
-    /// The activity and guest message written with a move.
-    fn move_effects(&self, bot: &BotRecord, request: &MoveRequest) -> SideEffects {
+    /// The activity and guest message written with a move: an admin's move
+    /// is `actor`'s; evacuation, rebalancing and failover are the system's.
+    fn move_effects(&self, actor: &Actor, bot: &BotRecord, request: &MoveRequest) -> SideEffects {
         let (action, by) = match request.reason {
             MoveReason::Admin => ("bot_moved", "moved by an admin"),
             MoveReason::Evacuation => ("bot_moved", "moved by the evacuation"),
@@ -153,8 +155,11 @@ impl Trekker {
             MoveReason::Failover => ("bot_failed_over", "failed over: its node's lease is gone"),
         };
         let details = format!("{by}, from {} to {}", bot.server, request.to);
-        let activity =
-            NewActivity::new(&self.node, action, details).for_bot(&bot.id, &bot.phone).with_remote(&request.to, None);
+        let actor = if request.reason == MoveReason::Admin { actor.clone() } else { Actor::system() };
+        let activity = NewActivity::new(&self.node, action, details)
+            .for_bot(&bot.id, &bot.phone)
+            .with_remote(&request.to, None)
+            .by(&actor, AuditMark::bot(&bot.id));
         let message =
             GuestMessage::Moved { bot_name: bot.name.clone(), from: bot.server.clone(), to: request.to.clone() };
         SideEffects::activity(activity).notify(&bot.phone, message)
@@ -162,19 +167,26 @@ impl Trekker {
 
     /// Restarts an approved bot (or starts a stopped or `failed` one, its
     /// crash count cleared), on its host, and keeps it running.
-    pub async fn restart_bot(&self, id: &str) -> Result<BotRecord, AppError> {
-        self.power(id, PowerAction::Restart, "bot_restarted", "restarted by an admin").await
+    pub async fn restart_bot(&self, actor: &Actor, id: &str) -> Result<BotRecord, AppError> {
+        self.power(actor, id, PowerAction::Restart, "bot_restarted", "restarted by an admin").await
     }
 
     /// Stops a bot and keeps it stopped (across node restarts and moves)
     /// until a restart.
-    pub async fn stop_bot(&self, id: &str) -> Result<BotRecord, AppError> {
-        self.power(id, PowerAction::Stop, "bot_stopped", "stopped by an admin").await
+    pub async fn stop_bot(&self, actor: &Actor, id: &str) -> Result<BotRecord, AppError> {
+        self.power(actor, id, PowerAction::Stop, "bot_stopped", "stopped by an admin").await
     }
 
-    async fn power(&self, id: &str, action: PowerAction, what: &str, details: &str) -> Result<BotRecord, AppError> {
+    async fn power(
+        &self,
+        actor: &Actor,
+        id: &str,
+        action: PowerAction,
+        what: &str,
+        details: &str,
+    ) -> Result<BotRecord, AppError> {
         let id: BotId = parse_bot_id(id)?;
-        let activity = NewActivity::new(&self.node, what, details);
+        let activity = NewActivity::new(&self.node, what, details).by(actor, AuditMark::bot(&id));
         let effects = SideEffects::activity(NewActivity { bot_id: Some(id.clone()), ..activity });
         let bot = self.store.bots.set_power(&id, action, &effects, self.now()).await.map_err(|err| match err {
             StoreError::BotNotFound => AppError::NotFound("Bot not found.".into()),
@@ -188,15 +200,17 @@ impl Trekker {
     /// Starts evacuating `name`: it becomes `draining` and the fleet loop
     /// moves its bots away at MOVES_PER_MIN per target. Returns the server
     /// and how many bots will move.
-    pub async fn evacuate_server(&self, name: &str) -> Result<(ServerSnapshot, i64), AppError> {
+    pub async fn evacuate_server(&self, actor: &Actor, name: &str) -> Result<(ServerSnapshot, i64), AppError> {
         let not_found = || AppError::NotFound(format!("Server {name} not found."));
         let server = ServerName::parse(name).map_err(|_| not_found())?;
-        let snapshot = self.store.servers.start_evacuation(&server, self.now()).await.map_err(|err| match err {
-            StoreError::UnknownServer(_) => not_found(),
-            other => other.into(),
-        })?;
-        let details = format!("evacuation of {} bots started", snapshot.current_bot_count);
-        self.record(NewActivity::new(&self.node, "server_evacuation", details).with_remote(&server, None)).await;
+        let audit = NewActivity::new(&self.node, "server_evacuation", "evacuation started")
+            .with_remote(&server, None)
+            .by(actor, AuditMark::server(&server));
+        let snapshot =
+            self.store.servers.start_evacuation(&server, &audit, self.now()).await.map_err(|err| match err {
+                StoreError::UnknownServer(_) => not_found(),
+                other => other.into(),
+            })?;
         self.fleet_changed.notify_one();
         tracing::info!(server = %server, bots = snapshot.current_bot_count, "🚚 evacuation started");
         let bots = snapshot.current_bot_count;
@@ -300,7 +314,7 @@ impl Trekker {
     }
 
     async fn try_move(&self, bot: &BotRecord, request: &MoveRequest) -> Result<Outcome, AppError> {
-        match self.store.bots.move_bot(request, &self.move_effects(bot, request), self.now()).await {
+        match self.store.bots.move_bot(request, &self.move_effects(&Actor::system(), bot, request), self.now()).await {
             Ok(moved) => Ok(Outcome::Moved(Box::new(moved))),
             Err(StoreError::Paced(target)) => Ok(Outcome::Paced(target)),
             Err(StoreError::ServerFull(_) | StoreError::ServerNotAccepting { .. }) => Ok(Outcome::TargetRefused),
@@ -584,7 +598,7 @@ mod tests {
             store.bots.expect_get_bot().returning(|_| Ok(Some(bot_on("HOME", 1, ApprovalStatus::Approved))));
             let listed = servers.clone();
             store.servers.expect_list_servers().returning(move || Ok(listed.clone()));
-            let err = trekker(store).move_bot("bot-1", target).await.unwrap_err();
+            let err = trekker(store).move_bot(&crate::test_support::operator(), "bot-1", target).await.unwrap_err();
             match err {
                 AppError::Conflict(text) => assert!(text.contains(refused), "{target:?}: {text}"),
                 AppError::UnknownServer(_) => assert_eq!(target, Some("nowhere")),
@@ -598,7 +612,7 @@ mod tests {
             let listed = servers.clone();
             store.servers.expect_list_servers().returning(move || Ok(listed.clone()));
             let asked = moves_answered(&mut store, |_| Ok(()));
-            let moved = trekker(store).move_bot("bot-1", target).await.unwrap();
+            let moved = trekker(store).move_bot(&crate::test_support::operator(), "bot-1", target).await.unwrap();
             assert_eq!(moved.bot.server.as_str(), "OPEN");
             assert_eq!(asked.lock().unwrap()[0].1, "OPEN", "{target:?}");
         }
@@ -606,7 +620,10 @@ mod tests {
         let mut store = Mocks::default();
         store.bots.expect_get_bot().returning(|_| Ok(Some(bot_on("HOME", 1, ApprovalStatus::Approved))));
         store.servers.expect_list_servers().returning(|| Ok(vec![server_snapshot("HOME", 10, 1)]));
-        assert!(matches!(trekker(store).move_bot("bot-1", None).await, Err(AppError::Conflict(_))));
+        assert!(matches!(
+            trekker(store).move_bot(&crate::test_support::operator(), "bot-1", None).await,
+            Err(AppError::Conflict(_))
+        ));
     }
 
     #[tokio::test]
@@ -624,8 +641,8 @@ mod tests {
             .returning(|_, _, _, _| Ok(bot_on("HOME", 1, ApprovalStatus::Approved)));
         store.bots.expect_set_power().returning(|_, _, _, _| Err(StoreError::BotNotFound));
         let t = trekker(store);
-        t.stop_bot("bot-1").await.unwrap();
-        assert!(matches!(t.restart_bot("bot-2").await, Err(AppError::NotFound(_))));
+        t.stop_bot(&crate::test_support::operator(), "bot-1").await.unwrap();
+        assert!(matches!(t.restart_bot(&crate::test_support::operator(), "bot-2").await, Err(AppError::NotFound(_))));
     }
 
     /// Only the duty holder reads the fleet: the mocks have no listing, so

@@ -226,7 +226,7 @@ where
 }
 
 /// 128 random bits from the system's secure generator.
-pub(crate) fn random_u128() -> u128 {
+pub fn random_u128() -> u128 {
     let mut bytes = [0u8; 16];
     // SystemRandom only fails when the OS has no randomness at all, where
     // nothing secure can go on.
@@ -303,6 +303,11 @@ pub(crate) mod test_support {
 
     /// Bot `bot-1` of [`PHONE`] on `server`.
     /// An active server seen now, `used` of `max` slots taken.
+    /// An operator's key: the actor of the admin writes under test.
+    pub fn operator() -> trekker_domain::access::Actor {
+        trekker_domain::access::Actor { key_id: Some("00000000000000aa".into()), name: "ops".into() }
+    }
+
     pub fn server_snapshot(server: &str, max: i64, used: i64) -> trekker_store::ServerSnapshot {
         trekker_store::ServerSnapshot {
             name: ServerName::parse(server).unwrap(),

@@ -8,6 +8,7 @@
 //! it for a forwarded update: the sender's word is not enough.
 
 use trekker_domain::Credentials;
+use trekker_domain::access::Actor;
 use trekker_store::{BotRecord, CredentialReview, NewActivity, NewReview, SideEffects};
 
 use crate::{AppError, Trekker, random_u128};
@@ -68,18 +69,20 @@ impl Trekker {
 
     /// Applies a review's credentials: the new account is pinned, the
     /// version bumped, and an approved bot restarts on its host.
-    pub async fn approve_review(&self, id: &str) -> Result<BotRecord, AppError> {
+    pub async fn approve_review(&self, actor: &Actor, id: &str) -> Result<BotRecord, AppError> {
         let id = review_id(id)?;
-        let activity = NewActivity::new(&self.node, "credential_review_approved", format!("review {id} approved"));
+        let activity = NewActivity::new(&self.node, "credential_review_approved", format!("review {id} approved"))
+            .by(actor, format!("review/{id}"));
         let bot = self.store.reviews.approve_review(id, &SideEffects::activity(activity), self.now()).await?;
         self.bots_changed();
         tracing::info!(bot = %bot.id, review = %id, "🔐 Review approved: new account pinned");
         Ok(bot)
     }
 
-    pub async fn reject_review(&self, id: &str) -> Result<CredentialReview, AppError> {
+    pub async fn reject_review(&self, actor: &Actor, id: &str) -> Result<CredentialReview, AppError> {
         let id = review_id(id)?;
-        let activity = NewActivity::new(&self.node, "credential_review_rejected", format!("review {id} rejected"));
+        let activity = NewActivity::new(&self.node, "credential_review_rejected", format!("review {id} rejected"))
+            .by(actor, format!("review/{id}"));
         Ok(self.store.reviews.reject_review(id, &SideEffects::activity(activity), self.now()).await?)
     }
 }
@@ -165,9 +168,11 @@ mod tests {
     #[tokio::test]
     async fn review_pages_and_ids_are_checked_before_the_store() {
         for refused in ["", "with space", "dash-ed", &"a".repeat(65)] {
-            let err = trekker(Mocks::default()).approve_review(refused).await.unwrap_err();
+            let err =
+                trekker(Mocks::default()).approve_review(&crate::test_support::operator(), refused).await.unwrap_err();
             assert!(matches!(err, AppError::NotFound(_)), "{refused:?}");
-            let err = trekker(Mocks::default()).reject_review(refused).await.unwrap_err();
+            let err =
+                trekker(Mocks::default()).reject_review(&crate::test_support::operator(), refused).await.unwrap_err();
             assert!(matches!(err, AppError::NotFound(_)), "{refused:?}");
         }
         let longest = "a".repeat(64);
@@ -194,7 +199,7 @@ mod tests {
             .times(1)
             .returning(|_, _| Ok(trekker_store::ReviewPage { reviews: vec![], next: None }));
         let t = trekker(store);
-        assert_eq!(t.reject_review(&longest).await.unwrap().id, longest);
+        assert_eq!(t.reject_review(&crate::test_support::operator(), &longest).await.unwrap().id, longest);
         let after = crate::admin::format_cursor(NOW, "r9");
         let (reviews, next) = t.credential_reviews(Some(3), Some(&after)).await.unwrap();
         assert_eq!(reviews, vec![review("r8")]);

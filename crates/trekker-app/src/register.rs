@@ -819,6 +819,7 @@ mod tests {
             status: 404,
             code: "NOT_FOUND".into(),
             message: "Bot bot-1 is not hosted on SERVER1.".into(),
+            retry_after_secs: None,
         };
         let mut trekker = trekker(store);
         trekker.remote = Arc::new(FakeHost(Err(refusal), Default::default()));

@@ -13,7 +13,7 @@ use std::time::Duration;
 use crate::{Trekker, telemetry};
 use tokio_util::sync::CancellationToken;
 use trekker_domain::messages;
-use trekker_store::{NewActivity, SideEffects, StoreError};
+use trekker_store::{AuditMark, NewActivity, SideEffects, StoreError};
 
 impl Trekker {
     /// One sweep; returns how many bots expired.
@@ -35,7 +35,8 @@ impl Trekker {
         let mut rejected = 0;
         for bot in self.store.bots.stale_pending_bots(cutoff, 100).await? {
             let activity = NewActivity::new(&self.node, "pending_expired", format!("not approved within {hours} h"))
-                .for_bot(&bot.id, &bot.phone);
+                .for_bot(&bot.id, &bot.phone)
+                .by_system(AuditMark::bot(&bot.id));
             let effects =
                 SideEffects::activity(activity).notify(&bot.phone, messages::pending_expired(&bot.name, hours));
             match self.store.bots.reject_bot(&bot.id, &effects, self.now()).await {

@@ -1,5 +1,5 @@
-//! Who may do what on the admin API: the three roles, and the tokens of
-//! the API keys operators hold.
+//! Who may do what on the admin API: the three roles, the tokens of the
+//! API keys operators hold, and the actor the audit trail names.
 //!
 //! A key's token is `trk_<id>_<secret>`: the id (16 hex digits, 64 random
 //! bits) names the key, so a node finds it by primary key, never by
@@ -119,6 +119,26 @@ impl KeyToken {
     /// The whole token, to show its holder once.
     pub fn expose(&self) -> String {
         format!("{TOKEN_PREFIX}{}_{}", self.id, self.secret)
+    }
+}
+
+/// Who did something the audit trail records: a key (its id and name),
+/// the bootstrap token, or the cluster itself ([`Actor::system`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Actor {
+    /// The key's id; none for the bootstrap token and the system.
+    pub key_id: Option<String>,
+    /// The key's name, `bootstrap` or `system`.
+    pub name: String,
+}
+
+impl Actor {
+    /// The name of the cluster's own actions (expiry, failover, crashes).
+    pub const SYSTEM: &'static str = "system";
+
+    /// The cluster acting on its own.
+    pub fn system() -> Self {
+        Self { key_id: None, name: Self::SYSTEM.to_owned() }
     }
 }
 

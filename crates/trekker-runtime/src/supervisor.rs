@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use trekker_domain::time::Clock;
 use trekker_domain::{ApprovalStatus, BotId, DesiredState, PhoneNumber, RuntimeStatus, ServerName, messages};
 use trekker_store::{
-    BotExit, BotRecord, ChangeCursor, NewActivity, NodeLease, RuntimeReport, RuntimeStore, SessionSnapshot,
+    AuditMark, BotExit, BotRecord, ChangeCursor, NewActivity, NodeLease, RuntimeReport, RuntimeStore, SessionSnapshot,
     SessionStateStore, SideEffects,
 };
 
@@ -890,7 +890,9 @@ impl Supervisor {
                 // Said once, with the report that takes the run's status:
                 // the owner is the one who can pair again.
                 if let Some((name, phone)) = self.bots.get(&id).and_then(|m| m.owner.clone()) {
-                    let activity = NewActivity::new(&self.node, "logged_out", reason.clone()).for_bot(&id, &phone);
+                    let activity = NewActivity::new(&self.node, "logged_out", reason.clone())
+                        .for_bot(&id, &phone)
+                        .by_system(AuditMark::bot(&id));
                     let effects = SideEffects::activity(activity).notify(&phone, messages::logged_out(&name));
                     let status = (RuntimeStatus::Error, Some("logged out".into()), Some(reason.clone()));
                     self.report_with(&id, version, status, Some(effects)).await;
@@ -937,7 +939,7 @@ impl Supervisor {
     /// An activity `action` about bot `id` (with its phone when known),
     /// written with the report that says it: what operators are alerted by.
     fn alert(&self, id: &BotId, action: &str, details: &str) -> SideEffects {
-        let activity = NewActivity::new(&self.node, action, details.to_owned());
+        let activity = NewActivity::new(&self.node, action, details.to_owned()).by_system(AuditMark::bot(id));
         let activity = match self.bots.get(id).and_then(|m| m.owner.clone()) {
             Some((_, phone)) => activity.for_bot(id, &phone),
             None => activity,
@@ -962,7 +964,8 @@ impl Supervisor {
                 format!("crashed {} times within {} s; last: {error}", managed.crashes.len(), window.as_secs());
             tracing::error!(bot = %id, "{message}: marked failed");
             self.release(id).await;
-            self.report(id, version, RuntimeStatus::Failed, 0, Some(message), None).await;
+            let effects = self.alert(id, "bot_failed", &message);
+            self.report_with(id, version, (RuntimeStatus::Failed, Some(message), None), Some(effects)).await;
             return;
         }
         managed.consecutive_crashes += 1;

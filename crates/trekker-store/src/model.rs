@@ -1,6 +1,7 @@
 //! The records the store reads and writes. No credentials in any of them:
 //! those go in as [`Credentials`] and are sealed before they touch a row.
 
+use trekker_domain::access::Actor;
 use trekker_domain::{
     ApprovalStatus, BotId, DesiredState, GuestMessage, PhoneNumber, RuntimeStatus, ServerName, ServerStatus,
 };
@@ -225,6 +226,15 @@ pub struct ActivityPage {
     pub next: Option<i64>,
 }
 
+/// Which entries of the audit trail to list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// Only this actor's (a key's name, `bootstrap` or `system`).
+    pub actor: Option<String>,
+    /// Only this action (`approved`, `bot_failed_over`, ...).
+    pub action: Option<String>,
+}
+
 /// An audit record to append.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewActivity {
@@ -242,6 +252,38 @@ pub struct NewActivity {
     pub remote_tenancy: Option<ServerName>,
     /// The bot on the other server, for cross-server steps.
     pub remote_bot_id: Option<String>,
+    /// Who did it, to what, and how it ended: set on every admin write and
+    /// every system action (the audit trail); none for a guest's steps.
+    pub audit: Option<AuditMark>,
+}
+
+/// What makes an activity an entry of the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditMark {
+    /// The key, `bootstrap` or `system`.
+    pub actor: Actor,
+    /// What it was done to: `bot/<id>`, `server/<name>`, `key/<id>`,
+    /// `review/<id>` or `registry`.
+    pub target: String,
+    /// [`AuditMark::OK`], or the error code that refused it.
+    pub result: String,
+}
+
+impl AuditMark {
+    /// The result of a write that was made.
+    pub const OK: &'static str = "ok";
+    /// The target of the registry's repairs.
+    pub const REGISTRY: &'static str = "registry";
+
+    /// The target naming bot `id`.
+    pub fn bot(id: &BotId) -> String {
+        format!("bot/{id}")
+    }
+
+    /// The target naming server `name`.
+    pub fn server(name: &ServerName) -> String {
+        format!("server/{name}")
+    }
 }
 
 impl NewActivity {
@@ -255,7 +297,28 @@ impl NewActivity {
             details: details.into(),
             remote_tenancy: None,
             remote_bot_id: None,
+            audit: None,
         }
+    }
+
+    /// Done by `actor` to `target` (an entry of the audit trail), and done.
+    pub fn by(mut self, actor: &Actor, target: impl Into<String>) -> Self {
+        let result = AuditMark::OK.to_owned();
+        self.audit = Some(AuditMark { actor: actor.clone(), target: target.into(), result });
+        self
+    }
+
+    /// Done by the cluster itself to `target` (expiry, failover, crashes).
+    pub fn by_system(self, target: impl Into<String>) -> Self {
+        self.by(&Actor::system(), target)
+    }
+
+    /// Refused with error `code` (a write attempted and not made).
+    pub fn refused(mut self, code: &str) -> Self {
+        if let Some(audit) = self.audit.as_mut() {
+            audit.result = code.to_owned();
+        }
+        self
     }
 
     /// About bot `bot_id` of `phone`.
@@ -294,6 +357,8 @@ pub struct Activity {
     pub remote_tenancy: Option<String>,
     /// The bot on that server.
     pub remote_bot_id: Option<String>,
+    /// Who did it, to what, with what result: entries of the audit trail.
+    pub audit: Option<AuditMark>,
 }
 
 /// A message to a guest, queued with the change that caused it.

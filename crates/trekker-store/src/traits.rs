@@ -36,17 +36,25 @@ pub trait ServerStore: Send + Sync + 'static {
     /// One server; none when it is not registered.
     async fn get_server(&self, server: &ServerName) -> Result<Option<ServerSnapshot>, StoreError>;
 
-    /// Applies an admin's change to capacity and/or status.
+    /// Applies an admin's change to capacity and/or status, and writes its
+    /// `audit` entry in the same transaction.
     async fn update_server(
         &self,
         server: &ServerName,
         patch: &ServerPatch,
+        audit: &NewActivity,
         now: Millis,
     ) -> Result<ServerSnapshot, StoreError>;
 
     /// Starts an evacuation: the server becomes `draining` and is marked
-    /// as being emptied (kept if one is under way already).
-    async fn start_evacuation(&self, server: &ServerName, now: Millis) -> Result<ServerSnapshot, StoreError>;
+    /// as being emptied (kept if one is under way already); its `audit`
+    /// entry is written in the same transaction.
+    async fn start_evacuation(
+        &self,
+        server: &ServerName,
+        audit: &NewActivity,
+        now: Millis,
+    ) -> Result<ServerSnapshot, StoreError>;
 
     /// Records how an evacuation pass ended: `stuck` bots fit nowhere;
     /// `done` (nothing left on the server) ends the evacuation.
@@ -156,6 +164,16 @@ pub trait ActivityLog: Send + Sync + 'static {
     async fn list_activities(
         &self,
         bot: Option<BotId>,
+        after: Option<i64>,
+        limit: i64,
+    ) -> Result<ActivityPage, StoreError>;
+
+    /// The audit trail: activities with an actor (admin writes and system
+    /// actions), newest first, `limit` (at most [`MAX_PAGE`]) of them after
+    /// the activity `after`, of one actor name and one action if given.
+    async fn list_audit(
+        &self,
+        filter: &AuditFilter,
         after: Option<i64>,
         limit: i64,
     ) -> Result<ActivityPage, StoreError>;
@@ -552,8 +570,9 @@ pub trait CapacityLevelStore: Send + Sync + 'static {
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
 pub trait ApiKeyStore: Send + Sync + 'static {
-    /// Stores a new key (its id is random: a clash is `StoreError::Conflict`).
-    async fn create_api_key(&self, key: &ApiKey) -> Result<(), StoreError>;
+    /// Stores a new key (its id is random: a clash is `StoreError::Conflict`)
+    /// and its `audit` entry, in one transaction.
+    async fn create_api_key(&self, key: &ApiKey, audit: &NewActivity) -> Result<(), StoreError>;
 
     /// The key `id`, revoked or not.
     async fn api_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError>;
@@ -563,8 +582,9 @@ pub trait ApiKeyStore: Send + Sync + 'static {
     async fn list_api_keys(&self, after: Option<String>, limit: i64) -> Result<ApiKeyPage, StoreError>;
 
     /// Revokes the key `id` at `now`; false when there is no such key or
-    /// it was revoked already (the first revocation's time stays).
-    async fn revoke_api_key(&self, id: &str, now: Millis) -> Result<bool, StoreError>;
+    /// it was revoked already (the first revocation's time stays). A
+    /// revocation writes its `audit` entry in its transaction.
+    async fn revoke_api_key(&self, id: &str, audit: &NewActivity, now: Millis) -> Result<bool, StoreError>;
 
     /// Records when keys were last used (one statement per key, never
     /// moving a time back).

@@ -255,12 +255,19 @@ conformance_cases!(
     session_state_is_sealed_fenced_and_kept_per_pairing,
     device_state_is_sealed_fenced_and_kept_per_pairing,
     api_keys_are_found_by_id_paged_revoked_once_and_their_use_recorded,
+    the_audit_trail_holds_admin_writes_and_system_actions_with_their_change,
 );
 
 const NOW: Millis = 1_700_000_000_000;
 
 fn server(name: &str) -> ServerName {
     ServerName::parse(name).unwrap()
+}
+
+/// An admin's write `action` by the key named `ops`.
+fn audit(action: &str) -> NewActivity {
+    let ops = trekker_domain::access::Actor { key_id: Some("00000000000000aa".into()), name: "ops".into() };
+    NewActivity::new(&server("SERVER0"), action, "test").by(&ops, "server/SERVER0")
 }
 
 fn effects(action: &str) -> SideEffects {
@@ -321,6 +328,7 @@ async fn servers_upsert_heartbeat_and_patch(f: Fixture) {
         .update_server(
             &server("SERVER1"),
             &ServerPatch { max_bot_count: Some(3), status: Some(ServerStatus::Draining) },
+            &audit("server_updated"),
             NOW,
         )
         .await
@@ -330,7 +338,8 @@ async fn servers_upsert_heartbeat_and_patch(f: Fixture) {
     let again = add_server(s, "SERVER1", 7).await;
     assert_eq!((again.max_bot_count, again.status), (7, ServerStatus::Draining));
     assert!(matches!(
-        s.update_server(&server("SERVER1"), &ServerPatch { max_bot_count: Some(-1), status: None }, NOW).await,
+        s.update_server(&server("SERVER1"), &ServerPatch { max_bot_count: Some(-1), status: None }, &audit("x"), NOW)
+            .await,
         Err(StoreError::InvalidInput(_))
     ));
     add_server(s, "SERVER0", 1).await;
@@ -457,6 +466,7 @@ async fn unknown_and_draining_servers_refuse(f: Fixture) {
     s.update_server(
         &server("SERVER0"),
         &ServerPatch { max_bot_count: None, status: Some(ServerStatus::Draining) },
+        &audit("server_updated"),
         NOW,
     )
     .await
@@ -1085,6 +1095,11 @@ async fn node_leases_fence_runners(f: Fixture) {
     assert!(s.record_exit(&bot.id, &b2, &exit("out of memory", true)).await.unwrap());
     let exits = s.bot_exits(&bot.id).await.unwrap();
     assert_eq!(exits.oom_kills, 2);
+    // Each kill is the system's act on the audit trail; the stale one is not.
+    let system = AuditFilter { actor: Some("system".into()), action: Some("out_of_memory".into()) };
+    let kills = s.list_audit(&system, None, 10).await.unwrap().activities;
+    let targets: Vec<_> = kills.iter().map(|a| (a.bot_id.clone(), a.audit.clone().unwrap().target)).collect();
+    assert_eq!(targets, vec![(Some(bot.id.to_string()), format!("bot/{}", bot.id)); 2]);
     let last = exits.last.unwrap();
     assert_eq!((last.at, last.code, last.signal, last.reason.as_str()), (NOW + 41_500, None, Some(9), "out of memory"));
     // Released, the bot is free for a lease of its host at once.
@@ -1708,18 +1723,21 @@ async fn power_load_and_evacuation_are_recorded(f: Fixture) {
     s.heartbeat(&a, NOW + 1, None).await.unwrap();
     assert_eq!(s.get_server(&a).await.unwrap().unwrap().load, Some(load), "a beat without figures keeps the last");
 
-    let evacuating = s.start_evacuation(&a, NOW).await.unwrap();
+    let evacuating = s.start_evacuation(&a, &audit("server_evacuation"), NOW).await.unwrap();
     assert_eq!(evacuating.status, ServerStatus::Draining);
     assert_eq!(evacuating.evacuation, Some(Evacuation { started_at: NOW, stuck: 0 }));
     s.record_evacuation(&a, 2, false).await.unwrap();
     assert_eq!(s.get_server(&a).await.unwrap().unwrap().evacuation.map(|e| e.stuck), Some(2));
     // Made active again by an admin: the evacuation is over.
     let patch = ServerPatch { max_bot_count: None, status: Some(ServerStatus::Active) };
-    assert_eq!(s.update_server(&a, &patch, NOW).await.unwrap().evacuation, None);
-    s.start_evacuation(&a, NOW).await.unwrap();
+    assert_eq!(s.update_server(&a, &patch, &audit("server_updated"), NOW).await.unwrap().evacuation, None);
+    s.start_evacuation(&a, &audit("server_evacuation"), NOW).await.unwrap();
     s.record_evacuation(&a, 0, true).await.unwrap();
     assert_eq!(s.get_server(&a).await.unwrap().unwrap().evacuation, None, "done");
-    assert!(matches!(s.start_evacuation(&server("NOPE"), NOW).await, Err(StoreError::UnknownServer(_))));
+    assert!(matches!(
+        s.start_evacuation(&server("NOPE"), &audit("server_evacuation"), NOW).await,
+        Err(StoreError::UnknownServer(_))
+    ));
 }
 
 /// Eight moves race for one free slot: exactly one wins, counts stay exact.
@@ -2001,11 +2019,14 @@ async fn api_keys_are_found_by_id_paged_revoked_once_and_their_use_recorded(f: F
     let keys = [("00000000000000a1", Role::Viewer, NOW), ("00000000000000a2", Role::Operator, NOW + 1)];
     let keys = keys.map(|(id, role, at)| api_key(id, role, at));
     for key in &keys {
-        s.create_api_key(key).await.unwrap();
+        s.create_api_key(key, &audit("key_created")).await.unwrap();
     }
     let admin = api_key("00000000000000a3", Role::Admin, NOW + 1);
-    s.create_api_key(&admin).await.unwrap();
-    assert!(matches!(s.create_api_key(&admin).await, Err(StoreError::Conflict(_))), "an id names one key");
+    s.create_api_key(&admin, &audit("key_created")).await.unwrap();
+    assert!(
+        matches!(s.create_api_key(&admin, &audit("key_created")).await, Err(StoreError::Conflict(_))),
+        "an id names one key"
+    );
     assert_eq!(s.api_key(&admin.id).await.unwrap(), Some(admin.clone()), "found by id, hash and role kept");
     assert_eq!(s.api_key("00000000000000ff").await.unwrap(), None);
 
@@ -2020,16 +2041,16 @@ async fn api_keys_are_found_by_id_paged_revoked_once_and_their_use_recorded(f: F
     // Revoked once, by one of many racing callers; the first time stays.
     let racing = (0..8).map(|n| {
         let store = f.store.clone();
-        async move { store.revoke_api_key("00000000000000a2", NOW + 10 + n).await.unwrap() }
+        async move { store.revoke_api_key("00000000000000a2", &audit("key_revoked"), NOW + 10 + n).await.unwrap() }
     });
     let won = join_all(racing).await.into_iter().filter(|revoked| *revoked).count();
     assert_eq!(won, 1);
     let revoked = s.api_key("00000000000000a2").await.unwrap().unwrap();
     let at = revoked.revoked_at.unwrap();
     assert!(!revoked.usable_at(at), "a revoked key opens nothing");
-    assert!(!s.revoke_api_key("00000000000000a2", NOW + 99).await.unwrap());
+    assert!(!s.revoke_api_key("00000000000000a2", &audit("key_revoked"), NOW + 99).await.unwrap());
     assert_eq!(s.api_key("00000000000000a2").await.unwrap().unwrap().revoked_at, Some(at));
-    assert!(!s.revoke_api_key("00000000000000ff", NOW).await.unwrap());
+    assert!(!s.revoke_api_key("00000000000000ff", &audit("key_revoked"), NOW).await.unwrap());
     let viewer = s.api_key("00000000000000a1").await.unwrap().unwrap();
     assert!(viewer.usable_at(NOW) && !viewer.usable_at(NOW + 86_400_000), "expired at its expiry");
 
@@ -2040,4 +2061,78 @@ async fn api_keys_are_found_by_id_paged_revoked_once_and_their_use_recorded(f: F
     s.record_api_key_use(&[("00000000000000a1".into(), NOW + 400)]).await.unwrap();
     assert_eq!(s.api_key("00000000000000a1").await.unwrap().unwrap().last_used_at, Some(NOW + 500));
     assert_eq!(s.api_key("00000000000000a3").await.unwrap().unwrap().last_used_at, Some(NOW + 7));
+}
+
+async fn the_audit_trail_holds_admin_writes_and_system_actions_with_their_change(f: Fixture) {
+    use trekker_domain::access::{Actor, Role};
+    let s = &*f.store;
+    add_server(s, "SERVER0", 5).await;
+    let guest = register(s, "254700000071", "SERVER0").await.unwrap();
+    let patch = ServerPatch { max_bot_count: Some(4), status: None };
+    s.update_server(&server("SERVER0"), &patch, &audit("server_updated"), NOW + 1).await.unwrap();
+    let rejection = NewActivity::new(&server("SERVER0"), "rejected", "by ops")
+        .for_bot(&guest.bot.id, &guest.bot.phone)
+        .by(&Actor { key_id: Some("00000000000000bb".into()), name: "ops-2".into() }, "bot/x");
+    s.reject_bot(&guest.bot.id, &SideEffects::activity(rejection), NOW + 2).await.unwrap();
+    let expiry = NewActivity::new(&server("SERVER0"), "expired", "approval expired").by_system("bot/y");
+    s.append_activity(&expiry, NOW + 3).await.unwrap();
+    s.append_activity(&audit("approved").refused("CONFLICT"), NOW + 4).await.unwrap();
+    // A write that fails writes no entry (one transaction).
+    let key = api_key("00000000000000c1", Role::Viewer, NOW + 5);
+    s.create_api_key(&key, &audit("key_created")).await.unwrap();
+    assert!(s.create_api_key(&key, &audit("key_created")).await.is_err());
+    let bad = ServerPatch { max_bot_count: Some(1), status: None };
+    assert!(s.update_server(&server("NOPE"), &bad, &audit("server_updated"), NOW).await.is_err());
+    // Eight racing revocations: one revokes, one entry.
+    let racing = (0..8).map(|n| {
+        let store = f.store.clone();
+        async move { store.revoke_api_key("00000000000000c1", &audit("key_revoked"), NOW + 10 + n).await.unwrap() }
+    });
+    assert_eq!(join_all(racing).await.into_iter().filter(|revoked| *revoked).count(), 1);
+
+    let all = s.list_audit(&AuditFilter::default(), None, 100).await.unwrap();
+    let seen: Vec<(&str, &str, &str)> = all
+        .activities
+        .iter()
+        .map(|a| {
+            let mark = a.audit.as_ref().unwrap();
+            (a.action.as_str(), mark.actor.name.as_str(), mark.result.as_str())
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("key_revoked", "ops", "ok"),
+            ("key_created", "ops", "ok"),
+            ("approved", "ops", "CONFLICT"),
+            ("expired", "system", "ok"),
+            ("rejected", "ops-2", "ok"),
+            ("server_updated", "ops", "ok"),
+        ],
+        "newest first; the guest's registration is not on the trail"
+    );
+    let rejected = &all.activities[4];
+    let mark = rejected.audit.as_ref().unwrap();
+    assert_eq!((mark.actor.key_id.as_deref(), mark.target.as_str()), (Some("00000000000000bb"), "bot/x"));
+    assert_eq!(rejected.bot_id.as_deref(), Some(guest.bot.id.as_str()));
+    let guest_steps = s.list_activities(None, None, 100).await.unwrap().activities;
+    assert!(guest_steps.iter().any(|a| a.action == "registered" && a.audit.is_none()), "still an activity");
+
+    let system = AuditFilter { actor: Some("system".into()), action: None };
+    let only = s.list_audit(&system, None, 100).await.unwrap().activities;
+    assert_eq!(only.iter().map(|a| a.action.as_str()).collect::<Vec<_>>(), ["expired"]);
+    let by_action = AuditFilter { actor: Some("ops".into()), action: Some("key_created".into()) };
+    assert_eq!(s.list_audit(&by_action, None, 100).await.unwrap().activities.len(), 1);
+    // Pages of two neither skip nor repeat.
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let page = s.list_audit(&AuditFilter::default(), after, 2).await.unwrap();
+        paged.extend(page.activities.iter().map(|a| a.id));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(paged, all.activities.iter().map(|a| a.id).collect::<Vec<_>>());
 }

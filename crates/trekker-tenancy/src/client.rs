@@ -13,8 +13,8 @@ use trekker_domain::ServerName;
 
 use crate::token::ClusterKeys;
 use crate::wire::{
-    BotLogsAnswer, BotLogsQuery, CREDENTIALS_PATH, CredentialsUpdateAnswer, CredentialsUpdateBody, ErrorAnswer,
-    HEALTH_PATH, HealthAnswer, IDEMPOTENCY_HEADER, LOGS_PATH,
+    BotLogsAnswer, BotLogsQuery, BotMessageCommand, BotMessageSent, CREDENTIALS_PATH, CredentialsUpdateAnswer,
+    CredentialsUpdateBody, ErrorAnswer, HEALTH_PATH, HealthAnswer, IDEMPOTENCY_HEADER, LOGS_PATH, MESSAGES_PATH,
 };
 
 /// Why a call to another node failed.
@@ -35,6 +35,8 @@ pub enum ClientError {
         code: String,
         /// Its message.
         message: String,
+        /// Its Retry-After, with RATE_LIMITED.
+        retry_after_secs: Option<u64>,
     },
 }
 
@@ -117,6 +119,21 @@ impl CrossTenancyClient {
             .map_err(|_| ClientError::Unreachable(format!("{target} answered an unreadable body")))
     }
 
+    /// Has `target`, the bot's host, send `command`'s text, once per
+    /// `command_id` however often the call is retried (network trouble).
+    pub async fn send_bot_message(
+        &self,
+        target: &ServerName,
+        base_url: &str,
+        command_id: &str,
+        command: &BotMessageCommand,
+    ) -> Result<BotMessageSent, ClientError> {
+        let bytes = serde_json::to_vec(command).map_err(|e| ClientError::Misconfigured(format!("encode body: {e}")))?;
+        let text = self.call(target, base_url, reqwest::Method::POST, MESSAGES_PATH, bytes, Some(command_id)).await?;
+        serde_json::from_str(&text)
+            .map_err(|_| ClientError::Unreachable(format!("{target} answered an unreadable body")))
+    }
+
     async fn call(
         &self,
         target: &ServerName,
@@ -164,7 +181,8 @@ impl CrossTenancyClient {
                 let answer: ErrorAnswer = serde_json::from_str(&text).unwrap_or_default();
                 let message =
                     if answer.message.is_empty() { format!("{target} answered {status}") } else { answer.message };
-                Err(ClientError::Refused { status: status.as_u16(), code: answer.code, message })
+                let retry_after_secs = answer.retry_after_secs;
+                Err(ClientError::Refused { status: status.as_u16(), code: answer.code, message, retry_after_secs })
             } else {
                 Err(ClientError::Unreachable(format!("{target} answered {status}")))
             }

@@ -9,6 +9,9 @@ pub const HEALTH_PATH: &str = "/internal/tenants/health";
 /// Where a node asks a bot's host for the bot's recent output (a POST, so
 /// that the question is in the signed body).
 pub const LOGS_PATH: &str = "/internal/tenants/bots/logs";
+/// Where a node has a bot's host send a text from the bot, once per
+/// `Idempotency-Key`.
+pub const MESSAGES_PATH: &str = "/internal/tenants/bots/messages";
 /// The header that makes a repeated update apply once.
 pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
 
@@ -97,8 +100,39 @@ pub struct BotLogLine {
     pub text: String,
 }
 
+/// `POST /internal/tenants/bots/messages`: a text an admin sends from a bot
+/// through a node that does not host it. The text is the admin's, never
+/// logged.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BotMessageCommand {
+    /// The bot that sends.
+    pub bot_id: String,
+    /// A phone number; none: the bot's own chat.
+    pub to: Option<String>,
+    /// The text.
+    pub text: String,
+}
+
+impl std::fmt::Debug for BotMessageCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BotMessageCommand").field("bot_id", &self.bot_id).finish_non_exhaustive()
+    }
+}
+
+/// The host's answer: WhatsApp took the text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BotMessageSent {
+    /// Always true.
+    pub success: bool,
+    /// WhatsApp's id of the message.
+    pub message_id: String,
+}
+
 /// An error body from another node.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ErrorAnswer {
     /// A stable error code (API.md).
     #[serde(default)]
@@ -106,4 +140,8 @@ pub struct ErrorAnswer {
     /// What went wrong, for people.
     #[serde(default)]
     pub message: String,
+    /// With RATE_LIMITED: seconds until the host would take it (its
+    /// Retry-After, in the body so that a stored answer keeps it).
+    #[serde(default)]
+    pub retry_after_secs: Option<u64>,
 }

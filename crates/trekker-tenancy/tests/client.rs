@@ -140,7 +140,7 @@ async fn a_refusal_is_the_hosts_answer_and_is_not_retried() {
     let call = client(Duration::from_secs(20));
     let err = within_a_minute(call.update_bot_credentials(&host(), &url, "c", &body())).await.unwrap_err();
     match err {
-        ClientError::Refused { status, code, message } => {
+        ClientError::Refused { status, code, message, .. } => {
             assert_eq!((status, code.as_str()), (404, "NOT_FOUND"));
             assert_eq!(message, "Bot bot-1 is not hosted on HOST.");
         }

@@ -6,8 +6,10 @@
 
 mod admin_api;
 mod attacks;
+mod audit;
 mod baileys_worker;
 mod bot_logs;
+mod bot_messages;
 mod browser;
 mod capacity_warnings;
 mod cross_server;

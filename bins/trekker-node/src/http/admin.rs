@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use trekker_store::Inconsistency;
 use utoipa::ToSchema;
 
+use super::audit::audited;
 use super::extract::{Admin, ApiJson, ApiQuery, Operator, Viewer};
 use super::views::{
     BotDetail, BotWithState, DeviceStateView, LastExitView, ResourcesView, ServerAdmin, SessionStateView,
@@ -30,7 +31,6 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/api/admin/bots/{id}/restart", post(restart_bot))
         .route("/api/admin/bots/{id}/stop", post(stop_bot))
         .route("/api/admin/servers/{name}/evacuate", post(evacuate_server))
-        .route("/api/admin/bots/{id}/messages", post(send_message))
         .route("/api/admin/activities", get(list_activities))
         .route("/api/admin/stats/cross-server", get(cross_server_stats))
         .route("/api/admin/capacity-warnings", get(capacity_warnings))
@@ -80,12 +80,13 @@ pub struct ServerPatchBody {
     responses((status = 200, description = "the server"), (status = 400, body = ErrorBody),
         (status = 404, body = ErrorBody)))]
 pub(crate) async fn update_server(
-    _: Admin,
+    Admin(caller): Admin,
     State(state): State<AppState>,
     Path(name): Path<String>,
     ApiJson(body): ApiJson<ServerPatchBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let view = state.trekker.update_server(&name, body.max_bot_count, body.status.as_deref()).await?;
+    let update = state.trekker.update_server(&caller.actor, &name, body.max_bot_count, body.status.as_deref());
+    let view = audited(&state, &caller, "server_updated", &format!("server/{name}"), update).await?;
     Ok(Json(json!({"success": true, "server": ServerAdmin::from(&view)})))
 }
 
@@ -174,13 +175,16 @@ fn bot_answer(message: &str, bot: &trekker_store::BotRecord) -> Json<Value> {
     responses((status = 200, description = "approved"), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)))]
 pub(crate) async fn approve_bot(
-    _: Operator,
+    Operator(caller): Operator,
     State(state): State<AppState>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let body: ApproveBody = optional_body(&body)?;
-    let bot = state.trekker.approve_bot(&id, body.expiration_months).await?;
+    let bot = audited(&state, &caller, "approved", &format!("bot/{id}"), async {
+        let body: ApproveBody = optional_body(&body)?;
+        Ok::<_, ApiError>(state.trekker.approve_bot(&caller.actor, &id, body.expiration_months).await?)
+    })
+    .await?;
     Ok(bot_answer("Bot approved.", &bot))
 }
 
@@ -189,11 +193,12 @@ pub(crate) async fn approve_bot(
     responses((status = 200, description = "rejected"), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)))]
 pub(crate) async fn reject_bot(
-    _: Operator,
+    Operator(caller): Operator,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let bot = state.trekker.reject_bot(&id).await?;
+    let target = format!("bot/{id}");
+    let bot = audited(&state, &caller, "rejected", &target, state.trekker.reject_bot(&caller.actor, &id)).await?;
     Ok(bot_answer("Bot rejected; its phone number and slot are free.", &bot))
 }
 
@@ -215,13 +220,16 @@ pub struct MoveBody {
         (status = 409, body = ErrorBody, description = "SERVER_FULL, or CONFLICT: the same server, a target not \
             active or offline, a move of this bot under way")))]
 pub(crate) async fn move_bot(
-    _: Operator,
+    Operator(caller): Operator,
     State(state): State<AppState>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let body: MoveBody = optional_body(&body)?;
-    let moved = state.trekker.move_bot(&id, body.server.as_deref()).await?;
+    let moved = audited(&state, &caller, "bot_moved", &format!("bot/{id}"), async {
+        let body: MoveBody = optional_body(&body)?;
+        Ok::<_, ApiError>(state.trekker.move_bot(&caller.actor, &id, body.server.as_deref()).await?)
+    })
+    .await?;
     let answer = json!({
         "success": true,
         "botId": moved.bot.id.as_str(),
@@ -238,11 +246,12 @@ pub(crate) async fn move_bot(
         (status = 404, body = ErrorBody, description = "NOT_FOUND"),
         (status = 409, body = ErrorBody, description = "CONFLICT: the bot is not approved")))]
 pub(crate) async fn restart_bot(
-    _: Operator,
+    Operator(caller): Operator,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let bot = state.trekker.restart_bot(&id).await?;
+    let restart = state.trekker.restart_bot(&caller.actor, &id);
+    let bot = audited(&state, &caller, "bot_restarted", &format!("bot/{id}"), restart).await?;
     Ok((StatusCode::ACCEPTED, bot_answer("Bot restarting on its host.", &bot)))
 }
 
@@ -252,11 +261,12 @@ pub(crate) async fn restart_bot(
     responses((status = 202, description = "`{success, message, bot}`: its host stops it"),
         (status = 404, body = ErrorBody, description = "NOT_FOUND")))]
 pub(crate) async fn stop_bot(
-    _: Operator,
+    Operator(caller): Operator,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let bot = state.trekker.stop_bot(&id).await?;
+    let stop = state.trekker.stop_bot(&caller.actor, &id);
+    let bot = audited(&state, &caller, "bot_stopped", &format!("bot/{id}"), stop).await?;
     Ok((StatusCode::ACCEPTED, bot_answer("Bot stopping; it stays stopped until restarted.", &bot)))
 }
 
@@ -266,50 +276,26 @@ pub(crate) async fn stop_bot(
     responses((status = 202, description = "`{success, server, bots}`: how many bots will move"),
         (status = 404, body = ErrorBody, description = "NOT_FOUND")))]
 pub(crate) async fn evacuate_server(
-    _: Admin,
+    Admin(caller): Admin,
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let (server, bots) = state.trekker.evacuate_server(&name).await?;
+    let evacuation = state.trekker.evacuate_server(&caller.actor, &name);
+    let (server, bots) = audited(&state, &caller, "server_evacuation", &format!("server/{name}"), evacuation).await?;
     let answer = json!({ "success": true, "server": server.name.as_str(), "bots": bots });
     Ok((StatusCode::ACCEPTED, Json(answer)))
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct MessageBody {
-    /// A phone number; absent: the bot's own chat.
-    to: Option<String>,
-    /// At most 4096 characters.
-    text: String,
-}
-
-/// Sends a text from a bot running on this node (`BOT_DRIVER=whatsapp`).
-#[utoipa::path(post, path = "/api/admin/bots/{id}/messages", tag = "admin", security(("admin" = [])),
-    request_body = MessageBody,
-    responses((status = 200, description = "sent: `{success, messageId}`"), (status = 400, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
-        (status = 429, description = "the bot's send governor holds it back (RATE_LIMITED, Retry-After)",
-            body = ErrorBody)))]
-pub(crate) async fn send_message(
-    _: Operator,
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    ApiJson(body): ApiJson<MessageBody>,
-) -> Result<Json<Value>, ApiError> {
-    let message_id = state.trekker.send_bot_message(&*state.messenger, &id, body.to.as_deref(), &body.text).await?;
-    Ok(Json(json!({"success": true, "messageId": message_id})))
 }
 
 /// Deletes a bot, freeing its phone number and slot.
 #[utoipa::path(delete, path = "/api/admin/bots/{id}", tag = "admin", security(("admin" = [])),
     responses((status = 200, description = "deleted"), (status = 404, body = ErrorBody)))]
 pub(crate) async fn delete_bot(
-    _: Admin,
+    Admin(caller): Admin,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let bot = state.trekker.delete_bot(&id).await?;
+    let target = format!("bot/{id}");
+    let bot = audited(&state, &caller, "deleted", &target, state.trekker.delete_bot(&caller.actor, &id)).await?;
     Ok(bot_answer("Bot deleted; its phone number and slot are free.", &bot))
 }
 
@@ -375,6 +361,8 @@ fn activity_json(activity: &trekker_store::Activity) -> Value {
         "details": activity.details,
         "remoteServer": activity.remote_tenancy,
         "remoteBotId": activity.remote_bot_id,
+        "actor": activity.audit.as_ref().map(|mark| json!({"keyId": mark.actor.key_id, "name": mark.actor.name})),
+        "result": activity.audit.as_ref().map(|mark| mark.result.as_str()),
     })
 }
 
@@ -416,9 +404,16 @@ pub struct RepairBody {
 #[utoipa::path(post, path = "/api/admin/registry/repair", tag = "admin",
     security(("admin" = [])), request_body = RepairBody,
     responses((status = 200, description = "{success, dryRun, found, repaired, inconsistencies}")))]
-pub(crate) async fn repair(_: Admin, State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
-    let body: RepairBody = optional_body(&body)?;
-    let report = state.trekker.repair_registry(body.dry_run.unwrap_or(false)).await?;
+pub(crate) async fn repair(
+    Admin(caller): Admin,
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let report = audited(&state, &caller, "registry_repaired", "registry", async {
+        let body: RepairBody = optional_body(&body)?;
+        Ok::<_, ApiError>(state.trekker.repair_registry(&caller.actor, body.dry_run.unwrap_or(false)).await?)
+    })
+    .await?;
     Ok(Json(json!({
         "success": true,
         "dryRun": report.dry_run,
@@ -459,11 +454,12 @@ pub(crate) async fn list_reviews(
     security(("admin" = [])),
     responses((status = 200, description = "{success, message, bot}"), (status = 404, body = ErrorBody)))]
 pub(crate) async fn approve_review(
-    _: Operator,
+    Operator(caller): Operator,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let bot = state.trekker.approve_review(&id).await?;
+    let approval = state.trekker.approve_review(&caller.actor, &id);
+    let bot = audited(&state, &caller, "credential_review_approved", &format!("review/{id}"), approval).await?;
     Ok(bot_answer("Review approved; the bot runs on the new account's credentials.", &bot))
 }
 
@@ -472,11 +468,12 @@ pub(crate) async fn approve_review(
     security(("admin" = [])),
     responses((status = 200, description = "{success, message, review}"), (status = 404, body = ErrorBody)))]
 pub(crate) async fn reject_review(
-    _: Operator,
+    Operator(caller): Operator,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let review = state.trekker.reject_review(&id).await?;
+    let rejection = state.trekker.reject_review(&caller.actor, &id);
+    let review = audited(&state, &caller, "credential_review_rejected", &format!("review/{id}"), rejection).await?;
     Ok(Json(json!({"success": true, "message": "Review rejected.", "review": review_json(&review)})))
 }
 

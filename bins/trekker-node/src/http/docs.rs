@@ -6,7 +6,7 @@ use axum::routing::get;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{ErrorCode, admin, events, guest, internal, keys, logs, ops, pairing};
+use super::{ErrorCode, admin, audit, events, guest, internal, keys, logs, messages, ops, pairing};
 use crate::AppState;
 
 #[derive(Debug, OpenApi)]
@@ -18,10 +18,11 @@ use crate::AppState;
         pairing::request_pairing, pairing::pairing_status,
         admin::list_servers, admin::update_server, admin::list_bots, admin::get_bot, admin::approve_bot,
         admin::reject_bot, admin::move_bot, admin::restart_bot, admin::stop_bot, admin::evacuate_server,
-        admin::send_message, admin::delete_bot, admin::list_activities, admin::capacity_warnings,
+        admin::delete_bot, admin::list_activities, admin::capacity_warnings,
+        messages::send_message, messages::message_for_peer,
         admin::inconsistencies, admin::repair, logs::bot_logs, logs::logs_for_peer, admin::cross_server_stats,
         admin::list_reviews, admin::approve_review, admin::reject_review, admin::list_credential_updates,
-        keys::create_key, keys::list_keys, keys::revoke_key, keys::whoami,
+        keys::create_key, keys::list_keys, keys::revoke_key, keys::whoami, audit::list_audit,
         events::public_events, events::admin_events,
         ops::healthz, ops::readyz, ops::metrics,
     ),
@@ -63,6 +64,7 @@ mod tests {
     fn routed() -> std::collections::BTreeSet<(String, String)> {
         let sources = [
             include_str!("admin.rs"),
+            include_str!("audit.rs"),
             include_str!("dashboard.rs"),
             include_str!("docs.rs"),
             include_str!("events.rs"),
@@ -70,6 +72,7 @@ mod tests {
             include_str!("internal.rs"),
             include_str!("keys.rs"),
             include_str!("logs.rs"),
+            include_str!("messages.rs"),
             include_str!("ops.rs"),
             include_str!("pairing.rs"),
         ];
@@ -77,6 +80,7 @@ mod tests {
             ("CREDENTIALS_PATH", trekker_tenancy::wire::CREDENTIALS_PATH),
             ("HEALTH_PATH", trekker_tenancy::wire::HEALTH_PATH),
             ("LOGS_PATH", trekker_tenancy::wire::LOGS_PATH),
+            ("MESSAGES_PATH", trekker_tenancy::wire::MESSAGES_PATH),
         ];
         let mut routes = std::collections::BTreeSet::new();
         for source in sources {

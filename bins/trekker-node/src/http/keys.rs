@@ -9,10 +9,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use trekker_domain::access::Role;
 use trekker_domain::time::iso_datetime;
-use trekker_store::ApiKey;
+use trekker_store::{ApiKey, NewActivity};
 use utoipa::ToSchema;
 
 use super::admin::PageQuery;
+use super::audit::audited;
 use super::extract::{Admin, ApiJson, ApiQuery, Viewer};
 use super::{ApiError, ErrorBody};
 use crate::AppState;
@@ -61,19 +62,24 @@ pub(crate) async fn create_key(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<NewKeyBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let name = body.name.trim();
-    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS || name.chars().any(char::is_control) {
-        return Err(ApiError::invalid_input(format!("name must be 1 to {MAX_NAME_CHARS} printable characters")));
-    }
-    let role = Role::parse(&body.role).map_err(|e| ApiError::invalid_input(e.to_string()))?;
-    if body.expires_in_days.is_some_and(|days| days == 0 || days > MAX_EXPIRES_IN_DAYS) {
-        return Err(ApiError::invalid_input(format!("expiresInDays must be 1 to {MAX_EXPIRES_IN_DAYS}")));
-    }
-    let mut random = [0u8; 40];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random).map_err(|_| ApiError::internal())?;
-    let (key, token) =
-        state.keys.create(name, role, body.expires_in_days, &caller, random).await.map_err(ApiError::from_store)?;
-    tracing::info!(key = %key.id, name = %key.name, role = %key.role, by = %caller.name, "API key created");
+    let (key, token) = audited(&state, &caller, "key_created", "key", async {
+        let name = body.name.trim();
+        if name.is_empty() || name.chars().count() > MAX_NAME_CHARS || name.chars().any(char::is_control) {
+            return Err(ApiError::invalid_input(format!("name must be 1 to {MAX_NAME_CHARS} printable characters")));
+        }
+        let role = Role::parse(&body.role).map_err(|e| ApiError::invalid_input(e.to_string()))?;
+        if body.expires_in_days.is_some_and(|days| days == 0 || days > MAX_EXPIRES_IN_DAYS) {
+            return Err(ApiError::invalid_input(format!("expiresInDays must be 1 to {MAX_EXPIRES_IN_DAYS}")));
+        }
+        let mut random = [0u8; 40];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random)
+            .map_err(|_| ApiError::internal())?;
+        let details = format!("key \"{name}\" with role {role}");
+        let audit = NewActivity::new(&state.trekker.node, "key_created", details);
+        state.keys.create(name, role, body.expires_in_days, &caller, audit, random).await.map_err(ApiError::from_store)
+    })
+    .await?;
+    tracing::info!(key = %key.id, name = %key.name, role = %key.role, by = %caller.actor.name, "API key created");
     let answer = json!({
         "id": key.id,
         "name": key.name,
@@ -107,10 +113,15 @@ pub(crate) async fn revoke_key(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    if !state.keys.revoke(&id).await.map_err(ApiError::from_store)? {
-        return Err(ApiError::not_found("No live API key has this id."));
-    }
-    tracing::info!(key = %id, by = %caller.name, "API key revoked");
+    audited(&state, &caller, "key_revoked", &format!("key/{id}"), async {
+        let audit = NewActivity::new(&state.trekker.node, "key_revoked", "revoked");
+        match state.keys.revoke(&id, &caller, audit).await.map_err(ApiError::from_store)? {
+            true => Ok(()),
+            false => Err(ApiError::not_found("No live API key has this id.")),
+        }
+    })
+    .await?;
+    tracing::info!(key = %id, by = %caller.actor.name, "API key revoked");
     Ok(Json(json!({"success": true, "id": id})))
 }
 
@@ -119,5 +130,5 @@ pub(crate) async fn revoke_key(
 #[utoipa::path(get, path = "/api/admin/me", tag = "admin", security(("admin" = [])),
     responses((status = 200, description = "{name, role, keyId}"), (status = 401, body = ErrorBody)))]
 pub(crate) async fn whoami(Viewer(caller): Viewer) -> Json<Value> {
-    Json(json!({"name": caller.name, "role": caller.role.as_str(), "keyId": caller.key_id}))
+    Json(json!({"name": caller.actor.name, "role": caller.role.as_str(), "keyId": caller.actor.key_id}))
 }

@@ -10,12 +10,12 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use trekker_domain::ServerName;
 use trekker_store::BotRecord;
-use trekker_tenancy::ClientError;
 use trekker_tenancy::wire::{BotLogLine, BotLogsAnswer, BotLogsQuery, LOGS_PATH};
 use utoipa::ToSchema;
 
 use super::extract::{ApiQuery, Viewer};
 use super::internal::NodeCall;
+use super::peers;
 use super::{ApiError, ErrorBody, ErrorCode};
 use crate::AppState;
 
@@ -59,34 +59,9 @@ async fn remote_logs(
     host: &ServerName,
     limit: u32,
 ) -> Result<BotLogsAnswer, ApiError> {
-    let server = state.store.get_server(host).await.map_err(ApiError::from_store)?;
-    let base_url = server.and_then(|s| s.base_url).unwrap_or_default();
+    let base_url = peers::base_url(state, host).await?;
     let query = BotLogsQuery { bot_id: bot.id.as_str().to_owned(), limit };
-    state.peers.bot_logs(host, &base_url, &query).await.map_err(|error| match error {
-        // The bot is gone, moved or the question was bad: the host's word.
-        // Anything else (a refused token) is this node's trouble with the
-        // host, not the caller's: their key was fine.
-        ClientError::Refused { status, code, message } => match ErrorCode::from_wire(&code) {
-            Some(code @ (ErrorCode::NotFound | ErrorCode::Conflict | ErrorCode::InvalidInput)) => {
-                ApiError::new(code, message)
-            }
-            _ => {
-                tracing::warn!(%host, status, %code, "the bot's host refused this node's logs call");
-                ApiError::new(
-                    ErrorCode::ServiceUnavailable,
-                    format!("Bot {} is hosted on {host}, which refused this node ({code}).", bot.id.as_str()),
-                )
-            }
-        },
-        ClientError::Unreachable(why) => ApiError::new(
-            ErrorCode::ServiceUnavailable,
-            format!("Bot {} is hosted on {host}, which did not answer: {why}.", bot.id.as_str()),
-        ),
-        ClientError::Misconfigured(why) => ApiError::new(
-            ErrorCode::Conflict,
-            format!("Bot {} is hosted on {host}, which this node cannot ask: {why}.", bot.id.as_str()),
-        ),
-    })
+    state.peers.bot_logs(host, &base_url, &query).await.map_err(|error| peers::host_error(bot, host, error))
 }
 
 /// The last lines a bot printed and its host's lines about it (start,

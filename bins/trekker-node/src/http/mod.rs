@@ -2,6 +2,7 @@
 //! body limit, the guest rate limit and request tracing as layers.
 
 mod admin;
+mod audit;
 mod dashboard;
 pub mod docs;
 mod error;
@@ -11,8 +12,10 @@ mod guest;
 mod internal;
 mod keys;
 mod logs;
+mod messages;
 mod ops;
 mod pairing;
+mod peers;
 pub mod ratelimit;
 mod views;
 
@@ -41,7 +44,9 @@ pub fn router(state: AppState) -> Router {
         .merge(pairing::router())
         .merge(admin::router())
         .merge(keys::router())
+        .merge(audit::router())
         .merge(logs::router())
+        .merge(messages::router())
         .merge(events::router())
         .merge(internal::router())
         .merge(ops::router())

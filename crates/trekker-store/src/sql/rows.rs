@@ -4,6 +4,7 @@
 
 use std::str::FromStr;
 
+use trekker_domain::access::Actor;
 use trekker_domain::{ApprovalStatus, BotId, DesiredState, PhoneNumber, RuntimeStatus, ServerName, ServerStatus};
 
 use crate::error::StoreError;
@@ -162,7 +163,20 @@ pub(crate) struct ActivityRow {
     pub(crate) details: String,
     pub(crate) remote_tenancy: Option<String>,
     pub(crate) remote_bot_id: Option<String>,
+    pub(crate) actor_key_id: Option<String>,
+    pub(crate) actor_name: Option<String>,
+    pub(crate) target: Option<String>,
+    pub(crate) result: Option<String>,
 }
+
+/// The columns of an [`ActivityRow`].
+macro_rules! activity_columns {
+    () => {
+        "id, occurred_at, server_name, bot_id, phone_number, action, details, remote_tenancy, remote_bot_id, \
+         actor_key_id, actor_name, target, result"
+    };
+}
+pub(crate) use activity_columns;
 
 #[derive(sqlx::FromRow)]
 pub(crate) struct PairingRow {
@@ -283,6 +297,11 @@ impl From<ActivityRow> for Activity {
             details: row.details,
             remote_tenancy: row.remote_tenancy,
             remote_bot_id: row.remote_bot_id,
+            audit: row.actor_name.map(|name| AuditMark {
+                actor: Actor { key_id: row.actor_key_id, name },
+                target: row.target.unwrap_or_default(),
+                result: row.result.unwrap_or_default(),
+            }),
         }
     }
 }

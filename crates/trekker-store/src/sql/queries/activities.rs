@@ -26,10 +26,7 @@ impl ActivityLog for SqlStore<Db> {
         let limit = limit.clamp(1, MAX_PAGE);
         // Built per call, one statement per filter combination (see
         // `newest_first` for why), on `activities_bot` or the primary key.
-        let mut query = sqlx::QueryBuilder::new(
-            "SELECT id, occurred_at, server_name, bot_id, phone_number, action, details, remote_tenancy, \
-             remote_bot_id FROM activities",
-        );
+        let mut query = sqlx::QueryBuilder::new(concat!("SELECT ", activity_columns!(), " FROM activities"));
         let mut joiner = " WHERE ";
         if let Some(bot) = bot {
             query.push(joiner).push("bot_id = ").push_bind(bot.to_string());
@@ -45,11 +42,43 @@ impl ActivityLog for SqlStore<Db> {
         Ok(ActivityPage { activities, next })
     }
 
+    async fn list_audit(
+        &self,
+        filter: &AuditFilter,
+        after: Option<i64>,
+        limit: i64,
+    ) -> Result<ActivityPage, StoreError> {
+        let limit = limit.clamp(1, MAX_PAGE);
+        // One statement per filter combination, as above; every one on a
+        // partial index of the audit rows (migration 0017), the action
+        // checked on the rows that index walks.
+        let mut query = sqlx::QueryBuilder::new(concat!(
+            "SELECT ",
+            activity_columns!(),
+            " FROM activities WHERE actor_name IS NOT NULL"
+        ));
+        if let Some(actor) = &filter.actor {
+            query.push(" AND actor_name = ").push_bind(actor.clone());
+        }
+        if let Some(action) = &filter.action {
+            query.push(" AND action = ").push_bind(action.clone());
+        }
+        if let Some(after) = after {
+            query.push(" AND id < ").push_bind(after);
+        }
+        query.push(" ORDER BY id DESC LIMIT ").push_bind(limit + 1);
+        let rows: Vec<ActivityRow> = query.build_query_as().persistent(super::named()).fetch_all(&self.pool).await?;
+        let activities = rows.into_iter().map(Activity::from).collect();
+        let (activities, next) = split_page(activities, limit, |a: &Activity| a.id);
+        Ok(ActivityPage { activities, next })
+    }
+
     async fn activities_after(&self, after: i64, limit: i64) -> Result<Vec<Activity>, StoreError> {
-        let rows: Vec<ActivityRow> = super::query_as(
-            "SELECT id, occurred_at, server_name, bot_id, phone_number, action, details, remote_tenancy, \
-             remote_bot_id FROM activities WHERE id > $1 ORDER BY id LIMIT $2",
-        )
+        let rows: Vec<ActivityRow> = super::query_as(concat!(
+            "SELECT ",
+            activity_columns!(),
+            " FROM activities WHERE id > $1 ORDER BY id LIMIT $2"
+        ))
         .bind(after)
         .bind(limit.clamp(1, MAX_PAGE))
         .fetch_all(&self.pool)

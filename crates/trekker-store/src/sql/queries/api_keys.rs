@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 
-use super::{Db, split_page};
+use super::{BEGIN_WRITE, Db, insert_activity_in, split_page};
 use crate::error::StoreError;
 use crate::model::*;
 use crate::sql::SqlStore;
@@ -19,7 +19,8 @@ macro_rules! from_keys {
 
 #[async_trait]
 impl ApiKeyStore for SqlStore<Db> {
-    async fn create_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+    async fn create_api_key(&self, key: &ApiKey, audit: &NewActivity) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
         let done = super::query(
             "INSERT INTO api_keys (id, name, role, secret_hash, created_by, created_at, expires_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
@@ -31,11 +32,13 @@ impl ApiKeyStore for SqlStore<Db> {
         .bind(&key.created_by)
         .bind(key.created_at)
         .bind(key.expires_at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::Conflict(format!("an api key {} exists already", key.id)));
         }
+        insert_activity_in(&mut tx, audit, key.created_at).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -73,13 +76,19 @@ impl ApiKeyStore for SqlStore<Db> {
         Ok(ApiKeyPage { keys, next })
     }
 
-    async fn revoke_api_key(&self, id: &str, now: Millis) -> Result<bool, StoreError> {
+    async fn revoke_api_key(&self, id: &str, audit: &NewActivity, now: Millis) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
         let done = super::query("UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
             .bind(id)
             .bind(now)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        Ok(done.rows_affected() == 1)
+        let revoked = done.rows_affected() == 1;
+        if revoked {
+            insert_activity_in(&mut tx, audit, now).await?;
+        }
+        tx.commit().await?;
+        Ok(revoked)
     }
 
     async fn record_api_key_use(&self, uses: &[(String, Millis)]) -> Result<(), StoreError> {

@@ -603,7 +603,9 @@ impl BotStore for SqlStore<Db> {
         .await?;
         let expired = bots(rows)?;
         for bot in &expired {
-            let activity = NewActivity::new(node, "expired", "approval expired").for_bot(&bot.id, &bot.phone);
+            let activity = NewActivity::new(node, "expired", "approval expired")
+                .for_bot(&bot.id, &bot.phone)
+                .by_system(AuditMark::bot(&bot.id));
             insert_activity_in(&mut tx, &activity, now).await?;
         }
         tx.commit().await?;

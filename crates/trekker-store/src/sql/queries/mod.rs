@@ -188,7 +188,8 @@ pub(super) async fn fetch_server_in(conn: &mut Conn, name: &str) -> Result<Optio
 pub(super) async fn insert_activity_in(conn: &mut Conn, activity: &NewActivity, now: Millis) -> Result<(), StoreError> {
     query(
         "INSERT INTO activities (occurred_at, server_name, bot_id, phone_number, action, details, \
-         remote_tenancy, remote_bot_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+         remote_tenancy, remote_bot_id, actor_key_id, actor_name, target, result) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
     )
     .bind(now)
     .bind(activity.server.as_str())
@@ -198,6 +199,10 @@ pub(super) async fn insert_activity_in(conn: &mut Conn, activity: &NewActivity, 
     .bind(&activity.details)
     .bind(activity.remote_tenancy.as_ref().map(ServerName::as_str))
     .bind(activity.remote_bot_id.as_deref())
+    .bind(activity.audit.as_ref().and_then(|audit| audit.actor.key_id.as_deref()))
+    .bind(activity.audit.as_ref().map(|audit| audit.actor.name.as_str()))
+    .bind(activity.audit.as_ref().map(|audit| audit.target.as_str()))
+    .bind(activity.audit.as_ref().map(|audit| audit.result.as_str()))
     .execute(&mut *conn)
     .await?;
     Ok(())

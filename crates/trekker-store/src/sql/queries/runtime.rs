@@ -9,7 +9,7 @@
 use async_trait::async_trait;
 use trekker_domain::{BotId, Credentials, ServerName};
 
-use super::{BEGIN_WRITE, CHANGE_CURSOR, Db, json_integers, push_in_json_bigints};
+use super::{BEGIN_WRITE, CHANGE_CURSOR, Db, insert_activity_in, json_integers, push_in_json_bigints};
 use crate::cipher::Sealed;
 use crate::error::StoreError;
 use crate::model::*;
@@ -227,6 +227,7 @@ impl RuntimeStore for SqlStore<Db> {
     }
 
     async fn record_exit(&self, id: &BotId, runner: &NodeLease, exit: &BotExit) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
         let done = super::query(concat!(
             "UPDATE bot_instances SET last_exit_at = $4, last_exit_code = $5, last_exit_signal = $6, \
              last_exit_reason = $7, oom_kills = oom_kills + $8 \
@@ -243,9 +244,20 @@ impl RuntimeStore for SqlStore<Db> {
         .bind(exit.signal)
         .bind(&exit.reason)
         .bind(i64::from(exit.out_of_memory))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(done.rows_affected() == 1)
+        let recorded = done.rows_affected() == 1;
+        if recorded && exit.out_of_memory {
+            // The sandbox's kill is the cluster's own act: on the audit trail.
+            let activity = NewActivity {
+                bot_id: Some(id.clone()),
+                ..NewActivity::new(&runner.node, "out_of_memory", &exit.reason)
+            }
+            .by_system(AuditMark::bot(id));
+            insert_activity_in(&mut tx, &activity, exit.at).await?;
+        }
+        tx.commit().await?;
+        Ok(recorded)
     }
 
     async fn bot_exits(&self, id: &BotId) -> Result<BotExits, StoreError> {

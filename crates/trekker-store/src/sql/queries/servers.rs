@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use trekker_domain::{ServerName, ServerStatus};
 
-use super::{Db, fetch_server_in};
+use super::{BEGIN_WRITE, Db, fetch_server_in, insert_activity_in};
 use crate::error::StoreError;
 use crate::model::*;
 use crate::sql::SqlStore;
@@ -78,11 +78,13 @@ impl ServerStore for SqlStore<Db> {
         &self,
         server: &ServerName,
         patch: &ServerPatch,
+        audit: &NewActivity,
         now: Millis,
     ) -> Result<ServerSnapshot, StoreError> {
         if patch.max_bot_count.is_some_and(|max| max < 0) {
             return Err(StoreError::InvalidInput("maxBotCount must not be negative".into()));
         }
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
         let row: Option<ServerRow> = super::query_as(concat!(
             "UPDATE server_registry SET max_bot_count = COALESCE(CAST($2 AS BIGINT), max_bot_count), \
              server_status = COALESCE(CAST($3 AS TEXT), server_status), updated_at = $4, \
@@ -95,12 +97,21 @@ impl ServerStore for SqlStore<Db> {
         .bind(patch.max_bot_count)
         .bind(patch.status.map(ServerStatus::as_str))
         .bind(now)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
-        row.ok_or_else(|| StoreError::UnknownServer(server.clone()))?.try_into()
+        let snapshot = row.ok_or_else(|| StoreError::UnknownServer(server.clone()))?.try_into()?;
+        insert_activity_in(&mut tx, audit, now).await?;
+        tx.commit().await?;
+        Ok(snapshot)
     }
 
-    async fn start_evacuation(&self, server: &ServerName, now: Millis) -> Result<ServerSnapshot, StoreError> {
+    async fn start_evacuation(
+        &self,
+        server: &ServerName,
+        audit: &NewActivity,
+        now: Millis,
+    ) -> Result<ServerSnapshot, StoreError> {
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
         let row: Option<ServerRow> = super::query_as(concat!(
             "UPDATE server_registry SET server_status = 'draining', \
              evacuation_started_at = COALESCE(evacuation_started_at, $2), evacuation_stuck = 0, updated_at = $2 \
@@ -109,9 +120,12 @@ impl ServerStore for SqlStore<Db> {
         ))
         .bind(server.as_str())
         .bind(now)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
-        row.ok_or_else(|| StoreError::UnknownServer(server.clone()))?.try_into()
+        let snapshot = row.ok_or_else(|| StoreError::UnknownServer(server.clone()))?.try_into()?;
+        insert_activity_in(&mut tx, audit, now).await?;
+        tx.commit().await?;
+        Ok(snapshot)
     }
 
     async fn record_evacuation(&self, server: &ServerName, stuck: i64, done: bool) -> Result<(), StoreError> {

@@ -123,7 +123,9 @@ impl SessionStateStore for SqlStore<Db> {
             return Ok(false);
         };
         let phone = PhoneNumber::parse(&phone).map_err(|_| StoreError::Corrupt(format!("phone `{phone}`")))?;
-        let activity = NewActivity::new(&lease.node, "session_state_refused", reason).for_bot(id, &phone);
+        let activity = NewActivity::new(&lease.node, "session_state_refused", reason)
+            .for_bot(id, &phone)
+            .by_system(AuditMark::bot(id));
         insert_activity_in(&mut tx, &activity, now).await?;
         tx.commit().await?;
         Ok(true)
