@@ -108,6 +108,9 @@ impl LogStream {
 /// One kept line: escaped text, at most [`MAX_LINE_BYTES`] of the original.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogLine {
+    /// Its number on this node: increasing across every bot's lines, so a
+    /// live reader asks for what came after the last it showed.
+    pub seq: u64,
     /// Epoch milliseconds.
     pub at: i64,
     pub stream: LogStream,
@@ -134,15 +137,19 @@ impl Ring {
 #[derive(Debug, Default)]
 struct Rings {
     by_bot: HashMap<BotId, Ring>,
+    /// The last line's number.
+    last_seq: u64,
     /// Bots whose run ended, oldest first: their rings go when too many.
     retired: VecDeque<BotId>,
 }
 
 /// The last output of every bot run on this node, [`RING_BYTES`] each.
-/// Cheap to clone (one shared map).
+/// Cheap to clone (one shared map). Live readers wait on [`Self::changed`]
+/// and read [`Self::since`] their last line.
 #[derive(Debug, Clone, Default)]
 pub struct BotLogs {
     rings: Arc<Mutex<Rings>>,
+    pushed: Arc<tokio::sync::Notify>,
 }
 
 impl BotLogs {
@@ -165,12 +172,31 @@ impl BotLogs {
     }
 
     fn push_text(&self, bot: &BotId, stream: LogStream, text: String) {
-        let line = LogLine { at: now_ms(), stream, text };
-        let mut rings = self.rings.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(at) = rings.retired.iter().position(|id| id == bot) {
-            rings.retired.remove(at);
+        {
+            let mut rings = self.rings.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            rings.last_seq += 1;
+            let line = LogLine { seq: rings.last_seq, at: now_ms(), stream, text };
+            if let Some(at) = rings.retired.iter().position(|id| id == bot) {
+                rings.retired.remove(at);
+            }
+            rings.by_bot.entry(bot.clone()).or_default().push(line);
         }
-        rings.by_bot.entry(bot.clone()).or_default().push(line);
+        self.pushed.notify_waiters();
+    }
+
+    /// Resolves at the next line kept for any bot. Create it before reading
+    /// [`Self::since`] (and `enable` it) so a line kept in between wakes it.
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.pushed.notified()
+    }
+
+    /// The bot's lines numbered after `after`, oldest first, at most `limit`
+    /// (the oldest of them: a reader catches up in order).
+    pub fn since(&self, bot: &BotId, after: u64, limit: usize) -> Vec<LogLine> {
+        let rings = self.rings.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(ring) = rings.by_bot.get(bot) else { return Vec::new() };
+        let newer = ring.lines.iter().rev().take_while(|line| line.seq > after).count();
+        ring.lines.iter().skip(ring.lines.len() - newer).take(limit).cloned().collect()
     }
 
     /// The bot no longer runs here: its ring is kept a while, then dropped.
@@ -348,5 +374,31 @@ mod tests {
         logs.node_line(&last, "started");
         logs.retire(&last);
         assert!(logs.tail(&first, 1).is_empty(), "one more pushes the oldest out");
+    }
+
+    /// A live reader gets each bot's lines after the last it saw, in
+    /// order and only its own, and is woken by a line kept after it began
+    /// to wait.
+    #[tokio::test]
+    async fn a_reader_follows_one_bot_from_its_last_line() {
+        let logs = BotLogs::new();
+        let (a, b) = (BotId::parse("bot_a").unwrap(), BotId::parse("bot_b").unwrap());
+        logs.node_line(&a, "a1");
+        logs.node_line(&b, "b1");
+        logs.node_line(&a, "a2");
+        let all = logs.since(&a, 0, 10);
+        assert_eq!(all.iter().map(|l| l.text.as_str()).collect::<Vec<_>>(), ["a1", "a2"]);
+        assert!(all[0].seq < all[1].seq);
+        assert_eq!(logs.since(&a, all[0].seq, 10)[0].text, "a2");
+        assert!(logs.since(&a, all[1].seq, 10).is_empty());
+        assert_eq!(logs.since(&a, 0, 1)[0].text, "a1", "the oldest first when capped");
+        let last = all[1].seq;
+        let waiting = logs.changed();
+        tokio::pin!(waiting);
+        waiting.as_mut().enable();
+        let writer = logs.clone();
+        tokio::spawn(async move { writer.node_line(&BotId::parse("bot_a").unwrap(), "a3") });
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await.expect("woken by the new line");
+        assert_eq!(logs.since(&a, last, 10)[0].text, "a3");
     }
 }

@@ -73,8 +73,12 @@ pub struct HealthAnswer {
 pub struct BotLogsQuery {
     /// The bot asked about.
     pub bot_id: String,
-    /// How many of its last lines (1 to 2000).
+    /// How many of its last lines (1 to 2000); with `after`, how many of
+    /// the lines after it (the oldest first).
     pub limit: u32,
+    /// Only the lines numbered after this one (a live reader's last line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<u64>,
 }
 
 /// The host's answer: the bot's lines, oldest first.
@@ -92,6 +96,9 @@ pub struct BotLogsAnswer {
 /// One line a bot printed, or one the node wrote about it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BotLogLine {
+    /// Its number on the host (increasing): what a live reader asks after.
+    #[serde(default)]
+    pub seq: u64,
     /// When (unix milliseconds).
     pub at: i64,
     /// `stdout`, `stderr` or `node`.

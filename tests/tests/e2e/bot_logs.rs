@@ -2,14 +2,15 @@
 //! what a bot printed (escaped, oldest first, the last `limit` lines) and
 //! the node's own lines about it come from its host, through any node
 //! (the other one asks the host over the signed node-to-node protocol);
-//! bad limits and unknown bots are refused with their codes.
+//! bad limits and unknown bots are refused with their codes; the live
+//! stream follows what the bot prints, through any node.
 
 use std::time::Duration;
 
 use trekker_node::config::{BotDriverKind, SandboxMode};
 use trekker_testkit::creds;
 
-use crate::support::{eventually, fast_runtime, settings, spawn_node_with};
+use crate::support::{ADMIN_TOKEN, SseReader, eventually, fast_runtime, settings, spawn_node_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_bots_output_is_read_from_its_host() {
@@ -93,6 +94,74 @@ async fn a_bots_output_is_read_from_its_host() {
     assert_eq!(unsigned.status().as_u16(), 401);
     let unknown = host.admin(reqwest::Method::GET, "/api/admin/bots/no-such-bot/logs", None).await;
     assert_eq!(unknown.status, 404);
+    other.stop().await;
+    host.stop().await;
+}
+
+/// `GET .../logs/stream` through the host and through the other node: the
+/// last lines first, then a line the bot prints while the streams are open
+/// arrives on both, on the same connection, numbered after what was sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bots_log_streams_live_through_any_node() {
+    let database = trekker_testkit::sqlite_database();
+    let work = tempfile::tempdir().unwrap();
+    let (script, poke) = (work.path().join("bot.sh"), work.path().join("poke"));
+    // Prints what it is handed in `poke`, when it is handed it.
+    let body = format!(
+        "echo ready\nwhile true; do if [ -f {poke} ]; then echo \"poked $(cat {poke})\"; rm -f {poke}; fi; sleep 0.1; \
+         done\n",
+        poke = poke.display()
+    );
+    std::fs::write(&script, body).unwrap();
+    let node_settings = |name: &str| {
+        let mut s = settings(&database.url, name, 5);
+        s.bot_driver = BotDriverKind::Process;
+        s.bot_command = Some(format!("sh {}", script.display()));
+        s.bot_sandbox = SandboxMode::Off;
+        s.bot_auth_dir = work.path().join(format!("auth-{name}"));
+        s
+    };
+    let host = spawn_node_with(node_settings("SERVER0"), fast_runtime(None)).await;
+    let other = spawn_node_with(node_settings("SERVER1"), fast_runtime(None)).await;
+    let created = host.register("Streamer", &creds::phone(72, 1), 1, None).await;
+    let id = created.body["bot"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(host.approve(&id).await.status, 200);
+    let path = format!("/api/admin/bots/{id}/logs/stream");
+    eventually(Duration::from_secs(20), "the bot says it is ready", || async {
+        let lines = host.admin(reqwest::Method::GET, &format!("/api/admin/bots/{id}/logs"), None).await;
+        lines.body["lines"].as_array().is_some_and(|lines| lines.iter().any(|l| l["text"] == "ready"))
+    })
+    .await;
+
+    let mut streams = Vec::new();
+    for node in [&host, &other] {
+        let mut stream = SseReader::new(SseReader::open(node, &path, Some(ADMIN_TOKEN)).await);
+        let opening = stream.until("the opening lines", |event, data| event == "log" && data["text"] == "ready").await;
+        assert!(opening.iter().all(|(event, _)| event == "log"), "{opening:?}");
+        streams.push((stream, opening.last().unwrap().1["seq"].as_u64().unwrap()));
+    }
+    for n in 1..=2 {
+        std::fs::write(&poke, n.to_string()).unwrap();
+        let wanted = format!("poked {n}");
+        for (stream, last) in &mut streams {
+            let read = stream.until(&wanted, |event, data| event == "log" && data["text"] == wanted.as_str()).await;
+            for (_, line) in &read {
+                let seq = line["seq"].as_u64().unwrap();
+                assert!(seq > *last, "each line once, in order: {read:?}");
+                *last = seq;
+            }
+        }
+    }
+    let refused = SseReader::open(&other, &path, None).await;
+    assert_eq!(refused.status(), 401, "the stream wants a key");
+    let refused = SseReader::open(&other, &format!("{path}?limit=0"), Some(ADMIN_TOKEN)).await;
+    assert_eq!(refused.status(), 400);
+    assert_eq!(SseReader::open(&other, "/api/admin/bots/nope/logs/stream", Some(ADMIN_TOKEN)).await.status(), 404);
+    // The bot deleted: each stream says so and ends.
+    assert_eq!(host.admin(reqwest::Method::DELETE, &format!("/api/admin/bots/{id}"), None).await.status, 200);
+    for (stream, _) in &mut streams {
+        stream.until("the end", |event, _| event == "end").await;
+    }
     other.stop().await;
     host.stop().await;
 }

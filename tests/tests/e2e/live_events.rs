@@ -8,66 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 use trekker_testkit::creds;
 
-use crate::support::{ADMIN_TOKEN, TestNode, databases, settings, spawn_node};
-
-/// Reads one SSE stream event by event.
-struct SseReader {
-    response: reqwest::Response,
-    buffer: String,
-}
-
-impl SseReader {
-    async fn open(node: &TestNode, path: &str, token: Option<&str>) -> reqwest::Response {
-        let mut request = node.client.get(node.url(path)).header("accept", "text/event-stream");
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        request.send().await.unwrap()
-    }
-
-    fn new(response: reqwest::Response) -> Self {
-        assert_eq!(response.status(), 200);
-        let kind = response.headers()["content-type"].to_str().unwrap().to_owned();
-        assert!(kind.starts_with("text/event-stream"), "{kind}");
-        Self { response, buffer: String::new() }
-    }
-
-    /// The next event's name and data (keep-alive comments skipped).
-    async fn next(&mut self) -> (String, Value) {
-        loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let frame: String = self.buffer.drain(..end + 2).collect();
-                let field = |name: &str| {
-                    frame.lines().find_map(|line| line.strip_prefix(name).map(|v| v.trim_start().to_owned()))
-                };
-                if let (Some(event), Some(data)) = (field("event:"), field("data:")) {
-                    return (event, serde_json::from_str(&data).unwrap());
-                }
-                continue;
-            }
-            let chunk = self.response.chunk().await.unwrap().expect("the stream stays open");
-            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
-        }
-    }
-
-    /// Reads until `wanted` holds for an event; every event read on the way.
-    async fn until(&mut self, what: &str, wanted: impl Fn(&str, &Value) -> bool) -> Vec<(String, Value)> {
-        let mut read = Vec::new();
-        let found = tokio::time::timeout(Duration::from_secs(20), async {
-            loop {
-                let (event, data) = self.next().await;
-                let done = wanted(&event, &data);
-                read.push((event, data));
-                if done {
-                    return;
-                }
-            }
-        })
-        .await;
-        assert!(found.is_ok(), "no event for {what}; read {read:?}");
-        read
-    }
-}
+use crate::support::{ADMIN_TOKEN, SseReader, databases, settings, spawn_node};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn guests_and_admins_see_the_cluster_change_live() {

@@ -248,3 +248,66 @@ where
     }
     panic!("timed out after {within:?} waiting for: {what}");
 }
+
+/// Reads one SSE stream event by event.
+pub struct SseReader {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl SseReader {
+    pub async fn open(node: &TestNode, path: &str, token: Option<&str>) -> reqwest::Response {
+        let mut request = node.client.get(node.url(path)).header("accept", "text/event-stream");
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.unwrap()
+    }
+
+    pub fn new(response: reqwest::Response) -> Self {
+        assert_eq!(response.status(), 200);
+        let kind = response.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(kind.starts_with("text/event-stream"), "{kind}");
+        Self { response, buffer: String::new() }
+    }
+
+    /// The next event's name and data (keep-alive comments skipped).
+    pub async fn next(&mut self) -> (String, serde_json::Value) {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let frame: String = self.buffer.drain(..end + 2).collect();
+                let field = |name: &str| {
+                    frame.lines().find_map(|line| line.strip_prefix(name).map(|v| v.trim_start().to_owned()))
+                };
+                if let (Some(event), Some(data)) = (field("event:"), field("data:")) {
+                    return (event, serde_json::from_str(&data).unwrap());
+                }
+                continue;
+            }
+            let chunk = self.response.chunk().await.unwrap().expect("the stream stays open");
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+
+    /// Reads until `wanted` holds for an event; every event read on the way.
+    pub async fn until(
+        &mut self,
+        what: &str,
+        wanted: impl Fn(&str, &serde_json::Value) -> bool,
+    ) -> Vec<(String, serde_json::Value)> {
+        let mut read = Vec::new();
+        let found = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                let (event, data) = self.next().await;
+                let done = wanted(&event, &data);
+                read.push((event, data));
+                if done {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(found.is_ok(), "no event for {what}; read {read:?}");
+        read
+    }
+}

@@ -6,7 +6,7 @@ use axum::routing::get;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{ErrorCode, admin, audit, events, guest, internal, keys, logs, messages, ops, pairing};
+use super::{ErrorCode, admin, audit, events, guest, internal, keys, log_stream, logs, messages, ops, pairing};
 use crate::AppState;
 
 #[derive(Debug, OpenApi)]
@@ -20,7 +20,8 @@ use crate::AppState;
         admin::reject_bot, admin::move_bot, admin::restart_bot, admin::stop_bot, admin::evacuate_server,
         admin::delete_bot, admin::list_activities, admin::capacity_warnings,
         messages::send_message, messages::message_for_peer,
-        admin::inconsistencies, admin::repair, logs::bot_logs, logs::logs_for_peer, admin::cross_server_stats,
+        admin::inconsistencies, admin::repair, admin::cross_server_stats,
+        logs::bot_logs, logs::logs_for_peer, log_stream::bot_log_stream,
         admin::list_reviews, admin::approve_review, admin::reject_review, admin::list_credential_updates,
         keys::create_key, keys::list_keys, keys::revoke_key, keys::whoami, audit::list_audit,
         events::public_events, events::admin_events,
@@ -72,6 +73,7 @@ mod tests {
             include_str!("internal.rs"),
             include_str!("keys.rs"),
             include_str!("logs.rs"),
+            include_str!("log_stream.rs"),
             include_str!("messages.rs"),
             include_str!("ops.rs"),
             include_str!("pairing.rs"),

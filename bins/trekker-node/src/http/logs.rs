@@ -20,8 +20,8 @@ use super::{ApiError, ErrorBody, ErrorCode};
 use crate::AppState;
 
 /// Lines a bot's log page holds by default, and at most.
-const LOG_LINES_DEFAULT: u32 = 200;
-const LOG_LINES_MAX: u32 = 2000;
+pub(crate) const LOG_LINES_DEFAULT: u32 = 200;
+pub(crate) const LOG_LINES_MAX: u32 = 2000;
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new().route("/api/admin/bots/{id}/logs", get(bot_logs)).route(LOGS_PATH, post(logs_for_peer))
@@ -30,10 +30,10 @@ pub(crate) fn router() -> Router<AppState> {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct LogsQuery {
     /// 1 to 2000, default 200: the last lines.
-    limit: Option<u32>,
+    pub(crate) limit: Option<u32>,
 }
 
-fn checked_limit(limit: u32) -> Result<u32, ApiError> {
+pub(crate) fn checked_limit(limit: u32) -> Result<u32, ApiError> {
     if (1..=LOG_LINES_MAX).contains(&limit) {
         Ok(limit)
     } else {
@@ -41,26 +41,31 @@ fn checked_limit(limit: u32) -> Result<u32, ApiError> {
     }
 }
 
-/// What this node, the bot's host, holds of its output.
-fn local_logs(state: &AppState, bot: &BotRecord, limit: u32) -> BotLogsAnswer {
-    let tail = state.process_bots.as_ref().map(|driver| driver.logs().tail(&bot.id, limit as usize));
-    let lines = tail
+/// What this node, the bot's host, holds of its output: the last `limit`
+/// lines, or with `after` the (oldest) `limit` lines after that one.
+pub(crate) fn local_logs(state: &AppState, bot: &BotRecord, limit: u32, after: Option<u64>) -> BotLogsAnswer {
+    let kept = state.process_bots.as_ref().map(|driver| match after {
+        None => driver.logs().tail(&bot.id, limit as usize),
+        Some(after) => driver.logs().since(&bot.id, after, limit as usize),
+    });
+    let lines = kept
         .unwrap_or_default()
         .into_iter()
-        .map(|line| BotLogLine { at: line.at, stream: line.stream.as_str().to_owned(), text: line.text })
+        .map(|line| BotLogLine { seq: line.seq, at: line.at, stream: line.stream.as_str().to_owned(), text: line.text })
         .collect();
     BotLogsAnswer { bot_id: bot.id.as_str().to_owned(), server: bot.server.as_str().to_owned(), lines }
 }
 
-/// Asks `host` for the bot's lines.
-async fn remote_logs(
+/// Asks `host` for the bot's lines (as [`local_logs`] there).
+pub(crate) async fn remote_logs(
     state: &AppState,
     bot: &BotRecord,
     host: &ServerName,
     limit: u32,
+    after: Option<u64>,
 ) -> Result<BotLogsAnswer, ApiError> {
     let base_url = peers::base_url(state, host).await?;
-    let query = BotLogsQuery { bot_id: bot.id.as_str().to_owned(), limit };
+    let query = BotLogsQuery { bot_id: bot.id.as_str().to_owned(), limit, after };
     state.peers.bot_logs(host, &base_url, &query).await.map_err(|error| peers::host_error(bot, host, error))
 }
 
@@ -80,10 +85,10 @@ pub(crate) async fn bot_logs(
     let limit = checked_limit(query.limit.unwrap_or(LOG_LINES_DEFAULT))?;
     let bot = state.trekker.bot(&id).await?;
     if bot.server == state.config.server_name {
-        return Ok(Json(local_logs(&state, &bot, limit)));
+        return Ok(Json(local_logs(&state, &bot, limit, None)));
     }
     let host = bot.server.clone();
-    remote_logs(&state, &bot, &host, limit).await.map(Json)
+    remote_logs(&state, &bot, &host, limit, None).await.map(Json)
 }
 
 /// Another node asks for the lines of a bot hosted here.
@@ -105,5 +110,5 @@ pub(crate) async fn logs_for_peer(
             format!("Bot {} is hosted on {} now, not here.", bot.id.as_str(), bot.server),
         ));
     }
-    Ok(Json(local_logs(&state, &bot, limit)))
+    Ok(Json(local_logs(&state, &bot, limit, query.after)))
 }

@@ -11,6 +11,7 @@ mod extract;
 mod guest;
 mod internal;
 mod keys;
+mod log_stream;
 mod logs;
 mod messages;
 mod ops;
@@ -46,6 +47,7 @@ pub fn router(state: AppState) -> Router {
         .merge(keys::router())
         .merge(audit::router())
         .merge(logs::router())
+        .merge(log_stream::router())
         .merge(messages::router())
         .merge(events::router())
         .merge(internal::router())
