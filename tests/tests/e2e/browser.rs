@@ -282,6 +282,130 @@ async fn the_console_shows_each_key_only_what_its_role_may_do() {
     node.stop().await;
 }
 
+/// An operator's key logs in, sees no key management, approves a bot (the
+/// audit view shows the approval under the key's name, and its filter
+/// keeps to it), opens the bot's live log and sees a line the bot prints
+/// while it is open, on the same connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operator_approves_sees_it_audited_and_watches_the_bots_live_log() {
+    let Some(browser) = Browser::open("console-audit-log").await else { return };
+    let database = trekker_testkit::sqlite_database();
+    let work = tempfile::tempdir().unwrap();
+    let (script, poke) = (work.path().join("bot.sh"), work.path().join("poke"));
+    let body = format!(
+        "echo ready\nwhile true; do if [ -f {poke} ]; then echo \"said: $(cat {poke})\"; rm -f {poke}; fi; \
+         sleep 0.1; done\n",
+        poke = poke.display()
+    );
+    std::fs::write(&script, body).unwrap();
+    let mut node_settings = settings(&database.url, "SERVER0", 5);
+    node_settings.bot_driver = trekker_node::config::BotDriverKind::Process;
+    node_settings.bot_command = Some(format!("sh {}", script.display()));
+    node_settings.bot_sandbox = trekker_node::config::SandboxMode::Off;
+    node_settings.bot_auth_dir = work.path().join("auth");
+    let node = crate::support::spawn_node_with(node_settings, fast_runtime(None)).await;
+    let created = node.register("Chatty", &creds::phone(75, 1), 1, None).await;
+    let bot = created.body["bot"]["id"].as_str().unwrap().to_owned();
+    let (otto_id, operator) = api_key(&node, "Otto", "operator").await;
+    let rejected = node.register("Other", &creds::phone(75, 2), 1, None).await;
+    let other = rejected.body["bot"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(node.admin(reqwest::Method::POST, &format!("/api/admin/bots/{other}/reject"), None).await.status, 200);
+
+    log_in_with(&browser, &node, &operator).await;
+    let keys_hidden = browser.js("return document.querySelector('nav button[data-view=keys]').hidden").await;
+    assert_eq!(keys_hidden, true, "an operator sees no key management");
+    browser.click("nav button[data-view=bots]").await;
+    let row = format!("#bots tr[data-bot=\"{bot}\"]");
+    browser.until("the bot listed", &format!("return !!document.querySelector('{row}')")).await;
+    browser.click(&format!("{row} button")).await;
+    browser
+        .until("approved", &format!("return document.querySelector('{row} .approval').textContent === 'approved'"))
+        .await;
+
+    // The audit view: the approval under Otto's name, the bootstrap's
+    // rejection beside it; filtered to Otto, only his.
+    browser.click("nav button[data-view=audit]").await;
+    let first_row = "const r = document.querySelector('#audit tbody tr'); \
+        return !!r && r.querySelector('.actor').textContent === 'Otto' && \
+        r.querySelector('.action').textContent === 'approved' && r.querySelector('.result').textContent === 'ok'";
+    browser.until("the approval audited under Otto", first_row).await;
+    let target = browser.js("return document.querySelector('#audit tbody tr').children[3].textContent").await;
+    assert_eq!(target, format!("bot/{bot}").as_str());
+    let actors = "return [...document.querySelectorAll('#audit tbody .actor')].map((c) => c.textContent)";
+    browser.until("the rejection by bootstrap listed", &format!("{actors}.includes('bootstrap')")).await;
+    browser.type_into("#audit-actor", "Otto").await;
+    browser.click("#audit-form button[type=submit]").await;
+    browser
+        .until(
+            "only Otto's",
+            &format!("const a = ({{ f() {{ {actors}; }} }}).f(); return a.length === 1 && a[0] === 'Otto'"),
+        )
+        .await;
+    browser.shot("audit").await;
+    let trail = node.admin(reqwest::Method::GET, "/api/admin/audit?actor=Otto", None).await;
+    assert_eq!(trail.body["entries"][0]["actor"]["keyId"], otto_id.as_str());
+
+    // The bot's live log: what it printed, then what it prints now.
+    browser
+        .js("window.logStreams = 0; const f = window.fetch; window.fetch = (...a) => { \
+             if (String(a[0]).includes('/logs/stream')) window.logStreams += 1; return f(...a); }; return true")
+        .await;
+    browser.click("nav button[data-view=bots]").await;
+    browser.until("the bot listed again", &format!("return !!document.querySelector('{row} a')")).await;
+    browser.click(&format!("{row} a")).await;
+    let log_has = |text: &str| format!("return document.getElementById('detail-log').textContent.includes('{text}')");
+    browser.until("the bot's first line", &log_has("ready")).await;
+    assert_eq!(browser.js("return document.getElementById('log-status').textContent").await, "(live)");
+    std::fs::write(&poke, "hello from the bot").unwrap();
+    browser.until("the line it just printed", &log_has("said: hello from the bot")).await;
+    assert_eq!(browser.js("return window.logStreams").await, 1, "one stream, no reconnect");
+    browser.shot("live-log").await;
+    browser.close().await;
+    node.stop().await;
+}
+
+/// The stats page draws the cross-server updates of the last hours: a bar
+/// per hour by status and a row per hour and hosting server with its
+/// latency, from real re-pairs across two nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_stats_page_charts_cross_server_updates() {
+    let Some(browser) = Browser::open("console-stats").await else { return };
+    let database = trekker_testkit::sqlite_database();
+    let host = spawn_node(settings(&database.url, "SERVER0", 5)).await;
+    let asker = spawn_node(settings(&database.url, "SERVER1", 5)).await;
+    let phone = creds::phone(76, 1);
+    let created = host.register("Hosted", &phone, 1, None).await;
+    let id = created.body["bot"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(host.approve(&id).await.status, 200);
+    for version in [2, 3] {
+        let answer = asker.register("Hosted", &phone, version, None).await;
+        assert_eq!(answer.body["type"], "cross_server_credential_update", "{:?}", answer.body);
+    }
+    let (_, viewer) = api_key(&asker, "Vera", "viewer").await;
+    log_in_with(&browser, &asker, &viewer).await;
+    browser.click("nav button[data-view=stats]").await;
+    let bar = "const r = document.querySelector('#stats-chart rect[data-status=delivered]'); \
+        return !!r && r.dataset.count === '2' && Number(r.getAttribute('height')) > 0";
+    browser.until("a bar of two delivered updates", bar).await;
+    let row = browser.js("return document.querySelector('#stats tbody tr').textContent").await;
+    let row = row.as_str().unwrap();
+    assert!(row.contains("SERVER0") && row.contains("delivered 2") && row.contains(" ms / "), "{row}");
+    let summary = browser.js("return document.getElementById('stats-summary').textContent").await;
+    assert!(summary.as_str().unwrap().starts_with("2 updates since"), "{summary}");
+    browser.js("const s = document.getElementById('stats-hours'); s.value = '168'; s.onchange(); return true").await;
+    browser
+        .until(
+            "a week drawn",
+            "return document.querySelector('#stats-chart rect[data-status=delivered]') !== null && \
+               document.getElementById('stats-summary').textContent.startsWith('2 updates')",
+        )
+        .await;
+    browser.shot("stats").await;
+    browser.close().await;
+    asker.stop().await;
+    host.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_console_approves_rejects_and_pages_live() {
     let Some(browser) = Browser::open("console").await else { return };
