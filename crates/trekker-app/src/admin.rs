@@ -86,7 +86,11 @@ impl Trekker {
             })
             .transpose()?;
         let patch = ServerPatch { max_bot_count, status };
-        let details = format!("max_bot_count={:?} status={:?}", patch.max_bot_count, patch.status.map(|s| s.as_str()));
+        let changes = [
+            patch.max_bot_count.map(|max| format!("capacity set to {max}")),
+            patch.status.map(|status| format!("status set to {}", status.as_str())),
+        ];
+        let details = changes.into_iter().flatten().collect::<Vec<_>>().join(", ");
         let audit = NewActivity::new(&self.node, "server_updated", details)
             .with_remote(&name, None)
             .by(actor, AuditMark::server(&name));

@@ -406,6 +406,115 @@ async fn the_stats_page_charts_cross_server_updates() {
     host.stop().await;
 }
 
+/// The bootstrap admin drains and reactivates a server, edits its
+/// capacity, filters the bots, deletes one, approves a credential review
+/// and repairs a drifted count, each from the console's own controls; the
+/// audit view lists every one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_admin_drains_edits_filters_deletes_reviews_and_repairs_in_the_console() {
+    let Some(browser) = Browser::open("console-admin-actions").await else { return };
+    let database = trekker_testkit::sqlite_database();
+    let node = spawn_node(settings(&database.url, "SERVER0", 5)).await;
+    let mut ids = Vec::new();
+    for (n, name) in [(1, "Alpha"), (2, "Beta"), (3, "Gamma")] {
+        let created = node.register(name, &creds::phone(77, n), 1, None).await;
+        ids.push(created.body["bot"]["id"].as_str().unwrap().to_owned());
+    }
+    for id in [&ids[0], &ids[2]] {
+        assert_eq!(node.approve(id).await.status, 200);
+    }
+    let forged = creds::session_id_of_account(&creds::phone(77, 3), 2, "someone-else");
+    let body = json!({"botName": "Gamma", "phoneNumber": creds::phone(77, 3), "credentialType": "session",
+        "sessionId": forged});
+    let mismatch = node.post_json("/api/guest/register-bot", &body).await;
+    assert_eq!(mismatch.code(), "ACCOUNT_MISMATCH", "{mismatch:?}");
+    log_in(&browser, &node).await;
+    browser.js("window.confirm = () => true; return true").await;
+    let server_row = "#servers tr[data-server=\"SERVER0\"]";
+    let status_is = |status: &str| {
+        format!("return document.querySelector('{server_row} .server-status').textContent.startsWith('{status}')")
+    };
+
+    // Drain, then activate again, then a new capacity.
+    browser.until("the server drawn", &status_is("active")).await;
+    browser.click(&format!("{server_row} button")).await;
+    browser.until("draining", &status_is("draining")).await;
+    let stored =
+        || async { node.admin(reqwest::Method::GET, "/api/admin/servers", None).await.body["servers"][0].clone() };
+    assert_eq!(stored().await["status"], "draining");
+    browser.click(&format!("{server_row} button")).await;
+    browser.until("active again", &status_is("active")).await;
+    browser.type_into(&format!("{server_row} input"), "7").await;
+    browser.click(&format!("{server_row} button:nth-of-type(2)")).await;
+    browser
+        .until(
+            "capacity 7",
+            &format!("return document.querySelector('{server_row} .capacity').textContent.includes('/ 7')"),
+        )
+        .await;
+    assert_eq!(stored().await["maxBots"], 7);
+
+    // Filters, then a delete.
+    browser.click("nav button[data-view=bots]").await;
+    let names = "return [...document.querySelectorAll('#bots tbody tr a')].map((a) => a.textContent).sort().join()";
+    browser
+        .until(
+            "every bot listed",
+            &format!("const n = ({{ f() {{ {names}; }} }}).f(); return n === 'Alpha,Beta,Gamma'"),
+        )
+        .await;
+    browser
+        .js("const s = document.getElementById('filter-approval'); s.value = 'pending'; s.onchange(); return true")
+        .await;
+    browser
+        .until("only the pending one", &format!("const n = ({{ f() {{ {names}; }} }}).f(); return n === 'Beta'"))
+        .await;
+    browser.js("const s = document.getElementById('filter-approval'); s.value = ''; s.onchange(); return true").await;
+    browser
+        .until("all again", &format!("const n = ({{ f() {{ {names}; }} }}).f(); return n === 'Alpha,Beta,Gamma'"))
+        .await;
+    let beta = format!("#bots tr[data-bot=\"{}\"]", ids[1]);
+    browser.click(&format!("{beta} button.danger")).await;
+    browser.until("Beta gone", &format!("return !document.querySelector('{beta}')")).await;
+    let gone = node.admin(reqwest::Method::GET, &format!("/api/admin/bots/{}", ids[1]), None).await;
+    assert_eq!(gone.status, 404);
+
+    // The review of Gamma's other-account session, approved.
+    browser.click("nav button[data-view=reviews]").await;
+    browser.until("the review listed", "return document.querySelectorAll('#reviews tbody button').length === 2").await;
+    browser.click("#reviews tbody button").await;
+    browser
+        .until("decided, no buttons left", "return document.querySelectorAll('#reviews tbody button').length === 0")
+        .await;
+    let gamma = node.admin(reqwest::Method::GET, &format!("/api/admin/bots/{}", ids[2]), None).await;
+    assert_eq!(gamma.body["credentialsVersion"], 2, "{:?}", gamma.body);
+
+    // A drifted count: checked, then repaired.
+    crate::support::raw_sql(
+        &database.url,
+        "UPDATE server_registry SET current_bot_count = current_bot_count + 3 WHERE server_name = 'SERVER0'",
+    )
+    .await;
+    browser.click("nav button[data-view=registry]").await;
+    browser.click("#dry-run").await;
+    let summary = |text: &str| format!("return document.getElementById('registry-summary').textContent === '{text}'");
+    browser.until("one found", &summary("1 inconsistencies.")).await;
+    browser.click("#repair").await;
+    browser.until("repaired", &summary("Repaired 1 of 1.")).await;
+    let left = node.admin(reqwest::Method::GET, "/api/admin/registry/inconsistencies", None).await;
+    assert_eq!(left.body["total"], 0, "{:?}", left.body);
+
+    browser.click("nav button[data-view=audit]").await;
+    let actions = "return [...document.querySelectorAll('#audit tbody .action')].map((c) => c.textContent).join()";
+    let wanted = "registry_repaired,credential_review_approved,deleted,server_updated,server_updated,server_updated";
+    browser
+        .until("every act audited", &format!("return ({{ f() {{ {actions}; }} }}).f().startsWith('{wanted}')"))
+        .await;
+    browser.shot("admin-actions").await;
+    browser.close().await;
+    node.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_console_approves_rejects_and_pages_live() {
     let Some(browser) = Browser::open("console").await else { return };
