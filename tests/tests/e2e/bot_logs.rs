@@ -1,4 +1,5 @@
-//! `GET /api/admin/bots/{id}/logs` through real nodes with `process` bots:
+//! `GET /api/admin/bots/{id}/logs` through real nodes with `process` bots
+//! (on SQLite and on PostgreSQL):
 //! what a bot printed (escaped, oldest first, the last `limit` lines) and
 //! the node's own lines about it come from its host, through any node
 //! (the other one asks the host over the signed node-to-node protocol);
@@ -10,11 +11,16 @@ use std::time::Duration;
 use trekker_node::config::{BotDriverKind, SandboxMode};
 use trekker_testkit::creds;
 
-use crate::support::{ADMIN_TOKEN, SseReader, eventually, fast_runtime, settings, spawn_node_with};
+use crate::support::{ADMIN_TOKEN, SseReader, databases, eventually, fast_runtime, settings, spawn_node_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_bots_output_is_read_from_its_host() {
-    let database = trekker_testkit::sqlite_database();
+    for (url, _keep) in databases().await {
+        output_is_read_from_its_host(&url).await;
+    }
+}
+
+async fn output_is_read_from_its_host(url: &str) {
     let work = tempfile::tempdir().unwrap();
     let script = work.path().join("bot.sh");
     std::fs::write(
@@ -23,7 +29,7 @@ async fn a_bots_output_is_read_from_its_host() {
     )
     .unwrap();
     let node_settings = |name: &str| {
-        let mut s = settings(&database.url, name, 5);
+        let mut s = settings(url, name, 5);
         s.bot_driver = BotDriverKind::Process;
         s.bot_command = Some(format!("sh {}", script.display()));
         s.bot_sandbox = SandboxMode::Off;
@@ -103,7 +109,12 @@ async fn a_bots_output_is_read_from_its_host() {
 /// arrives on both, on the same connection, numbered after what was sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_bots_log_streams_live_through_any_node() {
-    let database = trekker_testkit::sqlite_database();
+    for (url, _keep) in databases().await {
+        log_streams_live_through_any_node(&url).await;
+    }
+}
+
+async fn log_streams_live_through_any_node(url: &str) {
     let work = tempfile::tempdir().unwrap();
     let (script, poke) = (work.path().join("bot.sh"), work.path().join("poke"));
     // Prints what it is handed in `poke`, when it is handed it.
@@ -114,7 +125,7 @@ async fn a_bots_log_streams_live_through_any_node() {
     );
     std::fs::write(&script, body).unwrap();
     let node_settings = |name: &str| {
-        let mut s = settings(&database.url, name, 5);
+        let mut s = settings(url, name, 5);
         s.bot_driver = BotDriverKind::Process;
         s.bot_command = Some(format!("sh {}", script.display()));
         s.bot_sandbox = SandboxMode::Off;
