@@ -6,12 +6,38 @@
 //! bad limits and unknown bots are refused with their codes; the live
 //! stream follows what the bot prints, through any node.
 
+use std::path::Path;
 use std::time::Duration;
 
 use trekker_node::config::{BotDriverKind, SandboxMode};
 use trekker_testkit::creds;
 
-use crate::support::{ADMIN_TOKEN, SseReader, databases, eventually, fast_runtime, settings, spawn_node_with};
+use crate::support::{
+    ADMIN_TOKEN, SseReader, TestNode, databases, eventually, fast_runtime, settings, spawn_node_with,
+};
+
+/// Two nodes whose `process` bots run `script` (sh, unsandboxed, in
+/// `work`), and one bot registered and approved on the first (phone series
+/// `series`): (host, other node, bot id).
+async fn two_nodes_running(url: &str, work: &Path, script: &str, series: u32) -> (TestNode, TestNode, String) {
+    let path = work.join("bot.sh");
+    std::fs::write(&path, script).unwrap();
+    let node_settings = |name: &str| {
+        let mut s = settings(url, name, 5);
+        s.bot_driver = BotDriverKind::Process;
+        s.bot_command = Some(format!("sh {}", path.display()));
+        s.bot_sandbox = SandboxMode::Off;
+        s.bot_auth_dir = work.join(format!("auth-{name}"));
+        s
+    };
+    let host = spawn_node_with(node_settings("SERVER0"), fast_runtime(None)).await;
+    let other = spawn_node_with(node_settings("SERVER1"), fast_runtime(None)).await;
+    let created = host.register("Talker", &creds::phone(series, 1), 1, None).await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    let id = created.body["bot"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(host.approve(&id).await.status, 200);
+    (host, other, id)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_bots_output_is_read_from_its_host() {
@@ -22,26 +48,8 @@ async fn a_bots_output_is_read_from_its_host() {
 
 async fn output_is_read_from_its_host(url: &str) {
     let work = tempfile::tempdir().unwrap();
-    let script = work.path().join("bot.sh");
-    std::fs::write(
-        &script,
-        "for n in 1 2 3 4 5; do echo \"line $n\"; done\nprintf 'bell \\007 done\\n' >&2\nexec sleep 60\n",
-    )
-    .unwrap();
-    let node_settings = |name: &str| {
-        let mut s = settings(url, name, 5);
-        s.bot_driver = BotDriverKind::Process;
-        s.bot_command = Some(format!("sh {}", script.display()));
-        s.bot_sandbox = SandboxMode::Off;
-        s.bot_auth_dir = work.path().join(format!("auth-{name}"));
-        s
-    };
-    let host = spawn_node_with(node_settings("SERVER0"), fast_runtime(None)).await;
-    let other = spawn_node_with(node_settings("SERVER1"), fast_runtime(None)).await;
-    let created = host.register("Talker", &creds::phone(71, 1), 1, None).await;
-    assert_eq!(created.status, 201, "{:?}", created.body);
-    let id = created.body["bot"]["id"].as_str().unwrap().to_owned();
-    assert_eq!(host.approve(&id).await.status, 200);
+    let script = "for n in 1 2 3 4 5; do echo \"line $n\"; done\nprintf 'bell \\007 done\\n' >&2\nexec sleep 60\n";
+    let (host, other, id) = two_nodes_running(url, work.path(), script, 71).await;
 
     let logs = |limit: &str| {
         let (node, id) = (&host, id.clone());
@@ -116,27 +124,14 @@ async fn a_bots_log_streams_live_through_any_node() {
 
 async fn log_streams_live_through_any_node(url: &str) {
     let work = tempfile::tempdir().unwrap();
-    let (script, poke) = (work.path().join("bot.sh"), work.path().join("poke"));
+    let poke = work.path().join("poke");
     // Prints what it is handed in `poke`, when it is handed it.
     let body = format!(
         "echo ready\nwhile true; do if [ -f {poke} ]; then echo \"poked $(cat {poke})\"; rm -f {poke}; fi; sleep 0.1; \
          done\n",
         poke = poke.display()
     );
-    std::fs::write(&script, body).unwrap();
-    let node_settings = |name: &str| {
-        let mut s = settings(url, name, 5);
-        s.bot_driver = BotDriverKind::Process;
-        s.bot_command = Some(format!("sh {}", script.display()));
-        s.bot_sandbox = SandboxMode::Off;
-        s.bot_auth_dir = work.path().join(format!("auth-{name}"));
-        s
-    };
-    let host = spawn_node_with(node_settings("SERVER0"), fast_runtime(None)).await;
-    let other = spawn_node_with(node_settings("SERVER1"), fast_runtime(None)).await;
-    let created = host.register("Streamer", &creds::phone(72, 1), 1, None).await;
-    let id = created.body["bot"]["id"].as_str().unwrap().to_owned();
-    assert_eq!(host.approve(&id).await.status, 200);
+    let (host, other, id) = two_nodes_running(url, work.path(), &body, 72).await;
     let path = format!("/api/admin/bots/{id}/logs/stream");
     eventually(Duration::from_secs(20), "the bot says it is ready", || async {
         let lines = host.admin(reqwest::Method::GET, &format!("/api/admin/bots/{id}/logs"), None).await;
