@@ -225,6 +225,15 @@ impl Governor {
         Some(Throttle::Held { until, reason: reason.to_owned() })
     }
 
+    /// Takes up a hold a previous run of the bot was under (kept with its
+    /// state: a restart must not lift a day's timelock). Like [`Self::hold`]
+    /// it only ever grows the hold.
+    pub fn resume_hold(&mut self, until: Millis, reason: &str) {
+        if self.hold.as_ref().is_none_or(|(held_until, _)| *held_until < until) {
+            self.hold = Some((until, reason.to_owned()));
+        }
+    }
+
     /// The hold in force at `now`, if any.
     pub fn held(&self, now: Millis) -> Option<Throttle> {
         let (until, reason) = self.hold.as_ref().filter(|(until, _)| now < *until)?;
@@ -346,5 +355,16 @@ mod tests {
         let Some(Throttle::Held { until, .. }) = g.hold("429", Millis::MAX - 1) else { panic!() };
         assert_eq!(until, Millis::MAX);
         assert_eq!(g.held(Millis::MAX - 1).map(|t| t.retry_after_ms(Millis::MAX - 1)), Some(1));
+    }
+
+    #[test]
+    fn a_hold_taken_up_by_a_new_run_holds_until_its_end_and_only_grows() {
+        let mut governor = Governor::new(SendPolicy::default(), 0, 100 * DAY_MS);
+        let now = 100 * DAY_MS;
+        governor.resume_hold(now + DAY_MS, "WhatsApp answered 463");
+        assert!(matches!(governor.admit(now, false), Err(Throttle::Held { until, .. }) if until == now + DAY_MS));
+        governor.resume_hold(now + MINUTE_MS, "shorter");
+        assert!(governor.held(now + 2 * MINUTE_MS).is_some(), "a shorter hold never shortens it");
+        assert!(governor.admit(now + DAY_MS, false).is_ok(), "it ends when it ends");
     }
 }

@@ -298,16 +298,18 @@ impl BotDriver for WhatsAppDriver {
             .map_err(|e| DriverError(format!("cannot read the bot's state: {e}")))?
             .is_some_and(|stored| stored.push_name.is_empty());
         let (bot_id, generation, phone) = (spec.bot_id.clone(), spec.generation, spec.phone.clone());
-        let guard = Arc::new(SendGuard::new(self.send_policy, spec.paired_at, self.clock.clone()));
+        let hold = device.send_hold().await.map_err(|e| DriverError(format!("cannot read the bot's state: {e}")))?;
+        let guard = Arc::new(SendGuard::new(self.send_policy, spec.paired_at, self.clock.clone(), hold));
         let on_event = {
-            let (bot_id, phone, events, webhook, guard) =
-                (bot_id.clone(), phone.clone(), events.clone(), self.webhook.clone(), guard.clone());
+            let (bot_id, phone, events, webhook, guard, device) =
+                (bot_id.clone(), phone.clone(), events.clone(), self.webhook.clone(), guard.clone(), device.clone());
             move |event: Arc<whatsapp_rust::types::events::Event>, _client: Arc<Client>| {
                 if let Some(status) = status_of(&event) {
                     let _ = events.send(DriverEvent { bot_id: bot_id.clone(), generation, event: status });
                 }
-                if let Some(reason) = governed_event(&guard, &event) {
-                    let event = BotEvent::Held { reason };
+                let hold = governed_event(&guard, &event);
+                if let Some(hold) = &hold {
+                    let event = BotEvent::Held { reason: hold.said.clone() };
                     let _ = events.send(DriverEvent { bot_id: bot_id.clone(), generation, event });
                 }
                 if let Some(webhook) = &webhook {
@@ -315,7 +317,15 @@ impl BotDriver for WhatsAppDriver {
                         webhook.post(payload);
                     }
                 }
-                async {}
+                // Kept with the bot's state: its next run (a restart, a
+                // move) is held until the same time.
+                let (device, bot_id) = (device.clone(), bot_id.clone());
+                async move {
+                    let Some(hold) = hold else { return };
+                    if let Err(error) = device.save_send_hold(hold.until, &hold.reason).await {
+                        tracing::warn!(bot = %bot_id, %error, "cannot keep the bot's send hold");
+                    }
+                }
             }
         };
         let mut builder = Bot::builder()

@@ -34,8 +34,13 @@ impl std::fmt::Debug for SendGuard {
 }
 
 impl SendGuard {
-    pub(crate) fn new(policy: SendPolicy, paired_at: i64, clock: Arc<dyn Clock>) -> Self {
-        let governor = Governor::new(policy, paired_at, clock.now_ms());
+    /// A bot's guard; `hold` (until, reason) is the one its last run was
+    /// left under, taken up again.
+    pub(crate) fn new(policy: SendPolicy, paired_at: i64, clock: Arc<dyn Clock>, hold: Option<(i64, String)>) -> Self {
+        let mut governor = Governor::new(policy, paired_at, clock.now_ms());
+        if let Some((until, reason)) = hold {
+            governor.resume_hold(until, &reason);
+        }
         Self { governor: Mutex::new(governor), known: Mutex::new(HashSet::new()), clock }
     }
 
@@ -60,10 +65,10 @@ impl SendGuard {
         self.known.lock().unwrap_or_else(PoisonError::into_inner).contains(user)
     }
 
-    /// WhatsApp answered `code`: the hold's reason for the bot's status
-    /// when the code is a limit that starts or lengthens a hold (every
-    /// message nacked under one hold says it only once).
-    pub(crate) fn limited(&self, code: &str) -> Option<String> {
+    /// WhatsApp answered `code`: the new hold when the code is a limit that
+    /// starts or lengthens one (every message nacked under one hold says it
+    /// only once).
+    pub(crate) fn limited(&self, code: &str) -> Option<NewHold> {
         let now = self.clock.now_ms();
         let mut governor = self.governor.lock().unwrap_or_else(PoisonError::into_inner);
         let before = governor.held(now);
@@ -71,15 +76,27 @@ impl SendGuard {
         if before.as_ref() == Some(&held) {
             return None;
         }
+        let Throttle::Held { until, reason } = &held else { return None };
         let minutes = ceil_div(held.retry_after_ms(now), 60_000);
-        Some(format!("{held}; no sends for {minutes} min"))
+        Some(NewHold { until: *until, reason: reason.clone(), said: format!("{held}; no sends for {minutes} min") })
     }
+}
+
+/// A hold that began or grew: kept with the bot's state, said in its status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NewHold {
+    /// When sends may go again (epoch ms).
+    pub until: i64,
+    /// WhatsApp's code and what it means.
+    pub reason: String,
+    /// For the bot's status: the reason and how long.
+    pub said: String,
 }
 
 /// What an event of the bot's client means for its governor: senders of
 /// incoming messages become known; a limit code on a nacked message holds
-/// the bot (the reason, for its status).
-pub(crate) fn governed_event(guard: &SendGuard, event: &Event) -> Option<String> {
+/// the bot (the new hold, to keep and to say).
+pub(crate) fn governed_event(guard: &SendGuard, event: &Event) -> Option<NewHold> {
     match event {
         Event::Messages(batch) => {
             for inbound in batch.messages.iter().filter(|inbound| !inbound.info.source.is_from_me) {
@@ -117,7 +134,7 @@ mod tests {
 
     fn guard(policy: SendPolicy) -> (SendGuard, Arc<ManualClock>) {
         let clock = Arc::new(ManualClock::new(1_800_000_000_000));
-        (SendGuard::new(policy, 0, clock.clone()), clock)
+        (SendGuard::new(policy, 0, clock.clone(), None), clock)
     }
 
     fn phone(n: u32) -> PhoneNumber {
@@ -143,12 +160,20 @@ mod tests {
     fn a_limit_code_holds_every_send_and_says_until_when() {
         let (guard, clock) = guard(SendPolicy::default());
         assert_eq!(guard.limited("500"), None);
-        let reason = guard.limited("475").unwrap();
-        assert!(reason.contains("475") && reason.ends_with("no sends for 1440 min"), "{reason}");
+        let hold = guard.limited("475").unwrap();
+        assert!(hold.said.contains("475") && hold.said.ends_with("no sends for 1440 min"), "{hold:?}");
+        assert_eq!(hold.until, clock.now_ms() + 86_400_000);
         let Err(MessengerError::Throttled { retry_after_secs, .. }) = guard.admit(None) else { panic!("held") };
         assert_eq!(retry_after_secs, 86_400);
-        clock.advance(86_400_000);
-        assert!(guard.admit(None).is_ok(), "the hold ends");
+        // The next run of the bot takes the saved hold up again.
+        clock.advance(3_600_000);
+        let next_run = SendGuard::new(SendPolicy::default(), 0, clock.clone(), Some((hold.until, hold.reason)));
+        let Err(MessengerError::Throttled { retry_after_secs, reason }) = next_run.admit(None) else {
+            panic!("a restart lifted the hold")
+        };
+        assert_eq!((retry_after_secs, reason.contains("475")), (82_800, true));
+        clock.advance(82_800_000);
+        assert!(guard.admit(None).is_ok() && next_run.admit(None).is_ok(), "the hold ends");
     }
 
     #[test]
@@ -190,13 +215,13 @@ mod tests {
         assert_eq!(governed_event(&guard, &ack("message", None)), None, "a plain ack");
         assert_eq!(governed_event(&guard, &ack("receipt", Some("463"))), None, "not a message's nack");
         let held = governed_event(&guard, &ack("message", Some("463"))).expect("a 463 nack holds the bot");
-        assert!(held.contains("463"), "{held}");
+        assert!(held.said.contains("463"), "{held:?}");
         clock.advance(1);
         assert_eq!(governed_event(&guard, &ack("message", Some("429"))), None, "a shorter hold changes nothing");
         assert!(guard.admit(None).is_err());
         clock.advance(86_400_000);
         assert!(guard.admit(None).is_ok());
-        assert!(governed_event(&guard, &ack("message", Some("429"))).is_some_and(|reason| reason.contains("429")));
+        assert!(governed_event(&guard, &ack("message", Some("429"))).is_some_and(|hold| hold.said.contains("429")));
         assert!(guard.admit(None).is_err(), "a 429 nack holds the bot too");
     }
 

@@ -60,6 +60,9 @@ mod space {
 }
 
 const DEVICE_KEY: &str = "device";
+/// Trekker's own record beside the library's: the hold WhatsApp's limit
+/// codes put the bot's sends under (`crate::governed`).
+const SEND_HOLD_KEY: &str = "send-hold";
 const LATEST_SYNC_KEY: &str = "latest-sync-key-id";
 
 /// A write refused because this node no longer runs the bot (another node
@@ -191,6 +194,17 @@ impl StoredDevice {
                 std::future::pending::<()>().await;
             }
         }
+    }
+
+    /// The hold the bot's sends are under, `(until, reason)`, as its last
+    /// run saved it (a restart or a move must not lift a day's timelock).
+    pub async fn send_hold(&self) -> Result<Option<(i64, String)>> {
+        self.get(space::META, SEND_HOLD_KEY).await?.map(|value| from_json(&value)).transpose()
+    }
+
+    /// Keeps the hold the bot's sends are now under (fenced like every write).
+    pub async fn save_send_hold(&self, until: i64, reason: &str) -> Result<()> {
+        self.write(vec![put(space::META, SEND_HOLD_KEY, to_json(&(until, reason))?)]).await
     }
 
     /// Forgets every record of the bot (all credentials versions), then

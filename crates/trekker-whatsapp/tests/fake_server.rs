@@ -551,7 +551,9 @@ async fn fake_server_a_peers_message_reaches_the_events_webhook_signed() {
 /// WhatsApp's limit codes, on cue: with the fake nacking messages with
 /// 463 (reach-out timelock) or 475 (message capping), the bot's send is
 /// taken, then the nack holds the bot (a `held` event naming the code) and
-/// its next send is refused by the governor before it reaches WhatsApp.
+/// its next send is refused by the governor before it reaches WhatsApp;
+/// the bot restarted (a node restart, a move) is still held: the hold is
+/// kept with its state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fake_server_a_463_or_475_nack_holds_the_bot_and_its_next_send() {
     for code in ["463", "475"] {
@@ -561,7 +563,7 @@ async fn fake_server_a_463_or_475_nack_holds_the_bot_and_its_next_send() {
         let (spec, _) = bot_knowing(&store, server.public()).await;
         let bot = spec.bot_id.clone();
         let driver = WhatsAppDriver::new(store.clone(), Arc::new(SystemClock)).with_transport(Arc::new(server.clone()));
-        let (running, mut received, peer) = bot_and_peer(&server, &driver, spec, Arc::default()).await;
+        let (running, mut received, peer) = bot_and_peer(&server, &driver, spec.clone(), Arc::default()).await;
         *server.nacks_messages.lock().unwrap() = Some(code.to_owned());
 
         let to = PhoneNumber::parse(PEER).unwrap();
@@ -570,11 +572,32 @@ async fn fake_server_a_463_or_475_nack_holds_the_bot_and_its_next_send() {
             until_event(&mut received, |event| matches!(event, BotEvent::Held { reason } if reason.contains(code)))
                 .await;
         let next = driver.sessions().send_text(&bot, Some(&to), "second").await;
+        // The hold is kept with the bot's state (the event handler writes
+        // it); then the bot restarts.
+        let kept = tokio::time::timeout(Duration::from_secs(15), async {
+            let key = ["send-hold".to_owned()];
+            while store.device_state_get(&bot, spec.version, "meta", &key).await.unwrap().is_empty() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(kept.is_ok(), "{code}: the hold was never kept");
+        running.stop().await;
+        let (events, mut received) = mpsc::unbounded_channel();
+        let restarted = driver.start(spec, events).await.unwrap();
+        let online = until_event(&mut received, |event| *event == BotEvent::Connected).await;
+        let after_restart = driver.sessions().send_text(&bot, Some(&to), "third").await;
         let messages = || server.stanzas.lock().unwrap().iter().filter(|n| n.tag == "message").count();
         let sent_to_whatsapp = messages();
         server.hang_up();
         peer.shutdown().await;
-        running.stop().await;
+        restarted.stop().await;
+        assert!(online.is_ok(), "{code}: the restarted bot never went online: {online:?}");
+        assert!(
+            matches!(&after_restart, Err(MessengerError::Throttled { reason, retry_after_secs })
+                if reason.contains(code) && *retry_after_secs > 3600),
+            "{code}: a restart lifted the hold: {after_restart:?}"
+        );
         assert!(first.is_ok(), "{code}: the first send was taken before the nack: {first:?}");
         assert!(held.is_ok(), "{code}: the nack never held the bot: {held:?}");
         match next {
