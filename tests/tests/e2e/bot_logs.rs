@@ -9,6 +9,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use serde_json::json;
 use trekker_node::config::{BotDriverKind, SandboxMode};
 use trekker_testkit::creds;
 
@@ -163,6 +164,16 @@ async fn log_streams_live_through_any_node(url: &str) {
     let refused = SseReader::open(&other, &format!("{path}?limit=0"), Some(ADMIN_TOKEN)).await;
     assert_eq!(refused.status(), 400);
     assert_eq!(SseReader::open(&other, "/api/admin/bots/nope/logs/stream", Some(ADMIN_TOKEN)).await.status(), 404);
+    // Moved to the other node: each stream says so and follows it there,
+    // where the bot starts again.
+    let move_to = json!({"server": "SERVER1"});
+    let moved = host.admin(reqwest::Method::POST, &format!("/api/admin/bots/{id}/move"), Some(move_to)).await;
+    assert_eq!(moved.status, 202, "{:?}", moved.body);
+    for (stream, _) in &mut streams {
+        let read = stream.until("the move", |event, _| event == "moved").await;
+        assert_eq!(read.last().unwrap().1["server"], "SERVER1");
+        stream.until("the new host's lines", |event, data| event == "log" && data["text"] == "ready").await;
+    }
     // The bot deleted: each stream says so and ends.
     assert_eq!(host.admin(reqwest::Method::DELETE, &format!("/api/admin/bots/{id}"), None).await.status, 200);
     for (stream, _) in &mut streams {

@@ -111,31 +111,30 @@ impl Follower {
                 let host = self.bot.server.clone();
                 remote_logs(&self.state, &self.bot, &host, limit, self.after).await
             };
-            match read {
+            let failed = match read {
                 Ok(answer) => {
                     let warned = std::mem::take(&mut self.warned);
                     if let Some(events) = self.lines(answer, warned) {
                         return Some(events);
                     }
+                    None
                 }
-                // Gone or moved: where it is now says which.
-                Err(error) if matches!(error.code, ErrorCode::NotFound | ErrorCode::Conflict) => {
-                    self.checked_at = Instant::now() - HOST_CHECK;
-                }
-                Err(error) if !self.warned => {
-                    self.warned = true;
-                    return Some(vec![
-                        Event::default().event("warning").data(json!({"message": error.message}).to_string()),
-                    ]);
-                }
-                Err(_) => {}
-            }
-            if self.checked_at.elapsed() >= HOST_CHECK {
+                Err(error) => Some(error),
+            };
+            // Gone or moved (the host said so), or time to look: where the
+            // bot is now says which.
+            let host_said_so =
+                failed.as_ref().is_some_and(|e| matches!(e.code, ErrorCode::NotFound | ErrorCode::Conflict));
+            if host_said_so || self.checked_at.elapsed() >= HOST_CHECK {
                 self.checked_at = Instant::now();
                 if let Some(events) = self.recheck_host().await {
                     return Some(events);
                 }
-                continue;
+            }
+            if let Some(error) = failed.filter(|_| !self.warned) {
+                self.warned = true;
+                let warning = json!({"message": error.message}).to_string();
+                return Some(vec![Event::default().event("warning").data(warning)]);
             }
             let wait = if hosted_here { HOST_CHECK.saturating_sub(self.checked_at.elapsed()) } else { REMOTE_POLL };
             let line_kept = async {
