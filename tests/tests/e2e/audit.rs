@@ -97,7 +97,7 @@ async fn every_admin_write_is_on_the_trail_with_its_actor_whichever_node_took_it
     assert_eq!(summary(&entries[..expected.len()]), expected, "{entries:#?}");
     assert_eq!(entries[2]["actor"]["keyId"], ada_id.as_str());
     assert_eq!(entries[8]["actor"]["keyId"], otto_id.as_str());
-    assert_eq!(entries[1]["actor"]["keyId"], Value::Null, "the bootstrap token has no key id");
+    assert!(entries[1]["actor"].get("keyId").is_none(), "the bootstrap token has no key id: {:?}", entries[1]);
     assert_eq!(entries[8]["server"], "SERVER1", "the node that took the write");
     assert!(entries.iter().all(|e| e["actor"]["name"] != "Vera"), "a 403 is no write");
     assert!(entries.iter().all(|e| e["action"] != "registered"), "a guest's step is no audit entry");

@@ -361,7 +361,7 @@ fn activity_json(activity: &trekker_store::Activity) -> Value {
         "details": activity.details,
         "remoteServer": activity.remote_tenancy,
         "remoteBotId": activity.remote_bot_id,
-        "actor": activity.audit.as_ref().map(|mark| json!({"keyId": mark.actor.key_id, "name": mark.actor.name})),
+        "actor": activity.audit.as_ref().map(|mark| super::audit::actor_json(&mark.actor)),
         "result": activity.audit.as_ref().map(|mark| mark.result.as_str()),
     })
 }

@@ -12,6 +12,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use trekker_domain::access::Actor;
 use trekker_store::Activity;
 
 use super::extract::{ApiQuery, Viewer};
@@ -52,14 +53,19 @@ pub(crate) struct AuditQuery {
     after: Option<String>,
 }
 
+/// An actor as API.md shows it: `{"keyId"?, "name"}` (no `keyId` for the
+/// bootstrap token and the system).
+pub(crate) fn actor_json(actor: &Actor) -> Value {
+    match &actor.key_id {
+        Some(key_id) => json!({"keyId": key_id, "name": actor.name}),
+        None => json!({"name": actor.name}),
+    }
+}
+
 /// An entry of the trail as API.md shows it (and the node, details, id).
 pub(crate) fn audit_entry_json(activity: &Activity) -> Value {
     let (actor, target, result) = match &activity.audit {
-        Some(mark) => (
-            json!({"keyId": mark.actor.key_id, "name": mark.actor.name}),
-            Value::from(mark.target.as_str()),
-            Value::from(mark.result.as_str()),
-        ),
+        Some(mark) => (actor_json(&mark.actor), Value::from(mark.target.as_str()), Value::from(mark.result.as_str())),
         None => (Value::Null, Value::Null, Value::Null),
     };
     json!({
