@@ -79,6 +79,14 @@ async fn a_text_sent_through_any_node_leaves_the_bots_host_once() {
     }
     let (status, _, body) = send(&entry, &operator, &bot, json!({"text": "other"}), Some("k-1")).await;
     assert_eq!((status, body["code"].as_str()), (422, Some("IDEMPOTENCY_MISMATCH")), "{body:?}");
+    // A key is the caller's whichever node it enters by: sent on the host,
+    // retried through the other node, one message.
+    let (status, _, body) = send(&host, &operator, &bot, json!({"text": "via the host"}), Some("k-2")).await;
+    assert_eq!((status, body["messageId"].as_str()), (200, Some("MSG3")), "{body:?}");
+    let (status, _, body) = send(&entry, &operator, &bot, json!({"text": "via the host"}), Some("k-2")).await;
+    assert_eq!((status, body["messageId"].as_str()), (200, Some("MSG3")), "the retry answered, not sent: {body:?}");
+    let (status, retry_after, body) = send(&host, &operator, &bot, json!({"text": "slow down"}), Some("k-3")).await;
+    assert_eq!((status, retry_after.as_deref()), (429, Some("42")), "{body:?}");
     // The host's governor holds it back: 429 and its Retry-After, passed on.
     let (status, retry_after, body) = send(&entry, &operator, &bot, json!({"text": "slow down"}), None).await;
     assert_eq!((status, body["code"].as_str()), (429, Some("RATE_LIMITED")), "{body:?}");
@@ -94,7 +102,11 @@ async fn a_text_sent_through_any_node_leaves_the_bots_host_once() {
     let sent = messenger.sent.lock().unwrap().clone();
     assert_eq!(
         sent,
-        [(bot.clone(), None, "hello".to_owned()), (bot.clone(), Some(to.clone()), "once".to_owned())],
+        [
+            (bot.clone(), None, "hello".to_owned()),
+            (bot.clone(), Some(to.clone()), "once".to_owned()),
+            (bot.clone(), None, "via the host".to_owned())
+        ],
         "each text left the host once"
     );
     let trail = entry.admin(Method::GET, "/api/admin/audit?action=message_sent", None).await;
@@ -105,7 +117,7 @@ async fn a_text_sent_through_any_node_leaves_the_bots_host_once() {
         .map(|e| (e["actor"]["name"].as_str().unwrap(), e["result"].as_str().unwrap()))
         .collect();
     let ok = results.iter().filter(|r| **r == ("Otto", "ok")).count();
-    assert_eq!(ok, 3, "two sends and the replayed answer: {results:?}");
+    assert_eq!(ok, 5, "three sends and two replayed answers: {results:?}");
     for code in ["IDEMPOTENCY_MISMATCH", "RATE_LIMITED", "INVALID_INPUT", "NOT_FOUND"] {
         assert!(results.contains(&("Otto", code)), "{code} not on the trail: {results:?}");
     }
