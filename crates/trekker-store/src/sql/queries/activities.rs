@@ -50,8 +50,8 @@ impl ActivityLog for SqlStore<Db> {
     ) -> Result<ActivityPage, StoreError> {
         let limit = limit.clamp(1, MAX_PAGE);
         // One statement per filter combination, as above; every one on a
-        // partial index of the audit rows (migration 0017), the action
-        // checked on the rows that index walks.
+        // partial index of the audit rows (migrations 0017, 0018: by id, by
+        // actor, by action; with both, the actor's, the action checked).
         let mut query = sqlx::QueryBuilder::new(concat!(
             "SELECT ",
             activity_columns!(),
