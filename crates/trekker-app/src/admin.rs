@@ -743,6 +743,61 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn audit_filters_are_trimmed_bounded_and_passed_with_the_cursor() {
+        let mut store = Mocks::default();
+        store
+            .activities
+            .expect_list_audit()
+            .withf(|filter, after, limit| {
+                *filter == AuditFilter { actor: Some("Otto".into()), action: Some("approved".into()) }
+                    && *after == Some(41)
+                    && *limit == 3
+            })
+            .times(1)
+            .returning(|_, _, _| Ok(trekker_store::ActivityPage { activities: vec![activity(40)], next: Some(40) }));
+        store
+            .activities
+            .expect_list_audit()
+            .withf(|filter, after, limit| {
+                *filter == AuditFilter::default() && after.is_none() && *limit == DEFAULT_PAGE
+            })
+            .times(1)
+            .returning(|_, _, _| Ok(trekker_store::ActivityPage { activities: vec![], next: None }));
+        let t = trekker(store);
+        let after = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("a41");
+        let (entries, next) = t.audit(Some(" Otto "), Some("approved"), Some(3), Some(&after)).await.unwrap();
+        assert_eq!(entries, vec![activity(40)]);
+        assert_eq!(parse_activity_cursor(&next.unwrap()).unwrap(), 40);
+        assert_eq!(t.audit(Some(" "), Some(""), None, None).await.unwrap(), (vec![], None), "blank is no filter");
+        let longest = "x".repeat(MAX_FILTER_CHARS + 1);
+        for (actor, action) in [(Some(longest.as_str()), None), (None, Some("bell\u{7}")), (None, Some(&*longest))] {
+            let refused = t.audit(actor, action, None, None).await;
+            assert!(matches!(refused, Err(AppError::InvalidInput(_))), "{actor:?} {action:?}: {refused:?}");
+        }
+    }
+
+    /// A refused write is recorded as its actor's, on its target (cut to
+    /// its bound: it may be made up), with the code; never fatal.
+    #[tokio::test]
+    async fn a_refused_write_is_recorded_with_its_code_and_a_bounded_target() {
+        let mut store = Mocks::default();
+        store
+            .activities
+            .expect_append_activity()
+            .withf(|activity, _| {
+                let mark = activity.audit.as_ref().unwrap();
+                activity.action == "approved"
+                    && mark.actor == crate::test_support::operator()
+                    && mark.result == "NOT_FOUND"
+                    && mark.target.chars().count() == MAX_TARGET_CHARS
+            })
+            .times(1)
+            .returning(|_, _| Err(trekker_store::StoreError::Corrupt("the database is gone".into())));
+        let target = format!("bot/{}", "x".repeat(10_000));
+        trekker(store).record_refused(&crate::test_support::operator(), "approved", &target, "NOT_FOUND").await;
+    }
+
+    #[tokio::test]
     async fn inconsistencies_are_paged_in_a_stable_order_without_repeats() {
         let drift = |server: &str| Inconsistency::CountDrift { server: server.into(), recorded: 1, actual: 0 };
         let orphan = |phone: &str| Inconsistency::RegistryWithoutBot {

@@ -148,6 +148,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_secret_with_both_url_safe_symbols_reads_back() {
+        let mut random = [0u8; 40];
+        for (n, byte) in random[8..].iter_mut().enumerate() {
+            *byte = [0xFB, 0xFF, 0xBF][n % 3];
+        }
+        let token = KeyToken::from_random(random);
+        let exposed = token.expose();
+        assert!(exposed[21..].contains('-') && exposed[21..].contains('_'), "{exposed}");
+        assert_eq!(KeyToken::parse(&exposed), Some(token));
+    }
+
+    #[test]
+    fn a_token_shows_its_id_and_never_its_secret_and_a_role_prints_its_name() {
+        let token = KeyToken::from_random([7; 40]);
+        let shown = format!("{token:?}");
+        assert!(shown.contains(token.id()) && !shown.contains(&token.expose()[21..]), "{shown}");
+        assert_eq!((Role::Operator.to_string(), Role::Admin.to_string()), ("operator".into(), "admin".into()));
+    }
+
+    #[test]
     fn roles_include_the_ones_below_them_only() {
         assert!(Role::Admin.includes(Role::Operator) && Role::Admin.includes(Role::Viewer));
         assert!(Role::Operator.includes(Role::Viewer) && Role::Operator.includes(Role::Operator));
