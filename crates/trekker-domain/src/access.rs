@@ -207,8 +207,24 @@ mod tests {
             &good.replacen("0909", "0A09", 1),
             &format!("{good}x"),
             &good.replacen('_', "-", 2),
+            &format!("{}{}", &good[..21], "+".repeat(43)),
+            &format!("{}{}", &good[..21], "/".repeat(43)),
+            &format!("{}{}A", &good[..21], "=".repeat(42)),
         ] {
             assert_eq!(KeyToken::parse(bad), None, "{bad:?}");
         }
+        assert_eq!(KeyToken::from_random([9; 40]).id(), "0909090909090909", "the id is the first 8 bytes in hex");
+    }
+
+    /// Two differences that would cancel out under XOR still refuse.
+    #[test]
+    fn a_hash_differing_anywhere_does_not_match() {
+        let token = KeyToken::from_random([5; 40]);
+        let mut stored = token.secret_hash();
+        assert!(token.matches(&stored));
+        stored[0] ^= 1;
+        stored[1] ^= 1;
+        assert!(!token.matches(&stored));
+        assert!(!token.matches(&token.secret_hash()[..31]), "a short hash");
     }
 }

@@ -358,6 +358,14 @@ mod tests {
     }
 
     #[test]
+    fn a_429_holds_a_quarter_of_an_hour_and_463_or_475_a_day() {
+        assert_eq!(hold_for("429").map(|(ms, _)| ms), Some(15 * 60_000));
+        assert_eq!(hold_for("463").map(|(ms, _)| ms), Some(86_400_000));
+        assert_eq!(hold_for("475").map(|(ms, _)| ms), Some(86_400_000));
+        assert_eq!(hold_for("500"), None);
+    }
+
+    #[test]
     fn a_hold_taken_up_by_a_new_run_holds_until_its_end_and_only_grows() {
         let mut governor = Governor::new(SendPolicy::default(), 0, 100 * DAY_MS);
         let now = 100 * DAY_MS;
