@@ -536,6 +536,22 @@ pub trait DeviceStateStore: Send + Sync + 'static {
     /// How many keys and bytes the bot keeps for its current credentials;
     /// `None` when it keeps none.
     async fn device_state_info(&self, id: &BotId) -> Result<Option<DeviceStateInfo>, StoreError>;
+
+    /// The hold WhatsApp's limits put the bot's sends under, `(until,
+    /// reason)`, whatever its credentials (the limit is on the account).
+    async fn send_hold(&self, id: &BotId) -> Result<Option<(Millis, String)>, StoreError>;
+
+    /// Holds the bot's sends until `until` (a hold only ever grows);
+    /// accepted (true) only from its runner, fenced as `write_device_state`.
+    async fn hold_sends(
+        &self,
+        id: &BotId,
+        lease: &NodeLease,
+        version: i64,
+        until: Millis,
+        reason: &str,
+        now: Millis,
+    ) -> Result<bool, StoreError>;
 }
 
 /// The capacity level of each scope (a server, or [`CLUSTER_SCOPE`]), moved

@@ -1881,6 +1881,15 @@ async fn device_state_is_sealed_fenced_and_kept_per_pairing(f: Fixture) {
     assert!(!s.write_device_state(&bot.id, &lease, 2, &late, NOW).await.unwrap());
     assert_eq!(s.device_state_scan(&bot.id, 1, "session").await.unwrap()[0].1, b"b2");
 
+    // The send hold: only the runner keeps it, and it only ever grows.
+    assert_eq!(s.send_hold(&bot.id).await.unwrap(), None);
+    assert!(!s.hold_sends(&bot.id, &other, 1, NOW + 86_400_000, "463", NOW).await.unwrap(), "not the runner");
+    assert_eq!(s.send_hold(&bot.id).await.unwrap(), None);
+    assert!(s.hold_sends(&bot.id, &lease, 1, NOW + 86_400_000, "463", NOW).await.unwrap());
+    assert!(s.hold_sends(&bot.id, &lease, 1, NOW + 900_000, "429", NOW + 1).await.unwrap());
+    let day_hold = Some((NOW + 86_400_000, "463".to_owned()));
+    assert_eq!(s.send_hold(&bot.id).await.unwrap(), day_hold, "a shorter hold never shortens it");
+
     // A new pairing sees none of the old state; its import resets it.
     let effects = effects("credentials_updated");
     s.update_credentials(&bot.id, &creds::credentials("254700000410", 2), VersionRule::Next, &effects, NOW)
@@ -1893,6 +1902,7 @@ async fn device_state_is_sealed_fenced_and_kept_per_pairing(f: Fixture) {
     assert!(s.write_device_state(&bot.id, &lease, 2, &import, NOW + 2).await.unwrap());
     assert!(s.device_state_scan(&bot.id, 1, "session").await.unwrap().is_empty(), "the reset removed it");
     assert_eq!(s.device_state_scan(&bot.id, 2, "meta").await.unwrap().len(), 1);
+    assert_eq!(s.send_hold(&bot.id).await.unwrap(), day_hold, "WhatsApp's limit is the account's: a re-pair keeps it");
 
     // Deleting the bot deletes its state.
     s.delete_bot(&bot.id, &effects, NOW + 4).await.unwrap();

@@ -60,9 +60,6 @@ mod space {
 }
 
 const DEVICE_KEY: &str = "device";
-/// Trekker's own record beside the library's: the hold WhatsApp's limit
-/// codes put the bot's sends under (`crate::governed`).
-const SEND_HOLD_KEY: &str = "send-hold";
 const LATEST_SYNC_KEY: &str = "latest-sync-key-id";
 
 /// A write refused because this node no longer runs the bot (another node
@@ -196,15 +193,24 @@ impl StoredDevice {
         }
     }
 
-    /// The hold the bot's sends are under, `(until, reason)`, as its last
-    /// run saved it (a restart or a move must not lift a day's timelock).
+    /// The hold the bot's sends are under, `(until, reason)`, as a run
+    /// saved it: kept on the bot, not in this state, so that neither a
+    /// restart, a move nor a re-pair lifts a day's timelock on the account.
     pub async fn send_hold(&self) -> Result<Option<(i64, String)>> {
-        self.get(space::META, SEND_HOLD_KEY).await?.map(|value| from_json(&value)).transpose()
+        self.store.send_hold(&self.bot).await.map_err(database)
     }
 
     /// Keeps the hold the bot's sends are now under (fenced like every write).
     pub async fn save_send_hold(&self, until: i64, reason: &str) -> Result<()> {
-        self.write(vec![put(space::META, SEND_HOLD_KEY, to_json(&(until, reason))?)]).await
+        let now = self.clock.now_ms();
+        match self.store.hold_sends(&self.bot, &self.lease, self.version, until, reason, now).await {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                self.fenced_out.send_replace(true);
+                Err(StoreError::Database(Box::new(NotTheRunner)))
+            }
+            Err(error) => Err(database(error)),
+        }
     }
 
     /// Forgets every record of the bot (all credentials versions), then

@@ -575,8 +575,7 @@ async fn fake_server_a_463_or_475_nack_holds_the_bot_and_its_next_send() {
         // The hold is kept with the bot's state (the event handler writes
         // it); then the bot restarts.
         let kept = tokio::time::timeout(Duration::from_secs(15), async {
-            let key = ["send-hold".to_owned()];
-            while store.device_state_get(&bot, spec.version, "meta", &key).await.unwrap().is_empty() {
+            while store.send_hold(&bot).await.unwrap().is_none() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })

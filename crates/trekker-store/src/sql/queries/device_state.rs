@@ -233,4 +233,40 @@ impl DeviceStateStore for SqlStore<Db> {
         .await?;
         Ok((keys > 0).then(|| DeviceStateInfo { keys, bytes: bytes.unwrap_or(0) }))
     }
+
+    async fn send_hold(&self, id: &BotId) -> Result<Option<(Millis, String)>, StoreError> {
+        let row: Option<(Option<i64>, Option<String>)> =
+            super::query_as("SELECT send_hold_until, send_hold_reason FROM bot_instances WHERE id = $1")
+                .bind(id.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.and_then(|(until, reason)| until.zip(reason)))
+    }
+
+    async fn hold_sends(
+        &self,
+        id: &BotId,
+        lease: &NodeLease,
+        version: i64,
+        until: Millis,
+        reason: &str,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        if !lock_if_run_by(&mut tx, id, lease, version, now).await? {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        super::query(
+            "UPDATE bot_instances SET send_hold_until = $2, send_hold_reason = $3 \
+             WHERE id = $1 AND (send_hold_until IS NULL OR send_hold_until < $2)",
+        )
+        .bind(id.as_str())
+        .bind(until)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
 }
