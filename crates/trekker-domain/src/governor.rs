@@ -373,6 +373,13 @@ mod tests {
         assert!(matches!(governor.admit(now, false), Err(Throttle::Held { until, .. }) if until == now + DAY_MS));
         governor.resume_hold(now + MINUTE_MS, "shorter");
         assert!(governor.held(now + 2 * MINUTE_MS).is_some(), "a shorter hold never shortens it");
-        assert!(governor.admit(now + DAY_MS, false).is_ok(), "it ends when it ends");
+        assert!(governor.held(now + DAY_MS).is_none(), "it ends when it ends");
+        assert!(governor.admit(now + DAY_MS, false).is_ok());
+        // Under a quarter hour's 429, a day's saved hold still lengthens it.
+        let mut governor = Governor::new(SendPolicy::default(), 0, now);
+        governor.hold("429", now);
+        governor.resume_hold(now + DAY_MS, "WhatsApp answered 475");
+        let in_an_hour = governor.held(now + 60 * MINUTE_MS);
+        assert!(matches!(&in_an_hour, Some(Throttle::Held { reason, .. }) if reason.contains("475")), "{in_an_hour:?}");
     }
 }
