@@ -10,13 +10,6 @@ use trekker_testkit::creds;
 
 use crate::support::{TestNode, postgres_url, settings, spawn_node};
 
-/// Makes a key of `role` through `node` with the bootstrap token: (id, token).
-async fn key(node: &TestNode, name: &str, role: &str) -> (String, String) {
-    let made = node.admin(Method::POST, "/api/admin/keys", Some(json!({"name": name, "role": role}))).await;
-    assert_eq!(made.status, 201, "{:?}", made.body);
-    (made.body["id"].as_str().unwrap().to_owned(), made.body["token"].as_str().unwrap().to_owned())
-}
-
 /// The whole trail (of `query`), newest first, read a page of 3 at a time.
 async fn trail(node: &TestNode, token: &str, query: &str) -> Vec<Value> {
     let mut entries = Vec::new();
@@ -51,9 +44,9 @@ async fn every_admin_write_is_on_the_trail_with_its_actor_whichever_node_took_it
     let Some(url) = postgres_url().await else { return };
     let one = spawn_node(settings(&url, "SERVER0", 20)).await;
     let two = spawn_node(settings(&url, "SERVER1", 20)).await;
-    let (_, viewer) = key(&one, "Vera", "viewer").await;
-    let (otto_id, operator) = key(&one, "Otto", "operator").await;
-    let (ada_id, admin) = key(&two, "Ada", "admin").await;
+    let (_, viewer) = one.make_key("Vera", "viewer").await;
+    let (otto_id, operator) = one.make_key("Otto", "operator").await;
+    let (ada_id, admin) = two.make_key("Ada", "admin").await;
     let created = one.register("Audited", &creds::phone(91, 1), 1, None).await;
     assert_eq!(created.status, 201, "{:?}", created.body);
     let bot = created.body["bot"]["id"].as_str().unwrap().to_owned();
@@ -76,7 +69,7 @@ async fn every_admin_write_is_on_the_trail_with_its_actor_whichever_node_took_it
     assert_eq!(drained.status, 400);
     let deleted = one.call_as(&admin, Method::DELETE, &format!("/api/admin/bots/{bot}"), None).await;
     assert_eq!(deleted.status, 200, "{:?}", deleted.body);
-    let (temp_id, _) = key(&one, "Temp", "viewer").await;
+    let (temp_id, _) = one.make_key("Temp", "viewer").await;
     assert_eq!(two.call_as(&admin, Method::DELETE, &format!("/api/admin/keys/{temp_id}"), None).await.status, 200);
 
     // Read by a viewer through either node: the same trail, newest first.
@@ -123,7 +116,7 @@ async fn racing_approvals_through_two_nodes_leave_one_entry_per_change() {
     let Some(url) = postgres_url().await else { return };
     let one = spawn_node(settings(&url, "SERVER0", 40)).await;
     let two = spawn_node(settings(&url, "SERVER1", 40)).await;
-    let (_, operator) = key(&one, "Otto", "operator").await;
+    let (_, operator) = one.make_key("Otto", "operator").await;
     let mut bots = Vec::new();
     for n in 0..12 {
         let created = one.register(&format!("Race{n}"), &creds::phone(92, n), 1, None).await;

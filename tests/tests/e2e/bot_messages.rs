@@ -60,8 +60,7 @@ async fn a_text_sent_through_any_node_leaves_the_bots_host_once() {
     overrides.messenger = Some(messenger.clone());
     let host = spawn_node_with(settings(&url, "SERVER1", 5), overrides).await;
     let entry = spawn_node(settings(&url, "SERVER0", 5)).await;
-    let made = entry.admin(Method::POST, "/api/admin/keys", Some(json!({"name": "Otto", "role": "operator"}))).await;
-    let operator = made.body["token"].as_str().unwrap().to_owned();
+    let (_, operator) = entry.make_key("Otto", "operator").await;
     let created = host.register("Talker", &creds::phone(93, 1), 1, None).await;
     assert_eq!(created.status, 201, "{:?}", created.body);
     let bot = created.body["bot"]["id"].as_str().unwrap().to_owned();

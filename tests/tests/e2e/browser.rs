@@ -123,8 +123,22 @@ impl Browser {
         self.client.execute(script, vec![]).await.expect("script runs")
     }
 
+    /// Clicks the element `css` finds. A live page redraws its rows as
+    /// events arrive, so an element found can be gone before the click:
+    /// found again and clicked again, for up to five seconds.
     async fn click(&self, css: &str) {
-        self.client.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}")).click().await.unwrap();
+        let mut last = None;
+        for _ in 0..50 {
+            match self.client.find(Locator::Css(css)).await {
+                Ok(element) => match element.click().await {
+                    Ok(()) => return,
+                    Err(error) => last = Some(error),
+                },
+                Err(error) => last = Some(error),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("cannot click {css}: {last:?}");
     }
 
     async fn type_into(&self, css: &str, text: &str) {
@@ -180,14 +194,6 @@ async fn log_in_with(browser: &Browser, node: &TestNode, token: &str) {
     browser.until("logged in, live", "return document.getElementById('live').textContent.includes('live')").await;
 }
 
-/// An API key of `role` made with the bootstrap token.
-async fn api_key(node: &TestNode, name: &str, role: &str) -> (String, String) {
-    let body = serde_json::json!({"name": name, "role": role});
-    let made = node.admin(reqwest::Method::POST, "/api/admin/keys", Some(body)).await;
-    assert_eq!(made.status, 201, "{:?}", made.body);
-    (made.body["id"].as_str().unwrap().to_owned(), made.body["token"].as_str().unwrap().to_owned())
-}
-
 /// The bootstrap admin makes a key in the console (its token shown once)
 /// and revokes it; the key's holder is refused from then on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -232,8 +238,8 @@ async fn the_console_shows_each_key_only_what_its_role_may_do() {
     let node = spawn_node(settings(&database.url, "SERVER0", 5)).await;
     let created = node.register("Waiting", &creds::phone(74, 1), 1, None).await;
     let bot = created.body["bot"]["id"].as_str().unwrap().to_owned();
-    let (_, viewer) = api_key(&node, "Vera", "viewer").await;
-    let (operator_id, operator) = api_key(&node, "Otto", "operator").await;
+    let (_, viewer) = node.make_key("Vera", "viewer").await;
+    let (operator_id, operator) = node.make_key("Otto", "operator").await;
     let row_buttons = format!(
         "return [...document.querySelectorAll('#bots tr[data-bot=\"{bot}\"] button')].map((b) => b.textContent)"
     );
@@ -306,7 +312,7 @@ async fn an_operator_approves_sees_it_audited_and_watches_the_bots_live_log() {
     let node = crate::support::spawn_node_with(node_settings, fast_runtime(None)).await;
     let created = node.register("Chatty", &creds::phone(75, 1), 1, None).await;
     let bot = created.body["bot"]["id"].as_str().unwrap().to_owned();
-    let (otto_id, operator) = api_key(&node, "Otto", "operator").await;
+    let (otto_id, operator) = node.make_key("Otto", "operator").await;
     let rejected = node.register("Other", &creds::phone(75, 2), 1, None).await;
     let other = rejected.body["bot"]["id"].as_str().unwrap().to_owned();
     assert_eq!(node.admin(reqwest::Method::POST, &format!("/api/admin/bots/{other}/reject"), None).await.status, 200);
@@ -381,7 +387,7 @@ async fn the_stats_page_charts_cross_server_updates() {
         let answer = asker.register("Hosted", &phone, version, None).await;
         assert_eq!(answer.body["type"], "cross_server_credential_update", "{:?}", answer.body);
     }
-    let (_, viewer) = api_key(&asker, "Vera", "viewer").await;
+    let (_, viewer) = asker.make_key("Vera", "viewer").await;
     log_in_with(&browser, &asker, &viewer).await;
     browser.click("nav button[data-view=stats]").await;
     let bar = "const r = document.querySelector('#stats-chart rect[data-status=delivered]'); \

@@ -11,24 +11,14 @@ use trekker_testkit::creds;
 
 use crate::support::{TestNode, eventually, postgres_url, raw_sql_owned, settings, spawn_node};
 
-/// Makes a key of `role` through `node` with the bootstrap token: (id, token).
-async fn key(node: &TestNode, name: &str, role: &str) -> (String, String) {
-    let made = node.admin(Method::POST, "/api/admin/keys", Some(json!({"name": name, "role": role}))).await;
-    assert_eq!(made.status, 201, "{:?}", made.body);
-    assert_eq!((made.body["name"].as_str(), made.body["role"].as_str()), (Some(name), Some(role)));
-    let token = made.body["token"].as_str().unwrap().to_owned();
-    assert!(token.starts_with("trk_"), "{token}");
-    (made.body["id"].as_str().unwrap().to_owned(), token)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn each_role_may_do_what_it_is_given_on_every_node_and_is_refused_the_rest() {
     let Some(url) = postgres_url().await else { return };
     let one = spawn_node(settings(&url, "SERVER0", 5)).await;
     let two = spawn_node(settings(&url, "SERVER1", 5)).await;
-    let (_, viewer) = key(&one, "Vera (support)", "viewer").await;
-    let (_, operator) = key(&one, "Otto (ops)", "operator").await;
-    let (admin_id, admin) = key(&two, "Ada (lead)", "admin").await;
+    let (_, viewer) = one.make_key("Vera (support)", "viewer").await;
+    let (_, operator) = one.make_key("Otto (ops)", "operator").await;
+    let (admin_id, admin) = two.make_key("Ada (lead)", "admin").await;
     let created = one.register("Keyed", &creds::phone(90, 1), 1, None).await;
     assert_eq!(created.status, 201, "{:?}", created.body);
     let bot = created.body["bot"]["id"].as_str().unwrap().to_owned();
@@ -127,7 +117,7 @@ async fn a_revoked_or_expired_key_is_refused_by_every_node() {
     let Some(url) = postgres_url().await else { return };
     let one = spawn_node(settings(&url, "SERVER0", 5)).await;
     let two = spawn_node(settings(&url, "SERVER1", 5)).await;
-    let (id, token) = key(&one, "leaked", "viewer").await;
+    let (id, token) = one.make_key("leaked", "viewer").await;
     // Both nodes know the key (and may cache it).
     assert_eq!(reads(&one, &token).await, 200);
     assert_eq!(reads(&two, &token).await, 200);
@@ -143,7 +133,7 @@ async fn a_revoked_or_expired_key_is_refused_by_every_node() {
     let listed = one.admin(Method::GET, "/api/admin/keys", None).await;
     assert!(listed.body["keys"][0]["revokedAt"].is_string(), "{:?}", listed.body);
 
-    let (expiring, expiring_token) = key(&one, "temporary", "operator").await;
+    let (expiring, expiring_token) = one.make_key("temporary", "operator").await;
     assert_eq!(reads(&two, &expiring_token).await, 200);
     raw_sql_owned(&url, format!("UPDATE api_keys SET expires_at = 1 WHERE id = '{expiring}'")).await;
     for node in [&one, &two] {

@@ -188,6 +188,17 @@ impl TestNode {
         self.post_json("/api/guest/register-bot", &body).await
     }
 
+    /// Makes an API key of `role` with the bootstrap token: (id, token).
+    pub async fn make_key(&self, name: &str, role: &str) -> (String, String) {
+        let body = serde_json::json!({"name": name, "role": role});
+        let made = self.admin(reqwest::Method::POST, "/api/admin/keys", Some(body)).await;
+        assert_eq!(made.status, 201, "{:?}", made.body);
+        assert_eq!((made.body["name"].as_str(), made.body["role"].as_str()), (Some(name), Some(role)));
+        let token = made.body["token"].as_str().unwrap().to_owned();
+        assert!(token.starts_with("trk_"), "{token}");
+        (made.body["id"].as_str().unwrap().to_owned(), token)
+    }
+
     pub async fn approve(&self, bot_id: &str) -> Answer {
         self.admin(reqwest::Method::POST, &format!("/api/admin/bots/{bot_id}/approve"), None).await
     }
