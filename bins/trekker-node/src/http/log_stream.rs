@@ -19,12 +19,13 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::get;
 use futures::Stream;
 use serde_json::json;
+use trekker_domain::ServerName;
 use trekker_store::BotRecord;
 use trekker_tenancy::wire::BotLogsAnswer;
 
 use super::extract::{ApiQuery, Viewer};
 use super::logs::{LOG_LINES_DEFAULT, LogsQuery, checked_limit, local_logs, remote_logs};
-use super::{ApiError, ErrorBody, ErrorCode};
+use super::{ApiError, ErrorBody, ErrorCode, peers};
 use crate::AppState;
 
 /// How often a node that does not host the bot asks the host for more.
@@ -60,7 +61,16 @@ pub(crate) async fn bot_log_stream(
             .with_retry_after(5)
     })?;
     let closed = state.trekker.events.closed();
-    let follower = Follower { state, bot, after: None, limit, checked_at: Instant::now(), warned: false, done: false };
+    let follower = Follower {
+        state,
+        bot,
+        after: None,
+        limit,
+        checked_at: Instant::now(),
+        warned: false,
+        host_url: None,
+        done: false,
+    };
     let events = futures::stream::unfold((follower, permit, closed), |(mut follower, permit, closed)| async move {
         let events: Vec<Event> = tokio::select! {
             () = closed.cancelled() => None,
@@ -87,6 +97,8 @@ struct Follower {
     checked_at: Instant,
     /// Whether the host's silence has been said (once per outage).
     warned: bool,
+    /// The followed host's base URL, as last read.
+    host_url: Option<(ServerName, String)>,
     done: bool,
 }
 
@@ -108,8 +120,7 @@ impl Follower {
             let read = if hosted_here {
                 Ok(local_logs(&self.state, &self.bot, limit, self.after))
             } else {
-                let host = self.bot.server.clone();
-                remote_logs(&self.state, &self.bot, &host, limit, self.after).await
+                self.remote_read(limit).await
             };
             let failed = match read {
                 Ok(answer) => {
@@ -119,7 +130,11 @@ impl Follower {
                     }
                     None
                 }
-                Err(error) => Some(error),
+                Err(error) => {
+                    // The host may have come back at another address.
+                    self.host_url = None;
+                    Some(error)
+                }
             };
             // Gone or moved (the host said so), or time to look: where the
             // bot is now says which.
@@ -150,6 +165,21 @@ impl Follower {
                 () = tokio::time::sleep(wait) => {}
             }
         }
+    }
+
+    /// Asks the bot's host for its lines; the host's address is read once
+    /// per host followed, not at every poll.
+    async fn remote_read(&mut self, limit: u32) -> Result<BotLogsAnswer, ApiError> {
+        let host = self.bot.server.clone();
+        let base_url = match &self.host_url {
+            Some((known, url)) if *known == host => url.clone(),
+            _ => {
+                let url = peers::base_url(&self.state, &host).await?;
+                self.host_url = Some((host.clone(), url.clone()));
+                url
+            }
+        };
+        remote_logs(&self.state, &self.bot, (&host, &base_url), limit, self.after).await
     }
 
     /// The `log` events of `answer`'s lines (none when it has none).

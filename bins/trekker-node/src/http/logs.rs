@@ -56,17 +56,16 @@ pub(crate) fn local_logs(state: &AppState, bot: &BotRecord, limit: u32, after: O
     BotLogsAnswer { bot_id: bot.id.as_str().to_owned(), server: bot.server.as_str().to_owned(), lines }
 }
 
-/// Asks `host` for the bot's lines (as [`local_logs`] there).
+/// Asks `host`, at `base_url`, for the bot's lines (as [`local_logs`] there).
 pub(crate) async fn remote_logs(
     state: &AppState,
     bot: &BotRecord,
-    host: &ServerName,
+    (host, base_url): (&ServerName, &str),
     limit: u32,
     after: Option<u64>,
 ) -> Result<BotLogsAnswer, ApiError> {
-    let base_url = peers::base_url(state, host).await?;
     let query = BotLogsQuery { bot_id: bot.id.as_str().to_owned(), limit, after };
-    state.peers.bot_logs(host, &base_url, &query).await.map_err(|error| peers::host_error(bot, host, error))
+    state.peers.bot_logs(host, base_url, &query).await.map_err(|error| peers::host_error(bot, host, error))
 }
 
 /// The last lines a bot printed and its host's lines about it (start,
@@ -88,7 +87,8 @@ pub(crate) async fn bot_logs(
         return Ok(Json(local_logs(&state, &bot, limit, None)));
     }
     let host = bot.server.clone();
-    remote_logs(&state, &bot, &host, limit, None).await.map(Json)
+    let base_url = peers::base_url(&state, &host).await?;
+    remote_logs(&state, &bot, (&host, &base_url), limit, None).await.map(Json)
 }
 
 /// Another node asks for the lines of a bot hosted here.
