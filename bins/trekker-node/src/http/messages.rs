@@ -18,6 +18,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use trekker_app::idempotency::{Attempt, Reply};
+use trekker_domain::PhoneNumber;
 use trekker_store::{AuditMark, NewActivity};
 use trekker_tenancy::wire::{BotMessageCommand, BotMessageSent, ErrorAnswer, IDEMPOTENCY_HEADER, MESSAGES_PATH};
 use utoipa::ToSchema;
@@ -158,7 +159,9 @@ pub(crate) async fn send_message(
     };
     let (bot, message_id) = audited(&state, &caller, "message_sent", &target, send).await?;
     // Not a write of the database: its entry follows it (the text never).
-    let to = body.to.as_deref().map_or_else(|| "its own chat".to_owned(), |to| to.trim().to_owned());
+    // The number as the send read it, never the caller's raw text.
+    let to = body.to.as_deref().and_then(|to| PhoneNumber::parse(to.trim()).ok());
+    let to = to.map_or_else(|| "its own chat".to_owned(), |phone| phone.as_str().to_owned());
     let details = format!("sent through {} to {to}", bot.server);
     let entry = NewActivity::new(&state.trekker.node, "message_sent", details)
         .for_bot(&bot.id, &bot.phone)
