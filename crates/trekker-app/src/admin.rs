@@ -284,9 +284,10 @@ impl Trekker {
 
     /// Puts an admin write that was refused (`code`) on the audit trail: a
     /// write that was made has its entry from its own transaction. Never
-    /// fatal; `target` is cut to [`MAX_TARGET_CHARS`] (it may be made up).
+    /// fatal; `target` is cut to [`MAX_TARGET_CHARS`] and loses control
+    /// characters (it may be made up: a path's `%0A` decodes to a newline).
     pub async fn record_refused(&self, actor: &Actor, action: &str, target: &str, code: &str) {
-        let target: String = target.chars().take(MAX_TARGET_CHARS).collect();
+        let target: String = target.chars().filter(|c| !c.is_control()).take(MAX_TARGET_CHARS).collect();
         let activity = NewActivity::new(&self.node, action, "refused").by(actor, target).refused(code);
         self.record(activity).await;
     }
@@ -790,10 +791,11 @@ mod tests {
                     && mark.actor == crate::test_support::operator()
                     && mark.result == "NOT_FOUND"
                     && mark.target.chars().count() == MAX_TARGET_CHARS
+                    && !mark.target.contains('\n')
             })
             .times(1)
             .returning(|_, _| Err(trekker_store::StoreError::Corrupt("the database is gone".into())));
-        let target = format!("bot/{}", "x".repeat(10_000));
+        let target = format!("bot/\n{}", "x".repeat(10_000));
         trekker(store).record_refused(&crate::test_support::operator(), "approved", &target, "NOT_FOUND").await;
     }
 
